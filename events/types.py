@@ -1,0 +1,294 @@
+"""The event catalog: every state change in aob, as plain frozen dataclasses.
+
+An `Event` is an envelope (id, type, key, time, trace, causation, actor) around one
+payload. Payloads are the domain's vocabulary; `aob.events.codec` turns them into
+Avro single-object bytes and back, using the `.avsc` schemas in `events/schemas/`.
+
+Fields typed `Json` hold any JSON value (dict, list, str, int, float, bool, None);
+on the wire they are JSON text inside an Avro string. Times are epoch milliseconds:
+the domain never reads a clock, time arrives inside events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+Json: TypeAlias = Any
+
+RUNS_TOPIC = "aob.runs"
+WORKFLOWS_TOPIC = "aob.workflows"
+TASKS_TOPIC_PREFIX = "aob.tasks."
+
+
+def task_topic(node_type: str) -> str:
+    """The topic a worker for `node_type` consumes its work items from."""
+    return TASKS_TOPIC_PREFIX + node_type
+
+
+# --- aob.workflows: definitions and tags, keyed by workflow id / tag -------------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCreated:
+    """A new version of a workflow definition was stored."""
+
+    workflow_id: str
+    version: int
+    definition: Json
+
+
+@dataclass(frozen=True, slots=True)
+class TagMoved:
+    """A tag (like a git ref) now points at `workflow_id`@`version`."""
+
+    tag: str
+    workflow_id: str
+    version: int
+    previous_workflow_id: str | None = None
+    previous_version: int | None = None
+
+
+# --- aob.runs: everything run-scoped, keyed by run id -----------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunSubmitted:
+    """A run was accepted. `definition` is the full base definition it runs.
+
+    `known_types` are the node types the platform could execute at submission;
+    nodes of any other type complete as skipped with a warning.
+    """
+
+    run_id: str
+    definition: Json
+    inputs: Json
+    known_types: list[str]
+    workflow_id: str | None = None
+    version: int | None = None
+    tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeScheduled:
+    """A node instance is due to run; also the work item on `aob.tasks.<type>`.
+
+    `input` is the context the node sees: {"inputs": ..., "nodes": {id: output},
+    "iteration": n}. `config` is the node's config from the materialized definition.
+    """
+
+    run_id: str
+    node_id: str
+    node_type: str
+    iteration: int
+    attempt: int
+    config: Json
+    input: Json
+    timeout_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStarted:
+    run_id: str
+    node_id: str
+    iteration: int
+    attempt: int
+    worker: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCompleted:
+    run_id: str
+    node_id: str
+    iteration: int
+    attempt: int
+    output: Json
+
+
+@dataclass(frozen=True, slots=True)
+class NodeFailed:
+    """A node attempt failed. `retryable=False` skips the remaining retries."""
+
+    run_id: str
+    node_id: str
+    iteration: int
+    attempt: int
+    error: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSkipped:
+    """A node instance will not run (dead path, unknown type, ...).
+
+    `warning` is set when the skip is something a user should look at.
+    """
+
+    run_id: str
+    node_id: str
+    iteration: int
+    reason: str
+    warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TimerSet:
+    """Ask the timer service to append `TimerFired` at `fire_at` (epoch ms).
+
+    `purpose` is "retry" (start the next attempt) or "timeout" (fail the attempt).
+    """
+
+    run_id: str
+    timer_id: str
+    fire_at: int
+    purpose: str
+    node_id: str
+    iteration: int
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    run_id: str
+    timer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatchProposed:
+    """RFC 6902 operations on the run's materialized definition."""
+
+    run_id: str
+    patch_id: str
+    operations: Json
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PatchApplied:
+    run_id: str
+    patch_id: str
+    revision: int
+    added_nodes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class PatchRejected:
+    run_id: str
+    patch_id: str
+    reasons: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequested:
+    run_id: str
+    approval_id: str
+    node_id: str
+    iteration: int
+    message: str
+    payload: Json = None
+    approvers: list[str] = field(default_factory=list)
+    deadline: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDecided:
+    run_id: str
+    approval_id: str
+    decision: str
+    decided_by: str
+    comments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelRequested:
+    run_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunCompleted:
+    run_id: str
+    output: Json
+
+
+@dataclass(frozen=True, slots=True)
+class RunFailed:
+    run_id: str
+    error: str
+    node_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunCancelled:
+    run_id: str
+    reason: str = ""
+
+
+Payload: TypeAlias = (
+    WorkflowCreated
+    | TagMoved
+    | RunSubmitted
+    | NodeScheduled
+    | NodeStarted
+    | NodeCompleted
+    | NodeFailed
+    | NodeSkipped
+    | TimerSet
+    | TimerFired
+    | PatchProposed
+    | PatchApplied
+    | PatchRejected
+    | ApprovalRequested
+    | ApprovalDecided
+    | RunCancelRequested
+    | RunCompleted
+    | RunFailed
+    | RunCancelled
+)
+
+PAYLOAD_TYPES: tuple[type[Any], ...] = (
+    WorkflowCreated,
+    TagMoved,
+    RunSubmitted,
+    NodeScheduled,
+    NodeStarted,
+    NodeCompleted,
+    NodeFailed,
+    NodeSkipped,
+    TimerSet,
+    TimerFired,
+    PatchProposed,
+    PatchApplied,
+    PatchRejected,
+    ApprovalRequested,
+    ApprovalDecided,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunCancelled,
+)
+PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
+
+TERMINAL_RUN_EVENTS = (RunCompleted, RunFailed, RunCancelled)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """The envelope every payload travels in.
+
+    `key` is the partitioning key: the run id for run events, the workflow id or tag
+    for workflow events. `causation_id` is the id of the event that led to this one.
+    `type` is the payload's class name.
+    """
+
+    event_id: str
+    key: str
+    occurred_at: int
+    payload: Payload
+    trace_id: str = ""
+    causation_id: str | None = None
+    actor: str = "system"
+
+    @property
+    def type(self) -> str:
+        return type(self.payload).__name__
