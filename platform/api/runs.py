@@ -1,0 +1,96 @@
+"""Runs: submit, status, list, cancel, patch, timeline."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
+
+router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
+
+
+class SubmitRun(BaseModel):
+    """Exactly one of `definition` (inline), `tag` or `workflow_id` (+ `version`)."""
+
+    definition: dict[str, Any] | None = None
+    tag: str | None = Field(default=None, max_length=128)
+    workflow_id: str | None = Field(default=None, max_length=128)
+    version: int | None = Field(default=None, ge=1)
+    inputs: Any = Field(default_factory=dict)
+
+
+class CancelRun(BaseModel):
+    reason: str = Field(default="", max_length=2000)
+
+
+class PatchRun(BaseModel):
+    operations: list[Any] = Field(description="RFC 6902 JSON Patch operations", max_length=1000)
+    reason: str = Field(default="", max_length=2000)
+
+
+@router.post("", status_code=202, summary="Submit a run")
+async def submit_run(body: SubmitRun, commands: CommandsDep, actor: Actor, trace_id: TraceId) -> JSONResponse:
+    accepted = await commands.submit_run(
+        definition=body.definition, tag=body.tag, workflow_id=body.workflow_id,
+        version=body.version, inputs=body.inputs, actor=actor, trace_id=trace_id,
+    )
+    location = f"/api/v1/runs/{accepted['run_id']}"
+    return JSONResponse(accepted, status_code=202, headers={"Location": location})
+
+
+@router.get("", summary="List runs, newest first")
+async def list_runs(
+    engine: EngineDep,
+    status: Literal["running", "waiting", "completed", "failed", "cancelled"] | None = None,
+    workflow_id: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256)] = None,
+) -> dict[str, Any]:
+    items, next_cursor = engine.read_models.list_runs(
+        status=status, workflow_id=workflow_id, limit=limit, before=cursor
+    )
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.get("/{run_id}", summary="Run status with its node states")
+async def get_run(run_id: str, commands: CommandsDep) -> dict[str, Any]:
+    return await commands.run(run_id)
+
+
+@router.post("/{run_id}/cancel", status_code=202, summary="Cancel a run")
+async def cancel_run(
+    run_id: str, commands: CommandsDep, actor: Actor, trace_id: TraceId, body: CancelRun | None = None
+) -> dict[str, Any]:
+    reason = body.reason if body else ""
+    return await commands.cancel_run(run_id, reason, actor=actor, trace_id=trace_id)
+
+
+@router.post("/{run_id}/patch", summary="Apply a JSON Patch to a running workflow")
+async def patch_run(
+    run_id: str, body: PatchRun, commands: CommandsDep, actor: Actor, trace_id: TraceId
+) -> JSONResponse:
+    patch = await commands.propose_patch(run_id, body.operations, body.reason, actor=actor, trace_id=trace_id)
+    status = {"applied": 200, "rejected": 409}.get(patch.get("status", ""), 202)
+    return JSONResponse(patch, status_code=status)
+
+
+@router.get("/{run_id}/patches", summary="A run's patches")
+async def list_patches(run_id: str, commands: CommandsDep, engine: EngineDep) -> dict[str, Any]:
+    await commands.run(run_id)
+    return {"items": engine.read_models.list_patches(run_id)}
+
+
+@router.get("/{run_id}/events", summary="A run's full event timeline, in log order")
+async def run_events(
+    run_id: str,
+    commands: CommandsDep,
+    engine: EngineDep,
+    after: Annotated[int | None, Query(ge=0)] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> dict[str, Any]:
+    await commands.run(run_id)
+    return {"items": engine.read_models.timeline(run_id, after_offset=after, limit=limit)}

@@ -1,0 +1,76 @@
+"""Workflows and tags: definitions are versioned; tags point at a version like git refs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
+from aob.projections.workflow.definition import workflow_json_schema
+
+router = APIRouter(prefix="/api/v1", tags=["workflows"])
+
+
+class CreateWorkflow(BaseModel):
+    definition: dict[str, Any]
+    tag: str | None = Field(
+        default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$",
+        description="Tag to move to the new version; defaults to the workflow's name, '' for none",
+    )
+
+
+class MoveTag(BaseModel):
+    workflow_id: str = Field(max_length=128)
+    version: int | None = Field(default=None, ge=1, description="Defaults to the latest version")
+
+
+class ValidateWorkflow(BaseModel):
+    definition: Any
+
+
+@router.post("/workflows", status_code=201, summary="Create a workflow (or a new version of it)")
+async def create_workflow(
+    body: CreateWorkflow, commands: CommandsDep, actor: Actor, trace_id: TraceId
+) -> JSONResponse:
+    created = await commands.create_workflow(body.definition, tag=body.tag, actor=actor, trace_id=trace_id)
+    location = f"/api/v1/workflows/{created['workflow_id']}?version={created['version']}"
+    return JSONResponse(created, status_code=201, headers={"Location": location})
+
+
+@router.post("/workflows/validate", summary="Validate a definition without storing it")
+async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> dict[str, Any]:
+    commands.validate(body.definition)
+    return {"valid": True}
+
+
+@router.get("/workflows", summary="List workflows (latest version of each)")
+async def list_workflows(engine: EngineDep) -> dict[str, Any]:
+    return {"items": engine.read_models.list_workflows()}
+
+
+@router.get("/workflows/{ref}", summary="A workflow by tag or id")
+async def get_workflow(
+    ref: str, commands: CommandsDep, version: Annotated[int | None, Query(ge=1)] = None
+) -> dict[str, Any]:
+    return await commands.resolve_workflow(ref, version)
+
+
+@router.get("/tags", summary="List tags")
+async def list_tags(engine: EngineDep) -> dict[str, Any]:
+    return {"items": engine.read_models.list_tags()}
+
+
+@router.post("/tags/{name}/move", summary="Point a tag at a workflow version")
+async def move_tag(
+    name: Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")],
+    body: MoveTag, commands: CommandsDep, actor: Actor, trace_id: TraceId,
+) -> dict[str, Any]:
+    return await commands.move_tag(name, body.workflow_id, body.version, actor=actor, trace_id=trace_id)
+
+
+@router.get("/schema/workflow", summary="JSON Schema of workflow definitions")
+async def schema() -> dict[str, Any]:
+    return workflow_json_schema()

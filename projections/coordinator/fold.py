@@ -1,0 +1,489 @@
+"""The coordinator as a deterministic fold: `(run state, event) -> (state, events to emit)`.
+
+No clock, no randomness, no I/O: time is the `occurred_at` of the event being
+folded, and every emitted event's id is derived from its cause's id. So folding the
+same log always makes the same decisions with the same ids, and a host that crashes
+after appending some emitted events but before committing its offset only produces
+duplicates that the fold (and every projection) ignores by event id.
+
+Every state change is driven by an event. A decision emits an event and applies it
+at once, through the same handler that applies it when it arrives from the log
+(where it is then recognised by id and skipped). The state is mutated in place for
+speed: the host owns it, and replaying a run's events into a fresh state rebuilds it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from aob.events.ids import derived_event_id
+from aob.events.types import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    PatchApplied,
+    PatchProposed,
+    PatchRejected,
+    Payload,
+    RunCancelled,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunSubmitted,
+    TimerFired,
+    TimerSet,
+    TERMINAL_RUN_EVENTS,
+)
+from aob.projections.coordinator.state import (
+    FINISHED,
+    OUTSTANDING,
+    NodeState,
+    NodeStatus,
+    RunState,
+    RunStatus,
+    Timer,
+)
+from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
+from aob.projections.workflow.expressions import ExpressionError, evaluate, is_truthy
+from aob.projections.workflow.ir import EdgeSpec, NodeSpec
+from aob.projections.workflow.materialize import apply_patch
+
+
+def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Event]]:
+    """Fold one event of a run; returns the run's state and the events to append.
+
+    `state` is None before the run's `RunSubmitted`; events of unknown runs are
+    ignored. Events already folded (same id) change nothing and emit nothing.
+    """
+    if state is None:
+        if not isinstance(event.payload, RunSubmitted):
+            return None, []
+        state, problem = _new_run(event.payload)
+        if problem is not None:
+            step = _Step(state, event)
+            step.emit(RunFailed(state.run_id, f"definition does not compile: {problem}"))
+            step.run()
+            return state, step.emitted
+    elif event.event_id in state.seen:
+        return state, []
+    step = _Step(state, event)
+    step.run()
+    return state, step.emitted
+
+
+def replay(events: list[Event]) -> RunState | None:
+    """The state after folding `events` in order (emitted events are discarded)."""
+    state: RunState | None = None
+    for event in events:
+        state, _ = fold(state, event)
+    return state
+
+
+def _new_run(submitted: RunSubmitted) -> tuple[RunState, str | None]:
+    """A fresh run state, and why its definition does not compile (None when it does)."""
+    problem = None
+    try:
+        ir = compile_workflow(submitted.definition)
+    except InvalidDefinition as error:
+        problem = "; ".join(f"{p.path}: {p.message}" for p in error.problems)
+        ir = compile_workflow(_EMPTY_DEFINITION)
+    state = RunState(
+        run_id=submitted.run_id,
+        status=RunStatus.RUNNING,
+        base=submitted.definition,
+        definition=submitted.definition,
+        ir=ir,
+        inputs=submitted.inputs,
+        known_types=frozenset(submitted.known_types),
+        nodes={node_id: NodeState() for node_id in ir.nodes},
+    )
+    return state, problem
+
+
+_EMPTY_DEFINITION: dict[str, Any] = {"name": "empty", "nodes": [], "edges": []}
+
+
+class _Step:
+    """Folds one incoming event and everything it leads to, in causal order."""
+
+    def __init__(self, state: RunState, cause: Event) -> None:
+        self.state = state
+        self.cause = cause
+        self.now = cause.occurred_at
+        self.emitted: list[Event] = []
+        self._queue: deque[Event] = deque([cause])
+        # Node instances decided in this step whose event is still queued: deciding
+        # them again (two edges resolving one join) must not schedule twice.
+        self._decided: set[tuple[str, int]] = set()
+        self._ending = False  # a terminal run event was emitted: emit no second one
+
+    def run(self) -> None:
+        while self._queue:
+            event = self._queue.popleft()
+            self.state.seen.add(event.event_id)
+            self._apply(event.payload)
+
+    def emit(self, payload: Payload) -> None:
+        if isinstance(payload, TERMINAL_RUN_EVENTS):
+            if self._ending:
+                return
+            self._ending = True
+        event = Event(
+            event_id=derived_event_id(self.cause.event_id, len(self.emitted)),
+            key=self.state.run_id,
+            occurred_at=self.now,
+            payload=payload,
+            trace_id=self.cause.trace_id,
+            causation_id=self.cause.event_id,
+            actor="coordinator",
+        )
+        self.emitted.append(event)
+        self._queue.append(event)
+
+    # --- applying events ---------------------------------------------------------
+
+    def _apply(self, payload: Payload) -> None:
+        state = self.state
+        if state.is_finished:
+            return
+        match payload:
+            case RunSubmitted():
+                self._start()
+            case NodeScheduled():
+                self._on_scheduled(payload)
+            case NodeStarted():
+                self._on_started(payload)
+            case NodeCompleted():
+                self._on_completed(payload)
+            case NodeFailed():
+                self._on_failed(payload)
+            case NodeSkipped():
+                self._on_skipped(payload)
+            case TimerSet():
+                state.timers[payload.timer_id] = Timer(
+                    payload.purpose, payload.node_id, payload.iteration, payload.attempt
+                )
+            case TimerFired():
+                self._on_timer(payload)
+            case PatchProposed():
+                self._on_patch(payload)
+            case PatchApplied() | PatchRejected():
+                pass  # decided (and applied) while folding the PatchProposed
+            case ApprovalRequested():
+                state.pending_approvals.add(payload.approval_id)
+            case ApprovalDecided():
+                state.pending_approvals.discard(payload.approval_id)
+                self._check_completion()
+            case RunCancelRequested():
+                self.emit(RunCancelled(state.run_id, payload.reason))
+            case RunCompleted():
+                state.status = RunStatus.COMPLETED
+            case RunFailed():
+                state.status = RunStatus.FAILED
+            case RunCancelled():
+                state.status = RunStatus.CANCELLED
+            case _:
+                pass  # workflow events never reach a run
+
+    def _start(self) -> None:
+        if not self.state.ir.nodes:
+            self._check_completion()
+            return
+        for node_id in self.state.ir.roots:
+            self._make_ready(node_id)
+
+    def _current(self, node_id: str, iteration: int, attempt: int | None = None) -> NodeState | None:
+        """The node's state if the event names its current instance, else None (stale)."""
+        node = self.state.nodes.get(node_id)
+        if node is None or node.iteration != iteration:
+            return None
+        if attempt is not None and node.attempt != attempt:
+            return None
+        return node
+
+    def _on_scheduled(self, event: NodeScheduled) -> None:
+        node = self.state.nodes.get(event.node_id)
+        if node is None:
+            return
+        first_attempt = node.status is NodeStatus.PENDING and event.iteration == node.iteration
+        retry = node.status is NodeStatus.RETRY_WAIT and event.attempt == node.attempt + 1
+        if not (first_attempt or retry):
+            return
+        if node.status is NodeStatus.PENDING:
+            self.state.outstanding += 1
+        node.iteration, node.attempt = event.iteration, event.attempt
+        node.status = NodeStatus.SCHEDULED
+        self.state.ever_started.add(event.node_id)
+        if event.timeout_ms:
+            self.emit(
+                TimerSet(
+                    run_id=self.state.run_id,
+                    timer_id=_timer_id(self.state.run_id, event.node_id, event.iteration, event.attempt, "timeout"),
+                    fire_at=self.now + event.timeout_ms,
+                    purpose="timeout",
+                    node_id=event.node_id,
+                    iteration=event.iteration,
+                    attempt=event.attempt,
+                )
+            )
+
+    def _on_started(self, event: NodeStarted) -> None:
+        node = self._current(event.node_id, event.iteration, event.attempt)
+        if node is not None and node.status is NodeStatus.SCHEDULED:
+            node.status = NodeStatus.RUNNING
+
+    def _on_completed(self, event: NodeCompleted) -> None:
+        node = self._current(event.node_id, event.iteration, event.attempt)
+        if node is None or node.status not in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+            return
+        self._finish(node, NodeStatus.COMPLETED)
+        self.state.outputs[event.node_id] = event.output
+        if not self._take_loop(event.node_id):
+            self._route(event.node_id, passed=True)
+        self._check_completion()
+
+    def _on_failed(self, event: NodeFailed) -> None:
+        node = self._current(event.node_id, event.iteration, event.attempt)
+        if node is None or node.status not in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+            return
+        spec = self.state.ir.nodes[event.node_id]
+        if event.retryable and event.attempt < spec.retry.max_attempts:
+            node.status = NodeStatus.RETRY_WAIT
+            self.emit(
+                TimerSet(
+                    run_id=self.state.run_id,
+                    timer_id=_timer_id(self.state.run_id, event.node_id, event.iteration, event.attempt, "retry"),
+                    fire_at=self.now + spec.retry.backoff_ms(event.attempt),
+                    purpose="retry",
+                    node_id=event.node_id,
+                    iteration=event.iteration,
+                    attempt=event.attempt,
+                )
+            )
+            return
+        self._finish(node, NodeStatus.FAILED)
+        attempts = f" after {event.attempt} attempts" if event.attempt > 1 else ""
+        self.emit(
+            RunFailed(self.state.run_id, f"node {event.node_id!r} failed{attempts}: {event.error}",
+                      event.node_id)
+        )
+
+    def _on_skipped(self, event: NodeSkipped) -> None:
+        node = self._current(event.node_id, event.iteration)
+        if node is None or node.status is not NodeStatus.PENDING:
+            return
+        node.status = NodeStatus.SKIPPED
+        node.passthrough = event.warning
+        self._route(event.node_id, passed=event.warning)
+        self._check_completion()
+
+    def _on_timer(self, event: TimerFired) -> None:
+        timer = self.state.timers.pop(event.timer_id, None)
+        if timer is None:
+            return
+        node = self._current(timer.node_id, timer.iteration, timer.attempt)
+        if node is None:
+            return
+        if timer.purpose == "retry" and node.status is NodeStatus.RETRY_WAIT:
+            self._schedule(timer.node_id, node.iteration, node.attempt + 1)
+        elif timer.purpose == "timeout" and node.status in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+            timeout = self.state.ir.nodes[timer.node_id].timeout_ms
+            self.emit(
+                NodeFailed(self.state.run_id, timer.node_id, timer.iteration, timer.attempt,
+                           f"timed out after {timeout} ms")
+            )
+
+    def _on_patch(self, event: PatchProposed) -> None:
+        state = self.state
+        outcome = apply_patch(
+            state.definition,
+            event.operations,
+            frozen_nodes=frozenset(state.ever_started),
+            base_node_ids=_node_ids(state.base),
+            agents_added_so_far=state.agents_added,
+        )
+        if outcome.problems or outcome.definition is None:
+            reasons = [f"{p.path}: {p.message}" if p.path else p.message for p in outcome.problems]
+            self.emit(PatchRejected(state.run_id, event.patch_id, reasons))
+            return
+        state.revision += 1
+        state.agents_added += outcome.added_agents
+        state.definition = outcome.definition
+        state.ir = compile_workflow(outcome.definition)
+        for node_id in state.ir.nodes:
+            state.nodes.setdefault(node_id, NodeState())
+        for node_id in [n for n in state.nodes if n not in state.ir.nodes]:
+            del state.nodes[node_id]  # removed by the patch; it never started
+        self.emit(PatchApplied(state.run_id, event.patch_id, state.revision, list(outcome.added_nodes)))
+        self._reevaluate_pending()
+
+    # --- routing -----------------------------------------------------------------
+
+    def _route(self, source: str, *, passed: bool) -> None:
+        """Decide each forward edge out of `source`, then resolve the targets' joins."""
+        context = self.state.context()
+        for edge in self.state.ir.outgoing[source]:
+            taken = passed and self._condition(edge, context)
+            if taken is None:
+                return
+            self.state.edge_taken[(edge.source, edge.target)] = taken
+        for edge in self.state.ir.outgoing[source]:
+            self._resolve(edge.target)
+
+    def _condition(self, edge: EdgeSpec, context: dict[str, Any]) -> bool | None:
+        """Whether `edge` is taken; None when its condition broke (the run has failed)."""
+        if edge.when is None:
+            return True
+        try:
+            return is_truthy(edge.when, context)
+        except ExpressionError as error:
+            self.emit(
+                RunFailed(self.state.run_id,
+                          f"condition on edge {edge.source}->{edge.target} failed: {error}",
+                          edge.source)
+            )
+            return None
+
+    def _resolve(self, node_id: str) -> None:
+        """Schedule or skip a pending node once its join can be decided."""
+        node = self.state.nodes[node_id]
+        if node.status is not NodeStatus.PENDING or self.state.is_finished:
+            return
+        spec = self.state.ir.nodes[node_id]
+        decided = [self.state.edge_taken.get((e.source, node_id)) for e in self.state.ir.incoming[node_id]]
+        if spec.join == "any" and any(decided):
+            self._make_ready(node_id)
+        elif all(d is not None for d in decided):
+            if any(decided):
+                self._make_ready(node_id)
+            elif self._decide(node_id, node.iteration):
+                self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration,
+                                      "no incoming edge was taken"))
+
+    def _make_ready(self, node_id: str) -> None:
+        spec = self.state.ir.nodes[node_id]
+        node = self.state.nodes[node_id]
+        if not self._decide(node_id, node.iteration):
+            return
+        if spec.type not in self.state.known_types:
+            self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration,
+                                  f"unknown node type {spec.type!r}", warning=True))
+            return
+        self._schedule(node_id, node.iteration, 1)
+
+    def _decide(self, node_id: str, iteration: int) -> bool:
+        """Claim the decision for a node instance in this step; False if already made."""
+        if (node_id, iteration) in self._decided:
+            return False
+        self._decided.add((node_id, iteration))
+        return True
+
+    def _schedule(self, node_id: str, iteration: int, attempt: int) -> None:
+        spec: NodeSpec = self.state.ir.nodes[node_id]
+        self.emit(
+            NodeScheduled(
+                run_id=self.state.run_id,
+                node_id=node_id,
+                node_type=spec.type,
+                iteration=iteration,
+                attempt=attempt,
+                config=spec.config,
+                input=self.state.context(iteration),
+                timeout_ms=spec.timeout_ms,
+            )
+        )
+
+    def _take_loop(self, source: str) -> bool:
+        """Start the next iteration of a loop whose back-edge leaves `source`, if one is taken."""
+        ir = self.state.ir
+        for index, edge in enumerate(ir.loops):
+            if edge.source != source:
+                continue
+            count = self.state.loop_counts.get(index, 0)
+            assert edge.max_iterations is not None
+            if count >= edge.max_iterations:
+                continue
+            taken = self._condition(edge, self.state.context())
+            if taken is None:
+                return True
+            if taken:
+                self.state.loop_counts[index] = count + 1
+                self._restart(ir.loop_bodies[index], edge.target)
+                return True
+        return False
+
+    def _restart(self, body: frozenset[str], entry: str) -> None:
+        """Reset the loop body to pending in a new iteration and schedule its entry."""
+        for node_id in body:
+            node = self.state.nodes[node_id]
+            if node.status in OUTSTANDING:
+                self.state.outstanding -= 1  # abandoned: its late result is stale by iteration
+            self.state.nodes[node_id] = NodeState(iteration=node.iteration + 1)
+        for key in [k for k in self.state.edge_taken if k[0] in body]:
+            del self.state.edge_taken[key]
+        self._make_ready(entry)
+
+    def _reevaluate_pending(self) -> None:
+        """After a patch: decide edges out of finished nodes into pending ones, resolve joins."""
+        state = self.state
+        context = state.context()
+        for node_id in state.ir.order:
+            node = state.nodes[node_id]
+            if node.status is not NodeStatus.PENDING:
+                continue
+            incoming = state.ir.incoming[node_id]
+            if not incoming and node_id not in state.ever_started:
+                self._make_ready(node_id)
+                continue
+            for edge in incoming:
+                key = (edge.source, node_id)
+                source = state.nodes[edge.source]
+                if key in state.edge_taken or source.status not in FINISHED:
+                    continue
+                passed = source.status is NodeStatus.COMPLETED or source.passthrough
+                taken = passed and self._condition(edge, context)
+                if taken is None:
+                    return
+                state.edge_taken[key] = taken
+            self._resolve(node_id)
+        self._check_completion()
+
+    # --- completion --------------------------------------------------------------
+
+    def _finish(self, node: NodeState, status: NodeStatus) -> None:
+        if node.status in OUTSTANDING:
+            self.state.outstanding -= 1
+        node.status = status
+
+    def _check_completion(self) -> None:
+        state = self.state
+        if state.is_finished or state.outstanding or state.pending_approvals:
+            return
+        if self._ending or any(n.status is NodeStatus.PENDING for n in state.nodes.values()):
+            return  # pending nodes: a decision for them is already queued in this step
+        self.emit(self._run_outcome())
+
+    def _run_outcome(self) -> RunCompleted | RunFailed:
+        state = self.state
+        if state.ir.output is None:
+            return RunCompleted(
+                state.run_id, {n: state.outputs[n] for n in state.ir.sinks if n in state.outputs}
+            )
+        try:
+            return RunCompleted(state.run_id, evaluate(state.ir.output, state.context()))
+        except ExpressionError as error:
+            return RunFailed(state.run_id, f"run output expression failed: {error}")
+
+
+def _timer_id(run_id: str, node_id: str, iteration: int, attempt: int, purpose: str) -> str:
+    return f"{run_id}:{node_id}:{iteration}:{attempt}:{purpose}"
+
+
+def _node_ids(definition: dict[str, Any]) -> frozenset[str]:
+    return frozenset(n["id"] for n in definition.get("nodes", []) if isinstance(n, dict) and "id" in n)

@@ -1,0 +1,280 @@
+"""The read models of the embedded default, in their own SQLite file.
+
+Methods are synchronous on purpose: the file is local, every query is a short
+indexed lookup, and sqlite3 has no async API anyway. Async callers that want to
+keep their loop free can use `asyncio.to_thread`; one lock serialises use of the
+single connection across threads.
+
+The file is disposable: it holds nothing the log does not, so a rebuild is
+"delete the file, apply the log from offset 0".
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from types import TracebackType
+from typing import Any, Self
+
+from aob.events.log.port import TopicPartition
+from aob.events.types import Event
+from aob.projections.readmodels import queries as q
+from aob.projections.readmodels.views import (
+    LOAD_OFFSETS,
+    SAVE_OFFSET,
+    Exec,
+    Positioned,
+    Row,
+    Step,
+    offset_params,
+    project,
+    run_plan,
+    select_new,
+)
+
+MIGRATIONS_PACKAGE = "aob.projections.readmodels"
+
+
+class SqliteReadModels:
+    """Queryable read models fed by the projector; build with `open`."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Self:
+        """Open (or create) the file and bring its schema up to date; idempotent."""
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL may lose the last commits on power loss but never tears one;
+            # the offsets live in the same transactions, so the projector just
+            # re-applies what was lost.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA busy_timeout = 5000")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the write side -----------------------------------------------------------------
+
+    def apply(self, batch: Sequence[tuple[Positioned, Event]]) -> None:
+        """Apply a batch of decoded events and advance the offsets, in one transaction.
+
+        Events below their partition's stored offset were applied before and are
+        skipped, so a batch re-delivered after a crash changes nothing.
+        """
+        if not batch:
+            return
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            todo, advanced = select_new(batch, self._offsets())
+            for position, event in todo:
+                run_plan(project(event, position), self._execute)
+            for tp, next_offset in advanced.items():
+                self._execute(Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
+
+    def offsets(self) -> dict[TopicPartition, int]:
+        """Per partition, the offset of the next event to apply (absent means 0)."""
+        with self._lock:
+            return self._offsets()
+
+    # --- queries ------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run with its node runs (key "nodes"), or None."""
+        with self._lock, self._transaction("BEGIN"):
+            run = self._one(q.GET_RUN, {"run_id": run_id})
+            if run is not None:
+                run["nodes"] = self._all(q.RUN_NODES, {"run_id": run_id})
+        return run
+
+    def list_runs(
+        self,
+        status: str | None = None,
+        workflow_id: str | None = None,
+        limit: int = 50,
+        before: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of runs, newest first, and the cursor for the next page (or None)."""
+        sql, params = q.list_runs(status, workflow_id, limit, before)
+        with self._lock:
+            rows = [dict(row) for row in self._conn.execute(sql, params)]
+        return q.runs_page(rows, limit)
+
+    def timeline(
+        self, key: str, after_offset: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """The events of one key (run id, workflow id, tag) in log order."""
+        after = -1 if after_offset is None else after_offset
+        return self._locked_all(q.TIMELINE, {"key": key, "after": after, "limit": limit})
+
+    def get_workflow(self, workflow_id: str, version: int | None = None) -> dict[str, Any] | None:
+        """One version of a workflow; the latest when `version` is None."""
+        if version is None:
+            return self._locked_one(q.GET_LATEST_WORKFLOW, {"workflow_id": workflow_id})
+        return self._locked_one(q.GET_WORKFLOW, {"workflow_id": workflow_id, "version": version})
+
+    def list_workflows(self) -> list[dict[str, Any]]:
+        """The latest version of each workflow, with its number of versions."""
+        return self._locked_all(q.LIST_WORKFLOWS, {})
+
+    def get_tag(self, tag: str) -> dict[str, Any] | None:
+        return self._locked_one(q.GET_TAG, {"tag": tag})
+
+    def list_tags(self) -> list[dict[str, Any]]:
+        return self._locked_all(q.LIST_TAGS, {})
+
+    def list_patches(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's patches in the order they were proposed."""
+        return self._locked_all(q.LIST_PATCHES, {"run_id": run_id})
+
+    def get_patch(self, run_id: str, patch_id: str) -> dict[str, Any] | None:
+        return self._locked_one(q.GET_PATCH, {"run_id": run_id, "patch_id": patch_id})
+
+    def list_approvals(
+        self, run_id: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Approvals, oldest request first; `status="pending"` is the inbox."""
+        return self._locked_all(*q.list_approvals(run_id, status))
+
+    def get_approval(self, approval_id: str) -> dict[str, Any] | None:
+        return self._locked_one(q.GET_APPROVAL, {"approval_id": approval_id})
+
+    def due_timers(self, now_ms: int, limit: int = 100) -> list[dict[str, Any]]:
+        """Unfired timers with `fire_at <= now_ms`, earliest first."""
+        return self._locked_all(q.DUE_TIMERS, {"now": now_ms, "limit": limit})
+
+    def dump(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Every table's rows in primary-key order: two stores fed the same events
+        must dump equal, however the events were batched."""
+        with self._lock, self._transaction("BEGIN"):
+            return {
+                table: [
+                    tuple(row)
+                    for row in self._conn.execute(f"SELECT * FROM {table} ORDER BY {keys}")
+                ]
+                for table, keys in q.TABLE_KEYS.items()
+            }
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    @contextmanager
+    def _transaction(self, begin: str) -> Iterator[None]:
+        """Reads take a snapshot (BEGIN); writes take the write lock up front
+        (BEGIN IMMEDIATE) so they never fail mid-batch on a lock upgrade."""
+        self._conn.execute(begin)
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _execute(self, step: Step) -> Row | None:
+        cursor = self._conn.execute(step.sql, step.params)
+        if isinstance(step, Exec):
+            return None
+        rows = cursor.fetchall()
+        return dict(rows[0]) if rows else None
+
+    def _offsets(self) -> dict[TopicPartition, int]:
+        rows = self._conn.execute(LOAD_OFFSETS).fetchall()
+        return {TopicPartition(row[0], row[1]): row[2] for row in rows}
+
+    def _one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        row = self._conn.execute(sql, params).fetchone()
+        return None if row is None else q.decode_row(dict(row))
+
+    def _all(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [q.decode_row(dict(row)) for row in self._conn.execute(sql, params)]
+
+    def _locked_one(self, sql: str, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        with self._lock:
+            return self._one(sql, params)
+
+    def _locked_all(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._all(sql, params)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply the migrations `conn` lacks, all in one transaction; returns their versions.
+
+    Running under BEGIN IMMEDIATE means two processes opening a new file at once
+    cannot both migrate it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version INTEGER PRIMARY KEY, name TEXT NOT NULL)"
+        )
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        applied = []
+        for version, name, script in migrations():
+            if version in done:
+                continue
+            for statement in statements(script):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, name))
+            applied.append(version)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return applied
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of the shipped SQLite migrations, in order.
+
+    Files are named `NNNN_description.sql` and shipped as package data.
+    """
+    folder = resources.files(MIGRATIONS_PACKAGE).joinpath("migrations").joinpath("sqlite")
+    found = [
+        (int(entry.name.split("_", 1)[0]), entry.name, entry.read_text(encoding="utf-8"))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".sql")
+    ]
+    return sorted(found)
+
+
+def statements(script: str) -> Iterator[str]:
+    """Split a script into statements, because `executescript` would commit first
+    and so could not run inside the migration's transaction."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending
+            pending = ""
+    if _has_sql(pending):
+        raise ValueError(f"incomplete SQL statement at end of migration: {pending!r}")
+
+
+def _has_sql(text: str) -> bool:
+    lines = (line.split("--", 1)[0].strip() for line in text.splitlines())
+    return any(lines)

@@ -1,0 +1,562 @@
+"""The projection without I/O: what each event does to the read models.
+
+`project(event, position)` is a generator of portable SQL steps (named `:params`,
+ON CONFLICT upserts, no engine-specific functions). A driver runs every step in
+the batch's transaction and sends each `Fetch`'s first row back into the plan.
+The SQLite store drives plans synchronously (`run_plan`); a Postgres adapter can
+drive the very same plans with `await`s, so the per-event logic lives only here.
+
+Drivers must hand JSON columns back as JSON text, and translate `:name`
+placeholders if their engine needs to (asyncpg wants `$n`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, TypeAlias
+
+import jsonpatch
+import jsonpointer
+
+from aob.events.log.port import TopicPartition
+from aob.events.types import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    PatchApplied,
+    PatchProposed,
+    PatchRejected,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    RunSubmitted,
+    TagMoved,
+    TimerFired,
+    TimerSet,
+    WorkflowCreated,
+)
+
+log = logging.getLogger(__name__)
+
+Params: TypeAlias = Mapping[str, Any]
+Row: TypeAlias = Mapping[str, Any]
+
+TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class Exec:
+    """A statement whose result the plan does not need."""
+
+    sql: str
+    params: Params
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """A statement whose first row (or None) the driver sends back into the plan."""
+
+    sql: str
+    params: Params
+
+
+Step: TypeAlias = Exec | Fetch
+Plan: TypeAlias = Generator[Step, Row | None, None]
+
+
+class Positioned(Protocol):
+    """Where an event sits in the log; `aob.events.log.port.Record` is one."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A bare log position, for callers that hold decoded events but no `Record`."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def dumps(value: Any) -> str:
+    """JSON text as stored: compact, key order kept (so rebuilds are byte-identical)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads(text: str | None) -> Any:
+    """Inverse of `dumps`; SQL NULL reads as None."""
+    return None if text is None else json.loads(text)
+
+
+# --- batches and offsets ------------------------------------------------------------
+
+LOAD_OFFSETS = 'SELECT topic, "partition", next_offset FROM projector_offsets'
+
+SAVE_OFFSET = """
+INSERT INTO projector_offsets (topic, "partition", next_offset)
+VALUES (:topic, :partition, :next_offset)
+ON CONFLICT (topic, "partition") DO UPDATE SET next_offset = excluded.next_offset
+"""
+
+
+def select_new(
+    batch: Iterable[tuple[Positioned, Event]], stored: Mapping[TopicPartition, int]
+) -> tuple[list[tuple[Positioned, Event]], dict[TopicPartition, int]]:
+    """The events not yet applied, and the next offsets once they are.
+
+    An event below its partition's next offset was applied before (or repeats
+    within the batch): skipping it is what makes re-applying a batch a no-op.
+    """
+    next_offsets = dict(stored)
+    todo: list[tuple[Positioned, Event]] = []
+    advanced: dict[TopicPartition, int] = {}
+    for position, event in batch:
+        tp = TopicPartition(position.topic, position.partition)
+        if position.offset < next_offsets.get(tp, 0):
+            continue
+        todo.append((position, event))
+        next_offsets[tp] = advanced[tp] = position.offset + 1
+    return todo, advanced
+
+
+def offset_params(tp: TopicPartition, next_offset: int) -> Params:
+    return {"topic": tp.topic, "partition": tp.partition, "next_offset": next_offset}
+
+
+def run_plan(plan: Plan, execute: Callable[[Step], Row | None]) -> None:
+    """Drive `plan` synchronously: `execute` runs a step and returns its first row."""
+    try:
+        step = next(plan)
+        while True:
+            step = plan.send(execute(step))
+    except StopIteration:
+        return
+
+
+# --- the projection ------------------------------------------------------------------
+
+INSERT_TIMELINE = """
+INSERT INTO timeline (topic, "partition", "offset", event_id, key, type, occurred_at,
+                      actor, trace_id, causation_id, data)
+VALUES (:topic, :partition, :offset, :event_id, :key, :type, :occurred_at,
+        :actor, :trace_id, :causation_id, :data)
+ON CONFLICT DO NOTHING
+RETURNING event_id
+"""
+
+TOUCH_RUN = """
+UPDATE runs SET updated_at = CASE WHEN updated_at > :at THEN updated_at ELSE :at END
+WHERE run_id = :run_id
+"""
+
+
+def project(event: Event, position: Positioned) -> Plan:
+    """The steps that apply one event.
+
+    The timeline insert comes first and doubles as deduplication: an `event_id`
+    seen before (a producer retry, or the same work item read from a task topic)
+    changes nothing else.
+    """
+    inserted = yield Fetch(INSERT_TIMELINE, _timeline_params(event, position))
+    if inserted is None:
+        return
+    handler = _HANDLERS.get(type(event.payload))
+    if handler is not None:
+        yield from handler(event.payload, event)
+    payload = event.payload
+    if not isinstance(payload, WorkflowCreated | TagMoved):
+        yield Exec(TOUCH_RUN, {"run_id": payload.run_id, "at": event.occurred_at})
+
+
+def _timeline_params(event: Event, position: Positioned) -> Params:
+    return {
+        "topic": position.topic,
+        "partition": position.partition,
+        "offset": position.offset,
+        "event_id": event.event_id,
+        "key": event.key,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "actor": event.actor,
+        "trace_id": event.trace_id,
+        "causation_id": event.causation_id,
+        "data": dumps(asdict(event.payload)),
+    }
+
+
+# --- workflows and tags ----------------------------------------------------------------
+
+INSERT_WORKFLOW = """
+INSERT INTO workflows (workflow_id, version, name, definition, created_at, created_by)
+VALUES (:workflow_id, :version, :name, :definition, :at, :actor)
+ON CONFLICT (workflow_id, version) DO NOTHING
+"""
+
+UPSERT_TAG = """
+INSERT INTO tags (tag, workflow_id, version, moved_at, moved_by)
+VALUES (:tag, :workflow_id, :version, :at, :actor)
+ON CONFLICT (tag) DO UPDATE SET workflow_id = excluded.workflow_id,
+    version = excluded.version, moved_at = excluded.moved_at, moved_by = excluded.moved_by
+"""
+
+
+def _workflow_created(p: WorkflowCreated, e: Event) -> Plan:
+    """Versions are immutable: a second WorkflowCreated for one version is ignored."""
+    name = p.definition.get("name") if isinstance(p.definition, dict) else None
+    yield Exec(
+        INSERT_WORKFLOW,
+        {
+            "workflow_id": p.workflow_id,
+            "version": p.version,
+            "name": name if isinstance(name, str) else None,
+            "definition": dumps(p.definition),
+            "at": e.occurred_at,
+            "actor": e.actor,
+        },
+    )
+
+
+def _tag_moved(p: TagMoved, e: Event) -> Plan:
+    params = {"tag": p.tag, "workflow_id": p.workflow_id, "version": p.version}
+    yield Exec(UPSERT_TAG, {**params, "at": e.occurred_at, "actor": e.actor})
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+INSERT_RUN = """
+INSERT INTO runs (run_id, workflow_id, version, tag, status, inputs, revision,
+                  submitted_at, submitted_by, updated_at, trace_id, definition)
+VALUES (:run_id, :workflow_id, :version, :tag, 'running', :inputs, 0,
+        :at, :actor, :at, :trace_id, :definition)
+ON CONFLICT (run_id) DO NOTHING
+"""
+
+END_RUN = """
+UPDATE runs SET status = :status, output = :output, error = :error,
+    error_node_id = :error_node_id, finished_at = :at
+WHERE run_id = :run_id AND status IN ('running', 'waiting')
+"""
+
+DELETE_UNFIRED_TIMERS = "DELETE FROM timers WHERE run_id = :run_id AND NOT fired"
+
+CANCEL_PENDING_APPROVALS = """
+UPDATE approvals SET status = 'cancelled', decided_at = :at
+WHERE run_id = :run_id AND status = 'pending'
+"""
+
+# "waiting" is derived here, once per change, so list_runs can filter on it cheaply.
+REFRESH_WAITING = """
+UPDATE runs SET status = CASE
+    WHEN EXISTS (SELECT 1 FROM approvals a WHERE a.run_id = :run_id AND a.status = 'pending')
+      OR EXISTS (SELECT 1 FROM patches p WHERE p.run_id = :run_id AND p.status = 'proposed')
+    THEN 'waiting' ELSE 'running' END
+WHERE run_id = :run_id AND status IN ('running', 'waiting')
+"""
+
+SELECT_RUN_STATUS = "SELECT status FROM runs WHERE run_id = :run_id"
+
+
+def _run_submitted(p: RunSubmitted, e: Event) -> Plan:
+    yield Exec(
+        INSERT_RUN,
+        {
+            "run_id": p.run_id,
+            "workflow_id": p.workflow_id,
+            "version": p.version,
+            "tag": p.tag,
+            "inputs": dumps(p.inputs),
+            "at": e.occurred_at,
+            "actor": e.actor,
+            "trace_id": e.trace_id,
+            "definition": dumps(p.definition),
+        },
+    )
+
+
+def _end_run(
+    run_id: str,
+    at: int,
+    status: str,
+    *,
+    output: str | None = None,
+    error: str | None = None,
+    error_node_id: str | None = None,
+) -> Plan:
+    """Finish a run; its unfired timers can no longer matter, nor its pending approvals."""
+    ended = {"run_id": run_id, "at": at}
+    outcome = {"status": status, "output": output, "error": error, "error_node_id": error_node_id}
+    yield Exec(END_RUN, {**ended, **outcome})
+    yield Exec(DELETE_UNFIRED_TIMERS, {"run_id": run_id})
+    yield Exec(CANCEL_PENDING_APPROVALS, ended)
+
+
+def _run_completed(p: RunCompleted, e: Event) -> Plan:
+    yield from _end_run(p.run_id, e.occurred_at, "completed", output=dumps(p.output))
+
+
+def _run_failed(p: RunFailed, e: Event) -> Plan:
+    yield from _end_run(p.run_id, e.occurred_at, "failed", error=p.error, error_node_id=p.node_id)
+
+
+def _run_cancelled(p: RunCancelled, e: Event) -> Plan:
+    """The cancellation reason goes to `error`: the column says why a run ended early."""
+    yield from _end_run(p.run_id, e.occurred_at, "cancelled", error=p.reason or None)
+
+
+# --- node runs -----------------------------------------------------------------------------
+
+# A new attempt resets the row; an older or repeated attempt cannot move it back.
+SCHEDULE_NODE = """
+INSERT INTO node_runs (run_id, node_id, iteration, type, status, attempt, scheduled_at)
+VALUES (:run_id, :node_id, :iteration, :type, 'scheduled', :attempt, :at)
+ON CONFLICT (run_id, node_id, iteration) DO UPDATE SET type = excluded.type,
+    status = 'scheduled', attempt = excluded.attempt, worker = NULL, output = NULL,
+    error = NULL, skip_reason = NULL, warning = FALSE,
+    scheduled_at = excluded.scheduled_at, started_at = NULL, finished_at = NULL
+WHERE node_runs.attempt < excluded.attempt
+"""
+
+# Outcomes count only for the current attempt, and the first outcome wins.
+START_NODE = """
+UPDATE node_runs SET status = 'running', worker = :worker, started_at = :at
+WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
+  AND attempt = :attempt AND status = 'scheduled'
+"""
+
+COMPLETE_NODE = """
+UPDATE node_runs SET status = 'completed', output = :output, finished_at = :at
+WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
+  AND attempt = :attempt AND status IN ('scheduled', 'running')
+"""
+
+FAIL_NODE = """
+UPDATE node_runs SET status = 'failed', error = :error, finished_at = :at
+WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
+  AND attempt = :attempt AND status IN ('scheduled', 'running')
+"""
+
+SKIP_NODE = """
+INSERT INTO node_runs (run_id, node_id, iteration, status, skip_reason, warning, finished_at)
+VALUES (:run_id, :node_id, :iteration, 'skipped', :reason, :warning, :at)
+ON CONFLICT (run_id, node_id, iteration) DO UPDATE SET status = 'skipped',
+    skip_reason = excluded.skip_reason, warning = excluded.warning,
+    finished_at = excluded.finished_at
+"""
+
+MARK_RETRYING = """
+UPDATE node_runs SET status = 'retrying'
+WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
+  AND attempt = :attempt AND status = 'failed'
+"""
+
+
+def _node_key(p: NodeScheduled | NodeStarted | NodeCompleted | NodeFailed) -> dict[str, Any]:
+    return {
+        "run_id": p.run_id,
+        "node_id": p.node_id,
+        "iteration": p.iteration,
+        "attempt": p.attempt,
+    }
+
+
+def _node_scheduled(p: NodeScheduled, e: Event) -> Plan:
+    yield Exec(SCHEDULE_NODE, {**_node_key(p), "type": p.node_type, "at": e.occurred_at})
+
+
+def _node_started(p: NodeStarted, e: Event) -> Plan:
+    yield Exec(START_NODE, {**_node_key(p), "worker": p.worker, "at": e.occurred_at})
+
+
+def _node_completed(p: NodeCompleted, e: Event) -> Plan:
+    yield Exec(COMPLETE_NODE, {**_node_key(p), "output": dumps(p.output), "at": e.occurred_at})
+
+
+def _node_failed(p: NodeFailed, e: Event) -> Plan:
+    yield Exec(FAIL_NODE, {**_node_key(p), "error": p.error, "at": e.occurred_at})
+
+
+def _node_skipped(p: NodeSkipped, e: Event) -> Plan:
+    key = {"run_id": p.run_id, "node_id": p.node_id, "iteration": p.iteration}
+    yield Exec(SKIP_NODE, {**key, "reason": p.reason, "warning": p.warning, "at": e.occurred_at})
+
+
+# --- timers --------------------------------------------------------------------------------
+
+INSERT_TIMER = """
+INSERT INTO timers (timer_id, run_id, fire_at, purpose, node_id, iteration, attempt, fired)
+VALUES (:timer_id, :run_id, :fire_at, :purpose, :node_id, :iteration, :attempt, FALSE)
+ON CONFLICT (timer_id) DO NOTHING
+"""
+
+FIRE_TIMER = "UPDATE timers SET fired = TRUE WHERE timer_id = :timer_id"
+
+
+def _timer_set(p: TimerSet, e: Event) -> Plan:
+    """A timer set after its run ended would never be cancelled: keep it out."""
+    run = yield Fetch(SELECT_RUN_STATUS, {"run_id": p.run_id})
+    if run is not None and run["status"] in TERMINAL_RUN_STATUSES:
+        return
+    node = {"run_id": p.run_id, "node_id": p.node_id, "iteration": p.iteration}
+    timer = {"timer_id": p.timer_id, "fire_at": p.fire_at, "purpose": p.purpose}
+    yield Exec(INSERT_TIMER, {**node, **timer, "attempt": p.attempt})
+    if p.purpose == "retry":
+        yield Exec(MARK_RETRYING, {**node, "attempt": p.attempt})
+
+
+def _timer_fired(p: TimerFired, e: Event) -> Plan:
+    yield Exec(FIRE_TIMER, {"timer_id": p.timer_id})
+
+
+# --- patches -------------------------------------------------------------------------------
+
+INSERT_PATCH = """
+INSERT INTO patches (run_id, patch_id, status, operations, reason, proposed_at)
+VALUES (:run_id, :patch_id, 'proposed', :operations, :reason, :at)
+ON CONFLICT (run_id, patch_id) DO NOTHING
+"""
+
+PATCH_TO_APPLY = """
+SELECT p.operations, r.definition FROM patches p JOIN runs r ON r.run_id = p.run_id
+WHERE p.run_id = :run_id AND p.patch_id = :patch_id AND p.status = 'proposed'
+"""
+
+SET_DEFINITION = "UPDATE runs SET definition = :definition WHERE run_id = :run_id"
+
+SET_REVISION = "UPDATE runs SET revision = :revision WHERE run_id = :run_id"
+
+APPLY_PATCH = """
+INSERT INTO patches (run_id, patch_id, status, revision, added_nodes, decided_at)
+VALUES (:run_id, :patch_id, 'applied', :revision, :added_nodes, :at)
+ON CONFLICT (run_id, patch_id) DO UPDATE SET status = 'applied',
+    revision = excluded.revision, added_nodes = excluded.added_nodes,
+    decided_at = excluded.decided_at
+WHERE patches.status = 'proposed'
+"""
+
+REJECT_PATCH = """
+INSERT INTO patches (run_id, patch_id, status, reasons, decided_at)
+VALUES (:run_id, :patch_id, 'rejected', :reasons, :at)
+ON CONFLICT (run_id, patch_id) DO UPDATE SET status = 'rejected',
+    reasons = excluded.reasons, decided_at = excluded.decided_at
+WHERE patches.status = 'proposed'
+"""
+
+
+def _patch_proposed(p: PatchProposed, e: Event) -> Plan:
+    patch = {"run_id": p.run_id, "patch_id": p.patch_id, "reason": p.reason}
+    yield Exec(INSERT_PATCH, {**patch, "operations": dumps(p.operations), "at": e.occurred_at})
+    yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+def _patch_applied(p: PatchApplied, e: Event) -> Plan:
+    """PatchApplied carries no operations: replay the proposed ones on the definition."""
+    key = {"run_id": p.run_id, "patch_id": p.patch_id}
+    row = yield Fetch(PATCH_TO_APPLY, key)
+    if row is not None:
+        definition = _patched(loads(row["definition"]), loads(row["operations"]), key)
+        yield Exec(SET_DEFINITION, {"run_id": p.run_id, "definition": dumps(definition)})
+    changes = {"revision": p.revision, "added_nodes": dumps(p.added_nodes), "at": e.occurred_at}
+    yield Exec(APPLY_PATCH, {**key, **changes})
+    yield Exec(SET_REVISION, {"run_id": p.run_id, "revision": p.revision})
+    yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+def _patched(definition: Any, operations: Any, key: Mapping[str, str]) -> Any:
+    """The coordinator applied these operations already, so failing here means a bug;
+    keep the old definition rather than stall every read model on one run."""
+    try:
+        return jsonpatch.apply_patch(definition, operations)
+    except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
+        log.exception("cannot replay patch %(patch_id)s on run %(run_id)s", key)
+        return definition
+
+
+def _patch_rejected(p: PatchRejected, e: Event) -> Plan:
+    key = {"run_id": p.run_id, "patch_id": p.patch_id}
+    yield Exec(REJECT_PATCH, {**key, "reasons": dumps(p.reasons), "at": e.occurred_at})
+    yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+# --- approvals -----------------------------------------------------------------------------
+
+INSERT_APPROVAL = """
+INSERT INTO approvals (approval_id, run_id, node_id, iteration, status, message, payload,
+                       approvers, deadline, requested_at)
+VALUES (:approval_id, :run_id, :node_id, :iteration, 'pending', :message, :payload,
+        :approvers, :deadline, :at)
+ON CONFLICT (approval_id) DO NOTHING
+"""
+
+DECIDE_APPROVAL = """
+UPDATE approvals SET status = :status, decided_by = :decided_by, comments = :comments,
+    decided_at = :at
+WHERE approval_id = :approval_id AND status = 'pending'
+"""
+
+_APPROVING = frozenset({"approve", "approved"})
+
+
+def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
+    yield Exec(
+        INSERT_APPROVAL,
+        {
+            "approval_id": p.approval_id,
+            "run_id": p.run_id,
+            "node_id": p.node_id,
+            "iteration": p.iteration,
+            "message": p.message,
+            "payload": dumps(p.payload),
+            "approvers": dumps(p.approvers),
+            "deadline": p.deadline,
+            "at": e.occurred_at,
+        },
+    )
+    yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+def _approval_decided(p: ApprovalDecided, e: Event) -> Plan:
+    """Anything but an explicit approval counts as a rejection (the safe reading)."""
+    status = "approved" if p.decision.lower() in _APPROVING else "rejected"
+    decision = {"status": status, "decided_by": p.decided_by, "comments": p.comments}
+    yield Exec(DECIDE_APPROVAL, {"approval_id": p.approval_id, **decision, "at": e.occurred_at})
+    yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+# Every payload type that changes a table besides the timeline; RunCancelRequested
+# only lands in the timeline (and bumps the run's `updated_at`).
+_HANDLERS: dict[type[Any], Callable[[Any, Event], Plan]] = {
+    WorkflowCreated: _workflow_created,
+    TagMoved: _tag_moved,
+    RunSubmitted: _run_submitted,
+    NodeScheduled: _node_scheduled,
+    NodeStarted: _node_started,
+    NodeCompleted: _node_completed,
+    NodeFailed: _node_failed,
+    NodeSkipped: _node_skipped,
+    TimerSet: _timer_set,
+    TimerFired: _timer_fired,
+    PatchProposed: _patch_proposed,
+    PatchApplied: _patch_applied,
+    PatchRejected: _patch_rejected,
+    ApprovalRequested: _approval_requested,
+    ApprovalDecided: _approval_decided,
+    RunCompleted: _run_completed,
+    RunFailed: _run_failed,
+    RunCancelled: _run_cancelled,
+}

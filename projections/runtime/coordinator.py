@@ -1,0 +1,82 @@
+"""Hosts the coordinator fold on an event log (the embedded default's host).
+
+Consumes `aob.runs`, folds each event into its run's state and appends what the
+fold emits: run events back to `aob.runs`, and each `NodeScheduled` also to its
+`aob.tasks.<type>` topic as the worker's work item. Appends and the consumer
+offsets are committed together, so after a crash the host resumes from its
+committed offsets and the fold's deterministic ids make any replay harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aob.events.codec import decode, encode
+from aob.events.log.consumer import Consumer
+from aob.events.log.port import Append, EventLog, Record
+from aob.events.types import RUNS_TOPIC, Event, NodeScheduled, task_topic
+from aob.projections.coordinator.fold import fold
+from aob.projections.coordinator.state import RunState
+
+log = logging.getLogger(__name__)
+
+GROUP = "aob-coordinator"
+
+
+class CoordinatorHost:
+    """In-memory run states rebuilt from the log at start, then kept by folding."""
+
+    def __init__(self, event_log: EventLog, *, max_records: int = 500) -> None:
+        self.log = event_log
+        self.consumer = Consumer(event_log, GROUP, [RUNS_TOPIC], max_records=max_records)
+        self.states: dict[str, RunState] = {}
+        self.finished: set[str] = set()
+
+    async def recover(self) -> None:
+        """Rebuild run states by folding the log up to the committed offsets.
+
+        What the fold emits here was already appended before the crash (appends and
+        offsets are committed together), so it is discarded.
+        """
+        await self.consumer.start()
+        for tp, end in self.consumer.positions.items():
+            offset = 0
+            while offset < end:
+                records = await self.log.read(tp.topic, tp.partition, offset, 1000)
+                for record in records:
+                    if record.offset >= end:
+                        break
+                    self._fold(decode(record.value))
+                offset = records[-1].offset + 1 if records else end
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            records = await self.consumer.poll(timeout=0.5)
+            if records:
+                await self.consumer.commit(self.handle(records))
+
+    def handle(self, records: list[Record]) -> list[Append]:
+        """Fold a batch of records; the appends they lead to."""
+        appends: list[Append] = []
+        for record in records:
+            for event in self._fold(decode(record.value)):
+                data = encode(event)
+                appends.append(Append(RUNS_TOPIC, event.key, data))
+                if isinstance(event.payload, NodeScheduled):
+                    appends.append(Append(task_topic(event.payload.node_type), event.key, data))
+        return appends
+
+    def _fold(self, event: Event) -> list[Event]:
+        if event.key in self.finished:
+            return []
+        state, emitted = fold(self.states.get(event.key), event)
+        if state is None:
+            return emitted
+        if state.is_finished:
+            # Later events of a finished run change nothing: keep only its id.
+            self.states.pop(event.key, None)
+            self.finished.add(event.key)
+        else:
+            self.states[event.key] = state
+        return emitted

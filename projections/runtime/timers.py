@@ -1,0 +1,75 @@
+"""Fires due timers: the clock enters the event-sourced world only here.
+
+Pending timers are a read model (projected from `TimerSet`/`TimerFired`), so a
+restarted service finds every timer that fell due while it was down and fires it
+at once. Firing appends `TimerFired`; the fold ignores a timer it no longer holds,
+so a timer fired twice (crash between append and projection) is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aob.events.codec import encode
+from aob.events.log.port import Append, EventLog
+from aob.events.types import RUNS_TOPIC, Event, TimerFired
+
+
+class TimerStore(Protocol):
+    def due_timers(self, now_ms: int, limit: int) -> list[dict[str, Any]]: ...
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class TimerService:
+    def __init__(
+        self,
+        event_log: EventLog,
+        store: TimerStore,
+        *,
+        interval: float = 0.05,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.log = event_log
+        self.store = store
+        self.interval = interval
+        self.clock = clock
+        # Fired but maybe not projected yet: don't fire them again on the next tick.
+        self._in_flight: set[str] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.fire_due()
+            try:
+                await asyncio.wait_for(stop.wait(), self.interval)
+            except TimeoutError:
+                pass
+
+    async def fire_due(self) -> int:
+        """Append `TimerFired` for every due timer; returns how many fired."""
+        now = self.clock()
+        due = self.store.due_timers(now, 1000)
+        pending = {t["timer_id"] for t in due}
+        self._in_flight &= pending
+        appends = []
+        for timer in due:
+            if timer["timer_id"] in self._in_flight:
+                continue
+            self._in_flight.add(timer["timer_id"])
+            event = Event(
+                event_id=str(uuid.uuid4()),
+                key=timer["run_id"],
+                occurred_at=now,
+                payload=TimerFired(timer["run_id"], timer["timer_id"]),
+                actor="timer-service",
+            )
+            appends.append(Append(RUNS_TOPIC, event.key, encode(event)))
+        if appends:
+            await self.log.append(appends)
+        return len(appends)

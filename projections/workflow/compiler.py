@@ -1,0 +1,86 @@
+"""Compile a validated definition into the `WorkflowIR` the coordinator folds over."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+from aob.events.types import Json
+
+from .definition import DEFAULT_LIMITS, InvalidDefinition, Limits, validate_definition
+from .graph import Adjacency, reachable, reverse, stable_topological_order
+from .ir import EdgeSpec, NodeSpec, RetryPolicy, WorkflowIR
+
+__all__ = ["InvalidDefinition", "compile_workflow"]
+
+
+def compile_workflow(doc: Json, limits: Limits = DEFAULT_LIMITS) -> WorkflowIR:
+    """The IR of `doc`; raises InvalidDefinition listing every problem if it is invalid.
+
+    The IR copies what it takes from `doc`, so later changes to `doc` (say, a patch
+    applied in place) cannot leak into a running workflow.
+    """
+    problems = validate_definition(doc, limits)
+    if problems:
+        raise InvalidDefinition(problems)
+    nodes = {spec.id: spec for spec in map(_node, doc["nodes"])}
+    edges = [_edge(e) for e in doc.get("edges", [])]
+    forward = [e for e in edges if not e.is_loop]
+    loops = tuple(e for e in edges if e.is_loop)
+    incoming: dict[str, list[EdgeSpec]] = {n: [] for n in nodes}
+    outgoing: dict[str, list[EdgeSpec]] = {n: [] for n in nodes}
+    adjacency: dict[str, list[tuple[str, int]]] = {n: [] for n in nodes}
+    for index, edge in enumerate(forward):
+        incoming[edge.target].append(edge)
+        outgoing[edge.source].append(edge)
+        adjacency[edge.source].append((edge.target, index))
+    backward = reverse(adjacency)
+    return WorkflowIR(
+        name=doc["name"],
+        nodes=nodes,
+        incoming={n: tuple(e) for n, e in incoming.items()},
+        outgoing={n: tuple(e) for n, e in outgoing.items()},
+        loops=loops,
+        loop_bodies=tuple(_loop_body(loop, adjacency, backward) for loop in loops),
+        order=tuple(stable_topological_order(list(nodes), adjacency)),
+        output=doc.get("output"),
+    )
+
+
+def _node(raw: Mapping[str, Any]) -> NodeSpec:
+    timeout = raw.get("timeout_ms")
+    return NodeSpec(
+        id=raw["id"],
+        type=raw["type"],
+        config=copy.deepcopy(raw.get("config", {})),
+        retry=_retry(raw.get("retry", {})),
+        timeout_ms=None if timeout is None else int(timeout),
+        join=raw.get("join", "all"),
+    )
+
+
+def _retry(raw: Mapping[str, Any]) -> RetryPolicy:
+    """Missing fields take RetryPolicy's defaults; JSON Schema's integers may be 3.0."""
+    default = RetryPolicy()
+    return RetryPolicy(
+        max_attempts=int(raw.get("max_attempts", default.max_attempts)),
+        initial_backoff_ms=int(raw.get("initial_backoff_ms", default.initial_backoff_ms)),
+        multiplier=float(raw.get("multiplier", default.multiplier)),
+        max_backoff_ms=int(raw.get("max_backoff_ms", default.max_backoff_ms)),
+    )
+
+
+def _edge(raw: Mapping[str, Any]) -> EdgeSpec:
+    loop = raw.get("loop")
+    return EdgeSpec(
+        source=raw["from"],
+        target=raw["to"],
+        when=raw.get("when"),
+        max_iterations=None if loop is None else int(loop["max_iterations"]),
+    )
+
+
+def _loop_body(loop: EdgeSpec, forward: Adjacency, backward: Adjacency) -> frozenset[str]:
+    """Nodes on a forward path from the loop's target to its source, both included."""
+    return frozenset(reachable(loop.target, forward) & reachable(loop.source, backward))

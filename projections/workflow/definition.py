@@ -1,0 +1,379 @@
+"""Loading and validating workflow definitions (JSON or YAML, same structure).
+
+`validate_definition` reports every problem at once, each with a JSON Pointer,
+so an editor or API client can show them all; it never raises, whatever JSON it
+is given, because definitions come from users and from agents' patches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import jsonschema
+import yaml
+
+from aob.events.types import Json
+
+from .expressions import ExpressionError, compile_jq
+from .graph import reachable, shortest_cycle, strongly_connected
+
+Format = Literal["json", "yaml"]
+
+_SCHEMA: dict[str, Any] = json.loads(
+    resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
+)
+_VALIDATOR = jsonschema.Draft202012Validator(_SCHEMA)
+_MAX_MESSAGE = 240
+_MAX_LOADED_VALUES = 1_000_000  # bounds YAML alias expansion ("billion laughs")
+
+
+def workflow_schema() -> dict[str, Any]:
+    """The JSON Schema of the definition format (a copy: callers may mutate it)."""
+    return copy.deepcopy(_SCHEMA)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a document; `path` is a JSON Pointer into it."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '/'}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits of one definition: they bound the coordinator's work per run."""
+
+    max_nodes: int = 500
+    max_edges: int = 2000
+    max_document_bytes: int = 1 << 20
+
+
+class DefinitionError(ValueError):
+    """A definition cannot be used. `line`/`column` are 1-based when known."""
+
+    def __init__(self, message: str, *, line: int | None = None, column: int | None = None):
+        where = f"line {line}, column {column}: " if line is not None else ""
+        super().__init__(where + message)
+        self.line = line
+        self.column = column
+
+
+class InvalidDefinition(DefinitionError):
+    """A parsed definition breaks the rules listed in `problems`."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        shown = "; ".join(str(p) for p in self.problems[:5])
+        more = f" (and {len(self.problems) - 5} more)" if len(self.problems) > 5 else ""
+        super().__init__(f"invalid workflow definition: {shown}{more}")
+
+
+# --- loading -----------------------------------------------------------------------
+
+
+def load_definition(text: str, *, format: Format | None = None) -> dict[str, Any]:
+    """Parse a definition. Without `format`, JSON is tried first, then YAML.
+
+    The result holds JSON values only (YAML timestamps stay strings; binary, sets,
+    non-finite floats and non-string keys are refused) and shares no sub-objects,
+    so YAML aliases cannot make later in-place patches change two places at once.
+    """
+    try:
+        if format == "json" or (format is None and _looks_like_json(text)):
+            raw = _parse_json(text)
+        else:
+            raw = _parse_yaml(text)
+        doc = _plain_json(raw, "", [_MAX_LOADED_VALUES])
+    except RecursionError:
+        raise DefinitionError("the document nests too deeply") from None
+    if not isinstance(doc, dict):
+        raise DefinitionError("a workflow definition must be an object (a mapping) at top level")
+    return doc
+
+
+def _looks_like_json(text: str) -> bool:
+    """JSON if it parses as JSON; YAML is (nearly) a superset so it is the fallback."""
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_json(text: str) -> Json:
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise DefinitionError(error.msg, line=error.lineno, column=error.colno) from None
+
+
+def _unique_keys(pairs: list[tuple[str, Json]]) -> dict[str, Json]:
+    """A JSON object hook refusing duplicate keys, which would silently drop data."""
+    result: dict[str, Json] = {}
+    for key, value in pairs:
+        if key in result:
+            raise DefinitionError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _reject_constant(name: str) -> Json:
+    raise DefinitionError(f"{name} is not a JSON number")
+
+
+def _parse_yaml(text: str) -> Json:
+    try:
+        return yaml.load(text, Loader=_JsonLoader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        message = " ".join(str(p) for p in (error.context, error.problem) if p)
+        line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        raise DefinitionError(message or "invalid YAML", line=line, column=column) from None
+    except yaml.YAMLError as error:
+        raise DefinitionError(f"invalid YAML: {error}") from None
+
+
+class _JsonLoader(yaml.SafeLoader):
+    """SafeLoader restricted to what JSON can hold, refusing duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            key = (key_node.tag, str(key_node.value))
+            if key_node.tag != "tag:yaml.org,2002:merge" and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Json:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{node.tag} values are not JSON", node.start_mark
+    )
+
+
+# Timestamps stay strings ("2024-01-01" is a fine description); these tags have no
+# JSON counterpart.
+_JsonLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag in ("timestamp", "binary", "set", "omap", "pairs"):
+    _JsonLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
+
+
+def _plain_json(value: Json, path: str, budget: list[int]) -> Json:
+    """A fresh copy of `value` made of JSON types only, or DefinitionError.
+
+    `budget` counts values left to copy, so aliased YAML cannot expand without end.
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise DefinitionError("the document is too large once YAML aliases are expanded")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise DefinitionError(f"at {path or '/'}: key {key!r} is not a string")
+        return {k: _plain_json(v, f"{path}/{_escape(k)}", budget) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_json(v, f"{path}/{i}", budget) for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DefinitionError(f"at {path or '/'}: {value} is not a JSON number")
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise DefinitionError(f"at {path or '/'}: {type(value).__name__} is not a JSON value")
+
+
+# --- validation ----------------------------------------------------------------------
+
+DEFAULT_LIMITS = Limits()
+
+
+def document_size(doc: Json) -> int:
+    """Bytes of `doc` as compact UTF-8 JSON; ValueError/TypeError if it is not JSON."""
+    text = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return len(text.encode("utf-8"))
+
+
+def validate_definition(doc: Json, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
+    """Every problem of `doc` as a workflow definition; empty when it is valid."""
+    try:
+        size = document_size(doc)
+    except (TypeError, ValueError, RecursionError):
+        return [Problem("", "the document is not JSON")]
+    if size > limits.max_document_bytes:
+        # Stop here: the other checks' cost grows with the document.
+        return [
+            Problem("", f"document too large: {size} bytes > limit {limits.max_document_bytes}")
+        ]
+    problems = _schema_problems(doc)
+    if isinstance(doc, dict):
+        graph = _graph(doc)
+        for check in _SEMANTIC_CHECKS:
+            problems.extend(check(doc, graph, limits))
+    return problems
+
+
+def _schema_problems(doc: Json) -> list[Problem]:
+    errors = sorted(_VALIDATOR.iter_errors(doc), key=lambda e: _path_key(e.absolute_path))
+    return [Problem(_pointer(e.absolute_path), _schema_message(e)) for e in errors]
+
+
+def _path_key(parts: Iterable[str | int]) -> list[tuple[int, int, str]]:
+    """Sorts array indexes numerically ("/nodes/2" before "/nodes/10")."""
+    return [(0, p, "") if isinstance(p, int) else (1, 0, p) for p in parts]
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """jsonschema's message, made readable for patterns and bounded in length."""
+    message = error.message
+    if error.validator == "pattern" and isinstance(error.schema, Mapping):
+        message = f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    return message
+
+
+def _escape(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def _pointer(parts: Iterable[str | int]) -> str:
+    return "".join(f"/{_escape(str(p))}" for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Graph:
+    """What the graph checks can use of a possibly invalid document.
+
+    `ids` maps each node id to the index of its first declaration; `forward` holds
+    the forward edges between existing nodes; `loops` the loop edges between
+    existing nodes as (edge index, source, target).
+    """
+
+    ids: dict[str, int]
+    forward: dict[str, list[tuple[str, int]]]
+    loops: list[tuple[int, str, str]]
+
+
+def _graph(doc: Mapping[str, Json]) -> _Graph:
+    ids: dict[str, int] = {}
+    for index, node in _items(doc, "nodes"):
+        if isinstance(node.get("id"), str):
+            ids.setdefault(node["id"], index)
+    forward: dict[str, list[tuple[str, int]]] = {node_id: [] for node_id in ids}
+    loops: list[tuple[int, str, str]] = []
+    for index, edge in _items(doc, "edges"):
+        source, target = edge.get("from"), edge.get("to")
+        if not (isinstance(source, str) and isinstance(target, str)):
+            continue
+        if source not in ids or target not in ids:
+            continue
+        if edge.get("loop") is not None:
+            loops.append((index, source, target))
+        else:
+            forward[source].append((target, index))
+    return _Graph(ids, forward, loops)
+
+
+def _items(doc: Mapping[str, Json], key: str) -> Iterator[tuple[int, dict[str, Json]]]:
+    """(index, item) for the object items of list `doc[key]`; others are schema errors."""
+    items = doc.get(key)
+    if isinstance(items, list):
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                yield index, item
+
+
+_Check = Callable[[Mapping[str, Json], _Graph, Limits], Iterator[Problem]]
+
+
+def _limit_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
+    for key, limit in (("nodes", limits.max_nodes), ("edges", limits.max_edges)):
+        items = doc.get(key)
+        if isinstance(items, list) and len(items) > limit:
+            yield Problem(f"/{key}", f"too many {key}: {len(items)} > limit {limit}")
+
+
+def _duplicate_problems(
+    doc: Mapping[str, Json], graph: _Graph, limits: Limits
+) -> Iterator[Problem]:
+    for index, node in _items(doc, "nodes"):
+        node_id = node.get("id")
+        if isinstance(node_id, str) and graph.ids[node_id] != index:
+            yield Problem(
+                f"/nodes/{index}/id",
+                f"duplicate node id {node_id!r} (first declared at /nodes/{graph.ids[node_id]})",
+            )
+
+
+def _reference_problems(
+    doc: Mapping[str, Json], graph: _Graph, limits: Limits
+) -> Iterator[Problem]:
+    for index, edge in _items(doc, "edges"):
+        for end in ("from", "to"):
+            name = edge.get(end)
+            if isinstance(name, str) and name not in graph.ids:
+                yield Problem(f"/edges/{index}/{end}", f"edge {end} {name!r}: no such node")
+
+
+def _cycle_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
+    for component in strongly_connected(list(graph.ids), graph.forward):
+        start = min(component, key=graph.ids.__getitem__)
+        cycle = shortest_cycle(start, graph.forward)
+        if cycle is not None:
+            nodes, closing_edge = cycle
+            yield Problem(
+                f"/edges/{closing_edge}",
+                f"undeclared cycle {' -> '.join(nodes)}: forward edges must not form a "
+                "cycle; declare the back-edge with loop: {max_iterations: N}",
+            )
+
+
+def _loop_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
+    for index, source, target in graph.loops:
+        if source not in reachable(target, graph.forward):
+            yield Problem(
+                f"/edges/{index}",
+                f"loop edge {source} -> {target}: {target!r} does not reach {source!r} "
+                "through forward edges, so the loop has no body",
+            )
+
+
+def _expression_problems(
+    doc: Mapping[str, Json], graph: _Graph, limits: Limits
+) -> Iterator[Problem]:
+    found: list[tuple[str, Json]] = [("/output", doc.get("output"))]
+    found += [(f"/edges/{i}/when", edge.get("when")) for i, edge in _items(doc, "edges")]
+    for index, node in _items(doc, "nodes"):
+        config = node.get("config")
+        if node.get("type") == "transform" and isinstance(config, dict):
+            found.append((f"/nodes/{index}/config/expr", config.get("expr")))
+    for path, program in found:
+        if isinstance(program, str) and program:
+            try:
+                compile_jq(program)
+            except ExpressionError as error:
+                yield Problem(path, f"invalid jq expression: {error.message}")
+
+
+_SEMANTIC_CHECKS: tuple[_Check, ...] = (
+    _limit_problems,
+    _duplicate_problems,
+    _reference_problems,
+    _cycle_problems,
+    _loop_problems,
+    _expression_problems,
+)

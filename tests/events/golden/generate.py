@@ -1,0 +1,187 @@
+"""Write events.json: golden Avro bytes that pin the event wire format.
+
+Run by hand, and only when the wire format is meant to change:
+
+    .venv/bin/python tests/events/golden/generate.py --force
+
+Before regenerating for a schema change, save the old envelope schema under
+events/schemas/history/ (see aob.events.codec) so records already in logs stay
+readable. test_codec.py checks that encode() still produces these exact bytes and
+that decode() turns them back into the recorded events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from aob.events.codec import encode
+from aob.events.types import (
+    ApprovalDecided,
+    ApprovalRequested,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeSkipped,
+    NodeStarted,
+    PatchApplied,
+    PatchProposed,
+    PatchRejected,
+    RunCancelled,
+    RunCancelRequested,
+    RunCompleted,
+    RunFailed,
+    RunSubmitted,
+    TagMoved,
+    TimerFired,
+    TimerSet,
+    WorkflowCreated,
+)
+
+GOLDEN = Path(__file__).with_name("events.json")
+
+_T = 1_700_000_000_123  # epoch ms
+_DEFINITION = {
+    "name": "triage",
+    "nodes": [{"id": "fetch", "type": "http", "config": {"url": "https://example.test/é"}}],
+    "edges": [],
+}
+
+
+def _event(n: int, payload: Any, key: str = "run-1", **envelope: Any) -> Event:
+    return Event(event_id=f"evt-{n:04d}", key=key, occurred_at=_T + n, payload=payload, **envelope)
+
+
+def samples() -> dict[str, Event]:
+    """At least one event per payload type; `.defaults` variants leave defaults alone."""
+    return {
+        "WorkflowCreated": _event(
+            1, WorkflowCreated("wf-1", 3, _DEFINITION), key="wf-1", actor="alice"
+        ),
+        "TagMoved": _event(
+            2,
+            TagMoved("prod", "wf-1", 3, previous_workflow_id="wf-1", previous_version=2),
+            key="prod",
+            trace_id="trace-a",
+        ),
+        "TagMoved.defaults": _event(3, TagMoved("dev", "wf-1", 1), key="dev"),
+        "RunSubmitted": _event(
+            4,
+            RunSubmitted(
+                "run-1",
+                _DEFINITION,
+                {"query": "naïve café ☕", "limit": 10, "ratio": 0.25, "tags": None},
+                ["http", "llm"],
+                workflow_id="wf-1",
+                version=3,
+                tag="prod",
+            ),
+            trace_id="trace-1",
+            actor="api:bob",
+        ),
+        "RunSubmitted.defaults": _event(5, RunSubmitted("run-2", {}, None, []), key="run-2"),
+        "NodeScheduled": _event(
+            6,
+            NodeScheduled(
+                "run-1",
+                "fetch",
+                "http",
+                0,
+                1,
+                {"url": "https://example.test/é"},
+                {"inputs": {"q": 1}, "nodes": {}, "iteration": 0},
+                timeout_ms=30_000,
+            ),
+            trace_id="trace-1",
+            causation_id="evt-0004",
+        ),
+        "NodeStarted": _event(7, NodeStarted("run-1", "fetch", 0, 1, "worker-7")),
+        "NodeCompleted": _event(
+            8,
+            NodeCompleted(
+                "run-1", "fetch", 0, 1, {"status": 200, "body": ["日本語", {"ok": True}]}
+            ),
+            causation_id="evt-0007",
+        ),
+        "NodeFailed": _event(9, NodeFailed("run-1", "fetch", 0, 2, "HTTP 503", retryable=False)),
+        "NodeFailed.defaults": _event(10, NodeFailed("run-1", "fetch", 0, 1, "timeout")),
+        "NodeSkipped": _event(11, NodeSkipped("run-1", "mystery", 0, "unknown type", warning=True)),
+        "TimerSet": _event(12, TimerSet("run-1", "tmr-1", 2**53 + 1, "retry", "fetch", 0, 2)),
+        "TimerFired": _event(13, TimerFired("run-1", "tmr-1")),
+        "PatchProposed": _event(
+            14,
+            PatchProposed(
+                "run-1",
+                "p-1",
+                [{"op": "add", "path": "/nodes/-", "value": {"id": "x", "type": "llm"}}],
+                reason="agent wants a summary",
+            ),
+            actor="agent:planner",
+        ),
+        "PatchApplied": _event(15, PatchApplied("run-1", "p-1", 2, added_nodes=["x", "y"])),
+        "PatchApplied.defaults": _event(16, PatchApplied("run-1", "p-2", 3)),
+        "PatchRejected": _event(17, PatchRejected("run-1", "p-3", ["cycle: x -> x", ""])),
+        "ApprovalRequested": _event(
+            18,
+            ApprovalRequested(
+                "run-1",
+                "apr-1",
+                "gate",
+                0,
+                "Ship it? 🚀",
+                payload={"diff": "+1 -0", "nested": {"deep": [[], {}]}},
+                approvers=["alice", "bob"],
+                deadline=_T + 86_400_000,
+            ),
+        ),
+        "ApprovalRequested.defaults": _event(
+            19, ApprovalRequested("run-1", "apr-2", "gate", 1, "")
+        ),
+        "ApprovalDecided": _event(
+            20, ApprovalDecided("run-1", "apr-1", "approved", "alice", comments="lgtm")
+        ),
+        "RunCancelRequested": _event(21, RunCancelRequested("run-1", reason="user asked")),
+        "RunCompleted": _event(22, RunCompleted("run-1", {"answer": 42, "pi": 3.14159})),
+        "RunFailed": _event(23, RunFailed("run-3", "boom", node_id="fetch"), key="run-3"),
+        "RunFailed.defaults": _event(24, RunFailed("run-4", "no node"), key="run-4"),
+        "RunCancelled": _event(25, RunCancelled("run-1")),
+    }
+
+
+def event_to_json(event: Event) -> dict[str, Any]:
+    payload = event.payload
+    return {
+        "event_id": event.event_id,
+        "key": event.key,
+        "occurred_at": event.occurred_at,
+        "trace_id": event.trace_id,
+        "causation_id": event.causation_id,
+        "actor": event.actor,
+        "type": event.type,
+        "payload": {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    args = parser.parse_args(argv)
+    if GOLDEN.exists() and not args.force:
+        print(f"{GOLDEN} exists; pass --force to change the pinned wire format", file=sys.stderr)
+        return 1
+    vectors = {
+        name: {"hex": encode(event).hex(), "event": event_to_json(event)}
+        for name, event in samples().items()
+    }
+    GOLDEN.write_text(json.dumps(vectors, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(vectors)} vectors to {GOLDEN}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Compiling definitions to the IR the coordinator folds over."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
+from aob.projections.workflow.ir import EdgeSpec, NodeSpec, RetryPolicy
+
+
+def agent(node_id, **extra):
+    return {"id": node_id, "type": "agent", **extra}
+
+
+def workflow(nodes, edges=(), **extra):
+    return {"name": "w", "nodes": list(nodes), "edges": list(edges), **extra}
+
+
+def edge(source, target, **extra):
+    return {"from": source, "to": target, **extra}
+
+
+def test_node_specs_take_defaults_and_copy_config():
+    config = {"expr": ".inputs", "nested": {"k": [1]}}
+    doc = workflow(
+        [
+            {"id": "t", "type": "transform", "config": config},
+            agent("a", retry={"max_attempts": 3.0, "multiplier": 3}, timeout_ms=500, join="any"),
+        ]
+    )
+    ir = compile_workflow(doc)
+    assert ir.nodes["t"] == NodeSpec("t", "transform", config)
+    assert ir.nodes["a"] == NodeSpec(
+        "a", "agent", {}, RetryPolicy(max_attempts=3, multiplier=3.0), 500, "any"
+    )
+    assert isinstance(ir.nodes["a"].retry.max_attempts, int)
+    config["nested"]["k"].append(2)
+    assert ir.nodes["t"].config["nested"] == {"k": [1]}
+
+
+def test_roots_sinks_and_edge_indexes_use_forward_edges_only():
+    doc = workflow(
+        [agent("a"), agent("b"), agent("c"), agent("d")],
+        [
+            edge("a", "b"),
+            edge("a", "c", when=".x"),
+            edge("b", "d"),
+            edge("c", "d"),
+            edge("d", "a", loop={"max_iterations": 2}),
+        ],
+    )
+    ir = compile_workflow(doc)
+    assert ir.roots == ("a",)
+    assert ir.sinks == ("d",)
+    assert ir.incoming["d"] == (EdgeSpec("b", "d"), EdgeSpec("c", "d"))
+    assert ir.outgoing["a"] == (EdgeSpec("a", "b"), EdgeSpec("a", "c", when=".x"))
+    assert ir.incoming["a"] == ()
+    assert ir.outgoing["d"] == ()
+    assert ir.loops == (EdgeSpec("d", "a", max_iterations=2),)
+    assert ir.loops[0].is_loop
+
+
+def test_loop_body_is_the_nodes_between_target_and_source():
+    doc = workflow(
+        [agent(n) for n in ("start", "draft", "review", "side", "publish")],
+        [
+            edge("start", "draft"),
+            edge("draft", "review"),
+            edge("draft", "side"),
+            edge("review", "publish"),
+            edge("review", "draft", loop={"max_iterations": 3}, when=".nodes.review.again"),
+        ],
+    )
+    ir = compile_workflow(doc)
+    assert ir.loop_bodies == (frozenset({"draft", "review"}),)
+
+
+def test_self_loop_body_is_the_node_itself():
+    ir = compile_workflow(workflow([agent("a")], [edge("a", "a", loop={"max_iterations": 2})]))
+    assert ir.loop_bodies == (frozenset({"a"}),)
+    assert ir.roots == ("a",)
+    assert ir.sinks == ("a",)
+
+
+def test_nested_loops_each_get_their_body():
+    doc = workflow(
+        [agent(n) for n in "abcd"],
+        [
+            edge("a", "b"),
+            edge("b", "c"),
+            edge("c", "d"),
+            edge("c", "b", loop={"max_iterations": 2}),
+            edge("d", "a", loop={"max_iterations": 2}),
+        ],
+    )
+    ir = compile_workflow(doc)
+    assert ir.loop_bodies == (frozenset("bc"), frozenset("abcd"))
+
+
+def test_order_is_topological_and_stable_by_declaration():
+    doc = workflow(
+        [agent(n) for n in ("z", "y", "x", "w")],
+        [edge("x", "z"), edge("w", "y")],
+    )
+    # x and w must precede z and y; ties are broken by declaration order.
+    assert compile_workflow(doc).order == ("x", "z", "w", "y")
+
+
+def test_independent_nodes_keep_declaration_order():
+    doc = workflow([agent(n) for n in ("c", "a", "b")])
+    ir = compile_workflow(doc)
+    assert ir.order == ("c", "a", "b")
+    assert ir.roots == ir.sinks == ("c", "a", "b")
+
+
+def test_name_and_output():
+    ir = compile_workflow(workflow([agent("a")], output=".nodes.a"))
+    assert ir.name == "w"
+    assert ir.output == ".nodes.a"
+    assert compile_workflow(workflow([agent("a")])).output is None
+
+
+def test_invalid_definition_raises_with_every_problem():
+    doc = workflow([agent("a"), agent("a")], [edge("a", "ghost")])
+    with pytest.raises(InvalidDefinition) as caught:
+        compile_workflow(doc)
+    assert [p.path for p in caught.value.problems] == ["/nodes/1/id", "/edges/0/to"]
+    assert "duplicate node id" in str(caught.value)
+
+
+def test_compiling_does_not_change_the_document():
+    doc = workflow([agent("a"), agent("b")], [edge("a", "b")])
+    snapshot = copy.deepcopy(doc)
+    compile_workflow(doc)
+    assert doc == snapshot

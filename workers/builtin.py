@@ -1,0 +1,39 @@
+"""Node types that need no outside world: `transform` (jq) and `noop`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aob.events.types import NodeScheduled
+from aob.projections.workflow.expressions import ExpressionError, evaluate, evaluate_all
+from aob.workers.host import NodeError, NodeType
+
+
+async def run_transform(task: NodeScheduled) -> Any:
+    """`config.expr` is a jq program over the node's input context.
+
+    Its first output is the node's output; with `config.all: true`, the list of all
+    outputs. jq errors fail the node without retries: running it again can't help.
+    """
+    expr = task.config.get("expr") if isinstance(task.config, dict) else None
+    if not isinstance(expr, str):
+        raise NodeError("transform node needs a string config.expr (a jq program)", retryable=False)
+    try:
+        if task.config.get("all"):
+            return evaluate_all(expr, task.input)
+        return evaluate(expr, task.input)
+    except ExpressionError as error:
+        raise NodeError(f"jq: {error}", retryable=False) from error
+
+
+async def run_noop(task: NodeScheduled) -> Any:
+    """Does nothing; outputs `config.output` (null by default)."""
+    return task.config.get("output") if isinstance(task.config, dict) else None
+
+
+BUILTIN_TYPES = (
+    NodeType("transform", run_transform, announce_start=False),
+    NodeType("noop", run_noop, announce_start=False),
+)
+# Valid in definitions; executed by the workers of their own services.
+WORKER_TYPES = ("http", "hitl", "agent")

@@ -1,0 +1,117 @@
+"""Runs node tasks from an `aob.tasks.<type>` topic and reports their outcome.
+
+A worker is at-least-once: it commits its task offsets only after the outcome is
+appended to `aob.runs` (in the same step on the embedded log). Outcome ids are
+derived from the task's event id, so a re-executed task's duplicate outcome is
+dropped by the coordinator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aob.events.codec import decode, encode
+from aob.events.ids import derived_event_id
+from aob.events.log.consumer import Consumer
+from aob.events.log.port import Append, EventLog, Record
+from aob.events.types import (
+    RUNS_TOPIC,
+    Event,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    NodeStarted,
+    Payload,
+    task_topic,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NodeError(Exception):
+    """A node attempt failed. `retryable=False` fails it without further attempts."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+Handler = Callable[[NodeScheduled], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeType:
+    """A node type's executor. `announce_start` appends `NodeStarted` before running
+    (for slow work users watch); quick built-ins report start and end together."""
+
+    name: str
+    handler: Handler
+    announce_start: bool = True
+    concurrency: int = 16
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class WorkerHost:
+    def __init__(self, event_log: EventLog, node_type: NodeType, *, worker_id: str = "worker") -> None:
+        self.log = event_log
+        self.node_type = node_type
+        self.worker_id = worker_id
+        self.consumer = Consumer(event_log, f"aob-worker-{node_type.name}", [task_topic(node_type.name)])
+        self._limit = asyncio.Semaphore(node_type.concurrency)
+
+    async def start(self) -> None:
+        await self.consumer.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            records = await self.consumer.poll(timeout=0.5)
+            if records:
+                outcomes = await asyncio.gather(*(self._execute(r) for r in records))
+                await self.consumer.commit([a for appends in outcomes for a in appends])
+
+    async def _execute(self, record: Record) -> list[Append]:
+        task_event = decode(record.value)
+        task = task_event.payload
+        if not isinstance(task, NodeScheduled):
+            return []
+        started = NodeStarted(task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id)
+        appends = [self._append(task_event, "started", started)]
+        if self.node_type.announce_start:
+            await self.log.append(appends)
+            appends = []
+        async with self._limit:
+            outcome = await self._outcome(task)
+        appends.append(self._append(task_event, "outcome", outcome))
+        return appends
+
+    async def _outcome(self, task: NodeScheduled) -> Payload:
+        try:
+            output = await self.node_type.handler(task)
+        except NodeError as error:
+            return NodeFailed(task.run_id, task.node_id, task.iteration, task.attempt, str(error),
+                              error.retryable)
+        except Exception as error:  # a handler bug must fail the node, not the worker
+            log.exception("node %s of run %s crashed", task.node_id, task.run_id)
+            return NodeFailed(task.run_id, task.node_id, task.iteration, task.attempt,
+                              f"{type(error).__name__}: {error}")
+        return NodeCompleted(task.run_id, task.node_id, task.iteration, task.attempt, output)
+
+    def _append(self, task_event: Event, kind: str, payload: Payload) -> Append:
+        event = Event(
+            event_id=derived_event_id(task_event.event_id, kind),
+            key=task_event.key,
+            occurred_at=_now_ms(),
+            payload=payload,
+            trace_id=task_event.trace_id,
+            causation_id=task_event.event_id,
+            actor=f"worker:{self.worker_id}",
+        )
+        return Append(RUNS_TOPIC, event.key, encode(event))
