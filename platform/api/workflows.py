@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
-from aob.projections.workflow.definition import workflow_json_schema
+from aob.projections.workflow.definition import workflow_schema
 
 router = APIRouter(prefix="/api/v1", tags=["workflows"])
 
@@ -73,4 +73,4 @@ async def move_tag(
 
 @router.get("/schema/workflow", summary="JSON Schema of workflow definitions")
 async def schema() -> dict[str, Any]:
-    return workflow_json_schema()
+    return workflow_schema()
