@@ -118,8 +118,12 @@ class Commands:
     ) -> dict[str, Any]:
         """Record a run; returns once its `RunSubmitted` is durable in the log."""
         if sum(x is not None for x in (definition, tag, workflow_id)) != 1:
-            raise Problem(400, "bad-request", "Bad run request",
-                          "give exactly one of 'definition', 'tag' or 'workflow_id'")
+            raise Problem(
+                400,
+                "bad-request",
+                "Bad run request",
+                "give exactly one of 'definition', 'tag' or 'workflow_id'",
+            )
         if definition is not None:
             self.validate(definition)
         else:
@@ -127,8 +131,9 @@ class Commands:
             definition = workflow["definition"]
             workflow_id, version = workflow["workflow_id"], workflow["version"]
         run_id = new_run_id()
-        payload = RunSubmitted(run_id, definition, inputs, self.engine.known_types,
-                               workflow_id, version, tag)
+        payload = RunSubmitted(
+            run_id, definition, inputs, self.engine.known_types, workflow_id, version, tag
+        )
         await self._append(RUNS_TOPIC, run_id, [payload], actor, trace_id)
         return {"run_id": run_id, "status": "accepted", "trace_id": trace_id}
 
@@ -142,10 +147,14 @@ class Commands:
             raise not_found("run", run_id)
         return run
 
-    async def cancel_run(self, run_id: str, reason: str, *, actor: str, trace_id: str) -> dict[str, Any]:
+    async def cancel_run(
+        self, run_id: str, reason: str, *, actor: str, trace_id: str
+    ) -> dict[str, Any]:
         run = await self.run(run_id)
         _refuse_finished(run, "cancel")
-        await self._append(RUNS_TOPIC, run_id, [RunCancelRequested(run_id, reason)], actor, trace_id)
+        await self._append(
+            RUNS_TOPIC, run_id, [RunCancelRequested(run_id, reason)], actor, trace_id
+        )
         return {"run_id": run_id, "status": "cancelling"}
 
     async def propose_patch(
@@ -159,15 +168,29 @@ class Commands:
         run = await self.run(run_id)
         _refuse_finished(run, "patch")
         frozen = frozenset(n["node_id"] for n in run["nodes"] if n["status"] != "skipped")
-        outcome = apply_patch(run["definition"], operations, frozen_nodes=frozen,
-                              base_node_ids=frozenset(), agents_added_so_far=0)
+        outcome = apply_patch(
+            run["definition"],
+            operations,
+            frozen_nodes=frozen,
+            base_node_ids=frozenset(),
+            agents_added_so_far=0,
+        )
         if outcome.problems:
-            raise Problem(422, "invalid-patch", "Invalid patch",
-                          f"the patch has {len(outcome.problems)} problem(s)",
-                          errors=[{"path": p.path, "message": p.message} for p in outcome.problems])
+            raise Problem(
+                422,
+                "invalid-patch",
+                "Invalid patch",
+                f"the patch has {len(outcome.problems)} problem(s)",
+                errors=[{"path": p.path, "message": p.message} for p in outcome.problems],
+            )
         patch_id = new_patch_id()
-        records = await self._append(RUNS_TOPIC, run_id, [PatchProposed(run_id, patch_id, operations, reason)],
-                                     actor, trace_id)
+        records = await self._append(
+            RUNS_TOPIC,
+            run_id,
+            [PatchProposed(run_id, patch_id, operations, reason)],
+            actor,
+            trace_id,
+        )
         await self._await_projection(records)
         await self.engine.projector.wait_caught_up(timeout=2.0)
         return self.read.get_patch(run_id, patch_id) or {"patch_id": patch_id, "status": "proposed"}
@@ -189,7 +212,9 @@ class Commands:
         await self.engine.projector.wait_until(offsets)
 
 
-def _tag_moved(tag: str, workflow_id: str, version: int, previous: dict[str, Any] | None) -> TagMoved:
+def _tag_moved(
+    tag: str, workflow_id: str, version: int, previous: dict[str, Any] | None
+) -> TagMoved:
     if previous is None:
         return TagMoved(tag, workflow_id, version)
     return TagMoved(tag, workflow_id, version, previous["workflow_id"], previous["version"])
@@ -197,6 +222,10 @@ def _tag_moved(tag: str, workflow_id: str, version: int, previous: dict[str, Any
 
 def _refuse_finished(run: dict[str, Any], action: str) -> None:
     if run["status"] in FINISHED_RUN:
-        raise Problem(409, "run-finished", "Run already finished",
-                      f"cannot {action} run {run['run_id']!r}: it is {run['status']}",
-                      run_status=run["status"])
+        raise Problem(
+            409,
+            "run-finished",
+            "Run already finished",
+            f"cannot {action} run {run['run_id']!r}: it is {run['status']}",
+            run_status=run["status"],
+        )

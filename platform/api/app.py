@@ -78,7 +78,9 @@ def _uptime(seconds: float) -> str:
 
 
 def _problem_response(problem: Problem, request: Request) -> JSONResponse:
-    return JSONResponse(problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM_JSON)
+    return JSONResponse(
+        problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM_JSON
+    )
 
 
 def _install_error_handlers(app: FastAPI, max_request_bytes: int) -> None:
@@ -92,8 +94,13 @@ def _install_error_handlers(app: FastAPI, max_request_bytes: int) -> None:
             {"path": "/" + "/".join(str(p) for p in e["loc"]), "message": e["msg"]}
             for e in error.errors()
         ]
-        problem = Problem(422, "invalid-request", "Invalid request",
-                          f"the request has {len(errors)} problem(s)", errors=errors)
+        problem = Problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"the request has {len(errors)} problem(s)",
+            errors=errors,
+        )
         return _problem_response(problem, request)
 
     @app.exception_handler(StarletteHTTPException)
@@ -104,15 +111,23 @@ def _install_error_handlers(app: FastAPI, max_request_bytes: int) -> None:
 
     @app.exception_handler(Exception)
     async def on_crash(request: Request, error: Exception) -> JSONResponse:
-        problem = Problem(500, "internal-error", "Internal error",
-                          "the server failed to handle this request; see its log")
+        problem = Problem(
+            500,
+            "internal-error",
+            "Internal error",
+            "the server failed to handle this request; see its log",
+        )
         return _problem_response(problem, request)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Any:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
-            problem = Problem(413, "payload-too-large", "Request body too large",
-                              f"the request body exceeds {max_request_bytes} bytes")
+            problem = Problem(
+                413,
+                "payload-too-large",
+                "Request body too large",
+                f"the request body exceeds {max_request_bytes} bytes",
+            )
             return _problem_response(problem, request)
         return await call_next(request)

@@ -33,10 +33,17 @@ class PatchRun(BaseModel):
 
 
 @router.post("", status_code=202, summary="Submit a run")
-async def submit_run(body: SubmitRun, commands: CommandsDep, actor: Actor, trace_id: TraceId) -> JSONResponse:
+async def submit_run(
+    body: SubmitRun, commands: CommandsDep, actor: Actor, trace_id: TraceId
+) -> JSONResponse:
     accepted = await commands.submit_run(
-        definition=body.definition, tag=body.tag, workflow_id=body.workflow_id,
-        version=body.version, inputs=body.inputs, actor=actor, trace_id=trace_id,
+        definition=body.definition,
+        tag=body.tag,
+        workflow_id=body.workflow_id,
+        version=body.version,
+        inputs=body.inputs,
+        actor=actor,
+        trace_id=trace_id,
     )
     location = f"/api/v1/runs/{accepted['run_id']}"
     return JSONResponse(accepted, status_code=202, headers={"Location": location})
@@ -63,7 +70,11 @@ async def get_run(run_id: str, commands: CommandsDep) -> dict[str, Any]:
 
 @router.post("/{run_id}/cancel", status_code=202, summary="Cancel a run")
 async def cancel_run(
-    run_id: str, commands: CommandsDep, actor: Actor, trace_id: TraceId, body: CancelRun | None = None
+    run_id: str,
+    commands: CommandsDep,
+    actor: Actor,
+    trace_id: TraceId,
+    body: CancelRun | None = None,
 ) -> dict[str, Any]:
     reason = body.reason if body else ""
     return await commands.cancel_run(run_id, reason, actor=actor, trace_id=trace_id)
@@ -73,7 +84,9 @@ async def cancel_run(
 async def patch_run(
     run_id: str, body: PatchRun, commands: CommandsDep, actor: Actor, trace_id: TraceId
 ) -> JSONResponse:
-    patch = await commands.propose_patch(run_id, body.operations, body.reason, actor=actor, trace_id=trace_id)
+    patch = await commands.propose_patch(
+        run_id, body.operations, body.reason, actor=actor, trace_id=trace_id
+    )
     status = {"applied": 200, "rejected": 409}.get(patch.get("status", ""), 202)
     return JSONResponse(patch, status_code=status)
 

@@ -17,7 +17,9 @@ router = APIRouter(prefix="/api/v1", tags=["workflows"])
 class CreateWorkflow(BaseModel):
     definition: dict[str, Any]
     tag: str | None = Field(
-        default=None, max_length=128, pattern=r"^[A-Za-z0-9_.:-]*$",
+        default=None,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9_.:-]*$",
         description="Tag to move to the new version; defaults to the workflow's name, '' for none",
     )
 
@@ -35,7 +37,9 @@ class ValidateWorkflow(BaseModel):
 async def create_workflow(
     body: CreateWorkflow, commands: CommandsDep, actor: Actor, trace_id: TraceId
 ) -> JSONResponse:
-    created = await commands.create_workflow(body.definition, tag=body.tag, actor=actor, trace_id=trace_id)
+    created = await commands.create_workflow(
+        body.definition, tag=body.tag, actor=actor, trace_id=trace_id
+    )
     location = f"/api/v1/workflows/{created['workflow_id']}?version={created['version']}"
     return JSONResponse(created, status_code=201, headers={"Location": location})
 
@@ -66,9 +70,14 @@ async def list_tags(engine: EngineDep) -> dict[str, Any]:
 @router.post("/tags/{name}/move", summary="Point a tag at a workflow version")
 async def move_tag(
     name: Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")],
-    body: MoveTag, commands: CommandsDep, actor: Actor, trace_id: TraceId,
+    body: MoveTag,
+    commands: CommandsDep,
+    actor: Actor,
+    trace_id: TraceId,
 ) -> dict[str, Any]:
-    return await commands.move_tag(name, body.workflow_id, body.version, actor=actor, trace_id=trace_id)
+    return await commands.move_tag(
+        name, body.workflow_id, body.version, actor=actor, trace_id=trace_id
+    )
 
 
 @router.get("/schema/workflow", summary="JSON Schema of workflow definitions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ def edge(source, target, **extra):
 
 
 def test_node_specs_take_defaults_and_copy_config():
-    config = {"expr": ".inputs", "nested": {"k": [1]}}
+    config: dict[str, Any] = {"expr": ".inputs", "nested": {"k": [1]}}
     doc = workflow(
         [
             {"id": "t", "type": "transform", "config": config},

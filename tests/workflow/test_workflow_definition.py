@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from typing import Any
 
 import jsonschema
 import pytest
@@ -19,7 +20,7 @@ from aob.projections.workflow.definition import (
     workflow_schema,
 )
 
-VALID = {
+VALID: dict[str, Any] = {
     "name": "enrich",
     "description": "double, then score",
     "output": ".nodes.score",
@@ -384,8 +385,9 @@ json_values = st.recursive(
     | st.integers()
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=20,
 )
 ids = st.sampled_from(["a", "b", "c", "d", "bad id", ""]) | json_values

@@ -117,4 +117,7 @@ def test_compiling_any_text_raises_only_expression_error(program):
     try:
         compile_jq(program)
     except ExpressionError as error:
-        assert error.message
+        message = error.message
+    else:
+        return
+    assert message

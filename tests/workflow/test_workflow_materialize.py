@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,7 @@ from aob.projections.workflow.materialize import (
     materialize,
 )
 
-BASE = {
+BASE: dict[str, Any] = {
     "name": "review",
     "nodes": [
         {"id": "draft", "type": "agent", "config": {"prompt": "write"}},
@@ -30,7 +31,10 @@ BASE = {
 BASE_IDS = frozenset({"draft", "check", "publish"})
 
 
-def patch(operations, *, frozen=("draft",), so_far=0, limits=PatchLimits(), current=None):
+DEFAULT_LIMITS = PatchLimits()
+
+
+def patch(operations, *, frozen=("draft",), so_far=0, limits=DEFAULT_LIMITS, current=None):
     return apply_patch(
         BASE if current is None else current,
         operations,
@@ -412,8 +416,9 @@ def test_materialize_refuses_a_patch_that_no_longer_applies():
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2) | st.text(max_size=6),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3)
+    ),
     max_leaves=10,
 )
 pointers = st.sampled_from(
