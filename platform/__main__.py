@@ -1,56 +1,71 @@
-"""`python -m aob.platform dev`: the server commands (the `aob server ...` CLI execs this)."""
+"""`python -m aob.platform <service>`: the server commands (`aob server ...` execs this)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from pathlib import Path
 
-import uvicorn
-
-from aob.platform.api.app import create_app
+from aob.platform.demo import DemoRun
 from aob.platform.settings import Settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aob server", description="Run aob's services.")
     sub = parser.add_subparsers(dest="service", required=True)
     dev = sub.add_parser(
         "dev",
-        help="API, coordinator, projector, timers and built-in workers "
-        "in one process, on the embedded log (no Kafka, no Postgres)",
+        help="everything in one process on the embedded log (no Kafka, no Postgres)",
+        description="API, coordinator, projector, timers and built-in workers in one process, "
+        "on the embedded log and SQLite read models.",
     )
     dev.add_argument(
-        "--data-dir",
-        type=Path,
-        help="where the log and read models live (AOB_DATA_DIR, default .aob)",
+        "--data-dir", type=Path, help="log and read models (AOB_DATA_DIR, default .aob)"
     )
     dev.add_argument("--host", help="listen address (AOB_HOST, default 127.0.0.1)")
-    dev.add_argument("--port", type=int, help="listen port (AOB_PORT, default 8080)")
+    dev.add_argument("--port", type=int, help="listen port, 0 for any free one (AOB_PORT, 8080)")
     dev.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
-    args = parser.parse_args(argv)
+    dev.add_argument(
+        "--run",
+        type=Path,
+        metavar="FILE",
+        help="once listening, run this workflow, showing progress",
+    )
+    dev.add_argument(
+        "--inputs",
+        type=Path,
+        metavar="JSON",
+        help="JSON inputs for --run (default: FILE.inputs.json)",
+    )
+    dev.add_argument(
+        "--exit", action="store_true", help="with --run: stop the server when the run ends"
+    )
+    return parser
 
-    overrides = {
-        k: v
-        for k, v in {"data_dir": args.data_dir, "host": args.host, "port": args.port}.items()
-        if v is not None
-    }
-    settings = Settings(**overrides)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {"data_dir": args.data_dir, "host": args.host, "port": args.port}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    print(
-        f"aob dev server: http://{settings.host}:{settings.port}  (data in {settings.data_dir.resolve()})",
-        flush=True,
-    )
-    print(f"  API docs: http://{settings.host}:{settings.port}/docs", flush=True)
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
-    )
-    return 0
+    demo = DemoRun.from_files(args.run, args.inputs) if args.run else None
+    if isinstance(demo, str):
+        print(f"aob server: {demo}", file=sys.stderr)
+        return 2
+    from aob.platform.serve import serve_dev  # after argument checks: loads the whole server
+
+    try:
+        return asyncio.run(serve_dev(settings, args.log_level, demo, exit_after=args.exit))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 141
 
 
 if __name__ == "__main__":
