@@ -1,0 +1,1 @@
+"""Throwaway services for tests, benches and local tries (not part of the product)."""
