@@ -18,7 +18,7 @@ from typing import Any
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import Append, EventLog, Record
+from aob.events.log.port import Append, EventLog, Record, TopicPartition
 from aob.events.types import (
     RUNS_TOPIC,
     Event,
@@ -60,35 +60,83 @@ def _now_ms() -> int:
 
 
 class WorkerHost:
-    def __init__(self, event_log: EventLog, node_type: NodeType, *, worker_id: str = "worker") -> None:
+    """Executes tasks concurrently; a slow task never holds back the others' outcomes.
+
+    Outcomes are appended in groups by one flusher, together with the committable
+    offsets: per partition, the lowest offset still executing (or everything read).
+    So a crash re-delivers only tasks whose outcome is not durable yet.
+    """
+
+    def __init__(
+        self, event_log: EventLog, node_type: NodeType, *, worker_id: str = "worker"
+    ) -> None:
         self.log = event_log
         self.node_type = node_type
         self.worker_id = worker_id
-        self.consumer = Consumer(event_log, f"aob-worker-{node_type.name}", [task_topic(node_type.name)])
-        self._limit = asyncio.Semaphore(node_type.concurrency)
+        group = f"aob-worker-{node_type.name}"
+        self.consumer = Consumer(event_log, group, [task_topic(node_type.name)])
+        self._slots = asyncio.Semaphore(node_type.concurrency)
+        self._in_flight: dict[TopicPartition, set[int]] = {}
+        self._ready: list[Append] = []
+        self._wake_flusher = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.consumer.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            records = await self.consumer.poll(timeout=0.5)
-            if records:
-                outcomes = await asyncio.gather(*(self._execute(r) for r in records))
-                await self.consumer.commit([a for appends in outcomes for a in appends])
+        flusher = asyncio.create_task(self._flush_until(stop))
+        try:
+            while not stop.is_set():
+                for record in await self.consumer.poll(timeout=0.5):
+                    await self._slots.acquire()
+                    self._in_flight.setdefault(record.position, set()).add(record.offset)
+                    task = asyncio.create_task(self._process(record))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()  # not committed: redelivered to the next worker
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._wake_flusher.set()
+            await flusher
+
+    async def _process(self, record: Record) -> None:
+        try:
+            appends = await self._execute(record)
+        finally:
+            self._slots.release()
+        self._ready.extend(appends)
+        self._in_flight[record.position].discard(record.offset)
+        self._wake_flusher.set()
+
+    async def _flush_until(self, stop: asyncio.Event) -> None:
+        while not (stop.is_set() and not self._ready):
+            await self._wake_flusher.wait()
+            self._wake_flusher.clear()
+            appends, self._ready = self._ready, []
+            await self.log.append_and_commit(appends, self.consumer.group, self._committable())
+
+    def _committable(self) -> dict[TopicPartition, int]:
+        positions = self.consumer.positions
+        for tp, offsets in self._in_flight.items():
+            if offsets:
+                positions[tp] = min(offsets)
+        return positions
 
     async def _execute(self, record: Record) -> list[Append]:
         task_event = decode(record.value)
         task = task_event.payload
         if not isinstance(task, NodeScheduled):
             return []
-        started = NodeStarted(task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id)
+        started = NodeStarted(
+            task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id
+        )
         appends = [self._append(task_event, "started", started)]
         if self.node_type.announce_start:
             await self.log.append(appends)
             appends = []
-        async with self._limit:
-            outcome = await self._outcome(task)
+        outcome = await self._outcome(task)
         appends.append(self._append(task_event, "outcome", outcome))
         return appends
 
@@ -96,12 +144,18 @@ class WorkerHost:
         try:
             output = await self.node_type.handler(task)
         except NodeError as error:
-            return NodeFailed(task.run_id, task.node_id, task.iteration, task.attempt, str(error),
-                              error.retryable)
+            return NodeFailed(
+                task.run_id, task.node_id, task.iteration, task.attempt, str(error), error.retryable
+            )
         except Exception as error:  # a handler bug must fail the node, not the worker
             log.exception("node %s of run %s crashed", task.node_id, task.run_id)
-            return NodeFailed(task.run_id, task.node_id, task.iteration, task.attempt,
-                              f"{type(error).__name__}: {error}")
+            return NodeFailed(
+                task.run_id,
+                task.node_id,
+                task.iteration,
+                task.attempt,
+                f"{type(error).__name__}: {error}",
+            )
         return NodeCompleted(task.run_id, task.node_id, task.iteration, task.attempt, output)
 
     def _append(self, task_event: Event, kind: str, payload: Payload) -> Append:

@@ -1,0 +1,124 @@
+"""Backends the end-to-end conformance suite runs against, and a client for their API.
+
+Add a backend by adding a factory to `BACKENDS`: an async context manager that takes
+the test's temporary directory and the suite's execution sink, and yields a
+`Backend` whose API is up, with the suite's test node types served by a worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aob.platform.api.app import create_app
+from aob.platform.engine import Engine
+from aob.platform.settings import Settings
+from aob.workers.host import WorkerHost
+from tests.e2e.nodes import TEST_NODE_TYPES, ExecutionSink, conformance_node_types
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+@dataclass
+class Backend:
+    """A running aob with its HTTP API, as the suite sees it."""
+
+    name: str
+    client: httpx.AsyncClient
+    sink: ExecutionSink
+
+    async def submit(self, definition: dict[str, Any], inputs: Any = None, **extra: Any) -> str:
+        body = {"definition": definition, "inputs": inputs or {}, **extra}
+        response = await self.client.post("/api/v1/runs", json=body)
+        assert response.status_code == 202, response.text
+        run_id: str = response.json()["run_id"]
+        return run_id
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        response = await self.client.get(f"/api/v1/runs/{run_id}")
+        assert response.status_code == 200, response.text
+        run: dict[str, Any] = response.json()
+        return run
+
+    async def wait(
+        self, run_id: str, statuses: set[str] = TERMINAL, timeout: float = 15.0
+    ) -> dict[str, Any]:
+        """The run once its status is one of `statuses`."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            run = await self.run(run_id)
+            if run["status"] in statuses:
+                return run
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"run {run_id} still {run['status']} after {timeout}s")
+            await asyncio.sleep(0.02)
+
+    async def wait_node(self, run_id: str, node_id: str, status: str) -> dict[str, Any]:
+        for _ in range(750):
+            run = await self.run(run_id)
+            node = nodes_of(run).get(node_id)
+            if node is not None and node["status"] == status:
+                return run
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"node {node_id} of run {run_id} never became {status}")
+
+    async def complete(self, definition: dict[str, Any], inputs: Any = None) -> dict[str, Any]:
+        return await self.wait(await self.submit(definition, inputs))
+
+    async def events(self, run_id: str) -> list[dict[str, Any]]:
+        response = await self.client.get(f"/api/v1/runs/{run_id}/events")
+        assert response.status_code == 200, response.text
+        items: list[dict[str, Any]] = response.json()["items"]
+        return items
+
+
+def nodes_of(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The run's latest node states by node id."""
+    latest: dict[str, dict[str, Any]] = {}
+    for node in run["nodes"]:
+        known = latest.get(node["node_id"])
+        if known is None or node["iteration"] >= known["iteration"]:
+            latest[node["node_id"]] = node
+    return latest
+
+
+BackendFactory = Callable[[Path, ExecutionSink], AbstractAsyncContextManager[Backend]]
+
+
+@asynccontextmanager
+async def embedded(tmp_path: Path, sink: ExecutionSink) -> AsyncIterator[Backend]:
+    """`aob server dev`'s assembly in this process: SQLite log and read models."""
+    settings = Settings(data_dir=tmp_path / "data", node_types=TEST_NODE_TYPES)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        engine: Engine = app.state.engine
+        stop = asyncio.Event()
+        workers = [
+            WorkerHost(engine.log, t, worker_id="suite") for t in conformance_node_types(sink)
+        ]
+        for worker in workers:
+            await worker.start()
+        tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://aob") as client:
+            try:
+                yield Backend("embedded", client, sink)
+            finally:
+                stop.set()
+                await asyncio.gather(*tasks)
+
+
+BACKENDS: dict[str, BackendFactory] = {"embedded": embedded}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    async with BACKENDS[request.param](tmp_path, ExecutionSink()) as running:
+        yield running
