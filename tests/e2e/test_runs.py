@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from tests.e2e.conftest import Backend, nodes_of
@@ -20,8 +21,8 @@ def e(source: str, target: str, **extra: Any) -> dict[str, Any]:
 
 
 def wf(
-    nodes: list[dict[str, Any]], edges: list[dict[str, Any]] = (), **extra: Any
-) -> dict[str, Any]:  # type: ignore[assignment]
+    nodes: list[dict[str, Any]], edges: Sequence[dict[str, Any]] = (), **extra: Any
+) -> dict[str, Any]:
     return {"name": "e2e", "nodes": nodes, "edges": list(edges), **extra}
 
 
@@ -146,7 +147,8 @@ async def test_failed_attempts_are_retried_with_backoff(backend: Backend) -> Non
     assert run["output"] == {"attempt": 3}
     assert backend.sink.of_run(run_id) == {("f", 0, 1): 1, ("f", 0, 2): 1, ("f", 0, 3): 1}
     types = [ev["type"] for ev in await backend.events(run_id)]
-    assert types.count("TimerSet") == 2 and types.count("TimerFired") == 2
+    assert types.count("TimerSet") == 2
+    assert types.count("TimerFired") == 2
 
 
 async def test_retries_exhausted_fail_the_run_naming_the_node(backend: Backend) -> None:
@@ -158,7 +160,8 @@ async def test_retries_exhausted_fail_the_run_naming_the_node(backend: Backend) 
     run = await backend.complete(definition)
     assert run["status"] == "failed"
     assert run["error_node_id"] == "f"
-    assert "after 2 attempts" in run["error"] and "planned failure" in run["error"]
+    assert "after 2 attempts" in run["error"]
+    assert "planned failure" in run["error"]
     assert "after" not in statuses(run)  # never scheduled
 
 
@@ -189,7 +192,8 @@ async def test_unknown_node_type_is_skipped_with_a_warning_and_dependents_run(
     run = await backend.complete(definition)
     assert run["status"] == "completed"
     x = nodes_of(run)["x"]
-    assert x["status"] == "skipped" and x["warning"] is True
+    assert x["status"] == "skipped"
+    assert x["warning"] is True
     assert "teleport" in x["skip_reason"]
     assert nodes_of(run)["after"]["output"] == "ran"
 
@@ -225,7 +229,8 @@ async def test_patch_rewriting_a_started_node_is_refused(backend: Backend) -> No
     assert response.status_code == 422
     assert response.json()["errors"]
     run = await backend.wait(run_id)
-    assert run["status"] == "completed" and run["revision"] == 0
+    assert run["status"] == "completed"
+    assert run["revision"] == 0
 
 
 async def test_each_node_executes_exactly_once(backend: Backend) -> None:
@@ -242,10 +247,12 @@ async def test_timeline_holds_the_whole_history_in_order(backend: Backend) -> No
     await backend.wait(run_id)
     events = await backend.events(run_id)
     types = [ev["type"] for ev in events]
-    assert types[0] == "RunSubmitted" and types[-1] == "RunCompleted"
+    assert types[0] == "RunSubmitted"
+    assert types[-1] == "RunCompleted"
     assert types.index("NodeCompleted") < types.index("RunCompleted")
     offsets = [ev["offset"] for ev in events]
-    assert offsets == sorted(offsets) and len(set(offsets)) == len(offsets)
+    assert offsets == sorted(offsets)
+    assert len(set(offsets)) == len(offsets)
     assert all(ev["key"] == run_id for ev in events)
     later = await backend.client.get(f"/api/v1/runs/{run_id}/events", params={"after": offsets[2]})
     assert [ev["offset"] for ev in later.json()["items"]] == offsets[3:]
