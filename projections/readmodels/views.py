@@ -3,8 +3,9 @@
 `project(event, position)` is a generator of portable SQL steps (named `:params`,
 ON CONFLICT upserts, no engine-specific functions). A driver runs every step in
 the batch's transaction and sends each `Fetch`'s first row back into the plan.
-The SQLite store drives plans synchronously (`run_plan`); a Postgres adapter can
-drive the very same plans with `await`s, so the per-event logic lives only here.
+The SQLite store drives plans synchronously (`run_plan`), the Postgres store drives
+the very same plans with `await`s (`run_plan_async`), so the per-event logic lives
+only here.
 
 Drivers must hand JSON columns back as JSON text, and translate `:name`
 placeholders if their engine needs to (asyncpg wants `$n`).
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeAlias
 
@@ -145,6 +146,16 @@ def run_plan(plan: Plan, execute: Callable[[Step], Row | None]) -> None:
         step = next(plan)
         while True:
             step = plan.send(execute(step))
+    except StopIteration:
+        return
+
+
+async def run_plan_async(plan: Plan, execute: Callable[[Step], Awaitable[Row | None]]) -> None:
+    """Drive `plan` with an async driver (asyncpg): the same plans, awaited."""
+    try:
+        step = next(plan)
+        while True:
+            step = plan.send(await execute(step))
     except StopIteration:
         return
 

@@ -1,11 +1,17 @@
-"""Hand-built event histories with fake log positions, and stores to apply them to."""
+"""Hand-built event histories with fake log positions, and stores to apply them to.
+
+Every test that takes `store` or `open_store` runs once per engine: SQLite, and
+Postgres (async, driven through `Blocking`), so both answer the same tests.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -35,6 +41,10 @@ from aob.events.types import (
     WorkflowCreated,
 )
 from aob.projections.readmodels import Position, SqliteReadModels
+from aob.projections.readmodels.postgres import PostgresReadModels
+from tests.fixtures.postgres import PostgresSchemas
+
+T = TypeVar("T")
 
 PARTITIONS = 3
 
@@ -187,9 +197,51 @@ def script() -> Script:
     return s
 
 
-@pytest.fixture
-def open_store(tmp_path: Path) -> Iterator[Callable[[str], SqliteReadModels]]:
-    """Opens stores in tmp_path by file name and closes them all afterwards."""
+ENGINES = ("sqlite", "postgres")
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, for driving async code from sync
+    tests; a pytest-asyncio loop would only run while an async test runs."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, job: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(job, self.loop).result(timeout=60)
+
+    def close(self) -> None:
+        self.run(self.loop.shutdown_asyncgens())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class Blocking:
+    """An async store seen through sync calls, so one test body covers both engines:
+    `store.get_run(x)` runs `await async_store.get_run(x)` on the loop thread."""
+
+    def __init__(self, target: PostgresReadModels, loop: LoopThread) -> None:
+        self.target = target
+        self._loop = loop
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.target, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._loop.run(method(*args, **kwargs))
+
+        return call
+
+
+Store = SqliteReadModels | Blocking
+OpenStore = Callable[..., Store]
+
+
+def _sqlite_stores(tmp_path: Path) -> tuple[OpenStore, Callable[[], None]]:
+    """Stores in tmp_path by file name."""
     opened: list[SqliteReadModels] = []
 
     def open_(name: str = "readmodels.db") -> SqliteReadModels:
@@ -197,11 +249,63 @@ def open_store(tmp_path: Path) -> Iterator[Callable[[str], SqliteReadModels]]:
         opened.append(store)
         return store
 
-    yield open_
-    for store in opened:
-        store.close()
+    def close_all() -> None:
+        for store in opened:
+            store.close()
+
+    return open_, close_all
+
+
+def _postgres_stores(schemas: PostgresSchemas) -> tuple[OpenStore, Callable[[], None]]:
+    """Stores in fresh schemas, one per name; opening a name again reopens its schema."""
+    loop = LoopThread()
+    dsns: dict[str, str] = {}
+    opened: list[Blocking] = []
+
+    def open_(name: str = "readmodels.db", **options: Any) -> Blocking:
+        if name not in dsns:
+            dsns[name] = schemas.create()
+        store = Blocking(loop.run(PostgresReadModels.open(dsns[name], **options)), loop)
+        opened.append(store)
+        return store
+
+    def close_all() -> None:
+        try:
+            for store in opened:
+                loop.run(store.target.close())
+        finally:
+            loop.close()
+
+    return open_, close_all
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def store(open_store: Callable[[str], SqliteReadModels]) -> SqliteReadModels:
+def open_store(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OpenStore]:
+    """Opens stores of the test's engine by name and closes them all afterwards.
+
+    Postgres is started only for the tests that run on it (`-k sqlite` needs none).
+    """
+    if engine == "sqlite":
+        open_, close_all = _sqlite_stores(tmp_path)
+    else:
+        open_, close_all = _postgres_stores(request.getfixturevalue("postgres_schemas"))
+    yield open_
+    close_all()
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> Store:
     return open_store("readmodels.db")
+
+
+@pytest.fixture
+def open_sqlite_store(tmp_path: Path) -> Iterator[OpenStore]:
+    """For the tests about the SQLite file itself."""
+    open_, close_all = _sqlite_stores(tmp_path)
+    yield open_
+    close_all()

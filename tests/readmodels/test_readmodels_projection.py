@@ -197,9 +197,9 @@ def test_record_positions_are_accepted(store):
     assert store.get_workflow("wf")["name"] == "wf"
 
 
-def test_opening_twice_migrates_once(open_store, tmp_path):
-    open_store("same.db").close()
-    open_store("same.db").close()
+def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
+    open_sqlite_store("same.db").close()
+    open_sqlite_store("same.db").close()
     conn = sqlite3.connect(tmp_path / "same.db")
     try:
         rows = conn.execute("SELECT version, name FROM schema_migrations").fetchall()
