@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from aob.events.types import Json
 
-from .definition import DEFAULT_LIMITS, InvalidDefinition, Limits, validate_definition
+from .definition import (
+    DEFAULT_LIMITS,
+    HITL_TYPE,
+    InvalidDefinition,
+    Limits,
+    validate_definition,
+)
 from .graph import Adjacency, reachable, reverse, stable_topological_order
 from .ir import EdgeSpec, NodeSpec, RetryPolicy, WorkflowIR
 
-__all__ = ["InvalidDefinition", "compile_workflow"]
+__all__ = ["InvalidDefinition", "compile_workflow", "decision_is"]
 
 
 def compile_workflow(doc: Json, limits: Limits = DEFAULT_LIMITS) -> WorkflowIR:
@@ -25,7 +33,7 @@ def compile_workflow(doc: Json, limits: Limits = DEFAULT_LIMITS) -> WorkflowIR:
     if problems:
         raise InvalidDefinition(problems)
     nodes = {spec.id: spec for spec in map(_node, doc["nodes"])}
-    edges = [_edge(e) for e in doc.get("edges", [])]
+    edges = _approval_routes(nodes, [_edge(e) for e in doc.get("edges", [])])
     forward = [e for e in edges if not e.is_loop]
     loops = tuple(e for e in edges if e.is_loop)
     incoming: dict[str, list[EdgeSpec]] = {n: [] for n in nodes}
@@ -84,3 +92,44 @@ def _edge(raw: Mapping[str, Any]) -> EdgeSpec:
 def _loop_body(loop: EdgeSpec, forward: Adjacency, backward: Adjacency) -> frozenset[str]:
     """Nodes on a forward path from the loop's target to its source, both included."""
     return frozenset(reachable(loop.target, forward) & reachable(loop.source, backward))
+
+
+# --- human approvals -------------------------------------------------------------------
+
+
+def decision_is(node_id: str, decision: str) -> str:
+    """jq: whether the approval node `node_id` output `decision` ("approve"/"reject")."""
+    return f".nodes[{json.dumps(node_id)}].decision == {json.dumps(decision)}"
+
+
+def _approval_routes(nodes: Mapping[str, NodeSpec], edges: Sequence[EdgeSpec]) -> list[EdgeSpec]:
+    """Route on each hitl node's decision: its rejection_path nodes on reject, its
+    other forward edges on approve.
+
+    The decision becomes an edge condition (ANDed with the edge's own), so the
+    coordinator's conditional edges and dead-path elimination do the rest. Loop
+    edges keep their own conditions.
+    """
+    rejection = {
+        spec.id: list(spec.config.get("rejection_path", []))
+        for spec in nodes.values()
+        if spec.type == HITL_TYPE
+    }
+    routed: list[EdgeSpec] = []
+    for edge in edges:
+        if edge.is_loop or edge.source not in rejection:
+            routed.append(edge)
+            continue
+        decision = "reject" if edge.target in rejection[edge.source] else "approve"
+        routed.append(replace(edge, when=_both(decision_is(edge.source, decision), edge.when)))
+    explicit = {(e.source, e.target) for e in edges if not e.is_loop}
+    for source, targets in rejection.items():
+        for target in targets:
+            if (source, target) not in explicit:
+                routed.append(EdgeSpec(source, target, decision_is(source, "reject")))
+    return routed
+
+
+def _both(condition: str, when: str | None) -> str:
+    """`condition and when`; newlines keep a `#` comment in `when` from eating the ")"."""
+    return condition if when is None else f"({condition}) and (\n{when}\n)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -259,13 +260,16 @@ class _Graph:
     """What the graph checks can use of a possibly invalid document.
 
     `ids` maps each node id to the index of its first declaration; `forward` holds
-    the forward edges between existing nodes; `loops` the loop edges between
-    existing nodes as (edge index, source, target).
+    the forward edges between existing nodes, each with an index into `edge_paths`
+    (the edge's JSON Pointer: an entry of /edges, or of a hitl node's
+    rejection_path, which implies an edge); `loops` the loop edges between existing
+    nodes as (edge index, source, target).
     """
 
     ids: dict[str, int]
     forward: dict[str, list[tuple[str, int]]]
     loops: list[tuple[int, str, str]]
+    edge_paths: list[str]
 
 
 def _graph(doc: Mapping[str, Json]) -> _Graph:
@@ -275,6 +279,7 @@ def _graph(doc: Mapping[str, Json]) -> _Graph:
             ids.setdefault(node["id"], index)
     forward: dict[str, list[tuple[str, int]]] = {node_id: [] for node_id in ids}
     loops: list[tuple[int, str, str]] = []
+    edge_paths: list[str] = []
     for index, edge in _items(doc, "edges"):
         source, target = edge.get("from"), edge.get("to")
         if not (isinstance(source, str) and isinstance(target, str)):
@@ -284,8 +289,13 @@ def _graph(doc: Mapping[str, Json]) -> _Graph:
         if edge.get("loop") is not None:
             loops.append((index, source, target))
         else:
-            forward[source].append((target, index))
-    return _Graph(ids, forward, loops)
+            forward[source].append((target, len(edge_paths)))
+            edge_paths.append(f"/edges/{index}")
+    for path, source, target in _rejection_entries(doc):
+        if source in ids and target in ids and path.startswith(f"/nodes/{ids[source]}/"):
+            forward[source].append((target, len(edge_paths)))
+            edge_paths.append(path)
+    return _Graph(ids, forward, loops, edge_paths)
 
 
 def _items(doc: Mapping[str, Json], key: str) -> Iterator[tuple[int, dict[str, Json]]]:
@@ -295,6 +305,45 @@ def _items(doc: Mapping[str, Json], key: str) -> Iterator[tuple[int, dict[str, J
         for index, item in enumerate(items):
             if isinstance(item, dict):
                 yield index, item
+
+
+# --- human approval (hitl) nodes -------------------------------------------------------
+
+HITL_TYPE = "hitl"
+# A `{{ jq }}` placeholder in a hitl node's message or payload; it ends at the first "}}".
+PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+
+def _hitl_configs(doc: Mapping[str, Json]) -> Iterator[tuple[int, str, dict[str, Json]]]:
+    """(node index, node id, config) of each hitl node with an object config."""
+    for index, node in _items(doc, "nodes"):
+        config = node.get("config")
+        if node.get("type") == HITL_TYPE and isinstance(config, dict):
+            yield index, str(node.get("id")), config
+
+
+def _rejection_entries(doc: Mapping[str, Json]) -> Iterator[tuple[str, str, str]]:
+    """(pointer, hitl node id, target) for each string in a rejection_path."""
+    for index, node_id, config in _hitl_configs(doc):
+        targets = config.get("rejection_path")
+        if isinstance(targets, list):
+            for position, target in enumerate(targets):
+                if isinstance(target, str):
+                    yield f"/nodes/{index}/config/rejection_path/{position}", node_id, target
+
+
+def template_strings(value: Json, path: str = "") -> Iterator[tuple[str, str]]:
+    """(pointer, string) for every string in a message or payload template, in
+    document order. Iterative: a payload may nest deeper than the recursion limit."""
+    stack: list[tuple[str, Json]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            yield where, item
+        elif isinstance(item, dict):
+            stack.extend((f"{where}/{_escape(k)}", v) for k, v in reversed(item.items()))
+        elif isinstance(item, list):
+            stack.extend((f"{where}/{i}", v) for i, v in reversed(list(enumerate(item))))
 
 
 _Check = Callable[[Mapping[str, Json], _Graph, Limits], Iterator[Problem]]
@@ -327,6 +376,21 @@ def _reference_problems(
             name = edge.get(end)
             if isinstance(name, str) and name not in graph.ids:
                 yield Problem(f"/edges/{index}/{end}", f"edge {end} {name!r}: no such node")
+    for path, _, target in _rejection_entries(doc):
+        if target not in graph.ids:
+            yield Problem(path, f"rejection_path entry {target!r}: no such node")
+
+
+def _hitl_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
+    """The coordinator's node timeout would fail an approval with the approvers
+    never told; the approval's own limit (config.timeout_ms) decides instead."""
+    for index, node in _items(doc, "nodes"):
+        if node.get("type") == HITL_TYPE and "timeout_ms" in node:
+            yield Problem(
+                f"/nodes/{index}/timeout_ms",
+                "a hitl node has no node timeout: set config.timeout_ms (how long the "
+                "approvers have) and config.on_timeout (approve, reject or fail)",
+            )
 
 
 def _cycle_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
@@ -335,10 +399,15 @@ def _cycle_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> I
         cycle = shortest_cycle(start, graph.forward)
         if cycle is not None:
             nodes, closing_edge = cycle
+            path = graph.edge_paths[closing_edge]
+            if path.startswith("/edges/"):
+                hint = "declare the back-edge with loop: {max_iterations: N}"
+            else:
+                hint = "a rejection_path leads downstream; go back with a loop edge instead"
             yield Problem(
-                f"/edges/{closing_edge}",
+                path,
                 f"undeclared cycle {' -> '.join(nodes)}: forward edges must not form a "
-                "cycle; declare the back-edge with loop: {max_iterations: N}",
+                f"cycle; {hint}",
             )
 
 
@@ -361,18 +430,25 @@ def _expression_problems(
         config = node.get("config")
         if node.get("type") == "transform" and isinstance(config, dict):
             found.append((f"/nodes/{index}/config/expr", config.get("expr")))
-    for path, program in found:
-        if isinstance(program, str) and program:
-            try:
-                compile_jq(program)
-            except ExpressionError as error:
-                yield Problem(path, f"invalid jq expression: {error.message}")
+    # An empty placeholder is a mistake too, unlike an empty string the schema reports.
+    placeholders: list[tuple[str, str]] = []
+    for index, _, config in _hitl_configs(doc):
+        for key in ("message", "payload"):
+            for path, text in template_strings(config.get(key), f"/nodes/{index}/config/{key}"):
+                placeholders += [(path, program) for program in PLACEHOLDER.findall(text)]
+    found = [(path, program) for path, program in found if isinstance(program, str) and program]
+    for path, program in [*found, *placeholders]:
+        try:
+            compile_jq(program)
+        except ExpressionError as error:
+            yield Problem(path, f"invalid jq expression: {error.message}")
 
 
 _SEMANTIC_CHECKS: tuple[_Check, ...] = (
     _limit_problems,
     _duplicate_problems,
     _reference_problems,
+    _hitl_problems,
     _cycle_problems,
     _loop_problems,
     _expression_problems,
