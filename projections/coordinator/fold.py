@@ -19,6 +19,7 @@ from typing import Any
 
 from aob.events.ids import derived_event_id
 from aob.events.types import (
+    TERMINAL_RUN_EVENTS,
     ApprovalDecided,
     ApprovalRequested,
     Event,
@@ -38,7 +39,6 @@ from aob.events.types import (
     RunSubmitted,
     TimerFired,
     TimerSet,
-    TERMINAL_RUN_EVENTS,
 )
 from aob.projections.coordinator.state import (
     FINISHED,
@@ -51,7 +51,7 @@ from aob.projections.coordinator.state import (
 )
 from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
 from aob.projections.workflow.expressions import ExpressionError, evaluate, is_truthy
-from aob.projections.workflow.ir import EdgeSpec, NodeSpec
+from aob.projections.workflow.ir import EdgeSpec, NodeSpec, WorkflowIR
 from aob.projections.workflow.materialize import apply_patch
 
 
@@ -65,14 +65,13 @@ def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Ev
         if not isinstance(event.payload, RunSubmitted):
             return None, []
         state, problem = _new_run(event.payload)
+        step = _Step(state, event, fresh=True)
         if problem is not None:
-            step = _Step(state, event)
             step.emit(RunFailed(state.run_id, f"definition does not compile: {problem}"))
-            step.run()
-            return state, step.emitted
     elif event.event_id in state.seen:
         return state, []
-    step = _Step(state, event)
+    else:
+        step = _Step(state, event)
     step.run()
     return state, step.emitted
 
@@ -92,7 +91,7 @@ def _new_run(submitted: RunSubmitted) -> tuple[RunState, str | None]:
         ir = compile_workflow(submitted.definition)
     except InvalidDefinition as error:
         problem = "; ".join(f"{p.path}: {p.message}" for p in error.problems)
-        ir = compile_workflow(_EMPTY_DEFINITION)
+        ir = _EMPTY_IR
     state = RunState(
         run_id=submitted.run_id,
         status=RunStatus.RUNNING,
@@ -106,22 +105,27 @@ def _new_run(submitted: RunSubmitted) -> tuple[RunState, str | None]:
     return state, problem
 
 
-_EMPTY_DEFINITION: dict[str, Any] = {"name": "empty", "nodes": [], "edges": []}
+# A worker may be running the instance: its answer or its timeout counts.
+_ATTEMPTING = frozenset({NodeStatus.SCHEDULED, NodeStatus.RUNNING})
+
+# What a run whose definition does not compile runs: nothing (it fails at once).
+_EMPTY_IR = WorkflowIR("invalid", {}, {}, {}, (), (), ())
 
 
 class _Step:
     """Folds one incoming event and everything it leads to, in causal order."""
 
-    def __init__(self, state: RunState, cause: Event) -> None:
+    def __init__(self, state: RunState, cause: Event, *, fresh: bool = False) -> None:
         self.state = state
         self.cause = cause
+        self.fresh = fresh  # the cause created the run (a later RunSubmitted is ignored)
         self.now = cause.occurred_at
         self.emitted: list[Event] = []
         self._queue: deque[Event] = deque([cause])
         # Node instances decided in this step whose event is still queued: deciding
         # them again (two edges resolving one join) must not schedule twice.
         self._decided: set[tuple[str, int]] = set()
-        self._ending = False  # a terminal run event was emitted: emit no second one
+        self._ending = False  # a terminal run event was emitted: emit nothing more
 
     def run(self) -> None:
         while self._queue:
@@ -130,10 +134,9 @@ class _Step:
             self._apply(event.payload)
 
     def emit(self, payload: Payload) -> None:
-        if isinstance(payload, TERMINAL_RUN_EVENTS):
-            if self._ending:
-                return
-            self._ending = True
+        if self._ending:
+            return
+        self._ending = isinstance(payload, TERMINAL_RUN_EVENTS)
         event = Event(
             event_id=derived_event_id(self.cause.event_id, len(self.emitted)),
             key=self.state.run_id,
@@ -154,7 +157,8 @@ class _Step:
             return
         match payload:
             case RunSubmitted():
-                self._start()
+                if self.fresh:
+                    self._start()
             case NodeScheduled():
                 self._on_scheduled(payload)
             case NodeStarted():
@@ -176,9 +180,9 @@ class _Step:
             case PatchApplied() | PatchRejected():
                 pass  # decided (and applied) while folding the PatchProposed
             case ApprovalRequested():
-                state.pending_approvals.add(payload.approval_id)
+                self._on_approval_requested(payload)
             case ApprovalDecided():
-                state.pending_approvals.discard(payload.approval_id)
+                state.pending_approvals.pop(payload.approval_id, None)
                 self._check_completion()
             case RunCancelRequested():
                 self.emit(RunCancelled(state.run_id, payload.reason))
@@ -198,7 +202,9 @@ class _Step:
         for node_id in self.state.ir.roots:
             self._make_ready(node_id)
 
-    def _current(self, node_id: str, iteration: int, attempt: int | None = None) -> NodeState | None:
+    def _current(
+        self, node_id: str, iteration: int, attempt: int | None = None
+    ) -> NodeState | None:
         """The node's state if the event names its current instance, else None (stale)."""
         node = self.state.nodes.get(node_id)
         if node is None or node.iteration != iteration:
@@ -221,17 +227,7 @@ class _Step:
         node.status = NodeStatus.SCHEDULED
         self.state.ever_started.add(event.node_id)
         if event.timeout_ms:
-            self.emit(
-                TimerSet(
-                    run_id=self.state.run_id,
-                    timer_id=_timer_id(self.state.run_id, event.node_id, event.iteration, event.attempt, "timeout"),
-                    fire_at=self.now + event.timeout_ms,
-                    purpose="timeout",
-                    node_id=event.node_id,
-                    iteration=event.iteration,
-                    attempt=event.attempt,
-                )
-            )
+            self._set_timer(event, "timeout", self.now + event.timeout_ms)
 
     def _on_started(self, event: NodeStarted) -> None:
         node = self._current(event.node_id, event.iteration, event.attempt)
@@ -240,9 +236,9 @@ class _Step:
 
     def _on_completed(self, event: NodeCompleted) -> None:
         node = self._current(event.node_id, event.iteration, event.attempt)
-        if node is None or node.status not in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+        if node is None or node.status not in _ATTEMPTING:
             return
-        self._finish(node, NodeStatus.COMPLETED)
+        self._finish(event.node_id, NodeStatus.COMPLETED)
         self.state.outputs[event.node_id] = event.output
         if not self._take_loop(event.node_id):
             self._route(event.node_id, passed=True)
@@ -250,28 +246,23 @@ class _Step:
 
     def _on_failed(self, event: NodeFailed) -> None:
         node = self._current(event.node_id, event.iteration, event.attempt)
-        if node is None or node.status not in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+        if node is None or node.status not in _ATTEMPTING:
             return
-        spec = self.state.ir.nodes[event.node_id]
-        if event.retryable and event.attempt < spec.retry.max_attempts:
+        retry = self.state.ir.nodes[event.node_id].retry
+        if event.retryable and event.attempt < retry.max_attempts:
             node.status = NodeStatus.RETRY_WAIT
-            self.emit(
-                TimerSet(
-                    run_id=self.state.run_id,
-                    timer_id=_timer_id(self.state.run_id, event.node_id, event.iteration, event.attempt, "retry"),
-                    fire_at=self.now + spec.retry.backoff_ms(event.attempt),
-                    purpose="retry",
-                    node_id=event.node_id,
-                    iteration=event.iteration,
-                    attempt=event.attempt,
-                )
-            )
+            self._set_timer(event, "retry", self.now + retry.backoff_ms(event.attempt))
             return
-        self._finish(node, NodeStatus.FAILED)
+        self._finish(event.node_id, NodeStatus.FAILED)
         attempts = f" after {event.attempt} attempts" if event.attempt > 1 else ""
+        error = f"node {event.node_id!r} failed{attempts}: {event.error}"
+        self.emit(RunFailed(self.state.run_id, error, event.node_id))
+
+    def _set_timer(self, instance: NodeFailed | NodeScheduled, purpose: str, fire_at: int) -> None:
+        node_id, iteration, attempt = instance.node_id, instance.iteration, instance.attempt
+        timer_id = f"{self.state.run_id}:{node_id}:{iteration}:{attempt}:{purpose}"
         self.emit(
-            RunFailed(self.state.run_id, f"node {event.node_id!r} failed{attempts}: {event.error}",
-                      event.node_id)
+            TimerSet(self.state.run_id, timer_id, fire_at, purpose, node_id, iteration, attempt)
         )
 
     def _on_skipped(self, event: NodeSkipped) -> None:
@@ -292,15 +283,26 @@ class _Step:
             return
         if timer.purpose == "retry" and node.status is NodeStatus.RETRY_WAIT:
             self._schedule(timer.node_id, node.iteration, node.attempt + 1)
-        elif timer.purpose == "timeout" and node.status in (NodeStatus.SCHEDULED, NodeStatus.RUNNING):
+        elif timer.purpose == "timeout" and node.status in _ATTEMPTING:
             timeout = self.state.ir.nodes[timer.node_id].timeout_ms
+            error = f"timed out after {timeout} ms"
             self.emit(
-                NodeFailed(self.state.run_id, timer.node_id, timer.iteration, timer.attempt,
-                           f"timed out after {timeout} ms")
+                NodeFailed(self.state.run_id, timer.node_id, timer.iteration, timer.attempt, error)
             )
+
+    def _on_approval_requested(self, event: ApprovalRequested) -> None:
+        """Count an approval while the instance that asked for it still holds a token."""
+        node = self._current(event.node_id, event.iteration)
+        if node is not None and node.status in OUTSTANDING:
+            self.state.pending_approvals[event.approval_id] = event.node_id
+
+    # --- patches -----------------------------------------------------------------
 
     def _on_patch(self, event: PatchProposed) -> None:
         state = self.state
+        if event.patch_id in state.patches:
+            return  # proposed again (at-least-once): decided already
+        state.patches.add(event.patch_id)
         outcome = apply_patch(
             state.definition,
             event.operations,
@@ -312,29 +314,78 @@ class _Step:
             reasons = [f"{p.path}: {p.message}" if p.path else p.message for p in outcome.problems]
             self.emit(PatchRejected(state.run_id, event.patch_id, reasons))
             return
+        self._adopt(outcome.definition, outcome.added_agents)
+        added = list(outcome.added_nodes)
+        self.emit(PatchApplied(state.run_id, event.patch_id, state.revision, added))
+        self._reevaluate_pending()
+
+    def _adopt(self, definition: dict[str, Any], added_agents: int) -> None:
+        """Run the patched definition from now on: its nodes, edges and loops."""
+        state = self.state
         state.revision += 1
-        state.agents_added += outcome.added_agents
-        state.definition = outcome.definition
-        state.ir = compile_workflow(outcome.definition)
+        state.agents_added += added_agents
+        state.definition = definition
+        state.ir = compile_workflow(definition)
         for node_id in state.ir.nodes:
             state.nodes.setdefault(node_id, NodeState())
         for node_id in [n for n in state.nodes if n not in state.ir.nodes]:
             del state.nodes[node_id]  # removed by the patch; it never started
-        self.emit(PatchApplied(state.run_id, event.patch_id, state.revision, list(outcome.added_nodes)))
-        self._reevaluate_pending()
+
+    def _reevaluate_pending(self) -> None:
+        """After a patch: decide edges out of finished nodes into pending ones, resolve joins."""
+        state = self.state
+        for node_id in state.ir.order:
+            if state.nodes[node_id].status is not NodeStatus.PENDING:
+                continue
+            if not state.ir.incoming[node_id]:
+                if node_id not in state.ever_started:
+                    self._make_ready(node_id)  # a new root
+                continue
+            if not self._decide_from_finished(node_id):
+                return
+            self._resolve(node_id)
+        self._check_completion()
+
+    def _decide_from_finished(self, target: str) -> bool:
+        """Decide the undecided edges into `target` from finished nodes; False if a
+        condition broke (the run has failed)."""
+        state = self.state
+        for source in dict.fromkeys(e.source for e in state.ir.incoming[target]):
+            node = state.nodes[source]
+            if (source, target) in state.edge_taken or node.status not in FINISHED:
+                continue
+            passed = node.status is NodeStatus.COMPLETED or node.passthrough
+            taken = self._verdict(source, target, passed=passed)
+            if taken is None:
+                return False
+            state.edge_taken[(source, target)] = taken
+        return True
 
     # --- routing -----------------------------------------------------------------
 
     def _route(self, source: str, *, passed: bool) -> None:
-        """Decide each forward edge out of `source`, then resolve the targets' joins."""
-        context = self.state.context()
-        for edge in self.state.ir.outgoing[source]:
-            taken = passed and self._condition(edge, context)
+        """Decide the forward edges out of `source`, then resolve the targets' joins."""
+        targets = list(dict.fromkeys(e.target for e in self.state.ir.outgoing[source]))
+        for target in targets:
+            taken = self._verdict(source, target, passed=passed)
             if taken is None:
                 return
-            self.state.edge_taken[(edge.source, edge.target)] = taken
+            self.state.edge_taken[(source, target)] = taken
+        for target in targets:
+            self._resolve(target)
+
+    def _verdict(self, source: str, target: str, *, passed: bool) -> bool | None:
+        """Whether control flows from `source` to `target`: through any of the edges
+        between them. None when a condition broke (the run has failed)."""
+        if not passed:
+            return False
+        context = self.state.context(self.state.nodes[source].iteration)
         for edge in self.state.ir.outgoing[source]:
-            self._resolve(edge.target)
+            if edge.target == target:
+                taken = self._condition(edge, context)
+                if taken is None or taken:
+                    return taken
+        return False
 
     def _condition(self, edge: EdgeSpec, context: dict[str, Any]) -> bool | None:
         """Whether `edge` is taken; None when its condition broke (the run has failed)."""
@@ -343,11 +394,8 @@ class _Step:
         try:
             return is_truthy(edge.when, context)
         except ExpressionError as error:
-            self.emit(
-                RunFailed(self.state.run_id,
-                          f"condition on edge {edge.source}->{edge.target} failed: {error}",
-                          edge.source)
-            )
+            reason = f"condition on edge {edge.source}->{edge.target} failed: {error}"
+            self.emit(RunFailed(self.state.run_id, reason, edge.source))
             return None
 
     def _resolve(self, node_id: str) -> None:
@@ -355,16 +403,18 @@ class _Step:
         node = self.state.nodes[node_id]
         if node.status is not NodeStatus.PENDING or self.state.is_finished:
             return
-        spec = self.state.ir.nodes[node_id]
-        decided = [self.state.edge_taken.get((e.source, node_id)) for e in self.state.ir.incoming[node_id]]
-        if spec.join == "any" and any(decided):
+        join = self.state.ir.nodes[node_id].join
+        decided = [
+            self.state.edge_taken.get((e.source, node_id)) for e in self.state.ir.incoming[node_id]
+        ]
+        if join == "any" and any(decided):
             self._make_ready(node_id)
         elif all(d is not None for d in decided):
             if any(decided):
                 self._make_ready(node_id)
             elif self._decide(node_id, node.iteration):
-                self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration,
-                                      "no incoming edge was taken"))
+                reason = "no incoming edge was taken"
+                self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration, reason))
 
     def _make_ready(self, node_id: str) -> None:
         spec = self.state.ir.nodes[node_id]
@@ -372,8 +422,8 @@ class _Step:
         if not self._decide(node_id, node.iteration):
             return
         if spec.type not in self.state.known_types:
-            self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration,
-                                  f"unknown node type {spec.type!r}", warning=True))
+            reason = f"unknown node type {spec.type!r}"
+            self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration, reason, warning=True))
             return
         self._schedule(node_id, node.iteration, 1)
 
@@ -399,67 +449,49 @@ class _Step:
             )
         )
 
+    # --- loops -------------------------------------------------------------------
+
     def _take_loop(self, source: str) -> bool:
-        """Start the next iteration of a loop whose back-edge leaves `source`, if one is taken."""
-        ir = self.state.ir
-        for index, edge in enumerate(ir.loops):
-            if edge.source != source:
+        """Start the next iteration of a loop whose back-edge leaves `source`, if one is
+        taken. True also when a loop condition broke: then nothing routes on."""
+        state = self.state
+        context = state.context(state.nodes[source].iteration)
+        for index, edge in enumerate(state.ir.loops):
+            key = (edge.source, edge.target)
+            count = state.loop_counts.get(key, 0)
+            if edge.source != source or count >= (edge.max_iterations or 0):
                 continue
-            count = self.state.loop_counts.get(index, 0)
-            assert edge.max_iterations is not None
-            if count >= edge.max_iterations:
-                continue
-            taken = self._condition(edge, self.state.context())
+            taken = self._condition(edge, context)
             if taken is None:
                 return True
             if taken:
-                self.state.loop_counts[index] = count + 1
-                self._restart(ir.loop_bodies[index], edge.target)
+                state.loop_counts[key] = count + 1
+                self._restart(state.ir.loop_bodies[index], edge.target)
                 return True
         return False
 
     def _restart(self, body: frozenset[str], entry: str) -> None:
         """Reset the loop body to pending in a new iteration and schedule its entry."""
-        for node_id in body:
-            node = self.state.nodes[node_id]
-            if node.status in OUTSTANDING:
-                self.state.outstanding -= 1  # abandoned: its late result is stale by iteration
-            self.state.nodes[node_id] = NodeState(iteration=node.iteration + 1)
+        for node_id in sorted(body):
+            self._abandon(node_id)  # a late result of the old iteration is stale
+            self.state.nodes[node_id] = NodeState(iteration=self.state.nodes[node_id].iteration + 1)
         for key in [k for k in self.state.edge_taken if k[0] in body]:
             del self.state.edge_taken[key]
         self._make_ready(entry)
 
-    def _reevaluate_pending(self) -> None:
-        """After a patch: decide edges out of finished nodes into pending ones, resolve joins."""
-        state = self.state
-        context = state.context()
-        for node_id in state.ir.order:
-            node = state.nodes[node_id]
-            if node.status is not NodeStatus.PENDING:
-                continue
-            incoming = state.ir.incoming[node_id]
-            if not incoming and node_id not in state.ever_started:
-                self._make_ready(node_id)
-                continue
-            for edge in incoming:
-                key = (edge.source, node_id)
-                source = state.nodes[edge.source]
-                if key in state.edge_taken or source.status not in FINISHED:
-                    continue
-                passed = source.status is NodeStatus.COMPLETED or source.passthrough
-                taken = passed and self._condition(edge, context)
-                if taken is None:
-                    return
-                state.edge_taken[key] = taken
-            self._resolve(node_id)
-        self._check_completion()
-
     # --- completion --------------------------------------------------------------
 
-    def _finish(self, node: NodeState, status: NodeStatus) -> None:
-        if node.status in OUTSTANDING:
+    def _abandon(self, node_id: str) -> None:
+        """Release the token of the node's current instance, if it holds one."""
+        if self.state.nodes[node_id].status in OUTSTANDING:
             self.state.outstanding -= 1
-        node.status = status
+            approvals = self.state.pending_approvals
+            for approval_id in [a for a, n in approvals.items() if n == node_id]:
+                del approvals[approval_id]  # nobody waits for it any more
+
+    def _finish(self, node_id: str, status: NodeStatus) -> None:
+        self._abandon(node_id)
+        self.state.nodes[node_id].status = status
 
     def _check_completion(self) -> None:
         state = self.state
@@ -472,18 +504,14 @@ class _Step:
     def _run_outcome(self) -> RunCompleted | RunFailed:
         state = self.state
         if state.ir.output is None:
-            return RunCompleted(
-                state.run_id, {n: state.outputs[n] for n in state.ir.sinks if n in state.outputs}
-            )
+            outputs = {n: state.outputs[n] for n in state.ir.sinks if n in state.outputs}
+            return RunCompleted(state.run_id, outputs)
         try:
             return RunCompleted(state.run_id, evaluate(state.ir.output, state.context()))
         except ExpressionError as error:
             return RunFailed(state.run_id, f"run output expression failed: {error}")
 
 
-def _timer_id(run_id: str, node_id: str, iteration: int, attempt: int, purpose: str) -> str:
-    return f"{run_id}:{node_id}:{iteration}:{attempt}:{purpose}"
-
-
 def _node_ids(definition: dict[str, Any]) -> frozenset[str]:
-    return frozenset(n["id"] for n in definition.get("nodes", []) if isinstance(n, dict) and "id" in n)
+    nodes = definition.get("nodes", [])
+    return frozenset(n["id"] for n in nodes if isinstance(n, dict) and "id" in n)

@@ -57,7 +57,11 @@ class RunState:
     `edge_taken` records, per forward edge (source, target), whether it was taken
     (True) or is dead (False) in the current iteration of its target; an absent
     edge is still undecided. `outputs` holds each node's latest output.
-    `ever_started` names the nodes a patch may no longer rewrite.
+    `loop_counts` counts how often each loop edge (source, target) was taken: keyed
+    by the edge, not its position, so a patch adding edges cannot shift the counts.
+    `ever_started` names the nodes a patch may no longer rewrite; `patches` the
+    patch ids already decided. `pending_approvals` maps each approval awaiting a
+    decision to the node that asked for it: it lapses when that node finishes.
     """
 
     run_id: str
@@ -70,11 +74,12 @@ class RunState:
     nodes: dict[str, NodeState]
     edge_taken: dict[tuple[str, str], bool] = field(default_factory=dict)
     outputs: dict[str, Any] = field(default_factory=dict)
-    loop_counts: dict[int, int] = field(default_factory=dict)
+    loop_counts: dict[tuple[str, str], int] = field(default_factory=dict)
     timers: dict[str, Timer] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
     ever_started: set[str] = field(default_factory=set)
-    pending_approvals: set[str] = field(default_factory=set)
+    pending_approvals: dict[str, str] = field(default_factory=dict)
+    patches: set[str] = field(default_factory=set)
     revision: int = 0
     agents_added: int = 0
     outstanding: int = 0
