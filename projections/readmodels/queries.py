@@ -96,8 +96,9 @@ ORDER BY COALESCE(proposed_at, decided_at), patch_id
 GET_PATCH = f"SELECT {PATCH_COLUMNS} FROM patches WHERE run_id = :run_id AND patch_id = :patch_id"
 
 APPROVAL_COLUMNS = (
-    "approval_id, run_id, node_id, iteration, status, message, payload, approvers, "
-    "deadline, decided_by, comments, requested_at, decided_at"
+    "approval_id, run_id, node_id, iteration, attempt, status, message, payload, approvers, "
+    "deadline, on_timeout, decision, decided_by, comments, requested_at, decided_at, "
+    "decision_event_id"
 )
 GET_APPROVAL = f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = :approval_id"
 

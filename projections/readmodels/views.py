@@ -44,6 +44,7 @@ from aob.events.types import (
     TimerSet,
     WorkflowCreated,
 )
+from aob.projections.workflow.definition import ON_TIMEOUT_DEFAULT
 
 log = logging.getLogger(__name__)
 
@@ -507,16 +508,22 @@ def _patch_rejected(p: PatchRejected, e: Event) -> Plan:
 # --- approvals -----------------------------------------------------------------------------
 
 INSERT_APPROVAL = """
-INSERT INTO approvals (approval_id, run_id, node_id, iteration, status, message, payload,
-                       approvers, deadline, requested_at)
-VALUES (:approval_id, :run_id, :node_id, :iteration, 'pending', :message, :payload,
-        :approvers, :deadline, :at)
+INSERT INTO approvals (approval_id, run_id, node_id, iteration, attempt, status, message,
+                       payload, approvers, deadline, on_timeout, requested_at, decided_at)
+VALUES (:approval_id, :run_id, :node_id, :iteration, :attempt, :status, :message, :payload,
+        :approvers, :deadline, :on_timeout, :at, :decided_at)
 ON CONFLICT (approval_id) DO NOTHING
 """
 
+# The work item that asked for the approval: it holds the attempt and the node's config.
+SELECT_APPROVAL_TASK = """
+SELECT data FROM timeline WHERE event_id = :event_id AND type = 'NodeScheduled'
+"""
+
+# The first decision wins: later ones (a race, a timeout after a human) change nothing.
 DECIDE_APPROVAL = """
-UPDATE approvals SET status = :status, decided_by = :decided_by, comments = :comments,
-    decided_at = :at
+UPDATE approvals SET status = :status, decision = :decision, decided_by = :decided_by,
+    comments = :comments, decided_at = :at, decision_event_id = :event_id
 WHERE approval_id = :approval_id AND status = 'pending'
 """
 
@@ -524,6 +531,12 @@ _APPROVING = frozenset({"approve", "approved"})
 
 
 def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
+    """An approval asked for after its run ended can never be decided: it lands
+    cancelled, so no inbox shows it and no deadline fires for it."""
+    run = yield Fetch(SELECT_RUN_STATUS, {"run_id": p.run_id})
+    ended = run is not None and run["status"] in TERMINAL_RUN_STATUSES
+    task = yield Fetch(SELECT_APPROVAL_TASK, {"event_id": e.causation_id})
+    attempt, on_timeout = _approval_task(task)
     yield Exec(
         INSERT_APPROVAL,
         {
@@ -531,21 +544,39 @@ def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
             "run_id": p.run_id,
             "node_id": p.node_id,
             "iteration": p.iteration,
+            "attempt": attempt,
+            "status": "cancelled" if ended else "pending",
             "message": p.message,
             "payload": dumps(p.payload),
             "approvers": dumps(p.approvers),
             "deadline": p.deadline,
+            "on_timeout": on_timeout,
             "at": e.occurred_at,
+            "decided_at": e.occurred_at if ended else None,
         },
     )
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
 
+def _approval_task(task: Row | None) -> tuple[int | None, str | None]:
+    """(attempt, on_timeout) from the requesting task's timeline row, if there is one."""
+    if task is None:
+        return None, None
+    data = loads(task["data"])
+    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    return data.get("attempt"), config.get("on_timeout", ON_TIMEOUT_DEFAULT)
+
+
 def _approval_decided(p: ApprovalDecided, e: Event) -> Plan:
-    """Anything but an explicit approval counts as a rejection (the safe reading)."""
+    """Anything but an explicit approval counts as a rejection (the safe reading);
+    `decision` keeps what was decided (a timeout may say "fail")."""
     status = "approved" if p.decision.lower() in _APPROVING else "rejected"
-    decision = {"status": status, "decided_by": p.decided_by, "comments": p.comments}
-    yield Exec(DECIDE_APPROVAL, {"approval_id": p.approval_id, **decision, "at": e.occurred_at})
+    decision = {"status": status, "decision": p.decision, "decided_by": p.decided_by,
+                "comments": p.comments}
+    yield Exec(
+        DECIDE_APPROVAL,
+        {"approval_id": p.approval_id, **decision, "at": e.occurred_at, "event_id": e.event_id},
+    )
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
 

@@ -206,9 +206,10 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert rows == [(1, "0001_init.sql")]
+    shipped = [(1, "0001_init.sql"), (2, "0002_approval_outcomes.sql")]
+    assert rows == shipped
     assert journal == "wal"
-    assert [m[:2] for m in migrations()] == [(1, "0001_init.sql")]
+    assert [m[:2] for m in migrations()] == shipped
 
 
 def test_an_empty_batch_is_a_no_op(store):
