@@ -13,10 +13,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aob
-from aob.platform.api import runs, workflows
+from aob.platform.api import runs, stream, workflows
 from aob.platform.api.deps import EngineDep
 from aob.platform.commands import Commands
 from aob.platform.engine import Engine
+from aob.platform.fanout import FanoutHub
 from aob.platform.problems import Problem
 from aob.platform.settings import Settings
 
@@ -33,9 +34,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.commands = Commands(engine)
         app.state.started = time.monotonic()
+        app.state.fanout = FanoutHub(engine.log, engine.read_models)
+        await app.state.fanout.start()
         try:
             yield
         finally:
+            await app.state.fanout.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -46,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(runs.router)
     app.include_router(workflows.router)
+    app.include_router(stream.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
     _install_error_handlers(app, settings.max_request_bytes)
     return app
