@@ -22,6 +22,7 @@ from aob.projections.runtime.coordinator import CoordinatorHost
 from aob.projections.runtime.projector import ProjectorHost
 from aob.projections.runtime.timers import TimerService
 from aob.workers.builtin import BUILTIN_TYPES, WORKER_TYPES
+from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class Engine:
     coordinator: CoordinatorHost
     timers: TimerService
     workers: list[WorkerHost]
+    hitl: HitlService
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -61,6 +63,7 @@ class Engine:
             coordinator=CoordinatorHost(event_log),
             timers=TimerService(event_log, read_models),
             workers=[WorkerHost(event_log, t, worker_id="builtin") for t in BUILTIN_TYPES],
+            hitl=HitlService(event_log, read_models),
         )
 
     async def start(self) -> None:
@@ -69,9 +72,11 @@ class Engine:
         await self.coordinator.recover()
         for worker in self.workers:
             await worker.start()
+        await self.hitl.start()
         self._spawn(self.projector.run(self._stop))
         self._spawn(self.coordinator.run(self._stop))
         self._spawn(self.timers.run(self._stop))
+        self._spawn(self.hitl.run(self._stop))
         for worker in self.workers:
             self._spawn(worker.run(self._stop))
 
