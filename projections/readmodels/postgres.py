@@ -302,6 +302,10 @@ async def migrate(conn: Connection, migrations: Sequence[Migration]) -> list[int
     """Apply the migrations the database lacks, in version order and in one transaction;
     returns their versions. The advisory lock makes concurrent openers take turns, so
     each migration runs once."""
+    versions = [version for version, _, _ in migrations]
+    repeated = sorted({version for version in versions if versions.count(version) > 1})
+    if repeated:
+        raise ValueError(f"migration version {repeated[0]} appears twice")
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
         await conn.execute(

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from aob.events.log.port import TopicPartition
 from aob.events.types import RUNS_TOPIC, WORKFLOWS_TOPIC, Event, NodeFailed, RunSubmitted
 from aob.events.types import WorkflowCreated as Created
 from aob.projections.readmodels import Position, SqliteReadModels
@@ -24,8 +25,13 @@ from aob.projections.readmodels.postgres import (
     to_asyncpg,
 )
 
-ADD_COLUMN = (3, "0003_runs_priority.sql", "ALTER TABLE runs ADD COLUMN priority INTEGER;")
-SHIPPED = [(1, "0001_init.sql"), (2, "0002_approval_outcomes.sql")]
+SHIPPED = shipped_migrations()
+NEXT = SHIPPED[-1][0] + 1
+ADD_COLUMN = (
+    NEXT,
+    f"{NEXT:04d}_runs_priority.sql",
+    "ALTER TABLE runs ADD COLUMN priority INTEGER;",
+)
 
 
 @pytest.fixture
@@ -66,34 +72,40 @@ async def test_reopening_migrates_nothing(postgres_schema):
     first = await _migrations(postgres_schema)
     await (await PostgresReadModels.open(postgres_schema)).close()
     assert await _migrations(postgres_schema) == first
-    assert [row[:2] for row in first] == SHIPPED
-    assert [m[:2] for m in shipped_migrations()] == SHIPPED
+    assert [row[:2] for row in first] == [m[:2] for m in SHIPPED]
+    assert SHIPPED[0][:2] == (1, "0001_init.sql")
 
 
 async def test_a_new_migration_applies_once(postgres_schema):
     await (await PostgresReadModels.open(postgres_schema)).close()
-    newer = [*shipped_migrations(), ADD_COLUMN]
+    newer = [*SHIPPED, ADD_COLUMN]
     for _ in range(2):
         await (await PostgresReadModels.open(postgres_schema, migrations=newer)).close()
     rows = await _migrations(postgres_schema)
-    assert [row[:2] for row in rows] == [*SHIPPED, (3, "0003_runs_priority.sql")]
+    assert [row[:2] for row in rows] == [*(m[:2] for m in SHIPPED), ADD_COLUMN[:2]]
     assert (await _columns(postgres_schema, "runs"))[-1] == "priority"
 
 
 async def test_a_failing_migration_leaves_the_schema_as_it_was(postgres_schema):
     await (await PostgresReadModels.open(postgres_schema)).close()
-    broken = (3, "0003_broken.sql", "CREATE TABLE extra (x INTEGER); SELECT no_such_column;")
+    broken = (NEXT, "broken.sql", "CREATE TABLE extra (x INTEGER); SELECT no_such_column;")
     with pytest.raises(asyncpg.UndefinedColumnError):
-        await PostgresReadModels.open(postgres_schema, migrations=[*shipped_migrations(), broken])
-    assert [row[0] for row in await _migrations(postgres_schema)] == [1, 2]
+        await PostgresReadModels.open(postgres_schema, migrations=[*SHIPPED, broken])
+    assert [row[0] for row in await _migrations(postgres_schema)] == [m[0] for m in SHIPPED]
     assert await _columns(postgres_schema, "extra") == []
+
+
+async def test_duplicate_migration_versions_are_refused(postgres_schema):
+    twice = [*SHIPPED, ADD_COLUMN, (NEXT, "other.sql", "SELECT 1;")]
+    with pytest.raises(ValueError, match=f"migration version {NEXT} appears twice"):
+        await PostgresReadModels.open(postgres_schema, migrations=twice)
 
 
 async def test_concurrent_opens_of_a_new_schema_migrate_it_once(postgres_schema):
     stores = await asyncio.gather(*(PostgresReadModels.open(postgres_schema) for _ in range(4)))
     for store in stores:
         await store.close()
-    assert [row[0] for row in await _migrations(postgres_schema)] == [1, 2]
+    assert [row[0] for row in await _migrations(postgres_schema)] == [m[0] for m in SHIPPED]
 
 
 # --- statements ---------------------------------------------------------------------------
@@ -163,22 +175,48 @@ async def test_postgres_tables_equal_sqlite_tables(pg, script, tmp_path: Path):
 
 
 async def test_concurrent_writers_apply_each_event_once(postgres_schemas, script):
-    """Two projectors fed overlapping batches by mistake: the offsets table lock makes
-    them take turns, and the stored offsets make the second skip what the first did."""
+    """Projectors fed the same records by mistake, each in its own batches: the
+    offsets table lock makes them take turns, and the stored offsets make each skip
+    what another applied."""
     items = script.items
     shared = postgres_schemas.create()
+
+    async def feed(store: PostgresReadModels, cut: int) -> None:
+        await store.apply(items[:cut])
+        await store.apply(items[cut:])
+
     async with (
         await PostgresReadModels.open(shared) as one,
         await PostgresReadModels.open(shared) as two,
     ):
-        await asyncio.gather(
-            one.apply(items[:30]), two.apply(items[10:]), one.apply(items[20:]), two.apply(items)
-        )
+        await asyncio.gather(feed(one, 15), feed(two, 30), feed(one, 1), feed(two, 40))
         concurrent = await one.dump()
     assert len(concurrent["timeline"]) == len(items)
     async with await PostgresReadModels.open(postgres_schemas.create()) as alone:
         await alone.apply(items)
         assert await alone.dump() == concurrent
+
+
+async def test_a_late_smaller_batch_never_moves_the_offsets_back(postgres_schemas, script):
+    """Without the lock, the small batch reads the offsets before the big one commits,
+    waits on its rows, skips them all, and then stores its own, smaller offsets."""
+    items = script.items
+    shared = postgres_schemas.create()
+    end = {}
+    for position, _ in items:
+        end[TopicPartition(position.topic, position.partition)] = position.offset + 1
+
+    async with (
+        await PostgresReadModels.open(shared) as one,
+        await PostgresReadModels.open(shared) as two,
+    ):
+
+        async def late_and_small() -> None:
+            await asyncio.sleep(0.01)
+            await two.apply(items[:10])
+
+        await asyncio.gather(one.apply(items), late_and_small())
+        assert await two.offsets() == end
 
 
 async def test_ids_sort_bytewise_whatever_the_database_collation(postgres_dsn, tmp_path: Path):
