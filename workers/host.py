@@ -88,9 +88,11 @@ class WorkerHost:
         flusher = asyncio.create_task(self._flush_until(stop))
         try:
             while not stop.is_set():
-                for record in await self.consumer.poll(timeout=0.5):
-                    await self._slots.acquire()
+                records = await self.consumer.poll(timeout=0.5)
+                for record in records:  # all before any waits: none may be committed early
                     self._in_flight.setdefault(record.position, set()).add(record.offset)
+                for record in records:
+                    await self._slots.acquire()
                     task = asyncio.create_task(self._process(record))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
