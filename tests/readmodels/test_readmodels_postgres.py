@@ -15,7 +15,15 @@ import asyncpg
 import pytest
 
 from aob.events.log.port import TopicPartition
-from aob.events.types import RUNS_TOPIC, WORKFLOWS_TOPIC, Event, NodeFailed, RunSubmitted
+from aob.events.types import (
+    RUNS_TOPIC,
+    WORKFLOWS_TOPIC,
+    Event,
+    NodeFailed,
+    NodeScheduled,
+    Payload,
+    RunSubmitted,
+)
 from aob.events.types import WorkflowCreated as Created
 from aob.projections.readmodels import Position, SqliteReadModels
 from aob.projections.readmodels.postgres import (
@@ -148,8 +156,9 @@ async def test_epoch_millisecond_times_fit(pg):
 
 async def test_nul_characters_are_stored_as_replacement_characters(pg):
     """Postgres text cannot hold NUL; refusing the event would stall the read models."""
-    events = [
+    events: list[Payload] = [
         RunSubmitted("r", {}, {"raw": "a\x00b"}, []),
+        NodeScheduled("r", "n", "http", 0, 1, {}, {}, 1_000),
         NodeFailed("r", "n", 0, 1, "bad byte \x00 here"),
     ]
     await pg.apply(
@@ -157,9 +166,10 @@ async def test_nul_characters_are_stored_as_replacement_characters(pg):
     )
     run = await pg.get_run("r")
     assert run["inputs"] == {"raw": "a\x00b"}  # JSON text escapes it
+    assert run["nodes"][0]["error"] == "bad byte \ufffd here"
     timeline = await pg.timeline("r")
-    assert timeline[1]["data"]["error"] == "bad byte \x00 here"
-    assert [t["type"] for t in timeline] == ["RunSubmitted", "NodeFailed"]
+    assert timeline[2]["data"]["error"] == "bad byte \x00 here"
+    assert [t["type"] for t in timeline] == ["RunSubmitted", "NodeScheduled", "NodeFailed"]
 
 
 # --- both engines at once -----------------------------------------------------------------
