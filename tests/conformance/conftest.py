@@ -1,9 +1,9 @@
 """Fixtures of the event log conformance suite, parametrized over the adapters.
 
 Add an adapter by adding a factory to `ADAPTERS`: an async context manager that takes
-the test's temporary directory and yields an open `EventLog`. Tests name their topics
-and groups with `unique`, so adapters backed by a shared store (a Kafka cluster) need
-no cleanup between tests.
+the test's fixture request and temporary directory and yields an open `EventLog`.
+Tests name their topics and groups with `unique`, so adapters backed by a shared store
+(a Kafka cluster) need no cleanup between tests.
 """
 
 from __future__ import annotations
@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
 from aob.events.log.sqlite import SqliteEventLog
 
-LogFactory = Callable[[Path], AbstractAsyncContextManager[EventLog]]
+LogFactory = Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[EventLog]]
 
 
 @asynccontextmanager
-async def _sqlite(tmp_path: Path) -> AsyncIterator[EventLog]:
+async def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
     log = await SqliteEventLog.open(tmp_path / "events.db")
     try:
         yield log
@@ -30,14 +31,25 @@ async def _sqlite(tmp_path: Path) -> AsyncIterator[EventLog]:
         await log.close()
 
 
+@asynccontextmanager
+async def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
+    # The session's broker (tests/fixtures/kafka.py): errors, never skips, without one.
+    log = await KafkaEventLog.open(request.getfixturevalue("kafka_bootstrap"))
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
 ADAPTERS: dict[str, LogFactory] = {
+    "kafka": _kafka,
     "sqlite": _sqlite,
 }
 
 
 @pytest.fixture(params=sorted(ADAPTERS))
 async def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
-    async with ADAPTERS[request.param](tmp_path) as log:
+    async with ADAPTERS[request.param](request, tmp_path) as log:
         yield log
 
 

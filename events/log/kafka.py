@@ -1,0 +1,551 @@
+"""The Kafka event log: the `EventLog` port over an Apache Kafka cluster (aiokafka).
+
+Design:
+
+* Appends go through one idempotent producer (`acks=all`, `enable_idempotence`): a
+  retried batch is never written twice, and one partition's records keep their order.
+  The producer's default partitioner hashes the UTF-8 key with murmur2, as Kafka's
+  Java client does, so a record lands where `aob.events.partitioner.partition_for`
+  says (a test holds the two together).
+* Topics are created with the admin client, keeping every record
+  (`retention.ms=-1`): the log is the source of truth. Replication defaults to
+  min(3, brokers in the cluster).
+* Reads use one consumer without a group: the partition is assigned, placed with
+  `seek`, fetched with `getmany`, and paused again, so no partition is fetched in
+  the background while nobody reads it.
+* Offsets are committed to Kafka's `__consumer_offsets` by a consumer carrying the
+  group's id that never joins the group (manual assignment, generation -1): Kafka's
+  "simple consumer group". They are read back with the admin client's OffsetFetch.
+* `append_and_commit` appends, then commits: at-least-once, as the port allows. A
+  crash between the two replays the input, which the idempotent folds absorb.
+  Every topic, partition and offset is checked before anything is sent, so a call
+  the log cannot take appends nothing; a broker failure midway can still leave part
+  of a batch appended (Kafka has no atomic multi-partition write without
+  transactions, which this adapter does not use).
+* `wait_for_append` wakes at once on this process's appends, and within
+  `poll_interval` seconds on other processes' appends to partitions whose last read
+  here found the end (it polls their end offsets while someone waits).
+* aiokafka's exceptions stay in this module: they leave it as `LogError` (or
+  `UnknownTopic`), with the cause chained.
+
+Use it from one event loop. Topics are assumed never to be deleted or to shrink
+(Kafka cannot shrink them); partition counts are cached once seen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import TopicPartition as KafkaPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    KafkaError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+)
+
+from aob.events.log.port import Append, LogError, Record, TopicPartition, UnknownTopic
+
+__all__ = ["KafkaEventLog"]
+
+_TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
+_KEEP_FOREVER: Final = {"retention.ms": "-1"}
+_MAX_REPLICATION: Final = 3
+_MAX_READ_ASSIGNMENT: Final = 512  # partitions the reader keeps positioned
+_MAX_COMMITTERS: Final = 64  # groups with an open committer
+_RETRY_PAUSE: Final = 0.05
+_LOG_APPEND_TIME: Final = 1  # RecordMetadata.timestamp_type
+
+
+class KafkaEventLog:
+    """The cluster `EventLog`: topics, partitions and group offsets kept by Kafka.
+
+    Create it with `await KafkaEventLog.open("host:port,...")` and close it with
+    `await log.close()` (or use it as an async context manager).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        admin: AIOKafkaAdminClient,
+        producer: AIOKafkaProducer,
+        reader: AIOKafkaConsumer,
+        *,
+        client_id: str,
+        replication_factor: int,
+        topic_config: Mapping[str, str],
+        poll_interval: float,
+        request_timeout: float,
+    ) -> None:
+        """Internal: use `KafkaEventLog.open`."""
+        self._bootstrap = bootstrap
+        self._admin = admin
+        self._producer = producer
+        self._reader = reader
+        self._client_id = client_id
+        self._replication_factor = replication_factor
+        self._topic_config = dict(topic_config)
+        self._poll_interval = poll_interval
+        self._request_timeout = request_timeout
+        self._closed = False
+        self._partitions: dict[str, int] = {}
+        self._read_lock = asyncio.Lock()
+        self._read_assignment: set[KafkaPartition] = set()
+        self._read_positions: dict[KafkaPartition, int] = {}
+        self._watched: dict[KafkaPartition, int] = {}  # partitions read to their end
+        self._committers: OrderedDict[str, AIOKafkaConsumer] = OrderedDict()
+        self._committer_lock = asyncio.Lock()
+        self._appended = asyncio.Event()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        bootstrap: str,
+        *,
+        client_id: str = "aob",
+        replication_factor: int | None = None,
+        topic_config: Mapping[str, str] | None = None,
+        poll_interval: float = 0.1,
+        request_timeout: float = 30.0,
+    ) -> KafkaEventLog:
+        """Connect to the cluster at `bootstrap` ("host:port[,host:port...]").
+
+        `replication_factor` applies to topics this log creates (default: min(3,
+        brokers)); `topic_config` replaces their default settings (`retention.ms=-1`).
+        Raises `LogError` if the cluster cannot be reached.
+        """
+        timeout_ms = int(request_timeout * 1000)
+        common: dict[str, Any] = {
+            "bootstrap_servers": bootstrap,
+            "client_id": client_id,
+            "request_timeout_ms": timeout_ms,
+        }
+        admin = AIOKafkaAdminClient(**common)
+        producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True)
+        reader = AIOKafkaConsumer(
+            **common, group_id=None, enable_auto_commit=False, auto_offset_reset="none"
+        )
+        started: list[Any] = []
+        try:
+            with _translated(f"cannot connect to Kafka at {bootstrap}"):
+                for client in (admin, producer, reader):
+                    await client.start()
+                    started.append(client)
+                if replication_factor is None:
+                    brokers = (await admin.describe_cluster())["brokers"]
+                    replication_factor = max(1, min(_MAX_REPLICATION, len(brokers)))
+        except BaseException:
+            for client in reversed(started):
+                with contextlib.suppress(Exception):
+                    await _stop(client)
+            raise
+        return cls(
+            bootstrap,
+            admin,
+            producer,
+            reader,
+            client_id=client_id,
+            replication_factor=replication_factor,
+            topic_config=_KEEP_FOREVER if topic_config is None else topic_config,
+            poll_interval=poll_interval,
+            request_timeout=request_timeout,
+        )
+
+    async def close(self) -> None:
+        """Flush pending appends and disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._appended.set()  # wake waiters: their next call reports the closed log
+        clients: list[Any] = [self._producer, *self._committers.values(), self._reader]
+        self._committers.clear()
+        errors: list[BaseException] = []
+        for client in clients:
+            try:
+                await _stop(client)
+            except Exception as e:  # keep closing the others
+                errors.append(e)
+        await self._admin.close()
+        if errors:
+            raise LogError(f"closing the Kafka log at {self._bootstrap}: {errors[0]}") from errors[
+                0
+            ]
+
+    async def __aenter__(self) -> KafkaEventLog:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def bootstrap(self) -> str:
+        return self._bootstrap
+
+    # --- topics ------------------------------------------------------------------------
+
+    async def create_topic(self, topic: str, partitions: int) -> None:
+        self._check_open()
+        if topic in self._partitions:
+            return
+        _check_topic_name(topic)
+        if partitions <= 0:
+            raise LogError(f"a topic needs at least one partition, got {partitions}")
+        new = NewTopic(
+            topic, partitions, self._replication_factor, topic_configs=self._topic_config
+        )
+        with _translated(f"cannot create topic {topic!r}"):
+            response = await self._admin.create_topics([new])
+        for name, code, message, *_ in response.topic_errors:
+            if code not in (0, TopicAlreadyExistsError.errno):
+                raise LogError(f"cannot create topic {name!r}: {message} (error {code})")
+        await self._await_leaders(topic)
+
+    async def partitions(self, topic: str) -> int:
+        self._check_open()
+        return await self._partition_count(topic)
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def append(self, records: Sequence[Append]) -> list[Record]:
+        self._check_open()
+        await self._check_topics(record.topic for record in records)
+        return await self._produce(records)
+
+    async def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
+        self._check_open()
+        await self._commit(group, await self._commits(offsets))
+
+    async def append_and_commit(
+        self, records: Sequence[Append], group: str, offsets: Mapping[TopicPartition, int]
+    ) -> list[Record]:
+        self._check_open()
+        # Check everything first: a call the log cannot take appends nothing.
+        await self._check_topics(record.topic for record in records)
+        commits = await self._commits(offsets)
+        appended = await self._produce(records)
+        await self._commit(group, commits)
+        return appended
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def read(
+        self, topic: str, partition: int, offset: int, max_records: int = 500
+    ) -> list[Record]:
+        self._check_open()
+        await self._check_partition(topic, partition)
+        if offset < 0:
+            raise LogError(f"cannot read {topic}[{partition}] from negative offset {offset}")
+        if max_records <= 0:
+            return []
+        tp = KafkaPartition(topic, partition)
+        async with self._read_lock:
+            with _translated(f"cannot read {topic}[{partition}]"):
+                return await self._fetch(tp, offset, max_records)
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        self._check_open()
+        tps = [KafkaPartition(topic, p) for p in range(await self._partition_count(topic))]
+        with _translated(f"cannot read the end offsets of {topic!r}"):
+            ends = await self._reader.end_offsets(tps)
+        return {tp.partition: int(end) for tp, end in sorted(ends.items())}
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        self._check_open()
+        count = await self._partition_count(topic)
+        tps = [KafkaPartition(topic, p) for p in range(count)]
+        offsets = dict.fromkeys(range(count), 0)
+        with _translated(f"cannot read the offsets of group {group!r}"):
+            stored = await self._retrying(
+                lambda: self._admin.list_consumer_group_offsets(group, partitions=tps)
+            )
+        for tp, meta in stored.items():
+            if tp.topic == topic and meta.offset >= 0:  # -1: nothing committed
+                offsets[tp.partition] = meta.offset
+        return offsets
+
+    async def wait_for_append(self, timeout: float) -> None:
+        self._check_open()
+        appended = self._appended
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (remaining := deadline - loop.time()) > 0:
+            step = min(remaining, self._poll_interval) if self._watched else remaining
+            try:
+                async with asyncio.timeout(step):
+                    await appended.wait()
+                return
+            except TimeoutError:
+                pass
+            if await self._watched_partition_grew():
+                return
+
+    # --- internals: topics -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise LogError(f"the Kafka log at {self._bootstrap} is closed")
+
+    async def _partition_count(self, topic: str) -> int:
+        count = self._partitions.get(topic)
+        if count is None:
+            count = await self._describe(topic)
+            if count is None:
+                raise UnknownTopic(topic)
+            self._partitions[topic] = count
+        return count
+
+    async def _describe(self, topic: str) -> int | None:
+        """The topic's partition count, None if the cluster has no such topic.
+
+        Asks for every topic's metadata: asking for one by name would create it on
+        clusters that auto-create topics (Metadata v4+ defaults to allowing that).
+        """
+        if not _TOPIC_NAME.fullmatch(topic):
+            return None
+        with _translated(f"cannot describe topic {topic!r}"):
+            topics = await self._admin.describe_topics()
+        for entry in topics:
+            if entry["topic"] == topic:
+                return len(entry["partitions"]) if entry["error_code"] == 0 else None
+        return None
+
+    async def _await_leaders(self, topic: str) -> None:
+        """Wait until every partition of a new topic has a leader, so the next append
+        or read does not race the cluster's metadata."""
+        deadline = asyncio.get_running_loop().time() + self._request_timeout
+        while True:
+            with _translated(f"cannot describe topic {topic!r}"):
+                topics = await self._admin.describe_topics()
+            entry = next((t for t in topics if t["topic"] == topic), None)
+            if entry is not None and entry["error_code"] == 0:
+                leaders = [p["leader"] for p in entry["partitions"]]
+                if leaders and all(leader >= 0 for leader in leaders):
+                    self._partitions[topic] = len(leaders)
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise LogError(f"topic {topic!r} has no leader for every partition yet")
+            await asyncio.sleep(_RETRY_PAUSE)
+
+    async def _check_topics(self, topics: Iterable[str]) -> None:
+        for topic in set(topics):
+            await self._partition_count(topic)
+
+    async def _check_partition(self, topic: str, partition: int) -> None:
+        count = await self._partition_count(topic)
+        if not 0 <= partition < count:
+            raise LogError(f"topic {topic!r} has no partition {partition} (it has {count})")
+
+    # --- internals: writes -------------------------------------------------------------
+
+    async def _produce(self, records: Sequence[Append]) -> list[Record]:
+        if not records:
+            return []
+        # Stamped here: aiokafka reports the first record's time for a whole batch.
+        timestamp = time.time_ns() // 1_000_000
+        with _translated("cannot append to Kafka"):
+            # `send` queues in call order; one partition's batches are sent in order.
+            futures = [
+                await self._producer.send(
+                    r.topic, r.value, key=r.key.encode("utf-8"), timestamp_ms=timestamp
+                )
+                for r in records
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        metas: list[Any] = [r for r in results if not isinstance(r, BaseException)]
+        if failures:
+            error = failures[0]
+            if isinstance(error, KafkaError):
+                what = f"cannot append to Kafka ({len(failures)} of {len(records)} failed)"
+                raise _log_error(what, error) from error
+            raise error
+        self._appended.set()
+        self._appended = asyncio.Event()
+        return [
+            Record(
+                r.topic,
+                meta.partition,
+                meta.offset,
+                r.key,
+                r.value,
+                # A topic with LogAppendTime stamps whole batches at the broker.
+                meta.timestamp if meta.timestamp_type == _LOG_APPEND_TIME else timestamp,
+            )
+            for r, meta in zip(records, metas, strict=True)
+        ]
+
+    async def _commits(self, offsets: Mapping[TopicPartition, int]) -> dict[KafkaPartition, int]:
+        commits: dict[KafkaPartition, int] = {}
+        for tp, offset in offsets.items():
+            await self._check_partition(tp.topic, tp.partition)
+            if offset < 0:
+                raise LogError(f"cannot commit negative offset {offset} for {tp}")
+            commits[KafkaPartition(tp.topic, tp.partition)] = offset
+        return commits
+
+    async def _commit(self, group: str, commits: dict[KafkaPartition, int]) -> None:
+        if not commits:
+            return
+        with _translated(f"cannot commit offsets of group {group!r}"):
+            committer = await self._committer(group)
+            _cover(committer, commits)
+            await committer.commit(commits)
+
+    async def _committer(self, group: str) -> AIOKafkaConsumer:
+        """The consumer that commits for `group`: it carries the group's id but never
+        joins the group, so its commits go in as a simple consumer group's."""
+        async with self._committer_lock:
+            committer = self._committers.get(group)
+            if committer is not None:
+                self._committers.move_to_end(group)
+                return committer
+            committer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                request_timeout_ms=int(self._request_timeout * 1000),
+                group_id=group,
+                enable_auto_commit=False,
+                auto_offset_reset="none",
+            )
+            await committer.start()
+            self._committers[group] = committer
+            if len(self._committers) > _MAX_COMMITTERS:
+                _, oldest = self._committers.popitem(last=False)
+                await _stop(oldest)
+            return committer
+
+    # --- internals: reads --------------------------------------------------------------
+
+    async def _fetch(self, tp: KafkaPartition, offset: int, max_records: int) -> list[Record]:
+        reader = self._reader
+        highwater = reader.highwater(tp) if tp in self._read_assignment else None
+        if highwater is None or offset >= highwater:
+            end = (await reader.end_offsets([tp]))[tp]
+            if offset >= end:
+                self._watched[tp] = end
+                return []
+        self._watched.pop(tp, None)
+        self._position_reader(tp, offset)
+        reader.resume(tp)
+        try:
+            batches = await reader.getmany(
+                tp, timeout_ms=int(self._request_timeout * 1000), max_records=max_records
+            )
+        finally:
+            reader.pause(tp)
+        messages = batches.get(tp, [])
+        if not messages:
+            raise LogError(
+                f"no records came from {tp.topic}[{tp.partition}] at offset {offset} "
+                f"within {self._request_timeout:.0f}s"
+            )
+        self._read_positions[tp] = messages[-1].offset + 1
+        return [
+            Record(
+                tp.topic,
+                tp.partition,
+                message.offset,
+                # Keys come from other producers too; a key that is not UTF-8 must not
+                # stop a reader, so it is decoded with replacement characters.
+                "" if message.key is None else message.key.decode("utf-8", "replace"),
+                b"" if message.value is None else message.value,
+                message.timestamp,
+            )
+            for message in messages
+        ]
+
+    def _position_reader(self, tp: KafkaPartition, offset: int) -> None:
+        """Assign `tp` to the reader (paused, as every partition it holds) at `offset`."""
+        reader = self._reader
+        if tp not in self._read_assignment:
+            kept = (
+                self._read_assignment
+                if len(self._read_assignment) < _MAX_READ_ASSIGNMENT
+                else set()
+            )
+            assignment = {*kept, tp}
+            reader.assign(list(assignment))
+            # A new assignment forgets positions: give every partition one again, so
+            # the reader never looks for committed offsets it has no group for.
+            for held in assignment:
+                reader.seek(held, self._read_positions.get(held, 0))
+            reader.pause(*assignment)
+            self._read_assignment = assignment
+            self._read_positions = {p: self._read_positions.get(p, 0) for p in assignment}
+        if self._read_positions[tp] != offset:
+            reader.seek(tp, offset)
+            self._read_positions[tp] = offset
+
+    async def _watched_partition_grew(self) -> bool:
+        watched = dict(self._watched)
+        if not watched:
+            return False
+        try:
+            ends = await self._reader.end_offsets(list(watched))
+        except KafkaError:
+            return True  # wake the caller: its next read reports the trouble
+        return any(ends.get(tp, 0) > end for tp, end in watched.items())
+
+    async def _retrying(self, call: Any) -> Any:
+        """Retry `call` while Kafka says the failure is passing (a coordinator that is
+        still loading after a restart, say), up to the request timeout."""
+        deadline = asyncio.get_running_loop().time() + self._request_timeout
+        while True:
+            try:
+                return await call()
+            except KafkaError as e:
+                if not e.retriable or asyncio.get_running_loop().time() > deadline:
+                    raise
+            await asyncio.sleep(_RETRY_PAUSE)
+
+
+def _check_topic_name(topic: str) -> None:
+    if not _TOPIC_NAME.fullmatch(topic) or topic in {".", ".."}:
+        raise LogError(f"invalid topic name {topic!r} (Kafka allows [A-Za-z0-9._-]{{1,249}})")
+
+
+def _cover(consumer: AIOKafkaConsumer, commits: Mapping[KafkaPartition, int]) -> None:
+    """Assign the committed partitions to a committer (aiokafka commits only assigned
+    ones), positioned and paused so that it never fetches."""
+    assigned: set[KafkaPartition] = set(consumer.assignment())
+    if set(commits) <= assigned:
+        return
+    assignment = {*(assigned if len(assigned) < _MAX_READ_ASSIGNMENT else ()), *commits}
+    consumer.assign(list(assignment))
+    for tp in assignment:
+        consumer.seek(tp, 0)
+    consumer.pause(*assignment)
+
+
+async def _stop(client: Any) -> None:
+    await client.stop()
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn aiokafka's exceptions into the port's."""
+    try:
+        yield
+    except KafkaError as e:
+        raise _log_error(what, e) from e
+
+
+def _log_error(what: str, error: KafkaError) -> LogError:
+    if isinstance(error, UnknownTopicOrPartitionError):
+        return UnknownTopic(f"{what}: {error}")
+    return LogError(f"{what}: {error}")
