@@ -280,7 +280,20 @@ def _prepare_directory(directory: str | os.PathLike[str] | None) -> Path:
     if os.geteuid() == 0:
         _require_service_user()
         shutil.chown(home, user=SERVICE_USER, group=_group_of(SERVICE_USER))
+        _require_reachable(home)
     return home
+
+
+def _require_reachable(home: Path) -> None:
+    """A parent closed to the service user (root's 0700 pytest and mkdtemp folders)
+    would fail deep inside initdb; say so plainly instead."""
+    probe = subprocess.run(["test", "-w", str(home)], user=SERVICE_USER, check=False)
+    if probe.returncode != 0:
+        shutil.rmtree(home, ignore_errors=True)
+        raise PostgresError(
+            f"the '{SERVICE_USER}' user cannot reach {home} (a parent directory is closed "
+            "to it): give a directory it can reach, for example under /tmp"
+        )
 
 
 def _require_service_user() -> None:
