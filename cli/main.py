@@ -1,290 +1,306 @@
-"""The `aob` command line. It talks to the API over HTTP only and imports no server code.
+"""`aob`: run, watch and steer workflows from the command line.
 
-Exit codes: 0 success; 1 a followed run failed or was cancelled; 2 bad usage or
-input; 3 the API refused the request; 4 the server could not be reached.
+It talks to the API over HTTP only and imports no server code. To start fast,
+this module needs only argparse: each command's module (and whatever heavy
+library it needs) is imported when that command runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aob
+from aob.cli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, CliError
 
-EXIT_RUN_FAILED, EXIT_USAGE, EXIT_API, EXIT_UNREACHABLE = 1, 2, 3, 4
-TERMINAL = {"completed", "failed", "cancelled"}
+if TYPE_CHECKING:
+    from aob.cli.client import Api
+    from aob.cli.render import Style
+
+DESCRIPTION = "Run, watch and steer aob workflows."
+EPILOG = f"""\
+examples:
+  aob run start workflow.yaml -f            start a run and follow it live
+  aob run start workflow.json --output json | jq -r .run_id
+  aob logs stream RUN --node enrich          one node's events, live
+  aob approve APPROVAL approve --reason "LGTM"
+  aob workflow validate workflow.json && aob run start workflow.json
+
+server address and credentials: --server/--token/--actor, else AOB_SERVER/AOB_TOKEN/
+AOB_ACTOR, else the keys server/token/actor of ~/.config/aob/config.toml (or --config,
+AOB_CONFIG). The default server is http://127.0.0.1:8080 (`aob server dev`).
+
+{EXIT_CODES_HELP}
+"""
+RUN_STATUSES = ["running", "waiting", "completed", "failed", "cancelled"]
 
 
-class CliError(Exception):
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+class Context:
+    """What a command gets: its arguments, the API client and the output settings."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.output: str = args.output
+        self._api: Api | None = None
+        self._style: Style | None = None
+
+    @property
+    def api(self) -> Api:
+        if self._api is None:
+            from aob.cli.client import Api
+            from aob.cli.config import resolve
+
+            connection = resolve(
+                server=self.args.server,
+                token=self.args.token,
+                actor=self.args.actor,
+                config=self.args.config,
+                timeout=self.args.timeout,
+            )
+            self._api = Api(connection)
+        return self._api
+
+    @property
+    def style(self) -> Style:
+        if self._style is None:
+            from aob.cli.render import Style
+
+            self._style = Style.for_stream(sys.stdout, self.args.color)
+        return self._style
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def emit(self, data: Any, text: str | Callable[[], str]) -> None:
+        """`data` as JSON with --output json, else the human text."""
+        if self.json:
+            print(json.dumps(data, indent=2, ensure_ascii=False))
+        else:
+            print(text() if callable(text) else text)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "server":
-        return exec_server(args.server_args)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["server"]:
+        return exec_server(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, function_name = args.handler.split(":")
     try:
-        result: int = args.handler(args)
-        return result
+        module = importlib.import_module(f"aob.cli.{module_name}")
+        code: int = getattr(module, function_name)(Context(args))
+        return code
     except CliError as error:
         print(f"aob: {error}", file=sys.stderr)
         return error.code
     except KeyboardInterrupt:
-        return 130
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def exec_server(server_args: list[str]) -> NoReturn:
+    """Replace this process with the server, so the CLI itself never imports it."""
+    os.execv(sys.executable, [sys.executable, "-m", "aob.platform", *server_args])
+
+
+# --- the command tree ---------------------------------------------------------------
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """Options accepted before or after the command (`aob -o json run list` or
+    `aob run list -o json`); the command's own copy only overrides when given."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("connection and output")
+    group.add_argument(
+        "--server",
+        default=default(None),
+        metavar="URL",
+        help="API address (AOB_SERVER; default http://127.0.0.1:8080)",
+    )
+    group.add_argument(
+        "--token", default=default(None), help="bearer token sent to the server (AOB_TOKEN)"
+    )
+    group.add_argument(
+        "--actor", default=default(None), help="who is acting, recorded on events (AOB_ACTOR)"
+    )
+    group.add_argument(
+        "--config",
+        default=default(None),
+        metavar="FILE",
+        help="config file (AOB_CONFIG; default ~/.config/aob/config.toml)",
+    )
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default=default("text"),
+        help="text for people, json for scripts (default text)",
+    )
+    group.add_argument(
+        "--color",
+        choices=["auto", "always", "never"],
+        default=default("auto"),
+        help="colour output (default auto: when stdout is a terminal)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=default(30.0),
+        metavar="SECONDS",
+        help="HTTP request timeout (default 30)",
+    )
+
+
+class _Tree:
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    def command(
+        self, name: str, handler: str, help_text: str, **kw: Any
+    ) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.sub.add_parser(
+            name, help=help_text, description=help_text, **kw
+        )
+        _common(parser, top=False)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    def group(self, name: str, help_text: str) -> _Tree:
+        parser = self.sub.add_parser(name, help=help_text, description=help_text)
+        return _Tree(
+            parser.add_subparsers(dest=f"{name}_command", metavar="COMMAND", required=True)
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aob", description="Run and watch aob workflows.")
+    parser = argparse.ArgumentParser(
+        prog="aob",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"aob {aob.__version__}")
-    parser.add_argument("--server", default=os.environ.get("AOB_SERVER", "http://127.0.0.1:8080"),
-                        help="API address (env AOB_SERVER, default http://127.0.0.1:8080)")
-    parser.add_argument("--output", choices=["text", "json"], default="text", help="output format")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    server = sub.add_parser("server", help="run aob's services (try: aob server dev)", add_help=False)
-    server.add_argument("server_args", nargs=argparse.REMAINDER)
-
-    run = sub.add_parser("run", help="start and inspect runs").add_subparsers(dest="action", required=True)
-    start = run.add_parser("start", help="start a run of a workflow file (JSON or YAML) or tag")
-    start.add_argument("workflow", help="a workflow file, or a tag with --tag")
-    start.add_argument("--tag", action="store_true", help="WORKFLOW names a stored tag, not a file")
-    start.add_argument("--input", action="append", default=[], metavar="KEY=VALUE",
-                       help="a run input (VALUE parsed as JSON when it is JSON); repeatable")
-    start.add_argument("--inputs-file", type=Path, help="a JSON file with the run inputs")
-    start.add_argument("-f", "--follow", action="store_true", help="follow the run until it ends")
-    start.set_defaults(handler=cmd_run_start)
-    status = run.add_parser("status", help="a run's status and node states")
-    status.add_argument("run_id")
-    status.set_defaults(handler=cmd_run_status)
-    listing = run.add_parser("list", help="recent runs")
-    listing.add_argument("--status", choices=sorted(TERMINAL | {"running", "waiting"}))
-    listing.add_argument("--limit", type=int, default=20)
-    listing.set_defaults(handler=cmd_run_list)
-    cancel = run.add_parser("cancel", help="cancel a run")
-    cancel.add_argument("run_id")
-    cancel.add_argument("--reason", default="")
-    cancel.set_defaults(handler=cmd_run_cancel)
-
-    wf = sub.add_parser("workflow", help="manage workflows").add_subparsers(dest="action", required=True)
-    validate = wf.add_parser("validate", help="validate a workflow file")
-    validate.add_argument("file", type=Path)
-    validate.set_defaults(handler=cmd_workflow_validate)
-    create = wf.add_parser("create", help="store a workflow file as a new version")
-    create.add_argument("file", type=Path)
-    create.add_argument("--tag", help="tag to move to it (default: the workflow's name)")
-    create.set_defaults(handler=cmd_workflow_create)
+    _common(parser, top=True)
+    root = _Tree(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    root.sub.add_parser("server", help="run aob's services (try: aob server dev --help)")
+    _run_commands(root.group("run", "start, inspect and cancel runs"))
+    _logs_commands(root.group("logs", "a run's events"))
+    _approve_command(root)
+    _patch_commands(root.group("patch", "agents' patches to running workflows"))
+    _replay_command(root)
+    _workflow_commands(root.group("workflow", "validate, store and inspect workflows"))
     return parser
 
 
-def exec_server(server_args: list[str]) -> int:
-    """Replace this process with the server, so the CLI itself never imports it."""
-    argv = [sys.executable, "-m", "aob.platform", *server_args]
-    os.execv(sys.executable, argv)
-    return 0  # pragma: no cover - execv does not return
+def _run_commands(run: _Tree) -> None:
+    start = run.command("start", "runs:start", "start a run of a workflow file (JSON or YAML)")
+    start.add_argument("workflow", metavar="FILE", help="workflow file (or, with --tag, a tag)")
+    start.add_argument("--tag", action="store_true", help="FILE names a stored tag instead")
+    start.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a run input; VALUE is parsed as JSON when it is JSON (repeatable)",
+    )
+    start.add_argument("--inputs-file", metavar="FILE", help="a JSON or YAML file of run inputs")
+    start.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="follow the run live until it ends (exit 1 if it fails)",
+    )
+    status = run.command("status", "runs:status", "a run's status and its nodes")
+    status.add_argument("run_id", metavar="RUN")
+    listing = run.command("list", "runs:list_runs", "recent runs, newest first")
+    listing.add_argument("--status", choices=RUN_STATUSES)
+    listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow")
+    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument("--cursor", help="continue a listing (from --output json's next_cursor)")
+    cancel = run.command("cancel", "runs:cancel", "cancel a run")
+    cancel.add_argument("run_id", metavar="RUN")
+    cancel.add_argument("--reason", default="", help="why, recorded on the run")
 
 
-# --- commands ----------------------------------------------------------------------
+def _logs_commands(logs: _Tree) -> None:
+    stream = logs.command(
+        "stream", "runs:logs", "a run's events from its start, live until it ends (SSE)"
+    )
+    stream.add_argument("run_id", metavar="RUN")
+    stream.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="only this node's events (repeatable)",
+    )
+    stream.add_argument(
+        "--filter",
+        choices=["errors"],
+        help="errors: only failures (failed nodes and runs, rejected patches)",
+    )
 
 
-def cmd_run_start(args: argparse.Namespace) -> int:
-    inputs = parse_inputs(args.input, args.inputs_file)
-    body: dict[str, Any] = {"inputs": inputs}
-    if args.tag:
-        body["tag"] = args.workflow
-    else:
-        body["definition"] = load_file(Path(args.workflow))
-    accepted = Api(args.server).post("/api/v1/runs", body)
-    run_id = accepted["run_id"]
-    if not args.follow:
-        emit(args, accepted, f"run {run_id} accepted")
-        return 0
-    if args.output == "text":
-        print(f"run {run_id} accepted; following")
-    return follow(Api(args.server), run_id, args)
+def _approve_command(root: _Tree) -> None:
+    approve = root.command("approve", "approvals:decide", "approve or reject a HITL request")
+    approve.add_argument("approval_id", metavar="ID", help="the approval (see `aob run status`)")
+    approve.add_argument("decision", choices=["approve", "reject"])
+    approve.add_argument("--reason", default="", help="comments recorded with the decision")
 
 
-def cmd_run_status(args: argparse.Namespace) -> int:
-    run = Api(args.server).get(f"/api/v1/runs/{args.run_id}")
-    emit(args, run, format_run(run))
-    return 0
+def _patch_commands(patch: _Tree) -> None:
+    listing = patch.command("list", "patches:list_patches", "a run's patches")
+    listing.add_argument("run_id", metavar="RUN")
+    for name, handler, help_text in [
+        ("show", "patches:show", "a patch, with the diff it makes to the workflow"),
+        ("approve", "patches:approve", "approve a patch awaiting review"),
+        ("reject", "patches:reject", "reject a patch awaiting review"),
+    ]:
+        command = patch.command(name, handler, help_text)
+        command.add_argument("patch_id", metavar="PATCH")
+        command.add_argument("--run", metavar="RUN", help="the patch's run (found if omitted)")
+        if name != "show":
+            command.add_argument("--reason", default="", help="why, recorded with the decision")
 
 
-def cmd_run_list(args: argparse.Namespace) -> int:
-    query = f"?limit={args.limit}" + (f"&status={args.status}" if args.status else "")
-    page = Api(args.server).get("/api/v1/runs" + query)
-    lines = [f"{r['run_id']}  {r['status']:<10} {r.get('workflow_id') or '(inline)'}" for r in page["items"]]
-    emit(args, page, "\n".join(lines) or "no runs")
-    return 0
+def _replay_command(root: _Tree) -> None:
+    replay = root.command(
+        "replay",
+        "runs:replay",
+        "start a new run from a point in a run's history (completed nodes keep their outputs)",
+    )
+    replay.add_argument("run_id", metavar="RUN")
+    replay.add_argument(
+        "--from-event",
+        type=int,
+        metavar="N",
+        help="the event id to fork after (default: the start of the run)",
+    )
+    replay.add_argument("-f", "--follow", action="store_true", help="follow the new run")
 
 
-def cmd_run_cancel(args: argparse.Namespace) -> int:
-    result = Api(args.server).post(f"/api/v1/runs/{args.run_id}/cancel", {"reason": args.reason})
-    emit(args, result, f"run {args.run_id}: cancelling")
-    return 0
-
-
-def cmd_workflow_validate(args: argparse.Namespace) -> int:
-    Api(args.server).post("/api/v1/workflows/validate", {"definition": load_file(args.file)})
-    emit(args, {"valid": True}, f"{args.file}: valid")
-    return 0
-
-
-def cmd_workflow_create(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"definition": load_file(args.file)}
-    if args.tag is not None:
-        body["tag"] = args.tag
-    created = Api(args.server).post("/api/v1/workflows", body)
-    emit(args, created, f"{created['workflow_id']} version {created['version']}"
-                        + (f" (tag {created['tag']})" if created.get("tag") else ""))
-    return 0
-
-
-# --- following a run ------------------------------------------------------------------
-
-
-def follow(api: Api, run_id: str, args: argparse.Namespace) -> int:
-    """Print the run's events as they happen; exit code from its outcome."""
-    after: int | None = None
-    while True:
-        query = f"?after={after}" if after is not None else ""
-        events = api.get(f"/api/v1/runs/{run_id}/events{query}")["items"]
-        for event in events:
-            after = event["offset"]
-            line = describe(event)
-            if args.output == "json":
-                print(json.dumps(event), flush=True)
-            elif line:
-                print(line, flush=True)
-        run = api.get(f"/api/v1/runs/{run_id}")
-        if run["status"] in TERMINAL and not events:
-            if args.output == "text":
-                print(format_run(run))
-            return 0 if run["status"] == "completed" else EXIT_RUN_FAILED
-        time.sleep(0.2)
-
-
-def describe(event: dict[str, Any]) -> str | None:
-    data = event.get("data", {})
-    node = data.get("node_id")
-    kind = event["type"]
-    lines = {
-        "RunSubmitted": "run submitted",
-        "NodeScheduled": f"  {node}: scheduled (attempt {data.get('attempt')})",
-        "NodeCompleted": f"  {node}: completed -> {short(data.get('output'))}",
-        "NodeFailed": f"  {node}: failed: {data.get('error')}",
-        "NodeSkipped": f"  {node}: skipped ({data.get('reason')})"
-                       + (" [warning]" if data.get("warning") else ""),
-        "PatchApplied": f"  patch {data.get('patch_id')} applied (revision {data.get('revision')})",
-        "PatchRejected": f"  patch {data.get('patch_id')} rejected: {data.get('reasons')}",
-        "RunCompleted": "run completed",
-        "RunFailed": f"run failed: {data.get('error')}",
-        "RunCancelled": "run cancelled",
-    }
-    return lines.get(kind)
-
-
-def format_run(run: dict[str, Any]) -> str:
-    lines = [f"run {run['run_id']}: {run['status']}"]
-    for node in run.get("nodes", []):
-        lines.append(f"  {node['node_id']:<24} {node['status']:<10} attempt {node.get('attempt', 1)}")
-    if run.get("error"):
-        lines.append(f"error: {run['error']}")
-    if run["status"] == "completed":
-        lines.append(f"output: {json.dumps(run.get('output'))}")
-    return "\n".join(lines)
-
-
-def short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# --- input --------------------------------------------------------------------------
-
-
-def load_file(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise CliError(f"cannot read {path}: {error.strerror}", EXIT_USAGE) from error
-    if path.suffix.lower() == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as error:
-            raise CliError(f"{path}: invalid JSON: {error}", EXIT_USAGE) from error
-    import yaml  # only this command needs it
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise CliError(f"{path}: invalid YAML: {error}", EXIT_USAGE) from error
-
-
-def parse_inputs(pairs: list[str], inputs_file: Path | None) -> dict[str, Any]:
-    inputs: dict[str, Any] = {}
-    if inputs_file is not None:
-        loaded = load_file(inputs_file)
-        if not isinstance(loaded, dict):
-            raise CliError(f"{inputs_file}: inputs must be a JSON object", EXIT_USAGE)
-        inputs.update(loaded)
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise CliError(f"--input {pair!r}: expected KEY=VALUE", EXIT_USAGE)
-        try:
-            inputs[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            inputs[key] = raw
-    return inputs
-
-
-def emit(args: argparse.Namespace, data: Any, text: str) -> None:
-    print(json.dumps(data, indent=2) if args.output == "json" else text)
-
-
-# --- HTTP -----------------------------------------------------------------------------
-
-
-class Api:
-    def __init__(self, base: str) -> None:
-        import httpx  # loaded only by commands that talk to the server
-
-        self._httpx = httpx
-        self.client = httpx.Client(base_url=base, timeout=30.0)
-
-    def get(self, path: str) -> Any:
-        return self._call("GET", path, None)
-
-    def post(self, path: str, body: Any) -> Any:
-        return self._call("POST", path, body)
-
-    def _call(self, method: str, path: str, body: Any) -> Any:
-        try:
-            response = self.client.request(method, path, json=body)
-        except self._httpx.TransportError as error:
-            raise CliError(f"cannot reach the aob server at {self.client.base_url}: {error}",
-                           EXIT_UNREACHABLE) from error
-        if response.status_code >= 400:
-            raise CliError(problem_text(response), EXIT_API)
-        return response.json()
-
-
-def problem_text(response: Any) -> str:
-    try:
-        problem = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    detail = problem.get("detail") or problem.get("title") or f"HTTP {response.status_code}"
-    errors = problem.get("errors") or []
-    lines = [detail] + [f"  {e.get('path') or '/'}: {e.get('message')}" for e in errors]
-    return "\n".join(lines)
+def _workflow_commands(workflow: _Tree) -> None:
+    validate = workflow.command("validate", "workflows:validate", "validate a workflow file")
+    validate.add_argument("file", metavar="FILE")
+    workflow.command("list", "workflows:list_workflows", "stored workflows")
+    show = workflow.command("show", "workflows:show", "a stored workflow, by tag or id")
+    show.add_argument("ref", metavar="TAG_OR_ID")
+    show.add_argument("--version", type=int, help="this version of the workflow id")
+    create = workflow.command("create", "workflows:create", "store a workflow file as a version")
+    create.add_argument("file", metavar="FILE")
+    create.add_argument("--tag", help="tag to point at it (default: the workflow's name)")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,226 @@
+"""The API over HTTP, on the standard library's http.client.
+
+Not httpx: importing it costs more than starting Python itself, and every `aob`
+command pays for its imports. Requests send the bearer token and actor header;
+problem+json errors become one-line `CliError`s.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import aob
+from aob.cli.config import Connection
+from aob.cli.errors import EXIT_API, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+
+Query = Mapping[str, str | int | float | list[str] | None]
+
+
+class ApiError(CliError):
+    """The server answered with an error status."""
+
+    def __init__(self, message: str, status: int, problem: Mapping[str, Any]) -> None:
+        super().__init__(message, EXIT_API)
+        self.status = status
+        self.problem = problem
+
+    @property
+    def is_missing_route(self) -> bool:
+        """A 404 for the path itself (an older server), not for the thing it names."""
+        return self.status in (404, 405) and self.problem.get("detail") in {
+            "Not Found",
+            "Method Not Allowed",
+        }
+
+
+class Unreachable(CliError):
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_UNREACHABLE)
+
+
+def segment(value: str) -> str:
+    """`value` as one path segment."""
+    return quote(value, safe="")
+
+
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    event: str
+    data: str
+    id: str | None
+
+
+class Api:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        parts = urlsplit(connection.server)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise CliError(
+                f"server address {connection.server!r} must look like http://host:port",
+                EXIT_USAGE,
+            )
+        self.base = connection.server
+        self._scheme = parts.scheme
+        self._host = parts.hostname
+        self._port = parts.port
+        self._prefix = parts.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+
+    # --- JSON requests ------------------------------------------------------------------
+
+    def get(self, path: str, query: Query | None = None) -> Any:
+        return self.request("GET", path, query=query)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body=body if body is not None else {})
+
+    def request(
+        self, method: str, path: str, *, body: Any = None, query: Query | None = None
+    ) -> Any:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = self._headers({"Accept": "application/json"})
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+        target = self._target(path, query)
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                conn.request(method, target, body=payload, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as error:
+                # A kept-alive connection the server has closed meanwhile: retry once.
+                self.close()
+                if attempt == 2:
+                    raise self._unreachable(error) from None
+            except (OSError, http.client.HTTPException) as error:
+                self.close()
+                raise self._unreachable(error) from None
+        return self._decode(response, data)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --- Server-Sent Events -----------------------------------------------------------
+
+    def stream(
+        self, path: str, query: Query, last_event_id: int | None, read_timeout: float
+    ) -> Iterator[SseEvent]:
+        """Open an SSE stream and yield its events until the server closes it.
+
+        Connection failures raise `Unreachable`; a refused request raises `ApiError`.
+        A connection lost mid-stream raises `Unreachable` too (the caller reconnects).
+        """
+        headers = self._headers({"Accept": "text/event-stream", "Cache-Control": "no-store"})
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        conn = self._new_connection(read_timeout)
+        try:
+            try:
+                conn.request("GET", self._target(path, query), headers=headers)
+                response = conn.getresponse()
+            except (OSError, http.client.HTTPException) as error:
+                raise self._unreachable(error) from None
+            if response.status >= 400:
+                self._decode(response, response.read())
+            try:
+                yield from parse_sse(response)
+            except (OSError, http.client.HTTPException) as error:
+                raise self._unreachable(error) from None
+        finally:
+            conn.close()
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def _headers(self, extra: dict[str, str]) -> dict[str, str]:
+        headers = {"User-Agent": f"aob-cli/{aob.__version__}", **extra}
+        if self.connection.token:
+            headers["Authorization"] = f"Bearer {self.connection.token}"
+        if self.connection.actor:
+            headers["X-Aob-Actor"] = self.connection.actor
+        return headers
+
+    def _target(self, path: str, query: Query | None) -> str:
+        target = self._prefix + path
+        if query:
+            pairs = [(k, v) for k, v in query.items() if v is not None]
+            if pairs:
+                target += "?" + urlencode(pairs, doseq=True)
+        return target
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            self._conn = self._new_connection(self.connection.timeout)
+        return self._conn
+
+    def _new_connection(self, timeout: float) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+
+    def _unreachable(self, error: BaseException) -> Unreachable:
+        if isinstance(error, socket.timeout | TimeoutError):
+            reason = f"no answer within {self.connection.timeout:g} s"
+        elif isinstance(error, ConnectionRefusedError):
+            reason = "connection refused (is `aob server dev` running?)"
+        else:
+            reason = str(error) or type(error).__name__
+        return Unreachable(f"cannot reach the aob server at {self.base}: {reason}")
+
+    def _decode(self, response: http.client.HTTPResponse, data: bytes) -> Any:
+        try:
+            body = json.loads(data) if data else None
+        except ValueError:
+            body = None
+        if response.status >= 400:
+            problem = body if isinstance(body, dict) else {}
+            raise ApiError(problem_text(response.status, problem), response.status, problem)
+        if body is None and data:
+            raise CliError(f"the server at {self.base} sent a response that is not JSON", EXIT_API)
+        return body
+
+
+def problem_text(status: int, problem: Mapping[str, Any]) -> str:
+    """One line (plus one per field error) from an RFC 9457 problem."""
+    detail = problem.get("detail") or problem.get("title") or f"HTTP {status}"
+    errors = problem.get("errors") or []
+    lines = [str(detail)]
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict):
+            lines.append(f"  {error.get('path') or '/'}: {error.get('message')}")
+    return "\n".join(lines)
+
+
+def parse_sse(response: http.client.HTTPResponse) -> Iterator[SseEvent]:
+    """Events of a text/event-stream, per the WHATWG parsing rules we need."""
+    event, event_id = "message", None
+    data: list[str] = []
+    while True:
+        raw = response.readline()
+        if not raw:
+            return
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if data:
+                yield SseEvent(event, "\n".join(data), event_id)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "event":
+            event = value
+        elif name == "data":
+            data.append(value)
+        elif name == "id":
+            event_id = value
