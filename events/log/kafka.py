@@ -39,7 +39,7 @@ import contextlib
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -130,22 +130,25 @@ class KafkaEventLog:
             "client_id": client_id,
             "request_timeout_ms": timeout_ms,
         }
-        admin = AIOKafkaAdminClient(**common)
-        producer = AIOKafkaProducer(**common, acks="all", enable_idempotence=True)
-        reader = AIOKafkaConsumer(
-            **common, group_id=None, enable_auto_commit=False, auto_offset_reset="none"
-        )
-        started: list[Any] = []
+        makers: list[Callable[[], Any]] = [
+            lambda: AIOKafkaAdminClient(**common),
+            lambda: AIOKafkaProducer(**common, acks="all", enable_idempotence=True),
+            lambda: AIOKafkaConsumer(
+                **common, group_id=None, enable_auto_commit=False, auto_offset_reset="none"
+            ),
+        ]
+        clients: list[Any] = []
         try:
             with _translated(f"cannot connect to Kafka at {bootstrap}"):
-                for client in (admin, producer, reader):
-                    await client.start()
-                    started.append(client)
+                for make in makers:  # made one by one: one never started cannot be closed
+                    clients.append(make())
+                    await clients[-1].start()
+                admin, producer, reader = clients
                 if replication_factor is None:
                     brokers = (await admin.describe_cluster())["brokers"]
                     replication_factor = max(1, min(_MAX_REPLICATION, len(brokers)))
         except BaseException:
-            for client in reversed(started):
+            for client in reversed(clients):
                 with contextlib.suppress(Exception):
                     await _stop(client)
             raise
@@ -167,7 +170,12 @@ class KafkaEventLog:
             return
         self._closed = True
         self._appended.set()  # wake waiters: their next call reports the closed log
-        clients: list[Any] = [self._producer, *self._committers.values(), self._reader]
+        clients: list[Any] = [
+            self._producer,
+            *self._committers.values(),
+            self._reader,
+            self._admin,
+        ]
         self._committers.clear()
         errors: list[BaseException] = []
         for client in clients:
@@ -175,11 +183,9 @@ class KafkaEventLog:
                 await _stop(client)
             except Exception as e:  # keep closing the others
                 errors.append(e)
-        await self._admin.close()
         if errors:
-            raise LogError(f"closing the Kafka log at {self._bootstrap}: {errors[0]}") from errors[
-                0
-            ]
+            first = errors[0]
+            raise LogError(f"closing the Kafka log at {self._bootstrap}: {first}") from first
 
     async def __aenter__(self) -> KafkaEventLog:
         return self
@@ -533,7 +539,8 @@ def _cover(consumer: AIOKafkaConsumer, commits: Mapping[KafkaPartition, int]) ->
 
 
 async def _stop(client: Any) -> None:
-    await client.stop()
+    """Stop a producer or consumer, close an admin client."""
+    await (client.close() if isinstance(client, AIOKafkaAdminClient) else client.stop())
 
 
 @contextlib.contextmanager
