@@ -25,8 +25,8 @@ class Recorder:
         self.host = ""
         self.port = 0
 
-    async def start(self, host: str = "127.0.0.1") -> Recorder:
-        self._server = await asyncio.start_server(self._accept, host, 0)
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> Recorder:
+        self._server = await asyncio.start_server(self._accept, host, port)
         self.host, self.port = self._server.sockets[0].getsockname()[:2]
         return self
 
@@ -65,6 +65,7 @@ class Response:
     status: int = 200
     body: bytes | str | Any = b""
     headers: dict[str, str] = field(default_factory=dict)
+    until_close: bool = False  # no Content-Length: the body ends when the connection does
 
     def encode(self) -> tuple[dict[str, str], bytes]:
         headers = dict(self.headers)
@@ -154,10 +155,11 @@ class Server:
             response = await response
         extra, payload = response.encode()
         lines = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}"]
-        extra.setdefault("Content-Length", str(len(payload)))
+        if not response.until_close:
+            extra.setdefault("Content-Length", str(len(payload)))
         lines += [f"{k}: {v}" for k, v in extra.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if method != "HEAD":
             writer.write(payload)
         await writer.drain()
-        return headers.get("connection", "").lower() != "close"
+        return not response.until_close and headers.get("connection", "").lower() != "close"
