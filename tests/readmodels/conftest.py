@@ -1,7 +1,8 @@
 """Hand-built event histories with fake log positions, and stores to apply them to.
 
-Every test that takes `store` or `open_store` runs once per engine: SQLite, and
-Postgres (async, driven through `Blocking`), so both answer the same tests.
+Every test that takes `store` or `open_store` runs once per engine: SQLite, SQLite
+behind the async interface (`ThreadedReadModels`), and Postgres, the async ones
+driven through `Blocking`, so all answer the same tests.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import zlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ from aob.events.types import (
     WorkflowCreated,
 )
 from aob.projections.readmodels import Position, SqliteReadModels
+from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from tests.fixtures.postgres import PostgresSchemas
 
@@ -197,7 +199,7 @@ def script() -> Script:
     return s
 
 
-ENGINES = ("sqlite", "postgres")
+ENGINES = ("sqlite", "sqlite-threaded", "postgres")
 
 
 class LoopThread:
@@ -220,10 +222,10 @@ class LoopThread:
 
 
 class Blocking:
-    """An async store seen through sync calls, so one test body covers both engines:
+    """An async store seen through sync calls, so one test body covers every engine:
     `store.get_run(x)` runs `await async_store.get_run(x)` on the loop thread."""
 
-    def __init__(self, target: PostgresReadModels, loop: LoopThread) -> None:
+    def __init__(self, target: AsyncReadModels, loop: LoopThread) -> None:
         self.target = target
         self._loop = loop
 
@@ -256,16 +258,19 @@ def _sqlite_stores(tmp_path: Path) -> tuple[OpenStore, Callable[[], None]]:
     return open_, close_all
 
 
-def _postgres_stores(schemas: PostgresSchemas) -> tuple[OpenStore, Callable[[], None]]:
-    """Stores in fresh schemas, one per name; opening a name again reopens its schema."""
+def _async_stores(
+    locate: Callable[[str], str], open_async: Callable[[str], Awaitable[AsyncReadModels]]
+) -> tuple[OpenStore, Callable[[], None]]:
+    """Async stores behind `Blocking`; `locate` maps a store name to what `open_async`
+    takes, the same for the same name, so opening a name again reopens its store."""
     loop = LoopThread()
-    dsns: dict[str, str] = {}
     opened: list[Blocking] = []
 
-    def open_(name: str = "readmodels.db", **options: Any) -> Blocking:
-        if name not in dsns:
-            dsns[name] = schemas.create()
-        store = Blocking(loop.run(PostgresReadModels.open(dsns[name], **options)), loop)
+    async def open_coroutine(name: str) -> AsyncReadModels:
+        return await open_async(locate(name))
+
+    def open_(name: str = "readmodels.db") -> Blocking:
+        store = Blocking(loop.run(open_coroutine(name)), loop)
         opened.append(store)
         return store
 
@@ -277,6 +282,23 @@ def _postgres_stores(schemas: PostgresSchemas) -> tuple[OpenStore, Callable[[], 
             loop.close()
 
     return open_, close_all
+
+
+def _postgres_stores(schemas: PostgresSchemas) -> tuple[OpenStore, Callable[[], None]]:
+    """Stores in fresh schemas, one per name."""
+    dsns: dict[str, str] = {}
+
+    def locate(name: str) -> str:
+        if name not in dsns:
+            dsns[name] = schemas.create()
+        return dsns[name]
+
+    return _async_stores(locate, PostgresReadModels.open)
+
+
+def _threaded_stores(tmp_path: Path) -> tuple[OpenStore, Callable[[], None]]:
+    """SQLite files behind the async interface, as async hosts would use them."""
+    return _async_stores(lambda name: str(tmp_path / name), ThreadedReadModels.open)
 
 
 @pytest.fixture(params=ENGINES)
@@ -292,6 +314,8 @@ def open_store(engine: str, request: pytest.FixtureRequest, tmp_path: Path) -> I
     """
     if engine == "sqlite":
         open_, close_all = _sqlite_stores(tmp_path)
+    elif engine == "sqlite-threaded":
+        open_, close_all = _threaded_stores(tmp_path)
     else:
         open_, close_all = _postgres_stores(request.getfixturevalue("postgres_schemas"))
     yield open_
