@@ -1,0 +1,73 @@
+"""Approvals: decide, list (the inbox, all or per run), show one with its context."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Header, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from aob.platform.api.deps import Actor, EngineDep, TraceId
+from aob.platform.approvals import Approvals
+
+router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
+
+
+def get_approvals(engine: EngineDep) -> Approvals:
+    return Approvals(engine)
+
+
+def get_roles(
+    x_aob_roles: Annotated[str, Header(max_length=1024)] = "",
+) -> list[str]:
+    """The caller's roles, comma-separated. Like X-Aob-Actor, self-declared until
+    authentication arrives (its own issue) and fills both from a verified identity."""
+    return [role.strip() for role in x_aob_roles.split(",") if role.strip()]
+
+
+ApprovalsDep = Annotated[Approvals, Depends(get_approvals)]
+Roles = Annotated[list[str], Depends(get_roles)]
+
+
+class Decide(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    decision: Literal["approve", "reject"]
+    comments: str = Field(default="", max_length=4000)
+
+
+@router.post(
+    "/{approval_id}/decide",
+    summary="Approve or reject",
+    responses={
+        403: {"description": "The caller is not one of the approvers"},
+        404: {"description": "No such approval"},
+        409: {"description": "Already decided (the first decision is in the body), "
+                             "or the run is over"},
+    },
+)
+async def decide(
+    approval_id: str,
+    body: Decide,
+    approvals: ApprovalsDep,
+    actor: Actor,
+    roles: Roles,
+    trace_id: TraceId,
+) -> dict[str, Any]:
+    return await approvals.decide(approval_id, body.decision, body.comments, actor=actor,
+                                  roles=roles, trace_id=trace_id)
+
+
+@router.get("", summary="List approvals: pending ones by default, all or one run's")
+async def list_approvals(
+    approvals: ApprovalsDep,
+    run_id: Annotated[str | None, Query(max_length=128)] = None,
+    status: Literal["pending", "approved", "rejected", "cancelled", "any"] = "pending",
+) -> dict[str, Any]:
+    wanted = None if status == "any" else status
+    return {"items": approvals.list_approvals(run_id, wanted)}
+
+
+@router.get("/{approval_id}", summary="One approval with its context")
+async def show_approval(approval_id: str, approvals: ApprovalsDep) -> dict[str, Any]:
+    return await approvals.show(approval_id)

@@ -1,0 +1,163 @@
+"""Approval commands: decide, list, show.
+
+A decision is an `ApprovalDecided` event; the first one in log order wins. The
+read model answers most callers before anything is appended (already decided,
+run finished, not allowed); when two deciders race past that check, both events
+are appended and, once projected, each caller compares the winner's event id with
+its own: the loser gets 409 with the winning decision.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aob.events.codec import encode
+from aob.events.ids import new_event_id
+from aob.events.log.port import Append, TopicPartition
+from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
+from aob.platform.commands import now_ms
+from aob.platform.engine import Engine
+from aob.platform.problems import Problem, not_found
+from aob.workers.hitl import DECISIONS, refusal
+
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "cancelled")
+
+
+class Approvals:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.read = engine.read_models
+
+    async def decide(
+        self,
+        approval_id: str,
+        decision: str,
+        comments: str,
+        *,
+        actor: str,
+        roles: list[str],
+        trace_id: str,
+    ) -> dict[str, Any]:
+        """Record `actor`'s decision; returns the decided approval, or raises Problem."""
+        if decision not in DECISIONS:
+            raise Problem(422, "invalid-decision", "Invalid decision",
+                          f"decision must be one of {list(DECISIONS)}, got {decision!r}")
+        approval = await self.get(approval_id)
+        self._refuse_closed(approval)
+        why_not = refusal(approval["approvers"], actor, roles)
+        if why_not is not None:
+            raise Problem(403, "not-an-approver", "Not allowed to decide", why_not,
+                          approvers=approval["approvers"])
+        event = Event(new_event_id(), approval["run_id"], now_ms(),
+                      ApprovalDecided(approval["run_id"], approval_id, decision, actor, comments),
+                      trace_id, None, actor)
+        [record] = await self.engine.log.append([Append(RUNS_TOPIC, event.key, encode(event))])
+        position = {TopicPartition(record.topic, record.partition): record.offset + 1}
+        if not await self.engine.projector.wait_until(position):
+            raise Problem(503, "not-projected-yet", "Decision recorded, outcome unknown",
+                          "the decision was recorded but the read models have not caught up; "
+                          f"see GET /api/v1/approvals/{approval_id}", event_id=event.event_id)
+        decided = self.read.get_approval(approval_id)
+        assert decided is not None
+        if decided["decision_event_id"] != event.event_id:
+            self._refuse_closed(decided, lost=True)
+        return decided
+
+    def list_approvals(self, run_id: str | None, status: str | None) -> list[dict[str, Any]]:
+        """Approvals, oldest request first; `status` None means any."""
+        if run_id is not None and self.read.get_run(run_id) is None:
+            raise not_found("run", run_id)
+        return self.read.list_approvals(run_id=run_id, status=status)
+
+    async def get(self, approval_id: str) -> dict[str, Any]:
+        """The approval's read model; waits for the projector if it is that new."""
+        approval = self.read.get_approval(approval_id)
+        if approval is None:
+            await self.engine.projector.wait_caught_up(timeout=2.0)
+            approval = self.read.get_approval(approval_id)
+        if approval is None:
+            raise not_found("approval", approval_id)
+        return approval
+
+    async def show(self, approval_id: str) -> dict[str, Any]:
+        """The approval with its context: the run, the node, what the node saw
+        (run inputs and upstream outputs) and every decision made, in log order."""
+        approval = await self.get(approval_id)
+        run = self.read.get_run(approval["run_id"]) or {}
+        nodes = run.pop("nodes", [])
+        run.pop("definition", None)
+        node = next((n for n in nodes if (n["node_id"], n["iteration"]) ==
+                     (approval["node_id"], approval["iteration"])), None)
+        task, decisions = self._history(approval)
+        return {
+            **approval,
+            "context": {
+                "run": run,
+                "node": node,
+                "input": task["data"]["input"] if task else None,
+                "decisions": decisions,
+            },
+        }
+
+    def _history(self, approval: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+        """The task that asked for `approval` and the decisions made on it, in log order."""
+        request: dict[str, Any] | None = None
+        tasks: dict[str, dict[str, Any]] = {}
+        decisions = []
+        for event in self._timeline(approval["run_id"]):
+            kind, data = event["type"], event["data"]
+            if kind == "NodeScheduled" and data["node_id"] == approval["node_id"]:
+                tasks[event["event_id"]] = event
+            elif kind == "ApprovalRequested" and data["approval_id"] == approval["approval_id"]:
+                request = event
+            elif kind == "ApprovalDecided" and data["approval_id"] == approval["approval_id"]:
+                decisions.append(_decision(event, approval["decision_event_id"]))
+        task = tasks.get(request["causation_id"] or "") if request else None
+        return task, decisions
+
+    def _timeline(self, run_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        while True:
+            after = events[-1]["offset"] if events else None
+            page = self.read.timeline(run_id, after_offset=after, limit=1000)
+            events += page
+            if len(page) < 1000:
+                return events
+
+    def _refuse_closed(self, approval: dict[str, Any], *, lost: bool = False) -> None:
+        """Refuse deciding an approval that is decided or whose run is over."""
+        approval_id = approval["approval_id"]
+        if approval["status"] == "cancelled":
+            run = self.read.get_run(approval["run_id"]) or {"status": "finished"}
+            raise Problem(409, "run-finished", "Run already finished",
+                          f"approval {approval_id!r} can no longer be decided: its run "
+                          f"{approval['run_id']!r} is {run['status']}", run_status=run["status"])
+        if approval["status"] != "pending":
+            first = "another decision was recorded first" if lost else "it was already decided"
+            raise Problem(409, "already-decided", "Approval already decided",
+                          f"approval {approval_id!r} cannot be decided again: {first} "
+                          f"({approval['decision']} by {approval['decided_by']})",
+                          decision=_first_decision(approval))
+
+
+def _first_decision(approval: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "decision": approval["decision"],
+        "status": approval["status"],
+        "decided_by": approval["decided_by"],
+        "comments": approval["comments"],
+        "decided_at": approval["decided_at"],
+        "event_id": approval["decision_event_id"],
+    }
+
+
+def _decision(event: dict[str, Any], winner_id: str | None) -> dict[str, Any]:
+    data = event["data"]
+    return {
+        "event_id": event["event_id"],
+        "decision": data["decision"],
+        "decided_by": data["decided_by"],
+        "comments": data["comments"],
+        "decided_at": event["occurred_at"],
+        "won": event["event_id"] == winner_id,
+    }

@@ -1,0 +1,278 @@
+"""Human approvals end to end: the real engine, the real HTTP API, a temp data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from aob.platform.approvals import Approvals
+from aob.platform.problems import Problem
+from aob.workers.hitl import HitlService
+from tests.hitl.harness import node, review, running_aob
+
+
+async def test_approve_pauses_the_run_then_follows_the_normal_path(aob):
+    run_id = await aob.submit(review())
+    [approval] = await aob.pending(run_id)
+    assert approval["message"] == "Publish Q3?"
+    assert approval["payload"] == {"title": "Q3", "words": 120}
+    assert approval["status"] == "pending"
+    run = await aob.run(run_id)
+    assert run["status"] == "waiting"  # paused on the approval, not complete
+    assert node(run, "gate")["status"] == "running"
+
+    response = await aob.decide(approval["approval_id"], "approve", actor="alice",
+                                comments="ship it")
+    assert response.status_code == 200, response.text
+    decided = response.json()
+    assert (decided["status"], decided["decided_by"], decided["comments"]) == (
+        "approved", "alice", "ship it")
+
+    run = await aob.finished(run_id)
+    assert run["status"] == "completed"
+    gate = run["output"]["gate"]
+    assert gate["decision"] == "approve"
+    assert (gate["decided_by"], gate["comments"], gate["timed_out"]) == ("alice", "ship it", False)
+    assert gate["decided_at"] == decided["decided_at"]
+    assert run["output"]["publish"] == "published"
+    assert node(run, "revise")["status"] == "skipped"
+
+
+async def test_reject_follows_the_rejection_path(aob):
+    run_id = await aob.submit(review())
+    [approval] = await aob.pending(run_id)
+    response = await aob.decide(approval["approval_id"], "reject", actor="bob",
+                                comments="too long")
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "rejected"
+
+    run = await aob.finished(run_id)
+    assert run["status"] == "completed"
+    assert run["output"]["revise"] == "revised"
+    assert run["output"]["gate"]["decision"] == "reject"
+    assert node(run, "publish")["status"] == "skipped"
+
+
+@pytest.mark.parametrize(
+    ("on_timeout", "ran", "skipped"),
+    [("approve", "publish", "revise"), ("reject", "revise", "publish")],
+)
+async def test_timeout_decides_as_configured(aob, on_timeout, ran, skipped):
+    run_id = await aob.submit(review({"timeout_ms": 200, "on_timeout": on_timeout}))
+    [approval] = await aob.pending(run_id)
+    assert approval["deadline"] == approval["requested_at"] + 200
+    assert approval["on_timeout"] == on_timeout
+
+    run = await aob.finished(run_id)
+    assert run["status"] == "completed"
+    gate = run["output"]["gate"]
+    assert (gate["decision"], gate["decided_by"], gate["timed_out"]) == (
+        on_timeout, "system:timeout", True)
+    assert gate["decided_at"] >= approval["deadline"]
+    assert node(run, ran)["status"] == "completed"
+    assert node(run, skipped)["status"] == "skipped"
+    [decided] = await aob.approvals(run_id=run_id, status="any")
+    status = {"approve": "approved", "reject": "rejected"}[on_timeout]
+    assert (decided["status"], decided["decision"]) == (status, on_timeout)
+
+
+async def test_timeout_that_means_fail_fails_the_run(aob):
+    run_id = await aob.submit(review({"timeout_ms": 200, "on_timeout": "fail"}))
+    run = await aob.finished(run_id)
+    assert run["status"] == "failed"
+    assert run["error_node_id"] == "gate"
+    assert "no decision by its deadline (on_timeout: fail)" in run["error"]
+    assert node(run, "gate")["status"] == "failed"
+    [approval] = await aob.approvals(run_id=run_id, status="any")
+    assert (approval["decision"], approval["decided_by"]) == ("fail", "system:timeout")
+
+
+WHO_DECIDED = "[.nodes.legal.decided_by, .nodes.finance.decided_by]"
+
+
+def parallel() -> dict[str, Any]:
+    """Two approvals side by side, joined: the run ends when both are decided."""
+    return {
+        "name": "two-keys",
+        "nodes": [
+            {"id": "start", "type": "noop", "config": {"output": 7}},
+            {"id": "legal", "type": "hitl", "config": {"message": "Legal: {{ .nodes.start }}"}},
+            {"id": "finance", "type": "hitl", "config": {"message": "Finance"}},
+            {"id": "done", "type": "transform", "config": {"expr": WHO_DECIDED}},
+        ],
+        "edges": [
+            {"from": "start", "to": "legal"},
+            {"from": "start", "to": "finance"},
+            {"from": "legal", "to": "done"},
+            {"from": "finance", "to": "done"},
+        ],
+        "output": ".nodes.done",
+    }
+
+
+async def test_two_approvals_in_parallel(aob):
+    run_id = await aob.submit(parallel())
+    approvals = await aob.pending(run_id, count=2)
+    by_node = {a["node_id"]: a for a in approvals}
+    assert by_node["legal"]["message"] == "Legal: 7"
+    assert by_node["legal"]["approval_id"] != by_node["finance"]["approval_id"]
+
+    response = await aob.decide(by_node["finance"]["approval_id"], "approve", actor="fin")
+    assert response.status_code == 200, response.text
+    run = await aob.until(run_id, lambda run: node(run, "finance")["status"] == "completed")
+    assert run["status"] == "waiting"  # legal still pending
+    assert [a["node_id"] for a in await aob.approvals(run_id=run_id)] == ["legal"]
+
+    response = await aob.decide(by_node["legal"]["approval_id"], "approve", actor="law")
+    assert response.status_code == 200, response.text
+    run = await aob.finished(run_id)
+    assert (run["status"], run["output"]) == ("completed", ["law", "fin"])
+
+
+async def test_a_second_decision_is_refused_with_the_first_in_the_body(aob):
+    run_id = await aob.submit(review())
+    [approval] = await aob.pending(run_id)
+    first = await aob.decide(approval["approval_id"], "approve", actor="alice", comments="ok")
+    assert first.status_code == 200
+    await aob.finished(run_id)
+
+    second = await aob.decide(approval["approval_id"], "reject", actor="bob")
+    assert second.status_code == 409
+    assert second.headers["content-type"] == "application/problem+json"
+    body = second.json()
+    assert body["type"].endswith("/already-decided")
+    assert "already decided" in body["detail"]
+    assert body["decision"]["decision"] == "approve"
+    assert (body["decision"]["decided_by"], body["decision"]["comments"]) == ("alice", "ok")
+    assert body["decision"]["decided_at"] == first.json()["decided_at"]
+    decided = [e for e in await aob.events(run_id) if e["type"] == "ApprovalDecided"]
+    assert len(decided) == 1  # the refused decision appended nothing
+
+
+async def test_two_people_racing_exactly_one_wins(aob):
+    run_id = await aob.submit(review())
+    [approval] = await aob.pending(run_id)
+    responses = await asyncio.gather(
+        aob.decide(approval["approval_id"], "approve", actor="alice"),
+        aob.decide(approval["approval_id"], "reject", actor="bob"),
+    )
+    assert sorted(r.status_code for r in responses) == [200, 409]
+    [winner] = [r.json() for r in responses if r.status_code == 200]
+    [loser] = [r.json() for r in responses if r.status_code == 409]
+    assert loser["decision"]["decided_by"] == winner["decided_by"]
+    assert loser["decision"]["event_id"] == winner["decision_event_id"]
+    run = await aob.finished(run_id)
+    assert run["output"]["gate"]["decided_by"] == winner["decided_by"]
+    completions = [e for e in await aob.events(run_id)
+                   if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"]
+    assert len(completions) == 1
+
+
+def overdue_clock() -> int:
+    """A clock two hours ahead: every approval of the race tests is overdue by it."""
+    return time.time_ns() // 1_000_000 + 7_200_000
+
+
+async def _decisions(aob, run_id: str) -> list[dict[str, Any]]:
+    return [e for e in await aob.events(run_id) if e["type"] == "ApprovalDecided"]
+
+
+@pytest.mark.parametrize("first", ["timeout", "human"])
+async def test_a_decision_racing_the_timeout_exactly_one_wins(aob, first):
+    """The deadline and a person decide at once, both past the read-model check, so
+    both decisions reach the log (in one write, in the order they were made). The
+    first wins; the person, if second, is told who won."""
+    run_id = await aob.submit(review({"timeout_ms": 3_600_000}))
+    [approval] = await aob.pending(run_id)
+    deadline = HitlService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
+    human = Approvals(aob.engine).decide(
+        approval["approval_id"], "approve", "", actor="alice", roles=[], trace_id="t"
+    )
+    timeout = deadline.fire_overdue()
+    race = [timeout, human] if first == "timeout" else [human, timeout]
+    results = await asyncio.gather(*race, return_exceptions=True)
+    human_result = results[1] if first == "timeout" else results[0]
+
+    decisions = await _decisions(aob, run_id)
+    assert [d["data"]["decided_by"] for d in decisions] == (
+        ["system:timeout", "alice"] if first == "timeout" else ["alice", "system:timeout"]
+    )
+    run = await aob.finished(run_id)
+    gate = run["output"]["gate"]
+    if first == "timeout":
+        assert isinstance(human_result, Problem)
+        assert human_result.status == 409
+        assert "another decision was recorded first" in human_result.detail
+        assert human_result.extra["decision"]["decided_by"] == "system:timeout"
+        assert human_result.extra["decision"]["event_id"] == decisions[0]["event_id"]
+        assert (gate["decided_by"], gate["decision"]) == ("system:timeout", "reject")
+        assert run["output"]["revise"] == "revised"
+    else:
+        assert isinstance(human_result, dict)
+        assert human_result["decided_by"] == "alice"
+        assert human_result["decision_event_id"] == decisions[0]["event_id"]
+        assert (gate["decided_by"], gate["decision"]) == ("alice", "approve")
+        assert run["output"]["publish"] == "published"
+    completions = [e for e in await aob.events(run_id)
+                   if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"]
+    assert len(completions) == 1
+
+
+async def test_over_http_a_decision_racing_the_timeout_gets_a_clear_answer(aob):
+    """Through the HTTP stack the race's order is up to scheduling: whoever wins,
+    the run follows it and a losing person gets 409 naming the winner."""
+    deadline = HitlService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
+    for _ in range(3):
+        run_id = await aob.submit(review({"timeout_ms": 3_600_000}))
+        [approval] = await aob.pending(run_id)
+        response, _ = await asyncio.gather(
+            aob.decide(approval["approval_id"], "approve", actor="alice"),
+            deadline.fire_overdue(),
+        )
+        run = await aob.finished(run_id)
+        winner = (await _decisions(aob, run_id))[0]["data"]["decided_by"]
+        assert run["output"]["gate"]["decided_by"] == winner
+        if winner == "alice":
+            assert response.status_code == 200, response.text
+        else:
+            assert response.status_code == 409, response.text
+            assert response.json()["decision"]["decided_by"] == "system:timeout"
+
+
+async def test_a_decision_on_a_cancelled_run_is_refused(aob):
+    run_id = await aob.submit(review())
+    [approval] = await aob.pending(run_id)
+    response = await aob.client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "stop"})
+    assert response.status_code == 202
+    assert (await aob.finished(run_id))["status"] == "cancelled"
+
+    response = await aob.decide(approval["approval_id"], "approve")
+    assert response.status_code == 409
+    body = response.json()
+    assert body["type"].endswith("/run-finished")
+    assert body["run_status"] == "cancelled"
+    assert "is cancelled" in body["detail"]
+    assert await aob.approvals(run_id=run_id) == []  # gone from the inbox
+
+
+async def test_restart_while_pending_fires_the_overdue_timeout(tmp_path):
+    data_dir = tmp_path / "data"
+    async with running_aob(data_dir) as aob:
+        run_id = await aob.submit(review({"timeout_ms": 600, "on_timeout": "reject"}))
+        [approval] = await aob.pending(run_id)
+    stopped_at = time.time_ns() // 1_000_000
+    assert stopped_at < approval["deadline"]  # stopped before the deadline fell due
+    await asyncio.sleep((approval["deadline"] - stopped_at) / 1000 + 0.3)
+
+    restarted_at = time.time_ns() // 1_000_000
+    async with running_aob(data_dir) as aob:
+        run = await aob.finished(run_id)
+        assert run["status"] == "completed"
+        assert run["output"]["revise"] == "revised"
+        gate = run["output"]["gate"]
+        assert (gate["decided_by"], gate["timed_out"]) == ("system:timeout", True)
+        [decided] = [e for e in await aob.events(run_id) if e["type"] == "ApprovalDecided"]
+        assert decided["occurred_at"] >= restarted_at  # fired by the restarted service
