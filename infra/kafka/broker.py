@@ -255,16 +255,18 @@ class KafkaBroker:
             return
         command = [
             java,
+            # A run of a second or two: the quick JIT tier and the simplest GC start fastest.
             "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC",
             *self._log_options(),
             "-cp",
             f"{libs}/*",
             "kafka.tools.StorageTool",
             "format",
-            "--cluster-id",
-            self.cluster_id,
-            "--config",
-            str(self.config_file),
+            # With "=": a random id may begin with "-", which would read as an option.
+            f"--cluster-id={self.cluster_id}",
+            f"--config={self.config_file}",
         ]
         result = subprocess.run(
             command, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False
