@@ -312,7 +312,7 @@ def _items(doc: Mapping[str, Json], key: str) -> Iterator[tuple[int, dict[str, J
 HITL_TYPE = "hitl"
 ON_TIMEOUT_DEFAULT = "reject"  # what an approval's timeout means unless config.on_timeout says
 # A `{{ jq }}` placeholder in a hitl node's message or payload; it ends at the first "}}".
-PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+PLACEHOLDER = re.compile(r"\{\{((?:(?!\}\}).)*)\}\}", re.DOTALL)
 
 
 def _hitl_configs(doc: Mapping[str, Json]) -> Iterator[tuple[int, str, dict[str, Json]]]:
