@@ -11,11 +11,16 @@ A pooled keep-alive connection is reused only for the same (scheme, host, port),
 it was opened to an address that was checked under the same policy.
 
 Proxies from the environment are ignored (`trust_env=False`, and the pool has no proxy).
+
+httpx logs every request's full URL (whose query may hold a key) and httpcore, at
+DEBUG, every response's headers (Set-Cookie): their records for pinned requests are
+dropped, and the worker logs its own, redacted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import ssl
 import typing
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +44,31 @@ def pinned(host: str, port: int, addresses: Sequence[IPAddress]) -> Iterator[Non
         yield
     finally:
         _PINS.reset(token)
+
+
+_LIBRARY_LOGGERS = (
+    "httpx",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "httpcore.socks",
+)
+
+
+class _DropPinnedRequestRecords(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _PINS.get()
+
+
+_LOG_FILTER = _DropPinnedRequestRecords()
+
+
+def _quieten_library_logs() -> None:
+    for name in _LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _LOG_FILTER not in logger.filters:
+            logger.addFilter(_LOG_FILTER)
 
 
 class PinnedBackend(httpcore.AsyncNetworkBackend):
@@ -104,6 +134,7 @@ def pinned_client(
     ssl_context: ssl.SSLContext, *, max_connections: int, max_keepalive_connections: int
 ) -> httpx.AsyncClient:
     """The one client (one connection pool) a worker shares between its tasks."""
+    _quieten_library_logs()
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_keepalive_connections
     )

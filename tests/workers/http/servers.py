@@ -92,6 +92,7 @@ class Server:
         self.routes: dict[str, Route] = {}
         self._server: asyncio.Server | None = None
         self._sni: dict[int, str | None] = {}
+        self._handlers: set[asyncio.Task[None]] = set()
         self.host = ""
         self.port = 0
 
@@ -120,9 +121,17 @@ class Server:
     async def stop(self) -> None:
         if self._server:
             self._server.close()
+            for _ in range(3):  # let connections accepted just now start their handlers
+                await asyncio.sleep(0)
+            for handler in self._handlers:
+                handler.cancel()
+            await asyncio.gather(*self._handlers)
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
         self.connections += 1
         ssl_object = writer.get_extra_info("ssl_object")
         sni = self._sni.get(id(ssl_object)) if ssl_object is not None else None
@@ -132,7 +141,10 @@ class Server:
                 pass
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
+        except asyncio.CancelledError:  # stopping: end quietly (asyncio logs a cancelled handler)
+            pass
         finally:
+            self._handlers.discard(handler)
             writer.close()
             with contextlib.suppress(ConnectionError, ssl.SSLError):
                 await writer.wait_closed()
