@@ -116,6 +116,17 @@ async def test_concurrent_opens_of_a_new_schema_migrate_it_once(postgres_schema)
     assert [row[0] for row in await _migrations(postgres_schema)] == [m[0] for m in SHIPPED]
 
 
+async def test_the_search_path_of_the_dsn_keeps_stores_apart(postgres_schemas, script):
+    """The isolation the other tests rely on, and how a deployment picks a schema."""
+    async with (
+        await PostgresReadModels.open(postgres_schemas.create()) as one,
+        await PostgresReadModels.open(postgres_schemas.create()) as two,
+    ):
+        await one.apply(script.items)
+        assert len((await one.dump())["timeline"]) == len(script.items)
+        assert await two.dump() == {table: [] for table in await one.dump()}
+
+
 # --- statements ---------------------------------------------------------------------------
 
 
