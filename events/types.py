@@ -18,6 +18,7 @@ Json: TypeAlias = Any
 
 RUNS_TOPIC = "aob.runs"
 WORKFLOWS_TOPIC = "aob.workflows"
+TOOLS_TOPIC = "aob.tools"
 TASKS_TOPIC_PREFIX = "aob.tasks."
 
 
@@ -161,6 +162,8 @@ class PatchProposed:
     patch_id: str
     operations: Json
     reason: str = ""
+    # The agent node that proposed it; None when a person did (through the API).
+    node_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +179,66 @@ class PatchRejected:
     run_id: str
     patch_id: str
     reasons: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class PatchReviewRequested:
+    """A valid agent patch of a run whose workflow has `patch_policy: review` waits
+    for a reviewer (`PatchReviewed`); until then the run cannot complete."""
+
+    run_id: str
+    patch_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class PatchReviewed:
+    """A reviewer's decision on a patch awaiting review: "approve" or "reject".
+
+    The coordinator applies an approved patch if it still applies to the run as it
+    is by then (else it rejects it), and rejects a rejected one with `reason`.
+    """
+
+    run_id: str
+    patch_id: str
+    decision: str
+    reviewed_by: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AgentUsageRecorded:
+    """What one attempt of an agent node used of its LLM, summed over its calls.
+
+    `cached_tokens` are prompt tokens the provider served from its prompt cache.
+    """
+
+    run_id: str
+    node_id: str
+    iteration: int
+    attempt: int
+    model: str
+    llm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cached_tokens: int = 0
+    tool_calls: int = 0
+    outcome: str = "completed"
+
+
+# --- aob.tools: tools agents can use, keyed by tool name ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolRegistered:
+    """A named tool for agents: `kind` "pipeline" (a composite tool: a reusable
+    pipeline) or "openapi" (an OpenAPI document whose operations agents may call).
+    Registering a name again replaces it."""
+
+    name: str
+    kind: str
+    spec: Json
+    description: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +307,10 @@ Payload: TypeAlias = (
     | RunCompleted
     | RunFailed
     | RunCancelled
+    | PatchReviewRequested
+    | PatchReviewed
+    | AgentUsageRecorded
+    | ToolRegistered
 )
 
 PAYLOAD_TYPES: tuple[type[Any], ...] = (
@@ -266,6 +333,10 @@ PAYLOAD_TYPES: tuple[type[Any], ...] = (
     RunCompleted,
     RunFailed,
     RunCancelled,
+    PatchReviewRequested,
+    PatchReviewed,
+    AgentUsageRecorded,
+    ToolRegistered,
 )
 PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
 

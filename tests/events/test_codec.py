@@ -86,6 +86,14 @@ SAMPLES: list[Event] = [
     _ev(t.RunFailed("r", "err", node_id="n")),
     _ev(t.RunCancelled("r")),
     _ev(t.RunCancelled("r", reason="asked")),
+    _ev(t.PatchProposed("r", "p", [], node_id="agent-ü")),
+    _ev(t.PatchReviewRequested("r", "p")),
+    _ev(t.PatchReviewed("r", "p", "approve", "al")),
+    _ev(t.PatchReviewed("r", "p", "reject", "bo", reason="nope ✗")),
+    _ev(t.AgentUsageRecorded("r", "n", 0, 1, "m", 0, 0, 0, 0)),
+    _ev(t.AgentUsageRecorded("r", "n", 2, 3, "ü", 4, 2**40, 5, 2**40 + 5, 7, 8, "failed")),
+    _ev(t.ToolRegistered("t", "pipeline", None)),
+    _ev(t.ToolRegistered("t-ü", "openapi", NESTED, description="docs ✓")),
 ]
 
 

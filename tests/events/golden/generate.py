@@ -21,6 +21,7 @@ from typing import Any
 
 from aob.events.codec import encode
 from aob.events.types import (
+    AgentUsageRecorded,
     ApprovalDecided,
     ApprovalRequested,
     Event,
@@ -32,6 +33,8 @@ from aob.events.types import (
     PatchApplied,
     PatchProposed,
     PatchRejected,
+    PatchReviewed,
+    PatchReviewRequested,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
@@ -40,6 +43,7 @@ from aob.events.types import (
     TagMoved,
     TimerFired,
     TimerSet,
+    ToolRegistered,
     WorkflowCreated,
 )
 
@@ -150,6 +154,39 @@ def samples() -> dict[str, Event]:
         "RunFailed": _event(23, RunFailed("run-3", "boom", node_id="fetch"), key="run-3"),
         "RunFailed.defaults": _event(24, RunFailed("run-4", "no node"), key="run-4"),
         "RunCancelled": _event(25, RunCancelled("run-1")),
+        "PatchProposed.agent": _event(
+            26,
+            PatchProposed("run-1", "p-4", [{"op": "remove", "path": "/edges/0"}], node_id="plan"),
+            actor="agent:plan",
+        ),
+        "PatchReviewRequested": _event(27, PatchReviewRequested("run-1", "p-4")),
+        "PatchReviewed": _event(
+            28, PatchReviewed("run-1", "p-4", "reject", "carol", reason="too broad"), actor="carol"
+        ),
+        "PatchReviewed.defaults": _event(29, PatchReviewed("run-1", "p-5", "approve", "dave")),
+        "AgentUsageRecorded": _event(
+            30,
+            AgentUsageRecorded(
+                "run-1", "plan", 0, 1, "gpt-x", 3, 1200, 80, 1280,
+                cached_tokens=1024, tool_calls=2, outcome="failed",
+            ),
+        ),
+        "AgentUsageRecorded.defaults": _event(
+            31, AgentUsageRecorded("run-1", "plan", 1, 1, "m", 1, 10, 2, 12)
+        ),
+        "ToolRegistered": _event(
+            32,
+            ToolRegistered(
+                "top-sellers",
+                "pipeline",
+                {"steps": [{"op": "top_k", "k": 3}], "parameters": {"type": "object"}},
+                description="The three best sellers",
+            ),
+            key="top-sellers",
+        ),
+        "ToolRegistered.defaults": _event(
+            33, ToolRegistered("petstore", "openapi", {"openapi": "3.0.0"}), key="petstore"
+        ),
     }
 
 
