@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import re
 from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from aob.events.codec import CodecError, decode
 from aob.events.log.port import Record, TopicPartition
@@ -237,7 +238,19 @@ class TailSource(Protocol):
 
 
 class HistorySource(Protocol):
-    """What the hub reads history with (the read models)."""
+    """What the hub reads history with: the read models (`AsyncReadModels`)."""
+
+    async def timeline(
+        self, key: str, after_offset: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]: ...
+
+    async def offsets(self) -> dict[TopicPartition, int]: ...
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+
+
+class BlockingHistorySource(Protocol):
+    """The same, synchronous (`SqliteReadModels`: short local queries)."""
 
     def timeline(
         self, key: str, after_offset: int | None = None, limit: int = 1000
@@ -246,6 +259,30 @@ class HistorySource(Protocol):
     def offsets(self) -> dict[TopicPartition, int]: ...
 
     def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+
+
+class _Awaited:
+    """A `BlockingHistorySource` behind the async interface, called in place."""
+
+    def __init__(self, store: BlockingHistorySource) -> None:
+        self.store = store
+
+    async def timeline(
+        self, key: str, after_offset: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        return self.store.timeline(key, after_offset, limit)
+
+    async def offsets(self) -> dict[TopicPartition, int]:
+        return self.store.offsets()
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        return self.store.get_run(run_id)
+
+
+def _async_history(history: HistorySource | BlockingHistorySource) -> HistorySource:
+    if inspect.iscoroutinefunction(history.timeline):
+        return cast(HistorySource, history)
+    return _Awaited(cast(BlockingHistorySource, history))
 
 
 # --- the hub --------------------------------------------------------------------------
@@ -309,14 +346,14 @@ class FanoutHub:
     def __init__(
         self,
         source: TailSource,
-        history: HistorySource,
+        history: HistorySource | BlockingHistorySource,
         *,
         queue_limit: int = 10_000,
         topic: str = RUNS_TOPIC,
         read_batch: int = 1000,
     ) -> None:
         self.source = source
-        self.history = history
+        self.history = _async_history(history)
         self.queue_limit = queue_limit
         self.topic = topic
         self.read_batch = read_batch
@@ -331,6 +368,7 @@ class FanoutHub:
     # --- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._stopping.clear()
         self._partitions = await self.source.partitions(self.topic)
         ends = await self.source.end_offsets(self.topic)
         self._positions = [ends.get(p, 0) for p in range(self._partitions)]
@@ -440,15 +478,15 @@ class FanoutHub:
     ) -> tuple[list[RunEvent], str | None]:
         """Events in (after, handoff) in offset order, and the run's status if it ended
         at or before `after` (then no further outcome event will come)."""
-        run = self.history.get_run(run_id)  # before the timeline: see `ended` below
+        run = await self.history.get_run(run_id)  # before the timeline: see `ended` below
         status = run["status"] if run else None
         tp = TopicPartition(self.topic, sub.partition)
-        projected = self.history.offsets().get(tp, 0)
+        projected = (await self.history.offsets()).get(tp, 0)
         events: dict[int, RunEvent] = {}
         outcome_after = False  # the run's outcome event lies after `after`
         cursor = after
         while True:
-            rows = self.history.timeline(run_id, after_offset=cursor, limit=1000)
+            rows = await self.history.timeline(run_id, after_offset=cursor, limit=1000)
             for row in rows:
                 if row["topic"] != self.topic:
                     continue
@@ -458,22 +496,27 @@ class FanoutHub:
             if len(rows) < 1000:
                 break
             cursor = rows[-1]["offset"]
-        # The read models may lag the tail: read what they lack straight from the log.
-        offset = max(projected, after + 1)
+        # The read models may lag the tail: read what they lack straight from the log
+        # (all of it, even at or before `after`, to see an outcome the client has seen).
+        offset = projected
         while offset < sub.handoff:
             records = await self.source.read(self.topic, sub.partition, offset, self.read_batch)
+            for record in records:
+                if record.offset >= sub.handoff or record.key != run_id:
+                    continue
+                event = _decode(record)
+                if event is None:
+                    continue
+                if record.offset > after:
+                    events.setdefault(record.offset, RunEvent.from_record(record, event))
+                elif event.type in TERMINAL_STATUS:
+                    status = TERMINAL_STATUS[event.type]
             if not records:
                 break
-            for record in records:
-                if record.offset >= sub.handoff:
-                    break
-                if record.key == run_id and record.offset not in events:
-                    event = _decode(record)
-                    if event is not None:
-                        events[record.offset] = RunEvent.from_record(record, event)
             offset = records[-1].offset + 1
-        # `status` was read first, so a finished run's outcome event is already in the
-        # timeline; if it is not after `after`, the client has seen it.
+        outcome_after = outcome_after or any(e.terminal_status for e in events.values())
+        # `status` was read before the timeline, so a finished run's outcome event is
+        # in the timeline or the log read; if it is not after `after`, the client saw it.
         ended = status if status in FINISHED_RUN and not outcome_after else None
         return [events[k] for k in sorted(events)], ended
 

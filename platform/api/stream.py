@@ -20,6 +20,7 @@ from sse_starlette import EventSourceResponse
 from starlette.websockets import WebSocketDisconnect
 
 from aob.platform.api.deps import CommandsDep
+from aob.platform.commands import Commands
 from aob.platform.fanout import FanoutHub, RunEvent, StreamFilter, StreamItem
 from aob.platform.problems import Problem
 
@@ -119,7 +120,6 @@ async def _sse_body(items: AsyncGenerator[StreamItem, None]) -> AsyncIterator[by
 async def websocket_run(
     websocket: WebSocket,
     run_id: str,
-    commands: CommandsDep,
     start: From = "now",
     last_event_id: LastEventId = None,
     node: Nodes = None,
@@ -132,6 +132,7 @@ async def websocket_run(
     an `error` message) for an unknown run.
     """
     await websocket.accept()
+    commands: Commands = websocket.app.state.commands
     try:
         await commands.run(run_id)
     except Problem as problem:

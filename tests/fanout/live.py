@@ -1,0 +1,150 @@
+"""A real `aob server dev` in a subprocess, for tests that talk to it as clients do."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+# A node type no worker in the dev server handles: its nodes stay scheduled until
+# they time out or the run is cancelled, which makes runs as long as a test needs.
+EXTERNAL_TYPE = "ext"
+
+HELD = {"name": "held", "nodes": [{"id": "wait", "type": EXTERNAL_TYPE}]}
+# ~10 attempts of 120 ms plus 40 ms backoff: events keep coming for about 1.6 s.
+SLOW = {
+    "name": "slow",
+    "nodes": [
+        {"id": "first", "type": "noop", "config": {"output": 1}},
+        {
+            "id": "wait",
+            "type": EXTERNAL_TYPE,
+            "timeout_ms": 120,
+            "retry": {"max_attempts": 10, "initial_backoff_ms": 40, "multiplier": 1},
+        },
+    ],
+    "edges": [{"from": "first", "to": "wait"}],
+}
+FAILING = {
+    "name": "failing",
+    "nodes": [
+        {"id": "ok", "type": "noop", "config": {"output": 1}},
+        {"id": "boom", "type": "transform", "config": {"expr": 'error("boom")'}},
+    ],
+    "edges": [{"from": "ok", "to": "boom"}],
+}
+QUICK = {
+    "name": "quick",
+    "output": ".nodes.b",
+    "nodes": [
+        {"id": "a", "type": "transform", "config": {"expr": ".inputs.x + 1"}},
+        {"id": "b", "type": "transform", "config": {"expr": ".nodes.a * 2"}},
+    ],
+    "edges": [{"from": "a", "to": "b"}],
+}
+
+
+class LiveServer:
+    """`python -m aob.platform dev` on a free port; `restart()` keeps port and data."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = 0
+        self.process: subprocess.Popen[str] | None = None
+        self.url = ""
+
+    def start(self) -> LiveServer:
+        env = {**os.environ, "AOB_NODE_TYPES": f'["{EXTERNAL_TYPE}"]'}
+        command = [
+            sys.executable,
+            "-m",
+            "aob.platform",
+            "dev",
+            "--data-dir",
+            str(self.data_dir),
+            "--port",
+            str(self.port),
+        ]
+        for _ in range(50):  # the old process's port may take a moment to free up
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline()
+            match = re.search(r"listening on (http://\S+)", line)
+            if match:
+                self.url = match.group(1)
+                self.port = int(self.url.rsplit(":", 1)[1])
+                return self
+            self.process.wait(timeout=10)
+            time.sleep(0.1)
+        raise AssertionError("the dev server did not start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.stop(sig)
+        self.start()
+
+    # --- API helpers ---------------------------------------------------------------
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30.0, trust_env=False)
+
+    def submit(self, definition: dict[str, Any], inputs: Any = None) -> str:
+        with self.client() as client:
+            response = client.post(
+                "/api/v1/runs", json={"definition": definition, "inputs": inputs or {}}
+            )
+            assert response.status_code == 202, response.text
+            run_id: str = response.json()["run_id"]
+            return run_id
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.get(f"/api/v1/runs/{run_id}")
+            assert response.status_code == 200, response.text
+            run: dict[str, Any] = response.json()
+            return run
+
+    def wait_finished(self, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = self.run(run_id)
+            if run["status"] in ("completed", "failed", "cancelled"):
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {run_id} did not finish within {timeout} s")
+
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's whole timeline (read model), once it has caught up."""
+        with self.client() as client:
+            items: list[dict[str, Any]] = client.get(
+                f"/api/v1/runs/{run_id}/events", params={"limit": 10000}
+            ).json()["items"]
+            return items
+
+    def cancel(self, run_id: str) -> None:
+        with self.client() as client:
+            response = client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "test"})
+            assert response.status_code == 202, response.text
+
+    def has_route(self, method: str, path: str) -> bool:
+        with self.client() as client:
+            paths = client.get("/openapi.json").json()["paths"]
+        return method.lower() in paths.get(path, {})

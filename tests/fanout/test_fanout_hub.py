@@ -1,0 +1,177 @@
+"""The fanout hub in process, over the real embedded log and read models: slow
+subscribers, read models lagging the log, duplicates in the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from aob.events.codec import encode
+from aob.events.log.port import Append
+from aob.events.log.sqlite import SqliteEventLog
+from aob.events.types import (
+    RUNS_TOPIC,
+    Event,
+    NodeCompleted,
+    NodeScheduled,
+    Payload,
+    RunCompleted,
+    RunSubmitted,
+)
+from aob.platform.commands import Commands
+from aob.platform.engine import Engine
+from aob.platform.fanout import (
+    FanoutHub,
+    RunEvent,
+    StreamBroken,
+    StreamEnd,
+    StreamFilter,
+    StreamItem,
+    sse_name,
+)
+from aob.platform.settings import Settings
+from aob.projections.readmodels.sqlite import SqliteReadModels
+from tests.fanout.live import SLOW
+
+
+async def collect(items: AsyncIterator[StreamItem]) -> list[StreamItem]:
+    return [item async for item in items]
+
+
+def offsets(items: list[StreamItem]) -> list[int]:
+    return [i.offset for i in items if isinstance(i, RunEvent)]
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
+    engine = await Engine.open(Settings(data_dir=tmp_path, node_types=["ext"]))
+    await engine.start()
+    yield engine
+    await engine.stop()
+
+
+async def test_a_slow_subscriber_is_dropped_and_catches_up_on_reconnect(engine: Engine) -> None:
+    hub = FanoutHub(engine.log, engine.read_models, queue_limit=12)
+    await hub.start()
+    try:
+        accepted = await Commands(engine).submit_run(
+            definition=SLOW,
+            tag=None,
+            workflow_id=None,
+            version=None,
+            inputs={},
+            actor="test",
+            trace_id="t",
+        )
+        run_id = accepted["run_id"]
+        slow = hub.stream(run_id, after=-1)
+        first = await anext(slow)  # subscribed; then it stops reading
+        everything = await collect(hub.stream(run_id, after=-1))
+        rest = await collect(slow)
+    finally:
+        await hub.stop()
+
+    assert isinstance(everything[-1], StreamEnd)
+    assert everything[-1].status == "failed"
+    assert isinstance(first, RunEvent)
+    broken = rest[-1]
+    assert isinstance(broken, StreamBroken)
+    assert broken.reason == "overflow"
+    assert hub.dropped == 1
+    got = [first.offset, *offsets(rest)]
+    assert got == offsets(everything)[: len(got)]  # what it got before the drop is right
+    assert broken.last_event_id == got[-1]
+
+    await hub.start()
+    try:
+        resumed = await collect(hub.stream(run_id, after=broken.last_event_id))
+    finally:
+        await hub.stop()
+    assert got + offsets(resumed) == offsets(everything)
+
+
+def _event(run_id: str, event_id: str, payload: Payload) -> Event:
+    return Event(event_id, run_id, 1_700_000_000_000, payload, "trace", None, "test")
+
+
+async def test_history_comes_from_the_log_where_the_read_models_lag(tmp_path: Path) -> None:
+    log = await SqliteEventLog.open(tmp_path / "log.db")
+    await log.create_topic(RUNS_TOPIC, 1)  # one partition: both runs interleave in it
+    read_models = SqliteReadModels.open(tmp_path / "rm.db")
+    definition = {"name": "w", "nodes": [{"id": "a", "type": "noop"}]}
+    mine, other = "run_mine", "run_other"
+    events = [
+        _event(mine, "e1", RunSubmitted(mine, definition, {}, ["noop"])),
+        _event(other, "o1", RunSubmitted(other, definition, {}, ["noop"])),
+        _event(mine, "e2", NodeScheduled(mine, "a", "noop", 0, 1, {}, {})),
+        _event(mine, "e3", NodeCompleted(mine, "a", 0, 1, 42)),
+        _event(mine, "e3", NodeCompleted(mine, "a", 0, 1, 42)),  # a producer retry
+        _event(mine, "e4", RunCompleted(mine, {"a": 42})),
+    ]
+    records = await log.append([Append(RUNS_TOPIC, e.key, encode(e)) for e in events])
+    # The projector has applied the first three records only.
+    read_models.apply([(r, e) for r, e in zip(records[:3], events[:3], strict=True)])
+    hub = FanoutHub(log, read_models)
+    await hub.start()
+    try:
+        items = await collect(hub.stream(mine, after=-1))
+        after_scheduled = await collect(hub.stream(mine, after=2))
+        seen_all = await collect(hub.stream(mine, after=5))
+        errors_only = await collect(
+            hub.stream(mine, after=-1, filter=StreamFilter(errors_only=True))
+        )
+    finally:
+        await hub.stop()
+        read_models.close()
+        await log.close()
+
+    assert offsets(items) == [0, 2, 3, 5]  # not the other run's, not the duplicate
+    assert [i.name for i in items if isinstance(i, RunEvent)] == [
+        "workflow_started",
+        "node_scheduled",
+        "node_completed",
+        "workflow_completed",
+    ]
+    assert items[-1] == StreamEnd(mine, "completed", 5)
+    assert offsets(after_scheduled) == [3, 5]
+    assert seen_all == [StreamEnd(mine, "completed", 5)]
+    assert errors_only == [StreamEnd(mine, "completed", 5)]
+
+
+async def test_live_events_follow_history_without_gap_while_appends_race(engine: Engine) -> None:
+    hub = FanoutHub(engine.log, engine.read_models)
+    await hub.start()
+    commands = Commands(engine)
+    try:
+        accepted = await commands.submit_run(
+            definition=SLOW,
+            tag=None,
+            workflow_id=None,
+            version=None,
+            inputs={},
+            actor="test",
+            trace_id="t",
+        )
+        run_id = accepted["run_id"]
+        # Subscribers join at staggered moments while the run is producing events.
+        streams = []
+        for _ in range(6):
+            streams.append(asyncio.create_task(collect(hub.stream(run_id, after=-1))))
+            await asyncio.sleep(0.15)
+        results = await asyncio.gather(*streams)
+    finally:
+        await hub.stop()
+    timeline = engine.read_models.timeline(run_id, limit=10_000)
+    expected = [row["offset"] for row in timeline]
+    for items in results:
+        assert offsets(items) == expected
+
+
+def test_wire_names() -> None:
+    assert sse_name("ApprovalRequested") == "approval_required"
+    assert sse_name("RunFailed") == "workflow_failed"
+    assert sse_name("PatchApplied") == "patch_applied"
+    assert sse_name("SomethingNew") == "something_new"

@@ -1,0 +1,224 @@
+"""Live run events over SSE against a real dev server: history, resume, filters, many clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.fanout import sse
+from tests.fanout.live import FAILING, HELD, QUICK, SLOW, LiveServer
+
+TERMINAL = {"workflow_completed", "workflow_failed", "workflow_cancelled"}
+
+
+@pytest.fixture
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30.0, trust_env=False) as c:
+        yield c
+
+
+async def test_history_from_start_is_the_whole_timeline_then_the_stream_ends(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(QUICK, {"x": 1})
+    server.wait_finished(run_id)
+    timeline = server.events(run_id)
+
+    stream = await sse.read(client, run_id, params={"from": "start"})
+
+    assert stream.closed_by_server
+    assert stream.ids == [e["offset"] for e in timeline]
+    assert [f.data["type"] for f in stream.events] == [e["type"] for e in timeline]
+    names = [f.event for f in stream.events]
+    assert names[0] == "workflow_started"
+    assert names.count("node_completed") == 2
+    assert names[-1] == "workflow_completed"
+    first = stream.events[0].data
+    assert first["id"] == stream.ids[0]
+    assert first["run_id"] == run_id
+    assert first["event_id"] == timeline[0]["event_id"]
+    assert stream.events[-1].data["data"]["output"] == 4
+    assert stream.end == {
+        "event": "end",
+        "run_id": run_id,
+        "status": "completed",
+        "last_event_id": stream.ids[-1],
+    }
+    assert stream.retry == 1000
+
+
+async def test_last_event_id_resumes_exactly_after_it(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(QUICK, {"x": 1})
+    server.wait_finished(run_id)
+    ids = [e["offset"] for e in server.events(run_id)]
+
+    for k, last in enumerate(ids):
+        resumed = await sse.read(client, run_id, headers={"Last-Event-ID": str(last)})
+        assert resumed.ids == ids[k + 1 :]
+        assert resumed.end is not None
+        assert resumed.end["status"] == "completed"
+    by_query = await sse.read(client, run_id, params={"last_event_id": ids[2]})
+    assert by_query.ids == ids[3:]
+    # The header wins over the query, as EventSource reuses the first URL on reconnect.
+    both = await sse.read(
+        client, run_id, params={"last_event_id": ids[0]}, headers={"Last-Event-ID": str(ids[3])}
+    )
+    assert both.ids == ids[4:]
+
+
+async def test_a_live_stream_cut_and_resumed_has_no_gap_and_no_duplicate(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(SLOW)
+    seen: list[int] = []
+    last = -1
+    # Drop the connection after every few events while the run is producing them.
+    while True:
+        part = await sse.read(client, run_id, headers={"Last-Event-ID": str(last)}, max_events=3)
+        seen += part.ids
+        if part.end is not None:
+            break
+        last = part.ids[-1]
+    server.wait_finished(run_id)
+    timeline = server.events(run_id)
+    assert seen == [e["offset"] for e in timeline]
+    assert len(seen) == len(set(seen)) > 20
+
+
+async def test_by_default_a_stream_starts_now(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    finished = server.submit(QUICK, {"x": 1})
+    server.wait_finished(finished)
+    at_once = await sse.read(client, finished)
+    assert at_once.events == []
+    assert at_once.end is not None
+    assert at_once.end["status"] == "completed"
+
+    held = server.submit(HELD)
+    await asyncio.sleep(0.3)
+    before = {e["offset"] for e in server.events(held)}
+    reader = asyncio.create_task(sse.read(client, held))
+    await asyncio.sleep(0.3)
+    server.cancel(held)
+    stream = await reader
+    assert [f.event for f in stream.events] == ["cancel_requested", "workflow_cancelled"]
+    assert not before & set(stream.ids)
+    assert stream.end is not None
+    assert stream.end["status"] == "cancelled"
+
+
+async def test_filters_by_node_and_errors(server: LiveServer, client: httpx.AsyncClient) -> None:
+    run_id = server.submit(FAILING)
+    server.wait_finished(run_id)
+
+    ok_only = await sse.read(client, run_id, params={"from": "start", "node": "ok"})
+    assert {f.data["node_id"] for f in ok_only.events[:-1]} == {"ok"}
+    assert ok_only.events[-1].event == "workflow_failed"  # the outcome always passes
+
+    errors = await sse.read(client, run_id, params={"from": "start", "filter": "errors"})
+    assert [f.event for f in errors.events] == ["node_failed", "workflow_failed"]
+    assert "boom" in errors.events[0].data["data"]["error"]
+    assert errors.end is not None
+    assert errors.end["status"] == "failed"
+
+    both = await sse.read(
+        client, run_id, params={"from": "start", "filter": "errors", "node": ["ok", "x"]}
+    )
+    assert [f.event for f in both.events] == ["workflow_failed"]
+
+
+async def test_many_clients_of_one_run_get_the_same_events(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(SLOW)
+    limits = httpx.Limits(max_connections=100)
+    async with httpx.AsyncClient(
+        base_url=server.url, timeout=30.0, limits=limits, trust_env=False
+    ) as many:
+        streams = await asyncio.gather(
+            *(sse.read(many, run_id, params={"from": "start"}) for _ in range(40))
+        )
+    server.wait_finished(run_id)
+    expected = [e["offset"] for e in server.events(run_id)]
+    for stream in streams:
+        assert stream.ids == expected
+        assert stream.end is not None
+        assert stream.end["status"] == "failed"
+
+
+async def test_heartbeats_keep_an_idle_stream_alive(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(HELD)
+
+    async def read_then_cancel() -> sse.Stream:
+        reader = asyncio.create_task(sse.read(client, run_id, params={"heartbeat": 0.1}))
+        await asyncio.sleep(0.6)
+        server.cancel(run_id)
+        return await reader
+
+    stream = await read_then_cancel()
+    assert stream.comments.count("heartbeat") >= 3
+    assert stream.end is not None
+    assert stream.end["status"] == "cancelled"
+
+
+async def test_browsers_may_read_streams_from_any_origin(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(QUICK, {"x": 1})
+    server.wait_finished(run_id)
+    stream = await sse.read(client, run_id, headers={"Origin": "https://ui.example"})
+    assert stream.headers is not None
+    assert stream.headers["access-control-allow-origin"] == "*"
+    assert stream.headers["cache-control"] == "no-store"
+
+    preflight = await client.options(
+        f"/api/v1/runs/{run_id}/stream",
+        headers={
+            "Origin": "https://ui.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "last-event-id",
+        },
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "Last-Event-ID" in preflight.headers["access-control-allow-headers"]
+
+
+async def test_bad_requests_get_problems(server: LiveServer, client: httpx.AsyncClient) -> None:
+    unknown = await client.get("/api/v1/runs/run_nope/stream")
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert unknown.json()["detail"] == "no run 'run_nope'"
+
+    run_id = server.submit(QUICK, {"x": 1})
+    bad_id = await client.get(f"/api/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "x"})
+    assert bad_id.status_code == 400
+    assert "Last-Event-ID" in bad_id.json()["detail"]
+    bad_filter = await client.get(f"/api/v1/runs/{run_id}/stream", params={"filter": "all"})
+    assert bad_filter.status_code == 422
+
+
+async def test_terminal_events_are_named_as_the_seed_names_them(
+    server: LiveServer, client: httpx.AsyncClient
+) -> None:
+    run_id = server.submit(FAILING)
+    server.wait_finished(run_id)
+    stream = await sse.read(client, run_id, params={"from": "start"})
+    names = [f.event for f in stream.events]
+    assert {
+        "workflow_started",
+        "node_scheduled",
+        "node_completed",
+        "node_failed",
+        "workflow_failed",
+    } <= set(names)
+    assert set(names) & TERMINAL == {"workflow_failed"}
+    assert all(f.data["event"] == f.event for f in stream.events)
