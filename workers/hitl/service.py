@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 REQUESTS_GROUP = "aob-worker-hitl"
 DECISIONS_GROUP = "aob-hitl-decisions"
+COMMIT_INTERVAL = 1.0  # seconds between commits of positions that led to no outcome
 
 
 class ApprovalStore(Protocol):
@@ -154,16 +155,23 @@ class HitlService:
     # --- decisions ---------------------------------------------------------------------
 
     async def _serve_decisions(self, stop: asyncio.Event) -> None:
+        """Positions are committed with each outcome, else at most once a second:
+        this reads every run event, and re-reading a few after a crash is harmless."""
+        uncommitted, last_commit = False, time.monotonic()
         while not stop.is_set():
             records = await self.decisions.poll(timeout=0.5)
             appends: list[Append] = []
             for record in records:
                 outcome = await self._resolve(record, stop)
                 if outcome is None:
-                    return  # stopping: leave the offsets where they were
+                    return  # stopped mid-batch: keep the last committed positions
                 appends.extend(outcome)
-            if records:
+            uncommitted = uncommitted or bool(records)
+            if appends or (uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL):
                 await self.decisions.commit(appends)
+                uncommitted, last_commit = False, time.monotonic()
+        if uncommitted:
+            await self.decisions.commit()
 
     async def _resolve(self, record: Record, stop: asyncio.Event) -> list[Append] | None:
         """The node outcome if this record is the decision that won; None if stopped."""
