@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,11 @@ class NodeType:
     concurrency: int = 16
 
 
+# Task ids a worker remembers: a coordinator replay may re-emit a NodeScheduled
+# (same derived id) that this worker has already executed or is executing.
+_RECENT_TASKS = 10_000
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -80,6 +86,7 @@ class WorkerHost:
         self._ready: list[Append] = []
         self._wake_flusher = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recent: OrderedDict[str, None] = OrderedDict()  # LRU of executed task ids
 
     async def start(self) -> None:
         await self.consumer.start()
@@ -129,7 +136,7 @@ class WorkerHost:
     async def _execute(self, record: Record) -> list[Append]:
         task_event = decode(record.value)
         task = task_event.payload
-        if not isinstance(task, NodeScheduled):
+        if not isinstance(task, NodeScheduled) or self._seen_before(task_event.event_id):
             return []
         started = NodeStarted(
             task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id
@@ -141,6 +148,15 @@ class WorkerHost:
         outcome = await self._outcome(task)
         appends.append(self._append(task_event, "outcome", outcome))
         return appends
+
+    def _seen_before(self, task_id: str) -> bool:
+        """Remember `task_id`; True if it was already remembered."""
+        seen = task_id in self._recent
+        self._recent[task_id] = None
+        self._recent.move_to_end(task_id)
+        if len(self._recent) > _RECENT_TASKS:
+            self._recent.popitem(last=False)
+        return seen
 
     async def _outcome(self, task: NodeScheduled) -> Payload:
         try:
