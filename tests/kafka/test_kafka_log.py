@@ -65,7 +65,7 @@ async def test_records_and_offsets_survive_the_adapter_restarting(kafka_bootstra
         await second.close()
 
 
-async def test_wait_for_append_sees_another_process_append(kafka_bootstrap: str) -> None:
+async def test_wait_for_append_sees_another_clients_append(kafka_bootstrap: str) -> None:
     topic = unique("wake")
     async with (
         await KafkaEventLog.open(kafka_bootstrap) as writer,
