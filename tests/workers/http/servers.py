@@ -142,11 +142,11 @@ class Server:
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             pass
         except asyncio.CancelledError:  # stopping: end quietly (asyncio logs a cancelled handler)
-            pass
+            writer.transport.abort()  # and skip the TLS shutdown handshake with an idle client
         finally:
             self._handlers.discard(handler)
             writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 await writer.wait_closed()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
