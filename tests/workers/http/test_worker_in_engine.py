@@ -28,7 +28,11 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(Settings(data_dir=tmp_path / "data"))
     async with app.router.lifespan_context(app):
         settings = HttpWorkerSettings(  # type: ignore[call-arg]
-            _env_file=None, allow=["127.0.0.1"], ports=["1-65535"], secrets={"api": SecretStr(SECRET)})
+            _env_file=None,
+            allow=["127.0.0.1"],
+            ports=["1-65535"],
+            secrets={"api": SecretStr(SECRET)},
+        )
         worker = HttpWorker(settings, registry=CollectorRegistry())
         host = WorkerHost(app.state.engine.log, worker.node_type(), worker_id="http")
         await host.start()
