@@ -72,15 +72,14 @@ def table(
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
-    lines = [
-        "  ".join(style.paint(h.ljust(w), "bold") for h, w in zip(headers, widths, strict=True))
-    ]
+    last = len(headers) - 1
+    head = [h if i == last else h.ljust(widths[i]) for i, h in enumerate(headers)]
+    lines = ["  ".join(style.paint(h, "bold") for h in head)]
     for row in rows:
         cells = []
-        for i, (cell, width) in enumerate(zip(row, widths, strict=True)):
-            last = i == len(row) - 1
-            padded = cell if last else cell.ljust(width)
-            cells.append(style.status(cell, 0 if last else width) if i == statuses else padded)
+        for i, cell in enumerate(row):
+            width = 0 if i == last else widths[i]
+            cells.append(style.status(cell, width) if i == statuses else cell.ljust(width))
         lines.append("  ".join(cells).rstrip())
     return "\n".join(lines)
 
@@ -135,6 +134,9 @@ _EVENT_STYLE = {
 }
 
 
+_PAST = {"approve": "approved", "reject": "rejected"}
+
+
 def event_detail(message: Mapping[str, Any]) -> str:
     """What an event says, in a few words."""
     data = message.get("data") or {}
@@ -160,7 +162,8 @@ def event_detail(message: Mapping[str, Any]) -> str:
         ),
         "approval_decided": lambda: (
             f"approval {data.get('approval_id')} "
-            f"{data.get('decision')} by {data.get('decided_by')}"
+            f"{_PAST.get(data.get('decision', ''), data.get('decision'))} "
+            f"by {data.get('decided_by')}"
             + (f": {data['comments']}" if data.get("comments") else "")
         ),
         "patch_proposed": lambda: (
