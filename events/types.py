@@ -59,6 +59,11 @@ class RunSubmitted:
 
     `known_types` are the node types the platform could execute at submission;
     nodes of any other type complete as skipped with a warning.
+
+    `checkpoint` is set when the run replays another from a point of its history:
+    {"run_id": <the run replayed>, "from_event": <its last event kept>,
+    "outputs": {node id: output}} - the nodes that had completed by then start out
+    completed with those outputs, and only the rest of the workflow runs.
     """
 
     run_id: str
@@ -68,6 +73,7 @@ class RunSubmitted:
     workflow_id: str | None = None
     version: int | None = None
     tag: str | None = None
+    checkpoint: Json = None
 
 
 @dataclass(frozen=True, slots=True)

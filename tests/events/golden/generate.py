@@ -84,6 +84,7 @@ def samples() -> dict[str, Event]:
                 workflow_id="wf-1",
                 version=3,
                 tag="prod",
+                checkpoint={"run_id": "run-0", "from_event": 7, "outputs": {"fetch": [1, 2]}},
             ),
             trace_id="trace-1",
             actor="api:bob",
