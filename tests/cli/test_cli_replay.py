@@ -31,11 +31,12 @@ LOOP: dict[str, Any] = {
 
 
 def offset_after(events: list[dict[str, Any]], event_type: str, node_id: str) -> int:
-    return next(
+    offset: int = next(
         e["offset"]
         for e in events
         if e["type"] == event_type and e["data"].get("node_id") == node_id
     )
+    return offset
 
 
 def test_replay_from_an_event_keeps_what_had_completed(aob: Cli, server: LiveServer) -> None:
