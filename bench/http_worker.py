@@ -116,6 +116,8 @@ class _ServerProcess:
     def __exit__(self, *_exc: object) -> None:
         self.process.terminate()
         self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 # --- the clients ------------------------------------------------------------------------------
