@@ -39,6 +39,7 @@ from aob.events.types import Json
 from aob.projections.workflow.expressions import ExpressionError, evaluate
 from aob.workers.http.settings import HttpWorkerSettings
 
+USER_AGENT = "aob-http-worker"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # The worker owns these: Host must name the host the guard judged, and framing is httpx's.
@@ -173,9 +174,12 @@ def build_request(config: Json, context: Json, settings: HttpWorkerSettings) -> 
     if body is not None and not any(name.lower() == "content-type" for name, _ in headers):
         kind = "application/json" if _is_json_body(node) else "text/plain; charset=utf-8"
         headers.append(("content-type", kind))
-    if not any(name.lower() == "accept-encoding" for name, _ in headers):
+    names = {name.lower() for name, _ in headers}
+    if "accept-encoding" not in names:
         # No compression unless asked: max_response_bytes then bounds what is read.
         headers.append(("accept-encoding", "identity"))
+    if "user-agent" not in names:
+        headers.append(("user-agent", USER_AGENT))
     return RequestSpec(
         method=method,
         url=_with_query(node.url, node.query),

@@ -320,7 +320,8 @@ async def _read_limited(response: httpx.Response, limit: int, shown: str) -> byt
     too_large = _Failure(f"{shown}: response body exceeds max_response_bytes ({limit})",
                          retry="never")
     declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    # A HEAD response declares the length of the GET's body, which is not sent.
+    if response.request.method != "HEAD" and declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
     async for chunk in response.aiter_bytes():

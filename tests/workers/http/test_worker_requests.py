@@ -70,6 +70,16 @@ async def test_a_whole_value_template_keeps_its_json_type(worker, server, base):
     assert sent["headers"]["content-type"] == "application/json"
 
 
+async def test_requests_say_who_sends_them(worker, server, base):
+    server.route("/echo", echo)
+    default = await worker.handle(task({"url": base + "/echo"}))
+    assert default["body"]["headers"]["user-agent"] == "aob-http-worker"
+    assert default["body"]["headers"]["accept-encoding"] == "identity"
+    custom = await worker.handle(task({"url": base + "/echo",
+                                       "headers": {"User-Agent": "mine/1"}}))
+    assert custom["body"]["headers"]["user-agent"] == "mine/1"
+
+
 async def test_string_bodies_are_sent_as_text_unless_told(worker, server, base):
     server.route("/text", echo)
     text = await worker.handle(task({"method": "PUT", "url": base + "/text", "body": "hello"}))
@@ -277,6 +287,14 @@ async def test_response_size_is_limited(worker, server, base):
         assert error.retryable is False
     output = await worker.handle(task({"url": base + "/small", "max_response_bytes": 1000}))
     assert len(output["body"]) == 1000
+
+
+async def test_a_head_response_declaring_a_large_body_is_fine(worker, server, base):
+    server.route("/big", Response(200, b"x" * 5000))
+    output = await worker.handle(task({"method": "HEAD", "url": base + "/big",
+                                       "max_response_bytes": 1000}))
+    assert output["headers"]["content-length"] == "5000"
+    assert output["body"] is None
 
 
 async def test_node_limits_cannot_exceed_the_workers(make_worker, base):

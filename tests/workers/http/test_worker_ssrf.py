@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from aob.workers.host import NodeError
 from aob.workers.http.transport import PinnedBackend, pinned
 from tests.workers.http.conftest import ScriptedResolver, task
-from tests.workers.http.servers import Recorder, Response
+from tests.workers.http.servers import Recorder, Response, Server
 
 
 async def failure(worker, config, **task_options) -> NodeError:
@@ -98,6 +98,21 @@ async def test_a_pooled_connection_is_not_used_for_a_refused_answer(make_worker,
     assert (await worker.handle(task({"url": url})))["status"] == 200
     assert len(server.requests) == 2
     assert server.connections == 1  # one pooled connection served both allowed requests
+
+
+async def test_ipv6_literals_are_pinned_too(make_worker, recorder):
+    server = await Server().start("::1")
+    try:
+        server.route("/ok", Response(200, "ok"))
+        worker = make_worker(allow=["::1"])
+        output = await worker.handle(task({"url": f"http://[::1]:{server.port}/ok"}))
+        assert output["body"] == "ok"
+        assert server.requests[0].local == "::1"
+        assert server.requests[0].headers["host"] == f"[::1]:{server.port}"
+        error = await failure(worker, {"url": f"http://[::ffff:127.0.0.2]:{recorder.port}/"})
+        assert "ipv4-mapped:loopback" in str(error)
+    finally:
+        await server.stop()
 
 
 async def test_the_backend_refuses_connections_the_guard_did_not_pin(server):
