@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,3 +22,20 @@ class Settings(BaseSettings):
     # "NORMAL" survives a crash of the process, "FULL" also a power loss.
     log_synchronous: str = "NORMAL"
     max_request_bytes: int = 2 * 1024 * 1024
+
+    # Agent nodes: the OpenAI-compatible endpoint and the bounds of one node attempt.
+    # Nodes may override the endpoint, model, key (by name, from llm_api_keys) and limits.
+    llm_base_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_api_key: SecretStr = SecretStr("")
+    llm_api_keys: dict[str, SecretStr] = {}
+    llm_max_retries: int = Field(default=3, ge=0, le=10)  # SDK retries on 429, 5xx, ...
+    llm_timeout_ms: int = Field(default=60_000, ge=1)
+    llm_max_connections: int = Field(default=100, ge=1)  # the one shared pool
+    llm_max_rounds: int = Field(default=10, ge=0)  # tool-call rounds per node
+    llm_max_tokens: int = Field(default=100_000, ge=1)  # token budget per node
+    llm_max_wall_ms: int = Field(default=300_000, ge=1)
+    llm_max_patch_attempts: int = Field(default=3, ge=1)  # invalid patches before failing
+    llm_max_delegation_depth: int = Field(default=2, ge=0)
+    llm_blob_threshold_bytes: int = Field(default=64 * 1024, ge=0)
+    llm_concurrency: int = Field(default=16, ge=1)  # agent nodes in flight per worker

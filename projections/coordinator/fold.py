@@ -31,6 +31,8 @@ from aob.events.types import (
     PatchApplied,
     PatchProposed,
     PatchRejected,
+    PatchReviewed,
+    PatchReviewRequested,
     Payload,
     RunCancelled,
     RunCancelRequested,
@@ -177,7 +179,9 @@ class _Step:
                 self._on_timer(payload)
             case PatchProposed():
                 self._on_patch(payload)
-            case PatchApplied() | PatchRejected():
+            case PatchReviewed():
+                self._on_review(payload)
+            case PatchApplied() | PatchRejected() | PatchReviewRequested():
                 pass  # decided (and applied) while folding the PatchProposed
             case ApprovalRequested():
                 self._on_approval_requested(payload)
@@ -303,20 +307,46 @@ class _Step:
         if event.patch_id in state.patches:
             return  # proposed again (at-least-once): decided already
         state.patches.add(event.patch_id)
+        # An agent's patch waits for a reviewer when the workflow asks for review; the
+        # policy is the submitted definition's, so no patch can lift it.
+        review = event.node_id is not None and state.base.get("patch_policy") == "review"
+        self._decide_patch(event.patch_id, event.operations, review=review)
+
+    def _on_review(self, event: PatchReviewed) -> None:
+        """A reviewer's decision: an approved patch applies if it still does (the run
+        may have moved on since it was proposed)."""
+        operations = self.state.pending_patches.pop(event.patch_id, None)
+        if operations is None:
+            return  # not awaiting review (decided already, or never proposed)
+        if event.decision == "approve":
+            self._decide_patch(event.patch_id, operations)
+            return
+        reason = f"rejected in review by {event.reviewed_by}"
+        reason += f": {event.reason}" if event.reason else ""
+        self.emit(PatchRejected(self.state.run_id, event.patch_id, [reason]))
+        self._check_completion()
+
+    def _decide_patch(self, patch_id: str, operations: Any, *, review: bool = False) -> None:
+        state = self.state
         outcome = apply_patch(
             state.definition,
-            event.operations,
+            operations,
             frozen_nodes=frozenset(state.ever_started),
             base_node_ids=_node_ids(state.base),
             agents_added_so_far=state.agents_added,
         )
         if outcome.problems or outcome.definition is None:
             reasons = [f"{p.path}: {p.message}" if p.path else p.message for p in outcome.problems]
-            self.emit(PatchRejected(state.run_id, event.patch_id, reasons))
+            self.emit(PatchRejected(state.run_id, patch_id, reasons))
+            self._check_completion()
+            return
+        if review:
+            state.pending_patches[patch_id] = operations
+            self.emit(PatchReviewRequested(state.run_id, patch_id))
             return
         self._adopt(outcome.definition, outcome.added_agents)
         added = list(outcome.added_nodes)
-        self.emit(PatchApplied(state.run_id, event.patch_id, state.revision, added))
+        self.emit(PatchApplied(state.run_id, patch_id, state.revision, added))
         self._reevaluate_pending()
 
     def _adopt(self, definition: dict[str, Any], added_agents: int) -> None:
@@ -497,6 +527,8 @@ class _Step:
         state = self.state
         if state.is_finished or state.outstanding or state.pending_approvals:
             return
+        if state.pending_patches:
+            return  # a patch under review may still add work
         if self._ending or any(n.status is NodeStatus.PENDING for n in state.nodes.values()):
             return  # pending nodes: a decision for them is already queued in this step
         self.emit(self._run_outcome())

@@ -60,7 +60,8 @@ class RunState:
     `loop_counts` counts how often each loop edge (source, target) was taken: keyed
     by the edge, not its position, so a patch adding edges cannot shift the counts.
     `ever_started` names the nodes a patch may no longer rewrite; `patches` the
-    patch ids already decided. `pending_approvals` maps each approval awaiting a
+    patch ids already decided (`pending_patches` those still under review, which keep
+    the run from completing). `pending_approvals` maps each approval awaiting a
     decision to the node that asked for it: it lapses when that node finishes.
     """
 
@@ -80,6 +81,8 @@ class RunState:
     ever_started: set[str] = field(default_factory=set)
     pending_approvals: dict[str, str] = field(default_factory=dict)
     patches: set[str] = field(default_factory=set)
+    # Valid agent patches waiting for a reviewer (patch_policy review): id -> operations.
+    pending_patches: dict[str, Any] = field(default_factory=dict)
     revision: int = 0
     agents_added: int = 0
     outstanding: int = 0

@@ -42,6 +42,7 @@ from aob.events.types import (
     TagMoved,
     TimerFired,
     TimerSet,
+    ToolRegistered,
     WorkflowCreated,
 )
 from aob.projections.workflow.definition import ON_TIMEOUT_DEFAULT
@@ -192,7 +193,7 @@ def project(event: Event, position: Positioned) -> Plan:
     if handler is not None:
         yield from handler(event.payload, event)
     payload = event.payload
-    if not isinstance(payload, WorkflowCreated | TagMoved):
+    if not isinstance(payload, WorkflowCreated | TagMoved | ToolRegistered):
         yield Exec(TOUCH_RUN, {"run_id": payload.run_id, "at": event.occurred_at})
 
 

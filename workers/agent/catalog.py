@@ -1,0 +1,193 @@
+"""Tools agents can find and use: composite tools and OpenAPI documents.
+
+The catalog is a projection of the `aob.tools` topic (`ToolRegistered` events, keyed
+by name; the latest registration of a name wins), held in memory: every process
+that needs it folds the topic from offset 0 (`follow`), so it needs no database.
+
+- A composite tool (kind "pipeline") is a named, reusable pipeline: `steps` (see
+  `pipeline`) and an optional JSON Schema `parameters` for its input.
+- An OpenAPI document (kind "openapi") is `{"document": {...}, "base_url"?: url}`;
+  agents call its operations by operation id (`openapi`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from aob.events.codec import CodecError, decode
+from aob.events.log.port import EventLog
+from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
+
+KINDS = ("pipeline", "openapi")
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_WORD = re.compile(r"[a-z0-9]+")
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+class InvalidTool(ValueError):
+    """A registration that cannot be used; the message says why."""
+
+
+def check_registration(name: str, kind: str, spec: Json) -> None:
+    """Refuse a tool registration agents could not use. Raises InvalidTool."""
+    if not _NAME.fullmatch(name):
+        raise InvalidTool("name: 1-64 characters from A-Z, a-z, 0-9, '_', '.' and '-'")
+    if kind not in KINDS:
+        raise InvalidTool(f"kind: one of {', '.join(KINDS)}")
+    if not isinstance(spec, dict):
+        raise InvalidTool("spec must be an object")
+    if kind == "pipeline":
+        steps = spec.get("steps")
+        if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
+            raise InvalidTool("spec.steps must be a non-empty array of step objects")
+        parameters = spec.get("parameters")
+        if parameters is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(parameters)
+            except jsonschema.SchemaError as error:
+                message = f"spec.parameters is not a JSON Schema: {error.message}"
+                raise InvalidTool(message) from None
+        return
+    document = spec.get("document")
+    if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
+        raise InvalidTool("spec.document must be an OpenAPI document with paths")
+    if not list(operations(document)):
+        raise InvalidTool("spec.document has no operation with an operationId")
+    base_url = spec.get("base_url", server_url(document))
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise InvalidTool("give spec.base_url (http or https), or servers[0].url in the document")
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    operation_id: str
+    method: str
+    path: str
+    spec: dict[str, Any]
+
+    @property
+    def summary(self) -> str:
+        text = self.spec.get("summary") or self.spec.get("description") or ""
+        return str(text)
+
+
+def operations(document: dict[str, Any]) -> Iterator[Operation]:
+    """Every operation of `document` that has an operationId."""
+    paths = document.get("paths")
+    for path, item in (paths.items() if isinstance(paths, dict) else ()):
+        if not isinstance(item, dict):
+            continue
+        for method in HTTP_METHODS:
+            spec = item.get(method)
+            if isinstance(spec, dict) and isinstance(spec.get("operationId"), str):
+                shared = item.get("parameters", [])
+                merged = {**spec, "parameters": _merge_parameters(shared, spec.get("parameters"))}
+                yield Operation(spec["operationId"], method.upper(), path, merged)
+
+
+def _merge_parameters(shared: Any, own: Any) -> list[Any]:
+    """Path-level parameters apply unless the operation redefines (name, in)."""
+    own_list = own if isinstance(own, list) else []
+    keys = {(p.get("name"), p.get("in")) for p in own_list if isinstance(p, dict)}
+    inherited = [
+        p for p in (shared if isinstance(shared, list) else [])
+        if isinstance(p, dict) and (p.get("name"), p.get("in")) not in keys
+    ]
+    return inherited + own_list
+
+
+def server_url(document: dict[str, Any]) -> str | None:
+    servers = document.get("servers")
+    if isinstance(servers, list) and servers and isinstance(servers[0], dict):
+        url = servers[0].get("url")
+        return url if isinstance(url, str) else None
+    return None
+
+
+@dataclass
+class ToolCatalog:
+    """The registered tools, by name; fed `ToolRegistered` events in log order."""
+
+    tools: dict[str, ToolRegistered] = field(default_factory=dict)
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def apply(self, event: ToolRegistered) -> None:
+        self.tools[event.name] = event
+
+    def get(self, name: str, kind: str | None = None) -> ToolRegistered | None:
+        tool = self.tools.get(name)
+        if tool is None or (kind is not None and tool.kind != kind):
+            return None
+        return tool
+
+    def search(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
+        """Composite tools and OpenAPI operations that match `query`'s words, best first."""
+        words = set(_WORD.findall(query.lower()))
+        scored: list[tuple[int, str, dict[str, Any]]] = []
+        for tool in self.tools.values():
+            for entry in _entries(tool):
+                text = " ".join(str(v) for v in entry.values() if isinstance(v, str)).lower()
+                score = sum(1 for word in words if word in text) if words else 1
+                if score:
+                    scored.append((-score, entry["name"], entry))
+        scored.sort(key=lambda item: (item[0], item[1]))
+        return [entry for _, _, entry in scored[:limit]]
+
+    async def follow(self, log: EventLog, stop: asyncio.Event, *, interval: float = 0.5) -> None:
+        """Fold `aob.tools` from where this catalog stands until `stop` is set."""
+        while not stop.is_set():
+            if not await self.catch_up(log):
+                await log.wait_for_append(interval)
+
+    async def catch_up(self, log: EventLog) -> bool:
+        """Read what is new on `aob.tools`; True when something was read."""
+        read = False
+        for partition in range(await log.partitions(TOOLS_TOPIC)):
+            offset = self.positions.get(partition, 0)
+            for record in await log.read(TOOLS_TOPIC, partition, offset):
+                self.positions[partition] = record.offset + 1
+                read = True
+                try:
+                    payload = decode(record.value).payload
+                except CodecError:
+                    continue  # not ours to judge; the log's other readers report it
+                if isinstance(payload, ToolRegistered):
+                    self.apply(payload)
+        return read
+
+
+def _entries(tool: ToolRegistered) -> Iterator[dict[str, Any]]:
+    spec = tool.spec if isinstance(tool.spec, dict) else {}
+    if tool.kind == "pipeline":
+        yield {
+            "kind": "composite_tool",
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": spec.get("parameters"),
+            "use": f'execute_pipeline with {{"tool": "{tool.name}", "input": ...}}',
+        }
+        return
+    document = spec.get("document")
+    for operation in operations(document if isinstance(document, dict) else {}):
+        yield {
+            "kind": "openapi_operation",
+            "name": f"{tool.name}.{operation.operation_id}",
+            "api": tool.name,
+            "operation_id": operation.operation_id,
+            "description": f"{operation.method} {operation.path} {operation.summary}".strip(),
+            "parameters": [
+                {k: p.get(k) for k in ("name", "in", "required", "schema") if k in p}
+                for p in operation.spec.get("parameters", [])
+                if isinstance(p, dict)
+            ],
+            "has_body": "requestBody" in operation.spec,
+            "use": f'openapi_action with {{"api": "{tool.name}", '
+                   f'"operation_id": "{operation.operation_id}", "arguments": {{...}}}}',
+        }

@@ -1,0 +1,279 @@
+"""The agent runner: executes `agent` nodes (topic `aob.tasks.agent`) with an LLM and tools.
+
+One node attempt is a conversation: the stable prefix (system prompt, tool
+schemas), the node's context, its prompt; then rounds of "the model calls tools,
+the runner answers with their results" until the model answers without a tool call.
+That answer is the node's output.
+
+Bounded: at most `max_rounds` tool-call rounds, `max_tokens` tokens (prompt plus
+completion, summed over calls, from the usage blocks) and `max_wall_ms` of wall
+time; crossing one fails the node, without retries, saying which. Every attempt
+appends `AgentUsageRecorded` (calls, tokens, cached tokens) before its outcome.
+Outputs larger than the blob threshold go to the content-addressed store; the event
+carries `{"$blob": ref, "bytes": n}` instead.
+
+LLM failures the SDK could not retry away fail the node: retryable for 408, 409,
+429, 5xx and connection errors (the node's retry policy decides), final otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import openai
+
+from aob.events.blobs import BlobStore
+from aob.events.codec import encode
+from aob.events.ids import new_event_id
+from aob.events.log.port import Append
+from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
+from aob.workers.agent.config import AgentConfig, ConfigError, agent_config
+from aob.workers.agent.llm import LlmClients, Usage
+from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
+from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
+from aob.workers.host import NodeError, NodeType
+from aob.workers.http.config import ConfigError as TemplateError
+from aob.workers.http.config import render
+
+log = logging.getLogger(__name__)
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+
+
+@dataclass
+class _Conversation:
+    messages: list[dict[str, Any]]
+    usage: Usage = field(default_factory=Usage)
+    rounds: int = 0
+    tool_calls: int = 0
+
+
+class AgentRunner:
+    """Executes agent nodes. Close with `aclose` (the shared LLM connection pool)."""
+
+    def __init__(
+        self,
+        services: AgentServices,
+        *,
+        clients: LlmClients | None = None,
+        blobs: BlobStore | None = None,
+        concurrency: int = 16,
+    ) -> None:
+        self.services = services
+        self.clients = clients or LlmClients()
+        self.blobs = blobs
+        self.concurrency = concurrency
+        # Time spent awaiting the LLM, for the benchmark's per-decision overhead.
+        self.llm_seconds = 0.0
+        self.decisions = 0
+
+    def node_type(self) -> NodeType:
+        return NodeType("agent", self.handle, announce_start=True, concurrency=self.concurrency)
+
+    async def aclose(self) -> None:
+        await self.clients.aclose()
+        close = getattr(self.services.fetch, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def handle(self, task: NodeScheduled) -> Json:
+        """Run one agent node attempt; its output, or NodeError."""
+        config = self._config(task)
+        loop = asyncio.get_running_loop()
+        tools = ToolBox(self.services, task, config, loop.time() + config.max_wall_ms / 1000)
+        conversation = _Conversation(_opening(config))
+        outcome = "failed"
+        try:
+            async with asyncio.timeout(config.max_wall_ms / 1000):
+                answer = await self._converse(conversation, config, tools)
+            outcome = "completed"
+        except TimeoutError:
+            raise AgentFailure(
+                f"agent exceeded its wall time of {config.max_wall_ms} ms "
+                f"(after {conversation.rounds} tool-call rounds)"
+            ) from None
+        except openai.APIStatusError as error:
+            raise _llm_status_error(error, config) from None
+        except openai.APIConnectionError as error:
+            raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
+                            retryable=True) from None
+        finally:
+            await self._record_usage(task, config, conversation, outcome)
+        output = {
+            "answer": answer,
+            "rounds": conversation.rounds,
+            "tool_calls": conversation.tool_calls,
+            "usage": conversation.usage.as_dict(),
+            "patches": tools.patches,
+        }
+        return await self._stored_if_large(output)
+
+    def _config(self, task: NodeScheduled) -> AgentConfig:
+        try:
+            config = agent_config(task.config, self.services.defaults)
+            prompt = render(config.prompt, task.input, "config.prompt")
+            instructions = render(config.instructions, task.input, "config.instructions")
+        except (ConfigError, TemplateError) as error:
+            raise NodeError(f"agent node config: {error}", retryable=False) from None
+        return _with_texts(config, _text(prompt), _text(instructions))
+
+    async def _converse(self, conversation: _Conversation, config: AgentConfig,
+                        tools: ToolBox) -> Json:
+        task = tools.task
+        definition = None
+        if "patch_workflow" in tools.available:
+            definition = await tools.current_definition()
+        conversation.messages[1]["content"] = node_context(
+            run_id=task.run_id, node_id=task.node_id, available=tools.available,
+            inputs=task.input, definition=definition, instructions=config.instructions,
+        )
+        while True:
+            message = await self._decide(conversation, config)
+            calls = message.tool_calls or []
+            if not calls:
+                answer, retry_note = _answer(message.content, config.output)
+                if retry_note is None:
+                    return answer
+                self._next_round(conversation, config)
+                conversation.messages.append({"role": "assistant", "content": message.content})
+                conversation.messages.append({"role": "user", "content": retry_note})
+                continue
+            self._next_round(conversation, config)
+            conversation.messages.append(_assistant_message(message.content, calls))
+            for call in calls:
+                conversation.tool_calls += 1
+                function = getattr(call, "function", None)
+                if function is None:  # a custom (non-function) tool call: nothing we offer
+                    result = json.dumps({"error": "only function tools are available"})
+                else:
+                    result = await tools.call(function.name, function.arguments)
+                conversation.messages.append(
+                    {"role": "tool", "tool_call_id": call.id, "content": result}
+                )
+
+    async def _decide(self, conversation: _Conversation, config: AgentConfig) -> Any:
+        """One LLM call: the model's next message. Enforces the token budget."""
+        budget = config.max_tokens - conversation.usage.total_tokens
+        started = time.perf_counter()
+        try:
+            completion = await self.clients.complete(
+                config.endpoint, conversation.messages, TOOLS, max_completion_tokens=None
+            )
+        finally:
+            self.llm_seconds += time.perf_counter() - started
+            self.decisions += 1
+        conversation.usage.add(completion)
+        if conversation.usage.total_tokens > config.max_tokens:
+            raise AgentFailure(
+                f"agent exceeded its token budget of {config.max_tokens} tokens "
+                f"({conversation.usage.total_tokens} used in {conversation.usage.llm_calls} "
+                f"LLM calls; {budget} were left before the last call)"
+            )
+        if not completion.choices:
+            raise NodeError("the LLM answered with no choices", retryable=True)
+        return completion.choices[0].message
+
+    def _next_round(self, conversation: _Conversation, config: AgentConfig) -> None:
+        if conversation.rounds >= config.max_rounds:
+            raise AgentFailure(
+                f"agent exceeded its limit of {config.max_rounds} tool-call rounds "
+                "without a final answer"
+            )
+        conversation.rounds += 1
+
+    async def _record_usage(self, task: NodeScheduled, config: AgentConfig,
+                            conversation: _Conversation, outcome: str) -> None:
+        usage = conversation.usage
+        payload = AgentUsageRecorded(
+            task.run_id, task.node_id, task.iteration, task.attempt, config.endpoint.model,
+            usage.llm_calls, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
+            cached_tokens=usage.cached_tokens, tool_calls=conversation.tool_calls,
+            outcome=outcome,
+        )
+        event = Event(new_event_id(), task.run_id, time.time_ns() // 1_000_000, payload,
+                      actor=f"agent:{task.node_id}")
+        try:
+            await self.services.log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
+        except Exception:  # usage is a record, not the outcome: never fail the node for it
+            log.exception("cannot record the usage of node %s of run %s",
+                          task.node_id, task.run_id)
+
+    async def _stored_if_large(self, output: dict[str, Json]) -> Json:
+        if self.blobs is None:
+            return output
+        data = json.dumps(output["answer"], ensure_ascii=False, separators=(",", ":"))
+        size = len(data.encode("utf-8"))
+        if size <= self.services.defaults.blob_threshold_bytes:
+            return output
+        ref = await self.blobs.put(data.encode("utf-8"))
+        media = "application/json"
+        return {**output, "answer": {"$blob": ref, "bytes": size, "media_type": media}}
+
+
+def _opening(config: AgentConfig) -> list[dict[str, Any]]:
+    """The stable prefix first (cached by providers), then the node's own messages."""
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "system", "content": ""},  # the node context, filled in by _converse
+        {"role": "user", "content": config.prompt},
+    ]
+
+
+def _assistant_message(content: str | None, calls: list[Any]) -> dict[str, Any]:
+    """The model's tool-calling message as it goes back in the conversation."""
+    return {
+        "role": "assistant",
+        "content": content,
+        "tool_calls": [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.function.name, "arguments": call.function.arguments},
+            }
+            for call in calls
+            if getattr(call, "function", None) is not None
+        ],
+    }
+
+
+def _with_texts(config: AgentConfig, prompt: str, instructions: str) -> AgentConfig:
+    return AgentConfig(
+        prompt=prompt, instructions=instructions, endpoint=config.endpoint,
+        max_rounds=config.max_rounds, max_tokens=config.max_tokens,
+        max_wall_ms=config.max_wall_ms, tools=config.tools, output=config.output,
+        delegation_depth=config.delegation_depth,
+    )
+
+
+def _text(value: Json) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _answer(content: str | None, output: str) -> tuple[Json, str | None]:
+    """The final answer, or (None, a note asking again) when it must be JSON and is not."""
+    text = content or ""
+    if output != "json":
+        return text, None
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as error:
+        return None, (f"Your final answer must be valid JSON ({error}). "
+                      "Reply with the JSON only.")
+
+
+def _llm_status_error(error: openai.APIStatusError, config: AgentConfig) -> NodeError:
+    status = error.status_code
+    retryable = status in _RETRYABLE_STATUS or status >= 500
+    retries = config.endpoint.max_retries
+    after = f" after {retries} retries" if retryable and retries else ""
+    return NodeError(
+        f"LLM endpoint {config.endpoint.base_url} answered HTTP {status}{after}: {error.message}",
+        retryable=retryable,
+    )

@@ -1,0 +1,399 @@
+"""The five tools, as one node attempt uses them.
+
+Tool errors the model can act on (a failed pipeline step, a rejected patch, bad
+arguments) go back to it as the tool's result. Running out of a bound (patch
+attempts) raises `AgentFailure`, which fails the node with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from aob.events.codec import encode
+from aob.events.ids import new_event_id
+from aob.events.log.port import Append, EventLog
+from aob.events.types import (
+    RUNS_TOPIC,
+    Event,
+    Json,
+    NodeCompleted,
+    NodeFailed,
+    NodeScheduled,
+    PatchApplied,
+    PatchProposed,
+    PatchRejected,
+    PatchReviewRequested,
+    task_topic,
+)
+from aob.projections.workflow.materialize import apply_patch
+from aob.workers.agent.catalog import ToolCatalog
+from aob.workers.agent.config import AgentConfig, AgentDefaults
+from aob.workers.agent.openapi import ArgumentError, build_request
+from aob.workers.agent.pipeline import Fetch, PipelineError, StepError, run_pipeline
+from aob.workers.agent.watch import RunFinished, run_position, wait_for_run_event
+from aob.workers.host import NodeError
+from aob.workers.http.guard import Blocked
+from aob.workers.http.worker import HttpWorker
+
+Definitions = Callable[[str], Awaitable[dict[str, Any] | None]]
+
+
+class AgentFailure(NodeError):
+    """A bound was reached: the node fails, without retries."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class GuardedFetch:
+    """Outbound HTTP for agents through the HTTP worker: the same SSRF guard, pinned
+    connections, redirect re-checks, size limits. The worker given should hold no
+    secrets: agents' requests are written by a model.
+
+    Values reach the worker's config through its context as whole `{{ }}` templates,
+    which take values as they are: nothing the model wrote is ever read as a template.
+    """
+
+    def __init__(self, worker: HttpWorker) -> None:
+        self.worker = worker
+
+    async def __call__(self, request: Mapping[str, Json]) -> dict[str, Json]:
+        config = {key: f"{{{{ .request.{key} }}}}" for key in request}
+        context = {"request": dict(request)}
+        task = NodeScheduled("agent", "http_request", "http", 0, 1, config, context)
+        try:
+            output = await self.worker.handle(task)
+        except NodeError as error:
+            raise StepError(str(error)) from None
+        except Blocked as error:  # the worker reports it as NodeError; kept for safety
+            raise StepError(str(error)) from None
+        return output if isinstance(output, dict) else {"status": None, "body": output}
+
+    async def aclose(self) -> None:
+        await self.worker.aclose()
+
+
+@dataclass
+class AgentServices:
+    """What every agent node shares."""
+
+    log: EventLog
+    defaults: AgentDefaults
+    catalog: ToolCatalog
+    fetch: Fetch | None = None
+    definitions: Definitions | None = None
+
+
+@dataclass
+class ToolBox:
+    """The tools of one node attempt, with what that attempt did with them."""
+
+    services: AgentServices
+    task: NodeScheduled
+    config: AgentConfig
+    deadline: float  # loop time
+    patch_failures: int = 0
+    patches: list[dict[str, Json]] = field(default_factory=list)
+    delegations: int = 0
+    _definition: dict[str, Any] | None = None
+
+    @property
+    def available(self) -> list[str]:
+        tools = list(self.config.tools)
+        if self.config.delegation_depth >= self.services.defaults.max_delegation_depth:
+            tools = [t for t in tools if t != "delegate_to_agent"]
+        if self.config.delegation_depth > 0:  # a delegate is no node of the workflow
+            tools = [t for t in tools if t != "patch_workflow"]
+        return tools
+
+    async def call(self, name: str, arguments: str) -> str:
+        """The tool's result as JSON text for the model."""
+        try:
+            args = json.loads(arguments or "{}")
+        except json.JSONDecodeError as error:
+            return _result({"error": f"arguments are not valid JSON: {error}"})
+        if not isinstance(args, dict):
+            return _result({"error": "arguments must be a JSON object"})
+        if name not in self.available:
+            allowed = ", ".join(self.available) or "none"
+            return _result({"error": f"tool {name!r} is not available here (available: {allowed})"})
+        handler = getattr(self, "_" + name)
+        result: dict[str, Json] = await handler(args)
+        return _result(result, self.services.defaults.max_tool_result_chars)
+
+    def _remaining(self) -> float:
+        return max(0.0, self.deadline - asyncio.get_running_loop().time())
+
+    # --- execute_pipeline ----------------------------------------------------------
+
+    async def _execute_pipeline(self, args: dict[str, Any]) -> dict[str, Json]:
+        steps = args.get("steps")
+        if "tool" in args:
+            name = args["tool"]
+            tool = self.services.catalog.get(name, "pipeline") if isinstance(name, str) else None
+            if tool is None:
+                return {"error": f"no composite tool {name!r}; find one with search_tools"}
+            steps = tool.spec.get("steps")
+            problem = _input_problem(tool.spec.get("parameters"), args.get("input"))
+            if problem:
+                return {"error": f"input of composite tool {name!r}: {problem}"}
+        try:
+            result = await run_pipeline(steps, args.get("input"), fetch=self.services.fetch)
+        except PipelineError as error:
+            return {"error": str(error), "failed_step": error.index}
+        return {"result": result}
+
+    # --- search_tools ---------------------------------------------------------------
+
+    async def _search_tools(self, args: dict[str, Any]) -> dict[str, Json]:
+        query = args.get("query")
+        if not isinstance(query, str):
+            return {"error": "query must be a string of keywords"}
+        return {"results": self.services.catalog.search(query)}
+
+    # --- openapi_action -------------------------------------------------------------
+
+    async def _openapi_action(self, args: dict[str, Any]) -> dict[str, Json]:
+        api, operation_id = args.get("api"), args.get("operation_id")
+        tool = self.services.catalog.get(api, "openapi") if isinstance(api, str) else None
+        if tool is None:
+            return {"error": f"no OpenAPI document {api!r}; find operations with search_tools"}
+        if not isinstance(operation_id, str):
+            return {"error": "operation_id must be a string"}
+        try:
+            request = build_request(tool.spec, operation_id, args.get("arguments"))
+        except ArgumentError as error:
+            return {"error": f"arguments of {api}.{operation_id}: {error}"}
+        if self.services.fetch is None:
+            return {"error": "outbound HTTP is not available to this agent"}
+        try:
+            response = await self.services.fetch(request)
+        except StepError as error:
+            return {"error": str(error)}
+        return {"status": response.get("status"), "body": response.get("body")}
+
+    # --- patch_workflow -------------------------------------------------------------
+
+    async def _patch_workflow(self, args: dict[str, Any]) -> dict[str, Json]:
+        operations, reason = args.get("operations"), args.get("reason", "")
+        definition = await self.current_definition()
+        problems = self._local_problems(operations, definition)
+        if problems or not isinstance(operations, list):
+            return self._refused(problems, operations, definition)
+        outcome = await self._propose(operations, reason if isinstance(reason, str) else "")
+        if outcome.get("status") == "rejected":
+            problems = [str(p) for p in outcome.get("problems") or []]
+            return self._refused(problems, operations, definition)
+        if outcome.get("status") == "applied" and definition is not None:
+            local = apply_patch(definition, operations, frozen_nodes=frozenset(),
+                                base_node_ids=frozenset(), agents_added_so_far=0)
+            self._definition = local.definition
+        return outcome
+
+    async def current_definition(self) -> dict[str, Any] | None:
+        if self._definition is None and self.services.definitions is not None:
+            self._definition = await self.services.definitions(self.task.run_id)
+        return self._definition
+
+    def _local_problems(self, operations: Any, definition: dict[str, Any] | None) -> list[str]:
+        """What the coordinator would surely refuse, checked before proposing (it
+        decides for good: it knows which nodes started and how many agents were added)."""
+        if not isinstance(operations, list) or not operations:
+            return ["operations must be a non-empty array of RFC 6902 operations"]
+        if definition is None:
+            return []
+        finished = self.task.input.get("nodes", {}) if isinstance(self.task.input, dict) else {}
+        frozen = frozenset([*finished, self.task.node_id])
+        outcome = apply_patch(definition, operations, frozen_nodes=frozen,
+                              base_node_ids=frozenset(), agents_added_so_far=0,)
+        return [str(p) for p in outcome.problems if "agent spawn limit" not in p.message]
+
+    async def _propose(self, operations: list[Any], reason: str) -> dict[str, Json]:
+        task, log = self.task, self.services.log
+        patch_id = "patch_" + uuid.uuid4().hex[:16]
+        proposal = PatchProposed(task.run_id, patch_id, operations, reason, node_id=task.node_id)
+        event = Event(new_event_id(), task.run_id, _now_ms(), proposal,
+                      actor=f"agent:{task.node_id}")
+        (record,) = await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
+
+        def outcome(event: Event) -> dict[str, Json] | None:
+            payload = event.payload
+            if getattr(payload, "patch_id", None) != patch_id:
+                return None
+            if isinstance(payload, PatchApplied):
+                return {"status": "applied", "patch_id": patch_id, "revision": payload.revision,
+                        "added_nodes": list(payload.added_nodes)}
+            if isinstance(payload, PatchRejected):
+                return {"status": "rejected", "patch_id": patch_id,
+                        "problems": list(payload.reasons)}
+            if isinstance(payload, PatchReviewRequested):
+                return {"status": "awaiting_review", "patch_id": patch_id,
+                        "note": "a person must approve this patch; it applies once approved"}
+            return None
+
+        try:
+            result = await wait_for_run_event(log, task.run_id, record.partition,
+                                              record.offset + 1, outcome, self._remaining())
+        except RunFinished as finished:
+            result = {"status": "not_applied", "patch_id": patch_id, "note": str(finished)}
+        self.patches.append({"patch_id": patch_id, "status": result["status"]})
+        return result
+
+    def _refused(self, problems: list[str], operations: Any,
+                 definition: dict[str, Any] | None) -> dict[str, Json]:
+        self.patch_failures += 1
+        limit = self.services.defaults.max_patch_attempts
+        if self.patch_failures >= limit:
+            raise AgentFailure(
+                f"patch_workflow: {self.patch_failures} invalid patches (limit {limit}); "
+                f"last problems: {'; '.join(problems)}"
+            )
+        return {
+            "status": "rejected",
+            "problems": problems,
+            "attempts_left": limit - self.patch_failures,
+            "corrected_example": corrected_example(operations, definition, self.task.node_id),
+            "hint": "fix the operations named in the problems and call patch_workflow again",
+        }
+
+    # --- delegate_to_agent ----------------------------------------------------------
+
+    async def _delegate_to_agent(self, args: dict[str, Any]) -> dict[str, Json]:
+        text = args.get("task")
+        if not isinstance(text, str) or not text.strip():
+            return {"error": "task must be a non-empty string"}
+        task, log = self.task, self.services.log
+        self.delegations += 1
+        delegate_id = f"{task.node_id}/delegate-{self.delegations}"
+        config = {
+            "prompt": text,
+            "delegation_depth": self.config.delegation_depth + 1,
+            "tools": [t for t in self.config.tools if t != "patch_workflow"],
+            "model": self.config.endpoint.model,
+            "base_url": self.config.endpoint.base_url,
+            "max_wall_ms": max(1, int(self._remaining() * 1000)),
+        }
+        if isinstance(task.config, dict) and isinstance(task.config.get("credentials"), str):
+            config["credentials"] = task.config["credentials"]
+        inputs = {"task": text, "context": args.get("context")}
+        work = NodeScheduled(task.run_id, delegate_id, "agent", task.iteration, task.attempt,
+                             config, {"inputs": inputs, "nodes": {}, "iteration": 0})
+        partition, offset = await run_position(log, task.run_id)
+        event = Event(new_event_id(), task.run_id, _now_ms(), work, actor=f"agent:{task.node_id}")
+        await log.append([Append(task_topic("agent"), task.run_id, encode(event))])
+
+        def outcome(event: Event) -> dict[str, Json] | None:
+            p = event.payload
+            if not isinstance(p, NodeCompleted | NodeFailed) or p.node_id != delegate_id:
+                return None
+            if (p.iteration, p.attempt) != (task.iteration, task.attempt):
+                return None
+            if isinstance(p, NodeFailed):
+                return {"status": "failed", "error": p.error}
+            answer = p.output.get("answer") if isinstance(p.output, dict) else p.output
+            return {"status": "completed", "answer": answer}
+
+        try:
+            return await wait_for_run_event(log, task.run_id, partition, offset, outcome,
+                                            self._remaining())
+        except RunFinished as finished:
+            return {"status": "failed", "error": str(finished)}
+
+
+def _input_problem(parameters: Any, value: Json) -> str | None:
+    if not isinstance(parameters, dict):
+        return None
+    errors = list(jsonschema.Draft202012Validator(parameters).iter_errors(value))
+    if not errors:
+        return None
+    return "; ".join(
+        f"{'/'.join(str(p) for p in e.absolute_path) or '(input)'}: {e.message}"
+        for e in errors[:5]
+    )
+
+
+def _result(result: dict[str, Json], limit: int = 16_000) -> str:
+    text = json.dumps(result, ensure_ascii=False, separators=(",", ":"), default=str)
+    if len(text) <= limit:
+        return text
+    note = f"…(cut: {len(text)} characters; narrow the result, e.g. with top_k or table_select)"
+    return text[:limit] + note
+
+
+# --- corrected examples -------------------------------------------------------------
+
+
+def corrected_example(operations: Any, definition: dict[str, Any] | None,
+                      node_id: str) -> list[dict[str, Json]]:
+    """The model's operations with the usual mistakes fixed, or a template of the
+    usual patch (a node after this one) when nothing of them can be kept."""
+    ids = {n.get("id") for n in (definition or {}).get("nodes", []) if isinstance(n, dict)}
+    ops = [op for op in operations if isinstance(op, dict)] if isinstance(operations, list) else []
+    renamed: dict[str, str] = {}
+    fixed = [_fixed(op, ids, renamed) for op in ops]
+    fixed = [_renamed_edge(op, renamed) for op in fixed]
+    if fixed and fixed != operations:
+        return fixed
+    new_id = _unused(f"{node_id}-next", ids)
+    return [
+        {"op": "add", "path": "/nodes/-",
+         "value": {"id": new_id, "type": "transform", "config": {"expr": f'.nodes["{node_id}"]'}}},
+        {"op": "add", "path": "/edges/-", "value": {"from": node_id, "to": new_id}},
+    ]
+
+
+def _fixed(op: dict[str, Any], ids: set[Any], renamed: dict[str, str]) -> dict[str, Json]:
+    fixed = dict(op)
+    if "op" not in fixed and "operation" in fixed:
+        fixed["op"] = fixed.pop("operation")
+    path = fixed.get("path")
+    if isinstance(path, str) and not path.startswith("/"):
+        fixed["path"] = path = "/" + path
+    if fixed.get("op") == "add" and path in ("/nodes", "/edges"):
+        fixed["path"] = path = f"{path}/-"
+    value = fixed.get("value")
+    if fixed.get("op") == "add" and isinstance(path, str) and isinstance(value, dict):
+        value = dict(value)
+        if path.startswith("/nodes/"):
+            node_id = value.get("id")
+            if isinstance(node_id, str) and node_id in ids:  # taken: a new name
+                value["id"] = renamed[node_id] = _unused(node_id, ids)
+            value.setdefault("type", "transform")
+            if value["type"] == "transform":
+                value.setdefault("config", {"expr": "."})
+        elif path.startswith("/edges/"):
+            for wrong, right in (("source", "from"), ("target", "to")):
+                if wrong in value and right not in value:
+                    value[right] = value.pop(wrong)
+        fixed["value"] = value
+    return fixed
+
+
+def _renamed_edge(op: dict[str, Json], renamed: dict[str, str]) -> dict[str, Json]:
+    value = op.get("value")
+    path = op.get("path")
+    if not (isinstance(path, str) and path.startswith("/edges/") and isinstance(value, dict)):
+        return op
+    to = value.get("to")
+    if isinstance(to, str) and to in renamed:
+        return {**op, "value": {**value, "to": renamed[to]}}
+    return op
+
+
+def _unused(base: str, ids: set[Any]) -> str:
+    candidate, n = base, 2
+    while candidate in ids:
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
