@@ -213,6 +213,8 @@ def _headers(raw: dict[str, str]) -> list[tuple[str, str]]:
             raise ConfigError(f"config.headers: {name} is set by the worker, not the node")
         if any(c in value for c in "\r\n\0"):
             raise ConfigError(f"config.headers.{name}: line breaks are not allowed")
+        if not value.isascii():
+            raise ConfigError(f"config.headers.{name}: only ASCII is allowed (encode the value)")
         headers.append((name, value))
     return headers
 

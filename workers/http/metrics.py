@@ -15,7 +15,7 @@ class HttpMetrics:
     request_seconds: Histogram
     # Requests the SSRF guard refused, by layer and rule; they never open a connection.
     blocked: Counter
-    # Node executions by outcome: completed, failed, blocked, invalid_config.
+    # Node executions by outcome: completed, failed, blocked, invalid_config, crashed.
     nodes: Counter
 
 

@@ -33,6 +33,7 @@ import logging
 import random
 import ssl
 import time
+import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -139,6 +140,12 @@ class HttpWorker:
         except _Failure as error:
             raise self._failed("failed", str(error), redactor,
                                retryable=error.retry != "never") from None
+        except Exception as error:  # a bug: still no secret in the message or the log
+            message = redactor.text(f"{type(error).__name__}: {error}")
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            log.error("http node crashed: %s\n%s", message, frames)
+            self.metrics.nodes.labels("crashed").inc()
+            raise NodeError(message) from None
         self.metrics.nodes.labels("completed").inc()
         return {
             "status": reply.status,

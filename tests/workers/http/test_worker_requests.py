@@ -318,6 +318,7 @@ async def test_node_limits_cannot_exceed_the_workers(make_worker, base):
     ({"url": "http://x/", "headers": {"Host": "internal"}}, "Host is set by the worker"),
     ({"url": "http://x/", "headers": {"bad name": "v"}}, "not a valid header name"),
     ({"url": "http://x/", "headers": {"X": "a\r\nInjected: 1"}}, "line breaks are not allowed"),
+    ({"url": "http://x/", "headers": {"X": "caf\u00e9"}}, "config.headers.X: only ASCII"),
     ({"url": "http://x/", "expect_status": ["abc"]}, "not a status or a class"),
     ({"url": "http://x/", "unknown": 1}, "config.unknown: Extra inputs are not permitted"),
     ({"url": "{{ .inputs | nope }}"}, "config.url: template"),
@@ -377,6 +378,22 @@ async def test_secrets_never_appear_in_errors(make_worker, server, base, caplog)
     for secret in ("tok-0123456789", "dXNlcjpodW50ZXIy"):
         assert secret not in str(error)
         assert secret not in caplog.text
+
+
+async def test_an_unexpected_error_fails_the_node_without_secrets(make_worker, caplog):
+    secret = "tok-0123456789"
+
+    class BrokenResolver:
+        async def resolve(self, host, port):
+            raise RuntimeError(f"resolver bug while holding {secret}")
+
+    caplog.set_level(logging.DEBUG)
+    worker = make_worker(resolver=BrokenResolver(), secrets={"api": secret})
+    error = await failure(worker, {"url": "https://api.example.com/"})
+    assert "RuntimeError: resolver bug while holding [redacted]" in str(error)
+    assert error.retryable is True
+    assert "in resolve" in caplog.text  # the traceback's frames are logged...
+    assert secret not in caplog.text  # ...but not the secret
 
 
 async def test_secrets_are_kept_out_of_the_task_event(make_worker, server, base):
