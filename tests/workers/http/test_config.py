@@ -96,3 +96,22 @@ def test_validation_errors_do_not_echo_values():
                       CONTEXT, SETTINGS)
     assert "config.headers.X" in str(caught.value)
     assert "s3cr3t-value" not in str(caught.value)
+
+
+def test_settings_read_lists_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AOB_HTTP_ALLOW", "127.0.0.1, 10.1.0.0/16,svc.internal")
+    monkeypatch.setenv("AOB_HTTP_PORTS", '["443", "9000-9100"]')
+    monkeypatch.setenv("AOB_HTTP_SECRETS", '{"github": "ghp-123456"}')
+    settings = HttpWorkerSettings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.allow == ["127.0.0.1", "10.1.0.0/16", "svc.internal"]
+    assert settings.secrets["github"].get_secret_value() == "ghp-123456"
+    assert "ghp-123456" not in repr(settings)
+    policy = settings.guard_policy()
+    assert policy.ports == ((443, 443), (9000, 9100))
+    assert policy.allow_hosts == frozenset({"svc.internal"})
+
+
+def test_a_bad_allow_entry_is_reported_at_startup(monkeypatch):
+    monkeypatch.setenv("AOB_HTTP_ALLOW", "not a host")
+    with pytest.raises(ValueError, match="bad host in configuration 'not a host'"):
+        HttpWorkerSettings(_env_file=None).guard_policy()  # type: ignore[call-arg]
