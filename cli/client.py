@@ -11,7 +11,6 @@ import http.client
 import json
 import socket
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -49,11 +48,13 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
-@dataclass(frozen=True, slots=True)
 class SseEvent:
-    event: str
-    data: str
-    id: str | None
+    __slots__ = ("data", "event", "id")
+
+    def __init__(self, event: str, data: str, event_id: str | None) -> None:
+        self.event = event
+        self.data = data
+        self.id = event_id
 
 
 class Api:

@@ -8,9 +8,8 @@ It is read only when a flag or variable leaves something to fill in.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aob.cli.errors import EXIT_USAGE, CliError
 
@@ -18,8 +17,7 @@ DEFAULT_SERVER = "http://127.0.0.1:8080"
 KEYS = ("server", "token", "actor")
 
 
-@dataclass(frozen=True, slots=True)
-class Connection:
+class Connection(NamedTuple):
     server: str
     token: str | None
     actor: str | None

@@ -7,18 +7,18 @@ library it needs) is imported when that command runs.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import json
 import os
 import sys
 from collections.abc import Callable
+from importlib import import_module
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aob
 from aob.cli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, CliError
 
 if TYPE_CHECKING:
+    import argparse
+
     from aob.cli.client import Api
     from aob.cli.render import Style
 
@@ -80,6 +80,8 @@ class Context:
     def emit(self, data: Any, text: str | Callable[[], str]) -> None:
         """`data` as JSON with --output json, else the human text."""
         if self.json:
+            import json
+
             print(json.dumps(data, indent=2, ensure_ascii=False))
         else:
             print(text() if callable(text) else text)
@@ -87,13 +89,15 @@ class Context:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--version"]:  # answered before argparse is even imported
+        print(f"aob {aob.__version__}")
+        return 0
     if argv[:1] == ["server"]:
         return exec_server(argv[1:])
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     module_name, function_name = args.handler.split(":")
     try:
-        module = importlib.import_module(f"aob.cli.{module_name}")
+        module = import_module(f"aob.cli.{module_name}")
         code: int = getattr(module, function_name)(Context(args))
         return code
     except CliError as error:
@@ -118,6 +122,8 @@ def exec_server(server_args: list[str]) -> NoReturn:
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     """Options accepted before or after the command (`aob -o json run list` or
     `aob run list -o json`); the command's own copy only overrides when given."""
+
+    import argparse
 
     def default(value: Any) -> Any:
         return value if top else argparse.SUPPRESS
@@ -185,6 +191,8 @@ class _Tree:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="aob",
         description=DESCRIPTION,

@@ -7,8 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import ApiError, segment
 from aob.cli.errors import EXIT_OK
-from aob.cli.files import load_definition, parse_inputs
-from aob.cli.follow import follow
 from aob.cli.render import Style, duration, short, table, when
 
 if TYPE_CHECKING:
@@ -16,6 +14,8 @@ if TYPE_CHECKING:
 
 
 def start(ctx: Context) -> int:
+    from aob.cli.files import load_definition, parse_inputs
+
     args = ctx.args
     body: dict[str, Any] = {"inputs": parse_inputs(args.input, args.inputs_file)}
     if args.tag:
@@ -27,6 +27,8 @@ def start(ctx: Context) -> int:
 
 
 def _accepted(ctx: Context, accepted: dict[str, Any], *, follow_it: bool) -> int:
+    from aob.cli.follow import follow
+
     run_id = accepted["run_id"]
     if not follow_it:
         ctx.emit(accepted, f"run {run_id} accepted")
@@ -150,6 +152,8 @@ def cancel(ctx: Context) -> int:
 
 
 def logs(ctx: Context) -> int:
+    from aob.cli.follow import follow
+
     args = ctx.args
     return follow(
         ctx.api,
