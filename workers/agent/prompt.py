@@ -50,7 +50,9 @@ is the next step's input, the first step gets "input". Save a step's result with
 on its definition {"name", "nodes": [...], "edges": [...]} (the patch lane). Add a \
 node with {"op": "add", "path": "/nodes/-", "value": {"id": "new-id", "type": \
 "transform", "config": {"expr": "..."}}} and connect it with {"op": "add", "path": \
-"/edges/-", "value": {"from": "your-node-id", "to": "new-id"}}. Nodes that have \
+"/edges/-", "value": {"from": "your-node-id", "to": "new-id"}} (when the \
+definition has no "edges" array yet, add one: {"op": "add", "path": "/edges", \
+"value": [...]}). Nodes that have \
 started cannot change, nor their incoming edges; no cycles except declared loops; \
 at most 5 agent nodes may be added per run. New nodes run when their inputs are \
 done. If the workflow requires review, your patch waits for a person to approve it. \

@@ -344,6 +344,8 @@ def corrected_example(operations: Any, definition: dict[str, Any] | None,
     renamed: dict[str, str] = {}
     fixed = [_fixed(op, ids, renamed) for op in ops]
     fixed = [_renamed_edge(op, renamed) for op in fixed]
+    if definition is not None and "edges" not in definition:
+        fixed = _first_edges(fixed)
     if fixed and fixed != operations:
         return fixed
     new_id = _unused(f"{node_id}-next", ids)
@@ -390,6 +392,15 @@ def _renamed_edge(op: dict[str, Json], renamed: dict[str, str]) -> dict[str, Jso
     if isinstance(to, str) and to in renamed:
         return {**op, "value": {**value, "to": renamed[to]}}
     return op
+
+
+def _first_edges(ops: list[dict[str, Json]]) -> list[dict[str, Json]]:
+    """A definition without an edges array: the edges appended go in one new array."""
+    edges = [op["value"] for op in ops if op.get("op") == "add" and op.get("path") == "/edges/-"]
+    if not edges:
+        return ops
+    rest = [op for op in ops if not (op.get("op") == "add" and op.get("path") == "/edges/-")]
+    return [*rest, {"op": "add", "path": "/edges", "value": edges}]
 
 
 def _unused(base: str, ids: set[Any]) -> str:
