@@ -8,6 +8,11 @@ from typing import Any
 
 import pytest
 
+from aob.events.codec import encode
+from aob.events.ids import new_event_id
+from aob.events.log.port import Append
+from aob.events.log.sqlite import SqliteEventLog
+from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
 from aob.platform.approvals import Approvals
 from aob.platform.problems import Problem
 from aob.workers.hitl import HitlService
@@ -62,21 +67,19 @@ async def test_reject_follows_the_rejection_path(aob):
 )
 async def test_timeout_decides_as_configured(aob, on_timeout, ran, skipped):
     run_id = await aob.submit(review({"timeout_ms": 200, "on_timeout": on_timeout}))
-    [approval] = await aob.pending(run_id)
-    assert approval["deadline"] == approval["requested_at"] + 200
-    assert approval["on_timeout"] == on_timeout
-
     run = await aob.finished(run_id)
     assert run["status"] == "completed"
     gate = run["output"]["gate"]
     assert (gate["decision"], gate["decided_by"], gate["timed_out"]) == (
         on_timeout, "system:timeout", True)
-    assert gate["decided_at"] >= approval["deadline"]
     assert node(run, ran)["status"] == "completed"
     assert node(run, skipped)["status"] == "skipped"
-    [decided] = await aob.approvals(run_id=run_id, status="any")
+
+    [approval] = await aob.approvals(run_id=run_id, status="any")
+    assert approval["deadline"] == approval["requested_at"] + 200
+    assert approval["decided_at"] == gate["decided_at"] >= approval["deadline"]
     status = {"approve": "approved", "reject": "rejected"}[on_timeout]
-    assert (decided["status"], decided["decision"]) == (status, on_timeout)
+    assert (approval["status"], approval["decision"]) == (status, on_timeout)
 
 
 async def test_timeout_that_means_fail_fails_the_run(aob):
@@ -261,7 +264,8 @@ async def test_a_decision_on_a_cancelled_run_is_refused(aob):
 async def test_restart_while_pending_fires_the_overdue_timeout(tmp_path):
     data_dir = tmp_path / "data"
     async with running_aob(data_dir) as aob:
-        run_id = await aob.submit(review({"timeout_ms": 600, "on_timeout": "reject"}))
+        # Long enough to stop the engine (its loops poll every half second) in time.
+        run_id = await aob.submit(review({"timeout_ms": 2_000, "on_timeout": "reject"}))
         [approval] = await aob.pending(run_id)
     stopped_at = time.time_ns() // 1_000_000
     assert stopped_at < approval["deadline"]  # stopped before the deadline fell due
@@ -276,3 +280,24 @@ async def test_restart_while_pending_fires_the_overdue_timeout(tmp_path):
         assert (gate["decided_by"], gate["timed_out"]) == ("system:timeout", True)
         [decided] = [e for e in await aob.events(run_id) if e["type"] == "ApprovalDecided"]
         assert decided["occurred_at"] >= restarted_at  # fired by the restarted service
+
+
+async def test_a_decision_made_while_the_service_was_down_is_carried_out_on_restart(tmp_path):
+    """As in a cluster where the API takes a decision while the HITL worker is down."""
+    data_dir = tmp_path / "data"
+    async with running_aob(data_dir) as aob:
+        run_id = await aob.submit(review())
+        [approval] = await aob.pending(run_id)
+    decided = ApprovalDecided(run_id, approval["approval_id"], "reject", "bob", "offline")
+    event = Event(new_event_id(), run_id, time.time_ns() // 1_000_000, decided, actor="bob")
+    event_log = await SqliteEventLog.open(data_dir / "log.db")
+    try:
+        await event_log.append([Append(RUNS_TOPIC, run_id, encode(event))])
+    finally:
+        await event_log.close()
+
+    async with running_aob(data_dir) as aob:
+        run = await aob.finished(run_id)
+        assert run["output"]["revise"] == "revised"
+        assert (run["output"]["gate"]["decided_by"], run["output"]["gate"]["comments"]) == (
+            "bob", "offline")
