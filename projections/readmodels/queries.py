@@ -87,7 +87,7 @@ LIST_TAGS = f"SELECT {TAG_COLUMNS} FROM tags ORDER BY tag"
 
 PATCH_COLUMNS = (
     "run_id, patch_id, status, operations, reason, reasons, revision, added_nodes, "
-    "proposed_at, decided_at"
+    "proposed_at, decided_at, node_id, review, reviewed_by, review_reason, reviewed_at"
 )
 LIST_PATCHES = f"""
 SELECT {PATCH_COLUMNS} FROM patches WHERE run_id = :run_id

@@ -35,6 +35,8 @@ from aob.events.types import (
     PatchApplied,
     PatchProposed,
     PatchRejected,
+    PatchReviewed,
+    PatchReviewRequested,
     RunCancelled,
     RunCompleted,
     RunFailed,
@@ -439,9 +441,21 @@ def _timer_fired(p: TimerFired, e: Event) -> Plan:
 # --- patches -------------------------------------------------------------------------------
 
 INSERT_PATCH = """
-INSERT INTO patches (run_id, patch_id, status, operations, reason, proposed_at)
-VALUES (:run_id, :patch_id, 'proposed', :operations, :reason, :at)
+INSERT INTO patches (run_id, patch_id, status, operations, reason, proposed_at, node_id)
+VALUES (:run_id, :patch_id, 'proposed', :operations, :reason, :at, :node_id)
 ON CONFLICT (run_id, patch_id) DO NOTHING
+"""
+
+AWAIT_REVIEW = """
+UPDATE patches SET review = 'pending'
+WHERE run_id = :run_id AND patch_id = :patch_id AND review IS NULL
+"""
+
+# The first decision wins, as in the coordinator.
+RECORD_REVIEW = """
+UPDATE patches SET review = :review, reviewed_by = :reviewed_by,
+    review_reason = :review_reason, reviewed_at = :at
+WHERE run_id = :run_id AND patch_id = :patch_id AND review = 'pending'
 """
 
 PATCH_TO_APPLY = """
@@ -472,7 +486,8 @@ WHERE patches.status = 'proposed'
 
 
 def _patch_proposed(p: PatchProposed, e: Event) -> Plan:
-    patch = {"run_id": p.run_id, "patch_id": p.patch_id, "reason": p.reason}
+    patch = {"run_id": p.run_id, "patch_id": p.patch_id, "reason": p.reason,
+             "node_id": p.node_id}
     yield Exec(INSERT_PATCH, {**patch, "operations": dumps(p.operations), "at": e.occurred_at})
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
@@ -504,6 +519,17 @@ def _patch_rejected(p: PatchRejected, e: Event) -> Plan:
     key = {"run_id": p.run_id, "patch_id": p.patch_id}
     yield Exec(REJECT_PATCH, {**key, "reasons": dumps(p.reasons), "at": e.occurred_at})
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
+
+
+def _patch_review_requested(p: PatchReviewRequested, e: Event) -> Plan:
+    yield Exec(AWAIT_REVIEW, {"run_id": p.run_id, "patch_id": p.patch_id})
+
+
+def _patch_reviewed(p: PatchReviewed, e: Event) -> Plan:
+    review = "approved" if p.decision == "approve" else "rejected"
+    key = {"run_id": p.run_id, "patch_id": p.patch_id}
+    decision = {"review": review, "reviewed_by": p.reviewed_by, "review_reason": p.reason}
+    yield Exec(RECORD_REVIEW, {**key, **decision, "at": e.occurred_at})
 
 
 # --- approvals -----------------------------------------------------------------------------
@@ -597,6 +623,8 @@ _HANDLERS: dict[type[Any], Callable[[Any, Event], Plan]] = {
     PatchProposed: _patch_proposed,
     PatchApplied: _patch_applied,
     PatchRejected: _patch_rejected,
+    PatchReviewRequested: _patch_review_requested,
+    PatchReviewed: _patch_reviewed,
     ApprovalRequested: _approval_requested,
     ApprovalDecided: _approval_decided,
     RunCompleted: _run_completed,

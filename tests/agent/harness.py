@@ -96,6 +96,6 @@ def call(name: str, **arguments: Any) -> dict[str, Any]:
 
 
 def node(run: dict[str, Any], node_id: str) -> dict[str, Any]:
-    found = [n for n in run["nodes"] if n["node_id"] == node_id]
+    found: list[dict[str, Any]] = [n for n in run["nodes"] if n["node_id"] == node_id]
     assert len(found) == 1, f"{node_id!r} in {run['nodes']}"
     return found[0]

@@ -43,9 +43,11 @@ async def test_agent_runs_a_pipeline_and_answers(aob: Aob, scripted_llm: LlmServ
         "delegate_to_agent"]
     assert '"o2"' in first["messages"][1]["content"]  # the node sees its inputs
     output = node(run, "triage")["output"]
-    assert output["rounds"] == 1 and output["tool_calls"] == 1
+    assert output["rounds"] == 1
+    assert output["tool_calls"] == 1
     (usage,) = await aob.events_of(run["run_id"], "AgentUsageRecorded")
-    assert usage["llm_calls"] == 2 and usage["outcome"] == "completed"
+    assert usage["llm_calls"] == 2
+    assert usage["outcome"] == "completed"
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"] > 0
     assert 0 < usage["cached_tokens"] < usage["prompt_tokens"]  # the 2nd call's prefix
     assert output["usage"]["cached_tokens"] == usage["cached_tokens"]
@@ -73,7 +75,8 @@ async def test_failing_pipeline_step_is_named_to_the_model(aob: Aob, scripted_ll
 
 ADD_NOTIFY = [
     {"op": "add", "path": "/nodes/-",
-     "value": {"id": "notify", "type": "transform", "config": {"expr": '"notified: " + .nodes.plan.answer'}}},
+     "value": {"id": "notify", "type": "transform",
+               "config": {"expr": '"notified: " + .nodes.plan.answer'}}},
     {"op": "add", "path": "/edges/-", "value": {"from": "plan", "to": "notify"}},
 ]
 
@@ -93,9 +96,11 @@ async def test_valid_patch_is_applied_and_its_nodes_run(aob: Aob, scripted_llm: 
     assert run["output"] == "notified: ops", (run, scripted_llm.tool_results())
     assert node(run, "notify")["status"] == "completed"
     (result,) = scripted_llm.tool_results()
-    assert result["status"] == "applied" and result["added_nodes"] == ["notify"]
+    assert result["status"] == "applied"
+    assert result["added_nodes"] == ["notify"]
     (proposed,) = await aob.events_of(run["run_id"], "PatchProposed")
-    assert proposed["node_id"] == "plan" and proposed["reason"] == "tell them"
+    assert proposed["node_id"] == "plan"
+    assert proposed["reason"] == "tell them"
     assert node(run, "plan")["output"]["patches"] == [
         {"patch_id": result["patch_id"], "status": "applied"}]
     assert [n["id"] for n in run["definition"]["nodes"]] == ["plan", "notify"]
@@ -120,7 +125,8 @@ async def test_invalid_patch_is_corrected_on_retry(aob: Aob, scripted_llm: LlmSe
     assert refused["attempts_left"] == 2
     assert any("'op' must be one of" in p for p in refused["problems"])
     example = refused["corrected_example"]
-    assert example[0]["op"] == "add" and example[0]["path"] == "/nodes/-"
+    assert example[0]["op"] == "add"
+    assert example[0]["path"] == "/nodes/-"
     assert applied["status"] == "applied"
     # The refused patch never reached the log; the corrected one did.
     assert len(await aob.events_of(run["run_id"], "PatchProposed")) == 1

@@ -206,7 +206,11 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         journal = conn.execute("PRAGMA journal_mode").fetchone()[0]
     finally:
         conn.close()
-    shipped = [(1, "0001_init.sql"), (2, "0002_approval_outcomes.sql")]
+    shipped = [
+        (1, "0001_init.sql"),
+        (2, "0002_approval_outcomes.sql"),
+        (3, "0003_patch_reviews.sql"),
+    ]
     assert rows == shipped
     assert journal == "wal"
     assert [m[:2] for m in migrations()] == shipped
