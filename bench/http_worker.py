@@ -81,6 +81,7 @@ class Figures:
 
 # --- the server (child process) -------------------------------------------------------------
 
+
 class _FixedAnswer(asyncio.Protocol):
     """Answers every request head with the same response; GETs only, no request bodies."""
 
@@ -92,7 +93,7 @@ class _FixedAnswer(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
-            self.buffer = self.buffer[end + 4:]
+            self.buffer = self.buffer[end + 4 :]
             self.transport.write(_RESPONSE)
 
 
@@ -108,7 +109,9 @@ class _ServerProcess:
         root = Path(__file__).resolve().parent.parent
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bench.http_worker", "--serve"],
-            cwd=root, stdout=subprocess.PIPE, text=True,
+            cwd=root,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout is not None
         return int(self.process.stdout.readline())
@@ -122,14 +125,16 @@ class _ServerProcess:
 
 # --- the clients ------------------------------------------------------------------------------
 
+
 class _StaticResolver:
     async def resolve(self, host: str, port: int) -> list[IPAddress]:
         return [ipaddress.IPv4Address("127.0.0.1")]
 
 
 def _task(url: str) -> NodeScheduled:
-    return NodeScheduled("bench", "call", "http", 0, 1, {"url": url},
-                         {"inputs": {}, "nodes": {}, "iteration": 0})
+    return NodeScheduled(
+        "bench", "call", "http", 0, 1, {"url": url}, {"inputs": {}, "nodes": {}, "iteration": 0}
+    )
 
 
 @dataclass(frozen=True)
@@ -138,8 +143,7 @@ class _Run:
     cpu_us: float  # this process's CPU time per request
 
 
-async def _throughput(requests: int, concurrency: int,
-                      one: Callable[[], Awaitable[None]]) -> _Run:
+async def _throughput(requests: int, concurrency: int, one: Callable[[], Awaitable[None]]) -> _Run:
     """Requests per second, `concurrency` at a time (after one untimed warm-up round)."""
     await asyncio.gather(*(one() for _ in range(concurrency)))
     remaining = requests
@@ -160,12 +164,16 @@ async def _measure(port: int, sizes: Sizes) -> Figures:
     ip_url = f"http://127.0.0.1:{port}/items"
     name_url = f"http://{_NAME}:{port}/items"
     settings = HttpWorkerSettings(  # type: ignore[call-arg]
-        _env_file=None, allow=["127.0.0.1"], ports=[str(port)],
-        max_connections=sizes.concurrency, max_keepalive_connections=sizes.concurrency,
+        _env_file=None,
+        allow=["127.0.0.1"],
+        ports=[str(port)],
+        max_connections=sizes.concurrency,
+        max_keepalive_connections=sizes.concurrency,
     )
     worker = HttpWorker(settings, resolver=_StaticResolver(), registry=CollectorRegistry())
-    limits = httpx.Limits(max_connections=sizes.concurrency,
-                          max_keepalive_connections=sizes.concurrency)
+    limits = httpx.Limits(
+        max_connections=sizes.concurrency, max_keepalive_connections=sizes.concurrency
+    )
     plain = httpx.AsyncClient(trust_env=False, limits=limits)
 
     async def via_httpx() -> None:
@@ -213,8 +221,9 @@ def _guard_cost(settings: HttpWorkerSettings, port: int, calls: int) -> tuple[fl
     return ip_us, name_us
 
 
-def _figures(sizes: Sizes, runs: dict[str, list[_Run]], guard_ip: float,
-             guard_name: float) -> Figures:
+def _figures(
+    sizes: Sizes, runs: dict[str, list[_Run]], guard_ip: float, guard_name: float
+) -> Figures:
     def per_s(run: _Run) -> float:
         return run.per_s
 
@@ -248,25 +257,31 @@ def _figures(sizes: Sizes, runs: dict[str, list[_Run]], guard_ip: float,
 
 
 def _table(f: Figures) -> str:
-    return "\n".join([
-        f"HTTP worker: {f.requests} GETs at concurrency {f.concurrency}, median of {f.reps}"
-        f" (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)",
-        "                                 throughput          client CPU per request",
-        f"  plain httpx client        {f.httpx_per_s:7.0f} req/s              "
-        f"{f.httpx_cpu_us:6.0f} us",
-        f"  worker, address URL       {f.worker_ip_per_s:7.0f} tasks/s  {f.worker_ip_ratio:5.2f}x"
-        f"     {f.worker_ip_cpu_us:6.0f} us  {f.overhead_ip_ratio:5.2f}x httpx",
-        f"  worker, name + resolver   {f.worker_name_per_s:7.0f} tasks/s  "
-        f"{f.worker_name_ratio:5.2f}x     {f.worker_name_cpu_us:6.0f} us  "
-        f"{f.overhead_name_ratio:5.2f}x httpx",
-        f"  guard alone: {f.guard_ip_us:.1f} us per address URL, {f.guard_name_us:.1f} us per"
-        " name URL + one resolved address",
-    ])
+    return "\n".join(
+        [
+            f"HTTP worker: {f.requests} GETs at concurrency {f.concurrency}, median of {f.reps}"
+            f" (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)",
+            "                                 throughput          client CPU per request",
+            f"  plain httpx client        {f.httpx_per_s:7.0f} req/s              "
+            f"{f.httpx_cpu_us:6.0f} us",
+            f"  worker, address URL       {f.worker_ip_per_s:7.0f} tasks/s  "
+            f"{f.worker_ip_ratio:5.2f}x     {f.worker_ip_cpu_us:6.0f} us  "
+            f"{f.overhead_ip_ratio:5.2f}x httpx",
+            f"  worker, name + resolver   {f.worker_name_per_s:7.0f} tasks/s  "
+            f"{f.worker_name_ratio:5.2f}x     {f.worker_name_cpu_us:6.0f} us  "
+            f"{f.overhead_name_ratio:5.2f}x httpx",
+            f"  guard alone: {f.guard_ip_us:.1f} us per address URL, {f.guard_name_us:.1f} us per"
+            " name URL + one resolved address",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.http_worker", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.http_worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -43,10 +43,19 @@ USER_AGENT = "aob-http-worker"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 # The worker owns these: Host must name the host the guard judged, and framing is httpx's.
-RESERVED_HEADERS = frozenset({
-    "host", "content-length", "transfer-encoding", "connection", "upgrade", "te", "trailer",
-    "keep-alive", "proxy-connection",
-})
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-connection",
+    }
+)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _STATUS_CLASS = re.compile(r"[1-5]xx")
@@ -185,11 +194,17 @@ def build_request(config: Json, context: Json, settings: HttpWorkerSettings) -> 
         url=_with_query(node.url, node.query),
         headers=tuple(headers),
         body=body,
-        timeout_s=_bounded(node.timeout_ms, settings.timeout_ms, settings.max_timeout_ms,
-                           "timeout_ms") / 1000,
+        timeout_s=_bounded(
+            node.timeout_ms, settings.timeout_ms, settings.max_timeout_ms, "timeout_ms"
+        )
+        / 1000,
         retry=_retry_policy(node.retries, settings),
-        max_response_bytes=_bounded(node.max_response_bytes, settings.max_response_bytes,
-                                    settings.max_response_bytes, "max_response_bytes"),
+        max_response_bytes=_bounded(
+            node.max_response_bytes,
+            settings.max_response_bytes,
+            settings.max_response_bytes,
+            "max_response_bytes",
+        ),
         expect=_status_matcher(node.expect_status),
         follow_redirects=node.follow_redirects,
     )

@@ -55,6 +55,7 @@ class Blocked(Exception):
 
 # --- the address table ----------------------------------------------------------------
 
+
 def _nets(*rows: tuple[str, str]) -> tuple[tuple[IPNetwork, str], ...]:
     return tuple((ipaddress.ip_network(net), rule) for net, rule in rows)
 
@@ -202,6 +203,7 @@ def _ipv6_literal(inner: str) -> IPAddress:
 def _ipv4_number_form(labels: list[str], raw: str) -> ipaddress.IPv4Address:
     """WHATWG's IPv4 parser, which accepts what `inet_aton` accepts: 1-4 parts, each
     decimal, octal (leading 0) or hex (0x); the last part fills the remaining bytes."""
+
     def malformed() -> Blocked:
         return Blocked(Layer.PROTOCOL, "malformed-ipv4", f"host {raw!r} is not a valid IPv4 number")
 
@@ -258,6 +260,7 @@ def host_rule(name: str, extra_denied: Iterable[str] = ()) -> str | None:
 
 
 # --- paths ----------------------------------------------------------------------------
+
 
 def judged_path(path: str) -> str:
     """The path as a lenient server may read it: percent-decoded until stable,

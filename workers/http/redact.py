@@ -13,17 +13,19 @@ from typing import Any
 import httpx
 
 REDACTED = "[redacted]"
-SECRET_HEADERS = frozenset({
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "set-cookie",
-    "x-api-key",
-    "api-key",
-    "x-auth-token",
-    "x-access-token",
-    "x-amz-security-token",
-})
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-auth-token",
+        "x-access-token",
+        "x-amz-security-token",
+    }
+)
 # Shorter values are too likely to be ordinary text to be scrubbed everywhere.
 _MIN_SECRET = 4
 _MIN_PART = 8

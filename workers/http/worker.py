@@ -117,8 +117,9 @@ class HttpWorker:
         self._redactor = Redactor(settings.secret_headers, self._secrets.values())
 
     def node_type(self) -> NodeType:
-        return NodeType("http", self.handle, announce_start=True,
-                        concurrency=self.settings.concurrency)
+        return NodeType(
+            "http", self.handle, announce_start=True, concurrency=self.settings.concurrency
+        )
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -132,14 +133,16 @@ class HttpWorker:
             redactor = redactor.with_headers(spec.headers)
             reply, attempts = await self._run(spec, task.timeout_ms)
         except ConfigError as error:
-            raise self._failed("invalid_config", f"http node config: {error}", redactor,
-                               retryable=False) from None
+            raise self._failed(
+                "invalid_config", f"http node config: {error}", redactor, retryable=False
+            ) from None
         except Blocked as error:
             self.metrics.blocked.labels(error.layer.value, error.rule).inc()
             raise self._failed("blocked", str(error), redactor, retryable=False) from None
         except _Failure as error:
-            raise self._failed("failed", str(error), redactor,
-                               retryable=error.retry != "never") from None
+            raise self._failed(
+                "failed", str(error), redactor, retryable=error.retry != "never"
+            ) from None
         except Exception as error:  # a bug: still no secret in the message or the log
             message = redactor.text(f"{type(error).__name__}: {error}")
             frames = "".join(traceback.format_tb(error.__traceback__))
@@ -159,8 +162,9 @@ class HttpWorker:
         context = task.input if isinstance(task.input, dict) else {"input": task.input}
         return {**context, "secrets": self._secrets}
 
-    def _failed(self, outcome: str, message: str, redactor: Redactor, *,
-                retryable: bool) -> NodeError:
+    def _failed(
+        self, outcome: str, message: str, redactor: Redactor, *, retryable: bool
+    ) -> NodeError:
         self.metrics.nodes.labels(outcome).inc()
         message = redactor.text(message)
         log.info("http node %s: %s", outcome, message)
@@ -184,8 +188,9 @@ class HttpWorker:
                     raise
             await self._sleep(delay)
 
-    def _retry_delay(self, spec: RequestSpec, attempt: int, failure: _Failure,
-                     deadline: float | None) -> float | None:
+    def _retry_delay(
+        self, spec: RequestSpec, attempt: int, failure: _Failure, deadline: float | None
+    ) -> float | None:
         """Seconds to wait before the next attempt, or None when `failure` is final."""
         if failure.retry == "never" or attempt > spec.retry.max_retries:
             return None
@@ -196,8 +201,10 @@ class HttpWorker:
         if failure.retry_after is not None:
             limit = self.settings.max_retry_delay_ms / 1000
             if failure.retry_after > limit:
-                failure.message += (f" (Retry-After {failure.retry_after:g} s is longer than"
-                                    f" the {limit:g} s the worker waits)")
+                failure.message += (
+                    f" (Retry-After {failure.retry_after:g} s is longer than"
+                    f" the {limit:g} s the worker waits)"
+                )
                 return None
             delay = max(delay, failure.retry_after)
         if deadline is not None and time.monotonic() + delay >= deadline:
@@ -209,8 +216,10 @@ class HttpWorker:
             async with asyncio.timeout(timeout):
                 return await self._follow(spec, timeout)
         except TimeoutError:
-            raise _Failure(f"{spec.method} {_shown(spec.url)}: no complete response within"
-                           f" {timeout:g} s", retry="sent") from None
+            raise _Failure(
+                f"{spec.method} {_shown(spec.url)}: no complete response within {timeout:g} s",
+                retry="sent",
+            ) from None
 
     async def _follow(self, spec: RequestSpec, timeout: float) -> _Reply:
         target = check_url(spec.url, self.policy)
@@ -225,11 +234,14 @@ class HttpWorker:
                 reply.status, method, headers, body, next_target.origin == target.origin
             )
             target = next_target
-        raise _Failure(f"{spec.method} {_shown(spec.url)}: more than"
-                       f" {self.settings.max_redirects} redirects", retry="never")
+        raise _Failure(
+            f"{spec.method} {_shown(spec.url)}: more than {self.settings.max_redirects} redirects",
+            retry="never",
+        )
 
-    def _redirected(self, status: int, method: str, headers: Headers, body: bytes | None,
-                    same_origin: bool) -> tuple[str, Headers, bytes | None]:
+    def _redirected(
+        self, status: int, method: str, headers: Headers, body: bytes | None, same_origin: bool
+    ) -> tuple[str, Headers, bytes | None]:
         if (status == 303 and method != "HEAD") or (status in (301, 302) and method == "POST"):
             method, body = "GET", None
             headers = tuple((n, v) for n, v in headers if n.lower() != "content-type")
@@ -239,11 +251,19 @@ class HttpWorker:
 
     # --- one exchange --------------------------------------------------------------------
 
-    async def _exchange(self, method: str, target: Target, headers: Headers,
-                        body: bytes | None, spec: RequestSpec, timeout: float) -> _Reply:
+    async def _exchange(
+        self,
+        method: str,
+        target: Target,
+        headers: Headers,
+        body: bytes | None,
+        spec: RequestSpec,
+        timeout: float,
+    ) -> _Reply:
         addresses = await self._addresses(target)
-        request = self.client.build_request(method, target.url, headers=headers, content=body,
-                                            timeout=timeout)
+        request = self.client.build_request(
+            method, target.url, headers=headers, content=body, timeout=timeout
+        )
         shown = f"{method} {_shown(target.url)}"
         outcome = "cancelled"
         started = time.perf_counter()
@@ -271,8 +291,13 @@ class HttpWorker:
             self.metrics.request_seconds.labels(method, outcome).observe(
                 time.perf_counter() - started
             )
-        return _Reply(response.status_code, response.reason_phrase, response.headers, content,
-                      response.charset_encoding)
+        return _Reply(
+            response.status_code,
+            response.reason_phrase,
+            response.headers,
+            content,
+            response.charset_encoding,
+        )
 
     async def _addresses(self, target: Target) -> list[IPAddress]:
         """The addresses to connect to, every one judged (literal hosts were judged
@@ -319,13 +344,15 @@ def _redirect_target(current: Target, location: str, policy: GuardPolicy) -> Tar
     try:
         return check_url(urllib.parse.urljoin(current.url, location), policy)
     except Blocked as error:
-        raise Blocked(error.layer, error.rule,
-                      f"redirect from {_shown(current.url)}: {error.detail}") from None
+        raise Blocked(
+            error.layer, error.rule, f"redirect from {_shown(current.url)}: {error.detail}"
+        ) from None
 
 
 async def _read_limited(response: httpx.Response, limit: int, shown: str) -> bytes:
-    too_large = _Failure(f"{shown}: response body exceeds max_response_bytes ({limit})",
-                         retry="never")
+    too_large = _Failure(
+        f"{shown}: response body exceeds max_response_bytes ({limit})", retry="never"
+    )
     declared = response.headers.get("content-length", "")
     # A HEAD response declares the length of the GET's body, which is not sent.
     if response.request.method != "HEAD" and declared.isdigit() and int(declared) > limit:
@@ -342,11 +369,14 @@ async def _read_limited(response: httpx.Response, limit: int, shown: str) -> byt
 def _unexpected_status(spec: RequestSpec, reply: _Reply) -> _Failure:
     status = reply.status
     excerpt = _text(reply)[:_EXCERPT] if reply.content else ""
-    message = (f"{spec.method} {_shown(spec.url)}: HTTP {status} {reply.reason}"
-               f" (expected {spec.expect})" + (f": {excerpt}" if excerpt else ""))
+    message = (
+        f"{spec.method} {_shown(spec.url)}: HTTP {status} {reply.reason}"
+        f" (expected {spec.expect})" + (f": {excerpt}" if excerpt else "")
+    )
     if status == 429 or status >= 500:
-        return _Failure(message, retry="sent",
-                        retry_after=_retry_after(reply.headers.get("retry-after")))
+        return _Failure(
+            message, retry="sent", retry_after=_retry_after(reply.headers.get("retry-after"))
+        )
     return _Failure(message, retry="never")
 
 

@@ -43,8 +43,9 @@ class RecordingSleep:
         self.delays.append(seconds)
 
 
-def task(config: Any, inputs: Any = None, nodes: Any = None, timeout_ms: int | None = None
-         ) -> NodeScheduled:
+def task(
+    config: Any, inputs: Any = None, nodes: Any = None, timeout_ms: int | None = None
+) -> NodeScheduled:
     context = {"inputs": inputs or {}, "nodes": nodes or {}, "iteration": 0}
     return NodeScheduled("run-1", "call", "http", 0, 1, config, context, timeout_ms)
 
@@ -78,8 +79,13 @@ async def make_worker(sleep: RecordingSleep) -> AsyncIterator[WorkerFactory]:
     Keyword arguments are settings, except resolver, ssl_context and registry."""
     workers: list[HttpWorker] = []
 
-    def make(*, resolver: Any = None, ssl_context: Any = None,
-             registry: CollectorRegistry | None = None, **settings: Any) -> HttpWorker:
+    def make(
+        *,
+        resolver: Any = None,
+        ssl_context: Any = None,
+        registry: CollectorRegistry | None = None,
+        **settings: Any,
+    ) -> HttpWorker:
         settings.setdefault("ports", ["1-65535"])
         worker = HttpWorker(
             HttpWorkerSettings(_env_file=None, **settings),  # type: ignore[call-arg]

@@ -79,10 +79,20 @@ class Response:
 
 
 Route = Callable[[Request], Response | Awaitable[Response]]
-_REASONS = {200: "OK", 201: "Created", 204: "No Content", 301: "Moved Permanently",
-            302: "Found", 303: "See Other", 307: "Temporary Redirect", 308: "Permanent Redirect",
-            404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error",
-            503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    201: "Created",
+    204: "No Content",
+    301: "Moved Permanently",
+    302: "Found",
+    303: "See Other",
+    307: "Temporary Redirect",
+    308: "Permanent Redirect",
+    404: "Not Found",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class Server:
@@ -149,8 +159,13 @@ class Server:
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 await writer.wait_closed()
 
-    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                   local: str, sni: str | None) -> bool:
+    async def _one(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        local: str,
+        sni: str | None,
+    ) -> bool:
         head = await reader.readuntil(b"\r\n\r\n")
         line, *fields = head.decode("latin-1").split("\r\n")[:-2]
         method, target, _version = line.split(" ", 2)

@@ -29,7 +29,7 @@ def test_templates_inside_text_become_text():
     assert render("tags={{ .nodes.user.tags }}", CONTEXT) == 'tags=["a","b"]'
     assert render("mail:{{ .nodes.user.email }}", CONTEXT) == "mail:"
     assert render("Bearer {{ .secrets.token }}", CONTEXT) == "Bearer s3cr3t-value"
-    assert render(' {{ .iteration }}', CONTEXT) == " 2"
+    assert render(" {{ .iteration }}", CONTEXT) == " 2"
 
 
 def test_templates_are_found_anywhere_in_the_config():
@@ -47,16 +47,20 @@ def test_template_errors_say_where():
 
 
 def test_the_request_is_built_from_the_rendered_config():
-    spec = build_request({
-        "method": "post",
-        "url": "https://api.example.com/users/{{ .inputs.id }}?v=1#section",
-        "query": {"tag": "{{ .nodes.user.tags }}", "skip": None, "n": 2.5},
-        "headers": {"Authorization": "Bearer {{ .secrets.token }}"},
-        "body": {"name": "{{ .inputs.name }}"},
-        "timeout_ms": 1500,
-        "retries": {"max": 2, "backoff_ms": 50, "non_idempotent": True},
-        "expect_status": [200, "3xx"],
-    }, CONTEXT, SETTINGS)
+    spec = build_request(
+        {
+            "method": "post",
+            "url": "https://api.example.com/users/{{ .inputs.id }}?v=1#section",
+            "query": {"tag": "{{ .nodes.user.tags }}", "skip": None, "n": 2.5},
+            "headers": {"Authorization": "Bearer {{ .secrets.token }}"},
+            "body": {"name": "{{ .inputs.name }}"},
+            "timeout_ms": 1500,
+            "retries": {"max": 2, "backoff_ms": 50, "non_idempotent": True},
+            "expect_status": [200, "3xx"],
+        },
+        CONTEXT,
+        SETTINGS,
+    )
     assert spec.method == "POST"
     assert spec.url == "https://api.example.com/users/7?v=1&tag=a&tag=b&n=2.5"
     assert ("Authorization", "Bearer s3cr3t-value") in spec.headers
@@ -82,9 +86,18 @@ def test_defaults():
     assert spec.follow_redirects
 
 
-@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("HEAD", True), ("PUT", True),
-                                                 ("DELETE", True), ("OPTIONS", True),
-                                                 ("POST", False), ("PATCH", False)])
+@pytest.mark.parametrize(
+    ("method", "retried"),
+    [
+        ("GET", True),
+        ("HEAD", True),
+        ("PUT", True),
+        ("DELETE", True),
+        ("OPTIONS", True),
+        ("POST", False),
+        ("PATCH", False),
+    ],
+)
 def test_only_idempotent_methods_are_sent_again_by_default(method, retried):
     spec = build_request({"url": "https://example.com/", "method": method}, CONTEXT, SETTINGS)
     assert spec.retry_after_sending is retried
@@ -92,8 +105,9 @@ def test_only_idempotent_methods_are_sent_again_by_default(method, retried):
 
 def test_validation_errors_do_not_echo_values():
     with pytest.raises(ConfigError) as caught:
-        build_request({"url": "https://example.com/", "headers": {"X": ["s3cr3t-value"]}},
-                      CONTEXT, SETTINGS)
+        build_request(
+            {"url": "https://example.com/", "headers": {"X": ["s3cr3t-value"]}}, CONTEXT, SETTINGS
+        )
     assert "config.headers.X" in str(caught.value)
     assert "s3cr3t-value" not in str(caught.value)
 

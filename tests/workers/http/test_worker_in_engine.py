@@ -48,8 +48,9 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
             await worker.aclose()
 
 
-async def run_to_end(api: httpx.AsyncClient, definition: dict[str, Any],
-                     inputs: Any) -> dict[str, Any]:
+async def run_to_end(
+    api: httpx.AsyncClient, definition: dict[str, Any], inputs: Any
+) -> dict[str, Any]:
     response = await api.post("/api/v1/runs", json={"definition": definition, "inputs": inputs})
     assert response.status_code == 202, response.text
     run_id = response.json()["run_id"]
@@ -70,12 +71,19 @@ async def test_an_http_node_feeds_its_output_downstream(api, server: Server):
     definition = {
         "name": "price-check",
         "nodes": [
-            {"id": "fetch", "type": "http", "config": {
-                "url": f"http://127.0.0.1:{server.port}/prices/{{{{ .inputs.sku }}}}",
-                "headers": {"Authorization": "Bearer {{ .secrets.api }}"},
-            }},
-            {"id": "double", "type": "transform",
-             "config": {"expr": ".nodes.fetch.body.price * 2"}},
+            {
+                "id": "fetch",
+                "type": "http",
+                "config": {
+                    "url": f"http://127.0.0.1:{server.port}/prices/{{{{ .inputs.sku }}}}",
+                    "headers": {"Authorization": "Bearer {{ .secrets.api }}"},
+                },
+            },
+            {
+                "id": "double",
+                "type": "transform",
+                "config": {"expr": ".nodes.fetch.body.price * 2"},
+            },
         ],
         "edges": [{"from": "fetch", "to": "double"}],
         "output": ".nodes.double",
@@ -90,8 +98,13 @@ async def test_an_http_node_feeds_its_output_downstream(api, server: Server):
 async def test_a_blocked_request_fails_its_node_with_the_reason(api, server: Server):
     definition = {
         "name": "ssrf",
-        "nodes": [{"id": "peek", "type": "http",
-                   "config": {"url": "http://169.254.169.254/latest/meta-data/"}}],
+        "nodes": [
+            {
+                "id": "peek",
+                "type": "http",
+                "config": {"url": "http://169.254.169.254/latest/meta-data/"},
+            }
+        ],
     }
     run = await run_to_end(api, definition, {})
     assert run["status"] == "failed"

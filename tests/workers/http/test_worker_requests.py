@@ -37,11 +37,19 @@ async def failure(worker, config, **task_options) -> NodeError:
 
 
 def echo(request: Request) -> Response:
-    return Response(200, {"method": request.method, "target": request.target,
-                          "headers": request.headers, "body": request.body.decode()})
+    return Response(
+        200,
+        {
+            "method": request.method,
+            "target": request.target,
+            "headers": request.headers,
+            "body": request.body.decode(),
+        },
+    )
 
 
 # --- requests and outputs ---------------------------------------------------------------
+
 
 async def test_templates_fill_the_request_from_the_run_context(worker, server, base):
     server.route("/items/42", echo)
@@ -50,8 +58,9 @@ async def test_templates_fill_the_request_from_the_run_context(worker, server, b
         "query": {"q": "{{ .nodes.search.term }}", "tags": ["a", "b"], "n": 3, "on": True},
         "headers": {"X-Trace": "trace-{{ .nodes.search.trace }}"},
     }
-    output = await worker.handle(task(config, inputs={"id": 42},
-                                      nodes={"search": {"term": "ü x", "trace": 7}}))
+    output = await worker.handle(
+        task(config, inputs={"id": 42}, nodes={"search": {"term": "ü x", "trace": 7}})
+    )
     assert output["status"] == 200
     assert output["body"]["target"] == "/items/42?q=%C3%BC+x&tags=a&tags=b&n=3&on=true"
     assert output["body"]["headers"]["x-trace"] == "trace-7"
@@ -75,8 +84,7 @@ async def test_requests_say_who_sends_them(worker, server, base):
     default = await worker.handle(task({"url": base + "/echo"}))
     assert default["body"]["headers"]["user-agent"] == "aob-http-worker"
     assert default["body"]["headers"]["accept-encoding"] == "identity"
-    custom = await worker.handle(task({"url": base + "/echo",
-                                       "headers": {"User-Agent": "mine/1"}}))
+    custom = await worker.handle(task({"url": base + "/echo", "headers": {"User-Agent": "mine/1"}}))
     assert custom["body"]["headers"]["user-agent"] == "mine/1"
 
 
@@ -85,11 +93,20 @@ async def test_string_bodies_are_sent_as_text_unless_told(worker, server, base):
     text = await worker.handle(task({"method": "PUT", "url": base + "/text", "body": "hello"}))
     assert text["body"]["body"] == "hello"
     assert text["body"]["headers"]["content-type"] == "text/plain; charset=utf-8"
-    as_json = await worker.handle(task({"method": "PUT", "url": base + "/text", "body": "hello",
-                                        "body_format": "json"}))
+    as_json = await worker.handle(
+        task({"method": "PUT", "url": base + "/text", "body": "hello", "body_format": "json"})
+    )
     assert as_json["body"]["body"] == '"hello"'
-    custom = await worker.handle(task({"method": "PUT", "url": base + "/text", "body": "<a/>",
-                                       "headers": {"Content-Type": "application/xml"}}))
+    custom = await worker.handle(
+        task(
+            {
+                "method": "PUT",
+                "url": base + "/text",
+                "body": "<a/>",
+                "headers": {"Content-Type": "application/xml"},
+            }
+        )
+    )
     assert custom["body"]["headers"]["content-type"] == "application/xml"
 
 
@@ -97,8 +114,12 @@ async def test_bodies_are_parsed_by_content_type(worker, server, base):
     server.route("/json", Response(200, b'{"a": [1, 2]}', {"Content-Type": "application/x+json"}))
     server.route("/bad-json", Response(200, b"{nope", {"Content-Type": "application/json"}))
     server.route("/nan", Response(200, b"NaN", {"Content-Type": "application/json"}))
-    server.route("/latin1", Response(200, "caf\u00e9".encode("latin-1"),
-                                     {"Content-Type": "text/plain; charset=latin-1"}))
+    server.route(
+        "/latin1",
+        Response(
+            200, "caf\u00e9".encode("latin-1"), {"Content-Type": "text/plain; charset=latin-1"}
+        ),
+    )
     server.route("/empty", Response(204))
     assert (await worker.handle(task({"url": base + "/json"})))["body"] == {"a": [1, 2]}
     assert (await worker.handle(task({"url": base + "/bad-json"})))["body"] == "{nope"
@@ -114,13 +135,15 @@ async def test_redirects_are_followed_with_rfc_method_rules(worker, server, base
     server.route("/see-other", Response(303, headers={"Location": "/landing"}))
     server.route("/temporary", Response(307, headers={"Location": "/landing"}))
     server.route("/landing", echo)
-    after_post = await worker.handle(task({"method": "POST", "url": base + "/see-other",
-                                           "body": {"x": 1}}))
+    after_post = await worker.handle(
+        task({"method": "POST", "url": base + "/see-other", "body": {"x": 1}})
+    )
     assert after_post["body"]["method"] == "GET"
     assert after_post["body"]["body"] == ""
     assert "content-type" not in after_post["body"]["headers"]
-    kept = await worker.handle(task({"method": "POST", "url": base + "/temporary",
-                                     "body": {"x": 1}}))
+    kept = await worker.handle(
+        task({"method": "POST", "url": base + "/temporary", "body": {"x": 1}})
+    )
     assert kept["body"]["method"] == "POST"
     assert json.loads(kept["body"]["body"]) == {"x": 1}
 
@@ -131,10 +154,14 @@ async def test_secret_headers_stay_on_the_same_origin_only(worker, server, base)
         other.route("/landing", echo)
         server.route("/landing", echo)
         server.route("/same", Response(302, headers={"Location": "/landing"}))
-        server.route("/away", Response(302, headers={
-            "Location": f"http://127.0.0.1:{other.port}/landing"}))
-        headers = {"Authorization": "Bearer abcdefgh12345", "Cookie": "sid=0123456789ab",
-                   "X-Trace": "t-1"}
+        server.route(
+            "/away", Response(302, headers={"Location": f"http://127.0.0.1:{other.port}/landing"})
+        )
+        headers = {
+            "Authorization": "Bearer abcdefgh12345",
+            "Cookie": "sid=0123456789ab",
+            "X-Trace": "t-1",
+        }
         same = await worker.handle(task({"url": base + "/same", "headers": headers}))
         assert same["body"]["headers"]["authorization"] == "[redacted]"  # sent, then hidden
         assert server.requests[-1].headers["authorization"] == "Bearer abcdefgh12345"
@@ -159,14 +186,16 @@ async def test_too_many_redirects_fail_the_node(make_worker, server, base):
 
 async def test_redirects_are_not_followed_when_the_node_says_so(worker, server, base):
     server.route("/moved", Response(301, headers={"Location": "/elsewhere"}))
-    output = await worker.handle(task({"url": base + "/moved", "follow_redirects": False,
-                                       "expect_status": ["3xx"]}))
+    output = await worker.handle(
+        task({"url": base + "/moved", "follow_redirects": False, "expect_status": ["3xx"]})
+    )
     assert output["status"] == 301
     assert output["headers"]["location"] == "/elsewhere"
     assert [r.path for r in server.requests] == ["/moved"]
 
 
 # --- expected statuses ------------------------------------------------------------------
+
 
 async def test_expected_statuses(worker, server, base):
     server.route("/missing", Response(404, "no such item"))
@@ -183,6 +212,7 @@ async def test_expected_statuses(worker, server, base):
 
 # --- retries ----------------------------------------------------------------------------
 
+
 async def test_503_then_success_is_retried_honouring_retry_after(worker, server, base, sleep):
     server.script("/flaky", Response(503, "busy", {"Retry-After": "2"}), Response(200, "ok"))
     output = await worker.handle(task({"url": base + "/flaky", "retries": 2}))
@@ -194,8 +224,9 @@ async def test_503_then_success_is_retried_honouring_retry_after(worker, server,
 
 async def test_429_with_an_http_date_retry_after(worker, server, base, sleep):
     when = email.utils.formatdate(time.time() + 3, usegmt=True)
-    server.script("/limited", Response(429, "slow down", {"Retry-After": when}),
-                  Response(200, "ok"))
+    server.script(
+        "/limited", Response(429, "slow down", {"Retry-After": when}), Response(200, "ok")
+    )
     output = await worker.handle(task({"url": base + "/limited", "retries": 1}))
     assert output["attempts"] == 2
     assert 1.5 <= sleep.delays[0] <= 3.5
@@ -232,8 +263,9 @@ async def test_the_task_timeout_bounds_the_retries(worker, server, base, sleep):
 
 async def test_post_is_not_retried_after_sending(worker, server, base, sleep):
     server.route("/pay", Response(503, "busy"))
-    error = await failure(worker, {"method": "POST", "url": base + "/pay", "body": {"n": 1},
-                                   "retries": 3})
+    error = await failure(
+        worker, {"method": "POST", "url": base + "/pay", "body": {"n": 1}, "retries": 3}
+    )
     assert error.retryable is True  # the coordinator's policy may still try again
     assert len(server.requests) == 1
     assert sleep.delays == []
@@ -241,8 +273,12 @@ async def test_post_is_not_retried_after_sending(worker, server, base, sleep):
 
 async def test_post_is_retried_when_the_node_says_so(worker, server, base):
     server.script("/pay", Response(503, "busy"), Response(200, "paid"))
-    config = {"method": "POST", "url": base + "/pay", "body": {"n": 1},
-              "retries": {"max": 3, "non_idempotent": True}}
+    config = {
+        "method": "POST",
+        "url": base + "/pay",
+        "body": {"n": 1},
+        "retries": {"max": 3, "non_idempotent": True},
+    }
     assert (await worker.handle(task(config)))["body"] == "paid"
     assert [r.method for r in server.requests] == ["POST", "POST"]
 
@@ -257,8 +293,9 @@ def unused_port() -> int:
 async def test_connect_errors_are_retried_for_any_method(worker, sleep):
     """Nothing was sent when the connection was refused, so even a POST may go again."""
     port = unused_port()
-    error = await failure(worker, {"method": "POST", "url": f"http://127.0.0.1:{port}/",
-                                   "retries": 2})
+    error = await failure(
+        worker, {"method": "POST", "url": f"http://127.0.0.1:{port}/", "retries": 2}
+    )
     assert "cannot connect" in str(error)
     assert error.retryable is True
     assert len(sleep.delays) == 2
@@ -277,6 +314,7 @@ async def test_a_slow_server_times_out(worker, server, base):
 
 # --- limits -----------------------------------------------------------------------------
 
+
 async def test_response_size_is_limited(worker, server, base):
     server.route("/big", Response(200, b"x" * 5000))
     server.route("/big-stream", Response(200, b"y" * 5000, until_close=True))
@@ -291,15 +329,15 @@ async def test_response_size_is_limited(worker, server, base):
 
 async def test_a_head_response_declaring_a_large_body_is_fine(worker, server, base):
     server.route("/big", Response(200, b"x" * 5000))
-    output = await worker.handle(task({"method": "HEAD", "url": base + "/big",
-                                       "max_response_bytes": 1000}))
+    output = await worker.handle(
+        task({"method": "HEAD", "url": base + "/big", "max_response_bytes": 1000})
+    )
     assert output["headers"]["content-length"] == "5000"
     assert output["body"] is None
 
 
 async def test_node_limits_cannot_exceed_the_workers(make_worker, base):
-    worker = make_worker(allow=LOCAL, max_response_bytes=1000, max_retries=2,
-                         max_timeout_ms=1000)
+    worker = make_worker(allow=LOCAL, max_response_bytes=1000, max_retries=2, max_timeout_ms=1000)
     for config, message in [
         ({"max_response_bytes": 1001}, "config.max_response_bytes: 1001 exceeds"),
         ({"retries": 3}, "config.retries: between 0 and 2"),
@@ -312,19 +350,23 @@ async def test_node_limits_cannot_exceed_the_workers(make_worker, base):
 
 # --- bad config -------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("config", "message"), [
-    ({}, "config.url: Field required"),
-    ({"url": "http://x/", "method": "TRACE"}, "config.method: 'TRACE' is not one of"),
-    ({"url": "http://x/", "headers": {"Host": "internal"}}, "Host is set by the worker"),
-    ({"url": "http://x/", "headers": {"bad name": "v"}}, "not a valid header name"),
-    ({"url": "http://x/", "headers": {"X": "a\r\nInjected: 1"}}, "line breaks are not allowed"),
-    ({"url": "http://x/", "headers": {"X": "caf\u00e9"}}, "config.headers.X: only ASCII"),
-    ({"url": "http://x/", "expect_status": ["abc"]}, "not a status or a class"),
-    ({"url": "http://x/", "unknown": 1}, "config.unknown: Extra inputs are not permitted"),
-    ({"url": "{{ .inputs | nope }}"}, "config.url: template"),
-    ({"url": "http://x/{{ now }}"}, "not allowed (now)"),
-    ({"url": "{{ .inputs.missing }}"}, "config.url: Input should be a valid string"),
-])
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({}, "config.url: Field required"),
+        ({"url": "http://x/", "method": "TRACE"}, "config.method: 'TRACE' is not one of"),
+        ({"url": "http://x/", "headers": {"Host": "internal"}}, "Host is set by the worker"),
+        ({"url": "http://x/", "headers": {"bad name": "v"}}, "not a valid header name"),
+        ({"url": "http://x/", "headers": {"X": "a\r\nInjected: 1"}}, "line breaks are not allowed"),
+        ({"url": "http://x/", "headers": {"X": "caf\u00e9"}}, "config.headers.X: only ASCII"),
+        ({"url": "http://x/", "expect_status": ["abc"]}, "not a status or a class"),
+        ({"url": "http://x/", "unknown": 1}, "config.unknown: Extra inputs are not permitted"),
+        ({"url": "{{ .inputs | nope }}"}, "config.url: template"),
+        ({"url": "http://x/{{ now }}"}, "not allowed (now)"),
+        ({"url": "{{ .inputs.missing }}"}, "config.url: Input should be a valid string"),
+    ],
+)
 async def test_bad_config_fails_the_node_without_retries(worker, config, message):
     error = await failure(worker, config)
     assert message in str(error)
@@ -338,18 +380,29 @@ async def test_config_must_be_an_object(worker):
 
 # --- secrets ----------------------------------------------------------------------------
 
+
 async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog):
     caplog.set_level(logging.DEBUG)
-    worker = make_worker(allow=LOCAL, secrets={"api": "tok-0123456789"},
-                         secret_headers=["X-Signature"])
-    server.route("/echo", lambda r: Response(200, {"seen": r.headers}, {
-        "Set-Cookie": "session=abcdef0123456789", "X-Signature": "sig-from-server"}))
-    config = {"url": base + "/echo", "headers": {
-        "Authorization": "Bearer {{ .secrets.api }}",
-        "X-Api-Key": "key-9876543210",
-        "X-Signature": "sig-2468013579",
-        "X-Visible": "plain",
-    }}
+    worker = make_worker(
+        allow=LOCAL, secrets={"api": "tok-0123456789"}, secret_headers=["X-Signature"]
+    )
+    server.route(
+        "/echo",
+        lambda r: Response(
+            200,
+            {"seen": r.headers},
+            {"Set-Cookie": "session=abcdef0123456789", "X-Signature": "sig-from-server"},
+        ),
+    )
+    config = {
+        "url": base + "/echo",
+        "headers": {
+            "Authorization": "Bearer {{ .secrets.api }}",
+            "X-Api-Key": "key-9876543210",
+            "X-Signature": "sig-2468013579",
+            "X-Visible": "plain",
+        },
+    }
     output = await worker.handle(task(config))
     # The server got the real values...
     sent = server.requests[-1].headers
@@ -357,8 +410,13 @@ async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog
     assert sent["x-api-key"] == "key-9876543210"
     # ...and nothing the worker outputs or logs shows them.
     text = json.dumps(output) + caplog.text
-    for secret in ("tok-0123456789", "key-9876543210", "sig-2468013579", "abcdef0123456789",
-                   "sig-from-server"):
+    for secret in (
+        "tok-0123456789",
+        "key-9876543210",
+        "sig-2468013579",
+        "abcdef0123456789",
+        "sig-from-server",
+    ):
         assert secret not in text
     assert output["body"]["seen"]["x-visible"] == "plain"
     assert output["headers"]["set-cookie"] == "[redacted]"
@@ -368,10 +426,11 @@ async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog
 async def test_secrets_never_appear_in_errors(make_worker, server, base, caplog):
     caplog.set_level(logging.DEBUG)
     worker = make_worker(allow=LOCAL, secrets={"api": "tok-0123456789"})
-    server.route("/denied", lambda r: Response(
-        401, f"bad token {r.headers.get('authorization')}"))
-    config = {"url": base + "/denied?key={{ .secrets.api }}",
-              "headers": {"Authorization": "Basic dXNlcjpodW50ZXIy"}}
+    server.route("/denied", lambda r: Response(401, f"bad token {r.headers.get('authorization')}"))
+    config = {
+        "url": base + "/denied?key={{ .secrets.api }}",
+        "headers": {"Authorization": "Basic dXNlcjpodW50ZXIy"},
+    }
     error = await failure(worker, config)
     assert "HTTP 401" in str(error)
     assert "bad token" in str(error)
@@ -408,6 +467,7 @@ async def test_secrets_are_kept_out_of_the_task_event(make_worker, server, base)
 
 # --- metrics ----------------------------------------------------------------------------
 
+
 async def test_requests_are_measured_by_method_and_outcome(make_worker, server, base):
     registry = CollectorRegistry()
     worker = make_worker(allow=LOCAL, registry=registry)
@@ -418,8 +478,9 @@ async def test_requests_are_measured_by_method_and_outcome(make_worker, server, 
     await failure(worker, {"url": f"http://127.0.0.1:{unused_port()}/"})
 
     def count(method: str, outcome: str) -> float | None:
-        return registry.get_sample_value("aob_http_request_duration_seconds_count",
-                                         {"method": method, "outcome": outcome})
+        return registry.get_sample_value(
+            "aob_http_request_duration_seconds_count", {"method": method, "outcome": outcome}
+        )
 
     assert count("GET", "2xx") == 1
     assert count("GET", "5xx") == 2

@@ -22,9 +22,17 @@ async def failure(worker, config, **task_options) -> NodeError:
     return caught.value
 
 
-@pytest.mark.parametrize("host", [
-    "127.0.0.2", "0x7f000002", "2130706434", "0177.0.0.2", "127.0.0.2.", "[::ffff:127.0.0.2]",
-])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.2",
+        "0x7f000002",
+        "2130706434",
+        "0177.0.0.2",
+        "127.0.0.2.",
+        "[::ffff:127.0.0.2]",
+    ],
+)
 async def test_blocked_addresses_never_open_a_connection(make_worker, recorder, host):
     worker = make_worker(allow=["127.0.0.1"])
     error = await failure(worker, {"url": f"http://{host}:{recorder.port}/"})
@@ -34,12 +42,15 @@ async def test_blocked_addresses_never_open_a_connection(make_worker, recorder, 
     assert recorder.accepts == []
 
 
-@pytest.mark.parametrize("answer", [
-    ["127.0.0.2"],
-    ["93.184.216.34", "127.0.0.2"],  # one bad answer among good ones blocks the request
-    ["127.0.0.2", "93.184.216.34"],
-    ["::ffff:127.0.0.2"],
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ["127.0.0.2"],
+        ["93.184.216.34", "127.0.0.2"],  # one bad answer among good ones blocks the request
+        ["127.0.0.2", "93.184.216.34"],
+        ["::ffff:127.0.0.2"],
+    ],
+)
 async def test_names_resolving_to_private_addresses_never_connect(make_worker, recorder, answer):
     resolver = ScriptedResolver({"evil.example": [answer]})
     worker = make_worker(resolver=resolver)
@@ -156,18 +167,22 @@ async def test_redirect_hops_are_resolved_and_judged_again(make_worker, server, 
     assert recorder.accepts == []
 
 
-@pytest.mark.parametrize(("location", "layer_rule"), [
-    ("file:///etc/passwd", "protocol layer, rule scheme"),
-    ("gopher://127.0.0.1:70/_x", "protocol layer, rule scheme"),
-    ("http://admin:hunter22@127.0.0.1:{port}/", "protocol layer, rule userinfo"),
-    ("/admin", "path layer, rule deny-list"),
-    ("/%2e%2e/.env", "path layer, rule deny-list"),
-    ("http://[::1]:{port}/", "ip layer, rule loopback"),
-    ("http://169.254.169.254/latest/meta-data/", "ip layer, rule cloud-metadata"),
-    ("http://metadata.google.internal/", "host layer, rule cloud-metadata"),
-])
-async def test_every_redirect_hop_goes_through_every_layer(make_worker, server, location,
-                                                            layer_rule):
+@pytest.mark.parametrize(
+    ("location", "layer_rule"),
+    [
+        ("file:///etc/passwd", "protocol layer, rule scheme"),
+        ("gopher://127.0.0.1:70/_x", "protocol layer, rule scheme"),
+        ("http://admin:hunter22@127.0.0.1:{port}/", "protocol layer, rule userinfo"),
+        ("/admin", "path layer, rule deny-list"),
+        ("/%2e%2e/.env", "path layer, rule deny-list"),
+        ("http://[::1]:{port}/", "ip layer, rule loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "ip layer, rule cloud-metadata"),
+        ("http://metadata.google.internal/", "host layer, rule cloud-metadata"),
+    ],
+)
+async def test_every_redirect_hop_goes_through_every_layer(
+    make_worker, server, location, layer_rule
+):
     server.route("/go", Response(301, headers={"Location": location.format(port=server.port)}))
     worker = make_worker(allow=["127.0.0.1"])
     error = await failure(worker, {"url": f"http://127.0.0.1:{server.port}/go"})
@@ -178,8 +193,14 @@ async def test_every_redirect_hop_goes_through_every_layer(make_worker, server, 
 
 async def test_environment_proxies_are_ignored(make_worker, server, recorder, monkeypatch):
     proxy = f"http://127.0.0.2:{recorder.port}"
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy",
-                 "all_proxy"):
+    for name in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ):
         monkeypatch.setenv(name, proxy)
     monkeypatch.delenv("NO_PROXY", raising=False)
     monkeypatch.delenv("no_proxy", raising=False)
@@ -218,8 +239,9 @@ async def test_userinfo_is_refused_before_connecting(make_worker, server):
     assert server.connections == 0
 
 
-@pytest.mark.parametrize("path", ["/admin", "/x/%2e%2e/admin", "/x/..%2F.env", "/api/keys/1",
-                                  "/%2561pi/keys"])
+@pytest.mark.parametrize(
+    "path", ["/admin", "/x/%2e%2e/admin", "/x/..%2F.env", "/api/keys/1", "/%2561pi/keys"]
+)
 async def test_denied_paths_are_refused_before_connecting(make_worker, server, path):
     worker = make_worker(allow=["127.0.0.1"])
     error = await failure(worker, {"url": f"http://127.0.0.1:{server.port}{path}"})
@@ -232,8 +254,16 @@ async def test_blocked_requests_are_counted_by_layer_and_rule(make_worker, recor
     worker = make_worker(registry=registry)
     await failure(worker, {"url": f"http://127.0.0.2:{recorder.port}/"})
     await failure(worker, {"url": "http://localhost/"})
-    assert registry.get_sample_value(
-        "aob_http_blocked_requests_total", {"layer": "ip", "rule": "loopback"}) == 1
-    assert registry.get_sample_value(
-        "aob_http_blocked_requests_total", {"layer": "host", "rule": "localhost"}) == 1
+    assert (
+        registry.get_sample_value(
+            "aob_http_blocked_requests_total", {"layer": "ip", "rule": "loopback"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "aob_http_blocked_requests_total", {"layer": "host", "rule": "localhost"}
+        )
+        == 1
+    )
     assert registry.get_sample_value("aob_http_nodes_total", {"outcome": "blocked"}) == 2

@@ -44,8 +44,7 @@ async def test_sni_host_and_verification_use_the_name_while_connecting_by_addres
 ):
     server = await tls_server(ca, NAME)  # no IP address in the certificate
     try:
-        worker = make_worker(resolver=resolver, allow=["127.0.0.1"],
-                             ssl_context=client_context(ca))
+        worker = make_worker(resolver=resolver, allow=["127.0.0.1"], ssl_context=client_context(ca))
         output = await worker.handle(task({"url": f"https://{NAME}:{server.port}/hello"}))
         assert output["status"] == 200
         (request,) = server.requests
@@ -60,8 +59,7 @@ async def test_sni_host_and_verification_use_the_name_while_connecting_by_addres
 async def test_a_certificate_for_another_name_is_refused(make_worker, ca, resolver):
     server = await tls_server(ca, "other.example.test")
     try:
-        worker = make_worker(resolver=resolver, allow=["127.0.0.1"],
-                             ssl_context=client_context(ca))
+        worker = make_worker(resolver=resolver, allow=["127.0.0.1"], ssl_context=client_context(ca))
         with pytest.raises(NodeError, match="cannot connect") as caught:
             await worker.handle(task({"url": f"https://{NAME}:{server.port}/hello"}))
         assert "certificate" in str(caught.value).lower()
@@ -96,19 +94,23 @@ async def test_the_ca_bundle_setting_is_trusted(make_worker, ca, resolver, tmp_p
 async def test_a_downgrade_to_http_drops_secret_headers(make_worker, ca, resolver, server):
     secure = await tls_server(ca, NAME)
     try:
-        secure.route("/go", Response(302, headers={
-            "Location": f"http://{NAME}:{server.port}/landing"}))
+        secure.route(
+            "/go", Response(302, headers={"Location": f"http://{NAME}:{server.port}/landing"})
+        )
 
         def landing(request: Request) -> Response:
             return Response(200, {"auth": request.headers.get("authorization")})
 
         server.route("/landing", landing)
-        worker = make_worker(resolver=resolver, allow=["127.0.0.1"],
-                             ssl_context=client_context(ca))
-        output = await worker.handle(task({
-            "url": f"https://{NAME}:{secure.port}/go",
-            "headers": {"Authorization": "Bearer long-lived-token"},
-        }))
+        worker = make_worker(resolver=resolver, allow=["127.0.0.1"], ssl_context=client_context(ca))
+        output = await worker.handle(
+            task(
+                {
+                    "url": f"https://{NAME}:{secure.port}/go",
+                    "headers": {"Authorization": "Bearer long-lived-token"},
+                }
+            )
+        )
         assert secure.requests[0].headers["authorization"] == "Bearer long-lived-token"
         assert output["body"] == {"auth": None}
         assert resolver.lookups == [NAME, NAME]  # the hop was resolved and judged again
