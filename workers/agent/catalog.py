@@ -116,7 +116,8 @@ class ToolCatalog:
 
     tools: dict[str, ToolRegistered] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset
-    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # One reader at a time: two could apply an old registration after a newer one.
+    _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def apply(self, event: ToolRegistered) -> None:
         self.tools[event.name] = event
@@ -148,6 +149,10 @@ class ToolCatalog:
 
     async def catch_up(self, log: EventLog) -> bool:
         """Read what is new on `aob.tools`; True when something was read."""
+        async with self._reading:
+            return await self._read_new(log)
+
+    async def _read_new(self, log: EventLog) -> bool:
         read = False
         for partition in range(await log.partitions(TOOLS_TOPIC)):
             offset = self.positions.get(partition, 0)
