@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aob
-from aob.platform.api import approvals, replay, runs, stream, workflows
+from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
 from aob.platform.api.deps import EngineDep
 from aob.platform.commands import Commands
 from aob.platform.engine import Engine
@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(replay.router)
     app.include_router(approvals.router)
+    app.include_router(patches.router)
+    app.include_router(tools.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
     _install_error_handlers(app, settings.max_request_bytes)
     return app

@@ -26,8 +26,8 @@ async def awaiting_review(aob: Aob, scripted_llm: LlmServer) -> tuple[str, dict[
         {"content": "proposed"},
     ]})
     run_id = await aob.submit(reviewed())
-    run = await aob.until(run_id, lambda r: r["status"] == "waiting"
-                          and node(r, "plan")["status"] == "completed")
+    await aob.until(run_id, lambda r: r["status"] == "waiting"
+                    and node(r, "plan")["status"] == "completed")
     (patch,) = (await aob.client.get(f"/api/v1/runs/{run_id}/patches")).json()["items"]
     return run_id, patch
 
