@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -90,6 +91,10 @@ class HitlService:
         self.decisions = Consumer(event_log, DECISIONS_GROUP, [RUNS_TOPIC])
         # Timeouts appended but maybe not projected yet: not to be fired again meanwhile.
         self._in_flight: set[str] = set()
+        # The read models' positions at the last scan of pending approvals, and the
+        # earliest deadline still ahead then: no need to scan again before either moves.
+        self._scanned: dict[TopicPartition, int] | None = None
+        self._next_deadline: float = math.inf
 
     async def start(self) -> None:
         await self.requests.start()
@@ -139,12 +144,19 @@ class HitlService:
         """Decide every pending approval past its deadline as its on_timeout says;
         returns how many were decided. A human's decision appended first wins."""
         now = self.clock()
+        positions = self.store.offsets()
+        if positions == self._scanned and now < self._next_deadline:
+            return 0  # the pending approvals are as last read, and none fell due since
         pending = self.store.list_approvals(status="pending")
+        self._scanned, self._next_deadline = positions, math.inf
         self._in_flight &= {a["approval_id"] for a in pending}
         appends = []
         for approval in pending:
             deadline = approval["deadline"]
-            if deadline is None or deadline > now or approval["approval_id"] in self._in_flight:
+            if deadline is None or approval["approval_id"] in self._in_flight:
+                continue
+            if deadline > now:
+                self._next_deadline = min(self._next_deadline, deadline)
                 continue
             self._in_flight.add(approval["approval_id"])
             appends.append(_timeout(approval, now))
