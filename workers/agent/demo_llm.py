@@ -193,7 +193,7 @@ class ScriptedLlm:
 def _error(status: int, message: str, *, retry_after_ms: int | None = None) -> Response:
     kind = _ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     headers = {}
-    if status == 429 and retry_after_ms is not None:
+    if retry_after_ms is not None:  # what providers send with 429s (and some 5xx)
         headers["retry-after-ms"] = str(retry_after_ms)
     return JSONResponse({"error": {"message": message, "type": kind, "code": kind}},
                         status_code=status, headers=headers)

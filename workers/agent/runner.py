@@ -274,6 +274,17 @@ def _llm_status_error(error: openai.APIStatusError, config: AgentConfig) -> Node
     retries = config.endpoint.max_retries
     after = f" after {retries} retries" if retryable and retries else ""
     return NodeError(
-        f"LLM endpoint {config.endpoint.base_url} answered HTTP {status}{after}: {error.message}",
+        f"LLM endpoint {config.endpoint.base_url} answered HTTP {status}{after}: "
+        f"{_provider_message(error)}",
         retryable=retryable,
     )
+
+
+def _provider_message(error: openai.APIStatusError) -> str:
+    """The provider's own message ({"error": {"message": ...}}), else the SDK's."""
+    body = error.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and isinstance(inner.get("message"), str):
+            return inner["message"]
+    return error.message
