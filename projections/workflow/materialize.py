@@ -342,8 +342,9 @@ def _incoming(doc: Mapping[str, Json], frozen: frozenset[str]) -> dict[str, Coun
     incoming: dict[str, Counter[str]] = {node_id: Counter() for node_id in frozen}
     edges = doc.get("edges")
     for edge in edges if isinstance(edges, list) else []:
-        if isinstance(edge, dict) and edge.get("to") in incoming:
-            incoming[edge["to"]][_describe_edge(edge)] += 1
+        target = edge.get("to") if isinstance(edge, dict) else None
+        if isinstance(target, str) and target in incoming:  # a patch may put anything there
+            incoming[target][_describe_edge(edge)] += 1
     return incoming
 
 

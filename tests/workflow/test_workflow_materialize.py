@@ -492,3 +492,10 @@ def test_random_operations_never_raise_nor_mutate(ops, frozen, so_far):
         assert materialize(BASE, [ops]) == outcome.definition
     else:
         assert outcome.problems
+
+
+def test_an_edge_target_of_the_wrong_type_is_a_problem_not_a_crash():
+    ops = [{"op": "add", "path": "/edges/-", "value": {"from": "draft", "to": ["check"]}}]
+    outcome = patch(ops)
+    assert not outcome.ok
+    assert outcome.problems
