@@ -32,6 +32,8 @@ class CoordinatorHost:
         self.consumer = Consumer(event_log, GROUP, [RUNS_TOPIC], max_records=max_records)
         self.states: dict[str, RunState] = {}
         self.finished: set[str] = set()
+        # Positions in aob.runs of events this host appended and has not read back yet.
+        self._own: set[tuple[int, int]] = set()
 
     async def recover(self) -> None:
         """Rebuild run states by folding the log up to the committed offsets.
@@ -54,12 +56,20 @@ class CoordinatorHost:
         while not stop.is_set():
             records = await self.consumer.poll(timeout=0.5)
             if records:
-                await self.consumer.commit(self.handle(records))
+                written = await self.consumer.commit(self.handle(records))
+                self._own.update((r.partition, r.offset) for r in written if r.topic == RUNS_TOPIC)
 
     def handle(self, records: list[Record]) -> list[Append]:
         """Fold a batch of records; the appends they lead to."""
         appends: list[Append] = []
+        own = self._own
         for record in records:
+            position = (record.partition, record.offset)
+            if position in own:
+                # The fold applied this event when it emitted it: reading it back would
+                # only be recognised as a duplicate, after paying for its decoding.
+                own.discard(position)
+                continue
             for event in self._fold(decode(record.value)):
                 data = encode(event)
                 appends.append(Append(RUNS_TOPIC, event.key, data))
