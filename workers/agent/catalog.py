@@ -143,9 +143,16 @@ class ToolCatalog:
 
     async def follow(self, log: EventLog, stop: asyncio.Event, *, interval: float = 0.5) -> None:
         """Fold `aob.tools` from where this catalog stands until `stop` is set."""
-        while not stop.is_set():
-            if not await self.catch_up(log):
-                await log.wait_for_append(interval)
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                if await self.catch_up(log):
+                    continue
+                appended = asyncio.ensure_future(log.wait_for_append(interval))
+                await asyncio.wait({stopping, appended}, return_when=asyncio.FIRST_COMPLETED)
+                appended.cancel()
+        finally:
+            stopping.cancel()
 
     async def catch_up(self, log: EventLog) -> bool:
         """Read what is new on `aob.tools`; True when something was read."""

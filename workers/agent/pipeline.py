@@ -191,16 +191,18 @@ _COMPARISONS: dict[str, Callable[[Json, Json], bool]] = {
 
 
 async def table_filter(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
-    """{where: jq boolean over each row} or {field, op (eq ne gt gte lt lte contains in), value}."""
+    """{where: jq boolean over each row} or {field, cmp (eq ne gt gte lt lte contains in), value}.
+
+    (`cmp`, not `op`: a step's `op` names its primitive.)"""
     rows = _table(data)
     if "where" in step:
         program = _param(step, "where", str)
         return [row for row in rows if evaluate(program, row) not in (None, False)]
     field = _param(step, "field", str)
-    op = _param(step, "op", str, "eq")
+    op = _param(step, "cmp", str, "eq")
     compare = _COMPARISONS.get(op)
     if compare is None:
-        raise StepError(f"op {op!r} is not one of {', '.join(_COMPARISONS)}")
+        raise StepError(f"cmp {op!r} is not one of {', '.join(_COMPARISONS)}")
     value = step.get("value")
     kept = []
     for index, row in enumerate(rows):

@@ -36,7 +36,8 @@ is the next step's input, the first step gets "input". Save a step's result with
 "as": name (join reads saved results). Primitives:
   http_request {url, method?, query?, headers?, body?} -> response body (public hosts only)
   table_sort {by: field or [fields], descending?}
-  table_filter {where: jq boolean over a row} or {field, op: eq|ne|gt|gte|lt|lte|contains|in, value}
+  table_filter {where: jq boolean over a row} or \
+{field, cmp: eq|ne|gt|gte|lt|lte|contains|in, value}
   table_select {fields: [names] or {new_name: field}}
   top_k {k, by?, descending?: true}
   groupby {by, aggregations?: {name: {op: count|sum|avg|min|max|list|first, field}}}
