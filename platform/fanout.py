@@ -71,6 +71,9 @@ TERMINAL_STATUS: Final[Mapping[str, str]] = {
     "RunCancelled": "cancelled",
 }
 FINISHED_RUN: Final = frozenset(TERMINAL_STATUS.values())
+_HISTORY_BATCH: Final = 200  # history events per write
+_LINGER_PER_SUBSCRIBER_S: Final = 0.00005
+_MAX_LINGER_S: Final = 0.05
 _ERROR_TYPES: Final = frozenset({"NodeFailed", "RunFailed", "PatchRejected"})
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -399,8 +402,9 @@ class FanoutHub:
         after: int | None,
         filter: StreamFilter | None = None,
         heartbeat: float | None = None,
-    ) -> AsyncGenerator[StreamItem, None]:
-        """The run's events after offset `after` (-1: from the start; None: from now on).
+    ) -> AsyncGenerator[list[StreamItem], None]:
+        """The run's events after offset `after` (-1: from the start; None: from now on),
+        in batches: whatever is ready at once goes out in one write.
 
         Ends with `StreamEnd` once the run's outcome has been sent (at once when the
         run ended at or before `after`), or with `StreamBroken`. Yields `Heartbeat`
@@ -412,46 +416,53 @@ class FanoutHub:
             last = sub.handoff - 1 if after is None else after
             backlog, ended = await self._backlog(run_id, sub, last)
             seen: set[str] = set()
-            for event in backlog:
-                for item in self._deliver(run_id, event, wanted, seen):
-                    yield item
-                last = event.offset
-                if event.terminal_status:
+            for start in range(0, len(backlog), _HISTORY_BATCH):
+                chunk = backlog[start : start + _HISTORY_BATCH]
+                items, last, finished = self._batch(run_id, chunk, last, wanted, seen)
+                if items:
+                    yield items
+                if finished:
                     return
             if ended is not None:
-                yield StreamEnd(run_id, ended, last if last >= 0 else None)
+                yield [StreamEnd(run_id, ended, last if last >= 0 else None)]
                 return
             while True:
-                batch = await sub.take(heartbeat)
-                if not batch and not (sub.overflowed or sub.closed):
-                    yield Heartbeat()
-                for event in batch:
-                    if event.offset <= last:
-                        continue
-                    for item in self._deliver(run_id, event, wanted, seen):
-                        yield item
-                    last = event.offset
-                    if event.terminal_status:
-                        return
-                if sub.overflowed or sub.closed:
+                events = await sub.take(heartbeat)
+                broken = sub.overflowed or sub.closed
+                if not events and not broken:
+                    yield [Heartbeat()]
+                    continue
+                items, last, finished = self._batch(run_id, events, last, wanted, seen)
+                if broken and not finished:
                     reason = "overflow" if sub.overflowed else "shutdown"
-                    yield StreamBroken(reason, last if last >= 0 else None)
+                    items.append(StreamBroken(reason, last if last >= 0 else None))
+                if items:
+                    yield items
+                if finished or broken:
                     return
         finally:
             self._unsubscribe(sub)
 
     @staticmethod
-    def _deliver(
-        run_id: str, event: RunEvent, wanted: StreamFilter, seen: set[str]
-    ) -> list[StreamItem]:
-        # The log is at-least-once: a producer retry can store an event twice.
-        if event.event_id in seen:
-            return []
-        seen.add(event.event_id)
-        items: list[StreamItem] = [event] if wanted.accepts(event) else []
-        if event.terminal_status:
-            items.append(StreamEnd(run_id, event.terminal_status, event.offset))
-        return items
+    def _batch(
+        run_id: str, events: list[RunEvent], last: int, wanted: StreamFilter, seen: set[str]
+    ) -> tuple[list[StreamItem], int, bool]:
+        """What to send of `events`, the new last offset, and whether the run has ended."""
+        items: list[StreamItem] = []
+        for event in events:
+            if event.offset <= last:
+                continue  # already sent from history
+            last = event.offset
+            # The log is at-least-once: a producer retry can store an event twice.
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            if wanted.accepts(event):
+                items.append(event)
+            if event.terminal_status:
+                items.append(StreamEnd(run_id, event.terminal_status, event.offset))
+                return items, last, True
+        return items, last, False
 
     def _subscribe(self, run_id: str) -> _Subscriber:
         if self._task is None:
@@ -525,7 +536,9 @@ class FanoutHub:
     async def _tail(self) -> None:
         while not self._stopping.is_set():
             try:
-                if not await self._read_subscribed():
+                if await self._read_subscribed():
+                    await asyncio.sleep(self._linger())
+                else:
                     await self.source.wait_for_append(0.5)
                     await self._skip_idle()
             except asyncio.CancelledError:
@@ -533,6 +546,13 @@ class FanoutHub:
             except Exception:  # keep serving; a broken log shows in /health
                 log.exception("fanout tail failed; retrying")
                 await asyncio.sleep(1.0)
+
+    def _linger(self) -> float:
+        """How long to let records gather after a read. A lone event goes out at once
+        (the tail reads as soon as it is appended); a stream of them goes out in
+        batches, one write per subscriber per batch, which is what many subscribers
+        need (the cost is per write, not per byte)."""
+        return min(_MAX_LINGER_S, _LINGER_PER_SUBSCRIBER_S * self.subscribers)
 
     async def _read_subscribed(self) -> bool:
         """Read and dispatch the next records of partitions that have subscribers."""

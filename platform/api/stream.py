@@ -21,7 +21,14 @@ from starlette.websockets import WebSocketDisconnect
 
 from aob.platform.api.deps import CommandsDep
 from aob.platform.commands import Commands
-from aob.platform.fanout import FanoutHub, RunEvent, StreamFilter, StreamItem
+from aob.platform.fanout import (
+    FanoutHub,
+    RunEvent,
+    StreamBroken,
+    StreamEnd,
+    StreamFilter,
+    StreamItem,
+)
 from aob.platform.problems import Problem
 
 router = APIRouter(prefix="/api/v1/runs", tags=["stream"])
@@ -109,11 +116,11 @@ async def stream_preflight(run_id: str) -> Response:
     return Response(status_code=204, headers=PREFLIGHT_HEADERS)
 
 
-async def _sse_body(items: AsyncGenerator[StreamItem, None]) -> AsyncIterator[bytes]:
-    async with contextlib.aclosing(items):
+async def _sse_body(batches: AsyncGenerator[list[StreamItem], None]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(batches):
         yield f"retry: {RETRY_MS}\r\n\r\n".encode()
-        async for item in items:
-            yield item.sse
+        async for batch in batches:
+            yield b"".join(item.sse for item in batch)
 
 
 @router.websocket("/{run_id}/ws")
@@ -153,17 +160,18 @@ async def websocket_run(
             await websocket.close(code=pump.result())
 
 
-async def _ws_pump(websocket: WebSocket, items: AsyncGenerator[StreamItem, None]) -> int:
-    """Send every item; returns the close code."""
-    async with contextlib.aclosing(items):
-        async for item in items:
-            if isinstance(item, RunEvent):
-                await websocket.send_text(item.json)
-            else:
+async def _ws_pump(websocket: WebSocket, batches: AsyncGenerator[list[StreamItem], None]) -> int:
+    """Send every item, one message each; returns the close code."""
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                if isinstance(item, RunEvent):
+                    await websocket.send_text(item.json)
+                    continue
                 await websocket.send_json(item.message)
-                if item.message["event"] == "end":
+                if isinstance(item, StreamEnd):
                     return 1000
-                if item.message["event"] == "reconnect":
+                if isinstance(item, StreamBroken):
                     return 1013
     return 1000
 

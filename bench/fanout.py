@@ -1,0 +1,250 @@
+"""Fanout: events/s and delivery latency to 1, 100 and 1,000 SSE subscribers of one run.
+
+    python -m bench.fanout [--quick] [--json] [--subscribers 1 100 1000]
+
+A dev server runs in a subprocess. Per measurement, one run waits on a human
+approval while N subscribers connect to its stream (`from=now`, raw sockets: the
+client side stays cheap); then the approval is given and the run goes through a
+loop of K `transform` iterations (~3 events each) and completes. Every subscriber
+reads until the stream's `end`.
+
+Reported per N (median over repetitions):
+- produced events/s: the run's events over their span of `occurred_at` (what the
+  engine generated; the baseline the fanout has to keep up with);
+- per-subscriber events/s: a subscriber's events over its first-to-last receipt;
+- aggregate deliveries/s: all subscribers' events over the whole delivery span;
+- latency p50/p99: receipt wall time minus the event's `occurred_at` (ms, same
+  clock: server and clients share the machine). Coordinator events carry the time
+  of their cause, so this is from the event happening to a client holding it;
+- ratios of these to the 1-subscriber figures measured in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from bench.dev_server import dev_server
+
+OCCURRED = b'"occurred_at":'
+
+
+def workload(iterations: int) -> dict[str, Any]:
+    return {
+        "name": "bench-fanout-stream",
+        "nodes": [
+            {"id": "gate", "type": "hitl", "config": {"message": "go?"}},
+            {"id": "start", "type": "noop", "config": {"output": iterations}},
+            {
+                "id": "tick",
+                "type": "transform",
+                "config": {"expr": "(.nodes.tick // .nodes.start) - 1"},
+            },
+            {"id": "done", "type": "noop"},
+        ],
+        "edges": [
+            {"from": "gate", "to": "start"},
+            {"from": "start", "to": "tick"},
+            {
+                "from": "tick",
+                "to": "tick",
+                "when": ".nodes.tick > 0",
+                "loop": {"max_iterations": 1000},
+            },
+            {"from": "tick", "to": "done"},
+        ],
+    }
+
+
+@dataclass
+class Received:
+    events: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    latencies_ms: list[int] = field(default_factory=list)
+
+
+async def subscribe(host: str, port: int, run_id: str, connected: asyncio.Queue[None]) -> Received:
+    """A minimal SSE client on a raw socket: HTTP/1.1, chunked body, frames by blank line."""
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 22)
+    writer.write(
+        f"GET /api/v1/runs/{run_id}/stream?heartbeat=120 HTTP/1.1\r\nHost: {host}\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.decode(errors="replace"))
+    got = Received()
+    buffer = b""
+    announced = False
+    try:
+        while True:
+            size = int((await reader.readline()).strip(), 16)
+            if size == 0:
+                return got
+            buffer += (await reader.readexactly(size + 2))[:-2]
+            if not announced:  # the first chunk (retry:) means the subscription is live
+                announced = True
+                connected.put_nowait(None)
+            *frames, buffer = buffer.split(b"\r\n\r\n")
+            now = time.monotonic()
+            wall_ms = time.time_ns() // 1_000_000
+            for frame in frames:
+                if frame.startswith(b"id: "):
+                    at = frame.index(OCCURRED) + len(OCCURRED)
+                    occurred = int(frame[at : frame.index(b",", at)])
+                    got.latencies_ms.append(wall_ms - occurred)
+                    got.events += 1
+                    got.first = got.first or now
+                    got.last = now
+                elif frame.startswith(b"event: end"):
+                    return got
+    finally:
+        writer.close()
+
+
+@dataclass
+class Measurement:
+    subscribers: int
+    events: int
+    produced_per_s: float
+    per_subscriber_per_s: float
+    aggregate_per_s: float
+    latency_p50_ms: float
+    latency_p99_ms: float
+
+
+async def measure(url: str, subscribers: int, iterations: int) -> Measurement:
+    host, port = url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as api:
+        submitted = await api.post("/api/v1/runs", json={"definition": workload(iterations)})
+        run_id = submitted.json()["run_id"]
+        approval_id = await _pending_approval(api, run_id)
+        connected: asyncio.Queue[None] = asyncio.Queue()
+        readers = [
+            asyncio.create_task(subscribe(host, int(port), run_id, connected))
+            for _ in range(subscribers)
+        ]
+        for _ in range(subscribers):
+            await connected.get()
+        started = time.monotonic()
+        decided = await api.post(
+            f"/api/v1/approvals/{approval_id}/decide", json={"decision": "approve"}
+        )
+        decided.raise_for_status()
+        results = await asyncio.gather(*readers)
+        timeline = (await api.get(f"/api/v1/runs/{run_id}/events", params={"limit": 10000})).json()[
+            "items"
+        ]
+    span_s = max((timeline[-1]["occurred_at"] - _decided_at(timeline)) / 1000, 1e-3)
+    counts = {r.events for r in results}
+    if len(counts) != 1:
+        raise RuntimeError(f"subscribers got different numbers of events: {sorted(counts)}")
+    events = counts.pop()
+    latencies = sorted(ms for r in results for ms in r.latencies_ms)
+    rates = [r.events / max(r.last - r.first, 1e-3) for r in results]
+    whole = max(r.last for r in results) - min(min(r.first for r in results), started)
+    return Measurement(
+        subscribers=subscribers,
+        events=events,
+        produced_per_s=_events_after_decision(timeline) / span_s,
+        per_subscriber_per_s=statistics.median(rates),
+        aggregate_per_s=events * subscribers / max(whole, 1e-3),
+        latency_p50_ms=float(latencies[len(latencies) // 2]),
+        latency_p99_ms=float(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]),
+    )
+
+
+def _decided_at(timeline: list[dict[str, Any]]) -> int:
+    at: int = next(e["occurred_at"] for e in timeline if e["type"] == "ApprovalDecided")
+    return at
+
+
+def _events_after_decision(timeline: list[dict[str, Any]]) -> int:
+    index = next(i for i, e in enumerate(timeline) if e["type"] == "ApprovalDecided")
+    return len(timeline) - index
+
+
+async def _pending_approval(api: httpx.AsyncClient, run_id: str) -> str:
+    for _ in range(400):
+        items = (await api.get("/api/v1/approvals", params={"run_id": run_id})).json()["items"]
+        if items:
+            approval_id: str = items[0]["approval_id"]
+            return approval_id
+        await asyncio.sleep(0.025)
+    raise RuntimeError("the run never asked for its approval")
+
+
+def median_of(runs: list[Measurement]) -> Measurement:
+    def med(name: str) -> float:
+        return float(statistics.median(getattr(m, name) for m in runs))
+
+    return Measurement(
+        runs[0].subscribers,
+        int(med("events")),
+        med("produced_per_s"),
+        med("per_subscriber_per_s"),
+        med("aggregate_per_s"),
+        med("latency_p50_ms"),
+        med("latency_p99_ms"),
+    )
+
+
+async def bench(subscriber_counts: list[int], iterations: int, reps: int) -> list[Measurement]:
+    out = []
+    with dev_server() as url:
+        await measure(url, 1, 20)  # warm-up
+        for count in subscriber_counts:
+            runs = [await measure(url, count, iterations) for _ in range(reps)]
+            out.append(median_of(runs))
+    return out
+
+
+def render(results: list[Measurement], iterations: int, reps: int) -> str:
+    base = next((m for m in results if m.subscribers == 1), results[0])
+    lines = [
+        f"fanout: one run, {iterations} loop iterations; median of {reps} repetitions; "
+        f"ratios to {base.subscribers} subscriber(s)",
+        f"{'subs':>6} {'events':>7} {'produced/s':>11} {'per-sub/s':>10} {'ratio':>6} "
+        f"{'aggregate/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'p99 ratio':>9}",
+    ]
+    for m in results:
+        ratio = m.per_subscriber_per_s / base.per_subscriber_per_s
+        lines.append(
+            f"{m.subscribers:>6} {m.events:>7} {m.produced_per_s:>11.0f} "
+            f"{m.per_subscriber_per_s:>10.0f} {ratio:>6.2f} "
+            f"{m.aggregate_per_s:>12.0f} {m.latency_p50_ms:>7.0f} {m.latency_p99_ms:>7.0f} "
+            f"{m.latency_p99_ms / max(base.latency_p99_ms, 1):>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer iterations and repetitions")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 1000])
+    args = parser.parse_args(argv)
+    iterations, reps = (100, 1) if args.quick else (300, 3)
+    results = asyncio.run(bench(args.subscribers, iterations, reps))
+    if args.json:
+        print(
+            json.dumps(
+                {"iterations": iterations, "reps": reps, "results": [asdict(m) for m in results]},
+                indent=2,
+            )
+        )
+    else:
+        print(render(results, iterations, reps))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
