@@ -3,8 +3,12 @@ real engine (log, coordinator, read models) behind the real API."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
+from aob.projections.workflow.definition import load_definition
+from aob.workers.agent.demo_llm import demo_script
 from tests.agent.harness import Aob, agent, call, node
 from tests.fixtures.llm import LlmServer
 
@@ -162,3 +166,17 @@ async def test_too_many_invalid_patches_fail_the_node(aob: Aob, scripted_llm: Ll
     assert run["status"] == "failed"
     assert "3 invalid patches (limit 3)" in run["error"]
     assert "frozen node: 'plan' has started" in run["error"]
+
+
+async def test_the_readme_example_runs_offline(aob: Aob, scripted_llm: LlmServer):
+    """examples/agent-triage.yaml against the demo endpoint's own script."""
+    examples = Path(__file__).parents[2] / "examples"
+    definition = load_definition((examples / "agent-triage.yaml").read_text())
+    inputs = json.loads((examples / "agent-triage.inputs.json").read_text())
+    scripted_llm.llm.script = demo_script()
+    run = await aob.finished(await aob.submit(definition, inputs))
+    assert run["status"] == "completed", run
+    assert run["output"]["follow_up"].startswith("escalate: The largest orders are o3")
+    ranked, patched = scripted_llm.tool_results()
+    assert ranked == {"result": [{"id": "o3", "amount": 300}, {"id": "o1", "amount": 120}]}
+    assert patched["status"] == "applied"

@@ -32,7 +32,8 @@ output, which the nodes after you receive.
 Tools:
 - execute_pipeline: run a pipeline of steps over data (the fast lane; changes \
 nothing in the workflow). Each step is {"op": <primitive>, ...}; each step's result \
-is the next step's input, the first step gets "input". Save a step's result with \
+is the next step's input, the first step gets "input" (default: what your node \
+receives, {"inputs": ..., "nodes": ...}). Save a step's result with \
 "as": name (join reads saved results). Primitives:
   http_request {url, method?, query?, headers?, body?} -> response body (public hosts only)
   table_sort {by: field or [fields], descending?}
@@ -109,7 +110,8 @@ TOOLS: list[dict[str, Any]] = [
         {
             "steps": {"type": "array", "items": _STEP},
             "tool": {"type": "string", "description": "a registered composite tool's name"},
-            "input": {"description": "the first step's input (any JSON)"},
+            "input": {"description": "the first step's input (any JSON); default: what "
+                      "the node receives, {inputs, nodes}"},
         },
         [],
     ),

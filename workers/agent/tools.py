@@ -149,8 +149,9 @@ class ToolBox:
             problem = _input_problem(tool.spec.get("parameters"), args.get("input"))
             if problem:
                 return {"error": f"input of composite tool {name!r}: {problem}"}
+        data = args.get("input", self.task.input)  # default: what the node receives
         try:
-            result = await run_pipeline(steps, args.get("input"), fetch=self.services.fetch)
+            result = await run_pipeline(steps, data, fetch=self.services.fetch)
         except PipelineError as error:
             return {"error": str(error), "failed_step": error.index}
         return {"result": result}
