@@ -7,6 +7,7 @@ EXIT_RUN_FAILED = 1  # a followed run failed or was cancelled
 EXIT_USAGE = 2  # bad arguments, unreadable or invalid input files, bad config
 EXIT_API = 3  # the server refused the request (4xx/5xx problem)
 EXIT_UNREACHABLE = 4  # the server could not be reached, or the connection was lost for good
+EXIT_INTERNAL = 70  # a bug in aob (EX_SOFTWARE); AOB_DEBUG=1 shows the traceback
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_BROKEN_PIPE = 141  # output piped into a reader that went away
 
@@ -17,6 +18,7 @@ exit codes:
   {EXIT_USAGE}    bad usage, unreadable or invalid input, bad config file
   {EXIT_API}    the server refused the request
   {EXIT_UNREACHABLE}    the server could not be reached
+  {EXIT_INTERNAL}   an internal error (a bug; AOB_DEBUG=1 shows the traceback)
   {EXIT_INTERRUPTED}  interrupted"""
 
 

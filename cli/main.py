@@ -14,7 +14,13 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import aob
-from aob.cli.errors import EXIT_BROKEN_PIPE, EXIT_CODES_HELP, EXIT_INTERRUPTED, CliError
+from aob.cli.errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_CODES_HELP,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    CliError,
+)
 
 if TYPE_CHECKING:
     import argparse
@@ -109,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except Exception as error:  # a bug, or a server answer we did not expect
+        if os.environ.get("AOB_DEBUG"):
+            raise
+        print(
+            f"aob: internal error: {type(error).__name__}: {error} "
+            "(set AOB_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
 
 
 def exec_server(server_args: list[str]) -> NoReturn:

@@ -127,3 +127,10 @@ def test_config_file_mistakes_are_one_line(aob: Cli) -> None:
     bad_url = aob("run", "list", "--server", "localhost:8080")
     assert bad_url.code == 2
     assert "must look like http://host:port" in bad_url.err
+
+
+def test_an_unexpected_answer_is_one_line_not_a_traceback(aob: Cli, recorder: str) -> None:
+    odd = aob("run", "list", "--server", recorder)  # a run where a page of runs belongs
+    assert odd.code == 70
+    assert odd.err.startswith("aob: internal error: KeyError")
+    assert len(odd.err.splitlines()) == 1
