@@ -15,8 +15,8 @@ the runner's own cost, LLM latency excluded:
   `execute_pipeline` (sort, filter, top_k, jq over 50 rows) and a final answer.
   decisions/s = decisions / (wall time - time awaiting the LLM); overhead per
   decision = (wall time - time awaiting the LLM) / decisions.
-- baseline: the same conversations' LLM calls made with the bare SDK (same client,
-  same messages), nothing else: its time per call is what any caller pays.
+- baseline: the runner's very requests (recorded once, then replayed) made with the
+  bare SDK, nothing else: its time per call is what any caller of this endpoint pays.
 - concurrent: 16 agent nodes at once, end to end (LLM round trips included).
 
 Every figure is the median over repetitions; the ratio runner / baseline is taken
@@ -44,7 +44,7 @@ from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, NodeScheduled
 from aob.workers.agent import AgentDefaults, AgentRunner, AgentServices, LlmClients, ToolCatalog
 from aob.workers.agent.llm import Endpoint
-from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS
+from aob.workers.agent.prompt import TOOLS
 
 ROWS = [{"id": i, "team": "abc"[i % 3], "score": (i * 37) % 101} for i in range(50)]
 STEPS = [
@@ -125,41 +125,50 @@ async def measure_runner(base_url: str, nodes: int, concurrency: int,
     return {"wall": wall, "llm": runner.llm_seconds, "decisions": runner.decisions}
 
 
-async def measure_sdk(base_url: str, nodes: int, rounds: int) -> dict[str, float]:
-    """The same calls with the bare SDK: the messages grow as the runner's do."""
+class RecordingClients(LlmClients):
+    """Keeps the messages of every call, to replay them with the bare SDK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[list[dict[str, Any]]] = []
+
+    async def complete(self, endpoint: Endpoint, messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]], **options: Any) -> Any:
+        self.calls.append(list(messages))
+        return await super().complete(endpoint, messages, tools, **options)
+
+
+async def record_conversation(base_url: str, log_dir: Path) -> list[list[dict[str, Any]]]:
+    """The requests one agent node makes (recorded, not timed)."""
+    log = await SqliteEventLog.open(log_dir / "record.db")
+    await log.create_topic(RUNS_TOPIC, 8)
+    clients = RecordingClients()
+    defaults = AgentDefaults(base_url=base_url, model="bench", max_rounds=100, max_retries=0)
+    runner = AgentRunner(AgentServices(log, defaults, ToolCatalog()), clients=clients)
+    try:
+        await runner.handle(task(0))
+    finally:
+        await runner.aclose()
+        await log.close()
+    return clients.calls
+
+
+async def measure_sdk(base_url: str, nodes: int,
+                      conversation: list[list[dict[str, Any]]]) -> dict[str, float]:
+    """The runner's very requests, replayed with the bare SDK and nothing else."""
     clients = LlmClients()
     endpoint = Endpoint(base_url, "bench", "", max_retries=0)
-    tool_result = json.dumps({"result": [0]})
     try:
-        async def conversation() -> int:
-            messages: list[dict[str, Any]] = [
-                {"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "system", "content": "node context"},
-                {"role": "user", "content": "bench agent"},
-            ]
-            calls = 0
-            for _ in range(rounds + 1):
-                completion = await clients.complete(endpoint, messages, TOOLS)
-                calls += 1
-                message = completion.choices[0].message
-                for call in message.tool_calls or []:
-                    messages.append({"role": "assistant", "content": None, "tool_calls": [
-                        {"id": call.id, "type": "function", "function": {
-                            "name": call.function.name,  # type: ignore[union-attr]
-                            "arguments": call.function.arguments}}]})  # type: ignore[union-attr]
-                    messages.append({"role": "tool", "tool_call_id": call.id,
-                                     "content": tool_result})
-            return calls
-
-        await conversation()  # warm up
+        for messages in conversation:  # warm up
+            await clients.complete(endpoint, messages, TOOLS)
         started = time.perf_counter()
-        calls = 0
         for _ in range(nodes):
-            calls += await conversation()
+            for messages in conversation:
+                await clients.complete(endpoint, messages, TOOLS)
         wall = time.perf_counter() - started
     finally:
         await clients.aclose()
-    return {"wall": wall, "decisions": calls}
+    return {"wall": wall, "decisions": nodes * len(conversation)}
 
 
 async def run_benchmark(nodes: int, rounds: int, repetitions: int) -> dict[str, Any]:
@@ -167,8 +176,9 @@ async def run_benchmark(nodes: int, rounds: int, repetitions: int) -> dict[str, 
         "runner_decisions_per_s", "runner_overhead_ms", "sdk_call_ms", "runner_decision_ms",
         "ratio_decision_vs_sdk_call", "concurrent_decisions_per_s")}
     with scripted_endpoint(rounds) as base_url, tempfile.TemporaryDirectory() as tmp:
+        conversation = await record_conversation(base_url, Path(tmp))
         for _ in range(repetitions):
-            sdk = await measure_sdk(base_url, nodes, rounds)
+            sdk = await measure_sdk(base_url, nodes, conversation)
             runner = await measure_runner(base_url, nodes, 1, Path(tmp))
             concurrent = await measure_runner(base_url, nodes, 16, Path(tmp))
             own = runner["wall"] - runner["llm"]
