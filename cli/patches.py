@@ -31,6 +31,8 @@ def list_patches(ctx: Context) -> int:
             [
                 p["patch_id"],
                 p["status"],
+                p.get("review") or "-",
+                p.get("node_id") or "(person)",
                 str(p.get("revision") or "-"),
                 str(len(p.get("operations") or [])),
                 when(p.get("proposed_at")),
@@ -38,7 +40,7 @@ def list_patches(ctx: Context) -> int:
             ]
             for p in items
         ]
-        headers = ["PATCH", "STATUS", "REVISION", "OPS", "PROPOSED", "REASON"]
+        headers = ["PATCH", "STATUS", "REVIEW", "BY", "REVISION", "OPS", "PROPOSED", "REASON"]
         return table(ctx.style, headers, rows, statuses=1)
 
     ctx.emit(page, text)
@@ -47,12 +49,9 @@ def list_patches(ctx: Context) -> int:
 
 def show(ctx: Context) -> int:
     run_id, patch = locate(ctx, ctx.args.patch_id, ctx.args.run)
-    diff = patch.get("diff") if isinstance(patch.get("diff"), str) else None
-    if diff is None:
-        diff = definition_diff(ctx, run_id, patch)
-    ctx.emit(
-        {**patch, "run_id": run_id, "diff": diff}, lambda: format_patch(ctx.style, patch, diff)
-    )
+    diff = definition_diff(ctx, run_id, patch)
+    data = {**patch, "run_id": run_id, "unified_diff": diff}
+    ctx.emit(data, lambda: format_patch(ctx.style, data, diff))
     return EXIT_OK
 
 
@@ -188,8 +187,17 @@ def format_patch(style: Style, patch: dict[str, Any], diff: str) -> str:
         f"  (run {patch.get('run_id', '-')})",
         f"proposed  {when(patch.get('proposed_at'))}",
     ]
+    if patch.get("node_id"):
+        lines.append(f"agent     {patch['node_id']}")
     if patch.get("reason"):
         lines.append(f"reason    {patch['reason']}")
+    if patch.get("review"):
+        review = style.status(patch["review"])
+        if patch.get("reviewed_by"):
+            review += f" by {patch['reviewed_by']}" + (
+                f": {patch['review_reason']}" if patch.get("review_reason") else ""
+            )
+        lines.append(f"review    {review}")
     if patch.get("revision"):
         lines.append(f"revision  {patch['revision']}")
     if patch.get("added_nodes"):

@@ -93,6 +93,8 @@ def test_patch_list_show_and_decisions(aob: Cli, server: LiveServer) -> None:
     assert listing.out.splitlines()[0].split() == [
         "PATCH",
         "STATUS",
+        "REVIEW",
+        "BY",
         "REVISION",
         "OPS",
         "PROPOSED",
@@ -114,7 +116,7 @@ def test_patch_list_show_and_decisions(aob: Cli, server: LiveServer) -> None:
 
     as_json = aob("patch", "show", patch_id, "--run", run_id, "-o", "json").json()
     assert as_json["patch_id"] == patch_id
-    assert "+- id: extra" in as_json["diff"]
+    assert "+- id: extra" in as_json["unified_diff"]
 
     # Applied at once, so there is nothing to approve: one clear line, whatever the server.
     decision = aob("patch", "approve", patch_id, "--reason", "Safe")
