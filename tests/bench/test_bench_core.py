@@ -73,6 +73,7 @@ async def test_end_to_end_benchmark_runs_the_dag_on_the_embedded_engine():
         assert load.concurrency == concurrency
         assert load.workflows_per_s > 0
         assert 0 < load.p50_ms <= load.p99_ms
+        assert load.cpu_ms_per_workflow > 0
     table = core.render(core.environment(), None, result)
     assert "concurrent (4 runs @ 2)" in table
 
@@ -88,6 +89,8 @@ async def test_end_to_end_benchmark_pairs_aob_with_langgraph():
         "low_load_p50",
         "concurrent_workflows_per_s",
         "concurrent_p50",
+        "low_load_cpu_per_workflow",
+        "concurrent_cpu_per_workflow",
     }
     assert all(ratio > 0 for ratio in result.ratios.values())
 
