@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 
 from aob.events.log.port import Append, EventLog, Record, TopicPartition
@@ -47,9 +48,17 @@ class Consumer:
     async def poll(self, timeout: float = 1.0) -> list[Record]:
         """The next records across partitions; waits up to `timeout` s when there are none."""
         records = await self._read()
-        if not records and timeout > 0:
-            await self.log.wait_for_append(timeout)
+        if records or timeout <= 0:
+            return records
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A wake-up only says that something was appended, maybe to another topic: keep
+        # waiting rather than return empty-handed, only for the caller to read again.
+        while (remaining := deadline - loop.time()) > 0:
+            await self.log.wait_for_append(remaining)
             records = await self._read()
+            if records:
+                break
         return records
 
     async def _read(self) -> list[Record]:

@@ -282,7 +282,7 @@ class SqliteEventLog:
         offsets.update(rows)
         return offsets
 
-    async def wait_for_append(self, timeout: float) -> None:  # noqa: ASYNC109 (the port's)
+    async def wait_for_append(self, timeout: float) -> None:
         self._open_conn()
         appended = self._appended
         try:
