@@ -7,28 +7,47 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from aob.platform.demo import DemoRun
 from aob.platform.settings import Settings
 
+# Each service's port when neither --port nor AOB_PORT says otherwise, so that a whole
+# cluster can run on one machine without configuration.
+DEFAULT_PORTS = {
+    "dev": 8080,
+    "api": 8080,
+    "coordinator": 8081,
+    "projector": 8082,
+    "workers": 8083,
+    "fanout": 8084,
+}
+SERVICES = {
+    "api": "the HTTP API (runs, workflows, approvals, patches, tools) and its streams",
+    "coordinator": "the coordinator fold over aob.runs, and the timer service "
+    "(one per cluster: it reads every partition itself)",
+    "projector": "feeds the read models from the log (one per cluster)",
+    "workers": "built-in, http, hitl and agent workers (AOB_WORKERS picks among them)",
+    "fanout": "the run streams only (SSE and WebSocket)",
+}
+CLUSTER_NOTE = (
+    "Services other than dev share a Kafka cluster and a PostgreSQL database: set "
+    "AOB_KAFKA_BOOTSTRAP and AOB_DATABASE_URL. Each serves /health and /metrics."
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aob server", description="Run aob's services.")
+    parser = argparse.ArgumentParser(
+        prog="aob server", description="Run aob's services.", epilog=CLUSTER_NOTE
+    )
     sub = parser.add_subparsers(dest="service", required=True)
     dev = sub.add_parser(
         "dev",
         help="everything in one process on the embedded log (no Kafka, no Postgres)",
-        description="API, coordinator, projector, timers and built-in workers in one process, "
-        "on the embedded log and SQLite read models.",
+        description="API, coordinator, projector, timers and workers in one process, "
+        "on the embedded log and SQLite read models (or the cluster's, when configured).",
     )
-    dev.add_argument(
-        "--data-dir", type=Path, help="log and read models (AOB_DATA_DIR, default .aob)"
-    )
-    dev.add_argument("--host", help="listen address (AOB_HOST, default 127.0.0.1)")
-    dev.add_argument("--port", type=int, help="listen port, 0 for any free one (AOB_PORT, 8080)")
-    dev.add_argument(
-        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
-    )
+    _listen_arguments(dev, "dev")
     dev.add_argument(
         "--run",
         type=Path,
@@ -44,28 +63,94 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument(
         "--exit", action="store_true", help="with --run: stop the server when the run ends"
     )
+    for name, what in SERVICES.items():
+        service = sub.add_parser(name, help=what, description=f"{what}. {CLUSTER_NOTE}")
+        _listen_arguments(service, name)
+    _audit_parser(sub)
     return parser
+
+
+def _listen_arguments(parser: argparse.ArgumentParser, service: str) -> None:
+    parser.add_argument(
+        "--data-dir", type=Path, help="embedded log, read models, blobs (AOB_DATA_DIR, .aob)"
+    )
+    parser.add_argument("--host", help="listen address (AOB_HOST, default 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        help=f"listen port, 0 for any free one (AOB_PORT, default {DEFAULT_PORTS[service]})",
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+
+
+def _audit_parser(sub: Any) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="replay for audit: a run's history from the log; rebuild and compare read models",
+        description="Reads the log the settings name (stop `aob server dev` first: the "
+        "embedded log has one owner).",
+    )
+    actions = audit.add_subparsers(dest="action", required=True)
+    history = actions.add_parser("history", help="a run's every event, read from the log")
+    history.add_argument("run_id", metavar="RUN")
+    history.add_argument("--json", action="store_true", help="one JSON object per line")
+    verify = actions.add_parser(
+        "verify",
+        help="rebuild every read model from offset 0 into a fresh store and compare",
+        description="Exit 0 when the rebuilt read models equal the live ones, 1 otherwise.",
+    )
+    verify.add_argument(
+        "--keep", action="store_true", help="keep the rebuilt store (Postgres schema)"
+    )
+    for parser in (history, verify):
+        parser.add_argument("--data-dir", type=Path, help="embedded log (AOB_DATA_DIR, .aob)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {"data_dir": args.data_dir, "host": args.host, "port": args.port}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = _settings(args)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(args, "log_level", "warning").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        if args.service == "audit":
+            from aob.platform.serve import run_audit
+
+            return asyncio.run(run_audit(settings, args))
+        if args.service == "dev":
+            return _serve_dev(settings, args)
+        from aob.platform.serve import serve_service  # loads the whole server
+
+        return asyncio.run(serve_service(settings, args.service, args.log_level))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        return 141
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "data_dir": args.data_dir,
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if "port" not in settings.model_fields_set and args.service in DEFAULT_PORTS:
+        settings = settings.model_copy(update={"port": DEFAULT_PORTS[args.service]})
+    return settings
+
+
+def _serve_dev(settings: Settings, args: argparse.Namespace) -> int:
     demo = DemoRun.from_files(args.run, args.inputs) if args.run else None
     if isinstance(demo, str):
         print(f"aob server: {demo}", file=sys.stderr)
         return 2
     from aob.platform.serve import serve_dev  # after argument checks: loads the whole server
 
-    try:
-        return asyncio.run(serve_dev(settings, args.log_level, demo, exit_after=args.exit))
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        return 141
+    return asyncio.run(serve_dev(settings, args.log_level, demo, exit_after=args.exit))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, TopicPartition
+from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
 from aob.platform.commands import now_ms
 from aob.platform.engine import Engine
@@ -43,7 +43,7 @@ class Approvals:
             raise Problem(422, "invalid-decision", "Invalid decision",
                           f"decision must be one of {list(DECISIONS)}, got {decision!r}")
         approval = await self.get(approval_id)
-        self._refuse_closed(approval)
+        await self._refuse_closed(approval)
         why_not = refusal(approval["approvers"], actor, roles)
         if why_not is not None:
             raise Problem(403, "not-an-approver", "Not allowed to decide", why_not,
@@ -51,30 +51,31 @@ class Approvals:
         event = Event(new_event_id(), approval["run_id"], now_ms(),
                       ApprovalDecided(approval["run_id"], approval_id, decision, actor, comments),
                       trace_id, None, actor)
-        [record] = await self.engine.log.append([Append(RUNS_TOPIC, event.key, encode(event))])
-        position = {TopicPartition(record.topic, record.partition): record.offset + 1}
-        if not await self.engine.projector.wait_until(position):
+        records = await self.engine.log.append([Append(RUNS_TOPIC, event.key, encode(event))])
+        if not await self.engine.projected.wait_for(records):
             raise Problem(503, "not-projected-yet", "Decision recorded, outcome unknown",
                           "the decision was recorded but the read models have not caught up; "
                           f"see GET /api/v1/approvals/{approval_id}", event_id=event.event_id)
-        decided = self.read.get_approval(approval_id)
+        decided = await self.read.get_approval(approval_id)
         assert decided is not None
         if decided["decision_event_id"] != event.event_id:
-            self._refuse_closed(decided, lost=True)
+            await self._refuse_closed(decided, lost=True)
         return decided
 
-    def list_approvals(self, run_id: str | None, status: str | None) -> list[dict[str, Any]]:
+    async def list_approvals(
+        self, run_id: str | None, status: str | None
+    ) -> list[dict[str, Any]]:
         """Approvals, oldest request first; `status` None means any."""
-        if run_id is not None and self.read.get_run(run_id) is None:
+        if run_id is not None and await self.read.get_run(run_id) is None:
             raise not_found("run", run_id)
-        return self.read.list_approvals(run_id=run_id, status=status)
+        return await self.read.list_approvals(run_id=run_id, status=status)
 
     async def get(self, approval_id: str) -> dict[str, Any]:
         """The approval's read model; waits for the projector if it is that new."""
-        approval = self.read.get_approval(approval_id)
+        approval = await self.read.get_approval(approval_id)
         if approval is None:
-            await self.engine.projector.wait_caught_up(timeout=2.0)
-            approval = self.read.get_approval(approval_id)
+            await self.engine.projected.wait_caught_up(timeout=2.0)
+            approval = await self.read.get_approval(approval_id)
         if approval is None:
             raise not_found("approval", approval_id)
         return approval
@@ -83,12 +84,12 @@ class Approvals:
         """The approval with its context: the run, the node, what the node saw
         (run inputs and upstream outputs) and every decision made, in log order."""
         approval = await self.get(approval_id)
-        run = self.read.get_run(approval["run_id"]) or {}
+        run = await self.read.get_run(approval["run_id"]) or {}
         nodes = run.pop("nodes", [])
         run.pop("definition", None)
         node = next((n for n in nodes if (n["node_id"], n["iteration"]) ==
                      (approval["node_id"], approval["iteration"])), None)
-        task, decisions = self._history(approval)
+        task, decisions = await self._history(approval)
         return {
             **approval,
             "context": {
@@ -99,12 +100,14 @@ class Approvals:
             },
         }
 
-    def _history(self, approval: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
+    async def _history(
+        self, approval: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, list[Any]]:
         """The task that asked for `approval` and the decisions made on it, in log order."""
         request: dict[str, Any] | None = None
         tasks: dict[str, dict[str, Any]] = {}
         decisions = []
-        for event in self._timeline(approval["run_id"]):
+        for event in await self._timeline(approval["run_id"]):
             kind, data = event["type"], event["data"]
             if kind == "NodeScheduled" and data["node_id"] == approval["node_id"]:
                 tasks[event["event_id"]] = event
@@ -115,20 +118,20 @@ class Approvals:
         task = tasks.get(request["causation_id"] or "") if request else None
         return task, decisions
 
-    def _timeline(self, run_id: str) -> list[dict[str, Any]]:
+    async def _timeline(self, run_id: str) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
         while True:
             after = events[-1]["offset"] if events else None
-            page = self.read.timeline(run_id, after_offset=after, limit=1000)
+            page = await self.read.timeline(run_id, after_offset=after, limit=1000)
             events += page
             if len(page) < 1000:
                 return events
 
-    def _refuse_closed(self, approval: dict[str, Any], *, lost: bool = False) -> None:
+    async def _refuse_closed(self, approval: dict[str, Any], *, lost: bool = False) -> None:
         """Refuse deciding an approval that is decided or whose run is over."""
         approval_id = approval["approval_id"]
         if approval["status"] == "cancelled":
-            run = self.read.get_run(approval["run_id"]) or {"status": "finished"}
+            run = await self.read.get_run(approval["run_id"]) or {"status": "finished"}
             raise Problem(409, "run-finished", "Run already finished",
                           f"approval {approval_id!r} can no longer be decided: its run "
                           f"{approval['run_id']!r} is {run['status']}", run_status=run["status"])

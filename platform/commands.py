@@ -1,7 +1,8 @@
 """Commands: validate a request against the domain, then record it as events.
 
 Commands never write read models: they append events and, where the caller needs
-to read its own write, wait for the projector to include it.
+to read its own write, wait until the read models include it (in whichever process
+the projector runs).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, Record, TopicPartition
+from aob.events.log.port import Append, Record
 from aob.events.types import (
     RUNS_TOPIC,
     WORKFLOWS_TOPIC,
@@ -67,38 +68,39 @@ class Commands:
         workflow_id = definition["name"]
         tag = tag if tag is not None else workflow_id
         async with self._versions:
-            await self.engine.projector.wait_caught_up()
-            latest = self.read.get_workflow(workflow_id)
+            await self.engine.projected.wait_caught_up()
+            latest = await self.read.get_workflow(workflow_id)
             version = (latest["version"] + 1) if latest else 1
-            previous = self.read.get_tag(tag)
+            previous = await self.read.get_tag(tag)
             payloads: list[Payload] = [WorkflowCreated(workflow_id, version, definition)]
             if tag:
                 payloads.append(_tag_moved(tag, workflow_id, version, previous))
             records = await self._append(WORKFLOWS_TOPIC, workflow_id, payloads, actor, trace_id)
-            await self._await_projection(records)
+            await self.engine.projected.wait_for(records)
         return {"workflow_id": workflow_id, "version": version, "tag": tag or None}
 
     async def move_tag(
         self, tag: str, workflow_id: str, version: int | None, *, actor: str, trace_id: str
     ) -> dict[str, Any]:
         async with self._versions:
-            await self.engine.projector.wait_caught_up()
-            workflow = self.read.get_workflow(workflow_id, version)
+            await self.engine.projected.wait_caught_up()
+            workflow = await self.read.get_workflow(workflow_id, version)
             if workflow is None:
                 ident = f"{workflow_id}@{version}" if version else workflow_id
                 raise not_found("workflow", ident)
-            payload = _tag_moved(tag, workflow_id, workflow["version"], self.read.get_tag(tag))
+            previous = await self.read.get_tag(tag)
+            payload = _tag_moved(tag, workflow_id, workflow["version"], previous)
             records = await self._append(WORKFLOWS_TOPIC, workflow_id, [payload], actor, trace_id)
-            await self._await_projection(records)
+            await self.engine.projected.wait_for(records)
         return {"tag": tag, "workflow_id": workflow_id, "version": workflow["version"]}
 
     async def resolve_workflow(self, ref: str, version: int | None = None) -> dict[str, Any]:
         """A workflow by tag, or by id (latest or given version)."""
-        tag = self.read.get_tag(ref) if version is None else None
+        tag = await self.read.get_tag(ref) if version is None else None
         if tag is not None:
-            workflow = self.read.get_workflow(tag["workflow_id"], tag["version"])
+            workflow = await self.read.get_workflow(tag["workflow_id"], tag["version"])
         else:
-            workflow = self.read.get_workflow(ref, version)
+            workflow = await self.read.get_workflow(ref, version)
         if workflow is None:
             raise not_found("workflow or tag", ref if version is None else f"{ref}@{version}")
         return workflow
@@ -139,10 +141,10 @@ class Commands:
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """The run's read model; waits for the projector if the run is that new."""
-        run = self.read.get_run(run_id)
+        run = await self.read.get_run(run_id)
         if run is None:
-            await self.engine.projector.wait_caught_up(timeout=2.0)
-            run = self.read.get_run(run_id)
+            await self.engine.projected.wait_caught_up(timeout=2.0)
+            run = await self.read.get_run(run_id)
         if run is None:
             raise not_found("run", run_id)
         return run
@@ -191,9 +193,10 @@ class Commands:
             actor,
             trace_id,
         )
-        await self._await_projection(records)
-        await self.engine.projector.wait_caught_up(timeout=2.0)
-        return self.read.get_patch(run_id, patch_id) or {"patch_id": patch_id, "status": "proposed"}
+        await self.engine.projected.wait_for(records)
+        await self.engine.projected.wait_caught_up(timeout=2.0)
+        patch = await self.read.get_patch(run_id, patch_id)
+        return patch or {"patch_id": patch_id, "status": "proposed"}
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -206,10 +209,6 @@ class Commands:
             for p in payloads
         ]
         return await self.engine.log.append(appends)
-
-    async def _await_projection(self, records: list[Record]) -> None:
-        offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
-        await self.engine.projector.wait_until(offsets)
 
 
 def _tag_moved(

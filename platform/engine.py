@@ -1,7 +1,18 @@
-"""The embedded default, assembled: one process, one log file, one read-model file.
+"""The composition root: the log, the read models and the hosts one service runs.
 
-Wires the event log, read models and every host (coordinator, projector, timer
-service, built-in workers) and runs them as tasks of one event loop.
+The settings choose the stores: Kafka when `AOB_KAFKA_BOOTSTRAP` is set, else the
+embedded SQLite log; PostgreSQL read models when `AOB_DATABASE_URL` is set, else a
+SQLite file. The role chooses the hosts:
+
+- `dev`: everything in one process (the embedded default, `aob server dev`);
+- `api`: no host; the HTTP API (and its stream endpoints) reads the read models;
+- `coordinator`: the coordinator fold and the timer service. This host reads every
+  partition of `aob.runs` itself (no consumer-group rebalancing), so a cluster runs
+  one of it; the faust-hosted coordinator shares the partitions among several;
+- `projector`: feeds the read models (one per cluster, like the coordinator; a second
+  one would only repeat work the store skips);
+- `workers`: built-in, http, hitl and agent workers (`AOB_WORKERS` picks among them);
+- `fanout`: no host; only the stream endpoints.
 """
 
 from __future__ import annotations
@@ -11,16 +22,19 @@ import contextlib
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aob.events.blobs import FileBlobStore
+from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
+from aob.events.log.prefixed import PrefixedEventLog
 from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topic
 from aob.platform.settings import Settings
-from aob.projections.readmodels.sqlite import SqliteReadModels
+from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
+from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.runtime.coordinator import CoordinatorHost
-from aob.projections.runtime.projector import ProjectorHost
+from aob.projections.runtime.projector import ProjectorHost, ReadYourWrites
 from aob.projections.runtime.timers import TimerService
 from aob.workers.agent import (
     AgentDefaults,
@@ -37,19 +51,32 @@ from aob.workers.http import HttpWorker, HttpWorkerSettings
 
 log = logging.getLogger(__name__)
 
+ROLES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
+# Roles whose process serves the HTTP API (all of it, or only its streams).
+API_ROLES: Final = frozenset({"dev", "api", "fanout"})
+WORKER_KINDS: Final = ("builtin", "http", "hitl", "agent")
+
+
+class ConfigError(ValueError):
+    """Settings a service cannot run with; the message says what to change."""
+
 
 @dataclass
 class Engine:
     settings: Settings
+    role: str
     log: EventLog
-    read_models: SqliteReadModels
-    projector: ProjectorHost
-    coordinator: CoordinatorHost
-    timers: TimerService
-    workers: list[WorkerHost]
-    hitl: HitlService
-    agent: AgentRunner
+    read_models: AsyncReadModels
+    # Read-your-writes: waits until the read models include given log positions.
+    projected: ReadYourWrites
     tools: ToolCatalog
+    projector: ProjectorHost | None = None
+    coordinator: CoordinatorHost | None = None
+    timers: TimerService | None = None
+    workers: list[WorkerHost] = field(default_factory=list)
+    hitl: HitlService | None = None
+    agent: AgentRunner | None = None
+    http: HttpWorker | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -59,45 +86,82 @@ class Engine:
         builtin = [t.name for t in BUILTIN_TYPES]
         return sorted({*builtin, *WORKER_TYPES, *self.settings.node_types})
 
+    @property
+    def cluster(self) -> bool:
+        return self.settings.kafka_bootstrap is not None
+
     @classmethod
-    async def open(cls, settings: Settings) -> Engine:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        event_log = await SqliteEventLog.open(
-            settings.data_dir / "log.db", synchronous=settings.log_synchronous
-        )
-        await create_topics(event_log, settings)
-        read_models = SqliteReadModels.open(settings.data_dir / "readmodels.db")
-        tools = ToolCatalog()
-        agent = _agent_runner(settings, event_log, read_models, tools)
-        return cls(
+    async def open(cls, settings: Settings, role: str = "dev") -> Engine:
+        """Connect the stores the settings name and assemble the hosts of `role`."""
+        check_role(settings, role)
+        event_log = await open_log(settings, role)
+        try:
+            await create_topics(event_log, settings)
+            read_models = await open_read_models(settings)
+        except BaseException:
+            await event_log.close()
+            raise
+        return cls._assemble(settings, role, event_log, read_models)
+
+    @classmethod
+    def _assemble(
+        cls, settings: Settings, role: str, event_log: EventLog, read_models: AsyncReadModels
+    ) -> Engine:
+        projector = ProjectorHost(event_log, read_models) if role in ("dev", "projector") else None
+        engine = cls(
             settings=settings,
+            role=role,
             log=event_log,
             read_models=read_models,
-            projector=ProjectorHost(event_log, read_models),
-            coordinator=CoordinatorHost(event_log),
-            timers=TimerService(event_log, read_models),
-            workers=[
-                *(WorkerHost(event_log, t, worker_id="builtin") for t in BUILTIN_TYPES),
-                WorkerHost(event_log, agent.node_type(), worker_id="agent"),
-            ],
-            hitl=HitlService(event_log, read_models),
-            agent=agent,
-            tools=tools,
+            projected=ReadYourWrites(event_log, read_models, projector),
+            tools=ToolCatalog(),
+            projector=projector,
         )
+        if role in ("dev", "coordinator"):
+            engine.coordinator = CoordinatorHost(event_log)
+            engine.timers = TimerService(event_log, read_models)
+        if role in ("dev", "workers"):
+            engine._add_workers(settings.workers)
+        return engine
+
+    def _add_workers(self, kinds: list[str]) -> None:
+        if "builtin" in kinds:
+            self.workers += [WorkerHost(self.log, t, worker_id="builtin") for t in BUILTIN_TYPES]
+        if "http" in kinds:
+            self.http = HttpWorker(HttpWorkerSettings())
+            self.workers.append(WorkerHost(self.log, self.http.node_type(), worker_id="http"))
+        if "agent" in kinds:
+            self.agent = _agent_runner(self.settings, self.log, self.read_models, self.tools)
+            self.workers.append(WorkerHost(self.log, self.agent.node_type(), worker_id="agent"))
+        if "hitl" in kinds:
+            self.hitl = HitlService(self.log, self.read_models)
+
+    @property
+    def follows_tools(self) -> bool:
+        """The API registers and lists tools; agents call them."""
+        return self.role in API_ROLES or self.agent is not None
 
     async def start(self) -> None:
         """Recover every host from its committed position, then run them."""
-        await self.projector.start()
-        await self.coordinator.recover()
+        if self.projector is not None:
+            await self.projector.start()
+        if self.coordinator is not None:
+            await self.coordinator.recover()
         for worker in self.workers:
             await worker.start()
-        await self.hitl.start()
-        await self.tools.catch_up(self.log)
-        self._spawn(self.projector.run(self._stop))
-        self._spawn(self.tools.follow(self.log, self._stop))
-        self._spawn(self.coordinator.run(self._stop))
-        self._spawn(self.timers.run(self._stop))
-        self._spawn(self.hitl.run(self._stop))
+        if self.hitl is not None:
+            await self.hitl.start()
+        if self.follows_tools:
+            await self.tools.catch_up(self.log)
+            self._spawn(self.tools.follow(self.log, self._stop))
+        if self.projector is not None:
+            self._spawn(self.projector.run(self._stop))
+        if self.coordinator is not None:
+            self._spawn(self.coordinator.run(self._stop))
+        if self.timers is not None:
+            self._spawn(self.timers.run(self._stop))
+        if self.hitl is not None:
+            self._spawn(self.hitl.run(self._stop))
         for worker in self.workers:
             self._spawn(worker.run(self._stop))
 
@@ -106,14 +170,97 @@ class Engine:
         task.add_done_callback(_report_crash)
         self._tasks.append(task)
 
+    @property
+    def crashed(self) -> list[str]:
+        """Hosts that stopped with an error (the service is then unhealthy)."""
+        return [
+            repr(task.exception())
+            for task in self._tasks
+            if task.done() and not task.cancelled() and task.exception() is not None
+        ]
+
     async def stop(self) -> None:
         self._stop.set()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.agent.aclose()
-        await self.log.close()
-        self.read_models.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await task  # a crash was logged when it happened
+        await self.projected.close()
+        if self.agent is not None:
+            await self.agent.aclose()
+        if self.http is not None:
+            await self.http.aclose()
+        try:
+            await self.log.close()
+        finally:
+            await self.read_models.close()
+
+    async def dependencies(self) -> dict[str, str]:
+        """Whether the log and the read models answer: "ok", or the error."""
+        found = {"event_log": "ok", "read_models": "ok"}
+        try:
+            await self.log.end_offsets(RUNS_TOPIC)
+        except Exception as error:
+            found["event_log"] = f"error: {error}"
+        try:
+            await self.read_models.offsets()
+        except Exception as error:
+            found["read_models"] = f"error: {error}"
+        if self.crashed:
+            found["hosts"] = "error: " + "; ".join(self.crashed)
+        return found
+
+
+def check_role(settings: Settings, role: str) -> None:
+    """Refuse a role the settings cannot serve, saying why."""
+    if role not in ROLES:
+        raise ConfigError(f"unknown service {role!r}; one of {', '.join(ROLES)}")
+    if role == "dev":
+        return
+    missing = [
+        variable
+        for variable, value in (
+            ("AOB_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+            ("AOB_DATABASE_URL", settings.database_url),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"the {role} service runs beside others and needs a shared log and read "
+            f"models: set {' and '.join(missing)} (or run everything with `aob server dev`)"
+        )
+    unknown = sorted(set(settings.workers) - set(WORKER_KINDS))
+    if unknown:
+        raise ConfigError(f"AOB_WORKERS: unknown {unknown}; choose among {list(WORKER_KINDS)}")
+
+
+async def open_log(settings: Settings, role: str) -> EventLog:
+    """Kafka when the settings name a cluster, else the embedded log in the data dir."""
+    event_log: EventLog
+    if settings.kafka_bootstrap:
+        event_log = await KafkaEventLog.open(
+            settings.kafka_bootstrap,
+            client_id=f"aob-{role}",
+            poll_interval=settings.kafka_poll_interval,
+        )
+    else:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        event_log = await SqliteEventLog.open(
+            settings.data_dir / "log.db", synchronous=settings.log_synchronous
+        )
+    if settings.topic_prefix:
+        event_log = PrefixedEventLog(event_log, settings.topic_prefix)
+    return event_log
+
+
+async def open_read_models(settings: Settings) -> AsyncReadModels:
+    """PostgreSQL when the settings name a database, else a SQLite file in the data dir."""
+    if settings.database_url:
+        return await PostgresReadModels.open(
+            settings.database_url.get_secret_value(), max_size=settings.database_pool_size
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return await ThreadedReadModels.open(settings.data_dir / "readmodels.db")
 
 
 def _report_crash(task: asyncio.Task[None]) -> None:
@@ -122,7 +269,7 @@ def _report_crash(task: asyncio.Task[None]) -> None:
 
 
 def _agent_runner(
-    settings: Settings, event_log: EventLog, read_models: SqliteReadModels, tools: ToolCatalog
+    settings: Settings, event_log: EventLog, read_models: AsyncReadModels, tools: ToolCatalog
 ) -> AgentRunner:
     """Agent nodes: the LLM endpoint and limits from settings; outbound HTTP through the
     HTTP worker's guard, without its secrets (a model writes these requests)."""
@@ -142,7 +289,7 @@ def _agent_runner(
     )
 
     async def definition(run_id: str) -> dict[str, Any] | None:
-        run = read_models.get_run(run_id)
+        run = await read_models.get_run(run_id)
         return run["definition"] if run else None
 
     http = HttpWorker(HttpWorkerSettings().model_copy(update={"secrets": {}}))
@@ -156,6 +303,8 @@ def _agent_runner(
 
 
 async def create_topics(event_log: EventLog, settings: Settings) -> None:
+    """Every topic the services use; creating one that exists changes nothing, so any
+    service may start first."""
     await event_log.create_topic(RUNS_TOPIC, settings.runs_partitions)
     await event_log.create_topic(WORKFLOWS_TOPIC, settings.workflows_partitions)
     await event_log.create_topic(TOOLS_TOPIC, 1)  # a small catalog, read whole by everyone

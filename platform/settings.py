@@ -13,7 +13,20 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path(".aob")
     host: str = "127.0.0.1"
+    # Unset, each service listens on its own default port (see `aob server --help`).
     port: int = 8080
+
+    # Cluster mode: a Kafka cluster ("host:port,...") instead of the embedded log, and
+    # PostgreSQL (postgresql://...) instead of the SQLite read models.
+    kafka_bootstrap: str | None = None
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(default=10, ge=1)
+    # Seconds between checks for other processes' appends while a consumer waits.
+    kafka_poll_interval: float = Field(default=0.1, gt=0)
+    # Prepended to every topic and consumer group: several installations on one cluster.
+    topic_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9._-]*$", max_length=100)
+    # The workers a `dev` or `workers` service runs: builtin, http, hitl, agent.
+    workers: list[str] = ["builtin", "http", "hitl", "agent"]
     # Node types some worker outside this process executes (besides http, hitl, agent).
     node_types: list[str] = []
     runs_partitions: int = 8

@@ -1,4 +1,8 @@
-"""The HTTP API: FastAPI app factory, error shape, health."""
+"""The HTTP API: FastAPI app factory, error shape, health and metrics.
+
+Every service is served by this app: the API roles with their routes, the others
+(coordinator, projector, workers) with only `/health` and `/metrics`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aob
 from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
 from aob.platform.api.deps import EngineDep
 from aob.platform.commands import Commands
-from aob.platform.engine import Engine
+from aob.platform.engine import API_ROLES, Engine
 from aob.platform.fanout import FanoutHub
 from aob.platform.problems import Problem
 from aob.platform.settings import Settings
@@ -24,22 +29,26 @@ from aob.platform.settings import Settings
 PROBLEM_JSON = "application/problem+json"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
+    """The app of one service (`role`, see `aob.platform.engine`); its lifespan opens
+    and starts the service's engine."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await Engine.open(settings)
-        await engine.start()
-        app.state.engine = engine
-        app.state.commands = Commands(engine)
-        app.state.started = time.monotonic()
-        app.state.fanout = FanoutHub(engine.log, engine.read_models)
-        await app.state.fanout.start()
+        engine = await Engine.open(settings, role)
         try:
+            await engine.start()
+            app.state.engine = engine
+            app.state.commands = Commands(engine)
+            app.state.started = time.monotonic()
+            if role in API_ROLES:
+                app.state.fanout = FanoutHub(engine.log, engine.read_models)
+                await app.state.fanout.start()
             yield
         finally:
-            await app.state.fanout.stop()
+            if role in API_ROLES and hasattr(app.state, "fanout"):
+                await app.state.fanout.stop()
             await engine.stop()
 
     app = FastAPI(
@@ -48,36 +57,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Agentic workflows on an event-sourced engine.",
         lifespan=lifespan,
     )
-    app.include_router(runs.router)
-    app.include_router(workflows.router)
-    app.include_router(stream.router)
-    app.include_router(replay.router)
-    app.include_router(approvals.router)
-    app.include_router(patches.router)
-    app.include_router(tools.router)
+    if role in ("dev", "api"):
+        for module in (runs, workflows, replay, approvals, patches, tools):
+            app.include_router(module.router)
+    if role in API_ROLES:
+        app.include_router(stream.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
+    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["system"], summary="Metrics")
     _install_error_handlers(app, settings.max_request_bytes)
     return app
 
 
-async def health(request: Request, engine: EngineDep) -> dict[str, Any]:
-    dependencies = {"event_log": "ok", "read_models": "ok"}
-    try:
-        await engine.log.end_offsets("aob.runs")
-    except Exception as error:
-        dependencies["event_log"] = f"error: {error}"
-    try:
-        engine.read_models.offsets()
-    except Exception as error:
-        dependencies["read_models"] = f"error: {error}"
+async def health(request: Request, engine: EngineDep) -> JSONResponse:
+    """200 when the service's log and read models answer and its hosts run, else 503."""
+    dependencies = await engine.dependencies()
     ok = all(v == "ok" for v in dependencies.values())
-    return {
+    body = {
         "status": "ok" if ok else "degraded",
-        "service": "aob-dev",
+        "service": f"aob-{engine.role}",
         "version": aob.__version__,
         "uptime": _uptime(time.monotonic() - request.app.state.started),
+        "backends": {
+            "event_log": "kafka" if engine.settings.kafka_bootstrap else "embedded",
+            "read_models": "postgres" if engine.settings.database_url else "sqlite",
+        },
         "dependencies": dependencies,
     }
+    return JSONResponse(body, status_code=200 if ok else 503)
+
+
+async def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _uptime(seconds: float) -> str:

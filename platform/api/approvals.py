@@ -65,7 +65,7 @@ async def list_approvals(
     status: Literal["pending", "approved", "rejected", "cancelled", "any"] = "pending",
 ) -> dict[str, Any]:
     wanted = None if status == "any" else status
-    return {"items": approvals.list_approvals(run_id, wanted)}
+    return {"items": await approvals.list_approvals(run_id, wanted)}
 
 
 @router.get("/{approval_id}", summary="One approval with its context")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, TopicPartition
+from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, Event, PatchReviewed
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
 from aob.platform.commands import Commands, now_ms
@@ -41,7 +41,7 @@ async def get_patch(
     """The patch; while it is undecided, `diff` shows what it would change in the run's
     current (materialized) workflow: nodes and edges added, removed or changed."""
     run = await commands.run(run_id)
-    patch = _patch(engine, run_id, patch_id)
+    patch = await _patch(engine, run_id, patch_id)
     diff = None
     if patch["status"] == "proposed":
         diff = workflow_diff(run["definition"], patch["operations"])
@@ -73,7 +73,7 @@ async def _review(
     """Record the decision; answer with the patch once the coordinator has decided
     (200), or as it stands if that takes longer (202)."""
     await commands.run(run_id)
-    patch = _patch(engine, run_id, patch_id)
+    patch = await _patch(engine, run_id, patch_id)
     if patch["review"] != "pending":
         state = patch["review"] or f"not under review ({patch['status']})"
         raise Problem(409, "patch-not-awaiting-review", "Patch not awaiting review",
@@ -81,9 +81,8 @@ async def _review(
                       review=patch["review"])
     payload = PatchReviewed(run_id, patch_id, decision, actor, reason)
     event = Event(new_event_id(), run_id, now_ms(), payload, trace_id, None, actor)
-    (record,) = await engine.log.append([Append(RUNS_TOPIC, run_id, encode(event))])
-    await engine.projector.wait_until({TopicPartition(record.topic, record.partition):
-                                       record.offset + 1})
+    records = await engine.log.append([Append(RUNS_TOPIC, run_id, encode(event))])
+    await engine.projected.wait_for(records)
     decided = await _decided(engine, run_id, patch_id)
     return JSONResponse(decided, status_code=200 if decided["status"] != "proposed" else 202)
 
@@ -92,14 +91,14 @@ async def _decided(engine: Engine, run_id: str, patch_id: str) -> dict[str, Any]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DECISION_WAIT_S
     while True:
-        patch = _patch(engine, run_id, patch_id)
+        patch = await _patch(engine, run_id, patch_id)
         if patch["status"] != "proposed" or loop.time() > deadline:
             return patch
         await asyncio.sleep(0.01)
 
 
-def _patch(engine: Engine, run_id: str, patch_id: str) -> dict[str, Any]:
-    patch = engine.read_models.get_patch(run_id, patch_id)
+async def _patch(engine: Engine, run_id: str, patch_id: str) -> dict[str, Any]:
+    patch = await engine.read_models.get_patch(run_id, patch_id)
     if patch is None:
         raise not_found("patch", f"{run_id}/{patch_id}")
     return patch

@@ -45,8 +45,8 @@ async def replay_run(
     body: ReplayRun | None = None,
 ) -> JSONResponse:
     await commands.run(run_id)  # 404 for an unknown run
-    await engine.projector.wait_caught_up(timeout=2.0)  # the history up to now
-    history = _history(engine, run_id)
+    await engine.projected.wait_caught_up(timeout=2.0)  # the history up to now
+    history = await _history(engine, run_id)
     from_event = body.from_event if body else None
     forked = fork(run_id, history, from_event)
     new_id = new_run_id()
@@ -73,11 +73,11 @@ async def replay_run(
     return JSONResponse(accepted, status_code=202, headers={"Location": f"/api/v1/runs/{new_id}"})
 
 
-def _history(engine: Engine, run_id: str) -> list[dict[str, Any]]:
+async def _history(engine: Engine, run_id: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     after: int | None = None
     while True:
-        page = engine.read_models.timeline(run_id, after_offset=after, limit=HISTORY_PAGE)
+        page = await engine.read_models.timeline(run_id, after_offset=after, limit=HISTORY_PAGE)
         rows += [row for row in page if row["topic"] == RUNS_TOPIC]
         if len(page) < HISTORY_PAGE:
             return rows

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
+from aob.platform.audit import run_history
+from aob.platform.problems import not_found
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -57,7 +59,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> dict[str, Any]:
-    items, next_cursor = engine.read_models.list_runs(
+    items, next_cursor = await engine.read_models.list_runs(
         status=status, workflow_id=workflow_id, limit=limit, before=cursor
     )
     return {"items": items, "next_cursor": next_cursor}
@@ -94,7 +96,7 @@ async def patch_run(
 @router.get("/{run_id}/patches", summary="A run's patches")
 async def list_patches(run_id: str, commands: CommandsDep, engine: EngineDep) -> dict[str, Any]:
     await commands.run(run_id)
-    return {"items": engine.read_models.list_patches(run_id)}
+    return {"items": await engine.read_models.list_patches(run_id)}
 
 
 @router.get("/{run_id}/events", summary="A run's full event timeline, in log order")
@@ -104,6 +106,19 @@ async def run_events(
     engine: EngineDep,
     after: Annotated[int | None, Query(ge=0)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    source: Annotated[
+        Literal["readmodels", "log"],
+        Query(
+            description="'log': read for audit straight from the log (every record, "
+            "duplicates too; reads the run's partition from offset 0)"
+        ),
+    ] = "readmodels",
 ) -> dict[str, Any]:
+    if source == "log":
+        events = await run_history(engine.log, run_id)
+        if not events:
+            raise not_found("run", run_id)
+        newer = [e for e in events if after is None or e["offset"] > after]
+        return {"items": newer[:limit]}
     await commands.run(run_id)
-    return {"items": engine.read_models.timeline(run_id, after_offset=after, limit=limit)}
+    return {"items": await engine.read_models.timeline(run_id, after_offset=after, limit=limit)}

@@ -52,7 +52,7 @@ async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> di
 
 @router.get("/workflows", summary="List workflows (latest version of each)")
 async def list_workflows(engine: EngineDep) -> dict[str, Any]:
-    return {"items": engine.read_models.list_workflows()}
+    return {"items": await engine.read_models.list_workflows()}
 
 
 @router.get("/workflows/{ref}", summary="A workflow by tag or id")
@@ -64,7 +64,7 @@ async def get_workflow(
 
 @router.get("/tags", summary="List tags")
 async def list_tags(engine: EngineDep) -> dict[str, Any]:
-    return {"items": engine.read_models.list_tags()}
+    return {"items": await engine.read_models.list_tags()}
 
 
 @router.post("/tags/{name}/move", summary="Point a tag at a workflow version")

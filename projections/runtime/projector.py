@@ -1,9 +1,16 @@
-"""Feeds the read models from the log, and lets readers wait until they caught up."""
+"""Feeds the read models from the log, and lets readers wait until they caught up.
+
+`ProjectorHost` applies records to the store. `ReadYourWrites` is what a writer uses
+to read its own write: it waits until the store's positions reach the write's, from
+any process (it asks the store), or at once from the local projector when there is one.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from aob.events.codec import decode
@@ -11,32 +18,58 @@ from aob.events.log.consumer import Consumer
 from aob.events.log.port import EventLog, Record, TopicPartition
 from aob.events.types import RUNS_TOPIC, WORKFLOWS_TOPIC, Event
 
+log = logging.getLogger(__name__)
+
 GROUP = "aob-projector"
+PROJECTED_TOPICS = (RUNS_TOPIC, WORKFLOWS_TOPIC)
 
 
-class ReadModelStore(Protocol):
-    """What the projector needs of a read-model store."""
+class OffsetsSource(Protocol):
+    async def offsets(self) -> dict[TopicPartition, int]: ...
 
-    def apply(self, batch: Sequence[tuple[Record, Event]]) -> None: ...
 
-    def offsets(self) -> dict[TopicPartition, int]: ...
+class ReadModelStore(OffsetsSource, Protocol):
+    """What the projector needs of a read-model store (`AsyncReadModels` is one)."""
+
+    async def apply(self, batch: Sequence[tuple[Record, Event]]) -> None: ...
+
+
+def reached(positions: Mapping[TopicPartition, int], wanted: Mapping[TopicPartition, int]) -> bool:
+    return all(positions.get(tp, 0) >= offset for tp, offset in wanted.items())
+
+
+def after(records: Iterable[Record]) -> dict[TopicPartition, int]:
+    """The positions just past `records`: what a store must reach to include them."""
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = record.position
+        offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+    return offsets
 
 
 class ProjectorHost:
     """Applies log records to a read-model store; its positions live in that store.
 
     The store writes rows and positions in one transaction, so the read models
-    are exactly-once whatever the log's group offsets say.
+    are exactly-once whatever the log's group offsets say. Reading every partition
+    itself, one projector serves a cluster; a second one would only repeat work the
+    store then skips.
     """
 
-    def __init__(self, event_log: EventLog, store: ReadModelStore, *, max_records: int = 1000) -> None:
+    def __init__(
+        self, event_log: EventLog, store: ReadModelStore, *, max_records: int = 1000
+    ) -> None:
         self.log = event_log
         self.store = store
-        self.consumer = Consumer(event_log, GROUP, [RUNS_TOPIC, WORKFLOWS_TOPIC], max_records=max_records)
+        self.consumer = Consumer(event_log, GROUP, PROJECTED_TOPICS, max_records=max_records)
+        # What the store holds: the consumer's positions run ahead while a batch applies.
+        self.applied: dict[TopicPartition, int] = {}
         self._progress = asyncio.Condition()
 
     async def start(self) -> None:
-        await self.consumer.start(start_from=self.store.offsets())
+        stored = await self.store.offsets()
+        await self.consumer.start(start_from=stored)
+        self.applied = self.consumer.positions
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -46,29 +79,94 @@ class ProjectorHost:
         """Project what is there to read now; returns how many records were applied."""
         records = await self.consumer.poll(timeout=timeout)
         if records:
-            self.store.apply([(record, decode(record.value)) for record in records])
+            await self.store.apply([(record, decode(record.value)) for record in records])
             async with self._progress:
+                self.applied.update(after(records))
                 self._progress.notify_all()
         return len(records)
 
     async def wait_until(self, offsets: Mapping[TopicPartition, int], timeout: float = 5.0) -> bool:
         """Wait until the read models include every record before `offsets`."""
-
-        def reached() -> bool:
-            positions = self.consumer.positions
-            return all(positions.get(tp, 0) >= offset for tp, offset in offsets.items())
-
         async with self._progress:
             try:
-                await asyncio.wait_for(self._progress.wait_for(reached), timeout)
+                await asyncio.wait_for(
+                    self._progress.wait_for(lambda: reached(self.applied, offsets)), timeout
+                )
             except TimeoutError:
                 return False
         return True
 
+
+class ReadYourWrites:
+    """Waits until the read models include given log positions.
+
+    Without a local projector it watches the store's own positions: one poller per
+    process, running only while someone waits, so waiting callers cost the store one
+    cheap query per `interval` whatever their number.
+    """
+
+    def __init__(
+        self,
+        event_log: EventLog,
+        store: OffsetsSource,
+        local: ProjectorHost | None = None,
+        *,
+        interval: float = 0.01,
+    ) -> None:
+        self.log = event_log
+        self.store = store
+        self.local = local
+        self.interval = interval
+        self._seen: dict[TopicPartition, int] = {}
+        self._changed = asyncio.Condition()
+        self._waiting = 0
+        self._poller: asyncio.Task[None] | None = None
+
+    async def wait_for(self, records: Iterable[Record], timeout: float = 5.0) -> bool:
+        """Wait until the read models include `records`; False after `timeout` s."""
+        return await self.wait_until(after(records), timeout)
+
     async def wait_caught_up(self, timeout: float = 5.0) -> bool:
         """Wait until the read models include everything appended so far."""
         ends: dict[TopicPartition, int] = {}
-        for topic in self.consumer.topics:
+        for topic in PROJECTED_TOPICS:
             for partition, end in (await self.log.end_offsets(topic)).items():
                 ends[TopicPartition(topic, partition)] = end
         return await self.wait_until(ends, timeout)
+
+    async def wait_until(self, offsets: Mapping[TopicPartition, int], timeout: float = 5.0) -> bool:
+        if self.local is not None:
+            return await self.local.wait_until(offsets, timeout)
+        if reached(self._seen, offsets):  # positions only grow
+            return True
+        async with self._changed:
+            self._waiting += 1
+            if self._poller is None or self._poller.done():
+                self._poller = asyncio.create_task(self._poll())
+            try:
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: reached(self._seen, offsets)), timeout
+                )
+            except TimeoutError:
+                return False
+            finally:
+                self._waiting -= 1
+        return True
+
+    async def _poll(self) -> None:
+        while self._waiting:
+            try:
+                seen = await self.store.offsets()
+            except Exception as error:  # the store is down: waiters time out, not crash
+                log.warning("cannot read the read models' positions: %s", error)
+            else:
+                async with self._changed:
+                    self._seen = seen
+                    self._changed.notify_all()
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller

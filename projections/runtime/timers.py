@@ -9,6 +9,7 @@ so a timer fired twice (crash between append and projection) is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from aob.events.types import RUNS_TOPIC, Event, TimerFired
 
 
 class TimerStore(Protocol):
-    def due_timers(self, now_ms: int, limit: int) -> list[dict[str, Any]]: ...
+    async def due_timers(self, now_ms: int, limit: int) -> list[dict[str, Any]]: ...
 
 
 def now_ms() -> int:
@@ -46,15 +47,13 @@ class TimerService:
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.fire_due()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)
-            except TimeoutError:
-                pass
 
     async def fire_due(self) -> int:
         """Append `TimerFired` for every due timer; returns how many fired."""
         now = self.clock()
-        due = self.store.due_timers(now, 1000)
+        due = await self.store.due_timers(now, 1000)
         pending = {t["timer_id"] for t in due}
         self._in_flight &= pending
         appends = []

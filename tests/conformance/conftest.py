@@ -17,6 +17,7 @@ import pytest
 
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
+from aob.events.log.prefixed import PrefixedEventLog
 from aob.events.log.sqlite import SqliteEventLog
 
 LogFactory = Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextManager[EventLog]]
@@ -41,8 +42,19 @@ async def _kafka(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         await log.close()
 
 
+@asynccontextmanager
+async def _prefixed(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
+    inner = await SqliteEventLog.open(tmp_path / "events.db")
+    log = PrefixedEventLog(inner, "other.")
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
 ADAPTERS: dict[str, LogFactory] = {
     "kafka": _kafka,
+    "prefixed": _prefixed,
     "sqlite": _sqlite,
 }
 

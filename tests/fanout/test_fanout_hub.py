@@ -164,7 +164,7 @@ async def test_live_events_follow_history_without_gap_while_appends_race(engine:
         results = await asyncio.gather(*streams)
     finally:
         await hub.stop()
-    timeline = engine.read_models.timeline(run_id, limit=10_000)
+    timeline = await engine.read_models.timeline(run_id, limit=10_000)
     expected = [row["offset"] for row in timeline]
     for items in results:
         assert offsets(items) == expected

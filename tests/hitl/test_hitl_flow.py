@@ -183,21 +183,47 @@ async def _decisions(aob, run_id: str) -> list[dict[str, Any]]:
     return [e for e in await aob.events(run_id) if e["type"] == "ApprovalDecided"]
 
 
+class StaleReads:
+    """The read models as one decider saw them before the other's decision was projected:
+    `stale` answers the first call of its method, the store every later one."""
+
+    def __init__(self, store: Any, method: str, stale: Any) -> None:
+        self.store, self.method, self.stale = store, method, [stale]
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self.store, name)
+        if name != self.method:
+            return real
+
+        async def first_stale(*args: Any, **kwargs: Any) -> Any:
+            return self.stale.pop() if self.stale else await real(*args, **kwargs)
+
+        return first_stale
+
+
 @pytest.mark.parametrize("first", ["timeout", "human"])
 async def test_a_decision_racing_the_timeout_exactly_one_wins(aob, first):
-    """The deadline and a person decide at once, both past the read-model check, so
-    both decisions reach the log (in one write, in the order they were made). The
-    first wins; the person, if second, is told who won."""
+    """The deadline and a person decide at once, both past the read-model check (the
+    second saw the approval still pending), so both decisions reach the log. The first
+    wins; the person, if second, is told who won."""
     run_id = await aob.submit(review({"timeout_ms": 3_600_000}))
     [approval] = await aob.pending(run_id)
-    deadline = HitlService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
-    human = Approvals(aob.engine).decide(
-        approval["approval_id"], "approve", "", actor="alice", roles=[], trace_id="t"
-    )
-    timeout = deadline.fire_overdue()
-    race = [timeout, human] if first == "timeout" else [human, timeout]
-    results = await asyncio.gather(*race, return_exceptions=True)
-    human_result = results[1] if first == "timeout" else results[0]
+    store = aob.engine.read_models
+    approvals = Approvals(aob.engine)
+    if first == "timeout":
+        assert await HitlService(aob.engine.log, store, clock=overdue_clock).fire_overdue() == 1
+        approvals.read = StaleReads(store, "get_approval", approval)
+    stale_pending = StaleReads(store, "list_approvals", [approval])
+    human_result: dict[str, Any] | Problem
+    try:
+        human_result = await approvals.decide(
+            approval["approval_id"], "approve", "", actor="alice", roles=[], trace_id="t"
+        )
+    except Problem as problem:
+        human_result = problem
+    if first == "human":
+        deadline = HitlService(aob.engine.log, stale_pending, clock=overdue_clock)
+        assert await deadline.fire_overdue() == 1
 
     decisions = await _decisions(aob, run_id)
     assert [d["data"]["decided_by"] for d in decisions] == (

@@ -52,15 +52,15 @@ COMMIT_INTERVAL = 1.0  # seconds between commits of positions that led to no out
 
 
 class ApprovalStore(Protocol):
-    """What the service reads of the read models."""
+    """What the service reads of the read models (`AsyncReadModels` is one)."""
 
-    def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
+    async def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
 
-    def list_approvals(
+    async def list_approvals(
         self, run_id: str | None = None, status: str | None = None
     ) -> list[dict[str, Any]]: ...
 
-    def offsets(self) -> dict[TopicPartition, int]: ...
+    async def offsets(self) -> dict[TopicPartition, int]: ...
 
 
 def now_ms() -> int:
@@ -144,10 +144,10 @@ class HitlService:
         """Decide every pending approval past its deadline as its on_timeout says;
         returns how many were decided. A human's decision appended first wins."""
         now = self.clock()
-        positions = self.store.offsets()
+        positions = await self.store.offsets()
         if positions == self._scanned and now < self._next_deadline:
             return 0  # the pending approvals are as last read, and none fell due since
-        pending = self.store.list_approvals(status="pending")
+        pending = await self.store.list_approvals(status="pending")
         self._scanned, self._next_deadline = positions, math.inf
         self._in_flight &= {a["approval_id"] for a in pending}
         appends = []
@@ -192,7 +192,7 @@ class HitlService:
             return []
         if not await self._projected(record, stop):
             return None
-        approval = self.store.get_approval(decided.payload.approval_id)
+        approval = await self.store.get_approval(decided.payload.approval_id)
         if approval is None or approval["decision_event_id"] != decided.event_id:
             return []  # lost to an earlier decision, or the run ended first
         if approval["attempt"] is None:
@@ -203,7 +203,7 @@ class HitlService:
 
     async def _projected(self, record: Record, stop: asyncio.Event) -> bool:
         """Wait until the read models include `record`; False if asked to stop first."""
-        while self.store.offsets().get(record.position, 0) <= record.offset:
+        while (await self.store.offsets()).get(record.position, 0) <= record.offset:
             if stop.is_set():
                 return False
             await asyncio.sleep(0.01)

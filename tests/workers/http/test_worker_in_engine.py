@@ -25,7 +25,8 @@ SECRET = "tok-5f0e1d2c3b4a"
 
 @pytest.fixture
 async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(Settings(data_dir=tmp_path / "data"))
+    # The engine runs no http worker of its own: this test runs one with its own guard.
+    app = create_app(Settings(data_dir=tmp_path / "data", workers=["builtin", "hitl", "agent"]))
     async with app.router.lifespan_context(app):
         settings = HttpWorkerSettings(  # type: ignore[call-arg]
             _env_file=None,

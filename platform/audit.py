@@ -1,0 +1,239 @@
+"""Replay for audit: the log is the source of truth, and this checks it.
+
+- `run_history`: a run's every event, read straight from the log (not the read
+  models), in the shape of the read models' timeline rows; duplicates included.
+- `verify`: rebuilds every read model from offset 0 into a fresh store, up to the
+  positions the live store has reached, and compares the two table by table. Equal
+  is the contract of the projection (idempotent, deterministic, batching-blind);
+  anything else is a bug or a tampered store, and the summary says where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from aob.events.codec import decode
+from aob.events.log.port import EventLog, Record, TopicPartition
+from aob.events.partitioner import partition_for
+from aob.events.types import RUNS_TOPIC
+from aob.platform.settings import Settings
+from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
+from aob.projections.readmodels.postgres import PostgresReadModels
+from aob.projections.readmodels.views import dumps, loads
+from aob.projections.runtime.projector import PROJECTED_TOPICS
+
+READ_BATCH = 1000
+SHOWN_DIFFERENCES = 5  # rows named per table in a summary
+
+# --- history ------------------------------------------------------------------------
+
+
+async def run_history(event_log: EventLog, run_id: str) -> list[dict[str, Any]]:
+    """Every event of `run_id` on `aob.runs`, in log order, from offset 0."""
+    partition = partition_for(run_id, await event_log.partitions(RUNS_TOPIC))
+    end = (await event_log.end_offsets(RUNS_TOPIC)).get(partition, 0)
+    events: list[dict[str, Any]] = []
+    offset = 0
+    while offset < end:
+        records = await event_log.read(RUNS_TOPIC, partition, offset, READ_BATCH)
+        if not records:
+            break
+        events += [history_row(r) for r in records if r.key == run_id and r.offset < end]
+        offset = records[-1].offset + 1
+    return events
+
+
+def history_row(record: Record) -> dict[str, Any]:
+    """A log record as the read models' timeline shows it."""
+    event = decode(record.value)
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "event_id": event.event_id,
+        "key": event.key,
+        "type": event.type,
+        "occurred_at": event.occurred_at,
+        "actor": event.actor,
+        "trace_id": event.trace_id,
+        "causation_id": event.causation_id,
+        "data": loads(dumps(asdict(event.payload))),
+    }
+
+
+# --- verification ---------------------------------------------------------------------
+
+
+Dump = dict[str, list[tuple[Any, ...]]]
+
+
+@dataclass
+class TableDiff:
+    live_rows: int
+    rebuilt_rows: int
+    only_live: list[tuple[Any, ...]] = field(default_factory=list)
+    only_rebuilt: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass
+class Verification:
+    """The outcome of `verify`: `equal`, else what differs per table."""
+
+    positions: dict[TopicPartition, int]
+    applied: int
+    tables: dict[str, int]  # rows per table in the live store
+    differences: dict[str, TableDiff]
+
+    @property
+    def equal(self) -> bool:
+        return not self.differences
+
+    def summary(self) -> str:
+        reached = ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in self.positions.items())
+        head = (
+            f"rebuilt {len(self.tables)} tables from {self.applied} events "
+            f"(up to {reached or 'nothing'})"
+        )
+        if self.equal:
+            return f"{head}: identical to the live read models"
+        lines = [f"{head}: {len(self.differences)} table(s) differ"]
+        for table, diff in self.differences.items():
+            lines.append(
+                f"  {table}: {diff.live_rows} live rows, {diff.rebuilt_rows} rebuilt; "
+                f"{len(diff.only_live)} only live, {len(diff.only_rebuilt)} only rebuilt"
+            )
+            lines += [f"    live only:    {row!r:.200}" for row in diff.only_live]
+            lines += [f"    rebuilt only: {row!r:.200}" for row in diff.only_rebuilt]
+        return "\n".join(lines)
+
+
+async def verify(
+    event_log: EventLog, live: AsyncReadModels, fresh: AsyncReadModels
+) -> Verification:
+    """Rebuild `fresh` (an empty store) from the log up to `live`'s positions and compare.
+
+    The live store may move on meanwhile: its dump is one consistent snapshot, and
+    the rebuild stops at the positions recorded in that snapshot.
+    """
+    live_dump = await live.dump()
+    positions = stored_positions(live_dump)
+    applied = await rebuild(event_log, fresh, positions)
+    rebuilt_dump = await fresh.dump()
+    return Verification(
+        positions=positions,
+        applied=applied,
+        tables={table: len(rows) for table, rows in live_dump.items()},
+        differences=compare(live_dump, rebuilt_dump),
+    )
+
+
+def stored_positions(dump: Dump) -> dict[TopicPartition, int]:
+    """The projector's positions recorded in a dump (`projector_offsets` rows)."""
+    return {
+        TopicPartition(topic, partition): next_offset
+        for topic, partition, next_offset in sorted(dump.get("projector_offsets", []))
+    }
+
+
+async def rebuild(
+    event_log: EventLog, store: AsyncReadModels, positions: Mapping[TopicPartition, int]
+) -> int:
+    """Apply every projected record before `positions` to `store`, reading the
+    partitions in turn as the projector does; returns how many records were applied."""
+    next_read = {tp: 0 for tp in positions if tp.topic in PROJECTED_TOPICS}
+    applied = 0
+    while next_read:
+        batch: list[tuple[Record, Any]] = []
+        for tp, offset in list(next_read.items()):
+            wanted = min(READ_BATCH, positions[tp] - offset)
+            records = await event_log.read(tp.topic, tp.partition, offset, wanted)
+            records = [r for r in records if r.offset < positions[tp]]
+            if not records:
+                del next_read[tp]
+                continue
+            next_read[tp] = records[-1].offset + 1
+            if next_read[tp] >= positions[tp]:
+                del next_read[tp]
+            batch += [(r, decode(r.value)) for r in records]
+        if batch:
+            await store.apply(batch)
+            applied += len(batch)
+    return applied
+
+
+def compare(live: Dump, rebuilt: Dump) -> dict[str, TableDiff]:
+    """Tables whose rows differ, with a few rows found on one side only."""
+    differences: dict[str, TableDiff] = {}
+    for table in sorted(set(live) | set(rebuilt)):
+        ours, theirs = live.get(table, []), rebuilt.get(table, [])
+        if ours == theirs:
+            continue
+        rebuilt_set, live_set = set(map(_hashable, theirs)), set(map(_hashable, ours))
+        differences[table] = TableDiff(
+            live_rows=len(ours),
+            rebuilt_rows=len(theirs),
+            only_live=[r for r in ours if _hashable(r) not in rebuilt_set][:SHOWN_DIFFERENCES],
+            only_rebuilt=[r for r in theirs if _hashable(r) not in live_set][:SHOWN_DIFFERENCES],
+        )
+    return differences
+
+
+def _hashable(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(repr(v) if isinstance(v, dict | list) else v for v in row)
+
+
+# --- fresh stores -----------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def fresh_read_models(
+    settings: Settings, *, keep: bool = False
+) -> AsyncIterator[tuple[AsyncReadModels, str]]:
+    """An empty store of the kind the settings use, and where it is: a new schema in the
+    live database, or a new SQLite file. Dropped afterwards unless `keep`."""
+    if settings.database_url is None:
+        with tempfile.TemporaryDirectory(prefix="aob-verify-") as scratch:
+            path = Path(scratch) / "readmodels.db"
+            store = await ThreadedReadModels.open(path)
+            try:
+                yield store, str(path)
+            finally:
+                await store.close()
+        return
+    dsn = settings.database_url.get_secret_value()
+    schema = f"aob_verify_{uuid.uuid4().hex[:12]}"
+    await _execute(dsn, f'CREATE SCHEMA "{schema}"')
+    try:
+        pg_store = await PostgresReadModels.open(with_search_path(dsn, schema), max_size=2)
+        try:
+            yield pg_store, f"schema {schema}"
+        finally:
+            await pg_store.close()
+    finally:
+        if not keep:
+            await _execute(dsn, f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def with_search_path(dsn: str, schema: str) -> str:
+    """`dsn` naming `schema` first in its search path (asyncpg passes the parameter on)."""
+    parts = urlsplit(dsn)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "search_path"]
+    query.append(("search_path", schema))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def _execute(dsn: str, statement: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
