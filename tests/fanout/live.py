@@ -54,14 +54,15 @@ QUICK = {
 class LiveServer:
     """`python -m aob.platform dev` on a free port; `restart()` keeps port and data."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.port = 0
         self.process: subprocess.Popen[str] | None = None
         self.url = ""
 
     def start(self) -> LiveServer:
-        env = {**os.environ, "AOB_NODE_TYPES": f'["{EXTERNAL_TYPE}"]'}
+        env = {**os.environ, "AOB_NODE_TYPES": f'["{EXTERNAL_TYPE}"]', **self.extra_env}
         command = [
             sys.executable,
             "-m",
