@@ -216,3 +216,10 @@ def test_the_cli_loads_no_server_code_and_only_what_a_command_needs(server: Live
         }
         assert heavy == set(), args
         assert server_code == set(), args
+
+
+def test_server_commands_hand_over_to_the_server(aob: Cli) -> None:
+    result = aob("server", "dev", "--help")
+    assert result.code == 0
+    assert "--data-dir" in result.out
+    assert result.out.startswith("usage: aob server dev")
