@@ -1,7 +1,7 @@
 """The core benchmark: the coordinator fold alone, then whole runs on the embedded default.
 
     python -m bench            # about a minute on 2 cores
-    python -m bench --quick    # smaller sizes, a few seconds
+    python -m bench --quick    # smaller sizes, about 15 s
     python -m bench --json     # machine-readable instead of the table
     python -m bench --profile e2e   # cProfile of one concurrent aob measurement
 
@@ -63,7 +63,7 @@ from aob.platform.commands import Commands
 from aob.platform.engine import Engine
 from aob.platform.settings import Settings
 from aob.projections.coordinator.fold import fold
-from aob.projections.coordinator.state import RunState
+from aob.projections.coordinator.state import RunState, RunStatus
 from aob.projections.workflow.expressions import evaluate
 from bench import langgraph_baseline
 
@@ -136,12 +136,13 @@ def median(values: Iterable[float]) -> float:
 
 
 def simulate_runs(runs: int, in_flight: int = 100) -> list[Event]:
-    """The `aob.runs` stream of `runs` runs of FANOUT_JOIN, as the coordinator reads it.
+    """The events of `runs` runs of FANOUT_JOIN that the coordinator folds, in log order.
 
-    The log is a FIFO: the coordinator folds the next event and appends what it
-    emits; a worker answers each `NodeScheduled` with `NodeStarted` and
-    `NodeCompleted` (as the built-in transform worker does). `in_flight` runs are
-    interleaved; a new one is submitted whenever one completes.
+    The log is a FIFO: the coordinator folds the next event; a worker answers each
+    `NodeScheduled` it emits with `NodeStarted` and `NodeCompleted` (as the built-in
+    transform worker does). The coordinator's own emitted events are left out: the
+    fold applies them when it emits them, and the host skips them when they come
+    back. `in_flight` runs are interleaved; a new one is submitted whenever one ends.
     """
     log: deque[Event] = deque()
     stream: list[Event] = []
@@ -165,11 +166,10 @@ def simulate_runs(runs: int, in_flight: int = 100) -> list[Event]:
         if state is not None:
             states[event.key] = state
         for out in emitted:
-            log.append(out)
             if isinstance(out.payload, NodeScheduled):
                 log.extend(_worker_answer(out, out.payload, next(clock)))
-        if isinstance(event.payload, TERMINAL_RUN_EVENTS) and submitted < runs:
-            submit()
+            elif isinstance(out.payload, TERMINAL_RUN_EVENTS) and submitted < runs:
+                submit()
     return stream
 
 
@@ -196,13 +196,11 @@ def _worker_answer(task_event: Event, task: NodeScheduled, at: int) -> list[Even
 def fold_all(events: Sequence[Event]) -> int:
     """Fold `events` into fresh run states, as the coordinator host does; runs completed."""
     states: dict[str, RunState] = {}
-    completed = 0
     for event in events:
         state, _ = fold(states.get(event.key), event)
         if state is not None:
             states[event.key] = state
-            completed += isinstance(event.payload, RunCompleted)
-    return completed
+    return sum(state.status is RunStatus.COMPLETED for state in states.values())
 
 
 def dict_update_all(events: Sequence[Event]) -> int:
@@ -661,7 +659,7 @@ def _progress(message: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes (a few seconds)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes (about 15 s)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--only", choices=["fold", "e2e"], help="run one part only")
     parser.add_argument("--reps", type=int, help="repetitions of each end-to-end measurement")
