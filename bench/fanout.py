@@ -231,8 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer iterations and repetitions")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--iterations", type=int, help="loop iterations per run (300; quick 100)")
+    parser.add_argument("--reps", type=int, help="repetitions per count (3; quick 1)")
     args = parser.parse_args(argv)
     iterations, reps = (100, 1) if args.quick else (300, 3)
+    iterations = args.iterations or iterations
+    reps = args.reps or reps
     results = asyncio.run(bench(args.subscribers, iterations, reps))
     if args.json:
         print(
