@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,3 +53,26 @@ class Settings(BaseSettings):
     llm_max_delegation_depth: int = Field(default=2, ge=0)
     llm_blob_threshold_bytes: int = Field(default=64 * 1024, ge=0)
     llm_concurrency: int = Field(default=16, ge=1)  # agent nodes in flight per worker
+
+    # Authentication: "tokens" (API tokens; also JWTs when a JWKS URL or key is set) or
+    # "off" (callers name themselves with X-Aob-Actor; for tests and trusted networks).
+    auth: Literal["tokens", "off"] = "tokens"
+    auth_jwt_jwks_url: str | None = None  # the identity provider's JWKS
+    auth_jwt_key: SecretStr | None = None  # or a static key (PEM public key)
+    auth_jwt_algorithms: list[str] = ["RS256", "ES256"]
+    auth_jwt_issuer: str | None = None
+    auth_jwt_audience: str | None = None
+    auth_jwt_name_claim: str = "sub"
+    auth_jwt_roles_claim: str = "roles"  # a dotted path reaches nested claims
+    auth_jwt_tenant_claim: str = "tenant"
+    auth_jwt_default_tenant: str | None = None  # for tokens without a tenant claim
+    # Run submissions per minute and tenant, by tier (tiers by agent count: none is
+    # simple, up to rate_limit_standard_max_agents standard, more heavy), with
+    # per-tenant overrides ({"acme": {"heavy": 30}}); a burst spends up to a minute's.
+    rate_limit: bool = True
+    rate_limits: dict[str, int] = {"simple": 100, "standard": 20, "heavy": 5}
+    rate_limit_standard_max_agents: int = Field(default=2, ge=1)
+    rate_limit_tenants: dict[str, dict[str, int]] = {}
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    # Log lines: "json" (one object per line, with trace ids) or "text".
+    log_format: Literal["json", "text"] = "json"

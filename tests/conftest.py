@@ -6,7 +6,14 @@ their own module there, so adding one never means editing a shared list.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Servers the suite starts (in-process or as subprocesses, which inherit this) run
+# without authentication and rate limits: most tests exercise other things. Tests of
+# those (tests/auth, tests/ratelimit) turn them on in their own settings.
+os.environ["AOB_AUTH"] = "off"
+os.environ["AOB_RATE_LIMIT"] = "false"
 
 pytest_plugins = sorted(
     f"tests.fixtures.{path.stem}"

@@ -1,0 +1,210 @@
+"""Bounds on what a request may carry, checked before any handler runs.
+
+- the body: at most `max_body_bytes`, counted as it arrives (a chunked body sends no
+  Content-Length to check up front): 413;
+- a JSON body: nesting depth, string length, object keys' length, items per array or
+  object: 422 naming the JSON pointer of the first offending value;
+- the URL: each path segment (identifiers: run, approval, workflow ids ...) at most
+  `max_identifier` characters (400), the query string at most `max_query` (414).
+
+Node and edge counts of definitions are the workflow validator's (422 invalid-workflow).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_depth: int = 64
+    max_string: int = 256 * 1024
+    max_key: int = 256
+    max_items: int = 100_000
+    max_identifier: int = 200
+    max_query: int = 8192
+
+
+class OutOfBounds(Exception):
+    def __init__(self, status: int, slug: str, title: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.status, self.slug, self.title, self.detail, self.extra = (
+            status,
+            slug,
+            title,
+            detail,
+            extra,
+        )
+
+
+def check_url(path: str, query: bytes, bounds: Bounds) -> None:
+    if len(query) > bounds.max_query:
+        raise OutOfBounds(
+            414,
+            "uri-too-long",
+            "Query too long",
+            f"the query string has {len(query)} bytes; the limit is {bounds.max_query}",
+        )
+    for segment in path.split("/"):
+        if len(segment) > bounds.max_identifier:
+            raise OutOfBounds(
+                400,
+                "identifier-too-long",
+                "Identifier too long",
+                f"a path segment has {len(segment)} characters; identifiers have at most "
+                f"{bounds.max_identifier}",
+            )
+
+
+def check_json(document: Any, bounds: Bounds) -> None:
+    """Raise OutOfBounds for the first value outside `bounds` (iteratively: a document
+    may nest deeper than Python's recursion limit)."""
+    for pointer, value, depth in _walk(document):
+        problem = None
+        if depth > bounds.max_depth:
+            problem = f"nested deeper than {bounds.max_depth} levels"
+        elif isinstance(value, str) and len(value) > bounds.max_string:
+            problem = f"a string of {len(value)} characters (limit {bounds.max_string})"
+        elif isinstance(value, dict | list) and len(value) > bounds.max_items:
+            problem = f"{len(value)} items (limit {bounds.max_items})"
+        elif isinstance(value, dict):
+            long = next((k for k in value if len(k) > bounds.max_key), None)
+            if long is not None:
+                problem = f"a key of {len(long)} characters (limit {bounds.max_key})"
+        if problem is not None:
+            raise OutOfBounds(
+                422,
+                "input-out-of-bounds",
+                "Request out of bounds",
+                f"the JSON body at {pointer or '/'} has {problem}",
+                pointer=pointer or "/",
+            )
+
+
+def _walk(document: Any) -> Iterator[tuple[str, Any, int]]:
+    stack: list[tuple[str, Any, int]] = [("", document, 0)]
+    while stack:
+        pointer, value, depth = stack.pop()
+        yield pointer, value, depth
+        if depth > 10_000:
+            continue  # already reported by the depth check
+        if isinstance(value, dict):
+            for key, item in value.items():
+                escaped = str(key).replace("~", "~0").replace("/", "~1")[:64]
+                stack.append((f"{pointer}/{escaped}", item, depth + 1))
+        elif isinstance(value, list):
+            stack.extend((f"{pointer}/{i}", item, depth + 1) for i, item in enumerate(value))
+
+
+class BoundsMiddleware:
+    """Refuses requests outside `bounds` with problem+json; hands others on with the
+    body it read (`scope["state"]["json_body"]` holds a parsed JSON body)."""
+
+    def __init__(self, app: ASGIApp, bounds: Bounds | None = None) -> None:
+        self.app = app
+        self.bounds = bounds or Bounds()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        try:
+            check_url(scope.get("path", ""), scope.get("query_string", b""), self.bounds)
+            if scope["type"] == "http" and scope.get("method") in ("POST", "PUT", "PATCH"):
+                receive = await self._checked_body(scope, receive)
+        except OutOfBounds as out:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008, "reason": out.title})
+                return
+            await _refuse(send, scope.get("path", ""), out)
+            return
+        await self.app(scope, receive, send)
+
+    async def _checked_body(self, scope: Scope, receive: Receive) -> Receive:
+        limit = self.bounds.max_body_bytes
+        declared = _header(scope, b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                raise _too_large(limit)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if body and b"json" in (_header(scope, b"content-type") or "").encode():
+            try:
+                document = json.loads(body)
+            except RecursionError:
+                raise OutOfBounds(
+                    422,
+                    "input-out-of-bounds",
+                    "Request out of bounds",
+                    f"the JSON body nests deeper than {self.bounds.max_depth} levels",
+                ) from None
+            except ValueError:
+                document = None  # not JSON: the handler's validation says so
+            else:
+                check_json(document, self.bounds)
+                scope.setdefault("state", {})["json_body"] = document
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _too_large(limit: int) -> OutOfBounds:
+    return OutOfBounds(
+        413,
+        "payload-too-large",
+        "Request body too large",
+        f"the request body exceeds {limit} bytes",
+    )
+
+
+async def _refuse(send: Send, path: str, out: OutOfBounds) -> None:
+    body = json.dumps(
+        {
+            "type": f"https://aob.dev/problems/{out.slug}",
+            "title": out.title,
+            "status": out.status,
+            "detail": out.detail,
+            "instance": path,
+            **out.extra,
+        }
+    ).encode()
+    headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": out.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

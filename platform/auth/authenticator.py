@@ -1,0 +1,96 @@
+"""Turns a bearer credential into a `Principal`; issues and revokes API tokens."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from aob.platform.auth.jwt import JwtVerifier, Unauthenticated
+from aob.platform.auth.principal import Principal, check_name, check_roles, check_tenant
+from aob.platform.auth.store import TokenStore
+from aob.platform.auth.tokens import (
+    TokenRecord,
+    looks_like_token,
+    new_token,
+    parse_token,
+    secret_matches,
+)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Authenticator:
+    """API tokens from `tokens`; JWTs from an identity provider when `jwt` is set."""
+
+    def __init__(
+        self,
+        tokens: TokenStore,
+        jwt: JwtVerifier | None = None,
+        clock_ms: Callable[[], int] = _now_ms,
+    ) -> None:
+        self.tokens = tokens
+        self.jwt = jwt
+        self.clock_ms = clock_ms
+
+    async def authenticate(self, credential: str) -> Principal:
+        """The principal `credential` proves; raises Unauthenticated."""
+        if looks_like_token(credential):
+            return await self._token(credential)
+        if self.jwt is not None and credential.count(".") == 2:
+            return await self.jwt.verify(credential)
+        accepted = "an API token (aob_...)" + (" or a JWT" if self.jwt else "")
+        raise Unauthenticated(f"unrecognized credential: expected {accepted}")
+
+    async def _token(self, token: str) -> Principal:
+        parsed = parse_token(token)
+        if parsed is None:
+            raise Unauthenticated("malformed API token")
+        token_id, secret = parsed
+        record = await self.tokens.get(token_id)
+        # One message for unknown and wrong: nothing tells a prober which ids exist.
+        if record is None or not secret_matches(secret, record.secret_hash):
+            raise Unauthenticated("unknown API token")
+        if record.revoked_at is not None:
+            raise Unauthenticated(f"API token {token_id} was revoked")
+        if not record.valid_at(self.clock_ms()):
+            raise Unauthenticated(f"API token {token_id} expired")
+        return record.principal()
+
+    async def issue(
+        self,
+        name: str,
+        tenant: str,
+        roles: Iterable[str],
+        *,
+        created_by: str,
+        expires_in_s: int | None = None,
+        description: str = "",
+    ) -> tuple[str, TokenRecord]:
+        """A new token (shown to the caller once) and its stored record."""
+        if expires_in_s is not None and expires_in_s <= 0:
+            raise ValueError("a token's lifetime must be positive")
+        if len(description) > 500:
+            raise ValueError("a token's description has at most 500 characters")
+        token, token_id, secret_hash = new_token()
+        now = self.clock_ms()
+        record = TokenRecord(
+            token_id=token_id,
+            name=check_name(name),
+            tenant=check_tenant(tenant),
+            roles=check_roles(roles),
+            secret_hash=secret_hash,
+            created_at=now,
+            created_by=created_by,
+            expires_at=None if expires_in_s is None else now + expires_in_s * 1000,
+            description=description,
+        )
+        await self.tokens.add(record)
+        return token, record
+
+    async def revoke(self, token_id: str, tenant: str | None = None) -> TokenRecord | None:
+        return await self.tokens.revoke(token_id, self.clock_ms(), tenant)
+
+    async def listing(self, tenant: str | None = None) -> list[TokenRecord]:
+        return await self.tokens.listing(tenant)

@@ -1,0 +1,230 @@
+"""Access control of one API process: credentials, roles, rate limits, request bounds
+and request metrics, installed on the app in one call (`install`).
+
+`install(app, settings)` adds the middlewares (outermost first: metrics and trace,
+authentication, bounds, rate limiting), the admin router, and opens/closes the
+stores with the app's lifespan:
+
+- tokens and limiter state in PostgreSQL when `AOB_DATABASE_URL` is set (shared by
+  every API process), else in `<data dir>/platform.db`;
+- `AOB_AUTH=off` turns authentication off (callers name themselves, as before);
+- `AOB_RATE_LIMIT=false` turns rate limiting off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+from aob.platform.api import admin
+from aob.platform.api.bounds import Bounds, BoundsMiddleware
+from aob.platform.auth.authenticator import Authenticator
+from aob.platform.auth.http import AuthMiddleware
+from aob.platform.auth.jwt import JwtConfig, JwtVerifier
+from aob.platform.auth.principal import ADMIN, DEFAULT_TENANT
+from aob.platform.auth.store import PostgresTokenStore, SqliteTokenStore, TokenStore
+from aob.platform.observability import HttpObservation, Metrics, metrics_for
+from aob.platform.ratelimit import (
+    LimiterStore,
+    PostgresLimiterStore,
+    RateLimiter,
+    SqliteLimiterStore,
+    TierConfig,
+)
+from aob.platform.ratelimit.http import RateLimitMiddleware
+
+PLATFORM_DB = "platform.db"
+
+
+def _setting(settings: Any, name: str, default: Any) -> Any:
+    return getattr(settings, name, default)
+
+
+def database_dsn(settings: Any) -> str | None:
+    url = _setting(settings, "database_url", None)
+    if url is None:
+        return None
+    return str(url.get_secret_value() if hasattr(url, "get_secret_value") else url)
+
+
+def auth_enabled(settings: Any) -> bool:
+    return str(_setting(settings, "auth", "tokens")) != "off"
+
+
+def jwt_config(settings: Any) -> JwtConfig | None:
+    """The JWT settings, when a JWKS URL or a key is configured."""
+    key = _setting(settings, "auth_jwt_key", None)
+    key = key.get_secret_value() if hasattr(key, "get_secret_value") else key
+    jwks_url = _setting(settings, "auth_jwt_jwks_url", None)
+    if not key and not jwks_url:
+        return None
+    return JwtConfig(
+        jwks_url=jwks_url or None,
+        key=None if jwks_url else key,
+        algorithms=tuple(_setting(settings, "auth_jwt_algorithms", ["RS256", "ES256"])),
+        issuer=_setting(settings, "auth_jwt_issuer", None),
+        audience=_setting(settings, "auth_jwt_audience", None),
+        name_claim=_setting(settings, "auth_jwt_name_claim", "sub"),
+        roles_claim=_setting(settings, "auth_jwt_roles_claim", "roles"),
+        tenant_claim=_setting(settings, "auth_jwt_tenant_claim", "tenant"),
+        default_tenant=_setting(settings, "auth_jwt_default_tenant", None),
+    )
+
+
+def tier_config(settings: Any) -> TierConfig:
+    return TierConfig(
+        per_minute=dict(_setting(settings, "rate_limits", {}) or {}) or TierConfig().per_minute,
+        standard_max_agents=int(_setting(settings, "rate_limit_standard_max_agents", 2)),
+        tenants=dict(_setting(settings, "rate_limit_tenants", {}) or {}),
+        burst=_setting(settings, "rate_limit_burst", None),
+    )
+
+
+async def open_token_store(settings: Any) -> TokenStore:
+    dsn = database_dsn(settings)
+    if dsn:
+        return await PostgresTokenStore.open(dsn)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return await SqliteTokenStore.open(settings.data_dir / PLATFORM_DB)
+
+
+async def open_limiter_store(settings: Any) -> LimiterStore:
+    dsn = database_dsn(settings)
+    if dsn:
+        return await PostgresLimiterStore.open(dsn)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return await SqliteLimiterStore.open(settings.data_dir / PLATFORM_DB)
+
+
+class Security:
+    """The stores and checkers of one API process; open with the app, close after."""
+
+    def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or metrics_for()
+        self.enabled = auth_enabled(settings)
+        self.limiting = bool(_setting(settings, "rate_limit", True))
+        self.tiers = tier_config(settings)  # refuses a bad configuration at once
+        self.jwt = jwt_config(settings)
+        self.authenticator: Authenticator | None = None
+        self.limiter: RateLimiter | None = None
+
+    async def open(self) -> None:
+        if self.enabled:
+            tokens = await open_token_store(self.settings)
+            verifier = JwtVerifier(self.jwt) if self.jwt is not None else None
+            self.authenticator = Authenticator(tokens, verifier)
+        if self.limiting:
+            self.limiter = RateLimiter(await open_limiter_store(self.settings), self.tiers)
+
+    async def close(self) -> None:
+        if self.authenticator is not None:
+            await self.authenticator.tokens.close()
+            self.authenticator = None
+        if self.limiter is not None:
+            await self.limiter.close()
+            self.limiter = None
+
+
+def install(app: FastAPI, settings: Any, role: str = "dev") -> Security:
+    """Protect `app`: see the module's docstring. Call after the routes are added."""
+    security = Security(settings)
+    app.state.security = security
+    app.include_router(admin.router)
+    bounds = Bounds(max_body_bytes=int(_setting(settings, "max_request_bytes", 2 << 20)))
+    # Added innermost first: Starlette wraps each new middleware around the others.
+    app.add_middleware(
+        RateLimitMiddleware,
+        limiter=lambda: security.limiter,
+        lookup=_definition_lookup(app),
+        on_refusal=lambda tier: security.metrics.rate_limited.labels(tier).inc(),
+    )
+    app.add_middleware(BoundsMiddleware, bounds=bounds)
+    app.add_middleware(
+        _LazyAuth,
+        security=security,
+        on_refusal=lambda why: security.metrics.auth_refusals.labels(why).inc(),
+    )
+    app.add_middleware(HttpObservation, metrics=security.metrics)
+    app.router.lifespan_context = _with_security(app.router.lifespan_context, security)
+    return security
+
+
+class _LazyAuth(AuthMiddleware):
+    """`AuthMiddleware` whose authenticator opens with the app's lifespan."""
+
+    def __init__(self, app: Any, security: Security, on_refusal: Callable[[str], None]) -> None:
+        super().__init__(app, None, on_refusal)
+        self.security = security
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.authenticator = self.security.authenticator if self.security.enabled else None
+        if self.security.enabled and self.authenticator is None and scope["type"] != "lifespan":
+            raise RuntimeError("authentication is on but its store is not open")
+        await super().__call__(scope, receive, send)
+
+
+def _with_security(
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]], security: Security
+) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
+    @asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[Any]:
+        await security.open()
+        try:
+            async with inner(app) as state:
+                yield state
+        finally:
+            await security.close()
+
+    return lifespan
+
+
+def _definition_lookup(app: FastAPI) -> Callable[[dict[str, Any], str | None], Any]:
+    """Finds the definition a submission runs: inline, by tag or id, or a replayed run's."""
+
+    async def lookup(body: dict[str, Any], replayed: str | None) -> Any:
+        engine = getattr(app.state, "engine", None)
+        if engine is None:
+            return None
+        read = engine.read_models
+        if replayed is not None:
+            run = await read.get_run(replayed)
+            return run.get("definition") if run else None
+        if body.get("definition") is not None:
+            return body["definition"]
+        ref = body.get("tag") or body.get("workflow_id")
+        version = body.get("version")
+        if not isinstance(ref, str) or len(ref) > 256:
+            return None
+        if not isinstance(version, int) or isinstance(version, bool):
+            version = None
+        tag = await read.get_tag(ref) if version is None and body.get("tag") else None
+        if tag is not None:
+            workflow = await read.get_workflow(tag["workflow_id"], tag["version"])
+        else:
+            workflow = await read.get_workflow(ref, version)
+        return workflow.get("definition") if workflow else None
+
+    return lookup
+
+
+async def issue_local_admin(settings: Any, name: str = "local-admin") -> str | None:
+    """A fresh admin token of the default tenant, for `aob server dev`'s first run
+    (None when authentication is off)."""
+    if not auth_enabled(settings):
+        return None
+    store = await open_token_store(settings)
+    try:
+        token, _ = await Authenticator(store).issue(
+            name,
+            DEFAULT_TENANT,
+            [ADMIN],
+            created_by="aob server dev",
+            description="created by aob server dev",
+        )
+    finally:
+        await store.close()
+    return token
