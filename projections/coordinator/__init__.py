@@ -1,10 +1,7 @@
-"""The coordinator: a pure fold over one run's events (`fold`, `replay`) and its state.
+"""The coordinator: a pure fold over one run's events and the state it builds.
 
-No clock, no randomness, no I/O: hosts (embedded or faust) feed it events and
-append what it emits.
+`fold.fold(state, event) -> (state, events to emit)` and `fold.replay(events)`;
+`state` holds `RunState`. No clock, no randomness, no I/O: hosts (embedded or
+faust) feed it events and append what it emits. Nothing is re-exported here, so
+`aob.projections.coordinator.fold` always names the module.
 """
-
-from aob.projections.coordinator.fold import fold, replay
-from aob.projections.coordinator.state import NodeState, NodeStatus, RunState, RunStatus
-
-__all__ = ["NodeState", "NodeStatus", "RunState", "RunStatus", "fold", "replay"]

@@ -420,6 +420,21 @@ def test_late_completion_after_a_timeout_is_ignored():
     assert sim.terminal() == RunCompleted(sim.run_id, {"a": "second"})
 
 
+def test_late_answer_of_an_earlier_attempt_is_ignored_while_the_next_one_runs():
+    sim = Simulation(
+        workflow(node("a", timeout_ms=50, retry={"max_attempts": 2, "initial_backoff_ms": 10})),
+        # Attempt 1 times out at 50 and answers at 100; attempt 2 runs from 60 to 105.
+        script={"a": [complete("late", duration_ms=100), complete("second", duration_ms=45)]},
+    )
+    sim.run_until(lambda s: len(s.payloads(NodeCompleted)) == 1)
+    assert sim.now == 100
+    assert sim.current.nodes["a"].attempt == 2
+    assert sim.current.nodes["a"].status is NodeStatus.RUNNING
+    assert "a" not in sim.current.outputs
+    sim.run()
+    assert sim.terminal() == RunCompleted(sim.run_id, {"a": "second"})
+
+
 def test_timeout_without_retries_fails_the_run_and_the_late_answer_changes_nothing():
     sim = Simulation(
         workflow(node("a", timeout_ms=50)), script={"a": complete("late", duration_ms=500)}
