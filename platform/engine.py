@@ -179,6 +179,10 @@ class Engine:
             if task.done() and not task.cancelled() and task.exception() is not None
         ]
 
+    def request_stop(self) -> None:
+        """Ask every host to stop at its next step; `stop` waits for them."""
+        self._stop.set()
+
     async def stop(self) -> None:
         self._stop.set()
         for task in self._tasks:
@@ -304,10 +308,12 @@ def _agent_runner(
 
 async def create_topics(event_log: EventLog, settings: Settings) -> None:
     """Every topic the services use; creating one that exists changes nothing, so any
-    service may start first."""
-    await event_log.create_topic(RUNS_TOPIC, settings.runs_partitions)
-    await event_log.create_topic(WORKFLOWS_TOPIC, settings.workflows_partitions)
-    await event_log.create_topic(TOOLS_TOPIC, 1)  # a small catalog, read whole by everyone
+    service may start first. Created at once: on Kafka each waits for its leaders."""
     types = {t.name for t in BUILTIN_TYPES} | set(WORKER_TYPES) | set(settings.node_types)
-    for node_type in sorted(types):
-        await event_log.create_topic(task_topic(node_type), settings.tasks_partitions)
+    topics = {
+        RUNS_TOPIC: settings.runs_partitions,
+        WORKFLOWS_TOPIC: settings.workflows_partitions,
+        TOOLS_TOPIC: 1,  # a small catalog, read whole by everyone
+        **{task_topic(node_type): settings.tasks_partitions for node_type in sorted(types)},
+    }
+    await asyncio.gather(*(event_log.create_topic(t, n) for t, n in topics.items()))

@@ -1,13 +1,21 @@
 """Backends the end-to-end conformance suite runs against, and a client for their API.
 
+- `embedded`: `aob server dev`'s assembly (SQLite log and read models, one engine);
+- `cluster`: Kafka and PostgreSQL, with the services as separate engines (api,
+  coordinator, projector, workers), each with its own Kafka clients and database
+  pool, talking only through the log and the read models, as separate processes
+  do. Each test gets fresh topics and consumer groups (a topic prefix) and a fresh
+  schema.
+
 Add a backend by adding a factory to `BACKENDS`: an async context manager that takes
-the test's temporary directory and the suite's execution sink, and yields a
-`Backend` whose API is up, with the suite's test node types served by a worker.
+the test's fixture request, temporary directory and the suite's execution sink, and
+yields a `Backend` whose API is up, with the suite's test node types served by a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -16,9 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
+from aob.events.log.port import EventLog
 from aob.platform.api.app import create_app
-from aob.platform.engine import Engine
+from aob.platform.engine import Engine, open_log
 from aob.platform.settings import Settings
 from aob.workers.host import WorkerHost
 from tests.e2e.nodes import TEST_NODE_TYPES, ExecutionSink, conformance_node_types
@@ -89,36 +99,114 @@ def nodes_of(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return latest
 
 
-BackendFactory = Callable[[Path, ExecutionSink], AbstractAsyncContextManager[Backend]]
+BackendFactory = Callable[
+    [pytest.FixtureRequest, Path, ExecutionSink], AbstractAsyncContextManager[Backend]
+]
 
 
 @asynccontextmanager
-async def embedded(tmp_path: Path, sink: ExecutionSink) -> AsyncIterator[Backend]:
+async def suite_workers(
+    event_log: EventLog, sink: ExecutionSink, stop: asyncio.Event | None = None
+) -> AsyncIterator[None]:
+    """The suite's own node types, served beside the backend's workers."""
+    stop = stop or asyncio.Event()
+    workers = [WorkerHost(event_log, t, worker_id="suite") for t in conformance_node_types(sink)]
+    for worker in workers:
+        await worker.start()
+    tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks)
+
+
+@asynccontextmanager
+async def api_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://aob") as client:
+        yield client
+
+
+@asynccontextmanager
+async def embedded(
+    request: pytest.FixtureRequest, tmp_path: Path, sink: ExecutionSink
+) -> AsyncIterator[Backend]:
     """`aob server dev`'s assembly in this process: SQLite log and read models."""
-    settings = Settings(data_dir=tmp_path / "data", node_types=TEST_NODE_TYPES)
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        node_types=TEST_NODE_TYPES,
+        kafka_bootstrap=None,  # whatever the environment says
+        database_url=None,
+    )
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         engine: Engine = app.state.engine
-        stop = asyncio.Event()
-        workers = [
-            WorkerHost(engine.log, t, worker_id="suite") for t in conformance_node_types(sink)
-        ]
-        for worker in workers:
-            await worker.start()
-        tasks = [asyncio.create_task(worker.run(stop)) for worker in workers]
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://aob") as client:
-            try:
-                yield Backend("embedded", client, sink)
-            finally:
-                stop.set()
-                await asyncio.gather(*tasks)
+        async with suite_workers(engine.log, sink), api_client(app) as client:
+            yield Backend("embedded", client, sink)
 
 
-BACKENDS: dict[str, BackendFactory] = {"embedded": embedded}
+CLUSTER_ROLES = ("projector", "coordinator", "workers")
+
+
+@asynccontextmanager
+async def cluster(
+    request: pytest.FixtureRequest, tmp_path: Path, sink: ExecutionSink
+) -> AsyncIterator[Backend]:
+    """Kafka + PostgreSQL, one engine per service, only the log and the database between
+    them. Few partitions: topic creation is most of a test's setup here."""
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        node_types=TEST_NODE_TYPES,
+        kafka_bootstrap=request.getfixturevalue("kafka_bootstrap"),
+        database_url=request.getfixturevalue("postgres_schemas").create(),
+        topic_prefix=f"e2e.{uuid.uuid4().hex[:12]}.",
+        kafka_poll_interval=0.02,
+        runs_partitions=2,
+        workflows_partitions=1,
+        tasks_partitions=1,
+    )
+    services = await open_services(settings, CLUSTER_ROLES)
+    stop = asyncio.Event()
+    app = create_app(settings, "api")
+    try:
+        await asyncio.gather(*(engine.start() for engine in services))
+        suite_log = await open_log(settings, "suite")
+        try:
+            async with (
+                app.router.lifespan_context(app),
+                suite_workers(suite_log, sink, stop),
+                api_client(app) as client,
+            ):
+                try:
+                    yield Backend("cluster", client, sink)
+                finally:  # every service stops at once, not one after the other
+                    stop.set()
+                    for engine in [*services, app.state.engine]:
+                        engine.request_stop()
+        finally:
+            await suite_log.close()
+    finally:
+        await asyncio.gather(*(engine.stop() for engine in services))
+
+
+async def open_services(settings: Settings, roles: tuple[str, ...]) -> list[Engine]:
+    """An engine per role, opened at once; none left open if one fails."""
+    opened = await asyncio.gather(
+        *(Engine.open(settings, role) for role in roles), return_exceptions=True
+    )
+    engines = [engine for engine in opened if isinstance(engine, Engine)]
+    errors = [error for error in opened if isinstance(error, BaseException)]
+    if errors:
+        await asyncio.gather(*(engine.stop() for engine in engines))
+        raise errors[0]
+    return engines
+
+
+BACKENDS: dict[str, BackendFactory] = {"embedded": embedded, "cluster": cluster}
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async with BACKENDS[request.param](tmp_path, ExecutionSink()) as running:
+    async with BACKENDS[request.param](request, tmp_path, ExecutionSink()) as running:
         yield running
