@@ -12,13 +12,14 @@ Per repetition, each host gets a fresh single-node broker (the topic names are
 fixed, so hosts cannot share one), runs in its own process, and is measured on:
 
 (a) end to end: a `transform` worker process (`WorkerHost`) executes the nodes of a
-    5-node fan-out/join DAG (bench.core's). After a warm-up, runs one at a time give
+    5-node fan-out/join DAG (bench.core's shape). After a warm-up, runs one at a time give
     the latency (submit -> the run's 17th event on `aob.runs`); then a burst of runs
     submitted at once gives workflows/s and events/s on `aob.runs`.
-(b) replay: the worker is stopped and a simulated stream of whole runs (bench.core's
-    `simulate_runs`: submissions, the coordinator's decisions and worker answers) is
-    appended at once. The host folds it and re-emits its decisions (duplicates by id);
-    done when every decision has been re-emitted. Events/s of the host alone.
+(b) replay: the worker is stopped, and a simulated stream of whole runs (their
+    submissions and worker answers, interleaved as on a live log, 100 runs at a
+    time) is appended at once. The host folds it and appends its decisions; done
+    when every decision is on `aob.runs`. Events/s counts every record of those
+    runs on `aob.runs` (17 per run, as in (a)): the host alone, no worker to wait for.
 
 Also reported: the host process's CPU time per workflow in (a) and per 1,000 events
 in (b), read from /proc (steadier than wall time when other processes compete).
@@ -38,23 +39,49 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from aob.events.codec import decode, encode
-from aob.events.ids import new_event_id
+from aob.events.ids import derived_event_id, new_event_id
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import Append
-from aob.events.types import RUNS_TOPIC, Event, RunCompleted, RunSubmitted, task_topic
+from aob.events.types import (
+    RUNS_TOPIC,
+    TERMINAL_RUN_EVENTS,
+    Event,
+    NodeCompleted,
+    NodeScheduled,
+    NodeStarted,
+    RunCompleted,
+    RunSubmitted,
+    task_topic,
+)
 from aob.infra.kafka import KafkaBroker
+from aob.projections.coordinator.fold import fold
+from aob.projections.coordinator.state import RunState
 from aob.projections.runtime.coordinator import CoordinatorHost
+from aob.projections.workflow.expressions import evaluate
 from aob.workers.builtin import BUILTIN_TYPES
 from aob.workers.host import WorkerHost
-from bench.core import FANOUT_JOIN, KNOWN_TYPES, simulate_runs
 
 HOSTS = ("plain", "faust")
+# a -> (b, c, d) -> e: one fan-out, one AND-join, five transform nodes (as bench.core).
+FANOUT_JOIN: dict[str, Any] = {
+    "name": "bench-hosts-fanout-join",
+    "nodes": [
+        {"id": "a", "type": "transform", "config": {"expr": ".inputs.x + 1"}},
+        {"id": "b", "type": "transform", "config": {"expr": ".nodes.a * 2"}},
+        {"id": "c", "type": "transform", "config": {"expr": ".nodes.a * 3"}},
+        {"id": "d", "type": "transform", "config": {"expr": ".nodes.a * 4"}},
+        {"id": "e", "type": "transform", "config": {"expr": ".nodes.b + .nodes.c + .nodes.d"}},
+    ],
+    "edges": [{"from": "a", "to": t} for t in "bcd"] + [{"from": s, "to": "e"} for s in "bcd"],
+}
+KNOWN_TYPES = ["transform"]
 PARTITIONS = 4
 EVENTS_PER_RUN = 17  # submitted, 5 x (scheduled, started, completed), completed
 READY_TIMEOUT_S = 60.0
@@ -85,6 +112,61 @@ class Sample:
     burst_cpu_ms_per_workflow: float
     replay_events_per_s: float
     replay_cpu_ms_per_1k_events: float
+
+
+# --- the replayed stream ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stream:
+    """What the world appends to aob.runs for some runs (submissions, worker answers),
+    in an order a live log could have; `decisions` is how many events the coordinator
+    appends while folding it."""
+
+    events: list[Event]
+    decisions: int
+
+
+def simulate(runs: int, in_flight: int = 100) -> Stream:
+    """`runs` runs of FANOUT_JOIN, `in_flight` at a time: the fold decides, a worker
+    answers each `NodeScheduled` with `NodeStarted` and `NodeCompleted`."""
+    pending: deque[Event] = deque()
+    events: list[Event] = []
+    states: dict[str, RunState] = {}
+    decisions = submitted = 0
+
+    def submit() -> None:
+        nonlocal submitted
+        run_id = f"replay-{submitted:06d}"
+        payload = RunSubmitted(run_id, FANOUT_JOIN, {"x": submitted}, KNOWN_TYPES)
+        pending.append(Event(new_event_id(), run_id, 0, payload, actor="bench"))
+        submitted += 1
+
+    for _ in range(min(in_flight, runs)):
+        submit()
+    while pending:
+        event = pending.popleft()
+        events.append(event)
+        state, emitted = fold(states.get(event.key), event)
+        if state is not None:
+            states[event.key] = state
+        decisions += len(emitted)
+        for out in emitted:
+            if isinstance(out.payload, NodeScheduled):
+                pending.extend(_answers(out, out.payload))
+            elif isinstance(out.payload, TERMINAL_RUN_EVENTS) and submitted < runs:
+                submit()
+    return Stream(events, decisions)
+
+
+def _answers(task_event: Event, task: NodeScheduled) -> list[Event]:
+    instance = (task.run_id, task.node_id, task.iteration, task.attempt)
+    output = evaluate(task.config["expr"], task.input)
+    started, completed = NodeStarted(*instance, "bench"), NodeCompleted(*instance, output)
+    return [
+        Event(derived_event_id(task_event.event_id, kind), task.run_id, 0, payload, actor="bench")
+        for kind, payload in (("started", started), ("outcome", completed))
+    ]
 
 
 # --- child processes ---------------------------------------------------------------
@@ -184,12 +266,11 @@ class Bench:
         samples = [(await self.runs(1, "one run"))[0] * 1000 for _ in range(runs)]
         return statistics.median(samples)
 
-    async def replay(self, stream: Sequence[Event]) -> tuple[float, float]:
-        """Append `stream` at once; wait until the host has re-emitted every decision in
-        it. Wall and host CPU seconds."""
-        decisions = sum(1 for event in stream if event.actor == "coordinator")
-        records = [Append(RUNS_TOPIC, e.key, encode(e)) for e in stream]
-        target = await self.total() + len(records) + decisions
+    async def replay(self, stream: Stream) -> tuple[float, float]:
+        """Append `stream` at once; wait until the host has appended every decision it
+        leads to. Wall and host CPU seconds."""
+        records = [Append(RUNS_TOPIC, e.key, encode(e)) for e in stream.events]
+        target = await self.total() + len(records) + stream.decisions
         cpu, began = cpu_seconds(self.host_pid), time.perf_counter()
         await self.log.append(records)
         await self.wait_for_total(target, "replay")
@@ -217,7 +298,7 @@ async def wait_ready(ready_file: Path, host: subprocess.Popen[bytes]) -> None:
 
 
 async def measure(
-    host: str, rep: int, sizes: Sizes, stream: Sequence[Event], bootstrap: str, tmp: Path
+    host: str, rep: int, sizes: Sizes, stream: Stream, bootstrap: str, tmp: Path
 ) -> Sample:
     children = Children(tmp)
     try:
@@ -253,12 +334,12 @@ async def measure(
         burst_workflows_per_s=sizes.burst_runs / burst_s,
         burst_events_per_s=sizes.burst_runs * EVENTS_PER_RUN / burst_s,
         burst_cpu_ms_per_workflow=burst_cpu * 1000 / sizes.burst_runs,
-        replay_events_per_s=len(stream) / replay_s,
-        replay_cpu_ms_per_1k_events=replay_cpu * 1e6 / len(stream),
+        replay_events_per_s=(len(stream.events) + stream.decisions) / replay_s,
+        replay_cpu_ms_per_1k_events=replay_cpu * 1e6 / (len(stream.events) + stream.decisions),
     )
 
 
-def measure_on_fresh_broker(host: str, rep: int, sizes: Sizes, stream: Sequence[Event]) -> Sample:
+def measure_on_fresh_broker(host: str, rep: int, sizes: Sizes, stream: Stream) -> Sample:
     with tempfile.TemporaryDirectory(prefix=f"aob-bench-{host}-") as directory:
         tmp = Path(directory)
         broker = KafkaBroker.start(tmp / "kafka", die_with_parent=True)
@@ -361,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = QUICK if args.quick else Sizes()
     if args.reps is not None:
         sizes = Sizes(**{**asdict(sizes), "reps": max(1, args.reps)})
-    stream = simulate_runs(sizes.replay_runs)
+    stream = simulate(sizes.replay_runs)
     samples = []
     for rep in range(sizes.reps):
         for host in HOSTS:

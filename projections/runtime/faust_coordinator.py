@@ -10,29 +10,34 @@ which restore the runs' states from the changelog and go on.
 
 Correctness rests on at-least-once delivery and the idempotent fold, not on faust's
 exactly-once mode (open bugs: duplicates after kill/restart, crashes on rebalance).
-Per batch of events:
+Per batch of events (`noack_take`):
 
 1. fold every event into its run's state (events the fold has seen change nothing);
 2. produce what the fold emitted - run events to `aob.runs`, and each
    `NodeScheduled` also to `aob.tasks.<type>` (same key) - and await delivery;
 3. write the changed runs' states to the table and await the changelog's delivery;
-4. only then let faust acknowledge the events, so their offsets may be committed.
+4. only then acknowledge the events, so that faust may commit their offsets.
 
 A crash before 2 completes replays the batch from an older state: the fold derives
-the same decisions with the same ids, and every consumer drops the duplicates. A
-crash between 2 and 4 replays it on a state that has seen it: nothing happens.
-Faust's own commit flushes the producer before committing, but its buffer flush
-gives up after 0.1 s with messages still queued, so step 3 awaits the changelog
-itself instead of trusting that.
+the same decisions with the same ids, and every consumer drops the duplicates (the
+worker host remembers the task ids it ran). A crash between 2 and 4 replays it on a
+state that has seen it: nothing happens. Three faust behaviours are worked around:
+`take`/`take_events` acknowledge a batch even when its handler raises (so a failed
+step exits the process at once instead, exit code 70); faust's commit flushes the
+producer first, but its buffer flush gives up after 0.1 s with messages still
+queued (so step 3 awaits the changelog itself); and the worker's terminal spinner
+sets the root logger to DEBUG (so it is switched off).
 
-The table maps a run id to a snapshot (JSON bytes, `snapshot`/`restore`); a
-finished run keeps only a small marker, so late events for it are ignored and the
-compacted changelog forgets its state. Decoded states are cached per process and
-used while the table still holds the very bytes this process wrote for them.
+The table maps a run id to a snapshot (JSON bytes, `snapshot`/`restore`; the
+compiled workflow is compiled again from the run's definition); a finished run
+keeps only a small marker, so late events for it are ignored and the compacted
+changelog forgets its state. Decoded states are cached per process and used while
+the table still holds the very bytes this process wrote for them.
 
-faust and aiokafka appear only in this module (and in `aob.events.log.kafka`).
-The table lives in memory (`memory://`): a process restores its partitions from
-the changelog when it gets them.
+The table lives in memory (`memory://`): a process restores the partitions it is
+given from the changelog. A process killed outright loses its partitions to the
+others once the broker has missed its heartbeats for `--session-timeout` seconds.
+faust appears only in this module.
 """
 
 from __future__ import annotations
@@ -203,7 +208,10 @@ class FaustCoordinator:
             if position in self._own:
                 self._own.discard(position)
                 continue
-            key: bytes = message.key
+            key: bytes | None = message.key
+            if key is None:
+                log.error("skipped a record of %s without a key (a run id)", RUNS_TOPIC)
+                continue
             current = states[key] if key in states else self._load(key)
             emitted, after = self._fold(current, message.value)
             outbox.extend(emitted)
