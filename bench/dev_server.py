@@ -26,7 +26,8 @@ def dev_server(extra_env: dict[str, str] | None = None) -> Iterator[str]:
             "--port",
             "0",
         ]
-        env = {**os.environ, **(extra_env or {})}
+        # A benchmark is its own client: no credentials, no rate limits in the way.
+        env = {**os.environ, "AOB_AUTH": "off", "AOB_RATE_LIMIT": "false", **(extra_env or {})}
         process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
         try:
             assert process.stdout is not None

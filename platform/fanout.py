@@ -74,6 +74,7 @@ FINISHED_RUN: Final = frozenset(TERMINAL_STATUS.values())
 _HISTORY_BATCH: Final = 200  # history events per write
 _LINGER_PER_SUBSCRIBER_S: Final = 0.00005
 _MAX_LINGER_S: Final = 0.05
+_MAX_YIELD_S: Final = 0.5  # cap of the pause that matches the subscribers' time
 _ERROR_TYPES: Final = frozenset({"NodeFailed", "RunFailed", "PatchRejected"})
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -537,7 +538,7 @@ class FanoutHub:
         while not self._stopping.is_set():
             try:
                 if await self._read_subscribed():
-                    await asyncio.sleep(self._linger())
+                    await self._pause_after_dispatch()
                 else:
                     await self.source.wait_for_append(0.5)
                     await self._skip_idle()
@@ -546,6 +547,17 @@ class FanoutHub:
             except Exception:  # keep serving; a broken log shows in /health
                 log.exception("fanout tail failed; retrying")
                 await asyncio.sleep(1.0)
+
+    async def _pause_after_dispatch(self) -> None:
+        """Let records gather before the next read, and leave the event loop to the
+        rest of the process for at least as long as the subscribers just took to
+        take their batches: with many subscribers in one process with the engine,
+        fanning out must not starve the engine that makes the events."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.sleep(0)  # runs after the subscribers' wake-ups queued before it
+        took = loop.time() - started
+        await asyncio.sleep(max(self._linger(), min(took, _MAX_YIELD_S)))
 
     def _linger(self) -> float:
         """How long to let records gather after a read. A lone event goes out at once

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,3 +136,49 @@ def test_an_unexpected_answer_is_one_line_not_a_traceback(aob: Cli, recorder: st
     assert odd.code == 70
     assert odd.err.startswith("aob: internal error: KeyError")
     assert len(odd.err.splitlines()) == 1
+
+
+def test_with_authentication_on_the_token_is_the_way_in(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "aob.platform.auth",
+            "--data-dir",
+            str(data),
+            "create",
+            "alice",
+            "--role",
+            "operator",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    token = json.loads(created.stdout)["token"]
+    live = LiveServer(data, env={"AOB_AUTH": "tokens"}).start()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        aob = Cli(home, live.url)
+        refused = aob("run", "list")
+        assert refused.code == 3
+        assert refused.err.startswith("aob: this endpoint needs a credential")
+        assert len(refused.err.splitlines()) == 1
+
+        (tmp_path / "wf.json").write_text(json.dumps(QUICK), encoding="utf-8")
+        started = aob(
+            "run", "start", str(tmp_path / "wf.json"), "--input", "x=1", "-f", "--token", token
+        )
+        assert started.code == 0, started.err
+        run_id = started.out.split()[1]
+        shown = aob("run", "status", run_id, "-o", "json", env={"AOB_TOKEN": token})
+        assert shown.json()["submitted_by"] == "alice"
+        logs = aob("logs", "stream", run_id, "-o", "json", env={"AOB_TOKEN": token})
+        assert logs.lines()[-1]["status"] == "completed"
+        bad = aob("run", "list", "--token", "aob_nope_nope")
+        assert bad.code == 3
+    finally:
+        live.stop()
