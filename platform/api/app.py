@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import aob
 from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
 from aob.platform.api.deps import EngineDep
+from aob.platform.auth.security import install as install_security
 from aob.platform.commands import Commands
 from aob.platform.engine import API_ROLES, Engine
 from aob.platform.fanout import FanoutHub
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["system"], summary="Metrics")
     _install_error_handlers(app, settings.max_request_bytes)
+    install_security(app, settings, role)  # auth, roles, bounds, rate limits, metrics
     return app
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from aob.platform.api.deps import Actor, EngineDep, TraceId
+from aob.platform.api.deps import Actor, EngineDep, PrincipalDep, TraceId
 from aob.platform.approvals import Approvals
 
 router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
@@ -17,12 +17,9 @@ def get_approvals(engine: EngineDep) -> Approvals:
     return Approvals(engine)
 
 
-def get_roles(
-    x_aob_roles: Annotated[str, Header(max_length=1024)] = "",
-) -> list[str]:
-    """The caller's roles, comma-separated. Like X-Aob-Actor, self-declared until
-    authentication arrives (its own issue) and fills both from a verified identity."""
-    return [role.strip() for role in x_aob_roles.split(",") if role.strip()]
+def get_roles(principal: PrincipalDep) -> list[str]:
+    """The authenticated caller's roles (approvals may name them: "role:finance")."""
+    return sorted(principal.roles)
 
 
 ApprovalsDep = Annotated[Approvals, Depends(get_approvals)]

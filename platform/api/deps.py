@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from aob.platform.auth.http import principal_of
+from aob.platform.auth.principal import Principal
 from aob.platform.commands import Commands
 from aob.platform.engine import Engine
 
@@ -23,6 +25,9 @@ def get_commands(request: Request) -> Commands:
 
 def get_trace_id(request: Request) -> str:
     """The caller's trace id (W3C traceparent or X-Trace-Id), else a new one."""
+    given = request.scope.get("state", {}).get("trace_id")  # HttpObservation's choice
+    if isinstance(given, str):
+        return given
     traceparent = request.headers.get("traceparent", "")
     parts = traceparent.split("-")
     if len(parts) == 4 and len(parts[1]) == 32:
@@ -30,12 +35,18 @@ def get_trace_id(request: Request) -> str:
     return request.headers.get("x-trace-id") or uuid.uuid4().hex
 
 
+def get_principal(request: Request) -> Principal:
+    """The authenticated caller (aob.platform.auth): name, roles, tenant."""
+    return principal_of(request)
+
+
 def get_actor(request: Request) -> str:
-    # Authentication arrives with its own issue; until then the caller names itself.
-    return request.headers.get("x-aob-actor", "anonymous")[:128]
+    """The authenticated caller's name, recorded as the actor of what it does."""
+    return principal_of(request).name
 
 
 EngineDep = Annotated[Engine, Depends(get_engine)]
 CommandsDep = Annotated[Commands, Depends(get_commands)]
 TraceId = Annotated[str, Depends(get_trace_id)]
 Actor = Annotated[str, Depends(get_actor)]
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -78,19 +78,23 @@ def principal_of(connection: HTTPConnection) -> Principal:
 class AuthMiddleware:
     """Authenticates and authorizes every HTTP and WebSocket request of `app`.
 
-    With `authenticator` None, authentication is off (tests, trusted setups): callers
-    name themselves with X-Aob-Actor / X-Aob-Roles as before, hold every permission and
+    `authenticator()` gives the checker (it opens with the app's lifespan). With
+    `enabled` False, authentication is off (tests, trusted setups): callers name
+    themselves with X-Aob-Actor / X-Aob-Roles as before, hold every permission and
     belong to the default tenant.
     """
 
     def __init__(
         self,
         app: ASGIApp,
-        authenticator: Authenticator | None,
+        authenticator: Callable[[], Authenticator | None],
+        *,
+        enabled: bool = True,
         on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self.app = app
         self.authenticator = authenticator
+        self.enabled = enabled
         self.on_refusal = on_refusal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -100,14 +104,16 @@ class AuthMiddleware:
         connection = HTTPConnection(scope)
         method = scope.get("method", "GET")  # a WebSocket reads
         needed = required_permission(method, connection.url.path)
-        if self.authenticator is None:
+        if not self.enabled:
             scope.setdefault("state", {})["principal"] = _self_declared(connection)
         elif needed is not None:
             refusal = await self._check(connection, needed)
             if refusal is not None:
                 status, body, headers = refusal
                 if self.on_refusal is not None:
-                    self.on_refusal("unauthenticated" if status == 401 else "forbidden")
+                    self.on_refusal(
+                        {401: "unauthenticated", 403: "forbidden"}.get(status, "unavailable")
+                    )
                 await _refuse(scope, receive, send, status, body, headers)
                 return
         await self.app(scope, receive, send)
@@ -115,7 +121,10 @@ class AuthMiddleware:
     async def _check(
         self, connection: HTTPConnection, needed: Permission
     ) -> tuple[int, dict[str, Any], dict[str, str]] | None:
-        assert self.authenticator is not None
+        authenticator = self.authenticator()
+        if authenticator is None:
+            detail = "the server is starting or stopping; try again"
+            return 503, _problem(503, "unavailable", "Not ready", detail), {"Retry-After": "1"}
         credential = _credential(connection)
         challenge = {"WWW-Authenticate": 'Bearer realm="aob"'}
         if credential is None:
@@ -126,7 +135,7 @@ class AuthMiddleware:
                 challenge,
             )
         try:
-            principal = await self.authenticator.authenticate(credential)
+            principal = await authenticator.authenticate(credential)
         except Unauthenticated as error:
             challenge["WWW-Authenticate"] += ', error="invalid_token"'
             return (

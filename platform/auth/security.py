@@ -13,6 +13,7 @@ stores with the app's lifespan:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
@@ -26,7 +27,12 @@ from aob.platform.auth.http import AuthMiddleware
 from aob.platform.auth.jwt import JwtConfig, JwtVerifier
 from aob.platform.auth.principal import ADMIN, DEFAULT_TENANT
 from aob.platform.auth.store import PostgresTokenStore, SqliteTokenStore, TokenStore
-from aob.platform.observability import HttpObservation, Metrics, metrics_for
+from aob.platform.observability import (
+    HttpObservation,
+    Metrics,
+    metrics_for,
+    record_consumer_lag,
+)
 from aob.platform.ratelimit import (
     LimiterStore,
     PostgresLimiterStore,
@@ -37,6 +43,10 @@ from aob.platform.ratelimit import (
 from aob.platform.ratelimit.http import RateLimitMiddleware
 
 PLATFORM_DB = "platform.db"
+# Roles whose process serves the API or its streams (see aob.platform.engine).
+API_SERVING_ROLES = frozenset({"dev", "api", "fanout"})
+
+log = logging.getLogger(__name__)
 
 
 def _setting(settings: Any, name: str, default: Any) -> Any:
@@ -130,41 +140,73 @@ class Security:
 
 
 def install(app: FastAPI, settings: Any, role: str = "dev") -> Security:
-    """Protect `app`: see the module's docstring. Call after the routes are added."""
+    """Protect `app`: see the module's docstring. Call after the routes are added.
+
+    Services without the API (coordinator, projector, workers) get only the request
+    metrics; every service's /metrics refreshes its consumers' lag when scraped.
+    """
     security = Security(settings)
     app.state.security = security
-    app.include_router(admin.router)
-    bounds = Bounds(max_body_bytes=int(_setting(settings, "max_request_bytes", 2 << 20)))
-    # Added innermost first: Starlette wraps each new middleware around the others.
-    app.add_middleware(
-        RateLimitMiddleware,
-        limiter=lambda: security.limiter,
-        lookup=_definition_lookup(app),
-        on_refusal=lambda tier: security.metrics.rate_limited.labels(tier).inc(),
-    )
-    app.add_middleware(BoundsMiddleware, bounds=bounds)
-    app.add_middleware(
-        _LazyAuth,
-        security=security,
-        on_refusal=lambda why: security.metrics.auth_refusals.labels(why).inc(),
-    )
+    if role in API_SERVING_ROLES:
+        if role != "fanout":
+            app.include_router(admin.router)
+        bounds = Bounds(max_body_bytes=int(_setting(settings, "max_request_bytes", 2 << 20)))
+        # Added innermost first: Starlette wraps each new middleware around the others.
+        app.add_middleware(
+            RateLimitMiddleware,
+            limiter=lambda: security.limiter,
+            lookup=_definition_lookup(app),
+            on_refusal=lambda tier: security.metrics.rate_limited.labels(tier).inc(),
+        )
+        app.add_middleware(BoundsMiddleware, bounds=bounds)
+        app.add_middleware(
+            AuthMiddleware,
+            authenticator=lambda: security.authenticator,
+            enabled=security.enabled,
+            on_refusal=lambda why: security.metrics.auth_refusals.labels(why).inc(),
+        )
+        app.router.lifespan_context = _with_security(app.router.lifespan_context, security)
+    app.add_middleware(_LagOnScrape, metrics=security.metrics)
     app.add_middleware(HttpObservation, metrics=security.metrics)
-    app.router.lifespan_context = _with_security(app.router.lifespan_context, security)
     return security
 
 
-class _LazyAuth(AuthMiddleware):
-    """`AuthMiddleware` whose authenticator opens with the app's lifespan."""
+class _LagOnScrape:
+    """Refreshes `consumer_lag` of this process's consumers before /metrics answers."""
 
-    def __init__(self, app: Any, security: Security, on_refusal: Callable[[str], None]) -> None:
-        super().__init__(app, None, on_refusal)
-        self.security = security
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.authenticator = self.security.authenticator if self.security.enabled else None
-        if self.security.enabled and self.authenticator is None and scope["type"] != "lifespan":
-            raise RuntimeError("authentication is on but its store is not open")
-        await super().__call__(scope, receive, send)
+        if scope["type"] == "http" and scope.get("path") == "/metrics":
+            engine = getattr(scope.get("app"), "state", None)
+            engine = getattr(engine, "engine", None)
+            if engine is not None:
+                await refresh_consumer_lag(self.metrics, engine)
+        await self.app(scope, receive, send)
+
+
+async def refresh_consumer_lag(metrics: Metrics, engine: Any) -> None:
+    """Lag of the consumer groups `engine` hosts: the coordinator, workers and hitl
+    service from their committed offsets, the projector from the positions it applied."""
+    groups: dict[str, list[str]] = {}
+    consumers = [getattr(getattr(engine, "coordinator", None), "consumer", None)]
+    consumers += [getattr(w, "consumer", None) for w in getattr(engine, "workers", [])]
+    hitl = getattr(engine, "hitl", None)
+    consumers += [getattr(hitl, "requests", None), getattr(hitl, "decisions", None)]
+    for consumer in consumers:
+        if consumer is not None:
+            groups.setdefault(consumer.group, []).extend(consumer.topics)
+    positions = {}
+    projector = getattr(engine, "projector", None)
+    if projector is not None:
+        groups[projector.consumer.group] = list(projector.consumer.topics)
+        positions[projector.consumer.group] = dict(projector.applied)
+    try:
+        await record_consumer_lag(metrics, engine.log, groups, positions)
+    except Exception:  # a scrape must answer even when the log does not
+        log.warning("consumer lag not measured", exc_info=True)
 
 
 def _with_security(
