@@ -22,6 +22,12 @@ end. Each subscriber has a bounded queue: one that falls behind is dropped (its
 stream ends with a `reconnect` notice) rather than slowing the others; it comes
 back with `Last-Event-ID` and catches up from history.
 
+Sending costs per write, not per byte, so subscribers take what queued up in one
+batch (one write). After each dispatch the tail pauses at least as long as the
+subscribers took to take it: with a thousand subscribers in the process that also
+runs the engine, the fanout degrades into bigger, later batches instead of
+starving the engine that produces the events.
+
 The tail needs only `read`/`end_offsets`/`wait_for_append` of the log port, so the
 same hub runs over the embedded log or, in cluster mode, a Kafka-backed log whose
 one consumer then serves every subscriber of this process.
@@ -392,7 +398,7 @@ class FanoutHub:
 
     @property
     def subscribers(self) -> int:
-        return sum(len(subs) for subs in self._subs.values())
+        return sum(self._per_partition)
 
     # --- subscribing ----------------------------------------------------------------
 
