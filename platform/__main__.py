@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aob.platform.demo import DemoRun
-from aob.platform.settings import Settings
+from aob.platform.settings import Settings, service_problem
 
 # Each service's port when neither --port nor AOB_PORT says otherwise, so that a whole
 # cluster can run on one machine without configuration.
@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
             from aob.platform.serve import run_audit
 
             return asyncio.run(run_audit(settings, args))
+        problem = service_problem(settings, args.service)
+        if problem is not None:
+            print(f"aob server {args.service}: {problem}", file=sys.stderr)
+            return 2
         if args.service == "dev":
             return _serve_dev(settings, args)
         from aob.platform.serve import serve_service  # loads the whole server

@@ -67,7 +67,9 @@ class Approvals:
     ) -> list[dict[str, Any]]:
         """Approvals, oldest request first; `status` None means any."""
         if run_id is not None and await self.read.get_run(run_id) is None:
-            raise not_found("run", run_id)
+            await self.engine.projected.wait_caught_up(timeout=2.0)  # a run that new
+            if await self.read.get_run(run_id) is None:
+                raise not_found("run", run_id)
         return await self.read.list_approvals(run_id=run_id, status=status)
 
     async def get(self, approval_id: str) -> dict[str, Any]:

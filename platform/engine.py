@@ -30,7 +30,7 @@ from aob.events.log.port import EventLog
 from aob.events.log.prefixed import PrefixedEventLog
 from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topic
-from aob.platform.settings import Settings
+from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.runtime.coordinator import CoordinatorHost
@@ -51,10 +51,9 @@ from aob.workers.http import HttpWorker, HttpWorkerSettings
 
 log = logging.getLogger(__name__)
 
-ROLES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
+ROLES: Final = SERVICES
 # Roles whose process serves the HTTP API (all of it, or only its streams).
 API_ROLES: Final = frozenset({"dev", "api", "fanout"})
-WORKER_KINDS: Final = ("builtin", "http", "hitl", "agent")
 
 
 class ConfigError(ValueError):
@@ -216,26 +215,9 @@ class Engine:
 
 def check_role(settings: Settings, role: str) -> None:
     """Refuse a role the settings cannot serve, saying why."""
-    if role not in ROLES:
-        raise ConfigError(f"unknown service {role!r}; one of {', '.join(ROLES)}")
-    if role == "dev":
-        return
-    missing = [
-        variable
-        for variable, value in (
-            ("AOB_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
-            ("AOB_DATABASE_URL", settings.database_url),
-        )
-        if not value
-    ]
-    if missing:
-        raise ConfigError(
-            f"the {role} service runs beside others and needs a shared log and read "
-            f"models: set {' and '.join(missing)} (or run everything with `aob server dev`)"
-        )
-    unknown = sorted(set(settings.workers) - set(WORKER_KINDS))
-    if unknown:
-        raise ConfigError(f"AOB_WORKERS: unknown {unknown}; choose among {list(WORKER_KINDS)}")
+    problem = service_problem(settings, role)
+    if problem is not None:
+        raise ConfigError(problem)
 
 
 async def open_log(settings: Settings, role: str) -> EventLog:

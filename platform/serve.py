@@ -14,7 +14,7 @@ from aob.events.log.port import EventLog, LogError
 from aob.platform.api.app import create_app
 from aob.platform.audit import fresh_read_models, run_history, verify
 from aob.platform.demo import DemoRun
-from aob.platform.engine import ConfigError, check_role, open_log, open_read_models
+from aob.platform.engine import check_role, open_log, open_read_models
 from aob.platform.settings import Settings
 
 
@@ -39,11 +39,7 @@ async def serve_dev(
 
 async def serve_service(settings: Settings, role: str, log_level: str) -> int:
     """Serve one cluster service (see `aob.platform.engine`) until stopped."""
-    try:
-        check_role(settings, role)
-    except ConfigError as error:
-        print(f"aob server {role}: {error}", file=sys.stderr)
-        return 2
+    check_role(settings, role)  # the command line checked it: this is for other callers
     server, serving = await _listening(settings, role, log_level)
     if server is None:
         return 1

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SERVICES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
+WORKER_KINDS: Final = ("builtin", "http", "hitl", "agent")
 
 
 class Settings(BaseSettings):
@@ -76,3 +79,28 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(default=None, ge=1)
     # Log lines: "json" (one object per line, with trace ids) or "text".
     log_format: Literal["json", "text"] = "json"
+
+
+def service_problem(settings: Settings, service: str) -> str | None:
+    """Why these settings cannot run `service`, or None when they can."""
+    if service not in SERVICES:
+        return f"unknown service {service!r}; one of {', '.join(SERVICES)}"
+    unknown = sorted(set(settings.workers) - set(WORKER_KINDS))
+    if unknown:
+        return f"AOB_WORKERS: unknown {unknown}; choose among {list(WORKER_KINDS)}"
+    if service == "dev":
+        return None
+    missing = [
+        variable
+        for variable, value in (
+            ("AOB_KAFKA_BOOTSTRAP", settings.kafka_bootstrap),
+            ("AOB_DATABASE_URL", settings.database_url),
+        )
+        if not value
+    ]
+    if missing:
+        return (
+            f"the {service} service runs beside others and needs a shared log and read "
+            f"models: set {' and '.join(missing)} (or run everything with `aob server dev`)"
+        )
+    return None
