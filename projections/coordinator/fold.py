@@ -219,9 +219,9 @@ class _Step:
 
     def _on_scheduled(self, event: NodeScheduled) -> None:
         node = self.state.nodes.get(event.node_id)
-        if node is None:
+        if node is None or node.iteration != event.iteration:
             return
-        first_attempt = node.status is NodeStatus.PENDING and event.iteration == node.iteration
+        first_attempt = node.status is NodeStatus.PENDING
         retry = node.status is NodeStatus.RETRY_WAIT and event.attempt == node.attempt + 1
         if not (first_attempt or retry):
             return

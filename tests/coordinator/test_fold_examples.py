@@ -27,7 +27,7 @@ from aob.events.types import (
     TimerFired,
     TimerSet,
 )
-from aob.projections.coordinator.fold import fold
+from aob.projections.coordinator.fold import fold, replay
 from aob.projections.coordinator.state import NodeStatus, RunStatus
 from tests.coordinator.simulate import (
     HANG,
@@ -694,3 +694,50 @@ def test_loop_counts_survive_a_patch_that_adds_a_loop_edge_before_them():
     assert sim.runs_of("c") == [(0, 1), (1, 1)]
     assert sim.runs_of("b") == [(0, 1), (1, 1)]
     assert isinstance(sim.terminal(), RunCompleted)
+
+
+def test_patch_removing_the_last_undecided_input_of_a_join_runs_it():
+    sim = Simulation(
+        workflow(
+            node("a"),
+            node("y"),
+            node("x"),
+            node("c"),
+            edges=[edge("a", "c"), edge("y", "x"), edge("x", "c")],
+        ),
+        script={"y": complete(duration_ms=1000)},
+    )
+    sim.run_until(lambda s: s.current.nodes["a"].status is NodeStatus.COMPLETED)
+    assert sim.runs_of("c") == []  # waits for x, which waits for y
+    operations = [
+        {"op": "remove", "path": "/edges/2"},
+        {"op": "remove", "path": "/edges/1"},
+        {"op": "remove", "path": "/nodes/2"},
+    ]
+    sim.append(PatchProposed(sim.run_id, "p1", operations))
+    assert sim.payloads(PatchApplied) == [PatchApplied(sim.run_id, "p1", 1, [])]
+    assert sim.runs_of("c") == [(0, 1)]
+    assert "x" not in sim.current.nodes
+    sim.run()
+    assert sim.terminal() == RunCompleted(sim.run_id, {"y": echo("y"), "c": echo("c")})
+
+
+# --- restarts ----------------------------------------------------------------------------
+
+
+def test_a_coordinator_rebuilt_from_the_log_mid_run_carries_on_with_its_timers():
+    definition = workflow(
+        node("a", timeout_ms=50, retry={"max_attempts": 3, "initial_backoff_ms": 100}),
+        node("b"),
+        edges=[edge("a", "b")],
+    )
+    script = {"a": [HANG, fail(), complete("third")]}
+    uninterrupted = Simulation(definition, script=script)
+    uninterrupted.run()
+    sim = Simulation(definition, script=script)
+    sim.run_until(lambda s: len(s.payloads(TimerSet)) == 2)  # a timeout, then a retry
+    sim.state = replay(list(sim.log))  # the host restarted: its state comes from the log
+    sim.run()
+    assert sim.log == uninterrupted.log
+    assert canonical(sim.state) == canonical(uninterrupted.state)
+    assert sim.terminal() == RunCompleted(sim.run_id, {"b": echo("b")})
