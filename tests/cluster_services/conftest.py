@@ -121,13 +121,14 @@ def cluster_env(bootstrap: str, dsn: str, data_dir: Path) -> dict[str, str]:
 def cluster(
     kafka_bootstrap: str, postgres_dsn: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    """api, coordinator, projector and workers, each its own process, for the module."""
+    """api, coordinator, projector, workers and fanout, each its own process, for the
+    module."""
     schemas = PostgresSchemas(postgres_dsn)
     directory = tmp_path_factory.mktemp("services")
     env = cluster_env(kafka_bootstrap, schemas.create(), directory / "data")
     running = Cluster(directory, env)
     try:
-        running.start("api", "coordinator", "projector", "workers")
+        running.start("api", "coordinator", "projector", "workers", "fanout")
         yield running
     finally:
         running.stop()

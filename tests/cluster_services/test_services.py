@@ -70,8 +70,26 @@ def test_services_in_separate_processes_run_a_workflow(cluster: Cluster) -> None
     assert {n["node_id"] for n in run["nodes"] if n["status"] == "completed"} == set("abcd")
 
 
+def test_the_fanout_service_streams_a_run_it_did_not_see_submitted(cluster: Cluster) -> None:
+    with httpx.Client(base_url=cluster.url("api"), timeout=10) as api:
+        run_id = api.post("/api/v1/runs", json={"definition": DIAMOND}).json()["run_id"]
+        assert finished(api, run_id)["status"] == "completed"
+        timeline = api.get(f"/api/v1/runs/{run_id}/events").json()["items"]
+    stream = httpx.get(
+        f"{cluster.url('fanout')}/api/v1/runs/{run_id}/stream",
+        params={"from": "start"},
+        timeout=10,
+    )
+    assert stream.status_code == 200
+    ids = [line.removeprefix("id: ") for line in stream.text.splitlines() if line.startswith("id:")]
+    assert ids[: len(timeline)] == [str(event["offset"]) for event in timeline]
+    assert "event: end" in stream.text
+    # The fanout service serves streams only.
+    assert httpx.post(f"{cluster.url('fanout')}/api/v1/runs", json={}).status_code in (404, 405)
+
+
 def test_every_service_reports_its_dependencies(cluster: Cluster) -> None:
-    for role in ("api", "coordinator", "projector", "workers"):
+    for role in ("api", "coordinator", "projector", "workers", "fanout"):
         response = httpx.get(cluster.url(role) + "/health", timeout=10)
         assert response.status_code == 200, (role, response.text)
         health = response.json()
