@@ -21,6 +21,7 @@ import time
 import traceback
 import uuid
 import weakref
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final
@@ -43,6 +44,7 @@ from aob.events.types import (
     Event,
     NodeCompleted,
     NodeFailed,
+    NodeScheduled,
     NodeSkipped,
     RunCancelled,
     RunCompleted,
@@ -54,6 +56,7 @@ __all__ = [
     "HttpObservation",
     "JsonFormatter",
     "Metrics",
+    "NodeTypes",
     "ObservedStore",
     "configure_logging",
     "metrics_for",
@@ -193,23 +196,31 @@ def metrics_text(registry: CollectorRegistry = REGISTRY) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def observe_events(metrics: Metrics, events: Iterable[Event]) -> None:
-    """Count what `events` tell: runs, node outcomes, LLM calls, approval decisions."""
-    node_types: dict[tuple[str, str], str] = {}
+def observe_events(
+    metrics: Metrics,
+    events: Iterable[Event],
+    node_types: NodeTypes | None = None,
+) -> None:
+    """Count what `events` tell: runs, node outcomes, LLM calls, approval decisions.
+
+    `node_types` remembers each scheduled node's type across calls, to label outcomes
+    (the outcome events do not carry it)."""
+    types = node_types if node_types is not None else NodeTypes()
     for event in events:
         payload = event.payload
-        if isinstance(payload, RunSubmitted):
+        if isinstance(payload, NodeScheduled):
+            types.remember(payload.run_id, payload.node_id, payload.node_type)
+        elif isinstance(payload, RunSubmitted):
             metrics.workflow_runs.labels("submitted").inc()
-            node_types.update(_node_types(payload))
         elif isinstance(payload, RunCompleted | RunFailed | RunCancelled):
             metrics.workflow_runs.labels(_RUN_OUTCOMES[type(payload)]).inc()
         elif isinstance(payload, NodeCompleted | NodeFailed):
             outcome = "completed" if isinstance(payload, NodeCompleted) else "failed"
-            node_type = node_types.get((payload.run_id, payload.node_id), "")
+            node_type = types.get(payload.run_id, payload.node_id)
             metrics.node_executions.labels(node_type, outcome).inc()
             metrics.completion_signals.labels(event.type).inc()
         elif isinstance(payload, NodeSkipped):
-            node_type = node_types.get((payload.run_id, payload.node_id), "")
+            node_type = types.get(payload.run_id, payload.node_id)
             metrics.node_executions.labels(node_type, "skipped").inc()
         elif isinstance(payload, AgentUsageRecorded):
             metrics.agent_decisions.labels(payload.model).inc(payload.llm_calls)
@@ -224,14 +235,22 @@ _RUN_OUTCOMES: Final[Mapping[type, str]] = {
 }
 
 
-def _node_types(submitted: RunSubmitted) -> dict[tuple[str, str], str]:
-    """Node types of a run submitted in the same batch (labels, when known)."""
-    nodes = submitted.definition.get("nodes") if isinstance(submitted.definition, dict) else None
-    return {
-        (submitted.run_id, str(node.get("id"))): str(node.get("type", ""))[:64]
-        for node in nodes or ()
-        if isinstance(node, dict)
-    }
+class NodeTypes:
+    """The types of recently scheduled nodes, by (run, node): a bounded memory."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._types: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def remember(self, run_id: str, node_id: str, node_type: str) -> None:
+        self._types[run_id, node_id] = node_type[:64]
+        self._types.move_to_end((run_id, node_id))
+        if len(self._types) > self.capacity:
+            self._types.popitem(last=False)
+
+    def get(self, run_id: str, node_id: str) -> str:
+        """The node's type, or "" when it was not seen scheduled (skipped nodes)."""
+        return self._types.get((run_id, node_id), "")
 
 
 class ObservedStore:
@@ -241,10 +260,11 @@ class ObservedStore:
     def __init__(self, store: Any, metrics: Metrics | None = None) -> None:
         self.store = store
         self.metrics = metrics or metrics_for()
+        self.node_types = NodeTypes()
 
     async def apply(self, batch: Sequence[tuple[Record, Event]]) -> None:
         await self.store.apply(batch)
-        observe_events(self.metrics, (event for _, event in batch))
+        observe_events(self.metrics, (event for _, event in batch), self.node_types)
 
     async def offsets(self) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = await self.store.offsets()

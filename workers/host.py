@@ -20,6 +20,7 @@ from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.tracing import traced
 from aob.events.types import (
     RUNS_TOPIC,
     Event,
@@ -145,7 +146,8 @@ class WorkerHost:
         if self.node_type.announce_start:
             await self.log.append(appends)
             appends = []
-        outcome = await self._outcome(task)
+        with traced(task_event.trace_id, task.run_id):  # the run's trace in log lines
+            outcome = await self._outcome(task)
         appends.append(self._append(task_event, "outcome", outcome))
         return appends
 

@@ -30,6 +30,7 @@ from aob.platform.auth.store import PostgresTokenStore, SqliteTokenStore, TokenS
 from aob.platform.observability import (
     HttpObservation,
     Metrics,
+    ObservedStore,
     metrics_for,
     record_consumer_lag,
 )
@@ -165,7 +166,8 @@ def install(app: FastAPI, settings: Any, role: str = "dev") -> Security:
             enabled=security.enabled,
             on_refusal=lambda why: security.metrics.auth_refusals.labels(why).inc(),
         )
-        app.router.lifespan_context = _with_security(app.router.lifespan_context, security)
+    serves_api = role in API_SERVING_ROLES
+    app.router.lifespan_context = _with_security(app.router.lifespan_context, security, serves_api)
     app.add_middleware(_LagOnScrape, metrics=security.metrics)
     app.add_middleware(HttpObservation, metrics=security.metrics)
     return security
@@ -209,14 +211,29 @@ async def refresh_consumer_lag(metrics: Metrics, engine: Any) -> None:
         log.warning("consumer lag not measured", exc_info=True)
 
 
+def observe_projector(engine: Any, metrics: Metrics) -> None:
+    """Count the events this process's projector applies (run, node, approval and LLM
+    counters: see `ObservedStore`), by wrapping its store. The projector runs in one
+    process of a cluster (the dev server or the projector service), so each event is
+    counted once. (The one-line alternative: build the engine's ProjectorHost with
+    `ObservedStore(read_models)`.)"""
+    projector = getattr(engine, "projector", None)
+    if projector is not None and not isinstance(projector.store, ObservedStore):
+        projector.store = ObservedStore(projector.store, metrics)
+
+
 def _with_security(
-    inner: Callable[[Any], AbstractAsyncContextManager[Any]], security: Security
+    inner: Callable[[Any], AbstractAsyncContextManager[Any]],
+    security: Security,
+    serves_api: bool,
 ) -> Callable[[Any], AbstractAsyncContextManager[Any]]:
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[Any]:
-        await security.open()
+        if serves_api:
+            await security.open()
         try:
             async with inner(app) as state:
+                observe_projector(getattr(app.state, "engine", None), security.metrics)
                 yield state
         finally:
             await security.close()

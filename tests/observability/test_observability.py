@@ -23,6 +23,7 @@ from aob.events.types import (
     Event,
     NodeCompleted,
     NodeFailed,
+    NodeScheduled,
     NodeSkipped,
     RunCompleted,
     RunSubmitted,
@@ -82,6 +83,8 @@ def test_events_feed_the_seed_counters() -> None:
         metrics,
         [
             event(RunSubmitted("r1", definition, {}, ["agent", "http"]), 0),
+            event(NodeScheduled("r1", "a", "agent", 0, 1, {}, {}), 1),
+            event(NodeScheduled("r1", "b", "http", 0, 1, {}, {}), 1),
             event(AgentUsageRecorded("r1", "a", 0, 1, "gpt-x", 3, 10, 5, 15), 1),
             event(NodeCompleted("r1", "a", 0, 1, {"ok": True}), 2),
             event(NodeFailed("r1", "b", 0, 1, "503"), 3),
