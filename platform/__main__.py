@@ -111,10 +111,15 @@ def _audit_parser(sub: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings(args)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "warning").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(args, "log_level", "warning")
+    if settings.log_format == "json":  # one JSON object per line, with trace ids
+        from aob.platform.observability import configure_logging
+
+        configure_logging(level)
+    else:
+        logging.basicConfig(
+            level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     try:
         if args.service == "audit":
             from aob.platform.serve import run_audit

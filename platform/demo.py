@@ -44,9 +44,12 @@ class DemoRun:
         except (OSError, ValueError) as error:
             return f"cannot use inputs {inputs_path}: {error}"
 
-    async def run(self, base_url: str) -> str:
+    async def run(self, base_url: str, token: str | None = None) -> str:
         """Submit, print each event as it happens; returns the run's final status."""
-        async with httpx.AsyncClient(base_url=base_url, timeout=30.0, trust_env=False) as client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=30.0, trust_env=False, headers=headers
+        ) as client:
             response = await client.post(
                 "/api/v1/runs", json={"definition": self.definition, "inputs": self.inputs}
             )

@@ -70,7 +70,8 @@ __all__ = [
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is logged.
 _RECORD_ATTRIBUTES: Final = frozenset(
-    set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+    set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+    | {"message", "asctime", "taskName", "color_message"}  # uvicorn's ANSI copy of message
 )
 
 

@@ -13,6 +13,7 @@ import uvicorn
 from aob.events.log.port import EventLog, LogError
 from aob.platform.api.app import create_app
 from aob.platform.audit import fresh_read_models, run_history, verify
+from aob.platform.auth.security import admin_token_help, local_admin_token
 from aob.platform.demo import DemoRun
 from aob.platform.engine import check_role, open_log, open_read_models
 from aob.platform.settings import Settings
@@ -22,15 +23,18 @@ async def serve_dev(
     settings: Settings, log_level: str, demo: DemoRun | None, *, exit_after: bool
 ) -> int:
     """Serve until stopped; with `demo`, run it once listening (and stop after, if asked)."""
+    token = await local_admin_token(settings)  # None when AOB_AUTH=off
     server, serving = await _listening(settings, "dev", log_level)
     if server is None:
         return 1
     base_url = _base_url(server, settings.host)
     print(f"aob dev server listening on {base_url}  (data in {settings.data_dir.resolve()})")
     print(f"  API docs: {base_url}/docs    health: {base_url}/health", flush=True)
+    if token is not None:
+        print(admin_token_help(token, base_url), flush=True)
     status = "completed"
     if demo is not None:
-        status = await demo.run(base_url)
+        status = await demo.run(base_url, token)
         if exit_after:
             server.should_exit = True
     await serving
@@ -58,7 +62,12 @@ async def _listening(
 ) -> tuple[uvicorn.Server | None, asyncio.Task[None]]:
     """The server, once it listens (None if it stopped first), and its serving task."""
     config = uvicorn.Config(
-        create_app(settings, role), host=settings.host, port=settings.port, log_level=log_level
+        create_app(settings, role),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        # JSON log lines: uvicorn's records go to the root logger's JSON handler.
+        log_config=None if settings.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -24,8 +25,8 @@ from aob.platform.api import admin
 from aob.platform.api.bounds import Bounds, BoundsMiddleware
 from aob.platform.auth.authenticator import Authenticator
 from aob.platform.auth.http import AuthMiddleware
-from aob.platform.auth.jwt import JwtConfig, JwtVerifier
-from aob.platform.auth.principal import ADMIN, DEFAULT_TENANT
+from aob.platform.auth.jwt import JwtConfig, JwtVerifier, Unauthenticated
+from aob.platform.auth.principal import ADMIN, DEFAULT_TENANT, Permission
 from aob.platform.auth.store import PostgresTokenStore, SqliteTokenStore, TokenStore
 from aob.platform.observability import (
     HttpObservation,
@@ -270,20 +271,50 @@ def _definition_lookup(app: FastAPI) -> Callable[[dict[str, Any], str | None], A
     return lookup
 
 
-async def issue_local_admin(settings: Any, name: str = "local-admin") -> str | None:
-    """A fresh admin token of the default tenant, for `aob server dev`'s first run
-    (None when authentication is off)."""
+LOCAL_ADMIN_FILE = "admin-token"
+
+
+async def local_admin_token(settings: Any, name: str = "local-admin") -> str | None:
+    """The dev server's admin token of the default tenant: the one saved in the data
+    dir (`admin-token`, readable by its owner only) while it is valid, else a new one,
+    saved there. None when authentication is off. One token per data dir, so a token
+    exported once keeps working across restarts."""
     if not auth_enabled(settings):
         return None
+    saved = Path(settings.data_dir) / LOCAL_ADMIN_FILE
     store = await open_token_store(settings)
     try:
-        token, _ = await Authenticator(store).issue(
+        authenticator = Authenticator(store)
+        token = saved.read_text(encoding="ascii").strip() if saved.is_file() else ""
+        if token:
+            try:
+                principal = await authenticator.authenticate(token)
+            except Unauthenticated:
+                principal = None
+            if principal is not None and principal.may(Permission.ADMIN):
+                return token
+        token, _ = await authenticator.issue(
             name,
             DEFAULT_TENANT,
             [ADMIN],
             created_by="aob server dev",
-            description="created by aob server dev",
+            description="created by aob server dev; revoke to rotate",
         )
     finally:
         await store.close()
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.touch(mode=0o600)
+    saved.chmod(0o600)
+    saved.write_text(token + "\n", encoding="ascii")
     return token
+
+
+def admin_token_help(token: str, base_url: str) -> str:
+    """What `aob server dev` prints about its admin token."""
+    return (
+        f"  admin token (tenant {DEFAULT_TENANT!r}, saved in the data dir as "
+        f"{LOCAL_ADMIN_FILE}):\n"
+        f"    export AOB_TOKEN={token}\n"
+        f"  the aob CLI sends it; with curl: "
+        f"curl -H \"Authorization: Bearer $AOB_TOKEN\" {base_url}/api/v1/runs"
+    )
