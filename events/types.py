@@ -37,6 +37,7 @@ class WorkflowCreated:
     workflow_id: str
     version: int
     definition: Json
+    tenant: str | None = None  # the namespace it belongs to; None: the default tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class TagMoved:
     version: int
     previous_workflow_id: str | None = None
     previous_version: int | None = None
+    tenant: str | None = None
 
 
 # --- aob.runs: everything run-scoped, keyed by run id -----------------------------
@@ -74,6 +76,8 @@ class RunSubmitted:
     version: int | None = None
     tag: str | None = None
     checkpoint: Json = None
+    # The namespace of the submitter (aob.platform.auth); None: the default tenant.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

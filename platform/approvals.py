@@ -63,14 +63,14 @@ class Approvals:
         return decided
 
     async def list_approvals(
-        self, run_id: str | None, status: str | None
+        self, run_id: str | None, status: str | None, tenant: str | None = None
     ) -> list[dict[str, Any]]:
-        """Approvals, oldest request first; `status` None means any."""
+        """Approvals (of `tenant`'s runs), oldest request first; `status` None means any."""
         if run_id is not None and await self.read.get_run(run_id) is None:
             await self.engine.projected.wait_caught_up(timeout=2.0)  # a run that new
             if await self.read.get_run(run_id) is None:
                 raise not_found("run", run_id)
-        return await self.read.list_approvals(run_id=run_id, status=status)
+        return await self.read.list_approvals(run_id=run_id, status=status, tenant=tenant)
 
     async def get(self, approval_id: str) -> dict[str, Any]:
         """The approval's read model; waits for the projector if it is that new."""

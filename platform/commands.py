@@ -117,8 +117,10 @@ class Commands:
         inputs: Any,
         actor: str,
         trace_id: str,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        """Record a run; returns once its `RunSubmitted` is durable in the log."""
+        """Record a run (of `tenant`, the submitter's); returns once its `RunSubmitted`
+        is durable in the log."""
         if sum(x is not None for x in (definition, tag, workflow_id)) != 1:
             raise Problem(
                 400,
@@ -134,7 +136,14 @@ class Commands:
             workflow_id, version = workflow["workflow_id"], workflow["version"]
         run_id = new_run_id()
         payload = RunSubmitted(
-            run_id, definition, inputs, self.engine.known_types, workflow_id, version, tag
+            run_id,
+            definition,
+            inputs,
+            self.engine.known_types,
+            workflow_id,
+            version,
+            tag,
+            tenant=tenant,
         )
         await self._append(RUNS_TOPIC, run_id, [payload], actor, trace_id)
         return {"run_id": run_id, "status": "accepted", "trace_id": trace_id}

@@ -58,11 +58,12 @@ async def decide(
 @router.get("", summary="List approvals: pending ones by default, all or one run's")
 async def list_approvals(
     approvals: ApprovalsDep,
+    principal: PrincipalDep,
     run_id: Annotated[str | None, Query(max_length=128)] = None,
     status: Literal["pending", "approved", "rejected", "cancelled", "any"] = "pending",
 ) -> dict[str, Any]:
     wanted = None if status == "any" else status
-    return {"items": await approvals.list_approvals(run_id, wanted)}
+    return {"items": await approvals.list_approvals(run_id, wanted, principal.tenant)}
 
 
 @router.get("/{approval_id}", summary="One approval with its context")

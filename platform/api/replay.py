@@ -44,7 +44,7 @@ async def replay_run(
     trace_id: TraceId,
     body: ReplayRun | None = None,
 ) -> JSONResponse:
-    await commands.run(run_id)  # 404 for an unknown run
+    replayed = await commands.run(run_id)  # 404 for an unknown run
     await engine.projected.wait_caught_up(timeout=2.0)  # the history up to now
     history = await _history(engine, run_id)
     from_event = body.from_event if body else None
@@ -59,6 +59,7 @@ async def replay_run(
         forked.version,
         forked.tag,
         forked.checkpoint(run_id),
+        tenant=replayed.get("tenant"),  # a fork stays in its run's tenant
     )
     event = Event(new_event_id(), new_id, now_ms(), submitted, trace_id, None, actor)
     await engine.log.append([Append(RUNS_TOPIC, new_id, encode(event))])

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
+from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.platform.audit import run_history
 from aob.platform.problems import not_found
 
@@ -36,7 +36,11 @@ class PatchRun(BaseModel):
 
 @router.post("", status_code=202, summary="Submit a run")
 async def submit_run(
-    body: SubmitRun, commands: CommandsDep, actor: Actor, trace_id: TraceId
+    body: SubmitRun,
+    commands: CommandsDep,
+    actor: Actor,
+    trace_id: TraceId,
+    principal: PrincipalDep,
 ) -> JSONResponse:
     accepted = await commands.submit_run(
         definition=body.definition,
@@ -46,6 +50,7 @@ async def submit_run(
         inputs=body.inputs,
         actor=actor,
         trace_id=trace_id,
+        tenant=principal.tenant,
     )
     location = f"/api/v1/runs/{accepted['run_id']}"
     return JSONResponse(accepted, status_code=202, headers={"Location": location})
@@ -54,13 +59,18 @@ async def submit_run(
 @router.get("", summary="List runs, newest first")
 async def list_runs(
     engine: EngineDep,
+    principal: PrincipalDep,
     status: Literal["running", "waiting", "completed", "failed", "cancelled"] | None = None,
     workflow_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> dict[str, Any]:
     items, next_cursor = await engine.read_models.list_runs(
-        status=status, workflow_id=workflow_id, limit=limit, before=cursor
+        status=status,
+        workflow_id=workflow_id,
+        limit=limit,
+        before=cursor,
+        tenant=principal.tenant,
     )
     return {"items": items, "next_cursor": next_cursor}
 

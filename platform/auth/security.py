@@ -28,6 +28,7 @@ from aob.platform.auth.http import AuthMiddleware
 from aob.platform.auth.jwt import JwtConfig, JwtVerifier, Unauthenticated
 from aob.platform.auth.principal import ADMIN, DEFAULT_TENANT, Permission
 from aob.platform.auth.store import PostgresTokenStore, SqliteTokenStore, TokenStore
+from aob.platform.auth.tenancy import TenantGuard
 from aob.platform.observability import (
     HttpObservation,
     Metrics,
@@ -161,6 +162,7 @@ def install(app: FastAPI, settings: Any, role: str = "dev") -> Security:
             on_refusal=lambda tier: security.metrics.rate_limited.labels(tier).inc(),
         )
         app.add_middleware(BoundsMiddleware, bounds=bounds)
+        app.add_middleware(TenantGuard, engine=lambda: getattr(app.state, "engine", None))
         app.add_middleware(
             AuthMiddleware,
             authenticator=lambda: security.authenticator,
@@ -316,5 +318,5 @@ def admin_token_help(token: str, base_url: str) -> str:
         f"{LOCAL_ADMIN_FILE}):\n"
         f"    export AOB_TOKEN={token}\n"
         f"  the aob CLI sends it; with curl: "
-        f"curl -H \"Authorization: Bearer $AOB_TOKEN\" {base_url}/api/v1/runs"
+        f'curl -H "Authorization: Bearer $AOB_TOKEN" {base_url}/api/v1/runs'
     )

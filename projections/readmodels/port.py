@@ -36,6 +36,7 @@ class AsyncReadModels(Protocol):
         workflow_id: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        tenant: str | None = None,
     ) -> RunsPage: ...
 
     async def timeline(
@@ -57,7 +58,7 @@ class AsyncReadModels(Protocol):
     async def get_patch(self, run_id: str, patch_id: str) -> dict[str, Any] | None: ...
 
     async def list_approvals(
-        self, run_id: str | None = None, status: str | None = None
+        self, run_id: str | None = None, status: str | None = None, tenant: str | None = None
     ) -> list[dict[str, Any]]: ...
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
@@ -95,8 +96,11 @@ class ThreadedReadModels:
         workflow_id: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        tenant: str | None = None,
     ) -> RunsPage:
-        return await asyncio.to_thread(self.store.list_runs, status, workflow_id, limit, before)
+        return await asyncio.to_thread(
+            self.store.list_runs, status, workflow_id, limit, before, tenant
+        )
 
     async def timeline(
         self, key: str, after_offset: int | None = None, limit: int = 1000
@@ -124,9 +128,9 @@ class ThreadedReadModels:
         return await asyncio.to_thread(self.store.get_patch, run_id, patch_id)
 
     async def list_approvals(
-        self, run_id: str | None = None, status: str | None = None
+        self, run_id: str | None = None, status: str | None = None, tenant: str | None = None
     ) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.store.list_approvals, run_id, status)
+        return await asyncio.to_thread(self.store.list_approvals, run_id, status, tenant)
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.store.get_approval, approval_id)

@@ -140,9 +140,10 @@ class PostgresReadModels:
         workflow_id: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of runs, newest first, and the cursor for the next page (or None)."""
-        sql, params = q.list_runs(status, workflow_id, limit, before)
+        sql, params = q.list_runs(status, workflow_id, limit, before, tenant)
         async with self._pool.acquire() as conn:
             rows = await _fetch(conn, sql, params)
         return q.runs_page(rows, limit)
@@ -180,10 +181,10 @@ class PostgresReadModels:
         return await self._one(q.GET_PATCH, {"run_id": run_id, "patch_id": patch_id})
 
     async def list_approvals(
-        self, run_id: str | None = None, status: str | None = None
+        self, run_id: str | None = None, status: str | None = None, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """Approvals, oldest request first; `status="pending"` is the inbox."""
-        return await self._all(*q.list_approvals(run_id, status))
+        return await self._all(*q.list_approvals(run_id, status, tenant))
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         return await self._one(q.GET_APPROVAL, {"approval_id": approval_id})

@@ -44,7 +44,7 @@ TABLE_KEYS: dict[str, str] = {
 # Lists leave out `definition`: it can be large, and get_* has it.
 RUN_SUMMARY = (
     "run_id, workflow_id, version, tag, status, inputs, output, error, error_node_id, "
-    "revision, submitted_at, submitted_by, updated_at, finished_at, trace_id"
+    "revision, submitted_at, submitted_by, updated_at, finished_at, trace_id, tenant"
 )
 GET_RUN = f"SELECT {RUN_SUMMARY}, definition FROM runs WHERE run_id = :run_id"
 
@@ -132,20 +132,29 @@ def where(filters: Mapping[str, object | None]) -> tuple[list[str], dict[str, An
     return conditions, params
 
 
-def list_approvals(run_id: str | None, status: str | None) -> tuple[str, dict[str, Any]]:
+def list_approvals(
+    run_id: str | None, status: str | None, tenant: str | None = None
+) -> tuple[str, dict[str, Any]]:
     conditions, params = where({"run_id": run_id, "status": status})
+    if tenant is not None:
+        conditions.append("run_id IN (SELECT run_id FROM runs WHERE tenant = :tenant)")
+        params["tenant"] = tenant
     sql = f"SELECT {APPROVAL_COLUMNS} FROM approvals {_where_clause(conditions)}"
     return sql + " ORDER BY requested_at, approval_id", params
 
 
 def list_runs(
-    status: str | None, workflow_id: str | None, limit: int, before: str | None
+    status: str | None,
+    workflow_id: str | None,
+    limit: int,
+    before: str | None,
+    tenant: str | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Newest first, keyset-paginated on (submitted_at, run_id); one extra row
-    tells whether another page follows."""
+    tells whether another page follows. `tenant` None: every tenant's."""
     if limit < 1:
         raise ValueError(f"limit must be positive, got {limit}")
-    conditions, params = where({"status": status, "workflow_id": workflow_id})
+    conditions, params = where({"tenant": tenant, "status": status, "workflow_id": workflow_id})
     if before is not None:
         params["before_at"], params["before_id"] = decode_cursor(before)
         conditions.append(

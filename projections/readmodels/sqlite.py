@@ -117,9 +117,10 @@ class SqliteReadModels:
         workflow_id: str | None = None,
         limit: int = 50,
         before: str | None = None,
+        tenant: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of runs, newest first, and the cursor for the next page (or None)."""
-        sql, params = q.list_runs(status, workflow_id, limit, before)
+        sql, params = q.list_runs(status, workflow_id, limit, before, tenant)
         with self._lock:
             rows = [dict(row) for row in self._conn.execute(sql, params)]
         return q.runs_page(rows, limit)
@@ -155,10 +156,10 @@ class SqliteReadModels:
         return self._locked_one(q.GET_PATCH, {"run_id": run_id, "patch_id": patch_id})
 
     def list_approvals(
-        self, run_id: str | None = None, status: str | None = None
+        self, run_id: str | None = None, status: str | None = None, tenant: str | None = None
     ) -> list[dict[str, Any]]:
         """Approvals, oldest request first; `status="pending"` is the inbox."""
-        return self._locked_all(*q.list_approvals(run_id, status))
+        return self._locked_all(*q.list_approvals(run_id, status, tenant))
 
     def get_approval(self, approval_id: str) -> dict[str, Any] | None:
         return self._locked_one(q.GET_APPROVAL, {"approval_id": approval_id})

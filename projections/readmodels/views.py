@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 Params: TypeAlias = Mapping[str, Any]
 Row: TypeAlias = Mapping[str, Any]
 
+# The tenant of runs submitted without one (before tenants existed, or auth off).
+DEFAULT_TENANT = "default"
 TERMINAL_RUN_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
@@ -256,9 +258,9 @@ def _tag_moved(p: TagMoved, e: Event) -> Plan:
 
 INSERT_RUN = """
 INSERT INTO runs (run_id, workflow_id, version, tag, status, inputs, revision,
-                  submitted_at, submitted_by, updated_at, trace_id, definition)
+                  submitted_at, submitted_by, updated_at, trace_id, definition, tenant)
 VALUES (:run_id, :workflow_id, :version, :tag, 'running', :inputs, 0,
-        :at, :actor, :at, :trace_id, :definition)
+        :at, :actor, :at, :trace_id, :definition, :tenant)
 ON CONFLICT (run_id) DO NOTHING
 """
 
@@ -300,6 +302,7 @@ def _run_submitted(p: RunSubmitted, e: Event) -> Plan:
             "actor": e.actor,
             "trace_id": e.trace_id,
             "definition": dumps(p.definition),
+            "tenant": p.tenant or DEFAULT_TENANT,
         },
     )
 

@@ -70,8 +70,8 @@ async def test_a_websocket_without_a_credential_is_closed_before_it_opens(
         assert await handshake(server, concrete(path)) == [closed]
 
 
-async def handshake(server: Server, path: str) -> list[dict[str, Any]]:
-    """What the app sends to a WebSocket handshake without credentials."""
+async def handshake(server: Server, path: str, query: str = "") -> list[dict[str, Any]]:
+    """What the app sends to a WebSocket handshake (credentials only in `query`)."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -84,7 +84,7 @@ async def handshake(server: Server, path: str) -> list[dict[str, Any]]:
         "type": "websocket",
         "path": path,
         "raw_path": path.encode(),
-        "query_string": b"",
+        "query_string": query.encode(),
         "headers": [(b"host", b"aob")],
         "scheme": "ws",
         "server": ("aob", 80),

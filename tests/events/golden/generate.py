@@ -65,11 +65,13 @@ def samples() -> dict[str, Event]:
     """At least one event per payload type; `.defaults` variants leave defaults alone."""
     return {
         "WorkflowCreated": _event(
-            1, WorkflowCreated("wf-1", 3, _DEFINITION), key="wf-1", actor="alice"
+            1, WorkflowCreated("wf-1", 3, _DEFINITION, tenant="acme"), key="wf-1", actor="alice"
         ),
         "TagMoved": _event(
             2,
-            TagMoved("prod", "wf-1", 3, previous_workflow_id="wf-1", previous_version=2),
+            TagMoved(
+                "prod", "wf-1", 3, previous_workflow_id="wf-1", previous_version=2, tenant="acme"
+            ),
             key="prod",
             trace_id="trace-a",
         ),
@@ -85,6 +87,7 @@ def samples() -> dict[str, Event]:
                 version=3,
                 tag="prod",
                 checkpoint={"run_id": "run-0", "from_event": 7, "outputs": {"fetch": [1, 2]}},
+                tenant="acme",
             ),
             trace_id="trace-1",
             actor="api:bob",

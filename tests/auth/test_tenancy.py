@@ -1,0 +1,138 @@
+"""Tenants isolate runs and everything run-scoped: a token of one tenant can neither
+see nor touch another's runs, events, patches, approvals or streams (tests try every
+route), while old history without tenants still reads, as the default tenant's."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from aob.events.codec import decode, encode
+from aob.events.types import Event, RunSubmitted, TagMoved, WorkflowCreated
+from tests.auth.conftest import Server, finished
+from tests.auth.test_api_auth import handshake
+from tests.hitl.harness import review
+
+PRE_TENANT = Path(__file__).with_name("pre_tenant_events.json")
+
+
+def test_history_written_before_tenants_reads_as_the_default_tenants() -> None:
+    """Bytes from the previous writer schema (saved before `tenant` was added)."""
+    old = json.loads(PRE_TENANT.read_text())
+    assert set(old) >= {"RunSubmitted", "WorkflowCreated", "TagMoved"}
+    for name, hex_bytes in old.items():
+        event = decode(bytes.fromhex(hex_bytes))
+        assert type(event.payload).__name__ == name.split(".")[0]
+        assert event.payload.tenant is None  # type: ignore[union-attr]
+    submitted = decode(bytes.fromhex(old["RunSubmitted"])).payload
+    assert isinstance(submitted, RunSubmitted)
+    assert submitted.tag == "prod"  # the fields around it are intact
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        RunSubmitted("r", {}, {}, [], tenant="acme"),
+        WorkflowCreated("w", 1, {}, tenant="acme"),
+        TagMoved("t", "w", 1, tenant="acme"),
+    ],
+)
+def test_new_events_carry_their_tenant(payload: Any) -> None:
+    event = Event("e1", "k", 1, payload)
+    assert decode(encode(event)).payload.tenant == "acme"  # type: ignore[union-attr]
+
+
+async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(server: Server) -> None:
+    acme = await server.as_("ann", "operator", "approver", tenant="acme")
+    # Beta's strongest principal: an admin, with every permission in its own tenant.
+    beta = await server.as_("boss", "admin", tenant="beta")
+    async with acme, beta:
+        gate = {"approvers": ["ann", "boss"]}
+        submitted = await acme.post("/api/v1/runs", json={"definition": review(gate)})
+        run_id = submitted.json()["run_id"]
+        approval_id = await pending(acme, run_id)
+        unknown = await beta.get("/api/v1/runs/run_doesnotexist")
+
+        for method, path, body in cross_tenant_requests(run_id, approval_id):
+            response = await beta.request(method, path, json=body)
+            assert response.status_code == 404, (method, path, response.text)
+            problem = response.json()
+            assert problem["type"] == unknown.json()["type"]
+            assert problem["title"] in ("Run not found", "Approval not found")
+            assert "acme" not in response.text
+        assert await handshake_as(server, beta, f"/api/v1/runs/{run_id}/ws") == 4404
+
+        assert (await beta.get("/api/v1/runs")).json()["items"] == []
+        listed = await beta.get("/api/v1/approvals", params={"status": "any"})
+        assert listed.json()["items"] == []
+
+        # Nothing beta tried changed anything: acme's run waits for acme's decision.
+        run = (await acme.get(f"/api/v1/runs/{run_id}")).json()
+        assert (run["status"], run["tenant"]) == ("waiting", "acme")
+        assert [r["run_id"] for r in (await acme.get("/api/v1/runs")).json()["items"]] == [run_id]
+        decided = await acme.post(
+            f"/api/v1/approvals/{approval_id}/decide", json={"decision": "approve"}
+        )
+        assert decided.status_code == 200
+        assert (await finished(acme, run_id))["status"] == "completed"
+        replay = await acme.post(f"/api/v1/runs/{run_id}/replay")
+        assert replay.status_code == 202
+        fork = (await acme.get(f"/api/v1/runs/{replay.json()['run_id']}")).json()
+        assert fork["tenant"] == "acme"  # a replay stays in its run's tenant
+        assert (await beta.get(f"/api/v1/runs/{fork['run_id']}")).status_code == 404
+
+
+def cross_tenant_requests(run_id: str, approval_id: str) -> list[tuple[str, str, Any]]:
+    run = f"/api/v1/runs/{run_id}"
+    return [
+        ("GET", run, None),
+        ("GET", f"{run}/events", None),
+        ("GET", f"{run}/events?source=log", None),
+        ("GET", f"{run}/patches", None),
+        ("GET", f"{run}/patches/p1", None),
+        ("GET", f"{run}/stream?from=start", None),
+        ("POST", f"{run}/cancel", {"reason": "mine now"}),
+        ("POST", f"{run}/patch", {"operations": []}),
+        ("POST", f"{run}/patches/p1/approve", {}),
+        ("POST", f"{run}/replay", {}),
+        ("GET", f"/api/v1/approvals?run_id={run_id}", None),
+        ("GET", f"/api/v1/approvals/{approval_id}", None),
+        ("POST", f"/api/v1/approvals/{approval_id}/decide", {"decision": "reject"}),
+    ]
+
+
+async def pending(client: httpx.AsyncClient, run_id: str) -> str:
+    for _ in range(500):
+        items = (await client.get("/api/v1/approvals", params={"run_id": run_id})).json()
+        if items["items"]:
+            return str(items["items"][0]["approval_id"])
+        import asyncio
+
+        await asyncio.sleep(0.02)
+    raise AssertionError("no approval")
+
+
+async def handshake_as(server: Server, client: httpx.AsyncClient, path: str) -> int:
+    """The close code of a WebSocket handshake made with `client`'s credential."""
+    token = client.headers["authorization"].removeprefix("Bearer ")
+    sent = await handshake(server, path, f"access_token={token}")
+    assert sent[0]["type"] == "websocket.close"
+    return int(sent[0]["code"])
+
+
+async def test_runs_of_callers_without_a_tenant_are_the_default_tenants(
+    server: Server,
+) -> None:
+    default = await server.as_("dee", "operator")
+    other = await server.as_("oz", "viewer", tenant="other")
+    async with default, other:
+        definition = {"name": "t", "nodes": [{"id": "a", "type": "noop"}]}
+        run_id = (await default.post("/api/v1/runs", json={"definition": definition})).json()[
+            "run_id"
+        ]
+        assert (await finished(default, run_id))["tenant"] == "default"
+        assert (await other.get(f"/api/v1/runs/{run_id}")).status_code == 404
