@@ -61,47 +61,69 @@ class Commands:
             raise invalid_workflow([{"path": p.path, "message": p.message} for p in problems])
 
     async def create_workflow(
-        self, definition: dict[str, Any], *, tag: str | None, actor: str, trace_id: str
+        self,
+        definition: dict[str, Any],
+        *,
+        tag: str | None,
+        actor: str,
+        trace_id: str,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
-        """Store a new version of the workflow named in the definition; move its tag."""
+        """Store a new version of the workflow named in the definition (of `tenant`, the
+        creator's); move its tag."""
         self.validate(definition)
         workflow_id = definition["name"]
         tag = tag if tag is not None else workflow_id
         async with self._versions:
             await self.engine.projected.wait_caught_up()
             latest = await self.read.get_workflow(workflow_id)
+            _refuse_foreign(latest, tenant, "workflow id", workflow_id)
             version = (latest["version"] + 1) if latest else 1
-            previous = await self.read.get_tag(tag)
-            payloads: list[Payload] = [WorkflowCreated(workflow_id, version, definition)]
+            previous = await self.read.get_tag(tag) if tag else None
+            _refuse_foreign(previous, tenant, "tag", tag)
+            payloads: list[Payload] = [
+                WorkflowCreated(workflow_id, version, definition, tenant=tenant)
+            ]
             if tag:
-                payloads.append(_tag_moved(tag, workflow_id, version, previous))
+                payloads.append(_tag_moved(tag, workflow_id, version, previous, tenant))
             records = await self._append(WORKFLOWS_TOPIC, workflow_id, payloads, actor, trace_id)
             await self.engine.projected.wait_for(records)
         return {"workflow_id": workflow_id, "version": version, "tag": tag or None}
 
     async def move_tag(
-        self, tag: str, workflow_id: str, version: int | None, *, actor: str, trace_id: str
+        self,
+        tag: str,
+        workflow_id: str,
+        version: int | None,
+        *,
+        actor: str,
+        trace_id: str,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         async with self._versions:
             await self.engine.projected.wait_caught_up()
             workflow = await self.read.get_workflow(workflow_id, version)
-            if workflow is None:
+            if workflow is None or not _visible(workflow, tenant):
                 ident = f"{workflow_id}@{version}" if version else workflow_id
                 raise not_found("workflow", ident)
             previous = await self.read.get_tag(tag)
-            payload = _tag_moved(tag, workflow_id, workflow["version"], previous)
+            _refuse_foreign(previous, tenant, "tag", tag)
+            payload = _tag_moved(tag, workflow_id, workflow["version"], previous, tenant)
             records = await self._append(WORKFLOWS_TOPIC, workflow_id, [payload], actor, trace_id)
             await self.engine.projected.wait_for(records)
         return {"tag": tag, "workflow_id": workflow_id, "version": workflow["version"]}
 
-    async def resolve_workflow(self, ref: str, version: int | None = None) -> dict[str, Any]:
-        """A workflow by tag, or by id (latest or given version)."""
+    async def resolve_workflow(
+        self, ref: str, version: int | None = None, tenant: str | None = None
+    ) -> dict[str, Any]:
+        """A workflow by tag, or by id (latest or given version); of `tenant` only, when
+        given (another tenant's answers as one that does not exist)."""
         tag = await self.read.get_tag(ref) if version is None else None
-        if tag is not None:
+        if tag is not None and _visible(tag, tenant):
             workflow = await self.read.get_workflow(tag["workflow_id"], tag["version"])
         else:
             workflow = await self.read.get_workflow(ref, version)
-        if workflow is None:
+        if workflow is None or not _visible(workflow, tenant):
             raise not_found("workflow or tag", ref if version is None else f"{ref}@{version}")
         return workflow
 
@@ -131,7 +153,7 @@ class Commands:
         if definition is not None:
             self.validate(definition)
         else:
-            workflow = await self.resolve_workflow(tag or workflow_id or "", version)
+            workflow = await self.resolve_workflow(tag or workflow_id or "", version, tenant)
             definition = workflow["definition"]
             workflow_id, version = workflow["workflow_id"], workflow["version"]
         run_id = new_run_id()
@@ -221,11 +243,33 @@ class Commands:
 
 
 def _tag_moved(
-    tag: str, workflow_id: str, version: int, previous: dict[str, Any] | None
+    tag: str,
+    workflow_id: str,
+    version: int,
+    previous: dict[str, Any] | None,
+    tenant: str | None = None,
 ) -> TagMoved:
     if previous is None:
-        return TagMoved(tag, workflow_id, version)
-    return TagMoved(tag, workflow_id, version, previous["workflow_id"], previous["version"])
+        return TagMoved(tag, workflow_id, version, tenant=tenant)
+    return TagMoved(
+        tag, workflow_id, version, previous["workflow_id"], previous["version"], tenant=tenant
+    )
+
+
+def _visible(row: dict[str, Any], tenant: str | None) -> bool:
+    """Whether a workflow or tag row belongs to `tenant` (None: any tenant may see it)."""
+    return tenant is None or row.get("tenant", tenant) == tenant
+
+
+def _refuse_foreign(row: dict[str, Any] | None, tenant: str | None, what: str, name: str) -> None:
+    """Ids and tag names are unique across tenants: another tenant's stays theirs."""
+    if row is not None and not _visible(row, tenant):
+        raise Problem(
+            409,
+            "name-taken",
+            f"{what.capitalize()} taken",
+            f"the {what} {name!r} is in use; choose another name",
+        )
 
 
 def _refuse_finished(run: dict[str, Any], action: str) -> None:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
+from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.projections.workflow.definition import workflow_schema
 
 router = APIRouter(prefix="/api/v1", tags=["workflows"])
@@ -35,10 +35,14 @@ class ValidateWorkflow(BaseModel):
 
 @router.post("/workflows", status_code=201, summary="Create a workflow (or a new version of it)")
 async def create_workflow(
-    body: CreateWorkflow, commands: CommandsDep, actor: Actor, trace_id: TraceId
+    body: CreateWorkflow,
+    commands: CommandsDep,
+    actor: Actor,
+    trace_id: TraceId,
+    principal: PrincipalDep,
 ) -> JSONResponse:
     created = await commands.create_workflow(
-        body.definition, tag=body.tag, actor=actor, trace_id=trace_id
+        body.definition, tag=body.tag, actor=actor, trace_id=trace_id, tenant=principal.tenant
     )
     location = f"/api/v1/workflows/{created['workflow_id']}?version={created['version']}"
     return JSONResponse(created, status_code=201, headers={"Location": location})
@@ -51,20 +55,23 @@ async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> di
 
 
 @router.get("/workflows", summary="List workflows (latest version of each)")
-async def list_workflows(engine: EngineDep) -> dict[str, Any]:
-    return {"items": await engine.read_models.list_workflows()}
+async def list_workflows(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
+    return {"items": await engine.read_models.list_workflows(principal.tenant)}
 
 
 @router.get("/workflows/{ref}", summary="A workflow by tag or id")
 async def get_workflow(
-    ref: str, commands: CommandsDep, version: Annotated[int | None, Query(ge=1)] = None
+    ref: str,
+    commands: CommandsDep,
+    principal: PrincipalDep,
+    version: Annotated[int | None, Query(ge=1)] = None,
 ) -> dict[str, Any]:
-    return await commands.resolve_workflow(ref, version)
+    return await commands.resolve_workflow(ref, version, principal.tenant)
 
 
 @router.get("/tags", summary="List tags")
-async def list_tags(engine: EngineDep) -> dict[str, Any]:
-    return {"items": await engine.read_models.list_tags()}
+async def list_tags(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
+    return {"items": await engine.read_models.list_tags(principal.tenant)}
 
 
 @router.post("/tags/{name}/move", summary="Point a tag at a workflow version")
@@ -74,9 +81,15 @@ async def move_tag(
     commands: CommandsDep,
     actor: Actor,
     trace_id: TraceId,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
     return await commands.move_tag(
-        name, body.workflow_id, body.version, actor=actor, trace_id=trace_id
+        name,
+        body.workflow_id,
+        body.version,
+        actor=actor,
+        trace_id=trace_id,
+        tenant=principal.tenant,
     )
 
 

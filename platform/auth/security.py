@@ -43,7 +43,7 @@ from aob.platform.ratelimit import (
     SqliteLimiterStore,
     TierConfig,
 )
-from aob.platform.ratelimit.http import RateLimitMiddleware
+from aob.platform.ratelimit.http import DefinitionLookup, RateLimitMiddleware
 
 PLATFORM_DB = "platform.db"
 # Roles whose process serves the API or its streams (see aob.platform.engine).
@@ -244,17 +244,17 @@ def _with_security(
     return lifespan
 
 
-def _definition_lookup(app: FastAPI) -> Callable[[dict[str, Any], str | None], Any]:
+def _definition_lookup(app: FastAPI) -> DefinitionLookup:
     """Finds the definition a submission runs: inline, by tag or id, or a replayed run's."""
 
-    async def lookup(body: dict[str, Any], replayed: str | None) -> Any:
+    async def lookup(body: dict[str, Any], replayed: str | None, tenant: str) -> Any:
         engine = getattr(app.state, "engine", None)
         if engine is None:
             return None
         read = engine.read_models
         if replayed is not None:
             run = await read.get_run(replayed)
-            return run.get("definition") if run else None
+            return run.get("definition") if run and run.get("tenant") == tenant else None
         if body.get("definition") is not None:
             return body["definition"]
         ref = body.get("tag") or body.get("workflow_id")
@@ -264,11 +264,11 @@ def _definition_lookup(app: FastAPI) -> Callable[[dict[str, Any], str | None], A
         if not isinstance(version, int) or isinstance(version, bool):
             version = None
         tag = await read.get_tag(ref) if version is None and body.get("tag") else None
-        if tag is not None:
+        if tag is not None and tag.get("tenant") == tenant:
             workflow = await read.get_workflow(tag["workflow_id"], tag["version"])
         else:
             workflow = await read.get_workflow(ref, version)
-        return workflow.get("definition") if workflow else None
+        return workflow.get("definition") if workflow and workflow["tenant"] == tenant else None
 
     return lookup
 

@@ -22,7 +22,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-DefinitionLookup = Callable[[dict[str, Any], str | None], Awaitable[Any]]
+DefinitionLookup = Callable[[dict[str, Any], str | None, str], Awaitable[Any]]
 
 _REPLAY: Final = re.compile(r"^/api/v1/runs/([^/]+)/replay$")
 MAX_BODY: Final = 16 * 1024 * 1024  # beyond the API's own limit: it refuses first
@@ -30,7 +30,8 @@ MAX_BODY: Final = 16 * 1024 * 1024  # beyond the API's own limit: it refuses fir
 
 class RateLimitMiddleware:
     """Admits run submissions through `limiter()` (None: no limiting), for the tenant
-    of the request's principal; `lookup(body, replayed_run_id)` finds the definition."""
+    of the request's principal; `lookup(body, replayed_run_id, tenant)` finds the
+    definition (the tenant's own workflows only)."""
 
     def __init__(
         self,
@@ -57,12 +58,12 @@ class RateLimitMiddleware:
             document = json.loads(body) if body else {}
         except ValueError:
             document = None
+        principal = scope.get("state", {}).get("principal")
+        tenant = str(getattr(principal, "tenant", "default"))
         definition = None
         if isinstance(document, dict):
-            definition = await self.lookup(document, replay[1] if replay else None)
+            definition = await self.lookup(document, replay[1] if replay else None, tenant)
         if definition is not None:
-            principal = scope.get("state", {}).get("principal")
-            tenant = getattr(principal, "tenant", "default")
             try:
                 await limiter.admit(tenant, definition)
             except RateLimited as refused:

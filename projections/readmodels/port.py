@@ -47,11 +47,11 @@ class AsyncReadModels(Protocol):
         self, workflow_id: str, version: int | None = None
     ) -> dict[str, Any] | None: ...
 
-    async def list_workflows(self) -> list[dict[str, Any]]: ...
+    async def list_workflows(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
 
     async def get_tag(self, tag: str) -> dict[str, Any] | None: ...
 
-    async def list_tags(self) -> list[dict[str, Any]]: ...
+    async def list_tags(self, tenant: str | None = None) -> list[dict[str, Any]]: ...
 
     async def list_patches(self, run_id: str) -> list[dict[str, Any]]: ...
 
@@ -112,14 +112,14 @@ class ThreadedReadModels:
     ) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.store.get_workflow, workflow_id, version)
 
-    async def list_workflows(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.store.list_workflows)
+    async def list_workflows(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.list_workflows, tenant)
 
     async def get_tag(self, tag: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.store.get_tag, tag)
 
-    async def list_tags(self) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.store.list_tags)
+    async def list_tags(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.list_tags, tenant)
 
     async def list_patches(self, run_id: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.list_patches, run_id)

@@ -163,15 +163,15 @@ class PostgresReadModels:
             return await self._one(q.GET_LATEST_WORKFLOW, {"workflow_id": workflow_id})
         return await self._one(q.GET_WORKFLOW, {"workflow_id": workflow_id, "version": version})
 
-    async def list_workflows(self) -> list[dict[str, Any]]:
+    async def list_workflows(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """The latest version of each workflow, with its number of versions."""
-        return await self._all(q.LIST_WORKFLOWS, {})
+        return await self._all(*q.list_workflows(tenant))
 
     async def get_tag(self, tag: str) -> dict[str, Any] | None:
         return await self._one(q.GET_TAG, {"tag": tag})
 
-    async def list_tags(self) -> list[dict[str, Any]]:
-        return await self._all(q.LIST_TAGS, {})
+    async def list_tags(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return await self._all(*q.list_tags(tenant))
 
     async def list_patches(self, run_id: str) -> list[dict[str, Any]]:
         """A run's patches in the order they were proposed."""

@@ -63,7 +63,7 @@ FROM timeline WHERE key = :key AND "offset" > :after
 ORDER BY "offset", topic, "partition" LIMIT :limit
 """
 
-WORKFLOW_COLUMNS = "workflow_id, version, name, created_at, created_by"
+WORKFLOW_COLUMNS = "workflow_id, version, name, created_at, created_by, tenant"
 GET_WORKFLOW = f"""
 SELECT {WORKFLOW_COLUMNS}, definition FROM workflows
 WHERE workflow_id = :workflow_id AND version = :version
@@ -73,17 +73,31 @@ SELECT {WORKFLOW_COLUMNS}, definition FROM workflows WHERE workflow_id = :workfl
 ORDER BY version DESC LIMIT 1
 """
 LIST_WORKFLOWS = """
-SELECT w.workflow_id, w.version, w.name, w.created_at, w.created_by, v.versions
+SELECT w.workflow_id, w.version, w.name, w.created_at, w.created_by, w.tenant, v.versions
 FROM workflows w JOIN (
     SELECT workflow_id, MAX(version) AS latest, COUNT(*) AS versions
     FROM workflows GROUP BY workflow_id
 ) v ON v.workflow_id = w.workflow_id AND v.latest = w.version
-ORDER BY w.workflow_id
+{where}ORDER BY w.workflow_id
 """
 
-TAG_COLUMNS = "tag, workflow_id, version, moved_at, moved_by"
+TAG_COLUMNS = "tag, workflow_id, version, moved_at, moved_by, tenant"
 GET_TAG = f"SELECT {TAG_COLUMNS} FROM tags WHERE tag = :tag"
 LIST_TAGS = f"SELECT {TAG_COLUMNS} FROM tags ORDER BY tag"
+
+
+def list_workflows(tenant: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The latest version of each workflow (of `tenant`; None: every tenant's)."""
+    if tenant is None:
+        return LIST_WORKFLOWS.format(where=""), {}
+    return LIST_WORKFLOWS.format(where="WHERE w.tenant = :tenant\n"), {"tenant": tenant}
+
+
+def list_tags(tenant: str | None = None) -> tuple[str, dict[str, Any]]:
+    if tenant is None:
+        return LIST_TAGS, {}
+    return f"SELECT {TAG_COLUMNS} FROM tags WHERE tenant = :tenant ORDER BY tag", {"tenant": tenant}
+
 
 PATCH_COLUMNS = (
     "run_id, patch_id, status, operations, reason, reasons, revision, added_nodes, "

@@ -138,15 +138,15 @@ class SqliteReadModels:
             return self._locked_one(q.GET_LATEST_WORKFLOW, {"workflow_id": workflow_id})
         return self._locked_one(q.GET_WORKFLOW, {"workflow_id": workflow_id, "version": version})
 
-    def list_workflows(self) -> list[dict[str, Any]]:
+    def list_workflows(self, tenant: str | None = None) -> list[dict[str, Any]]:
         """The latest version of each workflow, with its number of versions."""
-        return self._locked_all(q.LIST_WORKFLOWS, {})
+        return self._locked_all(*q.list_workflows(tenant))
 
     def get_tag(self, tag: str) -> dict[str, Any] | None:
         return self._locked_one(q.GET_TAG, {"tag": tag})
 
-    def list_tags(self) -> list[dict[str, Any]]:
-        return self._locked_all(q.LIST_TAGS, {})
+    def list_tags(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return self._locked_all(*q.list_tags(tenant))
 
     def list_patches(self, run_id: str) -> list[dict[str, Any]]:
         """A run's patches in the order they were proposed."""

@@ -220,16 +220,17 @@ def _timeline_params(event: Event, position: Positioned) -> Params:
 # --- workflows and tags ----------------------------------------------------------------
 
 INSERT_WORKFLOW = """
-INSERT INTO workflows (workflow_id, version, name, definition, created_at, created_by)
-VALUES (:workflow_id, :version, :name, :definition, :at, :actor)
+INSERT INTO workflows (workflow_id, version, name, definition, created_at, created_by, tenant)
+VALUES (:workflow_id, :version, :name, :definition, :at, :actor, :tenant)
 ON CONFLICT (workflow_id, version) DO NOTHING
 """
 
 UPSERT_TAG = """
-INSERT INTO tags (tag, workflow_id, version, moved_at, moved_by)
-VALUES (:tag, :workflow_id, :version, :at, :actor)
+INSERT INTO tags (tag, workflow_id, version, moved_at, moved_by, tenant)
+VALUES (:tag, :workflow_id, :version, :at, :actor, :tenant)
 ON CONFLICT (tag) DO UPDATE SET workflow_id = excluded.workflow_id,
-    version = excluded.version, moved_at = excluded.moved_at, moved_by = excluded.moved_by
+    version = excluded.version, moved_at = excluded.moved_at, moved_by = excluded.moved_by,
+    tenant = excluded.tenant
 """
 
 
@@ -245,13 +246,15 @@ def _workflow_created(p: WorkflowCreated, e: Event) -> Plan:
             "definition": dumps(p.definition),
             "at": e.occurred_at,
             "actor": e.actor,
+            "tenant": p.tenant or DEFAULT_TENANT,
         },
     )
 
 
 def _tag_moved(p: TagMoved, e: Event) -> Plan:
     params = {"tag": p.tag, "workflow_id": p.workflow_id, "version": p.version}
-    yield Exec(UPSERT_TAG, {**params, "at": e.occurred_at, "actor": e.actor})
+    tenant = p.tenant or DEFAULT_TENANT
+    yield Exec(UPSERT_TAG, {**params, "at": e.occurred_at, "actor": e.actor, "tenant": tenant})
 
 
 # --- runs ----------------------------------------------------------------------------------

@@ -136,3 +136,41 @@ async def test_runs_of_callers_without_a_tenant_are_the_default_tenants(
         ]
         assert (await finished(default, run_id))["tenant"] == "default"
         assert (await other.get(f"/api/v1/runs/{run_id}")).status_code == 404
+
+
+async def test_a_tenant_cannot_see_run_or_take_another_tenants_workflows(
+    server: Server,
+) -> None:
+    acme = await server.as_("ann", "operator", tenant="acme")
+    beta = await server.as_("boss", "admin", tenant="beta")
+    async with acme, beta:
+        definition = {"name": "greet", "nodes": [{"id": "a", "type": "noop"}]}
+        created = await acme.post("/api/v1/workflows", json={"definition": definition})
+        assert created.status_code == 201
+
+        assert (await beta.get("/api/v1/workflows")).json()["items"] == []
+        assert (await beta.get("/api/v1/tags")).json()["items"] == []
+        for response in (
+            await beta.get("/api/v1/workflows/greet"),
+            await beta.get("/api/v1/workflows/greet", params={"version": 1}),
+            await beta.post("/api/v1/runs", json={"tag": "greet"}),
+            await beta.post("/api/v1/runs", json={"workflow_id": "greet", "version": 1}),
+            await beta.post("/api/v1/tags/mine/move", json={"workflow_id": "greet"}),
+        ):
+            assert response.status_code == 404, response.text
+        taken = await beta.post("/api/v1/workflows", json={"definition": definition})
+        assert taken.status_code == 409
+        assert taken.json()["type"].endswith("/name-taken")
+        other = {"name": "other", "nodes": [{"id": "a", "type": "noop"}]}
+        tag_taken = await beta.post("/api/v1/workflows", json={"definition": other, "tag": "greet"})
+        assert tag_taken.status_code == 409
+        assert (await beta.post("/api/v1/workflows", json={"definition": other})).status_code == 201
+        own_tag = await beta.post("/api/v1/tags/greet/move", json={"workflow_id": "other"})
+        assert own_tag.status_code == 409  # acme's tag stays acme's
+
+        listed = (await acme.get("/api/v1/workflows")).json()["items"]
+        assert [(w["workflow_id"], w["tenant"]) for w in listed] == [("greet", "acme")]
+        assert [t["tag"] for t in (await acme.get("/api/v1/tags")).json()["items"]] == ["greet"]
+        run = await acme.post("/api/v1/runs", json={"tag": "greet"})
+        assert run.status_code == 202
+        assert (await finished(acme, run.json()["run_id"]))["tenant"] == "acme"

@@ -22,7 +22,7 @@ async def accepted(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"{}"})
 
 
-async def inline(body: dict[str, Any], replayed: str | None) -> Any:
+async def inline(body: dict[str, Any], replayed: str | None, tenant: str) -> Any:
     return body.get("definition")
 
 

@@ -211,6 +211,7 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         (2, "0002_approval_outcomes.sql"),
         (3, "0003_patch_reviews.sql"),
         (4, "0004_run_tenants.sql"),
+        (5, "0005_workflow_tenants.sql"),
     ]
     assert rows == shipped
     assert journal == "wal"

@@ -146,8 +146,11 @@ def test_workflows_and_tags(full):
         "version": 2,
         "moved_at": 2_500,
         "moved_by": "bob",
+        "tenant": "default",  # written before tenants existed
     }
     assert full.list_tags() == [full.get_tag("prod")]
+    assert full.list_tags("acme") == []
+    assert full.list_workflows("acme") == []
     assert full.get_tag("nope") is None
 
 
