@@ -2,8 +2,8 @@
 and request metrics, installed on the app in one call (`install`).
 
 `install(app, settings)` adds the middlewares (outermost first: metrics and trace,
-authentication, bounds, rate limiting), the admin router, and opens/closes the
-stores with the app's lifespan:
+consumer lag on scrape, authentication, tenant isolation, bounds, rate limiting), the
+admin router, and opens/closes the stores with the app's lifespan:
 
 - tokens and limiter state in PostgreSQL when `AOB_DATABASE_URL` is set (shared by
   every API process), else in `<data dir>/platform.db`;
