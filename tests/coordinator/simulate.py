@@ -30,6 +30,8 @@ from typing import Any, Literal, TypeVar
 
 from aob.events.types import (
     TERMINAL_RUN_EVENTS,
+    ApprovalDecided,
+    ApprovalRequested,
     Event,
     Json,
     NodeCompleted,
@@ -66,9 +68,11 @@ class Outcome:
     """What a worker does with one attempt of a node.
 
     `complete` answers `output` (ECHO: {"node", "iteration", "attempt"}); `fail`
-    sends a retryable failure, `fatal` a non-retryable one; `hang` never answers,
-    so only a timeout ends the attempt. The answer is due `duration_ms` after the
-    worker picked the task up (after its `NodeStarted`, if `started`).
+    sends a retryable failure, `fatal` a non-retryable one; `hang` starts and never
+    finishes, so only a timeout ends the attempt. The answer is due `duration_ms` after the
+    worker picked the task up (after its `NodeStarted`, if `started`). A worker that
+    `asks_approval` requests one ("<node>:<iteration>:<attempt>") once started, and
+    unless it hangs, the approval is decided halfway through.
     """
 
     kind: OutcomeKind = "complete"
@@ -76,6 +80,7 @@ class Outcome:
     duration_ms: int = 1
     started: bool = True
     error: str = "boom"
+    asks_approval: bool = False
 
 
 def complete(output: Json = ECHO, *, duration_ms: int = 1) -> Outcome:
@@ -283,28 +288,36 @@ class Simulation:
 
     def _take_task(self, task: NodeScheduled) -> None:
         outcome = self.script(task)
-        if outcome.kind == "hang":
-            return
-        answer = _answer(task, outcome)
-        if outcome.started:
+        if outcome.started or outcome.asks_approval:
             worker = f"worker-{task.node_id}"
             started = NodeStarted(task.run_id, task.node_id, task.iteration, task.attempt, worker)
             self._add(self.now, started, then=outcome)
-        else:
-            self._add(self.now + outcome.duration_ms, answer)
+        elif outcome.kind != "hang":
+            self._add(self.now + outcome.duration_ms, _answer(task, outcome))
 
     def _worker_started(self, item: Pending) -> None:
-        assert isinstance(item.payload, NodeStarted)
-        assert item.then is not None
-        self._deliver_answer(item.payload)
-        task = item.payload
-        answer = _answer(task, item.then)
-        self._add(self.now + item.then.duration_ms, answer)
+        task, outcome = item.payload, item.then
+        assert isinstance(task, NodeStarted)
+        assert outcome is not None
+        self._deliver_answer(task)
+        if outcome.asks_approval:
+            self._ask_approval(task, decide=outcome.kind != "hang", within=outcome.duration_ms)
+        if outcome.kind != "hang":
+            self._add(self.now + outcome.duration_ms, _answer(task, outcome))
+
+    def _ask_approval(self, task: NodeStarted, *, decide: bool, within: int) -> None:
+        approval_id = f"{task.node_id}:{task.iteration}:{task.attempt}"
+        self._deliver_answer(
+            ApprovalRequested(task.run_id, approval_id, task.node_id, task.iteration, "ok?")
+        )
+        if decide:
+            decided = ApprovalDecided(task.run_id, approval_id, "approved", "approver")
+            self._add(self.now + within // 2, decided)
 
     def _deliver_answer(self, payload: Payload) -> None:
         actor = "timer-service" if isinstance(payload, TimerFired) else "worker"
         self.append(payload, actor=actor)
-        worker_answer = isinstance(payload, NodeStarted | NodeCompleted | NodeFailed)
+        worker_answer = isinstance(payload, _WORKER_ANSWERS)
         if worker_answer and self.chaos and self.rng.random() < self.chaos.redeliver:
             self._add(self.now + self.rng.randint(0, 50), payload)
 
@@ -316,6 +329,9 @@ class Simulation:
         if self.chaos and self.chaos.shuffle:
             return self.rng.randrange(len(self.pending))
         return self.pending.index(min(self.pending))
+
+
+_WORKER_ANSWERS = (NodeStarted, NodeCompleted, NodeFailed, ApprovalRequested, ApprovalDecided)
 
 
 def _answer(task: NodeScheduled | NodeStarted, outcome: Outcome) -> Payload:

@@ -586,6 +586,19 @@ def test_a_pending_approval_of_a_timed_out_attempt_does_not_hold_the_run():
     assert not state.pending_approvals
 
 
+def test_an_approval_request_redelivered_after_its_node_finished_does_not_hold_the_run():
+    sim = Simulation(workflow(node("ask", "agent"), node("b")), script={"b": HANG})
+    sim.start()
+    request = ApprovalRequested(sim.run_id, "ap-1", "ask", 0, "ok?")
+    sim.append(request)
+    sim.append(ApprovalDecided(sim.run_id, "ap-1", "approved", "alice"))
+    sim.append(NodeCompleted(sim.run_id, "ask", 0, 1, "done"))
+    sim.append(request)  # an at-least-once worker sends it again, under a new id
+    assert not sim.current.pending_approvals
+    sim.append(NodeCompleted(sim.run_id, "b", 0, 1, "done"))
+    assert isinstance(sim.terminal(), RunCompleted)
+
+
 def test_the_run_waits_for_an_approval_of_its_running_node():
     sim = Simulation(workflow(node("ask", "hitl")), script={"ask": HANG})
     sim.start()

@@ -9,6 +9,7 @@ duplicated; a patch or a cancel dropped in at a random moment.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -152,7 +153,7 @@ def workflows(draw: st.DrawFn) -> dict[str, Any]:
 def attempt_outcomes(draw: st.DrawFn, timeout_ms: int | None) -> Outcome:
     kinds = ["complete"] * 30 + ["fail"] * 3 + ["fatal"]
     if timeout_ms is not None:
-        kinds += ["hang", "late"]
+        kinds += ["hang"] * 6 + ["late"] * 2
     kind = draw(st.sampled_from(kinds))
     duration = draw(st.integers(0, 30))
     if kind == "fail":
@@ -173,6 +174,7 @@ class Workers:
 
     outcomes: dict[str, list[Outcome]]
     flags: dict[str, list[bool]]
+    approvals: dict[str, bool]  # whether the node asks a person for an approval
 
     def __call__(self, task: NodeScheduled) -> Outcome:
         outcomes = self.outcomes.get(task.node_id, [complete()])  # patched-in nodes complete
@@ -180,17 +182,21 @@ class Workers:
         flags = self.flags.get(task.node_id, [True])
         flag = flags[task.iteration % len(flags)]
         output = {"flag": flag, "iteration": task.iteration, "attempt": task.attempt}
-        return Outcome(outcome.kind, output, outcome.duration_ms, outcome.started)
+        return dataclasses.replace(
+            outcome, output=output, asks_approval=self.approvals.get(task.node_id, False)
+        )
 
 
 @st.composite
 def workers(draw: st.DrawFn, definition: dict[str, Any]) -> Workers:
-    outcomes, flags = {}, {}
+    outcomes, flags, approvals = {}, {}, {}
     for spec in definition["nodes"]:
         per_attempt = attempt_outcomes(spec.get("timeout_ms"))
         outcomes[spec["id"]] = draw(st.lists(per_attempt, min_size=1, max_size=3))
         flags[spec["id"]] = draw(st.lists(st.booleans(), min_size=1, max_size=3))
-    return Workers(outcomes, flags)
+        # Nodes that wait for a person tend to have timeouts.
+        approvals[spec["id"]] = draw(st.integers(0, 1 if "timeout_ms" in spec else 2)) == 0
+    return Workers(outcomes, flags, approvals)
 
 
 chaos = st.builds(
