@@ -139,7 +139,7 @@ class Pending:
 
 
 class InvariantBroken(AssertionError):
-    pass
+    """Raised at the fold call that broke an invariant of the run's state."""
 
 
 class Simulation:

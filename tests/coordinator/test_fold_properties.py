@@ -3,8 +3,10 @@
 Random DAGs of 1..12 nodes (some of an unknown type), random forward edges whose
 conditions are constants, upstream outputs or the iteration, random join modes,
 bounded loop back-edges, retry policies and timeouts; workers that fail, hang,
-answer late or twice; timers and answers delivered in any order; log entries
-duplicated; a patch or a cancel dropped in at a random moment.
+answer late or twice, ask for approvals; timers and answers delivered in any
+order; log entries duplicated; a patch (maybe an agent's, under review) or a cancel
+dropped in at a random moment. A failing example prints as a `Scenario` (its chaos
+seed included), and hypothesis' database replays it first on the next run.
 """
 
 from __future__ import annotations
