@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import astuple, replace
 from typing import Any
 
 from aob.events.types import Json
@@ -23,12 +24,33 @@ from .ir import EdgeSpec, NodeSpec, RetryPolicy, WorkflowIR
 __all__ = ["InvalidDefinition", "compile_workflow", "decision_is"]
 
 
+_COMPILED: OrderedDict[str, WorkflowIR] = OrderedDict()
+_COMPILED_MAX = 512
+
+
 def compile_workflow(doc: Json, limits: Limits = DEFAULT_LIMITS) -> WorkflowIR:
     """The IR of `doc`; raises InvalidDefinition listing every problem if it is invalid.
 
     The IR copies what it takes from `doc`, so later changes to `doc` (say, a patch
-    applied in place) cannot leak into a running workflow.
+    applied in place) cannot leak into a running workflow. IRs are immutable and
+    memoised by the document's canonical JSON: every run of a workflow re-validates
+    the same definition otherwise, and schema validation dominates the fold's cost.
     """
+    try:
+        key = json.dumps([doc, astuple(limits)], sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError):
+        return _compile(doc, limits)  # not JSON: validation reports it
+    ir = _COMPILED.get(key)
+    if ir is None:
+        ir = _COMPILED[key] = _compile(doc, limits)
+        if len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    else:
+        _COMPILED.move_to_end(key)
+    return ir
+
+
+def _compile(doc: Json, limits: Limits) -> WorkflowIR:
     problems = validate_definition(doc, limits)
     if problems:
         raise InvalidDefinition(problems)
