@@ -104,7 +104,19 @@ def _new_run(submitted: RunSubmitted) -> tuple[RunState, str | None]:
         known_types=frozenset(submitted.known_types),
         nodes={node_id: NodeState() for node_id in ir.nodes},
     )
+    _seed(state, submitted.checkpoint)
     return state, problem
+
+
+def _seed(state: RunState, checkpoint: Any) -> None:
+    """Start the nodes a replayed run had completed as completed, with their outputs."""
+    outputs = checkpoint.get("outputs") if isinstance(checkpoint, dict) else None
+    for node_id, output in (outputs if isinstance(outputs, dict) else {}).items():
+        node = state.nodes.get(node_id)
+        if node is not None:
+            node.status = NodeStatus.COMPLETED
+            state.outputs[node_id] = output
+            state.ever_started.add(node_id)
 
 
 # A worker may be running the instance: its answer or its timeout counts.
@@ -200,11 +212,16 @@ class _Step:
                 pass  # workflow events never reach a run
 
     def _start(self) -> None:
-        if not self.state.ir.nodes:
+        """Schedule the roots; in a replayed run, route onward from its seeded nodes."""
+        state = self.state
+        seeded = [n for n in state.ir.order if state.nodes[n].status is NodeStatus.COMPLETED]
+        for node_id in seeded:
+            self._route(node_id, passed=True)
+        for node_id in state.ir.roots:
+            if state.nodes[node_id].status is NodeStatus.PENDING:
+                self._make_ready(node_id)
+        if not state.ir.nodes or seeded:
             self._check_completion()
-            return
-        for node_id in self.state.ir.roots:
-            self._make_ready(node_id)
 
     def _current(
         self, node_id: str, iteration: int, attempt: int | None = None

@@ -70,11 +70,6 @@ def test_replay_from_an_event_keeps_what_had_completed(aob: Cli, server: LiveSer
     assert "boom" in followed.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the coordinator fold to seed RunSubmitted.checkpoint "
-    "(projections/coordinator/fold.py _new_run/_start; see the fanout/CLI report)",
-)
 def test_seeded_nodes_do_not_run_again(server: LiveServer) -> None:
     run_id = server.submit(FAILING)
     server.wait_finished(run_id)

@@ -154,8 +154,10 @@ class Simulation:
         known_types: Sequence[str] = KNOWN_TYPES,
         chaos: Chaos | None = None,
         run_id: str = RUN_ID,
+        checkpoint: Json = None,
     ) -> None:
         self.definition = dict(definition)
+        self.checkpoint = checkpoint
         self.script = scripted(script)
         self.inputs = inputs
         self.known_types = list(known_types)
@@ -174,7 +176,10 @@ class Simulation:
 
     def start(self) -> Simulation:
         """Submit the run (and fold what that leads to)."""
-        self.append(RunSubmitted(self.run_id, self.definition, self.inputs, self.known_types))
+        submitted = RunSubmitted(
+            self.run_id, self.definition, self.inputs, self.known_types, checkpoint=self.checkpoint
+        )
+        self.append(submitted)
         return self
 
     def append(self, payload: Payload, *, actor: str = "sim") -> Event:

@@ -754,3 +754,29 @@ def test_a_coordinator_rebuilt_from_the_log_mid_run_carries_on_with_its_timers()
     assert sim.log == uninterrupted.log
     assert canonical(sim.state) == canonical(uninterrupted.state)
     assert sim.terminal() == RunCompleted(sim.run_id, {"b": echo("b")})
+
+
+def test_a_replayed_run_starts_from_its_checkpoint_and_runs_only_the_rest():
+    definition = workflow(
+        node("a"),
+        node("b"),
+        node("c"),
+        node("d"),
+        edges=[edge("a", "b"), edge("b", "c"), edge("a", "d"), edge("c", "d")],
+    )
+    checkpoint = {"run_id": "old", "from_event": 7, "outputs": {"a": "A", "b": "B"}}
+    sim = Simulation(definition, checkpoint=checkpoint)
+    state = sim.run()
+    assert sim.scheduled() == [("c", 0, 1), ("d", 0, 1)]
+    task_c = sim.payloads(NodeScheduled)[0]
+    assert task_c.input["nodes"] == {"a": "A", "b": "B"}
+    assert state.status is RunStatus.COMPLETED
+
+
+def test_a_checkpoint_of_every_node_completes_the_run_at_once():
+    definition = workflow(node("a"), node("b"), edges=[edge("a", "b")])
+    sim = Simulation(definition, checkpoint={"outputs": {"a": 1, "b": 2, "gone": 3}})
+    state = sim.run()
+    assert sim.scheduled() == []
+    assert state.status is RunStatus.COMPLETED
+    assert sim.terminal() == RunCompleted(sim.run_id, {"b": 2})
