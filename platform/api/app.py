@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -65,7 +64,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
         app.include_router(stream.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["system"], summary="Metrics")
-    _install_error_handlers(app, settings.max_request_bytes)
+    _install_error_handlers(app)
     install_security(app, settings, role)  # auth, roles, bounds, rate limits, metrics
     return app
 
@@ -105,7 +104,7 @@ def _problem_response(problem: Problem, request: Request) -> JSONResponse:
     )
 
 
-def _install_error_handlers(app: FastAPI, max_request_bytes: int) -> None:
+def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def on_problem(request: Request, problem: Problem) -> JSONResponse:
         return _problem_response(problem, request)
@@ -140,16 +139,3 @@ def _install_error_handlers(app: FastAPI, max_request_bytes: int) -> None:
             "the server failed to handle this request; see its log",
         )
         return _problem_response(problem, request)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Any:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
-            problem = Problem(
-                413,
-                "payload-too-large",
-                "Request body too large",
-                f"the request body exceeds {max_request_bytes} bytes",
-            )
-            return _problem_response(problem, request)
-        return await call_next(request)
