@@ -16,6 +16,9 @@
     observer reading the durable `RunCompleted` off `aob.runs`. Measured one run
     at a time (low load) and with many concurrent clients (throughput), each
     paired with LangGraph running the same DAG in this process when installed.
+    With AOB_KAFKA_BOOTSTRAP and AOB_DATABASE_URL set, the same engine runs on
+    Kafka + Postgres instead (fresh topics per repetition), e.g.
+    AOB_KAFKA_POLL_INTERVAL=0.01 python -m bench --only e2e --no-langgraph
 
 Every figure is the median over repetitions; ratios are taken per repetition
 against the baseline measured right beside it, then their median is reported.
@@ -37,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -355,7 +359,10 @@ class AobRunner:
 @asynccontextmanager
 async def open_aob(data_dir: Path, *, synchronous: str) -> AsyncIterator[AobRunner]:
     """An embedded engine on `data_dir` with the DAG stored under TAG, and its observer."""
-    engine = await Engine.open(Settings(data_dir=data_dir, log_synchronous=synchronous))
+    settings = Settings(data_dir=data_dir, log_synchronous=synchronous)
+    if settings.kafka_bootstrap:  # cluster stores from the environment: fresh topics per rep
+        settings = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
+    engine = await Engine.open(settings)
     await engine.start()
     stop = asyncio.Event()
     observer_task: asyncio.Task[None] | None = None
