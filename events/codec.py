@@ -335,3 +335,36 @@ def encode(event: Event) -> bytes:
 def decode(data: bytes) -> Event:
     """The event in `data`; raises `CodecError` for anything that is not one."""
     return _DEFAULT.decode(data)
+
+
+def event_type(data: bytes) -> str | None:
+    """The payload type named in an encoded event, read without decoding it (None if
+    the bytes are not an envelope). The envelope's first two fields are the event id
+    and the type, both Avro strings: a consumer that wants one kind of event among
+    many skips the rest for the cost of two varints.
+    """
+    if data[:2] != MARKER:
+        return None
+    position = _HEADER_LEN
+    try:
+        for field in range(2):
+            length, position = _read_long(data, position)
+            if field == 1:
+                return bytes(data[position : position + length]).decode("utf-8")
+            position += length
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def _read_long(data: bytes, position: int) -> tuple[int, int]:
+    """An Avro long (zigzag varint) at `position`, and the position after it."""
+    shift = result = 0
+    while True:
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7
+

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol, TypeAlias
 
 import jsonpatch
@@ -201,6 +201,22 @@ def project(event: Event, position: Positioned) -> Plan:
         yield Exec(TOUCH_RUN, {"run_id": payload.run_id, "at": event.occurred_at})
 
 
+_FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _field_names(payload_type: type[Any]) -> tuple[str, ...]:
+    names = _FIELD_NAMES.get(payload_type)
+    if names is None:
+        names = _FIELD_NAMES[payload_type] = tuple(f.name for f in fields(payload_type))
+    return names
+
+
+def _fields_of(payload: Any) -> dict[str, Any]:
+    """The payload as a dict. Payload fields hold JSON values, never dataclasses, so a
+    shallow dict serialises the same as `asdict`, without its deep copy of every value."""
+    return {name: getattr(payload, name) for name in _field_names(type(payload))}
+
+
 def _timeline_params(event: Event, position: Positioned) -> Params:
     return {
         "topic": position.topic,
@@ -213,7 +229,7 @@ def _timeline_params(event: Event, position: Positioned) -> Params:
         "actor": event.actor,
         "trace_id": event.trace_id,
         "causation_id": event.causation_id,
-        "data": dumps(asdict(event.payload)),
+        "data": dumps(_fields_of(event.payload)),
     }
 
 

@@ -466,3 +466,14 @@ def test_history_directory_registers_old_writer_schemas(tmp_path: Path) -> None:
     assert codec._register_history(v1, tmp_path / "missing") == []
     data = v2.encode(_ev(V2.NodeCompleted("r", "n", 0, 1, None, note="x")))
     assert v1.decode(data) == _ev(t.NodeCompleted("r", "n", 0, 1, None))
+
+
+def test_event_type_is_read_without_decoding() -> None:
+    from aob.events.codec import event_type
+    from aob.events.types import RunCancelled
+
+    long_id = "e" * 300  # a multi-byte varint length before the type
+    data = encode(Event(long_id, "run-1", 1, RunCancelled("run-1", "why")))
+    assert event_type(data) == "RunCancelled"
+    assert event_type(b"not avro") is None
+    assert event_type(data[:12]) is None

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from aob.events.codec import decode, encode
+from aob.events.codec import decode, encode, event_type
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record, TopicPartition
@@ -187,6 +187,8 @@ class HitlService:
 
     async def _resolve(self, record: Record, stop: asyncio.Event) -> list[Append] | None:
         """The node outcome if this record is the decision that won; None if stopped."""
+        if event_type(record.value) != "ApprovalDecided":
+            return []  # most run events: skip their decoding
         decided = decode(record.value)
         if not isinstance(decided.payload, ApprovalDecided):
             return []
