@@ -622,9 +622,14 @@ def _render_e2e(result: E2EResult) -> str:
                 ]
             )
     header = ["load", "engine", "workflows/s", "p50 ms", "p99 ms", "CPU ms/wf", "aim"]
+    stores = (
+        "Kafka + Postgres (AOB_KAFKA_BOOTSTRAP, AOB_DATABASE_URL)"
+        if os.environ.get("AOB_KAFKA_BOOTSTRAP")
+        else f"embedded default, SQLite synchronous={result.synchronous}"
+    )
     lines = [
-        f"(b) End to end, embedded default: 5 transform nodes, fan-out/join, submitted by tag; "
-        f"SQLite synchronous={result.synchronous}; {result.low_load['aob'].reps} reps",
+        f"(b) End to end on {stores}: 5 transform nodes, fan-out/join, submitted by tag; "
+        f"{result.low_load['aob'].reps} reps",
         _table(header, rows),
     ]
     if result.ratios:
