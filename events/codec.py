@@ -332,9 +332,25 @@ def encode(event: Event) -> bytes:
     return _DEFAULT.encode(event)
 
 
+# In one process several consumers (coordinator, projector, workers) read the same
+# record: decode it once. Events are immutable and nobody mutates a payload's values
+# (patches and contexts are built on copies), so sharing the decoded event is safe.
+_DECODED: dict[bytes, Event] = {}
+_DECODED_MAX = 4096
+_CACHEABLE_BYTES = 16 * 1024
+
+
 def decode(data: bytes) -> Event:
     """The event in `data`; raises `CodecError` for anything that is not one."""
-    return _DEFAULT.decode(data)
+    key = bytes(data)
+    event = _DECODED.get(key)
+    if event is None:
+        event = _DEFAULT.decode(key)
+        if len(key) <= _CACHEABLE_BYTES:
+            if len(_DECODED) >= _DECODED_MAX:
+                _DECODED.pop(next(iter(_DECODED)), None)  # the oldest entry
+            _DECODED[key] = event
+    return event
 
 
 def event_type(data: bytes) -> str | None:

@@ -477,3 +477,12 @@ def test_event_type_is_read_without_decoding() -> None:
     assert event_type(data) == "RunCancelled"
     assert event_type(b"not avro") is None
     assert event_type(data[:12]) is None
+
+
+def test_equal_bytes_decode_once_to_one_shared_event() -> None:
+    from aob.events.types import RunCancelled
+
+    data = encode(Event("e-shared", "run-1", 1, RunCancelled("run-1", "why")))
+    first = decode(bytes(data))
+    assert decode(bytearray(data)) is first
+    assert first == Event("e-shared", "run-1", 1, RunCancelled("run-1", "why"))
