@@ -62,8 +62,13 @@ class Consumer:
         return records
 
     async def _read(self) -> list[Record]:
+        # One end-offsets call per topic, then reads only where records wait: on a
+        # remote log, asking each partition at its end costs a round trip apiece.
+        ends = {topic: await self.log.end_offsets(topic) for topic in self.topics}
         records: list[Record] = []
         for tp, offset in self._positions.items():
+            if offset >= ends[tp.topic].get(tp.partition, 0):
+                continue
             batch = await self.log.read(tp.topic, tp.partition, offset, self.max_records)
             if batch:
                 self._positions[tp] = batch[-1].offset + 1

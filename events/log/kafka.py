@@ -101,6 +101,9 @@ class KafkaEventLog:
         self._read_assignment: set[KafkaPartition] = set()
         self._read_positions: dict[KafkaPartition, int] = {}
         self._watched: dict[KafkaPartition, int] = {}  # partitions read to their end
+        # The highest end offset seen per partition (ends only grow): a read below it
+        # fetches at once, with no end-offsets round trip first.
+        self._known_ends: dict[KafkaPartition, int] = {}
         self._committers: OrderedDict[str, AIOKafkaConsumer] = OrderedDict()
         self._committer_lock = asyncio.Lock()
         self._appended = asyncio.Event()
@@ -268,6 +271,8 @@ class KafkaEventLog:
         tps = [KafkaPartition(topic, p) for p in range(await self._partition_count(topic))]
         with _translated(f"cannot read the end offsets of {topic!r}"):
             ends = await self._reader.end_offsets(tps)
+        for tp, end in ends.items():
+            self._learn_end(tp, end)
         return {tp.partition: int(end) for tp, end in sorted(ends.items())}
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
@@ -380,6 +385,8 @@ class KafkaEventLog:
                 what = f"cannot append to Kafka ({len(failures)} of {len(records)} failed)"
                 raise _log_error(what, error) from error
             raise error
+        for r, meta in zip(records, metas, strict=True):
+            self._learn_end(KafkaPartition(r.topic, meta.partition), meta.offset + 1)
         self._appended.set()
         self._appended = asyncio.Event()
         return [
@@ -440,8 +447,10 @@ class KafkaEventLog:
     async def _fetch(self, tp: KafkaPartition, offset: int, max_records: int) -> list[Record]:
         reader = self._reader
         highwater = reader.highwater(tp) if tp in self._read_assignment else None
-        if highwater is None or offset >= highwater:
+        known = max(self._known_ends.get(tp, 0), highwater or 0)
+        if offset >= known:
             end = (await reader.end_offsets([tp]))[tp]
+            self._learn_end(tp, end)
             if offset >= end:
                 self._watched[tp] = end
                 return []
@@ -496,6 +505,10 @@ class KafkaEventLog:
         if self._read_positions[tp] != offset:
             reader.seek(tp, offset)
             self._read_positions[tp] = offset
+
+    def _learn_end(self, tp: KafkaPartition, end: int) -> None:
+        if end > self._known_ends.get(tp, 0):
+            self._known_ends[tp] = int(end)
 
     async def _watched_partition_grew(self) -> bool:
         watched = dict(self._watched)
