@@ -243,12 +243,14 @@ class AgentUsageRecorded:
 class ToolRegistered:
     """A named tool for agents: `kind` "pipeline" (a composite tool: a reusable
     pipeline) or "openapi" (an OpenAPI document whose operations agents may call).
-    Registering a name again replaces it."""
+    Registering a name again replaces it (within its tenant)."""
 
     name: str
     kind: str
     spec: Json
     description: str = ""
+    # The namespace of the registrant; only its runs' agents see it. None: the default tenant.
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

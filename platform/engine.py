@@ -33,6 +33,7 @@ from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topi
 from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
+from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.coordinator import CoordinatorHost
 from aob.projections.runtime.projector import ProjectorHost, ReadYourWrites
 from aob.projections.runtime.timers import TimerService
@@ -50,6 +51,8 @@ from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
 
 log = logging.getLogger(__name__)
+
+_RUN_TENANT_POLLS: Final = 100  # x 50 ms: how long an agent waits for its run's row
 
 ROLES: Final = SERVICES
 # Roles whose process serves the HTTP API (all of it, or only its streams).
@@ -278,8 +281,19 @@ def _agent_runner(
         run = await read_models.get_run(run_id)
         return run["definition"] if run else None
 
+    async def run_tenant(run_id: str) -> str | None:
+        # The agent may see its task before the projector has the run: wait a little.
+        for _ in range(_RUN_TENANT_POLLS):
+            run = await read_models.get_run(run_id)
+            if run is not None:
+                return str(run.get("tenant") or DEFAULT_TENANT)
+            await asyncio.sleep(0.05)
+        return None
+
     http = HttpWorker(HttpWorkerSettings().model_copy(update={"secrets": {}}))
-    services = AgentServices(event_log, defaults, tools, GuardedFetch(http), definition)
+    services = AgentServices(
+        event_log, defaults, tools, GuardedFetch(http), definition, run_tenants=run_tenant
+    )
     return AgentRunner(
         services,
         clients=LlmClients(max_connections=settings.llm_max_connections),

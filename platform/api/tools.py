@@ -1,7 +1,9 @@
 """Tools for agents: composite tools (named, reusable pipelines) and OpenAPI documents.
 
 Registering is an event (`ToolRegistered` on `aob.tools`); every agent worker folds
-that topic into its catalog. Registering a name again replaces the tool.
+that topic into its catalog. Registering a name again replaces the tool. Tools belong
+to the registrant's tenant: lists, searches and lookups show the caller's tenant's
+only, and only that tenant's runs' agents use them.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append
 from aob.events.types import TOOLS_TOPIC, Event, Json, ToolRegistered
-from aob.platform.api.deps import Actor, EngineDep, TraceId
+from aob.platform.api.deps import Actor, EngineDep, PrincipalDep, TraceId
 from aob.platform.commands import now_ms
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, not_found
-from aob.workers.agent.catalog import InvalidTool, check_registration
+from aob.workers.agent.catalog import InvalidTool, check_registration, tool_key
 
 router = APIRouter(prefix="/api/v1/tools", tags=["tools"])
 
@@ -47,43 +49,47 @@ class OpenApiDocument(BaseModel):
 
 @router.post("", status_code=201, summary="Register a composite tool")
 async def register_tool(
-    body: CompositeTool, engine: EngineDep, actor: Actor, trace_id: TraceId
+    body: CompositeTool, engine: EngineDep, principal: PrincipalDep, actor: Actor,
+    trace_id: TraceId,
 ) -> JSONResponse:
     spec: dict[str, Json] = {"steps": body.steps}
     if body.parameters is not None:
         spec["parameters"] = body.parameters
-    return await _register(engine, body.name, "pipeline", spec, body.description, actor, trace_id)
+    payload = ToolRegistered(body.name, "pipeline", spec, body.description, principal.tenant)
+    return await _register(engine, payload, actor, trace_id)
 
 
 @router.post("/openapi", status_code=201, summary="Register an OpenAPI document")
 async def register_openapi(
-    body: OpenApiDocument, engine: EngineDep, actor: Actor, trace_id: TraceId
+    body: OpenApiDocument, engine: EngineDep, principal: PrincipalDep, actor: Actor,
+    trace_id: TraceId,
 ) -> JSONResponse:
     spec: dict[str, Json] = {"document": body.document}
     if body.base_url is not None:
         spec["base_url"] = body.base_url
-    return await _register(engine, body.name, "openapi", spec, body.description, actor, trace_id)
+    payload = ToolRegistered(body.name, "openapi", spec, body.description, principal.tenant)
+    return await _register(engine, payload, actor, trace_id)
 
 
 @router.get("", summary="Registered tools")
-async def list_tools(engine: EngineDep) -> dict[str, Any]:
+async def list_tools(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     items = [
         {"name": t.name, "kind": t.kind, "description": t.description}
-        for t in sorted(engine.tools.tools.values(), key=lambda t: t.name)
+        for t in engine.tools.of_tenant(principal.tenant)
     ]
     return {"items": items}
 
 
 @router.get("/search", summary="Search tools and OpenAPI operations as agents do")
 async def search_tools(
-    engine: EngineDep, q: Annotated[str, Query(max_length=500)] = ""
+    engine: EngineDep, principal: PrincipalDep, q: Annotated[str, Query(max_length=500)] = ""
 ) -> dict[str, Any]:
-    return {"items": engine.tools.search(q)}
+    return {"items": engine.tools.search(q, tenant=principal.tenant)}
 
 
 @router.get("/{name}", summary="A registered tool")
-async def get_tool(name: str, engine: EngineDep) -> dict[str, Any]:
-    tool = engine.tools.get(name)
+async def get_tool(name: str, engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
+    tool = engine.tools.get(name, tenant=principal.tenant)  # another tenant's: 404
     if tool is None:
         raise not_found("tool", name)
     return {"name": tool.name, "kind": tool.kind, "description": tool.description,
@@ -91,16 +97,16 @@ async def get_tool(name: str, engine: EngineDep) -> dict[str, Any]:
 
 
 async def _register(
-    engine: Engine, name: str, kind: str, spec: dict[str, Json], description: str,
-    actor: str, trace_id: str,
+    engine: Engine, payload: ToolRegistered, actor: str, trace_id: str
 ) -> JSONResponse:
+    name = payload.name
     try:
-        check_registration(name, kind, spec)
+        check_registration(name, payload.kind, payload.spec)
     except InvalidTool as error:
         raise Problem(422, "invalid-tool", "Invalid tool", str(error)) from None
-    payload = ToolRegistered(name, kind, spec, description)
-    event = Event(new_event_id(), name, now_ms(), payload, trace_id, None, actor)
-    await engine.log.append([Append(TOOLS_TOPIC, name, encode(event))])
+    key = tool_key(name, payload.tenant)
+    event = Event(new_event_id(), key, now_ms(), payload, trace_id, None, actor)
+    await engine.log.append([Append(TOOLS_TOPIC, key, encode(event))])
     await engine.tools.catch_up(engine.log)  # read your write
-    body = {"name": name, "kind": kind, "description": description}
+    body = {"name": name, "kind": payload.kind, "description": payload.description}
     return JSONResponse(body, status_code=201, headers={"Location": f"/api/v1/tools/{name}"})

@@ -1,8 +1,11 @@
 """Tools agents can find and use: composite tools and OpenAPI documents.
 
-The catalog is a projection of the `aob.tools` topic (`ToolRegistered` events, keyed
-by name; the latest registration of a name wins), held in memory: every process
+The catalog is a projection of the `aob.tools` topic (`ToolRegistered` events; the
+latest registration of a name within a tenant wins), held in memory: every process
 that needs it folds the topic from offset 0 (`follow`), so it needs no database.
+Every tool belongs to one tenant (its registrant's; none recorded: the default
+tenant), and every lookup names the tenant it looks in: one tenant's tools are
+invisible to another's callers and agents.
 
 - A composite tool (kind "pipeline") is a named, reusable pipeline: `steps` (see
   `pipeline`) and an optional JSON Schema `parameters` for its input.
@@ -23,6 +26,7 @@ import jsonschema
 from aob.events.codec import CodecError, decode
 from aob.events.log.port import EventLog
 from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
+from aob.projections.readmodels.views import DEFAULT_TENANT
 
 KINDS = ("pipeline", "openapi")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -110,29 +114,50 @@ def server_url(document: dict[str, Any]) -> str | None:
     return None
 
 
+def tool_tenant(tool: ToolRegistered) -> str:
+    """The tenant a registration belongs to (none recorded: the default tenant)."""
+    return tool.tenant or DEFAULT_TENANT
+
+
+def tool_key(name: str, tenant: str | None) -> str:
+    """The `aob.tools` record key: the name, qualified by a tenant other than the default
+    (so that two tenants' tools of one name never share a key)."""
+    tenant = tenant or DEFAULT_TENANT
+    return name if tenant == DEFAULT_TENANT else f"{tenant}/{name}"
+
+
 @dataclass
 class ToolCatalog:
-    """The registered tools, by name; fed `ToolRegistered` events in log order."""
+    """The registered tools, by (tenant, name); fed `ToolRegistered` events in log order."""
 
-    tools: dict[str, ToolRegistered] = field(default_factory=dict)
+    tools: dict[tuple[str, str], ToolRegistered] = field(default_factory=dict)
     positions: dict[int, int] = field(default_factory=dict)  # partition -> next offset
     # One reader at a time: two could apply an old registration after a newer one.
     _reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def apply(self, event: ToolRegistered) -> None:
-        self.tools[event.name] = event
+        self.tools[(tool_tenant(event), event.name)] = event
 
-    def get(self, name: str, kind: str | None = None) -> ToolRegistered | None:
-        tool = self.tools.get(name)
+    def of_tenant(self, tenant: str | None) -> list[ToolRegistered]:
+        """`tenant`'s tools (None: the default tenant's), by name."""
+        tenant = tenant or DEFAULT_TENANT
+        return sorted((t for (owner, _), t in self.tools.items() if owner == tenant),
+                      key=lambda t: t.name)
+
+    def get(self, name: str, kind: str | None = None, *,
+            tenant: str | None) -> ToolRegistered | None:
+        """`tenant`'s tool `name` (None: the default tenant's); another tenant's is None."""
+        tool = self.tools.get((tenant or DEFAULT_TENANT, name))
         if tool is None or (kind is not None and tool.kind != kind):
             return None
         return tool
 
-    def search(self, query: str, limit: int = 10) -> list[dict[str, Any]]:
-        """Composite tools and OpenAPI operations that match `query`'s words, best first."""
+    def search(self, query: str, limit: int = 10, *, tenant: str | None) -> list[dict[str, Any]]:
+        """`tenant`'s composite tools and OpenAPI operations that match `query`'s words,
+        best first."""
         words = set(_WORD.findall(query.lower()))
         scored: list[tuple[int, str, dict[str, Any]]] = []
-        for tool in self.tools.values():
+        for tool in self.of_tenant(tenant):
             for entry in _entries(tool):
                 text = " ".join(str(v) for v in entry.values() if isinstance(v, str)).lower()
                 score = sum(1 for word in words if word in text) if words else 1

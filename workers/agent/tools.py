@@ -33,6 +33,7 @@ from aob.events.types import (
     PatchReviewRequested,
     task_topic,
 )
+from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.workflow.materialize import apply_patch
 from aob.workers.agent.catalog import ToolCatalog
 from aob.workers.agent.config import AgentConfig, AgentDefaults
@@ -44,6 +45,8 @@ from aob.workers.http.guard import Blocked
 from aob.workers.http.worker import HttpWorker
 
 Definitions = Callable[[str], Awaitable[dict[str, Any] | None]]
+# A run's tenant by run id; None while the run is unknown (not projected yet).
+RunTenants = Callable[[str], Awaitable[str | None]]
 
 
 class AgentFailure(NodeError):
@@ -94,6 +97,9 @@ class AgentServices:
     catalog: ToolCatalog
     fetch: Fetch | None = None
     definitions: Definitions | None = None
+    # Where agents learn their run's tenant, whose tools alone they see; without
+    # it (one tenant only) every run is the default tenant's.
+    run_tenants: RunTenants | None = None
 
 
 @dataclass
@@ -108,6 +114,7 @@ class ToolBox:
     patches: list[dict[str, Json]] = field(default_factory=list)
     delegations: int = 0
     _definition: dict[str, Any] | None = None
+    _tenant: str | None = None
 
     @property
     def available(self) -> list[str]:
@@ -136,13 +143,26 @@ class ToolBox:
     def _remaining(self) -> float:
         return max(0.0, self.deadline - asyncio.get_running_loop().time())
 
+    async def tenant(self) -> str | None:
+        """The run's tenant, whose catalog tools alone this node sees; None while it
+        is unknown (then no catalog tool is visible: never another tenant's)."""
+        if self._tenant is None:
+            if self.services.run_tenants is None:
+                self._tenant = DEFAULT_TENANT
+            else:
+                self._tenant = await self.services.run_tenants(self.task.run_id)
+        return self._tenant
+
     # --- execute_pipeline ----------------------------------------------------------
 
     async def _execute_pipeline(self, args: dict[str, Any]) -> dict[str, Json]:
         steps = args.get("steps")
         if "tool" in args:
-            name = args["tool"]
-            tool = self.services.catalog.get(name, "pipeline") if isinstance(name, str) else None
+            name, tenant = args["tool"], await self.tenant()
+            tool = (
+                self.services.catalog.get(name, "pipeline", tenant=tenant)
+                if isinstance(name, str) and tenant is not None else None
+            )
             if tool is None:
                 return {"error": f"no composite tool {name!r}; find one with search_tools"}
             steps = tool.spec.get("steps")
@@ -162,13 +182,20 @@ class ToolBox:
         query = args.get("query")
         if not isinstance(query, str):
             return {"error": "query must be a string of keywords"}
-        return {"results": self.services.catalog.search(query)}
+        tenant = await self.tenant()
+        if tenant is None:
+            return {"error": "the run's tools cannot be looked up yet; try again"}
+        return {"results": self.services.catalog.search(query, tenant=tenant)}
 
     # --- openapi_action -------------------------------------------------------------
 
     async def _openapi_action(self, args: dict[str, Any]) -> dict[str, Json]:
         api, operation_id = args.get("api"), args.get("operation_id")
-        tool = self.services.catalog.get(api, "openapi") if isinstance(api, str) else None
+        tenant = await self.tenant()
+        tool = (
+            self.services.catalog.get(api, "openapi", tenant=tenant)
+            if isinstance(api, str) and tenant is not None else None
+        )
         if tool is None:
             return {"error": f"no OpenAPI document {api!r}; find operations with search_tools"}
         if not isinstance(operation_id, str):

@@ -185,6 +185,7 @@ def samples() -> dict[str, Event]:
                 "pipeline",
                 {"steps": [{"op": "top_k", "k": 3}], "parameters": {"type": "object"}},
                 description="The three best sellers",
+                tenant="acme",
             ),
             key="top-sellers",
         ),
