@@ -70,8 +70,12 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
 
 
 async def health(request: Request, engine: EngineDep) -> JSONResponse:
-    """200 when the service's log and read models answer and its hosts run, else 503."""
+    """200 when the service's log and read models answer, its hosts run and (API-serving
+    roles) its token and rate-limiter stores answer, else 503."""
     dependencies = await engine.dependencies()
+    security = getattr(request.app.state, "security", None)
+    if security is not None:
+        dependencies.update(await security.dependencies())
     ok = all(v == "ok" for v in dependencies.values())
     body = {
         "status": "ok" if ok else "degraded",

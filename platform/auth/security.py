@@ -133,6 +133,22 @@ class Security:
         if self.limiting:
             self.limiter = RateLimiter(await open_limiter_store(self.settings), self.tiers)
 
+    async def dependencies(self) -> dict[str, str]:
+        """Whether the stores this process opened answer: "ok", or the error."""
+        stores: dict[str, Any] = {}
+        if self.authenticator is not None:
+            stores["token_store"] = self.authenticator.tokens
+        if self.limiter is not None:
+            stores["rate_limiter_store"] = self.limiter.store
+        found: dict[str, str] = {}
+        for name, store in stores.items():
+            try:
+                await store.ping()
+                found[name] = "ok"
+            except Exception as error:
+                found[name] = f"error: {error}"
+        return found
+
     async def close(self) -> None:
         if self.authenticator is not None:
             await self.authenticator.tokens.close()

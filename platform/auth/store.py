@@ -36,6 +36,9 @@ class TokenStore(Protocol):
         """Revoke the token (of `tenant`, when given); None if there is no such token.
         Revoking twice keeps the first time."""
 
+    async def ping(self) -> None:
+        """Raise unless the store answers (for /health)."""
+
     async def close(self) -> None: ...
 
 
@@ -121,6 +124,9 @@ class SqliteTokenStore:
         found = await self.get(token_id)
         return found if found is not None and tenant in (None, found.tenant) else None
 
+    async def ping(self) -> None:
+        await self._run("SELECT 1 FROM tokens LIMIT 1")
+
     async def close(self) -> None:
         async with self._lock:
             await asyncio.to_thread(self._conn.close)
@@ -181,6 +187,9 @@ class PostgresTokenStore:
             tenant,
         )
         return _record(tuple(row)) if row is not None else None
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1 FROM aob_tokens LIMIT 1")
 
     async def close(self) -> None:
         await self._pool.close()

@@ -31,6 +31,9 @@ class LimiterStore(Protocol):
         """Count one request of `tenant` in `tier` if `rule` admits it now (the store's
         clock unless `now_ms` is given)."""
 
+    async def ping(self) -> None:
+        """Raise unless the store answers (for /health)."""
+
     async def close(self) -> None: ...
 
 
@@ -71,6 +74,12 @@ class SqliteLimiterStore:
             conn.execute("ROLLBACK")
             raise
         return decision
+
+    async def ping(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(
+                lambda: self._conn.execute("SELECT 1 FROM rate_limits LIMIT 1").fetchall()
+            )
 
     async def close(self) -> None:
         async with self._lock:
@@ -142,6 +151,9 @@ class PostgresLimiterStore:
                     decision.tat_ms,
                 )
             return decision
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1 FROM aob_rate_limits LIMIT 1")
 
     async def close(self) -> None:
         await self._pool.close()
