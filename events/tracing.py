@@ -8,23 +8,42 @@ its run's `trace_id`), so one trace id follows a run from API through events to 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Final
 
 TRACE_ID: Final[ContextVar[str | None]] = ContextVar("aob_trace_id", default=None)
 RUN_ID: Final[ContextVar[str | None]] = ContextVar("aob_run_id", default=None)
 
 
-@contextmanager
-def traced(trace_id: str | None, run_id: str | None = None) -> Iterator[None]:
+class _Traced:
+    """A plain context manager, not @contextmanager: hosts enter one per task or event,
+    and a generator-based one costs 2.5x as much (~1 us against ~0.4 us)."""
+
+    __slots__ = ("_run_id", "_run_token", "_trace_id", "_trace_token")
+
+    def __init__(self, trace_id: str | None, run_id: str | None) -> None:
+        self._trace_id = trace_id or None
+        self._run_id = run_id
+
+    def __enter__(self) -> None:
+        self._trace_token: Token[str | None] = TRACE_ID.set(self._trace_id)
+        run_id = self._run_id
+        self._run_token: Token[str | None] | None = (
+            RUN_ID.set(run_id) if run_id is not None else None
+        )
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._run_token is not None:
+            RUN_ID.reset(self._run_token)
+        TRACE_ID.reset(self._trace_token)
+
+
+def traced(trace_id: str | None, run_id: str | None = None) -> _Traced:
     """Log records made inside carry `trace_id` (and `run_id`, when given)."""
-    trace_token = TRACE_ID.set(trace_id or None)
-    run_token = RUN_ID.set(run_id) if run_id is not None else None
-    try:
-        yield
-    finally:
-        if run_token is not None:
-            RUN_ID.reset(run_token)
-        TRACE_ID.reset(trace_token)
+    return _Traced(trace_id, run_id)

@@ -17,11 +17,14 @@ from typing import Any, Protocol
 
 from aob.events.codec import encode
 from aob.events.log.port import Append, EventLog
+from aob.events.tracing import traced
 from aob.events.types import RUNS_TOPIC, Event, TimerFired
 
 
 class TimerStore(Protocol):
     async def due_timers(self, now_ms: int, limit: int) -> list[dict[str, Any]]: ...
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 def now_ms() -> int:
@@ -57,18 +60,30 @@ class TimerService:
         pending = {t["timer_id"] for t in due}
         self._in_flight &= pending
         appends = []
+        traces: dict[str, str] = {}
         for timer in due:
             if timer["timer_id"] in self._in_flight:
                 continue
             self._in_flight.add(timer["timer_id"])
-            event = Event(
-                event_id=str(uuid.uuid4()),
-                key=timer["run_id"],
-                occurred_at=now,
-                payload=TimerFired(timer["run_id"], timer["timer_id"]),
-                actor="timer-service",
-            )
-            appends.append(Append(RUNS_TOPIC, event.key, encode(event)))
+            run_id = timer["run_id"]
+            if run_id not in traces:
+                traces[run_id] = await self._trace_of(run_id)
+            # TimerFired carries its run's trace, so what the fold emits from it (a
+            # retry's NodeScheduled) stays in the run's trace too.
+            with traced(traces[run_id], run_id):
+                event = Event(
+                    event_id=str(uuid.uuid4()),
+                    key=run_id,
+                    occurred_at=now,
+                    payload=TimerFired(run_id, timer["timer_id"]),
+                    trace_id=traces[run_id],
+                    actor="timer-service",
+                )
+                appends.append(Append(RUNS_TOPIC, event.key, encode(event)))
         if appends:
             await self.log.append(appends)
         return len(appends)
+
+    async def _trace_of(self, run_id: str) -> str:
+        run = await self.store.get_run(run_id)
+        return str(run.get("trace_id") or "") if run else ""
