@@ -53,8 +53,10 @@ def test_one_name_in_two_tenants_is_two_tools() -> None:
     catalog.apply(ToolRegistered("t", "pipeline", {"steps": [1]}, "acme's", tenant="acme"))
     catalog.apply(ToolRegistered("t", "openapi", {}, "default's"))
     acme, default = catalog.get("t", tenant="acme"), catalog.get("t", tenant=None)
-    assert acme is not None and acme.description == "acme's"
-    assert default is not None and default.description == "default's"
+    assert acme is not None
+    assert acme.description == "acme's"
+    assert default is not None
+    assert default.description == "default's"
     assert [t.description for t in catalog.of_tenant("globex")] == []
     assert catalog.search("t", tenant="globex") == []
 
