@@ -22,9 +22,13 @@ Design:
   the log cannot take appends nothing; a broker failure midway can still leave part
   of a batch appended (Kafka has no atomic multi-partition write without
   transactions, which this adapter does not use).
-* `wait_for_append` wakes at once on this process's appends, and within
-  `poll_interval` seconds on other processes' appends to partitions whose last read
-  here found the end (it polls their end offsets while someone waits).
+* `wait_for_append` wakes at once on this process's appends. Other processes'
+  appends are noticed by a watcher: a second group-less consumer that follows every
+  partition whose end this log was asked for (`end_offsets`, or a read at the end),
+  with a long-poll fetch the broker answers as soon as records arrive. It fetches at
+  most one batch per partition and then skips to the high watermark, so it costs
+  little; `poll_interval` bounds how long the broker holds its fetch, hence how long
+  a newly watched partition waits to be armed.
 * aiokafka's exceptions stay in this module: they leave it as `LogError` (or
   `UnknownTopic`), with the cause chained.
 
@@ -38,6 +42,7 @@ import asyncio
 import contextlib
 import re
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -78,11 +83,11 @@ class KafkaEventLog:
         admin: AIOKafkaAdminClient,
         producer: AIOKafkaProducer,
         reader: AIOKafkaConsumer,
+        watcher: AIOKafkaConsumer,
         *,
         client_id: str,
         replication_factor: int,
         topic_config: Mapping[str, str],
-        poll_interval: float,
         request_timeout: float,
     ) -> None:
         """Internal: use `KafkaEventLog.open`."""
@@ -90,23 +95,31 @@ class KafkaEventLog:
         self._admin = admin
         self._producer = producer
         self._reader = reader
+        self._watcher = watcher
         self._client_id = client_id
         self._replication_factor = replication_factor
         self._topic_config = dict(topic_config)
-        self._poll_interval = poll_interval
         self._request_timeout = request_timeout
         self._closed = False
         self._partitions: dict[str, int] = {}
         self._read_lock = asyncio.Lock()
         self._read_assignment: set[KafkaPartition] = set()
         self._read_positions: dict[KafkaPartition, int] = {}
-        self._watched: dict[KafkaPartition, int] = {}  # partitions read to their end
+        self._watching: set[KafkaPartition] = set()  # followed by the watcher
+        self._watch_task: asyncio.Task[None] | None = None
         # The highest end offset seen per partition (ends only grow): a read below it
         # fetches at once, with no end-offsets round trip first.
         self._known_ends: dict[KafkaPartition, int] = {}
         self._committers: OrderedDict[str, AIOKafkaConsumer] = OrderedDict()
         self._committer_lock = asyncio.Lock()
         self._appended = asyncio.Event()
+        # Wake-ups so far, and per task the count when it began reading since its last
+        # wait: a wake-up in between (the watcher runs while a caller awaits its reads)
+        # must not be lost, so such a wait returns at once.
+        self._wakes = 0
+        self._read_since: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -125,6 +138,7 @@ class KafkaEventLog:
 
         `replication_factor` applies to topics this log creates (default: min(3,
         brokers)); `topic_config` replaces their default settings (`retention.ms=-1`).
+        `poll_interval` is the longest the broker holds the watcher's fetch (see above).
         Raises `LogError` if the cluster cannot be reached.
         """
         timeout_ms = int(request_timeout * 1000)
@@ -133,11 +147,20 @@ class KafkaEventLog:
             "client_id": client_id,
             "request_timeout_ms": timeout_ms,
         }
+        groupless: dict[str, Any] = {
+            **common,
+            "group_id": None,
+            "enable_auto_commit": False,
+            "auto_offset_reset": "none",
+        }
         makers: list[Callable[[], Any]] = [
             lambda: AIOKafkaAdminClient(**common),
             lambda: AIOKafkaProducer(**common, acks="all", enable_idempotence=True),
+            lambda: AIOKafkaConsumer(**groupless),
             lambda: AIOKafkaConsumer(
-                **common, group_id=None, enable_auto_commit=False, auto_offset_reset="none"
+                **groupless,
+                fetch_max_wait_ms=max(1, int(poll_interval * 1000)),
+                max_partition_fetch_bytes=1,  # one batch per partition: it only looks
             ),
         ]
         clients: list[Any] = []
@@ -146,7 +169,7 @@ class KafkaEventLog:
                 for make in makers:  # made one by one: one never started cannot be closed
                     clients.append(make())
                     await clients[-1].start()
-                admin, producer, reader = clients
+                admin, producer, reader, watcher = clients
                 if replication_factor is None:
                     brokers = (await admin.describe_cluster())["brokers"]
                     replication_factor = max(1, min(_MAX_REPLICATION, len(brokers)))
@@ -160,10 +183,10 @@ class KafkaEventLog:
             admin,
             producer,
             reader,
+            watcher,
             client_id=client_id,
             replication_factor=replication_factor,
             topic_config=_KEEP_FOREVER if topic_config is None else topic_config,
-            poll_interval=poll_interval,
             request_timeout=request_timeout,
         )
 
@@ -173,9 +196,14 @@ class KafkaEventLog:
             return
         self._closed = True
         self._appended.set()  # wake waiters: their next call reports the closed log
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
         clients: list[Any] = [
             self._producer,
             *self._committers.values(),
+            self._watcher,
             self._reader,
             self._admin,
         ]
@@ -261,6 +289,7 @@ class KafkaEventLog:
             raise LogError(f"cannot read {topic}[{partition}] from negative offset {offset}")
         if max_records <= 0:
             return []
+        self._note_reading()
         tp = KafkaPartition(topic, partition)
         async with self._read_lock:
             with _translated(f"cannot read {topic}[{partition}]"):
@@ -268,12 +297,15 @@ class KafkaEventLog:
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
         self._check_open()
+        self._note_reading()
         tps = [KafkaPartition(topic, p) for p in range(await self._partition_count(topic))]
         with _translated(f"cannot read the end offsets of {topic!r}"):
             ends = await self._reader.end_offsets(tps)
         for tp, end in ends.items():
             self._learn_end(tp, end)
-        return {tp.partition: int(end) for tp, end in sorted(ends.items())}
+        self._watch(ends)
+        # The watcher may have seen more meanwhile: report that rather than lose it.
+        return {tp.partition: self._known_ends.get(tp, 0) for tp in sorted(ends)}
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
         self._check_open()
@@ -291,19 +323,13 @@ class KafkaEventLog:
 
     async def wait_for_append(self, timeout: float) -> None:
         self._check_open()
-        appended = self._appended
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            step = min(remaining, self._poll_interval) if self._watched else remaining
-            try:
-                async with asyncio.timeout(step):
-                    await appended.wait()
-                return
-            except TimeoutError:
-                pass
-            if await self._watched_partition_grew():
-                return
+        task = asyncio.current_task()
+        began = self._read_since.pop(task, None) if task is not None else None
+        if began is not None and began < self._wakes:
+            return  # something was appended while this caller was reading
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._appended.wait()
 
     # --- internals: topics -------------------------------------------------------------
 
@@ -387,8 +413,7 @@ class KafkaEventLog:
             raise error
         for r, meta in zip(records, metas, strict=True):
             self._learn_end(KafkaPartition(r.topic, meta.partition), meta.offset + 1)
-        self._appended.set()
-        self._appended = asyncio.Event()
+        self._wake()
         return [
             Record(
                 r.topic,
@@ -452,9 +477,8 @@ class KafkaEventLog:
             end = (await reader.end_offsets([tp]))[tp]
             self._learn_end(tp, end)
             if offset >= end:
-                self._watched[tp] = end
+                self._watch({tp: end})
                 return []
-        self._watched.pop(tp, None)
         self._position_reader(tp, offset)
         reader.resume(tp)
         try:
@@ -510,15 +534,50 @@ class KafkaEventLog:
         if end > self._known_ends.get(tp, 0):
             self._known_ends[tp] = int(end)
 
-    async def _watched_partition_grew(self) -> bool:
-        watched = dict(self._watched)
-        if not watched:
-            return False
-        try:
-            ends = await self._reader.end_offsets(list(watched))
-        except KafkaError:
-            return True  # wake the caller: its next read reports the trouble
-        return any(ends.get(tp, 0) > end for tp, end in watched.items())
+    def _note_reading(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._read_since.setdefault(task, self._wakes)
+
+    def _wake(self) -> None:
+        self._wakes += 1
+        self._appended.set()
+        self._appended = asyncio.Event()
+
+    def _watch(self, ends: Mapping[KafkaPartition, int]) -> None:
+        """Have the watcher follow these partitions from their known ends."""
+        new = ends.keys() - self._watching
+        if not new:
+            return
+        kept = self._watching if len(self._watching) + len(new) <= _MAX_READ_ASSIGNMENT else ()
+        self._watching = {*kept, *new}
+        self._watcher.assign(list(self._watching))
+        for tp in self._watching:
+            self._watcher.seek(tp, self._known_ends.get(tp, 0))
+        if self._watch_task is None:
+            self._watch_task = asyncio.create_task(self._follow_watched())
+
+    async def _follow_watched(self) -> None:
+        """Wake waiters when a watched partition grows past the end known here (this
+        process's own appends have woken them already)."""
+        watcher = self._watcher
+        while True:
+            try:
+                batches = await watcher.getmany(timeout_ms=1000)
+            except KafkaError:
+                self._wake()  # the callers' next reads report any lasting trouble
+                for tp in self._watching:
+                    watcher.seek(tp, self._known_ends.get(tp, 0))
+                await asyncio.sleep(_RETRY_PAUSE)
+                continue
+            grew = False
+            for tp, messages in batches.items():
+                end = max(watcher.highwater(tp) or 0, messages[-1].offset + 1)
+                grew |= end > self._known_ends.get(tp, 0)
+                self._learn_end(tp, end)
+                watcher.seek(tp, end)  # skip what is already known to exist
+            if grew:
+                self._wake()
 
     async def _retrying(self, call: Any) -> Any:
         """Retry `call` while Kafka says the failure is passing (a coordinator that is
