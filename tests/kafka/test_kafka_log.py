@@ -20,6 +20,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aob.events.log.consumer import Consumer
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import Append, LogError, TopicPartition
 from aob.events.partitioner import partition_for
@@ -81,6 +82,45 @@ async def test_wait_for_append_sees_another_clients_append(kafka_bootstrap: str)
         await asyncio.wait_for(waiter, timeout=10)
         assert time.monotonic() - started < 5
         assert await reader.read(topic, 0, 0) == [record]
+
+
+async def test_a_consumer_wakes_on_another_clients_append(kafka_bootstrap: str) -> None:
+    """A consumer asks each topic's end offsets rather than reading every partition at
+    its end: those partitions must be watched too."""
+    topic = unique("consumer-wake")
+    async with (
+        await KafkaEventLog.open(kafka_bootstrap) as writer,
+        await KafkaEventLog.open(kafka_bootstrap) as reader,
+    ):
+        await writer.create_topic(topic, 4)
+        consumer = Consumer(reader, unique("group"), [topic])
+        await consumer.start()
+        assert await consumer.poll(timeout=0) == []
+        polling = asyncio.create_task(consumer.poll(timeout=60))
+        await asyncio.sleep(0.3)
+        appended = await writer.append([Append(topic, f"k{i}", b"v") for i in range(8)])
+        first = await asyncio.wait_for(polling, timeout=10)  # woken, not timed out
+        assert first
+        assert set(first) <= set(appended)
+
+
+async def test_an_append_seen_while_the_caller_was_reading_is_not_lost(
+    kafka_bootstrap: str,
+) -> None:
+    """The watcher's wake-up can come between a caller's read and its wait: that wait
+    must return at once instead of sleeping until its timeout."""
+    topic = unique("between")
+    async with (
+        await KafkaEventLog.open(kafka_bootstrap) as writer,
+        await KafkaEventLog.open(kafka_bootstrap) as reader,
+    ):
+        await writer.create_topic(topic, 1)
+        assert await reader.end_offsets(topic) == {0: 0}
+        await writer.append([Append(topic, "k", b"v")])
+        await asyncio.sleep(1.0)  # the reader's watcher sees it, with nobody waiting
+        async with asyncio.timeout(10):  # in this task: wait_for would make another
+            await reader.wait_for_append(timeout=60)
+        assert await reader.end_offsets(topic) == {0: 1}
 
 
 async def test_records_of_other_producers_read_as_records(kafka_bootstrap: str) -> None:
