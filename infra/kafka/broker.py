@@ -68,6 +68,9 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Offset commits wait this long to be batched (5 ms by default): every hop of a run
+# commits, so on one node it is pure latency.
+group.coordinator.append.linger.ms=0
 # A restarted controller lets the broker register anew only once the previous
 # incarnation's session has expired (DUPLICATE_BROKER_REGISTRATION until then):
 # a short session keeps restarts fast. Heartbeats never leave the JVM here.
