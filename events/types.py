@@ -20,6 +20,11 @@ RUNS_TOPIC = "aob.runs"
 WORKFLOWS_TOPIC = "aob.workflows"
 TOOLS_TOPIC = "aob.tools"
 TASKS_TOPIC_PREFIX = "aob.tasks."
+# Tenant expressions the coordinator needs decided (edge conditions, run output): the
+# fold asks here and an evaluator answers on aob.runs, so the verdict is in the log.
+EXPRESSIONS_TOPIC = "aob.expressions"
+# Records a service could not decode, fold or handle, set aside with the reason.
+DEADLETTER_TOPIC = "aob.deadletter"
 
 
 def task_topic(node_type: str) -> str:
@@ -86,6 +91,9 @@ class NodeScheduled:
 
     `input` is the context the node sees: {"inputs": ..., "nodes": {id: output},
     "iteration": n}. `config` is the node's config from the materialized definition.
+    Outputs stored in the blob store are not copied: `output_refs` maps such a node id
+    to its blob reference (its `input.nodes` entry is null) and the worker fetches it.
+    `tenant` is the run's (None: the default tenant), for secrets bound to tenants.
     """
 
     run_id: str
@@ -96,6 +104,8 @@ class NodeScheduled:
     config: Json
     input: Json
     timeout_ms: int | None = None
+    output_refs: dict[str, str] = field(default_factory=dict)
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +119,14 @@ class NodeStarted:
 
 @dataclass(frozen=True, slots=True)
 class NodeCompleted:
+    """`output_ref` is set (and `output` null) when the output is in the blob store."""
+
     run_id: str
     node_id: str
     iteration: int
     attempt: int
     output: Json
+    output_ref: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +187,9 @@ class PatchProposed:
     reason: str = ""
     # The agent node that proposed it; None when a person did (through the API).
     node_id: str | None = None
+    # The proposing agent's instance: only its current attempt may patch the run.
+    iteration: int | None = None
+    attempt: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,8 +298,62 @@ class RunCancelRequested:
 
 @dataclass(frozen=True, slots=True)
 class RunCompleted:
+    """`output_ref` is set (and `output` null) when the output is in the blob store."""
+
     run_id: str
     output: Json
+    output_ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpressionRequested:
+    """The coordinator needs a tenant jq expression decided; also the work item on
+    `aob.expressions`. The fold never runs tenant code: an evaluator runs `program`
+    over `input` (with `output_refs` fetched, as for `NodeScheduled`) under the
+    sandbox's budgets and answers `ExpressionEvaluated`, so every replay of the log
+    sees the same verdict.
+
+    `purpose` is "edge" (`source` -> `target`), "loop" (the back-edge `source` ->
+    `target`) or "output" (the run's output expression).
+    """
+
+    run_id: str
+    request_id: str
+    purpose: str
+    program: str
+    input: Json
+    output_refs: dict[str, str] = field(default_factory=dict)
+    source: str | None = None
+    target: str | None = None
+    iteration: int = 0
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExpressionEvaluated:
+    """The answer to `ExpressionRequested`: the first output (`result`, or in the blob
+    store under `result_ref`), or why there is none (`error`, e.g. a budget)."""
+
+    run_id: str
+    request_id: str
+    result: Json = None
+    result_ref: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDeadLettered:
+    """A record a service set aside on `aob.deadletter`: it could not be decoded,
+    folded or handled. `value` holds its original bytes, to inspect or replay."""
+
+    service: str  # the consumer group that gave up on it
+    source_topic: str
+    partition: int
+    offset: int
+    key: str
+    value: bytes
+    reason: str
+    run_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +393,9 @@ Payload: TypeAlias = (
     | PatchReviewed
     | AgentUsageRecorded
     | ToolRegistered
+    | ExpressionRequested
+    | ExpressionEvaluated
+    | RecordDeadLettered
 )
 
 PAYLOAD_TYPES: tuple[type[Any], ...] = (
@@ -349,6 +422,9 @@ PAYLOAD_TYPES: tuple[type[Any], ...] = (
     PatchReviewed,
     AgentUsageRecorded,
     ToolRegistered,
+    ExpressionRequested,
+    ExpressionEvaluated,
+    RecordDeadLettered,
 )
 PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
 

@@ -94,6 +94,16 @@ SAMPLES: list[Event] = [
     _ev(t.AgentUsageRecorded("r", "n", 2, 3, "ü", 4, 2**40, 5, 2**40 + 5, 7, 8, "failed")),
     _ev(t.ToolRegistered("t", "pipeline", None)),
     _ev(t.ToolRegistered("t-ü", "openapi", NESTED, description="docs ✓")),
+    _ev(t.NodeScheduled("r", "n", "x", 0, 1, {}, {}, output_refs={"a": "sha256:0"}, tenant="ü")),
+    _ev(t.NodeCompleted("r", "n", 0, 1, None, output_ref="sha256:1")),
+    _ev(t.RunCompleted("r", None, output_ref="sha256:2")),
+    _ev(t.PatchProposed("r", "p", [], node_id="a", iteration=2, attempt=3)),
+    _ev(t.ExpressionRequested("r", "q", "output", ".x", None)),
+    _ev(t.ExpressionRequested("r", "q", "edge", ".x", NESTED, {"a": "b"}, "s", "t", 4, "ü")),
+    _ev(t.ExpressionEvaluated("r", "q")),
+    _ev(t.ExpressionEvaluated("r", "q", NESTED, "sha256:3", "budget ✗")),
+    _ev(t.RecordDeadLettered("g", "aob.runs", 0, 0, "k", b"", "why")),
+    _ev(t.RecordDeadLettered("g", "aob.runs", 7, 2**40, "k", bytes(range(256)), "✗", "r")),
 ]
 
 
@@ -252,8 +262,12 @@ def _expected_avro_field(name: str, hint: Any, field: dataclasses.Field[Any]) ->
         avro_type = "long"
     elif hint is bool:
         avro_type = "boolean"
+    elif hint is bytes:
+        avro_type = "bytes"
     elif hint == list[str]:
         avro_type = {"type": "array", "items": "string"}
+    elif hint == dict[str, str]:
+        avro_type = {"type": "map", "values": "string"}
     elif hint == str | None:
         avro_type = ["null", "string"]
     elif hint == int | None:
@@ -360,13 +374,20 @@ def _golden() -> dict[str, Any]:
     return vectors
 
 
+def _unplain(value: Any) -> Any:
+    """A payload field from golden JSON: {"hex": ...} holds bytes."""
+    if isinstance(value, dict) and set(value) == {"hex"}:
+        return bytes.fromhex(value["hex"])
+    return value
+
+
 def _event_from_json(data: dict[str, Any]) -> Event:
     cls = PAYLOAD_BY_NAME[data["type"]]
     return Event(
         event_id=data["event_id"],
         key=data["key"],
         occurred_at=data["occurred_at"],
-        payload=cls(**data["payload"]),
+        payload=cls(**{k: _unplain(v) for k, v in data["payload"].items()}),
         trace_id=data["trace_id"],
         causation_id=data["causation_id"],
         actor=data["actor"],
@@ -399,6 +420,7 @@ class V2:
         iteration: int
         attempt: int
         output: Json
+        output_ref: str | None = None
         note: str | None = None
 
 

@@ -25,6 +25,8 @@ from aob.events.types import (
     ApprovalDecided,
     ApprovalRequested,
     Event,
+    ExpressionEvaluated,
+    ExpressionRequested,
     NodeCompleted,
     NodeFailed,
     NodeScheduled,
@@ -35,6 +37,7 @@ from aob.events.types import (
     PatchRejected,
     PatchReviewed,
     PatchReviewRequested,
+    RecordDeadLettered,
     RunCancelled,
     RunCancelRequested,
     RunCompleted,
@@ -192,7 +195,64 @@ def samples() -> dict[str, Event]:
         "ToolRegistered.defaults": _event(
             33, ToolRegistered("petstore", "openapi", {"openapi": "3.0.0"}), key="petstore"
         ),
+        "NodeScheduled.refs": _event(
+            34,
+            NodeScheduled(
+                "run-1",
+                "summary",
+                "transform",
+                1,
+                1,
+                {"expr": ".nodes.big | length"},
+                {"inputs": {}, "nodes": {"big": None}, "iteration": 0},
+                output_refs={"big": "sha256:" + "ab" * 32},
+                tenant="acme",
+            ),
+        ),
+        "NodeCompleted.ref": _event(
+            35, NodeCompleted("run-1", "big", 0, 1, None, output_ref="sha256:" + "ab" * 32)
+        ),
+        "RunCompleted.ref": _event(36, RunCompleted("run-1", None, "sha256:" + "cd" * 32)),
+        "PatchProposed.instance": _event(
+            37,
+            PatchProposed(
+                "run-1", "patch-2", [], "more", node_id="planner", iteration=0, attempt=2
+            ),
+        ),
+        "ExpressionRequested": _event(
+            38,
+            ExpressionRequested(
+                "run-1",
+                "run-1:edge:a->b:0",
+                "edge",
+                ".nodes.a > 2",
+                {"inputs": {}, "nodes": {"a": 3}, "iteration": 0},
+                {},
+                "a",
+                "b",
+                0,
+                "acme",
+            ),
+        ),
+        "ExpressionEvaluated": _event(39, ExpressionEvaluated("run-1", "run-1:edge:a->b:0", True)),
+        "ExpressionEvaluated.error": _event(
+            40,
+            ExpressionEvaluated(
+                "run-1", "run-1:output", error="jq CPU budget exceeded (250 ms, AOB_JQ_CPU_MS)"
+            ),
+        ),
+        "RecordDeadLettered": _event(
+            41,
+            RecordDeadLettered(
+                "aob-coordinator", "aob.runs", 3, 1207, "run-1", b"\xc3\x01garbage", "bad", "run-1"
+            ),
+        ),
     }
+
+
+def _plain(value: Any) -> Any:
+    """JSON for a payload field: bytes as {"hex": ...}."""
+    return {"hex": value.hex()} if isinstance(value, bytes) else value
 
 
 def event_to_json(event: Event) -> dict[str, Any]:
@@ -205,7 +265,7 @@ def event_to_json(event: Event) -> dict[str, Any]:
         "causation_id": event.causation_id,
         "actor": event.actor,
         "type": event.type,
-        "payload": {f.name: getattr(payload, f.name) for f in dataclasses.fields(payload)},
+        "payload": {f.name: _plain(getattr(payload, f.name)) for f in dataclasses.fields(payload)},
     }
 
 
