@@ -1,10 +1,14 @@
 """The coordinator as a deterministic fold: `(run state, event) -> (state, events to emit)`.
 
-No clock, no randomness, no I/O: time is the `occurred_at` of the event being
-folded, and every emitted event's id is derived from its cause's id. So folding the
-same log always makes the same decisions with the same ids, and a host that crashes
-after appending some emitted events but before committing its offset only produces
-duplicates that the fold (and every projection) ignores by event id.
+No clock, no randomness, no I/O, no tenant code: time is the `occurred_at` of the
+event being folded; edge conditions and the run's output expression are jq written by
+a tenant, so the fold asks for them (`ExpressionRequested`) and continues when the
+verdict arrives in the log (`ExpressionEvaluated`), evaluated under the sandbox's
+budgets by an evaluator. Replaying the log thus reaches the same verdicts however
+long the evaluation took. Every emitted event's id is derived from its cause's id.
+So folding the same log always makes the same decisions with the same ids, and a
+host that crashes after appending some emitted events but before committing its
+offset only produces duplicates that the fold (and every projection) ignores by event id.
 
 Every state change is driven by an event. A decision emits an event and applies it
 at once, through the same handler that applies it when it arrives from the log
@@ -14,8 +18,10 @@ speed: the host owns it, and replaying a run's events into a fresh state rebuild
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import deque
-from typing import Any
+from typing import Any, Final
 
 from aob.events.ids import derived_event_id
 from aob.events.types import (
@@ -23,6 +29,8 @@ from aob.events.types import (
     ApprovalDecided,
     ApprovalRequested,
     Event,
+    ExpressionEvaluated,
+    ExpressionRequested,
     NodeCompleted,
     NodeFailed,
     NodeScheduled,
@@ -47,12 +55,12 @@ from aob.projections.coordinator.state import (
     OUTSTANDING,
     NodeState,
     NodeStatus,
+    PendingExpression,
     RunState,
     RunStatus,
     Timer,
 )
 from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
-from aob.projections.workflow.expressions import ExpressionError, evaluate, is_truthy
 from aob.projections.workflow.ir import EdgeSpec, NodeSpec, WorkflowIR
 from aob.projections.workflow.materialize import apply_patch
 
@@ -103,6 +111,7 @@ def _new_run(submitted: RunSubmitted) -> tuple[RunState, str | None]:
         inputs=submitted.inputs,
         known_types=frozenset(submitted.known_types),
         nodes={node_id: NodeState() for node_id in ir.nodes},
+        tenant=submitted.tenant,
     )
     _seed(state, submitted.checkpoint)
     return state, problem
@@ -124,6 +133,13 @@ _ATTEMPTING = frozenset({NodeStatus.SCHEDULED, NodeStatus.RUNNING})
 
 # What a run whose definition does not compile runs: nothing (it fails at once).
 _EMPTY_IR = WorkflowIR("invalid", {}, {}, {}, (), (), ())
+
+# What an answered expression means for the run, by purpose, when it failed.
+_FAILURE_PREFIX: Final = {
+    "edge": "condition on edge {source}->{target} failed: ",
+    "loop": "loop condition on edge {source}->{target} failed: ",
+    "output": "run output expression failed: ",
+}
 
 
 class _Step:
@@ -189,12 +205,14 @@ class _Step:
                 )
             case TimerFired():
                 self._on_timer(payload)
+            case ExpressionEvaluated():
+                self._on_evaluated(payload)
             case PatchProposed():
                 self._on_patch(payload)
             case PatchReviewed():
                 self._on_review(payload)
-            case PatchApplied() | PatchRejected() | PatchReviewRequested():
-                pass  # decided (and applied) while folding the PatchProposed
+            case PatchApplied() | PatchRejected() | PatchReviewRequested() | ExpressionRequested():
+                pass  # decided (and applied) when it was emitted
             case ApprovalRequested():
                 self._on_approval_requested(payload)
             case ApprovalDecided():
@@ -261,6 +279,10 @@ class _Step:
             return
         self._finish(event.node_id, NodeStatus.COMPLETED)
         self.state.outputs[event.node_id] = event.output
+        if event.output_ref is not None:
+            self.state.output_refs[event.node_id] = event.output_ref
+        else:
+            self.state.output_refs.pop(event.node_id, None)
         if not self._take_loop(event.node_id):
             self._route(event.node_id, passed=True)
         self._check_completion()
@@ -324,10 +346,28 @@ class _Step:
         if event.patch_id in state.patches:
             return  # proposed again (at-least-once): decided already
         state.patches.add(event.patch_id)
+        stale = self._stale_proposer(event)
+        if stale is not None:
+            self.emit(PatchRejected(state.run_id, event.patch_id, [stale]))
+            self._check_completion()
+            return
         # An agent's patch waits for a reviewer when the workflow asks for review; the
         # policy is the submitted definition's, so no patch can lift it.
         review = event.node_id is not None and state.base.get("patch_policy") == "review"
         self._decide_patch(event.patch_id, event.operations, review=review)
+
+    def _stale_proposer(self, event: PatchProposed) -> str | None:
+        """Why the agent instance that proposed `event` may not patch any more (a
+        timed-out, failed or superseded attempt), or None when it may."""
+        if event.node_id is None or event.attempt is None:
+            return None  # a person's patch (or one recorded before instances were named)
+        node = self._current(event.node_id, event.iteration or 0, event.attempt)
+        if node is not None and node.status in _ATTEMPTING:
+            return None
+        return (
+            f"proposed by {event.node_id!r} attempt {event.attempt}, which is no longer the "
+            "node's current attempt: only the current attempt may patch the run"
+        )
 
     def _on_review(self, event: PatchReviewed) -> None:
         """A reviewer's decision: an approved patch applies if it still does (the run
@@ -388,14 +428,13 @@ class _Step:
                 if node_id not in state.ever_started:
                     self._make_ready(node_id)  # a new root
                 continue
-            if not self._decide_from_finished(node_id):
-                return
+            self._decide_from_finished(node_id)
             self._resolve(node_id)
         self._check_completion()
 
-    def _decide_from_finished(self, target: str) -> bool:
-        """Decide the undecided edges into `target` from finished nodes; False if a
-        condition broke (the run has failed)."""
+    def _decide_from_finished(self, target: str) -> None:
+        """Decide the undecided edges into `target` from finished nodes (conditions
+        not answered yet stay undecided until their verdict arrives)."""
         state = self.state
         for source in dict.fromkeys(e.source for e in state.ir.incoming[target]):
             node = state.nodes[source]
@@ -403,10 +442,8 @@ class _Step:
                 continue
             passed = node.status is NodeStatus.COMPLETED or node.passthrough
             taken = self._verdict(source, target, passed=passed)
-            if taken is None:
-                return False
-            state.edge_taken[(source, target)] = taken
-        return True
+            if taken is not None:
+                state.edge_taken[(source, target)] = taken
 
     # --- routing -----------------------------------------------------------------
 
@@ -415,35 +452,98 @@ class _Step:
         targets = list(dict.fromkeys(e.target for e in self.state.ir.outgoing[source]))
         for target in targets:
             taken = self._verdict(source, target, passed=passed)
-            if taken is None:
-                return
-            self.state.edge_taken[(source, target)] = taken
+            if taken is not None:
+                self.state.edge_taken[(source, target)] = taken
         for target in targets:
             self._resolve(target)
 
     def _verdict(self, source: str, target: str, *, passed: bool) -> bool | None:
-        """Whether control flows from `source` to `target`: through any of the edges
-        between them. None when a condition broke (the run has failed)."""
+        """Whether control flows from `source` to `target`, through any of the edges
+        between them; None while a condition it depends on awaits its verdict."""
         if not passed:
             return False
-        context = self.state.context(self.state.nodes[source].iteration)
-        for edge in self.state.ir.outgoing[source]:
-            if edge.target == target:
-                taken = self._condition(edge, context)
-                if taken is None or taken:
-                    return taken
-        return False
+        edges = [e for e in self.state.ir.outgoing[source] if e.target == target]
+        return self._any_taken("edge", edges)
 
-    def _condition(self, edge: EdgeSpec, context: dict[str, Any]) -> bool | None:
-        """Whether `edge` is taken; None when its condition broke (the run has failed)."""
-        if edge.when is None:
-            return True
-        try:
-            return is_truthy(edge.when, context)
-        except ExpressionError as error:
-            reason = f"condition on edge {edge.source}->{edge.target} failed: {error}"
-            self.emit(RunFailed(self.state.run_id, reason, edge.source))
-            return None
+    def _any_taken(self, purpose: str, edges: list[EdgeSpec]) -> bool | None:
+        """True if one of `edges` is taken, False if none is, None while undecided
+        (the conditions without a verdict have been asked for)."""
+        unanswered = False
+        for edge in edges:
+            if edge.when is None:
+                return True
+            verdict = self._condition(purpose, edge)
+            if verdict:
+                return True
+            unanswered = unanswered or verdict is None
+        return None if unanswered else False
+
+    def _condition(self, purpose: str, edge: EdgeSpec) -> bool | None:
+        """The verdict on `edge`'s condition in its source's current iteration; None
+        until it arrives (it is asked for once)."""
+        assert edge.when is not None
+        state = self.state
+        iteration = state.nodes[edge.source].iteration
+        digest = hashlib.sha256(edge.when.encode()).hexdigest()[:16]
+        request_id = f"{purpose}:{edge.source}->{edge.target}:{iteration}:{digest}"
+        if request_id in state.verdicts:
+            return state.verdicts[request_id]
+        if request_id not in state.awaiting:
+            pending = PendingExpression(purpose, edge.source, edge.target, iteration)
+            self._request(request_id, pending, edge.when)
+        return None
+
+    def _request(self, request_id: str, pending: PendingExpression, program: str) -> None:
+        state = self.state
+        state.awaiting[request_id] = pending
+        self.emit(
+            ExpressionRequested(
+                run_id=state.run_id,
+                request_id=request_id,
+                purpose=pending.purpose,
+                program=program,
+                input=state.context(pending.iteration),
+                output_refs=dict(state.output_refs),
+                source=pending.source,
+                target=pending.target,
+                iteration=pending.iteration,
+                tenant=state.tenant,
+            )
+        )
+
+    def _on_evaluated(self, event: ExpressionEvaluated) -> None:
+        """A verdict arrived: continue what waited for it (stale ones are dropped)."""
+        state = self.state
+        pending = state.awaiting.pop(event.request_id, None)
+        if pending is None:
+            return  # answered already, or its iteration was abandoned
+        if event.error is not None:
+            prefix = _FAILURE_PREFIX[pending.purpose].format(
+                source=pending.source, target=pending.target
+            )
+            self.emit(RunFailed(state.run_id, prefix + event.error, pending.source))
+            return
+        if pending.purpose == "output":
+            self._on_output(event)
+            return
+        taken = event.result is not None and event.result is not False
+        state.verdicts[event.request_id] = taken
+        source = pending.source
+        assert source is not None
+        assert pending.target is not None
+        node = state.nodes.get(source)
+        if node is None or node.iteration != pending.iteration:
+            return  # the source moved on (a loop restarted it)
+        if pending.purpose == "loop":
+            if node.status is NodeStatus.COMPLETED and not self._take_loop(source):
+                self._route(source, passed=True)
+        elif (source, pending.target) not in state.edge_taken and pending.target in state.nodes:
+            passed = node.status is NodeStatus.COMPLETED or node.passthrough
+            verdict = self._verdict(source, pending.target, passed=passed)
+            if verdict is not None:
+                state.edge_taken[(source, pending.target)] = verdict
+            self._resolve(pending.target)
+        self._check_completion()
 
     def _resolve(self, node_id: str) -> None:
         """Schedule or skip a pending node once its join can be decided."""
@@ -493,6 +593,8 @@ class _Step:
                 config=spec.config,
                 input=self.state.context(iteration),
                 timeout_ms=spec.timeout_ms,
+                output_refs=dict(self.state.output_refs),
+                tenant=self.state.tenant,
             )
         )
 
@@ -500,15 +602,15 @@ class _Step:
 
     def _take_loop(self, source: str) -> bool:
         """Start the next iteration of a loop whose back-edge leaves `source`, if one is
-        taken. True also when a loop condition broke: then nothing routes on."""
+        taken. True also while a loop condition awaits its verdict: nothing routes on
+        before it is known (its arrival calls this again)."""
         state = self.state
-        context = state.context(state.nodes[source].iteration)
         for index, edge in enumerate(state.ir.loops):
             key = (edge.source, edge.target)
             count = state.loop_counts.get(key, 0)
             if edge.source != source or count >= (edge.max_iterations or 0):
                 continue
-            taken = self._condition(edge, context)
+            taken = True if edge.when is None else self._condition("loop", edge)
             if taken is None:
                 return True
             if taken:
@@ -519,11 +621,14 @@ class _Step:
 
     def _restart(self, body: frozenset[str], entry: str) -> None:
         """Reset the loop body to pending in a new iteration and schedule its entry."""
+        state = self.state
         for node_id in sorted(body):
             self._abandon(node_id)  # a late result of the old iteration is stale
-            self.state.nodes[node_id] = NodeState(iteration=self.state.nodes[node_id].iteration + 1)
-        for key in [k for k in self.state.edge_taken if k[0] in body]:
-            del self.state.edge_taken[key]
+            state.nodes[node_id] = NodeState(iteration=state.nodes[node_id].iteration + 1)
+        for key in [k for k in state.edge_taken if k[0] in body]:
+            del state.edge_taken[key]
+        for request_id in [r for r, p in state.awaiting.items() if p.source in body]:
+            del state.awaiting[request_id]  # conditions of the old iteration
         self._make_ready(entry)
 
     # --- completion --------------------------------------------------------------
@@ -540,25 +645,46 @@ class _Step:
         self._abandon(node_id)
         self.state.nodes[node_id].status = status
 
-    def _check_completion(self) -> None:
+    def _quiescent(self) -> bool:
+        """Nothing runs, waits or is about to be decided: the run can end."""
         state = self.state
         if state.is_finished or state.outstanding or state.pending_approvals:
-            return
-        if state.pending_patches:
-            return  # a patch under review may still add work
-        if self._ending or any(n.status is NodeStatus.PENDING for n in state.nodes.values()):
-            return  # pending nodes: a decision for them is already queued in this step
-        self.emit(self._run_outcome())
+            return False
+        if state.pending_patches or state.awaiting:
+            return False  # a patch under review may add work; a verdict may route on
+        # Pending nodes: a decision for them is already queued in this step.
+        pending = any(n.status is NodeStatus.PENDING for n in state.nodes.values())
+        return not (self._ending or pending)
 
-    def _run_outcome(self) -> RunCompleted | RunFailed:
+    def _check_completion(self) -> None:
+        if not self._quiescent():
+            return
         state = self.state
-        if state.ir.output is None:
-            outputs = {n: state.outputs[n] for n in state.ir.sinks if n in state.outputs}
-            return RunCompleted(state.run_id, outputs)
-        try:
-            return RunCompleted(state.run_id, evaluate(state.ir.output, state.context()))
-        except ExpressionError as error:
-            return RunFailed(state.run_id, f"run output expression failed: {error}")
+        program = state.ir.output
+        if program is None:
+            sinks = [n for n in state.ir.sinks if n in state.outputs]
+            if not any(n in state.output_refs for n in sinks):
+                self.emit(RunCompleted(state.run_id, {n: state.outputs[n] for n in sinks}))
+                return
+            # Some sink outputs are in the blob store: the evaluator assembles them.
+            program = _sinks_program(sinks)
+        state.output_requests += 1
+        request_id = f"output:{state.output_requests}"
+        self._request(request_id, PendingExpression("output", None, None, 0), program)
+
+    def _on_output(self, event: ExpressionEvaluated) -> None:
+        """The run's output: the run ends with it unless work started meanwhile (a
+        patch applied while it was evaluated); then it is asked for again later."""
+        if not self._quiescent():
+            self._check_completion()
+            return
+        self.emit(RunCompleted(self.state.run_id, event.result, event.result_ref))
+
+
+def _sinks_program(sinks: list[str]) -> str:
+    """A jq program building {sink: output} (the run output when none is declared)."""
+    fields = ", ".join(f"{json.dumps(n)}: .nodes[{json.dumps(n)}]" for n in sinks)
+    return "{" + fields + "}"
 
 
 def _node_ids(definition: dict[str, Any]) -> frozenset[str]:

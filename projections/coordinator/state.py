@@ -50,6 +50,16 @@ class Timer:
     attempt: int
 
 
+@dataclass(frozen=True, slots=True)
+class PendingExpression:
+    """An `ExpressionRequested` the fold waits for: what its verdict decides."""
+
+    purpose: str  # "edge" | "loop" | "output"
+    source: str | None
+    target: str | None
+    iteration: int
+
+
 @dataclass(slots=True)
 class RunState:
     """Everything the fold knows about one run.
@@ -86,6 +96,11 @@ class RunState:
     revision: int = 0
     agents_added: int = 0
     outstanding: int = 0
+    tenant: str | None = None
+    output_refs: dict[str, str] = field(default_factory=dict)
+    awaiting: dict[str, PendingExpression] = field(default_factory=dict)
+    verdicts: dict[str, bool] = field(default_factory=dict)
+    output_requests: int = 0  # output evaluations asked for so far (their ids count up)
 
     @property
     def is_finished(self) -> bool:

@@ -4,7 +4,9 @@
 event is folded, what the fold emits is appended after it (and folded in turn,
 where it is recognised by id), and every event in the log is seen by the
 "outside world": a `NodeScheduled` makes a worker answer according to a script,
-a `TimerSet` makes the timer service fire at `fire_at`. Those answers wait in a
+a `TimerSet` makes the timer service fire at `fire_at`, an `ExpressionRequested`
+makes the evaluator answer with the expression's verdict (or error). Those answers
+wait in a
 pending set; `step` delivers one (by default the earliest due, in the order they
 arose), moving fake time forward to when it is due.
 
@@ -33,6 +35,8 @@ from aob.events.types import (
     ApprovalDecided,
     ApprovalRequested,
     Event,
+    ExpressionEvaluated,
+    ExpressionRequested,
     Json,
     NodeCompleted,
     NodeFailed,
@@ -45,6 +49,7 @@ from aob.events.types import (
 )
 from aob.projections.coordinator.fold import fold, replay
 from aob.projections.coordinator.state import OUTSTANDING, RunState
+from aob.projections.workflow.expressions import ExpressionError, evaluate
 
 RUN_ID = "run-1"
 KNOWN_TYPES = ("work", "transform", "noop", "http", "hitl", "agent")
@@ -290,6 +295,8 @@ class Simulation:
             self._take_task(payload)
         elif isinstance(payload, TimerSet):
             self._add(payload.fire_at, TimerFired(payload.run_id, payload.timer_id))
+        elif isinstance(payload, ExpressionRequested):
+            self._add(self.now, evaluated(payload))
 
     def _take_task(self, task: NodeScheduled) -> None:
         outcome = self.script(task)
@@ -336,7 +343,25 @@ class Simulation:
         return self.pending.index(min(self.pending))
 
 
-_WORKER_ANSWERS = (NodeStarted, NodeCompleted, NodeFailed, ApprovalRequested, ApprovalDecided)
+_WORKER_ANSWERS = (
+    NodeStarted,
+    NodeCompleted,
+    NodeFailed,
+    ApprovalRequested,
+    ApprovalDecided,
+    ExpressionEvaluated,
+)
+
+
+def evaluated(request: ExpressionRequested) -> ExpressionEvaluated:
+    """The evaluator's answer (in process: the programs here are the tests' own)."""
+    try:
+        result = evaluate(request.program, request.input)
+    except ExpressionError as error:
+        return ExpressionEvaluated(request.run_id, request.request_id, error=error.message)
+    if request.purpose != "output":
+        result = result is not None and result is not False
+    return ExpressionEvaluated(request.run_id, request.request_id, result)
 
 
 def _answer(task: NodeScheduled | NodeStarted, outcome: Outcome) -> Payload:
