@@ -1,0 +1,346 @@
+"""The parent side: a pool of sandbox children that evaluate jq for the event loop.
+
+The parent never runs jq. It serializes the input, hands it to an idle child over a
+pipe and awaits the reply, so a runaway program costs the loop nothing; the child's
+budgets are enforced by the kernel (see child.py). A child that dies or overstays the
+wall guard is killed and replaced at once; requests wait (boundedly) for a free child.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Any, Literal
+
+from aob.events.types import Json
+from aob.projections.workflow.expressions import ExpressionError
+from aob.workers.sandbox.frames import ALL, FIRST, HEADER, MAX_FRAME, frame
+from aob.workers.sandbox.settings import SandboxSettings
+
+Budget = Literal["cpu", "memory", "output"]
+_START_TIMEOUT_S = 30.0
+# How a child dies when a budget kills it: SIGPROF is the CPU timer; a failed malloc
+# in libjq aborts (or faults, or the OOM killer steps in).
+_CPU_SIGNALS = {signal.SIGPROF, signal.SIGXCPU}
+_MEMORY_SIGNALS = {signal.SIGABRT, signal.SIGSEGV, signal.SIGBUS, signal.SIGKILL}
+
+
+class JqBudgetExceeded(ExpressionError):
+    """A jq program ran out of its CPU, memory or output budget."""
+
+    def __init__(self, budget: Budget, message: str) -> None:
+        super().__init__(message)
+        self.budget: Budget = budget
+
+
+class JqSandboxBusy(ExpressionError):
+    """Too many evaluations are waiting for a child; trying again later can succeed."""
+
+
+def budget_error(kind: str, settings: SandboxSettings) -> JqBudgetExceeded:
+    """The error for budget `kind` (cpu, memory, output, depth), naming its setting."""
+    if kind == "cpu":
+        message = f"jq CPU budget exceeded ({settings.cpu_ms} ms, AOB_JQ_CPU_MS)"
+        return JqBudgetExceeded("cpu", message)
+    if kind == "memory":
+        message = f"jq memory budget exceeded ({settings.memory_mb} MB, AOB_JQ_MEMORY_MB)"
+        return JqBudgetExceeded("memory", message)
+    if kind == "depth":
+        message = (f"jq output budget exceeded (nested deeper than {settings.max_depth} levels,"
+                   " AOB_JQ_MAX_DEPTH)")
+        return JqBudgetExceeded("output", message)
+    message = f"jq output budget exceeded ({settings.output_bytes} bytes, AOB_JQ_OUTPUT_BYTES)"
+    return JqBudgetExceeded("output", message)
+
+
+class _ChildDied(Exception):
+    pass
+
+
+class _Child:
+    """One child process and its pipes; used by one evaluation at a time."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.reader = process.stdout
+        self.writer = process.stdin
+        # Reaps the child; if the loop shuts down (its tasks are cancelled) it kills the
+        # child first, so no process or transport outlives the loop that owns it.
+        self.keeper = asyncio.get_running_loop().create_task(self._keep())
+
+    @classmethod
+    async def start(cls, settings: SandboxSettings) -> _Child:
+        config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
+                             "output_bytes": settings.output_bytes,
+                             "max_depth": settings.max_depth})
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aob.workers.sandbox.child", config,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+        child = cls(process)
+        try:
+            async with asyncio.timeout(_START_TIMEOUT_S):
+                await child._read_frame()
+        except BaseException:
+            await child.kill()
+            raise
+        return child
+
+    @property
+    def alive(self) -> bool:
+        return self.process.returncode is None and not self.keeper.done()
+
+    async def _keep(self) -> None:
+        try:
+            await self.process.wait()
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.kill()
+            await self.process.wait()
+            raise
+
+    async def call(self, request: bytes) -> bytes:
+        """Send one request, return its reply; _ChildDied when the child is gone."""
+        assert self.writer is not None
+        try:
+            self.writer.write(frame(request))
+            await self.writer.drain()
+            return await self._read_frame()
+        except (ConnectionError, asyncio.IncompleteReadError) as error:
+            raise _ChildDied() from error
+
+    async def _read_frame(self) -> bytes:
+        assert self.reader is not None
+        (size,) = HEADER.unpack(await self.reader.readexactly(HEADER.size))
+        if size > MAX_FRAME:
+            raise ConnectionError(f"jq sandbox: frame of {size} bytes")
+        return await self.reader.readexactly(size)
+
+    async def exit_signal(self) -> int | None:
+        """The signal that killed the child (None if it exited); waits for it to end."""
+        code = await self.process.wait()
+        return -code if code < 0 else None
+
+    async def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        await self.process.wait()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.keeper
+
+
+class JqSandbox:
+    """A pool of `settings.workers` children evaluating jq programs under budgets.
+
+    Bound to the event loop that first uses it; used from another loop (tests run one
+    loop per test) it starts afresh there.
+    """
+
+    def __init__(self, settings: SandboxSettings | None = None) -> None:
+        self.settings = settings or SandboxSettings()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._idle: list[_Child] = []
+        self._children: set[_Child] = set()
+        self._spares: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(self.settings.workers)
+        self._waiting = 0
+
+    async def first(self, program: str, value: Json) -> Json:
+        outputs = await self.evaluate(program, value, every=False, max_outputs=1)
+        return outputs[0] if outputs else None
+
+    async def all(self, program: str, value: Json, *, max_outputs: int = 100_000) -> list[Json]:
+        return await self.evaluate(program, value, every=True, max_outputs=max_outputs)
+
+    async def truthy(self, program: str, value: Json) -> bool:
+        result = await self.first(program, value)
+        return result is not None and result is not False
+
+    async def evaluate(
+        self, program: str, value: Json, *, every: bool, max_outputs: int
+    ) -> list[Json]:
+        """The outputs of `program` on `value` (only the first unless `every`)."""
+        request = self._request(program, value, every, max_outputs)
+        self._bind()
+        child = await self._acquire()
+        try:
+            async with asyncio.timeout(self.settings.wall_s()):
+                reply = await child.call(request)
+        except _ChildDied:
+            raise await self._died(child) from None
+        except TimeoutError:
+            await self._discard(child)
+            raise budget_error("cpu", self.settings) from None
+        except BaseException:  # cancelled mid-request: its reply would desync the pipe
+            await self._discard(child)
+            raise
+        finally:
+            self._release(child)
+        return self._outputs(reply)
+
+    def _request(self, program: str, value: Json, every: bool, max_outputs: int) -> bytes:
+        limit = self.settings.max_program_bytes
+        if len(program) > limit or len(program.encode()) > limit:
+            raise ExpressionError(
+                f"jq program longer than {limit} bytes (AOB_JQ_MAX_PROGRAM_BYTES)"
+            )
+        if not program.strip():
+            raise ExpressionError("empty jq expression")
+        try:
+            text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError) as error:
+            raise ExpressionError(f"input is not JSON: {error}") from None
+        except RecursionError:
+            raise ExpressionError("input is not JSON: nested too deeply") from None
+        head = json.dumps([program, ALL if every else FIRST, max_outputs], ensure_ascii=False)
+        return head.encode() + b"\n" + text.encode()
+
+    def _outputs(self, reply: bytes) -> list[Json]:
+        try:
+            decoded = json.loads(reply)
+        except RecursionError:  # the child bounds depth; this is a second line
+            raise budget_error("depth", self.settings) from None
+        if "ok" in decoded:
+            outputs: list[Json] = decoded["ok"]
+            return outputs
+        if decoded["budget"] is not None:
+            raise budget_error(decoded["budget"], self.settings)
+        raise ExpressionError(decoded["error"])
+
+    # --- the pool ------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a previous loop's children died with it
+            self._loop = loop
+            self._idle, self._children, self._spares = [], set(), set()
+            self._slots = asyncio.Semaphore(self.settings.workers)
+            self._waiting = 0
+
+    async def _acquire(self) -> _Child:
+        if self._slots.locked() and self._waiting >= self.settings.max_queue:
+            raise JqSandboxBusy(
+                f"jq sandbox overloaded: {self._waiting} evaluations waiting"
+                " (AOB_JQ_MAX_QUEUE, AOB_JQ_WORKERS)"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            while self._idle:
+                child = self._idle.pop()
+                if child.alive:
+                    return child
+                self._children.discard(child)
+            return await self._start()
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _start(self) -> _Child:
+        try:
+            child = await _Child.start(self.settings)
+        except (OSError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as error:
+            raise JqSandboxBusy(f"jq sandbox: cannot start a child ({error!r})") from None
+        self._children.add(child)
+        return child
+
+    def _release(self, child: _Child) -> None:
+        if child.alive and len(self._idle) < self.settings.workers:
+            self._idle.append(child)
+        elif child.alive:
+            self._spawn(self._discard(child))
+        self._slots.release()
+
+    async def _died(self, child: _Child) -> ExpressionError:
+        """The error for a child that died mid-request; starts its replacement."""
+        died_of = await child.exit_signal()
+        await self._discard(child)
+        if died_of in _CPU_SIGNALS:
+            return budget_error("cpu", self.settings)
+        if died_of in _MEMORY_SIGNALS:
+            return budget_error("memory", self.settings)
+        return ExpressionError(f"jq sandbox child exited unexpectedly ({child.process.returncode})")
+
+    async def _discard(self, child: _Child) -> None:
+        """Kill `child` and start a replacement in the background."""
+        self._children.discard(child)
+        await child.kill()
+        self._spawn(self._replace())
+
+    async def _replace(self) -> None:
+        with contextlib.suppress(JqSandboxBusy):
+            child = await self._start()
+            self._release_spare(child)
+
+    def _release_spare(self, child: _Child) -> None:
+        if len(self._idle) < self.settings.workers:
+            self._idle.append(child)
+        else:
+            self._spawn(self._discard_quietly(child))
+
+    async def _discard_quietly(self, child: _Child) -> None:
+        self._children.discard(child)
+        await child.kill()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._spares.add(task)
+        task.add_done_callback(self._spares.discard)
+
+    async def start(self) -> None:
+        """Start every child now (optional: they otherwise start on first use)."""
+        self._bind()
+        children = [await self._acquire() for _ in range(self.settings.workers)]
+        for child in children:
+            self._release(child)
+
+    async def close(self) -> None:
+        """Kill every child; the sandbox starts new ones if it is used again."""
+        if self._loop is not asyncio.get_running_loop():
+            return
+        for task in list(self._spares):
+            task.cancel()
+        await asyncio.gather(*self._spares, return_exceptions=True)
+        children = list(self._children)
+        self._idle, self._children = [], set()
+        for child in children:
+            await child.kill()
+
+
+_shared: JqSandbox | None = None
+
+
+def shared_sandbox() -> JqSandbox:
+    """The process-wide pool, created on first use from SandboxSettings()."""
+    global _shared
+    if _shared is None:
+        _shared = JqSandbox()
+    return _shared
+
+
+async def close_shared_sandbox() -> None:
+    """Kill the shared pool's children (engine stop calls this)."""
+    if _shared is not None:
+        await _shared.close()
+
+
+async def jq_first(program: str, value: Json) -> Json:
+    """The first output of `program` on `value` (None when it has none), sandboxed."""
+    return await shared_sandbox().first(program, value)
+
+
+async def jq_all(program: str, value: Json, *, max_outputs: int = 100_000) -> list[Json]:
+    """Every output of `program` on `value`, sandboxed; more than `max_outputs` is an error."""
+    return await shared_sandbox().all(program, value, max_outputs=max_outputs)
+
+
+async def jq_truthy(program: str, value: Json) -> bool:
+    """jq truthiness of the first output (false, null and no output are false)."""
+    return await shared_sandbox().truthy(program, value)
