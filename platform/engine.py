@@ -24,12 +24,12 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aob.events.blobs import FileBlobStore
+from aob.events.blobs import BlobStore, FileBlobStore
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
 from aob.events.log.prefixed import PrefixedEventLog
 from aob.events.log.sqlite import SqliteEventLog
-from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topic
+from aob.events.types import EXPRESSIONS_TOPIC, RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topic
 from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
@@ -46,9 +46,11 @@ from aob.workers.agent import (
     ToolCatalog,
 )
 from aob.workers.builtin import BUILTIN_TYPES, WORKER_TYPES
+from aob.workers.evaluator import ExpressionEvaluator
 from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
+from aob.workers.sandbox import close_shared_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Engine:
     # Read-your-writes: waits until the read models include given log positions.
     projected: ReadYourWrites
     tools: ToolCatalog
+    # Where outputs too large to travel in events are kept (content addressed).
+    blobs: BlobStore
     projector: ProjectorHost | None = None
     coordinator: CoordinatorHost | None = None
     timers: TimerService | None = None
@@ -79,6 +83,7 @@ class Engine:
     hitl: HitlService | None = None
     agent: AgentRunner | None = None
     http: HttpWorker | None = None
+    evaluator: ExpressionEvaluator | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -117,6 +122,7 @@ class Engine:
             read_models=read_models,
             projected=ReadYourWrites(event_log, read_models, projector),
             tools=ToolCatalog(),
+            blobs=FileBlobStore(settings.data_dir / "blobs"),
             projector=projector,
         )
         if role in ("dev", "coordinator"):
@@ -129,6 +135,9 @@ class Engine:
     def _add_workers(self, kinds: list[str]) -> None:
         if "builtin" in kinds:
             self.workers += [WorkerHost(self.log, t, worker_id="builtin") for t in BUILTIN_TYPES]
+            self.evaluator = ExpressionEvaluator(
+                self.log, self.blobs, inline_max_bytes=self.settings.output_inline_bytes
+            )
         if "http" in kinds:
             self.http = HttpWorker(HttpWorkerSettings())
             self.workers.append(WorkerHost(self.log, self.http.node_type(), worker_id="http"))
@@ -151,6 +160,8 @@ class Engine:
             await self.coordinator.recover()
         for worker in self.workers:
             await worker.start()
+        if self.evaluator is not None:
+            await self.evaluator.start()
         if self.hitl is not None:
             await self.hitl.start()
         if self.follows_tools:
@@ -164,6 +175,8 @@ class Engine:
             self._spawn(self.timers.run(self._stop))
         if self.hitl is not None:
             self._spawn(self.hitl.run(self._stop))
+        if self.evaluator is not None:
+            self._spawn(self.evaluator.run(self._stop))
         for worker in self.workers:
             self._spawn(worker.run(self._stop))
 
@@ -191,6 +204,7 @@ class Engine:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task  # a crash was logged when it happened
         await self.projected.close()
+        await close_shared_sandbox()  # the jq sandbox's child processes
         if self.agent is not None:
             await self.agent.aclose()
         if self.http is not None:
@@ -308,6 +322,7 @@ async def create_topics(event_log: EventLog, settings: Settings) -> None:
     types = {t.name for t in BUILTIN_TYPES} | set(WORKER_TYPES) | set(settings.node_types)
     topics = {
         RUNS_TOPIC: settings.runs_partitions,
+        EXPRESSIONS_TOPIC: settings.tasks_partitions,
         WORKFLOWS_TOPIC: settings.workflows_partitions,
         TOOLS_TOPIC: 1,  # a small catalog, read whole by everyone
         **{task_topic(node_type): settings.tasks_partitions for node_type in sorted(types)},

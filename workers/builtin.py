@@ -5,23 +5,28 @@ from __future__ import annotations
 from typing import Any
 
 from aob.events.types import NodeScheduled
-from aob.projections.workflow.expressions import ExpressionError, evaluate, evaluate_all
+from aob.projections.workflow.expressions import ExpressionError
 from aob.workers.host import NodeError, NodeType
+from aob.workers.sandbox import JqSandboxBusy, jq_all, jq_first
 
 
 async def run_transform(task: NodeScheduled) -> Any:
     """`config.expr` is a jq program over the node's input context.
 
     Its first output is the node's output; with `config.all: true`, the list of all
-    outputs. jq errors fail the node without retries: running it again can't help.
+    outputs. It runs in the jq sandbox: jq errors and exceeded budgets (the reason names
+    the budget) fail the node without retries, running it again can't help; an
+    overloaded sandbox is retried.
     """
     expr = task.config.get("expr") if isinstance(task.config, dict) else None
     if not isinstance(expr, str):
         raise NodeError("transform node needs a string config.expr (a jq program)", retryable=False)
     try:
         if task.config.get("all"):
-            return evaluate_all(expr, task.input)
-        return evaluate(expr, task.input)
+            return await jq_all(expr, task.input)
+        return await jq_first(expr, task.input)
+    except JqSandboxBusy as error:
+        raise NodeError(f"jq: {error}") from error
     except ExpressionError as error:
         raise NodeError(f"jq: {error}", retryable=False) from error
 
