@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     # "NORMAL" survives a crash of the process, "FULL" also a power loss.
     log_synchronous: str = "NORMAL"
     max_request_bytes: int = 2 * 1024 * 1024
+    # Limits on a workflow definition, checked by the API before anything in it is
+    # compiled; they may only be lowered: the coordinator validates with the defaults.
+    workflow_max_nodes: int = Field(default=500, ge=1, le=500)
+    workflow_max_edges: int = Field(default=2000, ge=0, le=2000)
+    workflow_max_document_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 20)
+    workflow_max_depth: int = Field(default=64, ge=4, le=64)  # objects/arrays nested
+    workflow_max_expression_bytes: int = Field(default=16 * 1024, ge=16, le=16 * 1024)
+    workflow_max_expressions: int = Field(default=500, ge=1, le=500)  # distinct jq programs
 
     # Agent nodes: the OpenAI-compatible endpoint and the bounds of one node attempt.
     # Nodes may override the endpoint, model, key (by name, from llm_api_keys) and limits.
@@ -79,6 +87,14 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(default=None, ge=1)
     # Log lines: "json" (one object per line, with trace ids) or "text".
     log_format: Literal["json", "text"] = "json"
+
+    # Events are bounded: every encoded event is checked against this before it is
+    # appended (Kafka's default message limit is about 1 MB). An event over it fails
+    # its node or run with a message naming this setting; it never reaches the log.
+    max_event_bytes: int = Field(default=512 * 1024, ge=64 * 1024, le=1_000_000)
+    # Node and run outputs whose JSON is larger than this go to the content-addressed
+    # blob store; events carry the reference, so no output is copied into later events.
+    output_inline_bytes: int = Field(default=16 * 1024, ge=0, le=256 * 1024)
 
 
 def service_problem(settings: Settings, service: str) -> str | None:
