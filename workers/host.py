@@ -4,6 +4,12 @@ A worker is at-least-once: it commits its task offsets only after the outcome is
 appended to `aob.runs` (in the same step on the embedded log). Outcome ids are
 derived from the task's event id, so a re-executed task's duplicate outcome is
 dropped by the coordinator.
+
+Poison never stops it: a task it cannot decode, a handler that raises, an outcome
+it cannot encode or the log refuses (too large) is set aside on `aob.deadletter` and
+fails its node (or, undecodable, its run); the offsets move on. A log that cannot be
+written at all stops the host (the service turns unhealthy and exits): it never
+goes on executing tasks whose outcomes it cannot record.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import Any
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.log.port import Append, EventLog, LogError, Record, TopicPartition
 from aob.events.tracing import traced
 from aob.events.types import (
     RUNS_TOPIC,
@@ -31,6 +37,7 @@ from aob.events.types import (
     Payload,
     task_topic,
 )
+from aob.projections.runtime.deadletter import dead_letter, describe
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,16 @@ class NodeType:
 _RECENT_TASKS = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """One record's appends, ready to flush. `task_event` is its decoded task (None
+    when it was not one): what fails the node if the log refuses the appends."""
+
+    record: Record
+    appends: list[Append]
+    task_event: Event | None = None
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -84,23 +101,34 @@ class WorkerHost:
         self.consumer = Consumer(event_log, group, [task_topic(node_type.name)])
         self._slots = asyncio.Semaphore(node_type.concurrency)
         self._in_flight: dict[TopicPartition, set[int]] = {}
-        self._ready: list[Append] = []
+        self._ready: list[_Done] = []
         self._wake_flusher = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._recent: OrderedDict[str, None] = OrderedDict()  # LRU of executed task ids
+        self._broken: BaseException | None = None  # the log failed under a task: stop
+
+    @property
+    def group(self) -> str:
+        return self.consumer.group
 
     async def start(self) -> None:
         await self.consumer.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        flusher = asyncio.create_task(self._flush_until(stop))
+        """Execute tasks until `stop`; raises (after flushing what it can) when the log
+        cannot be written, so that the service turns unhealthy instead of wedging."""
+        closing = asyncio.Event()
+        flusher = asyncio.create_task(self._flush_until(closing))
         try:
-            while not stop.is_set():
+            while not stop.is_set() and not flusher.done():
                 records = await self.consumer.poll(timeout=0.5)
                 for record in records:  # all before any waits: none may be committed early
                     self._in_flight.setdefault(record.position, set()).add(record.offset)
                 for record in records:
                     await self._slots.acquire()
+                    if flusher.done():
+                        self._slots.release()
+                        break  # no outcome could be recorded: execute nothing more
                     task = asyncio.create_task(self._process(record))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -108,24 +136,60 @@ class WorkerHost:
             for task in list(self._tasks):
                 task.cancel()  # not committed: redelivered to the next worker
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            closing.set()
             self._wake_flusher.set()
-            await flusher
+            await flusher  # flushes what is ready; raises why it stopped, if it did
 
     async def _process(self, record: Record) -> None:
         try:
-            appends = await self._execute(record)
+            done = await self._execute(record)
+        except LogError as error:  # announcing the start: the log is down
+            self._broken = error
+            self._wake_flusher.set()
+            return
+        except Exception as error:  # a bug of this host: the task is set aside all the same
+            log.exception("task at %s could not be handled", _at(record))
+            done = _Done(record, dead_letter(record, self.group, describe(error)))
         finally:
             self._slots.release()
-        self._ready.extend(appends)
+        self._ready.append(done)
         self._in_flight[record.position].discard(record.offset)
         self._wake_flusher.set()
 
-    async def _flush_until(self, stop: asyncio.Event) -> None:
-        while not (stop.is_set() and not self._ready):
+    async def _flush_until(self, closing: asyncio.Event) -> None:
+        while not (closing.is_set() and not self._ready):
             await self._wake_flusher.wait()
             self._wake_flusher.clear()
-            appends, self._ready = self._ready, []
-            await self.log.append_and_commit(appends, self.consumer.group, self._committable())
+            if self._broken is not None:
+                raise self._broken
+            batch, self._ready = self._ready, []
+            await self._flush(batch, self._committable())
+
+    async def _flush(self, batch: list[_Done], committable: dict[TopicPartition, int]) -> None:
+        """Append `batch` and commit; if the log refuses the batch, append it task by
+        task, failing the nodes whose outcome it refuses (e.g. too large). Raises when
+        the log refuses even that: it is down, and the host must stop."""
+        appends = [append for done in batch for append in done.appends]
+        try:
+            await self.log.append_and_commit(appends, self.group, committable)
+            return
+        except Exception as error:
+            if not appends:
+                raise  # only the commit failed: nothing to blame but the log
+            log.warning("appending %d outcomes failed (%s): one task at a time", len(batch), error)
+        for done in batch:
+            await self._append_or_fail(done)
+        await self.log.commit(self.group, committable)
+
+    async def _append_or_fail(self, done: _Done) -> None:
+        try:
+            await self.log.append(done.appends)
+        except Exception as error:
+            if done.task_event is None:
+                raise  # a dead letter the log refuses: the log is what fails
+            reason = f"the log refused its outcome ({describe(error)})"
+            log.error("node outcome of task at %s not recorded: %s", _at(done.record), reason)
+            await self.log.append(self._unrecordable(done.record, done.task_event, reason))
 
     def _committable(self) -> dict[TopicPartition, int]:
         positions = self.consumer.positions
@@ -134,11 +198,15 @@ class WorkerHost:
                 positions[tp] = min(offsets)
         return positions
 
-    async def _execute(self, record: Record) -> list[Append]:
-        task_event = decode(record.value)
+    async def _execute(self, record: Record) -> _Done:
+        try:
+            task_event = decode(record.value)
+        except Exception as error:
+            log.error("set aside an undecodable task at %s: %s", _at(record), error)
+            return _Done(record, dead_letter(record, self.group, describe(error)))
         task = task_event.payload
         if not isinstance(task, NodeScheduled) or self._seen_before(task_event.event_id):
-            return []
+            return _Done(record, [])
         started = NodeStarted(
             task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id
         )
@@ -148,8 +216,19 @@ class WorkerHost:
             appends = []
         with traced(task_event.trace_id, task.run_id):  # the run's trace in log lines
             outcome = await self._outcome(task)
-        appends.append(self._append(task_event, "outcome", outcome))
-        return appends
+        if isinstance(outcome, str):
+            return self._set_aside(record, task_event, appends, outcome)
+        try:
+            appends.append(self._append(task_event, "outcome", outcome))
+        except Exception as error:  # e.g. an output too deep or too large to encode
+            reason = f"output cannot be recorded ({describe(error)})"
+            return self._set_aside(record, task_event, appends, reason)
+        return _Done(record, appends, task_event)
+
+    def _set_aside(
+        self, record: Record, task_event: Event, appends: list[Append], reason: str
+    ) -> _Done:
+        return _Done(record, appends + self._unrecordable(record, task_event, reason), task_event)
 
     def _seen_before(self, task_id: str) -> bool:
         """Remember `task_id`; True if it was already remembered."""
@@ -160,7 +239,9 @@ class WorkerHost:
             self._recent.popitem(last=False)
         return seen
 
-    async def _outcome(self, task: NodeScheduled) -> Payload:
+    async def _outcome(self, task: NodeScheduled) -> Payload | str:
+        """The node's outcome; or, when the handler crashed, why (the task is then set
+        aside and its node fails without retries: a bug does the same every time)."""
         try:
             output = await self.node_type.handler(task)
         except NodeError as error:
@@ -169,14 +250,21 @@ class WorkerHost:
             )
         except Exception as error:  # a handler bug must fail the node, not the worker
             log.exception("node %s of run %s crashed", task.node_id, task.run_id)
-            return NodeFailed(
-                task.run_id,
-                task.node_id,
-                task.iteration,
-                task.attempt,
-                f"{type(error).__name__}: {error}",
-            )
+            return f"the {self.node_type.name} handler raised {describe(error)}"
         return NodeCompleted(task.run_id, task.node_id, task.iteration, task.attempt, output)
+
+    def _unrecordable(self, record: Record, task_event: Event, reason: str) -> list[Append]:
+        """The task set aside, and its node failed (no retries) saying why; its run goes
+        on as the workflow says. Under the outcome's id: one outcome per task, always."""
+        task = task_event.payload
+        assert isinstance(task, NodeScheduled)
+        node = (task.run_id, task.node_id, task.iteration, task.attempt)
+        error = f"{reason}; task set aside as dead letter"
+        return [
+            *dead_letter(record, self.group, reason, what=task_event.type, fail_run=False),
+            self._append(task_event, "started", NodeStarted(*node, self.worker_id)),
+            self._append(task_event, "outcome", NodeFailed(*node, error, retryable=False)),
+        ]
 
     def _append(self, task_event: Event, kind: str, payload: Payload) -> Append:
         event = Event(
@@ -189,3 +277,7 @@ class WorkerHost:
             actor=f"worker:{self.worker_id}",
         )
         return Append(RUNS_TOPIC, event.key, encode(event))
+
+
+def _at(record: Record) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"

@@ -5,6 +5,10 @@ fold emits: run events back to `aob.runs`, and each `NodeScheduled` also to its
 `aob.tasks.<type>` topic as the worker's work item. Appends and the consumer
 offsets are committed together, so after a crash the host resumes from its
 committed offsets and the fold's deterministic ids make any replay harmless.
+
+A record it cannot decode, or whose fold or emitted events fail (a bug, an event too
+deep to encode), is set aside (`deadletter`): its run fails with the reason, its
+state is dropped (the fold may have changed it halfway), and every other run goes on.
 """
 
 from __future__ import annotations
@@ -16,9 +20,17 @@ from aob.events.codec import decode, encode
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record
 from aob.events.tracing import traced
-from aob.events.types import RUNS_TOPIC, Event, NodeScheduled, task_topic
+from aob.events.types import (
+    EXPRESSIONS_TOPIC,
+    RUNS_TOPIC,
+    Event,
+    ExpressionRequested,
+    NodeScheduled,
+    task_topic,
+)
 from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import RunState
+from aob.projections.runtime.deadletter import dead_letter, describe
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +62,7 @@ class CoordinatorHost:
                 for record in records:
                     if record.offset >= end:
                         break
-                    self._fold(decode(record.value))
+                    self._refold(record)
                 offset = records[-1].offset + 1 if records else end
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -71,21 +83,55 @@ class CoordinatorHost:
                 # only be recognised as a duplicate, after paying for its decoding.
                 own.discard(position)
                 continue
-            event = decode(record.value)
-            try:
-                emitted = self._fold(event)
-            except Exception:
-                # The run's trace only around the log line: set around every fold it
-                # cost ~6% of handle() (time CoordinatorHost.handle over a batch).
-                with traced(event.trace_id, event.key):
-                    log.exception("fold failed on %s %s", event.type, event.event_id)
-                raise
-            for event in emitted:
-                data = encode(event)
-                appends.append(Append(RUNS_TOPIC, event.key, data))
-                if isinstance(event.payload, NodeScheduled):
-                    appends.append(Append(task_topic(event.payload.node_type), event.key, data))
+            appends.extend(self._handle(record))
         return appends
+
+    def _handle(self, record: Record) -> list[Append]:
+        """What folding one record leads to; poison is set aside, never raised."""
+        try:
+            event = decode(record.value)
+        except Exception as error:
+            log.error("set aside an undecodable record at %s: %s", _at(record), error)
+            self._drop(record.key)
+            return dead_letter(record, GROUP, describe(error))
+        try:
+            return self._appends(self._fold(event))
+        except Exception as error:
+            # The run's trace only around the log line: set around every fold it
+            # cost ~6% of handle() (time CoordinatorHost.handle over a batch).
+            with traced(event.trace_id, event.key):
+                log.exception("fold failed on %s %s", event.type, event.event_id)
+            self._drop(event.key)
+            return dead_letter(record, GROUP, describe(error), what=event.type)
+
+    @staticmethod
+    def _appends(emitted: list[Event]) -> list[Append]:
+        """`emitted` encoded (all or none: an encoding error raises before any is kept)."""
+        appends: list[Append] = []
+        for event in emitted:
+            data = encode(event)
+            appends.append(Append(RUNS_TOPIC, event.key, data))
+            if isinstance(event.payload, NodeScheduled):
+                appends.append(Append(task_topic(event.payload.node_type), event.key, data))
+            elif isinstance(event.payload, ExpressionRequested):
+                appends.append(Append(EXPRESSIONS_TOPIC, event.key, data))
+        return appends
+
+    def _refold(self, record: Record) -> None:
+        """Fold a record read again at recovery; what it emitted was appended before.
+        A poison record was set aside then, and its run failed: it only ends the run."""
+        try:
+            self._fold(decode(record.value))
+        except Exception as error:
+            log.warning("recovery: skipped poison at %s: %s", _at(record), describe(error))
+            self._drop(record.key)
+
+    def _drop(self, run_id: str) -> None:
+        """Forget a run whose state a failure may have left half-changed; its
+        `RunFailed` is on its way, and later events of a finished run change nothing."""
+        if run_id:
+            self.states.pop(run_id, None)
+            self.finished.add(run_id)
 
     def _fold(self, event: Event) -> list[Event]:
         if event.key in self.finished:
@@ -100,3 +146,7 @@ class CoordinatorHost:
         else:
             self.states[event.key] = state
         return emitted
+
+
+def _at(record: Record) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"

@@ -3,6 +3,11 @@
 `ProjectorHost` applies records to the store. `ReadYourWrites` is what a writer uses
 to read its own write: it waits until the store's positions reach the write's, from
 any process (it asks the store), or at once from the local projector when there is one.
+
+A record the projector cannot decode or apply while the store answers is poison: it
+is set aside (`deadletter`), its run fails, and the others are applied. The store's
+positions move past it with the next record applied in its partition (the run's
+`RunFailed` follows it in its own partition).
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from typing import Protocol
 
 from aob.events.codec import decode
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import EventLog, Record, TopicPartition
+from aob.events.log.port import Append, EventLog, Record, TopicPartition
 from aob.events.types import RUNS_TOPIC, WORKFLOWS_TOPIC, Event
+from aob.projections.runtime.deadletter import dead_letter, describe
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +82,44 @@ class ProjectorHost:
             await self.step(timeout=0.5)
 
     async def step(self, timeout: float = 0.0) -> int:
-        """Project what is there to read now; returns how many records were applied."""
+        """Project what is there to read now; returns how many records were read."""
         records = await self.consumer.poll(timeout=timeout)
         if records:
-            await self.store.apply([(record, decode(record.value)) for record in records])
+            await self._apply(records)
             async with self._progress:
                 self.applied.update(after(records))
                 self._progress.notify_all()
         return len(records)
+
+    async def _apply(self, records: list[Record]) -> None:
+        batch: list[tuple[Record, Event]] = []
+        poison: list[Append] = []
+        for record in records:
+            try:
+                batch.append((record, decode(record.value)))
+            except Exception as error:
+                log.error("set aside an undecodable record at %s: %s", _at(record), error)
+                poison += dead_letter(record, GROUP, describe(error))
+        try:
+            await self.store.apply(batch)
+        except Exception:
+            await self.store.offsets()  # raises when the store is down: not a record's fault
+            poison += await self._apply_one_by_one(batch)
+        if poison:
+            await self.log.append(poison)
+
+    async def _apply_one_by_one(self, batch: list[tuple[Record, Event]]) -> list[Append]:
+        """Apply a batch that failed record by record, setting aside the ones that fail
+        while the store answers (each in its own transaction, so nothing half-applied)."""
+        poison: list[Append] = []
+        for record, event in batch:
+            try:
+                await self.store.apply([(record, event)])
+            except Exception as error:
+                await self.store.offsets()  # the store went down meanwhile: raise that
+                log.exception("cannot project %s at %s", event.type, _at(record))
+                poison += dead_letter(record, GROUP, describe(error), what=event.type)
+        return poison
 
     async def wait_until(self, offsets: Mapping[TopicPartition, int], timeout: float = 5.0) -> bool:
         """Wait until the read models include every record before `offsets`."""
@@ -170,3 +206,7 @@ class ReadYourWrites:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+
+
+def _at(record: Record) -> str:
+    return f"{record.topic}/{record.partition}@{record.offset}"

@@ -40,6 +40,7 @@ from aob.events.types import (
     Payload,
     task_topic,
 )
+from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter, describe
 from aob.projections.workflow.definition import HITL_TYPE, ON_TIMEOUT_DEFAULT
 from aob.workers.hitl.decision import TIMEOUT_DECIDER, node_outcome
 from aob.workers.hitl.request import RenderError, approval_request
@@ -111,9 +112,15 @@ class HitlService:
         while not stop.is_set():
             records = await self.requests.poll(timeout=0.5)
             if records:
-                await self.requests.commit([a for r in records for a in self._request(r)])
+                appends: list[Append] = []
+                for record in records:
+                    try:
+                        appends += await self._request(record)
+                    except Exception as error:  # poison: set aside, the others go on
+                        appends += _set_aside(record, REQUESTS_GROUP, error)
+                await self.requests.commit(appends)
 
-    def _request(self, record: Record) -> list[Append]:
+    async def _request(self, record: Record) -> list[Append]:
         task_event = decode(record.value)
         task = task_event.payload
         if not isinstance(task, NodeScheduled):
@@ -123,7 +130,7 @@ class HitlService:
         started = NodeStarted(*node, self.worker_id)
         asked: Payload
         try:
-            asked = approval_request(task, approval_id_for(task_event.event_id), at)
+            asked = await approval_request(task, approval_id_for(task_event.event_id), at)
         except RenderError as error:
             asked = NodeFailed(*node, f"cannot render the approval request: {error}",
                                retryable=False)
@@ -174,7 +181,11 @@ class HitlService:
             records = await self.decisions.poll(timeout=0.5)
             appends: list[Append] = []
             for record in records:
-                outcome = await self._resolve(record, stop)
+                try:
+                    outcome = await self._resolve(record, stop)
+                except Exception as error:
+                    await self.store.offsets()  # raises when the store is down: not poison
+                    outcome = _set_aside(record, DECISIONS_GROUP, error)
                 if outcome is None:
                     return  # stopped mid-batch: keep the last committed positions
                 appends.extend(outcome)
@@ -210,6 +221,14 @@ class HitlService:
                 return False
             await asyncio.sleep(0.01)
         return True
+
+
+def _set_aside(record: Record, service: str, error: Exception) -> list[Append]:
+    """A record this service cannot handle, set aside with its run failed."""
+    log.exception("set aside the record at %s/%s@%s", record.topic, record.partition,
+                  record.offset)
+    what = event_type(record.value) or UNDECODABLE
+    return dead_letter(record, service, describe(error), what=what)
 
 
 def _timeout(approval: dict[str, Any], at: int) -> Append:
