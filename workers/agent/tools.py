@@ -251,7 +251,10 @@ class ToolBox:
     async def _propose(self, operations: list[Any], reason: str) -> dict[str, Json]:
         task, log = self.task, self.services.log
         patch_id = "patch_" + uuid.uuid4().hex[:16]
-        proposal = PatchProposed(task.run_id, patch_id, operations, reason, node_id=task.node_id)
+        proposal = PatchProposed(
+            task.run_id, patch_id, operations, reason, node_id=task.node_id,
+            iteration=task.iteration, attempt=task.attempt,  # only this attempt may patch
+        )
         event = Event(new_event_id(), task.run_id, _now_ms(), proposal,
                       actor=f"agent:{task.node_id}")
         (record,) = await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
