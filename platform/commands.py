@@ -29,7 +29,7 @@ from aob.events.types import (
 )
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
-from aob.projections.workflow.definition import validate_definition
+from aob.projections.workflow.definition import SETTING_NAMES, Limits, validate_definition
 from aob.projections.workflow.materialize import apply_patch
 
 FINISHED_RUN = ("completed", "failed", "cancelled")
@@ -56,7 +56,9 @@ class Commands:
     # --- workflows and tags --------------------------------------------------------
 
     def validate(self, definition: Any) -> None:
-        problems = validate_definition(definition)
+        settings = self.engine.settings  # AOB_WORKFLOW_MAX_*: see Limits
+        limits = Limits(**{name: getattr(settings, f"workflow_{name}") for name in SETTING_NAMES})
+        problems = validate_definition(definition, limits)
         if problems:
             raise invalid_workflow([{"path": p.path, "message": p.message} for p in problems])
 

@@ -4,6 +4,8 @@
   Content-Length to check up front): 413;
 - a JSON body: nesting depth, string length, object keys' length, items per array or
   object: 422 naming the JSON pointer of the first offending value;
+- any body that parses as JSON, whatever its content type says (FastAPI parses a body
+  without one, the rate limiter parses every submission): the same bounds;
 - the URL: each path segment (identifiers: run, approval, workflow ids ...) at most
   `max_identifier` characters (400), the query string at most `max_query` (414).
 
@@ -15,7 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
+
+# The largest integer the stores hold (SQLite INTEGER, Postgres BIGINT): every integer
+# a request may carry (versions, offsets, event ids) is bounded by it, or the store
+# fails with an overflow (a 500) instead of the caller getting a 4xx.
+INT64_MAX: Final = 2**63 - 1
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -148,7 +155,7 @@ class BoundsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body and b"json" in (_header(scope, b"content-type") or "").encode():
+        if body:
             try:
                 document = json.loads(body)
             except RecursionError:
@@ -162,7 +169,6 @@ class BoundsMiddleware:
                 document = None  # not JSON: the handler's validation says so
             else:
                 check_json(document, self.bounds)
-                scope.setdefault("state", {})["json_body"] = document
         sent = False
 
         async def replay() -> Message:

@@ -12,6 +12,7 @@ from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, Event, RunSubmitted
+from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
 from aob.platform.commands import new_run_id, now_ms
 from aob.platform.engine import Engine
@@ -28,6 +29,7 @@ class ReplayRun(BaseModel):
     from_event: int | None = Field(
         default=None,
         ge=0,
+        le=INT64_MAX,
         description="keep the run's state after this event id (a stream id); "
         "omitted: start over with the definition and inputs it was submitted with",
     )

@@ -8,9 +8,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.platform.audit import run_history
-from aob.platform.problems import not_found
+from aob.platform.problems import Problem, not_found
+from aob.projections.readmodels.queries import decode_cursor
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -21,7 +23,7 @@ class SubmitRun(BaseModel):
     definition: dict[str, Any] | None = None
     tag: str | None = Field(default=None, max_length=128)
     workflow_id: str | None = Field(default=None, max_length=128)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=INT64_MAX)
     inputs: Any = Field(default_factory=dict)
 
 
@@ -65,6 +67,8 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
 ) -> dict[str, Any]:
+    if cursor is not None:
+        _check_cursor(cursor)
     items, next_cursor = await engine.read_models.list_runs(
         status=status,
         workflow_id=workflow_id,
@@ -73,6 +77,21 @@ async def list_runs(
         tenant=principal.tenant,
     )
     return {"items": items, "next_cursor": next_cursor}
+
+
+def _check_cursor(cursor: str) -> None:
+    """400 for a cursor this API did not hand out (the read models would fail on it)."""
+    try:
+        submitted_at, _ = decode_cursor(cursor)
+    except ValueError:
+        submitted_at = None
+    if submitted_at is None or not -INT64_MAX <= submitted_at <= INT64_MAX:
+        raise Problem(
+            400,
+            "invalid-cursor",
+            "Invalid cursor",
+            "the cursor is not one this API returned: pass a next_cursor of an earlier page",
+        )
 
 
 @router.get("/{run_id}", summary="Run status with its node states")
@@ -114,7 +133,7 @@ async def run_events(
     run_id: str,
     commands: CommandsDep,
     engine: EngineDep,
-    after: Annotated[int | None, Query(ge=0)] = None,
+    after: Annotated[int | None, Query(ge=0, le=INT64_MAX)] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     source: Annotated[
         Literal["readmodels", "log"],

@@ -19,6 +19,7 @@ from fastapi.responses import Response
 from sse_starlette import EventSourceResponse
 from starlette.websockets import WebSocketDisconnect
 
+from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import CommandsDep
 from aob.platform.commands import Commands
 from aob.platform.fanout import (
@@ -53,7 +54,11 @@ From = Annotated[
 ]
 LastEventId = Annotated[
     int | None,
-    Query(ge=-1, description="resume after this event id (the Last-Event-ID header wins)"),
+    Query(
+        ge=-1,
+        le=INT64_MAX,
+        description="resume after this event id (the Last-Event-ID header wins)",
+    ),
 ]
 Nodes = Annotated[list[str] | None, Query(description="only events of these nodes (repeatable)")]
 Only = Annotated[Literal["errors"] | None, Query(description="'errors': failures only")]
@@ -69,7 +74,10 @@ def _resume_point(start: str, query_id: int | None, header_id: str | None) -> in
     """The offset to stream after: -1 for the whole history, None for "from now"."""
     if header_id is not None and header_id.strip():
         try:
-            return max(int(header_id), -1)
+            resume = int(header_id)
+            if resume > INT64_MAX:
+                raise ValueError("past the largest event id")
+            return max(resume, -1)
         except ValueError:
             raise Problem(
                 400,

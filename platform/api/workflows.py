@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.projections.workflow.definition import workflow_schema
 
@@ -26,7 +28,9 @@ class CreateWorkflow(BaseModel):
 
 class MoveTag(BaseModel):
     workflow_id: str = Field(max_length=128)
-    version: int | None = Field(default=None, ge=1, description="Defaults to the latest version")
+    version: int | None = Field(
+        default=None, ge=1, le=INT64_MAX, description="Defaults to the latest version"
+    )
 
 
 class ValidateWorkflow(BaseModel):
@@ -50,7 +54,9 @@ async def create_workflow(
 
 @router.post("/workflows/validate", summary="Validate a definition without storing it")
 async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> dict[str, Any]:
-    commands.validate(body.definition)
+    # In a thread: compiling a definition's jq programs (each within the limits, which
+    # are checked first) may take a fraction of a second this loop must not wait.
+    await asyncio.to_thread(commands.validate, body.definition)
     return {"valid": True}
 
 
@@ -64,7 +70,7 @@ async def get_workflow(
     ref: str,
     commands: CommandsDep,
     principal: PrincipalDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> dict[str, Any]:
     return await commands.resolve_workflow(ref, version, principal.tenant)
 

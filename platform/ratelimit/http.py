@@ -56,12 +56,12 @@ class RateLimitMiddleware:
         body, receive = await _buffered(receive)
         try:
             document = json.loads(body) if body else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # the handler (or the bounds) refuse it
             document = None
         principal = scope.get("state", {}).get("principal")
         tenant = str(getattr(principal, "tenant", "default"))
-        definition = None
-        if isinstance(document, dict):
+        definition: Any = None
+        if isinstance(document, dict) and _classifiable(document):
             definition = await self.lookup(document, replay[1] if replay else None, tenant)
         if definition is not None:
             try:
@@ -72,6 +72,13 @@ class RateLimitMiddleware:
                 await _too_many(send, path, refused)
                 return
         await self.app(scope, receive, send)
+
+
+def _classifiable(document: dict[str, Any]) -> bool:
+    """Whether the lookup can use the body: its `version`, if any, is an integer the
+    stores hold (a larger one overflows there; the handler refuses it)."""
+    version = document.get("version")
+    return not isinstance(version, int) or isinstance(version, bool) or 0 < version < 2**63
 
 
 async def _buffered(receive: Receive) -> tuple[bytes, Receive]:

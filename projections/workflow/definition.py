@@ -52,11 +52,34 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Size limits of one definition: they bound the coordinator's work per run."""
+    """Size limits of one definition: they bound the coordinator's work per run, and
+    validation's: they are all checked before anything is compiled.
+
+    Each is a setting of the API (`SETTING_NAMES`), which may only tighten it: the
+    coordinator validates every run's definition with the defaults.
+    """
 
     max_nodes: int = 500
     max_edges: int = 2000
     max_document_bytes: int = 1 << 20
+    # Objects and arrays within each other (the API's bound on JSON bodies is 64 too).
+    max_depth: int = 64
+    # Bytes of one jq program (an edge's `when`, a transform's `expr`, the run's
+    # `output`, a `{{ }}` placeholder of a hitl node).
+    max_expression_bytes: int = 16 * 1024
+    # Distinct jq programs in one definition: compiling one costs about a millisecond.
+    max_expressions: int = 500
+
+
+# The setting that configures each limit, named in the problems that report it.
+SETTING_NAMES: Mapping[str, str] = {
+    "max_nodes": "AOB_WORKFLOW_MAX_NODES",
+    "max_edges": "AOB_WORKFLOW_MAX_EDGES",
+    "max_document_bytes": "AOB_WORKFLOW_MAX_DOCUMENT_BYTES",
+    "max_depth": "AOB_WORKFLOW_MAX_DEPTH",
+    "max_expression_bytes": "AOB_WORKFLOW_MAX_EXPRESSION_BYTES",
+    "max_expressions": "AOB_WORKFLOW_MAX_EXPRESSIONS",
+}
 
 
 class DefinitionError(ValueError):
@@ -209,21 +232,86 @@ def document_size(doc: Json) -> int:
 
 
 def validate_definition(doc: Json, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
-    """Every problem of `doc` as a workflow definition; empty when it is valid."""
-    try:
-        size = document_size(doc)
-    except (TypeError, ValueError, RecursionError):
-        return [Problem("", "the document is not JSON")]
-    if size > limits.max_document_bytes:
-        # Stop here: the other checks' cost grows with the document.
-        return [
-            Problem("", f"document too large: {size} bytes > limit {limits.max_document_bytes}")
-        ]
+    """Every problem of `doc` as a workflow definition; empty when it is valid.
+
+    The size and count limits come first, and when one is broken they are all that
+    is reported: the other checks (schema, graph, compiling jq) cost time that grows
+    with the document, and must not be spent on one that is refused anyway.
+    """
+    problems = bound_problems(doc, limits)
+    if problems:
+        return problems
     problems = _schema_problems(doc)
     if isinstance(doc, dict):
         graph = _graph(doc)
         for check in _SEMANTIC_CHECKS:
             problems.extend(check(doc, graph, limits))
+    return problems
+
+
+def _over(limit: str, limits: Limits) -> str:
+    """"limit N (SETTING)", for a problem's message."""
+    return f"limit {getattr(limits, limit)} ({SETTING_NAMES[limit]})"
+
+
+def bound_problems(doc: Json, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
+    """The size, depth and count limits `doc` breaks; cheap (linear in its size, no
+    jq compiled), so it can run on anything a caller sends."""
+    try:
+        size = document_size(doc)
+    except RecursionError:
+        return [Problem("", f"the document nests too deeply: {_over('max_depth', limits)}")]
+    except (TypeError, ValueError):
+        return [Problem("", "the document is not JSON")]
+    if size > limits.max_document_bytes:
+        return [
+            Problem("", f"document too large: {size} bytes > {_over('max_document_bytes', limits)}")
+        ]
+    deep = _too_deep(doc, limits.max_depth)
+    if deep is not None:
+        return [Problem(deep, f"nested too deeply: {_over('max_depth', limits)}")]
+    if not isinstance(doc, dict):
+        return []
+    problems = [
+        Problem(f"/{key}", f"too many {key}: {len(items)} > {_over(limit, limits)}")
+        for key, limit in (("nodes", "max_nodes"), ("edges", "max_edges"))
+        if isinstance(items := doc.get(key), list) and len(items) > getattr(limits, limit)
+    ]
+    if problems:  # the programs below are found by walking nodes and edges
+        return problems
+    return _program_bound_problems(jq_programs(doc), limits)
+
+
+def _too_deep(doc: Json, max_depth: int) -> str | None:
+    """The pointer of the first value nested deeper than `max_depth`, else None."""
+    stack: list[tuple[str, Json, int]] = [("", doc, 0)]
+    while stack:
+        where, value, depth = stack.pop()
+        if depth > max_depth:
+            return where
+        if isinstance(value, dict):
+            stack.extend((f"{where}/{_escape(k)}", v, depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}/{i}", v, depth + 1) for i, v in enumerate(value))
+    return None
+
+
+def _program_bound_problems(
+    programs: Sequence[tuple[str, str]], limits: Limits
+) -> list[Problem]:
+    problems = [
+        Problem(
+            path,
+            f"jq program too long: {size} bytes > {_over('max_expression_bytes', limits)}",
+        )
+        for path, program in programs
+        if (size := len(program.encode("utf-8"))) > limits.max_expression_bytes
+    ]
+    distinct = len({program for _, program in programs})
+    if distinct > limits.max_expressions:
+        problems.append(
+            Problem("", f"too many jq programs: {distinct} > {_over('max_expressions', limits)}")
+        )
     return problems
 
 
@@ -350,13 +438,6 @@ def template_strings(value: Json, path: str = "") -> Iterator[tuple[str, str]]:
 _Check = Callable[[Mapping[str, Json], _Graph, Limits], Iterator[Problem]]
 
 
-def _limit_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
-    for key, limit in (("nodes", limits.max_nodes), ("edges", limits.max_edges)):
-        items = doc.get(key)
-        if isinstance(items, list) and len(items) > limit:
-            yield Problem(f"/{key}", f"too many {key}: {len(items)} > limit {limit}")
-
-
 def _duplicate_problems(
     doc: Mapping[str, Json], graph: _Graph, limits: Limits
 ) -> Iterator[Problem]:
@@ -422,23 +503,40 @@ def _loop_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> It
             )
 
 
-def _expression_problems(
-    doc: Mapping[str, Json], graph: _Graph, limits: Limits
-) -> Iterator[Problem]:
+def jq_programs(doc: Mapping[str, Json]) -> list[tuple[str, str]]:
+    """(pointer, program) for every jq program of a definition: the run's output,
+    edge conditions, transform expressions and hitl placeholders (non-empty ones:
+    the schema reports an empty string; an empty placeholder is a jq problem)."""
     found: list[tuple[str, Json]] = [("/output", doc.get("output"))]
     found += [(f"/edges/{i}/when", edge.get("when")) for i, edge in _items(doc, "edges")]
     for index, node in _items(doc, "nodes"):
         config = node.get("config")
         if node.get("type") == "transform" and isinstance(config, dict):
             found.append((f"/nodes/{index}/config/expr", config.get("expr")))
-    # An empty placeholder is a mistake too, unlike an empty string the schema reports.
-    placeholders: list[tuple[str, str]] = []
+    programs = [(path, program) for path, program in found if isinstance(program, str) and program]
     for index, _, config in _hitl_configs(doc):
         for key in ("message", "payload"):
             for path, text in template_strings(config.get(key), f"/nodes/{index}/config/{key}"):
-                placeholders += [(path, program) for program in PLACEHOLDER.findall(text)]
-    found = [(path, program) for path, program in found if isinstance(program, str) and program]
-    for path, program in [*found, *placeholders]:
+                programs += [(path, program) for program in placeholders(text)]
+    return programs
+
+
+def placeholders(text: str) -> Iterator[str]:
+    """The programs of `{{ jq }}` placeholders in `text`, as PLACEHOLDER finds them,
+    in linear time (the regex rescans to the end from every unclosed "{{")."""
+    start = text.find("{{")
+    while start >= 0:
+        end = text.find("}}", start + 2)
+        if end < 0:
+            return
+        yield text[start + 2 : end]
+        start = text.find("{{", end + 2)
+
+
+def _expression_problems(
+    doc: Mapping[str, Json], graph: _Graph, limits: Limits
+) -> Iterator[Problem]:
+    for path, program in jq_programs(doc):
         try:
             compile_jq(program)
         except ExpressionError as error:
@@ -446,7 +544,6 @@ def _expression_problems(
 
 
 _SEMANTIC_CHECKS: tuple[_Check, ...] = (
-    _limit_problems,
     _duplicate_problems,
     _reference_problems,
     _hitl_problems,

@@ -344,8 +344,8 @@ def test_node_and_edge_count_limits():
     limits = Limits(max_nodes=2, max_edges=1)
     problems = validate_definition(VALID, limits)
     assert problems == [
-        Problem("/nodes", "too many nodes: 3 > limit 2"),
-        Problem("/edges", "too many edges: 3 > limit 1"),
+        Problem("/nodes", "too many nodes: 3 > limit 2 (AOB_WORKFLOW_MAX_NODES)"),
+        Problem("/edges", "too many edges: 3 > limit 1 (AOB_WORKFLOW_MAX_EDGES)"),
     ]
 
 
