@@ -14,15 +14,17 @@ Config fields (only `url` is required):
     max_response_bytes   a larger response body fails the node
     expect_status     [200, "2xx", ...]; default ["2xx"]. Others fail the node.
     follow_redirects  true (default): up to the worker's limit, each hop re-judged
+    secrets           ["github", ...]: secrets the operator bound (AOB_HTTP_SECRETS);
+                      each is sent in its bound header, only to its bound hosts
 
-Templates. Any string in the config may embed jq programs as `{{ program }}`. They run,
-with the engine's jq (`aob.projections.workflow.expressions`), over the node's context
-{"inputs": ..., "nodes": {id: output}, "iteration": n, "secrets": {name: value}}.
+Templates. Any string in the config may embed jq programs as `{{ program }}`. They run
+in the jq sandbox (`aob.workers.sandbox`, under its CPU, memory and output budgets) over
+the node's context {"inputs": ..., "nodes": {id: output}, "iteration": n}.
 A string that is exactly one `{{ ... }}` takes the program's value as is (an object, a
 number, ...); otherwise each `{{ ... }}` is replaced by its value as text (strings as
 they are, null as "", anything else as compact JSON). Write a literal "{{" as
-`{{ "{{" }}`. `.secrets` holds the worker's configured secrets, so a header like
-"Authorization": "Bearer {{ .secrets.github }}" never puts the token in the event log.
+`{{ "{{" }}`. Templates cannot read secrets: a template naming `.secrets` is refused,
+and a node asks for a secret by name in `secrets` instead (see `secrets.py`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 from aob.events.types import Json
 from aob.projections.workflow.expressions import ExpressionError, evaluate
 from aob.workers.http.settings import HttpWorkerSettings
+
+try:
+    from aob.workers.sandbox import JqBudgetExceeded, jq_first
+except ImportError:  # TEMPORARY until aob.workers.sandbox lands: in-process jq
+
+    class JqBudgetExceeded(ExpressionError):  # type: ignore[no-redef]
+        pass
+
+    async def jq_first(program: str, value: Json) -> Json:
+        return evaluate(program, value)
+
 
 USER_AGENT = "aob-http-worker"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -59,10 +72,16 @@ RESERVED_HEADERS = frozenset(
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _STATUS_CLASS = re.compile(r"[1-5]xx")
+# `.secrets`, `."secrets"`, `.["secrets"]` at the root of a path (not `.inputs.secrets`).
+_SECRETS_PATH = re.compile(r"""(?<![\w\])}"?])\.\s*(\[\s*)?"?secrets\b""")
 
 
 class ConfigError(ValueError):
     """The node's config is invalid (or a template failed): retrying cannot help."""
+
+
+class BudgetError(ConfigError):
+    """A template exceeded a jq sandbox budget (the message names it): final."""
 
 
 class _Retries(BaseModel):
@@ -91,6 +110,7 @@ class _NodeConfig(BaseModel):
     max_response_bytes: int | None = Field(default=None, ge=0)
     expect_status: list[int | str] = ["2xx"]
     follow_redirects: bool = True
+    secrets: list[str] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +146,7 @@ class RequestSpec:
     max_response_bytes: int
     expect: StatusMatcher
     follow_redirects: bool
+    secrets: tuple[str, ...] = ()  # names only: values are added by the transport
 
     @property
     def retry_after_sending(self) -> bool:
@@ -133,46 +154,53 @@ class RequestSpec:
         return self.method in IDEMPOTENT_METHODS or self.retry.non_idempotent
 
 
-def render(value: Json, context: Json, where: str = "config") -> Json:
-    """`value` with every `{{ jq }}` template evaluated over `context`."""
+async def render(value: Json, context: Json, where: str = "config") -> Json:
+    """`value` with every `{{ jq }}` template evaluated over `context` in the jq
+    sandbox. Raises ConfigError (BudgetError when a sandbox budget was exceeded)."""
     if isinstance(value, str):
-        return _render_text(value, context, where)
+        return await _render_text(value, context, where)
     if isinstance(value, list):
-        return [render(item, context, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [await render(item, context, f"{where}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
-        return {key: render(item, context, f"{where}.{key}") for key, item in value.items()}
+        return {key: await render(item, context, f"{where}.{key}") for key, item in value.items()}
     return value
 
 
-def _render_text(text: str, context: Json, where: str) -> Json:
+async def _render_text(text: str, context: Json, where: str) -> Json:
     matches = list(_TEMPLATE.finditer(text))
     if not matches:
         return text
     if len(matches) == 1 and matches[0].span() == (0, len(text)):
-        return _evaluate(matches[0].group(1), context, where)
+        return await _evaluate(matches[0].group(1), context, where)
+    parts: list[str] = []
+    end = 0
+    for match in matches:
+        result = await _evaluate(match.group(1), context, where)
+        parts.append(text[end : match.start()])
+        if result is not None:
+            as_json = json.dumps(result, separators=(",", ":"))
+            parts.append(result if isinstance(result, str) else as_json)
+        end = match.end()
+    parts.append(text[end:])
+    return "".join(parts)
 
-    def as_text(match: re.Match[str]) -> str:
-        result = _evaluate(match.group(1), context, where)
-        if result is None:
-            return ""
-        return result if isinstance(result, str) else json.dumps(result, separators=(",", ":"))
 
-    return _TEMPLATE.sub(as_text, text)
-
-
-def _evaluate(program: str, context: Json, where: str) -> Json:
+async def _evaluate(program: str, context: Json, where: str) -> Json:
     try:
-        return evaluate(program.strip(), context)
+        return await jq_first(program.strip(), context)
+    except JqBudgetExceeded as error:
+        raise BudgetError(f"{where}: template {{{{{program}}}}}: {error.message}") from None
     except ExpressionError as error:
         raise ConfigError(f"{where}: template {{{{{program}}}}}: {error.message}") from None
 
 
-def build_request(config: Json, context: Json, settings: HttpWorkerSettings) -> RequestSpec:
+async def build_request(config: Json, context: Json, settings: HttpWorkerSettings) -> RequestSpec:
     """Render `config`'s templates over `context` and validate it. Raises ConfigError."""
     if not isinstance(config, dict):
         raise ConfigError("http node needs a config object with at least a url")
+    refuse_secret_templates(config)
     try:
-        node = _NodeConfig.model_validate(render(config, context))
+        node = _NodeConfig.model_validate(await render(config, context))
     except ValidationError as error:
         raise ConfigError(_describe(error)) from None
     method = node.method.upper()
@@ -207,7 +235,26 @@ def build_request(config: Json, context: Json, settings: HttpWorkerSettings) -> 
         ),
         expect=_status_matcher(node.expect_status),
         follow_redirects=node.follow_redirects,
+        secrets=tuple(node.secrets),
     )
+
+
+def refuse_secret_templates(value: Json, where: str = "config") -> None:
+    """Raises ConfigError when a template names `.secrets`: secrets are not data."""
+    if isinstance(value, str):
+        for match in _TEMPLATE.finditer(value):
+            if _SECRETS_PATH.search(match.group(1)):
+                raise ConfigError(
+                    f"{where}: templates cannot read secrets (.secrets): the operator binds"
+                    " each secret to a header and hosts (AOB_HTTP_SECRETS), and the node"
+                    ' names it in config.secrets, e.g. "secrets": ["github"]'
+                )
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            refuse_secret_templates(item, f"{where}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_secret_templates(item, f"{where}.{key}")
 
 
 def _describe(error: ValidationError) -> str:

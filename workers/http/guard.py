@@ -16,7 +16,8 @@ forms), so "0x7f.1" is judged as 127.0.0.1 and never reaches a resolver.
 
 The address table is our own: `ipaddress.is_global`/`is_private` miss several IPv6 forms
 that embed an IPv4 address. Operators allow specific names or networks explicitly
-(`GuardPolicy.allow`); nothing else that is not public gets through.
+(`GuardPolicy.allow`), or one host at one port (`host:port`, `[v6]:port`); nothing
+else that is not public gets through.
 
 Everything here is pure: resolution and connections live in `transport`.
 """
@@ -309,6 +310,9 @@ class GuardPolicy:
     ports: tuple[tuple[int, int], ...] = DEFAULT_PORTS
     allow_hosts: frozenset[str] = frozenset()
     allow_networks: tuple[IPNetwork, ...] = ()
+    # (host, port) pairs allowed exactly: that host (a normalised name or a compressed
+    # address) at that port only, whatever the port policy and the address table say.
+    allow_endpoints: frozenset[tuple[str, int]] = frozenset()
     deny_hosts: frozenset[str] = frozenset()
     deny_paths: tuple[str, ...] = tuple(judged_path(p) for p in DEFAULT_DENY_PATHS)
 
@@ -322,12 +326,14 @@ class GuardPolicy:
         deny_paths: Iterable[str] = DEFAULT_DENY_PATHS,
     ) -> GuardPolicy:
         """`ports`: numbers or "low-high" ranges. `allow`: host names (trusted with
-        every address they resolve to), IP addresses or CIDR networks. Raises ValueError."""
-        hosts, networks = _parse_allow(allow)
+        every address they resolve to), IP addresses, CIDR networks, or `host:port` and
+        `[v6]:port` for exactly one host at one port. Raises ValueError."""
+        hosts, networks, endpoints = _parse_allow(allow)
         return cls(
             ports=tuple(_parse_port_range(p) for p in ports),
             allow_hosts=frozenset(hosts),
             allow_networks=tuple(networks),
+            allow_endpoints=frozenset(endpoints),
             deny_hosts=frozenset(_config_name(h) for h in deny_hosts),
             deny_paths=tuple(judged_path(p) for p in deny_paths),
         )
@@ -353,20 +359,60 @@ def _parse_port_range(entry: str | int) -> tuple[int, int]:
     return bounds
 
 
-def _parse_allow(entries: Iterable[str]) -> tuple[list[str], list[IPNetwork]]:
+def _parse_allow(
+    entries: Iterable[str],
+) -> tuple[list[str], list[IPNetwork], list[tuple[str, int]]]:
     hosts: list[str] = []
     networks: list[IPNetwork] = []
+    endpoints: list[tuple[str, int]] = []
     for entry in entries:
         entry = entry.strip()
         if "/" in entry:
             networks.append(ipaddress.ip_network(entry, strict=False))
             continue
-        host = _config_host(entry)
-        if isinstance(host, str):
-            hosts.append(host)
-        else:
+        host, port = parse_host_port(entry)
+        if port is not None:
+            endpoints.append((host, port))
+        elif ":" in host or _is_address(host):
             networks.append(ipaddress.ip_network(host))
-    return hosts, networks
+        else:
+            hosts.append(host)
+    return hosts, networks, endpoints
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_host_port(entry: str) -> tuple[str, int | None]:
+    """A configured `host`, `host:port`, `v6`, or `[v6]:port` entry: the host as
+    `Target.host` spells it (a normalised name or a compressed address) and the port,
+    None when the entry names none. Raises ValueError."""
+    entry = entry.strip()
+    host_text, port_text = entry, ""
+    if entry.startswith("[") and "]" in entry:
+        end = entry.index("]")
+        host_text, rest = entry[1:end], entry[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"bad host in configuration {entry!r}")
+        port_text = rest[1:]
+        if not port_text and rest:
+            raise ValueError(f"bad port in configuration {entry!r}")
+    elif entry.count(":") == 1:
+        host_text, _, port_text = entry.partition(":")
+        if not port_text:
+            raise ValueError(f"bad port in configuration {entry!r}")
+    port = None
+    if port_text:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ValueError(f"bad port in configuration {entry!r}")
+        port = int(port_text)
+    host = _config_host(host_text)
+    return (host if isinstance(host, str) else host.compressed), port
 
 
 def _config_host(entry: str) -> str | IPAddress:
@@ -429,17 +475,20 @@ def check_url(url: str, policy: GuardPolicy) -> Target:
     if "\\" in parts.netloc:
         raise Blocked(Layer.PROTOCOL, "malformed-url", "backslash in the URL's authority")
     host_text, port = _split_host_port(parts.netloc, scheme)
-    if not policy.port_allowed(port):
-        raise Blocked(Layer.PROTOCOL, "port", f"port {port} is not allowed by the port policy")
     host = normalise_host(host_text)
+    shown_host = host if isinstance(host, str) else host.compressed
+    endpoint = (shown_host, port) in policy.allow_endpoints
+    if not endpoint and not policy.port_allowed(port):
+        raise Blocked(Layer.PROTOCOL, "port", f"port {port} is not allowed by the port policy")
     if isinstance(host, str):
-        allowed_name = host in policy.allow_hosts
+        allowed_name = endpoint or host in policy.allow_hosts
         rule = None if allowed_name else host_rule(host, policy.deny_hosts)
         if rule:
             raise Blocked(Layer.HOST, rule, f"host {host!r} is not allowed")
         name, address = host, None
     else:
-        check_address(host, policy)
+        if not endpoint:
+            check_address(host, policy)
         allowed_name, name, address = False, host.compressed, host
     path = parts.path or "/"
     denied = path_rule(path, policy.deny_paths)

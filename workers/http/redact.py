@@ -1,12 +1,18 @@
 """Secrets never leave the worker in clear text: not in outputs, errors or logs.
 
-Values of secret headers (by name) and the worker's configured secrets are replaced by
-`[redacted]` wherever they appear, including in response bodies that echo them.
+Values of secret headers (by name) and the worker's bound secrets are replaced by
+`[redacted]` wherever they appear, including in response bodies that echo them. This
+is defence in depth: templates cannot read secrets, but a server may echo a header.
+Encoded forms are caught too (precomputed once per value): base64 (standard and
+URL-safe, at each of the three alignments it can have inside a longer encoded text),
+hex (both cases), reversed and percent-encoded.
 """
 
 from __future__ import annotations
 
+import base64
 import re
+import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
@@ -30,6 +36,24 @@ SECRET_HEADERS = frozenset(
 _MIN_SECRET = 4
 _MIN_PART = 8
 _PARTS = re.compile(r"[\s;,=]+")
+# Encoded forms shorter than this are not scrubbed (too likely to be ordinary text).
+_MIN_FORM = 6
+
+
+def encoded_forms(value: str) -> set[str]:
+    """`value` and the forms it may take when a server or program encodes it."""
+    data = value.encode()
+    forms = {value, value[::-1], data.hex(), data.hex().upper()}
+    forms.update(urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value))
+    for offset in range(3):
+        # Inside a longer base64 text the value starts at one of three bit offsets; only
+        # the characters made of its own bits alone are the same in every such text.
+        encoded = base64.b64encode(bytes(offset) + data).decode()
+        start = -(-offset * 8 // 6)
+        end = (offset + len(data)) * 8 // 6
+        middle = encoded[start:end]
+        forms.update({middle, middle.replace("+", "-").replace("/", "_")})
+    return {form for form in forms if form == value or len(form) >= _MIN_FORM}
 
 
 class Redactor:
@@ -37,7 +61,9 @@ class Redactor:
 
     def __init__(self, secret_headers: Iterable[str] = (), secrets: Iterable[str] = ()) -> None:
         self._names = SECRET_HEADERS | {name.lower() for name in secret_headers}
-        self._values = frozenset(s for s in secrets if len(s) >= _MIN_SECRET)
+        values = [s for s in secrets if len(s) >= _MIN_SECRET]
+        self._values = frozenset(f for s in values for f in encoded_forms(s))
+        self._known = frozenset(values)
 
     def is_secret_header(self, name: str) -> bool:
         return name.lower() in self._names
@@ -45,12 +71,18 @@ class Redactor:
     def with_headers(self, headers: Iterable[tuple[str, str]]) -> Redactor:
         """This redactor, also knowing the values of the secret ones among `headers`
         (whole, and their credential parts: "Bearer abc..." also hides "abc...")."""
-        found = set(self._values)
+        found = set()
         for name, value in headers:
             if self.is_secret_header(name):
                 found.add(value)
                 found.update(p for p in _PARTS.split(value) if len(p) >= _MIN_PART)
-        return Redactor(self._names, found)
+        found -= self._known
+        if not found:
+            return self
+        redactor = Redactor(self._names, found)
+        redactor._values |= self._values
+        redactor._known |= self._known
+        return redactor
 
     def text(self, text: str) -> str:
         for value in sorted(self._values, key=len, reverse=True):

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aob.workers.http.guard import DEFAULT_DENY_PATHS, GuardPolicy
@@ -17,11 +17,41 @@ from aob.workers.http.guard import DEFAULT_DENY_PATHS, GuardPolicy
 CommaList = Annotated[list[str], NoDecode]
 
 
+class SecretBinding(BaseModel):
+    """Where one named secret may be used: sent in one header, only toward the listed
+    hosts, only for nodes of the listed tenants. Nodes name it (`config.secrets`);
+    templates never see it."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    value: SecretStr
+    header: str = "Authorization"
+    # The header's value; "{value}" is replaced by the secret (e.g. "Bearer {value}").
+    format: str = "{value}"
+    # "api.github.com" (any port), "api.github.com:443", "10.0.0.5:8080", "[::1]:8080".
+    hosts: list[str] = Field(min_length=1)
+    # Tenants whose nodes may use it; "*" is every tenant. Runs without a tenant are
+    # the "default" tenant's.
+    tenants: list[str] = Field(default=["default"], min_length=1)
+
+    @field_validator("format")
+    @classmethod
+    def _has_value(cls, value: str) -> str:
+        if "{value}" not in value:
+            raise ValueError('format must contain "{value}"')
+        return value
+
+
 class HttpWorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AOB_HTTP_", env_file=".env", extra="ignore")
+    # Errors never echo their input: it may be a secret.
+    model_config = SettingsConfigDict(
+        env_prefix="AOB_HTTP_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     # SSRF guard. `allow`: host names (trusted with every address they resolve to), IP
-    # addresses or CIDR networks let through although not public; nothing else is.
+    # addresses or CIDR networks let through although not public; `host:port` or
+    # `[v6]:port` let exactly that host through at that port (whatever `ports` says);
+    # nothing else is.
     allow: CommaList = []
     ports: CommaList = ["80", "443", "8080", "8443"]
     deny_hosts: CommaList = []
@@ -30,9 +60,14 @@ class HttpWorkerSettings(BaseSettings):
     # Header names whose values never appear in outputs, errors or logs (besides the
     # built-in authorization, cookie, x-api-key, ...).
     secret_headers: CommaList = []
-    # Values templates can use as `.secrets.<name>`: they never enter the event log, and
-    # are redacted wherever they would appear.
-    secrets: dict[str, SecretStr] = {}
+    # Named secrets, each bound to a header, hosts and tenants (JSON), e.g.
+    # {"github": {"value": "ghp_...", "header": "Authorization", "format": "Bearer {value}",
+    #             "hosts": ["api.github.com"], "tenants": ["acme"]}}
+    # A node asks for one by name (`config.secrets: ["github"]`); the worker adds the
+    # header just before sending, only to a bound host, and drops it on a redirect to
+    # another origin. Templates cannot read secrets. Values (and their base64, hex,
+    # reversed and percent-encoded forms) are redacted wherever they would appear.
+    secrets: dict[str, SecretBinding] = {}
 
     timeout_ms: int = Field(default=30_000, ge=1)  # per request, when the node sets none
     max_timeout_ms: int = Field(default=300_000, ge=1)

@@ -2,12 +2,14 @@
 
 One node execution:
 
-1. The config is rendered (templates over the run context) and validated (`config`).
+1. The config is rendered (templates over the run context) and validated (`config`);
+   the secrets it names are looked up among the operator's bindings (`secrets`).
 2. The guard judges the URL; a host name is resolved once through the resolver port,
    every address is judged, and the connection goes to a checked address (`transport`).
 3. Redirects are followed by hand, each hop judged again from scratch (scheme included);
    secret headers are dropped when the origin changes; 303, and 301/302 after a POST,
-   continue as GET.
+   continue as GET. Bound secrets are added to each hop just before it is sent, only
+   toward their bound hosts (see `secrets`).
 4. The body is read up to `max_response_bytes`; a JSON body is parsed.
 
 Retries within one node attempt, bounded by `retries` and by the task's timeout: when
@@ -44,7 +46,7 @@ from prometheus_client import CollectorRegistry
 
 from aob.events.types import Json, NodeScheduled
 from aob.workers.host import NodeError, NodeType
-from aob.workers.http.config import ConfigError, RequestSpec, build_request
+from aob.workers.http.config import BudgetError, ConfigError, RequestSpec, build_request
 from aob.workers.http.guard import (
     Blocked,
     GuardPolicy,
@@ -56,6 +58,15 @@ from aob.workers.http.guard import (
 from aob.workers.http.metrics import metrics_for
 from aob.workers.http.redact import Redactor
 from aob.workers.http.resolver import ResolveError, Resolver, SystemResolver
+from aob.workers.http.secrets import (
+    DEFAULT_TENANT,
+    Bound,
+    SecretBindings,
+    SecretRefused,
+    check_headers,
+    injected,
+    refuse_unbound,
+)
 from aob.workers.http.settings import HttpWorkerSettings
 from aob.workers.http.transport import pinned, pinned_client
 
@@ -113,8 +124,8 @@ class HttpWorker:
         )
         self._sleep = sleep
         self._rng = rng or random.Random()
-        self._secrets = {name: s.get_secret_value() for name, s in settings.secrets.items()}
-        self._redactor = Redactor(settings.secret_headers, self._secrets.values())
+        self._bindings = SecretBindings(settings.secrets)
+        self._redactor = Redactor(settings.secret_headers, self._bindings.values())
 
     def node_type(self) -> NodeType:
         return NodeType(
@@ -129,9 +140,13 @@ class HttpWorker:
         redactor = self._redactor
         started = time.monotonic()
         try:
-            spec = build_request(task.config, self._context(task), self.settings)
+            spec = await build_request(task.config, _context(task), self.settings)
+            bindings = self._bindings.for_node(spec.secrets, task.tenant or DEFAULT_TENANT)
+            check_headers(bindings, spec.headers)
             redactor = redactor.with_headers(spec.headers)
-            reply, attempts = await self._run(spec, task.timeout_ms)
+            reply, attempts = await self._run(spec, bindings, task.timeout_ms)
+        except BudgetError as error:
+            raise self._failed("budget", f"http node: {error}", redactor, retryable=False) from None
         except ConfigError as error:
             raise self._failed(
                 "invalid_config", f"http node config: {error}", redactor, retryable=False
@@ -139,6 +154,8 @@ class HttpWorker:
         except Blocked as error:
             self.metrics.blocked.labels(error.layer.value, error.rule).inc()
             raise self._failed("blocked", str(error), redactor, retryable=False) from None
+        except SecretRefused as error:
+            raise self._failed("secret_refused", str(error), redactor, retryable=False) from None
         except _Failure as error:
             raise self._failed(
                 "failed", str(error), redactor, retryable=error.retry != "never"
@@ -158,10 +175,6 @@ class HttpWorker:
             "attempts": attempts,
         }
 
-    def _context(self, task: NodeScheduled) -> Json:
-        context = task.input if isinstance(task.input, dict) else {"input": task.input}
-        return {**context, "secrets": self._secrets}
-
     def _failed(
         self, outcome: str, message: str, redactor: Redactor, *, retryable: bool
     ) -> NodeError:
@@ -172,13 +185,16 @@ class HttpWorker:
 
     # --- attempts and retries ----------------------------------------------------------
 
-    async def _run(self, spec: RequestSpec, task_timeout_ms: int | None) -> tuple[_Reply, int]:
+    async def _run(
+        self, spec: RequestSpec, bindings: tuple[Bound, ...], task_timeout_ms: int | None
+    ) -> tuple[_Reply, int]:
         deadline = time.monotonic() + task_timeout_ms / 1000 if task_timeout_ms else None
         attempt = 0
         while True:
             attempt += 1
             try:
-                reply = await self._attempt(spec, _remaining(spec.timeout_s, deadline))
+                timeout = _remaining(spec.timeout_s, deadline)
+                reply = await self._attempt(spec, bindings, timeout)
                 if reply.status in spec.expect:
                     return reply, attempt
                 raise _unexpected_status(spec, reply)
@@ -211,21 +227,27 @@ class HttpWorker:
             return None
         return delay
 
-    async def _attempt(self, spec: RequestSpec, timeout: float) -> _Reply:
+    async def _attempt(
+        self, spec: RequestSpec, bindings: tuple[Bound, ...], timeout: float
+    ) -> _Reply:
         try:
             async with asyncio.timeout(timeout):
-                return await self._follow(spec, timeout)
+                return await self._follow(spec, bindings, timeout)
         except TimeoutError:
             raise _Failure(
                 f"{spec.method} {_shown(spec.url)}: no complete response within {timeout:g} s",
                 retry="sent",
             ) from None
 
-    async def _follow(self, spec: RequestSpec, timeout: float) -> _Reply:
-        target = check_url(spec.url, self.policy)
+    async def _follow(
+        self, spec: RequestSpec, bindings: tuple[Bound, ...], timeout: float
+    ) -> _Reply:
+        target = first = check_url(spec.url, self.policy)
+        refuse_unbound(bindings, first)
         method, headers, body = spec.method, spec.headers, spec.body
         for _ in range(self.settings.max_redirects + 1):
-            reply = await self._exchange(method, target, headers, body, spec, timeout)
+            secret = injected(bindings, target, first)
+            reply = await self._exchange(method, target, headers, secret, body, spec, timeout)
             location = reply.headers.get("location")
             if not (spec.follow_redirects and reply.status in REDIRECT_STATUSES and location):
                 return reply
@@ -256,6 +278,7 @@ class HttpWorker:
         method: str,
         target: Target,
         headers: Headers,
+        secret: Headers,
         body: bytes | None,
         spec: RequestSpec,
         timeout: float,
@@ -264,6 +287,8 @@ class HttpWorker:
         request = self.client.build_request(
             method, target.url, headers=headers, content=body, timeout=timeout
         )
+        for name, value in secret:  # the last moment: to the checked, bound host only
+            request.headers[name] = value
         shown = f"{method} {_shown(target.url)}"
         outcome = "cancelled"
         started = time.perf_counter()
@@ -314,6 +339,11 @@ class HttpWorker:
             for address in addresses:
                 check_address(address, self.policy, host=target.host)
         return addresses
+
+
+def _context(task: NodeScheduled) -> Json:
+    """What templates see: the node's inputs, never a secret."""
+    return task.input if isinstance(task.input, dict) else {"input": task.input}
 
 
 def http_node_type(

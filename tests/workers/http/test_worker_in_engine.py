@@ -12,15 +12,16 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
-from pydantic import SecretStr
 
 from aob.platform.api.app import create_app
 from aob.platform.settings import Settings
 from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
+from aob.workers.http.settings import SecretBinding
 from tests.workers.http.servers import Request, Response, Server
 
 SECRET = "tok-5f0e1d2c3b4a"
+BINDING = {"value": SECRET, "format": "Bearer {value}", "hosts": ["127.0.0.1"]}
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
             _env_file=None,
             allow=["127.0.0.1"],
             ports=["1-65535"],
-            secrets={"api": SecretStr(SECRET)},
+            secrets={"api": SecretBinding.model_validate(BINDING)},
         )
         worker = HttpWorker(settings, registry=CollectorRegistry())
         host = WorkerHost(app.state.engine.log, worker.node_type(), worker_id="http")
@@ -77,7 +78,7 @@ async def test_an_http_node_feeds_its_output_downstream(api, server: Server):
                 "type": "http",
                 "config": {
                     "url": f"http://127.0.0.1:{server.port}/prices/{{{{ .inputs.sku }}}}",
-                    "headers": {"Authorization": "Bearer {{ .secrets.api }}"},
+                    "secrets": ["api"],
                 },
             },
             {

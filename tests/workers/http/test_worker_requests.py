@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import time
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -381,10 +382,17 @@ async def test_config_must_be_an_object(worker):
 # --- secrets ----------------------------------------------------------------------------
 
 
+def bound(value: str, header: str = "Authorization", fmt: str = "{value}") -> dict[str, Any]:
+    """A secret bound to a header toward the loopback server."""
+    return {"value": value, "header": header, "format": fmt, "hosts": ["127.0.0.1"]}
+
+
 async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog):
     caplog.set_level(logging.DEBUG)
     worker = make_worker(
-        allow=LOCAL, secrets={"api": "tok-0123456789"}, secret_headers=["X-Signature"]
+        allow=LOCAL,
+        secrets={"api": bound("tok-0123456789", fmt="Bearer {value}")},
+        secret_headers=["X-Signature"],
     )
     server.route(
         "/echo",
@@ -396,8 +404,8 @@ async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog
     )
     config = {
         "url": base + "/echo",
+        "secrets": ["api"],
         "headers": {
-            "Authorization": "Bearer {{ .secrets.api }}",
             "X-Api-Key": "key-9876543210",
             "X-Signature": "sig-2468013579",
             "X-Visible": "plain",
@@ -425,15 +433,19 @@ async def test_secrets_never_appear_in_outputs(make_worker, server, base, caplog
 
 async def test_secrets_never_appear_in_errors(make_worker, server, base, caplog):
     caplog.set_level(logging.DEBUG)
-    worker = make_worker(allow=LOCAL, secrets={"api": "tok-0123456789"})
-    server.route("/denied", lambda r: Response(401, f"bad token {r.headers.get('authorization')}"))
+    worker = make_worker(allow=LOCAL, secrets={"api": bound("tok-0123456789", "X-Key")})
+    server.route(
+        "/denied",
+        lambda r: Response(401, f"bad {r.headers.get('authorization')} {r.headers['x-key']}"),
+    )
     config = {
-        "url": base + "/denied?key={{ .secrets.api }}",
+        "url": base + "/denied",
+        "secrets": ["api"],
         "headers": {"Authorization": "Basic dXNlcjpodW50ZXIy"},
     }
     error = await failure(worker, config)
     assert "HTTP 401" in str(error)
-    assert "bad token" in str(error)
+    assert "bad [redacted] [redacted]" in str(error)
     for secret in ("tok-0123456789", "dXNlcjpodW50ZXIy"):
         assert secret not in str(error)
         assert secret not in caplog.text
@@ -447,7 +459,7 @@ async def test_an_unexpected_error_fails_the_node_without_secrets(make_worker, c
             raise RuntimeError(f"resolver bug while holding {secret}")
 
     caplog.set_level(logging.DEBUG)
-    worker = make_worker(resolver=BrokenResolver(), secrets={"api": secret})
+    worker = make_worker(resolver=BrokenResolver(), secrets={"api": bound(secret)})
     error = await failure(worker, {"url": "https://api.example.com/"})
     assert "RuntimeError: resolver bug while holding [redacted]" in str(error)
     assert error.retryable is True
@@ -456,10 +468,10 @@ async def test_an_unexpected_error_fails_the_node_without_secrets(make_worker, c
 
 
 async def test_secrets_are_kept_out_of_the_task_event(make_worker, server, base):
-    """The config holds only the template; the value comes from the worker's settings."""
-    worker = make_worker(allow=LOCAL, secrets={"api": "tok-0123456789"})
+    """The config names the secret; the value comes from the worker's settings."""
+    worker = make_worker(allow=LOCAL, secrets={"api": bound("tok-0123456789", "X-Api-Key")})
     server.route("/echo", echo)
-    scheduled = task({"url": base + "/echo", "headers": {"X-Api-Key": "{{ .secrets.api }}"}})
+    scheduled = task({"url": base + "/echo", "secrets": ["api"]})
     assert "tok-0123456789" not in json.dumps(scheduled.config)
     await worker.handle(scheduled)
     assert server.requests[-1].headers["x-api-key"] == "tok-0123456789"
