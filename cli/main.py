@@ -36,6 +36,7 @@ examples:
   aob logs stream RUN --node enrich          one node's events, live
   aob approve APPROVAL approve --reason "LGTM"
   aob workflow validate workflow.json && aob run start workflow.json
+  aob admin deadletters list                 records the services set aside
 
 server address and credentials: --server/--token/--actor, else AOB_SERVER/AOB_TOKEN/
 AOB_ACTOR, else the keys server/token/actor of ~/.config/aob/config.toml (or --config,
@@ -224,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _patch_commands(root.group("patch", "agents' patches to running workflows"))
     _replay_command(root)
     _workflow_commands(root.group("workflow", "validate, store and inspect workflows"))
+    _admin_commands(root.group("admin", "operate the platform (admin role)"))
     return parser
 
 
@@ -324,6 +326,21 @@ def _workflow_commands(workflow: _Tree) -> None:
     create = workflow.command("create", "workflows:create", "store a workflow file as a version")
     create.add_argument("file", metavar="FILE")
     create.add_argument("--tag", help="tag to point at it (default: the workflow's name)")
+
+
+def _admin_commands(admin: _Tree) -> None:
+    letters = admin.group(
+        "deadletters", "records the services set aside (undecodable, or failing to process)"
+    )
+    listing = letters.command("list", "deadletters:list_letters", "dead letters, oldest first")
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--cursor", help="continue a listing (from its next_cursor)")
+    replay = letters.command(
+        "replay",
+        "deadletters:replay",
+        "append a dead letter's original record to its topic again (after a fix)",
+    )
+    replay.add_argument("letter_id", metavar="ID", help="as `aob admin deadletters list` shows")
 
 
 if __name__ == "__main__":

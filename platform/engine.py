@@ -25,11 +25,19 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aob.events.blobs import BlobStore, FileBlobStore
+from aob.events.log.bounded import BoundedEventLog
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
 from aob.events.log.prefixed import PrefixedEventLog
 from aob.events.log.sqlite import SqliteEventLog
-from aob.events.types import EXPRESSIONS_TOPIC, RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC, task_topic
+from aob.events.types import (
+    DEADLETTER_TOPIC,
+    EXPRESSIONS_TOPIC,
+    RUNS_TOPIC,
+    TOOLS_TOPIC,
+    WORKFLOWS_TOPIC,
+    task_topic,
+)
 from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
@@ -50,6 +58,7 @@ from aob.workers.evaluator import ExpressionEvaluator
 from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
+from aob.workers.outputs import OutputStore
 from aob.workers.sandbox import close_shared_sandbox
 
 log = logging.getLogger(__name__)
@@ -85,6 +94,8 @@ class Engine:
     http: HttpWorker | None = None
     evaluator: ExpressionEvaluator | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when a host task dies: the server then exits non-zero (aob.platform.serve).
+    died: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
@@ -133,17 +144,20 @@ class Engine:
         return engine
 
     def _add_workers(self, kinds: list[str]) -> None:
+        outputs = OutputStore(self.blobs, self.settings.output_inline_bytes)
         if "builtin" in kinds:
-            self.workers += [WorkerHost(self.log, t, worker_id="builtin") for t in BUILTIN_TYPES]
-            self.evaluator = ExpressionEvaluator(
-                self.log, self.blobs, inline_max_bytes=self.settings.output_inline_bytes
-            )
+            self.workers += [
+                WorkerHost(self.log, t, worker_id="builtin", outputs=outputs) for t in BUILTIN_TYPES
+            ]
+            self.evaluator = ExpressionEvaluator(self.log, outputs)
         if "http" in kinds:
             self.http = HttpWorker(HttpWorkerSettings())
-            self.workers.append(WorkerHost(self.log, self.http.node_type(), worker_id="http"))
+            http_type = self.http.node_type()
+            self.workers.append(WorkerHost(self.log, http_type, worker_id="http", outputs=outputs))
         if "agent" in kinds:
             self.agent = _agent_runner(self.settings, self.log, self.read_models, self.tools)
-            self.workers.append(WorkerHost(self.log, self.agent.node_type(), worker_id="agent"))
+            agent = WorkerHost(self.log, self.agent.node_type(), worker_id="agent", outputs=outputs)
+            self.workers.append(agent)
         if "hitl" in kinds:
             self.hitl = HitlService(self.log, self.read_models)
 
@@ -181,17 +195,41 @@ class Engine:
             self._spawn(worker.run(self._stop))
 
     def _spawn(self, job: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(job)
-        task.add_done_callback(_report_crash)
+        name = getattr(job, "__qualname__", "host")  # e.g. CoordinatorHost.run
+        task = asyncio.create_task(job, name=name)
+        task.add_done_callback(self._on_host_done)
         self._tasks.append(task)
+
+    def _on_host_done(self, task: asyncio.Task[None]) -> None:
+        """A host that ends before it is asked to has died: the service is unhealthy,
+        and `died` tells the server to exit so that a supervisor restarts it."""
+        if self._stop.is_set() and (task.cancelled() or task.exception() is None):
+            return
+        why = self._why(task)
+        if why is not None:
+            error = None if task.cancelled() else task.exception()
+            log.critical("host %s died: %s; the service stops", task.get_name(), why,
+                         exc_info=error)
+            self.died.set()
+
+    def _why(self, task: asyncio.Task[None]) -> str | None:
+        if not task.done():
+            return None
+        if task.cancelled():
+            return None if self._stop.is_set() else "cancelled"
+        error = task.exception()
+        if error is not None:
+            return repr(error)
+        return None if self._stop.is_set() else "returned before the service stopped"
 
     @property
     def crashed(self) -> list[str]:
-        """Hosts that stopped with an error (the service is then unhealthy)."""
+        """Hosts that stopped with an error, or before the service stopped (it is
+        then unhealthy, and exits: see `died`)."""
         return [
-            repr(task.exception())
+            f"{task.get_name()}: {why}"
             for task in self._tasks
-            if task.done() and not task.cancelled() and task.exception() is not None
+            if (why := self._why(task)) is not None
         ]
 
     def request_stop(self) -> None:
@@ -253,7 +291,7 @@ async def open_log(settings: Settings, role: str) -> EventLog:
         )
     if settings.topic_prefix:
         event_log = PrefixedEventLog(event_log, settings.topic_prefix)
-    return event_log
+    return BoundedEventLog(event_log, settings.max_event_bytes)
 
 
 async def open_read_models(settings: Settings) -> AsyncReadModels:
@@ -264,11 +302,6 @@ async def open_read_models(settings: Settings) -> AsyncReadModels:
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return await ThreadedReadModels.open(settings.data_dir / "readmodels.db")
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("engine task crashed", exc_info=task.exception())
 
 
 def _agent_runner(
@@ -325,6 +358,7 @@ async def create_topics(event_log: EventLog, settings: Settings) -> None:
         EXPRESSIONS_TOPIC: settings.tasks_partitions,
         WORKFLOWS_TOPIC: settings.workflows_partitions,
         TOOLS_TOPIC: 1,  # a small catalog, read whole by everyone
+        DEADLETTER_TOPIC: 1,  # records set aside: few, read whole by admins
         **{task_topic(node_type): settings.tasks_partitions for node_type in sorted(types)},
     }
     await asyncio.gather(*(event_log.create_topic(t, n) for t, n in topics.items()))

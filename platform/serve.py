@@ -7,16 +7,20 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import cast
 
 import uvicorn
+from fastapi import FastAPI
 
 from aob.events.log.port import EventLog, LogError
 from aob.platform.api.app import create_app
 from aob.platform.audit import fresh_read_models, run_history, verify
 from aob.platform.auth.security import admin_token_help, local_admin_token
 from aob.platform.demo import DemoRun
-from aob.platform.engine import check_role, open_log, open_read_models
+from aob.platform.engine import Engine, check_role, open_log, open_read_models
 from aob.platform.settings import Settings
+
+EXIT_HOST_DIED = 70  # EX_SOFTWARE, as the faust coordinator exits when a step fails
 
 
 async def serve_dev(
@@ -38,6 +42,8 @@ async def serve_dev(
         if exit_after:
             server.should_exit = True
     await serving
+    if _died(server):
+        return EXIT_HOST_DIED
     return 0 if status == "completed" else 1
 
 
@@ -54,7 +60,7 @@ async def serve_service(settings: Settings, role: str, log_level: str) -> int:
         flush=True,
     )
     await serving
-    return 0
+    return EXIT_HOST_DIED if _died(server) else 0
 
 
 async def _listening(
@@ -75,7 +81,36 @@ async def _listening(
         if serving.done():
             return None, serving  # uvicorn has logged why (port in use, no broker, ...)
         await asyncio.sleep(0.02)
+    engine = _engine(server)
+    if engine is not None:
+        watch = asyncio.create_task(_exit_when_a_host_dies(server, engine))
+        serving.add_done_callback(lambda _: watch.cancel())
     return server, serving
+
+
+async def _exit_when_a_host_dies(server: uvicorn.Server, engine: Engine) -> None:
+    """A dead host (its /health already says 503) stops the server, so that the process
+    exits non-zero and its supervisor restarts it: it never serves on half-working."""
+    await engine.died.wait()
+    print(
+        f"aob {engine.role}: a host died ({'; '.join(engine.crashed)}); stopping, "
+        f"exit code {EXIT_HOST_DIED}",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.should_exit = True
+
+
+def _engine(server: uvicorn.Server) -> Engine | None:
+    """The engine the app's lifespan started (None if it has none)."""
+    app = cast(FastAPI, server.config.app)
+    engine = getattr(app.state, "engine", None)
+    return engine if isinstance(engine, Engine) else None
+
+
+def _died(server: uvicorn.Server) -> bool:
+    engine = _engine(server)
+    return engine is not None and engine.died.is_set()
 
 
 def _base_url(server: uvicorn.Server, host: str) -> str:

@@ -56,11 +56,19 @@ from typing import Any, Final
 import faust
 from faust.worker import Worker
 
-from aob.events.codec import CodecError, decode, encode
+from aob.events.codec import decode, encode
 from aob.events.log.kafka import KafkaEventLog
-from aob.events.types import RUNS_TOPIC, NodeScheduled, task_topic
+from aob.events.log.port import Record
+from aob.events.types import (
+    EXPRESSIONS_TOPIC,
+    RUNS_TOPIC,
+    ExpressionRequested,
+    NodeScheduled,
+    task_topic,
+)
 from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import NodeState, NodeStatus, RunState, RunStatus, Timer
+from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter, describe
 from aob.projections.workflow.compiler import compile_workflow
 
 __all__ = [
@@ -198,9 +206,15 @@ class FaustCoordinator:
         self._own: set[tuple[int, int]] = set()
 
     async def handle(self, events: Sequence[Any]) -> None:
-        """Fold faust `events` of `aob.runs`; returns once every effect is durable."""
+        """Fold faust `events` of `aob.runs`; returns once every effect is durable.
+
+        Poison (an undecodable record, a fold or an encoding that fails, a state that
+        cannot be stored) is set aside on `aob.deadletter` and its run fails: a step
+        never fails, and so never exits the process, for one run's sake.
+        """
         states: dict[bytes, Stored] = {}
         partitions: dict[bytes, int] = {}
+        last: dict[bytes, Any] = {}  # per run, its last message of the batch
         outbox: list[tuple[str, bytes, bytes]] = []
         for event in events:
             message = event.message
@@ -210,17 +224,44 @@ class FaustCoordinator:
                 continue
             key: bytes | None = message.key
             if key is None:
-                log.error("skipped a record of %s without a key (a run id)", RUNS_TOPIC)
+                outbox.extend(_set_aside(message, "a record of aob.runs without a key (run id)"))
                 continue
-            current = states[key] if key in states else self._load(key)
-            emitted, after = self._fold(current, message.value)
+            try:
+                current = states[key] if key in states else self._load(key)
+                emitted, after = self._fold(current, message.value)
+            except Exception as error:
+                log.exception("set aside the record at %s", _at(message))
+                emitted, after = _set_aside(message, describe(error)), RunStatus.FAILED
+                current = None
             outbox.extend(emitted)
             if after is None or (after is current and isinstance(after, RunStatus)):
                 continue  # an unknown run, or one that had ended: nothing to store
             states[key] = after
             partitions[key] = message.partition
+            last[key] = message
+        snapshots = self._snapshots(states, last, outbox)
         await self._produce(outbox)
-        await self._store(states, partitions)
+        await self._store(states, snapshots, partitions)
+
+    def _snapshots(
+        self,
+        states: dict[bytes, Stored],
+        last: Mapping[bytes, Any],
+        outbox: list[tuple[str, bytes, bytes]],
+    ) -> dict[bytes, bytes]:
+        """The table bytes of each changed run; a state that cannot be stored (e.g. too
+        deep to serialise) fails its run, set aside with its last event of the batch."""
+        snapshots: dict[bytes, bytes] = {}
+        for key, value in states.items():
+            try:
+                snapshots[key] = snapshot(value)
+            except Exception as error:
+                log.exception("cannot store the state of run %r", key)
+                reason = f"its state cannot be stored: {describe(error)}"
+                outbox.extend(_set_aside(last[key], reason))
+                states[key] = RunStatus.FAILED
+                snapshots[key] = snapshot(RunStatus.FAILED)
+        return snapshots
 
     def _load(self, key: bytes) -> Stored | None:
         data = self.table.get(key)
@@ -239,12 +280,7 @@ class FaustCoordinator:
         """The records to produce and the run's state after the event in `value`."""
         if isinstance(current, RunStatus):
             return [], current  # the run has ended: later events change nothing
-        try:
-            event = decode(value)
-        except CodecError as error:
-            log.error("skipped a record of %s that is not an aob event: %s", RUNS_TOPIC, error)
-            return [], current
-        state, emitted = fold(current, event)
+        state, emitted = fold(current, decode(value))  # raises for poison: set aside
         outbox: list[tuple[str, bytes, bytes]] = []
         for out in emitted:
             data = encode(out)
@@ -252,6 +288,8 @@ class FaustCoordinator:
             outbox.append((RUNS_TOPIC, key, data))
             if isinstance(out.payload, NodeScheduled):
                 outbox.append((task_topic(out.payload.node_type), key, data))
+            elif isinstance(out.payload, ExpressionRequested):
+                outbox.append((EXPRESSIONS_TOPIC, key, data))
         if state is not None and state.is_finished:
             return outbox, state.status
         return outbox, state
@@ -268,11 +306,16 @@ class FaustCoordinator:
             if topic == RUNS_TOPIC:
                 self._own.add((meta.partition, meta.offset))
 
-    async def _store(self, states: Mapping[bytes, Stored], partitions: Mapping[bytes, int]) -> None:
+    async def _store(
+        self,
+        states: Mapping[bytes, Stored],
+        snapshots: Mapping[bytes, bytes],
+        partitions: Mapping[bytes, int],
+    ) -> None:
         """Write the runs' states to the table, and wait for the changelog to have them."""
         pending = []
         for key, value in states.items():
-            data = snapshot(value)
+            data = snapshots[key]
             # The changelog partition is the event's: faust restores a table partition
             # together with the same partition of aob.runs.
             pending.append(self.table.send_changelog(partitions[key], key, data))
@@ -282,6 +325,22 @@ class FaustCoordinator:
             else:
                 self._live[key] = (data, value)
         await asyncio.gather(*pending)
+
+
+def _set_aside(message: Any, reason: str) -> list[tuple[str, bytes, bytes]]:
+    """A faust message of aob.runs set aside: its dead letter and its run's failure."""
+    key = message.key.decode("utf-8", "replace") if message.key is not None else ""
+    record = Record(message.topic, message.partition, message.offset, key, message.value, 0)
+    try:
+        what = decode(message.value).type
+    except Exception:
+        what = UNDECODABLE
+    appends = dead_letter(record, APP_ID, reason, what=what)
+    return [(a.topic, a.key.encode(), a.value) for a in appends]
+
+
+def _at(message: Any) -> str:
+    return f"{message.topic}/{message.partition}@{message.offset}"
 
 
 def create_app(options: Options) -> tuple[faust.App, FaustCoordinator]:

@@ -21,12 +21,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-
-from aob.events.codec import CodecError, decode
-from aob.events.log.port import EventLog
+from aob.events.codec import decode
+from aob.events.log.port import Append, EventLog
 from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
 from aob.projections.readmodels.views import DEFAULT_TENANT
+from aob.projections.workflow.definition import credential_header_problem
+from aob.workers.agent.schemas import SchemaRefused, check_schema, refused_refs
+from aob.projections.runtime.deadletter import dead_letter, describe
+
+CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters
 
 KINDS = ("pipeline", "openapi")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -50,22 +53,36 @@ def check_registration(name: str, kind: str, spec: Json) -> None:
         steps = spec.get("steps")
         if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
             raise InvalidTool("spec.steps must be a non-empty array of step objects")
+        _check_step_headers(steps)
         parameters = spec.get("parameters")
         if parameters is not None:
-            try:
-                jsonschema.Draft202012Validator.check_schema(parameters)
-            except jsonschema.SchemaError as error:
-                message = f"spec.parameters is not a JSON Schema: {error.message}"
-                raise InvalidTool(message) from None
+            try:  # offline: a reference outside the schema is refused, never fetched
+                check_schema(parameters, "spec.parameters")
+            except SchemaRefused as refused:
+                raise InvalidTool(str(refused)) from None
         return
     document = spec.get("document")
     if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
         raise InvalidTool("spec.document must be an OpenAPI document with paths")
+    try:  # its schemas are validated against it: every reference must stay inside
+        refused_refs(document, "spec.document")
+    except SchemaRefused as refused:
+        raise InvalidTool(str(refused)) from None
     if not list(operations(document)):
         raise InvalidTool("spec.document has no operation with an operationId")
     base_url = spec.get("base_url", server_url(document))
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         raise InvalidTool("give spec.base_url (http or https), or servers[0].url in the document")
+
+
+def _check_step_headers(steps: list[dict[str, Any]]) -> None:
+    """A credential header written into a step would be stored and listed in clear."""
+    for index, step in enumerate(steps):
+        headers = step.get("headers")
+        for name, value in headers.items() if isinstance(headers, dict) else ():
+            problem = credential_header_problem(str(name), value)
+            if problem is not None:
+                raise InvalidTool(f"spec.steps[{index}].headers.{name}: {problem}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +203,7 @@ class ToolCatalog:
 
     async def _read_new(self, log: EventLog) -> bool:
         read = False
+        poison: list[Append] = []
         for partition in range(await log.partitions(TOOLS_TOPIC)):
             offset = self.positions.get(partition, 0)
             for record in await log.read(TOOLS_TOPIC, partition, offset):
@@ -193,10 +211,12 @@ class ToolCatalog:
                 read = True
                 try:
                     payload = decode(record.value).payload
-                except CodecError:
-                    continue  # not ours to judge; the log's other readers report it
-                if isinstance(payload, ToolRegistered):
-                    self.apply(payload)
+                    if isinstance(payload, ToolRegistered):
+                        self.apply(payload)
+                except Exception as error:  # poison: set aside, the catalog goes on
+                    poison += dead_letter(record, CATALOG_SERVICE, describe(error), fail_run=False)
+        if poison:  # every follower sets it aside under the same id: listed once
+            await log.append(poison)
         return read
 
 
