@@ -113,7 +113,7 @@ class LiveServer:
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)
-        raise AssertionError(f"aob server dev did not start:\n{self.logs()[-5000:]}")
+        raise AssertionError(f"aob server dev did not start:\n{self.errors(4)[-2500:]}")
 
     def kill9(self) -> None:
         """SIGKILL, as a crash: nothing is flushed or closed."""
@@ -155,6 +155,23 @@ class LiveServer:
             self.env = self.fresh(self.data_dir)
         self.start()
         self.create_tokens()
+
+    def errors(self, lines: int = 12) -> str:
+        """The server's last error lines, to explain a failure."""
+        found = [
+            line[:600]
+            for line in self.logs().splitlines()
+            if "error" in line.lower() or "traceback" in line.lower()
+        ]
+        return "\n".join(found[-lines:])
+
+    @contextlib.contextmanager
+    def diagnosed(self) -> Iterator[None]:
+        """An assertion failing inside says what the server logged as errors."""
+        try:
+            yield
+        except AssertionError as failure:
+            raise AssertionError(f"{failure}\n--- server errors:\n{self.errors()}") from None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -492,6 +509,18 @@ def attack(
     /health answers within 1 s throughout; the victim's normal run, submitted right
     after, completes within `allowed(baseline)`; the bad run ends `expect`ed, and when
     it failed, with a reason naming the budget or its setting."""
+    with server.diagnosed():
+        return _attack(server, bad, inputs, settings, bad_timeout, expect)
+
+
+def _attack(
+    server: LiveServer,
+    bad: dict[str, Any],
+    inputs: Any,
+    settings: tuple[str, ...],
+    bad_timeout: float,
+    expect: str,
+) -> Outcome:
     usual = baseline(server)
     bound = allowed(usual)
     with HealthProbe(server.url) as probe, server.client(ATTACKER) as attacker, \
@@ -535,6 +564,17 @@ def survives_restart(
     /health answers within 1 s from the first answer on, the victim's run completes
     within the usual bound, and the bad run ends failed naming the budget (it is not
     re-attempted forever, nor does it hang the restarted server)."""
+    with server.diagnosed():
+        return _survives_restart(server, bad, inputs, settings, started)
+
+
+def _survives_restart(
+    server: LiveServer,
+    bad: dict[str, Any],
+    inputs: Any,
+    settings: tuple[str, ...],
+    started: Callable[[list[dict[str, Any]]], bool] | None,
+) -> dict[str, Any]:
     usual = baseline(server)
     with server.client(ATTACKER) as attacker:
         bad_id = submit(attacker, bad, inputs)
