@@ -8,15 +8,30 @@ from typing import Any
 
 from aob.cli.errors import EXIT_USAGE, CliError
 
+# A workflow or inputs file larger than this is not sent (the API takes 2 MiB).
+MAX_FILE_BYTES = 16 * 1024 * 1024
+# JSON values a YAML file may stand for once its aliases are expanded: aliases are
+# shared when loaded, but sending the document expands every one ("billion laughs").
+MAX_EXPANDED_VALUES = 1_000_000
+
 
 def load_file(name: str) -> Any:
     path = Path(name)
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise CliError(f"{path}: larger than {MAX_FILE_BYTES} bytes", EXIT_USAGE)
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise CliError(f"cannot read {path}: {error.strerror or error}", EXIT_USAGE) from None
     except UnicodeDecodeError:
         raise CliError(f"cannot read {path}: it is not UTF-8 text", EXIT_USAGE) from None
+    try:
+        return _parse(path, text)
+    except RecursionError:
+        raise CliError(f"{path}: nests too deeply", EXIT_USAGE) from None
+
+
+def _parse(path: Path, text: str) -> Any:
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text)
@@ -25,12 +40,50 @@ def load_file(name: str) -> Any:
     import yaml  # only the commands that read YAML pay for it
 
     try:
-        return yaml.safe_load(text)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" (line {where.line + 1})" if where is not None else ""
         problem = getattr(error, "problem", None) or "not valid YAML"
         raise CliError(f"{path}: invalid YAML{at}: {problem}", EXIT_USAGE) from None
+    problem = _expansion_problem(document, MAX_EXPANDED_VALUES)
+    if problem is not None:
+        raise CliError(f"{path}: {problem}", EXIT_USAGE)
+    return document
+
+
+def _expansion_problem(document: Any, budget: int) -> str | None:
+    """Why `document` cannot be sent as JSON once its shared (aliased) parts are
+    expanded, or None. Counts each shared value once (memoised by identity), so the
+    count itself costs time linear in the loaded document, not in its expansion."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    # Iterative post-order walk: (value, children counted yet?).
+    stack: list[tuple[Any, bool]] = [(document, False)]
+    while stack:
+        value, counted = stack.pop()
+        if not isinstance(value, dict | list):
+            continue
+        key = id(value)
+        children = list(value.values()) if isinstance(value, dict) else value
+        if counted:
+            on_path.discard(key)
+            sizes[key] = 1 + sum(_size(child, sizes) for child in children)
+            if sizes[key] > budget:
+                return f"more than {budget} values once YAML aliases are expanded"
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            return "a YAML alias refers to a value that contains it (an endless document)"
+        on_path.add(key)
+        stack.append((value, True))
+        stack.extend((child, False) for child in children)
+    return None
+
+
+def _size(value: Any, sizes: dict[int, int]) -> int:
+    return sizes[id(value)] if isinstance(value, dict | list) else 1
 
 
 def load_definition(name: str) -> dict[str, Any]:

@@ -30,10 +30,11 @@ ROLE_PERMISSIONS: Final[dict[str, frozenset[Permission]]] = {
 }
 
 # Roles other than the four grant nothing by themselves; approvals may name them
-# ("role:finance" in a node's approvers).
-ROLE_NAME: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
-TENANT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-PRINCIPAL_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}$")
+# ("role:finance" in a node's approvers). `\Z`, not `$`: `$` also matches before a
+# final newline, so "admin\n" would pass.
+ROLE_NAME: Final = re.compile(r"^[a-z][a-z0-9_.-]{0,63}\Z")
+TENANT_NAME: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}\Z")
+PRINCIPAL_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}\Z")
 DEFAULT_TENANT: Final = "default"
 
 

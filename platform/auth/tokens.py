@@ -20,7 +20,7 @@ from typing import Final
 from aob.platform.auth.principal import Principal
 
 PREFIX: Final = "aob_"
-_FORMAT: Final = re.compile(r"^aob_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
+_FORMAT: Final = re.compile(r"^aob_([0-9a-f]{12})_([A-Za-z0-9_-]{43})\Z")
 
 
 @dataclass(frozen=True, slots=True)

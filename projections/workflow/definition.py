@@ -475,6 +475,42 @@ def _hitl_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> It
             )
 
 
+# Headers that carry credentials: a literal value in a definition would be stored in
+# the log and shown to every reader of the workflow, in clear.
+CREDENTIAL_HEADERS: frozenset[str] = frozenset(
+    {"authorization", "proxy-authorization", "cookie", "x-api-key"}
+)
+
+
+def credential_header_problem(name: str, value: Json) -> str | None:
+    """Why a header `name: value` may not be written in a definition, or None.
+
+    A `{{ }}` template is computed at run time (templates cannot read secrets);
+    anything else is a credential written down."""
+    if name.lower() not in CREDENTIAL_HEADERS:
+        return None
+    if isinstance(value, str) and next(placeholders(value), None) is not None:
+        return None
+    return (
+        f"a literal {name} header would be stored and shown in clear: have the operator "
+        "bind a secret to this header (AOB_HTTP_SECRETS) and name it in config.secrets"
+    )
+
+
+def _credential_problems(
+    doc: Mapping[str, Json], graph: _Graph, limits: Limits
+) -> Iterator[Problem]:
+    for index, node in _items(doc, "nodes"):
+        config = node.get("config")
+        headers = config.get("headers") if isinstance(config, dict) else None
+        if node.get("type") not in ("http", "agent") or not isinstance(headers, dict):
+            continue
+        for name, value in headers.items():
+            problem = credential_header_problem(name, value)
+            if problem is not None:
+                yield Problem(f"/nodes/{index}/config/headers/{_escape(name)}", problem)
+
+
 def _cycle_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
     for component in strongly_connected(list(graph.ids), graph.forward):
         start = min(component, key=graph.ids.__getitem__)
@@ -544,6 +580,7 @@ def _expression_problems(
 
 
 _SEMANTIC_CHECKS: tuple[_Check, ...] = (
+    _credential_problems,
     _duplicate_problems,
     _reference_problems,
     _hitl_problems,

@@ -25,9 +25,9 @@ from aob.events.codec import decode
 from aob.events.log.port import Append, EventLog
 from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
 from aob.projections.readmodels.views import DEFAULT_TENANT
+from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.workflow.definition import credential_header_problem
 from aob.workers.agent.schemas import SchemaRefused, check_schema, refused_refs
-from aob.projections.runtime.deadletter import dead_letter, describe
 
 CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters
 

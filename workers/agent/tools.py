@@ -15,8 +15,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import jsonschema
-
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog
@@ -39,6 +37,7 @@ from aob.workers.agent.catalog import ToolCatalog
 from aob.workers.agent.config import AgentConfig, AgentDefaults
 from aob.workers.agent.openapi import ArgumentError, build_request
 from aob.workers.agent.pipeline import Fetch, PipelineError, StepError, run_pipeline
+from aob.workers.agent.schemas import problems as schema_problems
 from aob.workers.agent.watch import RunFinished, run_position, wait_for_run_event
 from aob.workers.host import NodeError
 from aob.workers.http.guard import Blocked
@@ -344,15 +343,11 @@ class ToolBox:
 
 
 def _input_problem(parameters: Any, value: Json) -> str | None:
+    """The input's problems against a tool's parameters schema (offline: a reference
+    outside the schema is a problem, never fetched)."""
     if not isinstance(parameters, dict):
         return None
-    errors = list(jsonschema.Draft202012Validator(parameters).iter_errors(value))
-    if not errors:
-        return None
-    return "; ".join(
-        f"{'/'.join(str(p) for p in e.absolute_path) or '(input)'}: {e.message}"
-        for e in errors[:5]
-    )
+    return "; ".join(schema_problems(parameters, value, limit=5)) or None
 
 
 def _result(result: dict[str, Json], limit: int = 16_000) -> str:
