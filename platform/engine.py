@@ -53,6 +53,7 @@ from aob.workers.agent import (
     LlmClients,
     ToolCatalog,
 )
+from aob.workers.agent.config import NamedEndpoint
 from aob.workers.builtin import BUILTIN_TYPES, WORKER_TYPES
 from aob.workers.evaluator import ExpressionEvaluator
 from aob.workers.hitl import HitlService
@@ -313,7 +314,12 @@ def _agent_runner(
         base_url=settings.llm_base_url,
         model=settings.llm_model,
         api_key=settings.llm_api_key.get_secret_value(),
-        api_keys={k: v.get_secret_value() for k, v in settings.llm_api_keys.items()},
+        endpoints={
+            name: NamedEndpoint(
+                e.base_url, e.api_key.get_secret_value(), tuple(e.models), frozenset(e.tenants)
+            )
+            for name, e in settings.llm_endpoints.items()
+        },
         max_retries=settings.llm_max_retries,
         timeout_ms=settings.llm_timeout_ms,
         max_rounds=settings.llm_max_rounds,
@@ -337,13 +343,16 @@ def _agent_runner(
             await asyncio.sleep(0.05)
         return None
 
-    http = HttpWorker(HttpWorkerSettings().model_copy(update={"secrets": {}}))
+    http_settings = HttpWorkerSettings()
+    http = HttpWorker(http_settings.model_copy(update={"secrets": {}}))
     services = AgentServices(
         event_log, defaults, tools, GuardedFetch(http), definition, run_tenants=run_tenant
     )
     return AgentRunner(
         services,
-        clients=LlmClients(max_connections=settings.llm_max_connections),
+        clients=LlmClients(
+            max_connections=settings.llm_max_connections, guard=http_settings.guard_policy()
+        ),
         blobs=FileBlobStore(settings.data_dir / "blobs"),
         concurrency=settings.llm_concurrency,
     )

@@ -5,11 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
 WORKER_KINDS: Final = ("builtin", "http", "hitl", "agent")
+
+
+class LlmEndpoint(BaseModel):
+    """An LLM endpoint agent nodes may name (AOB_LLM_ENDPOINTS)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr = SecretStr("")
+    models: list[str] = []
+    tenants: list[str] = Field(default=["default"], min_length=1)
 
 
 class Settings(BaseSettings):
@@ -48,12 +59,18 @@ class Settings(BaseSettings):
     workflow_max_expression_bytes: int = Field(default=16 * 1024, ge=16, le=16 * 1024)
     workflow_max_expressions: int = Field(default=500, ge=1, le=500)  # distinct jq programs
 
-    # Agent nodes: the OpenAI-compatible endpoint and the bounds of one node attempt.
-    # Nodes may override the endpoint, model, key (by name, from llm_api_keys) and limits.
+    # Agent nodes: the default OpenAI-compatible endpoint ("default") and the bounds of
+    # one node attempt. Nodes may override the model and limits, and name another endpoint.
     llm_base_url: str | None = None
     llm_model: str = "gpt-4o-mini"
-    llm_api_key: SecretStr = SecretStr("")
-    llm_api_keys: dict[str, SecretStr] = {}
+    llm_api_key: SecretStr = SecretStr("")  # sent to llm_base_url only
+    # The other endpoints nodes may name (`config.endpoint`), each with its own key (JSON):
+    # {"local": {"base_url": "http://10.0.0.5:8000/v1", "api_key": "...",
+    #            "models": ["llama-3"], "tenants": ["acme"]}}
+    # `models` (empty: any) are the models nodes may ask for (the first is the default);
+    # `tenants` ("*": every tenant) default to ["default"]. Their traffic goes through the
+    # HTTP worker's SSRF guard: a private address must be allowed in AOB_HTTP_ALLOW.
+    llm_endpoints: dict[str, LlmEndpoint] = {}
     llm_max_retries: int = Field(default=3, ge=0, le=10)  # SDK retries on 429, 5xx, ...
     llm_timeout_ms: int = Field(default=60_000, ge=1)
     llm_max_connections: int = Field(default=100, ge=1)  # the one shared pool
@@ -64,6 +81,13 @@ class Settings(BaseSettings):
     llm_max_delegation_depth: int = Field(default=2, ge=0)
     llm_blob_threshold_bytes: int = Field(default=64 * 1024, ge=0)
     llm_concurrency: int = Field(default=16, ge=1)  # agent nodes in flight per worker
+
+    @field_validator("llm_endpoints")
+    @classmethod
+    def _default_is_reserved(cls, value: dict[str, LlmEndpoint]) -> dict[str, LlmEndpoint]:
+        if "default" in value:
+            raise ValueError('"default" names AOB_LLM_BASE_URL; choose another name')
+        return value
 
     # Authentication: "tokens" (API tokens; also JWTs when a JWKS URL or key is set) or
     # "off" (callers name themselves with X-Aob-Actor; for tests and trusted networks).

@@ -14,6 +14,8 @@ carries `{"$blob": ref, "bytes": n}` instead.
 
 LLM failures the SDK could not retry away fail the node: retryable for 408, 409,
 429, 5xx and connection errors (the node's retry policy decides), final otherwise.
+Nodes reach only the endpoints the operator configured (see `config`); any but the
+default goes through the SSRF guard, and a refusal is final.
 """
 
 from __future__ import annotations
@@ -32,13 +34,16 @@ from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
-from aob.workers.agent.config import AgentConfig, ConfigError, agent_config
+from aob.workers.agent.config import DEFAULT_TENANT, AgentConfig, ConfigError, agent_config
 from aob.workers.agent.llm import LlmClients, Usage
 from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
 from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
 from aob.workers.host import NodeError, NodeType
+from aob.workers.http.config import BudgetError, render
 from aob.workers.http.config import ConfigError as TemplateError
-from aob.workers.http.config import render
+from aob.workers.http.guard import Blocked
+from aob.workers.http.outbound import GuardRefused
+from aob.workers.http.resolver import ResolveError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +88,7 @@ class AgentRunner:
 
     async def handle(self, task: NodeScheduled) -> Json:
         """Run one agent node attempt; its output, or NodeError."""
-        config = self._config(task)
+        config = await self._config(task)
         loop = asyncio.get_running_loop()
         tools = ToolBox(self.services, task, config, loop.time() + config.max_wall_ms / 1000)
         conversation = _Conversation(_opening(config))
@@ -99,7 +104,14 @@ class AgentRunner:
             ) from None
         except openai.APIStatusError as error:
             raise _llm_status_error(error, config) from None
+        except (Blocked, GuardRefused) as error:
+            raise _blocked(error, config) from None
+        except ResolveError as error:
+            raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
+                            retryable=True) from None
         except openai.APIConnectionError as error:
+            if isinstance(error.__cause__, GuardRefused):  # the transport's own check
+                raise _blocked(error.__cause__, config) from None
             raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
                             retryable=True) from None
         finally:
@@ -113,11 +125,14 @@ class AgentRunner:
         }
         return await self._stored_if_large(output)
 
-    def _config(self, task: NodeScheduled) -> AgentConfig:
+    async def _config(self, task: NodeScheduled) -> AgentConfig:
+        tenant = task.tenant or DEFAULT_TENANT
         try:
-            config = agent_config(task.config, self.services.defaults)
-            prompt = render(config.prompt, task.input, "config.prompt")
-            instructions = render(config.instructions, task.input, "config.instructions")
+            config = agent_config(task.config, self.services.defaults, tenant)
+            prompt = await render(config.prompt, task.input, "config.prompt")
+            instructions = await render(config.instructions, task.input, "config.instructions")
+        except BudgetError as error:
+            raise NodeError(f"agent node: {error}", retryable=False) from None
         except (ConfigError, TemplateError) as error:
             raise NodeError(f"agent node config: {error}", retryable=False) from None
         return _with_texts(config, _text(prompt), _text(instructions))
@@ -266,6 +281,16 @@ def _answer(content: str | None, output: str) -> tuple[Json, str | None]:
     except json.JSONDecodeError as error:
         return None, (f"Your final answer must be valid JSON ({error}). "
                       "Reply with the JSON only.")
+
+
+def _blocked(error: Blocked | GuardRefused, config: AgentConfig) -> NodeError:
+    """The guard refused the endpoint: final (the operator must allow it)."""
+    blocked = error.blocked if isinstance(error, GuardRefused) else error
+    return NodeError(
+        f"LLM endpoint {config.endpoint.name!r}: {blocked} (AOB_HTTP_ALLOW lets an"
+        " operator's endpoint on a private address through)",
+        retryable=False,
+    )
 
 
 def _llm_status_error(error: openai.APIStatusError, config: AgentConfig) -> NodeError:

@@ -34,6 +34,7 @@ from aob.workers.http.guard import IPAddress
 
 Pins = Mapping[tuple[str, int], Sequence[IPAddress]]
 _PINS: ContextVar[Pins] = ContextVar("aob_http_pins", default=MappingProxyType({}))
+PINS = _PINS  # for the httpx2 transport (outbound)
 
 
 @contextlib.contextmanager
