@@ -43,6 +43,7 @@ class Answer:
     body: bytes = b'{"ok": true}'
     content_type: str = "application/json"
     delay_s: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -80,16 +81,17 @@ class CaptureServer:
             more = message.get("more_body", False)
         path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"]
                                 else "")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
-        self.requests.append(Captured(scope["method"], path, headers, body))
+        received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        self.requests.append(Captured(scope["method"], path, received, body))
         if scope["path"].startswith("/v1/"):
             await self.llm.app(scope, _replay(body), send)
             return
         answer = self.answers.get(scope["path"], Answer())
         if answer.delay_s:
             await asyncio.sleep(answer.delay_s)
-        await send({"type": "http.response.start", "status": answer.status,
-                    "headers": [(b"content-type", answer.content_type.encode())]})
+        headers = [(b"content-type", answer.content_type.encode())]
+        headers += [(k.encode(), v.encode()) for k, v in answer.headers]
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
 
     @classmethod

@@ -159,7 +159,7 @@ class LiveServer:
     def errors(self, lines: int = 12) -> str:
         """The server's last error lines, to explain a failure."""
         found = [
-            line[:600]
+            line[-500:]  # a traceback's last lines say what went wrong
             for line in self.logs().splitlines()
             if "error" in line.lower() or "traceback" in line.lower()
         ]
