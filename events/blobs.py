@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 _REF = re.compile(r"sha256:([0-9a-f]{64})")
 
@@ -89,3 +89,53 @@ class FileBlobStore:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
+
+
+class PostgresBlobStore:
+    """Blobs in one PostgreSQL table, shared by every process of a cluster (a worker
+    stores an output, the evaluator, other workers and the API read it back)."""
+
+    _CREATE = (
+        "CREATE TABLE IF NOT EXISTS aob_blobs (ref text PRIMARY KEY, data bytea NOT NULL)"
+    )
+
+    def __init__(self, pool: Any) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def open(cls, dsn: str, *, max_size: int = 4) -> PostgresBlobStore:
+        import asyncpg  # only cluster deployments need it loaded
+
+        pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=max_size, server_settings={"application_name": "aob-blobs"}
+        )
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                # Several services may start at once: serialise the creation.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('aob_blobs'))")
+                await conn.execute(cls._CREATE)
+        except BaseException:
+            await pool.close()
+            raise
+        return cls(pool)
+
+    async def put(self, data: bytes) -> str:
+        ref = blob_ref(data)
+        await self._pool.execute(
+            "INSERT INTO aob_blobs (ref, data) VALUES ($1, $2) ON CONFLICT (ref) DO NOTHING",
+            ref,
+            data,
+        )
+        return ref
+
+    async def get(self, ref: str) -> bytes:
+        digest = _digest(ref)
+        data = await self._pool.fetchval("SELECT data FROM aob_blobs WHERE ref = $1", ref)
+        if data is None:
+            raise BlobError(f"no blob {ref}")
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise BlobError(f"blob {ref} is corrupt: its bytes do not match the reference")
+        return bytes(data)
+
+    async def close(self) -> None:
+        await self._pool.close()

@@ -29,8 +29,10 @@ from aob.events.types import (
 )
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
+from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.workflow.definition import SETTING_NAMES, Limits, validate_definition
 from aob.projections.workflow.materialize import apply_patch
+from aob.workers.outputs import OutputError, fetch_output
 
 FINISHED_RUN = ("completed", "failed", "cancelled")
 
@@ -180,7 +182,21 @@ class Commands:
             run = await self.read.get_run(run_id)
         if run is None:
             raise not_found("run", run_id)
+        run["output"] = await self._fetched(run.get("output"))
+        for node in run.get("nodes") or []:
+            node["output"] = await self._fetched(node.get("output"))
         return run
+
+    async def _fetched(self, output: Any) -> Any:
+        """An output as the user wrote it: fetched from the blob store when the read
+        model holds only its reference."""
+        ref = output.get(BLOB_REF) if isinstance(output, dict) and len(output) == 1 else None
+        if not isinstance(ref, str):
+            return output
+        try:
+            return await fetch_output(ref, self.engine.blobs)
+        except OutputError:
+            return output  # not in this process's store: show the reference
 
     async def cancel_run(
         self, run_id: str, reason: str, *, actor: str, trace_id: str

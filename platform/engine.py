@@ -24,7 +24,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from aob.events.blobs import BlobStore, FileBlobStore
+from aob.events.blobs import BlobStore, FileBlobStore, PostgresBlobStore
 from aob.events.log.bounded import BoundedEventLog
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import EventLog
@@ -120,11 +120,22 @@ class Engine:
         except BaseException:
             await event_log.close()
             raise
-        return cls._assemble(settings, role, event_log, read_models)
+        try:
+            blobs = await open_blobs(settings)
+        except BaseException:
+            await event_log.close()
+            await read_models.close()
+            raise
+        return cls._assemble(settings, role, event_log, read_models, blobs)
 
     @classmethod
     def _assemble(
-        cls, settings: Settings, role: str, event_log: EventLog, read_models: AsyncReadModels
+        cls,
+        settings: Settings,
+        role: str,
+        event_log: EventLog,
+        read_models: AsyncReadModels,
+        blobs: BlobStore,
     ) -> Engine:
         projector = ProjectorHost(event_log, read_models) if role in ("dev", "projector") else None
         engine = cls(
@@ -134,7 +145,7 @@ class Engine:
             read_models=read_models,
             projected=ReadYourWrites(event_log, read_models, projector),
             tools=ToolCatalog(),
-            blobs=FileBlobStore(settings.data_dir / "blobs"),
+            blobs=blobs,
             projector=projector,
         )
         if role in ("dev", "coordinator"):
@@ -252,6 +263,8 @@ class Engine:
             await self.log.close()
         finally:
             await self.read_models.close()
+            if isinstance(self.blobs, PostgresBlobStore):
+                await self.blobs.close()
 
     async def dependencies(self) -> dict[str, str]:
         """Whether the log and the read models answer: "ok", or the error."""
@@ -293,6 +306,14 @@ async def open_log(settings: Settings, role: str) -> EventLog:
     if settings.topic_prefix:
         event_log = PrefixedEventLog(event_log, settings.topic_prefix)
     return BoundedEventLog(event_log, settings.max_event_bytes)
+
+
+async def open_blobs(settings: Settings) -> BlobStore:
+    """Where large outputs live: shared through PostgreSQL in a cluster (every service
+    reads what any worker stored), else a directory in the data dir."""
+    if settings.database_url:
+        return await PostgresBlobStore.open(settings.database_url.get_secret_value())
+    return FileBlobStore(settings.data_dir / "blobs")
 
 
 async def open_read_models(settings: Settings) -> AsyncReadModels:

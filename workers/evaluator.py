@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 
-from aob.events.blobs import BlobStore
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
@@ -32,7 +31,7 @@ from aob.events.types import (
     ExpressionRequested,
 )
 from aob.projections.workflow.expressions import ExpressionError
-from aob.workers.outputs import OutputError, store_output, with_outputs
+from aob.workers.outputs import OutputError, OutputStore
 from aob.workers.sandbox import JqSandboxBusy, jq_first
 
 log = logging.getLogger(__name__)
@@ -44,10 +43,9 @@ _BUSY_BACKOFF_S = 0.05  # every sandbox child is taken: ask again shortly
 class ExpressionEvaluator:
     """Consumes `aob.expressions`; one batch of requests is evaluated concurrently."""
 
-    def __init__(self, event_log: EventLog, blobs: BlobStore, *, inline_max_bytes: int) -> None:
+    def __init__(self, event_log: EventLog, outputs: OutputStore) -> None:
         self.log = event_log
-        self.blobs = blobs
-        self.inline_max_bytes = inline_max_bytes
+        self.outputs = outputs
         self.consumer = Consumer(event_log, GROUP, [EXPRESSIONS_TOPIC])
 
     async def start(self) -> None:
@@ -81,12 +79,12 @@ class ExpressionEvaluator:
         """The verdict on `request`: a boolean for conditions, the value for outputs."""
         run_id, request_id = request.run_id, request.request_id
         try:
-            context = await with_outputs(request.input, request.output_refs, self.blobs)
+            context = await self.outputs.resolve(request.input, request.output_refs)
             result = await _first(request.program, context)
             if request.purpose != "output":
                 taken = result is not None and result is not False
                 return ExpressionEvaluated(run_id, request_id, taken)
-            value, ref = await store_output(result, self.blobs, self.inline_max_bytes)
+            value, ref = await self.outputs.store(result)
         except (ExpressionError, OutputError) as error:
             return ExpressionEvaluated(run_id, request_id, error=str(error))
         return ExpressionEvaluated(run_id, request_id, value, ref)

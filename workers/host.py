@@ -15,6 +15,7 @@ goes on executing tasks whose outcomes it cannot record.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -38,6 +39,7 @@ from aob.events.types import (
     task_topic,
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
+from aob.workers.outputs import OutputError, OutputStore
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +94,18 @@ class WorkerHost:
     """
 
     def __init__(
-        self, event_log: EventLog, node_type: NodeType, *, worker_id: str = "worker"
+        self,
+        event_log: EventLog,
+        node_type: NodeType,
+        *,
+        worker_id: str = "worker",
+        outputs: OutputStore | None = None,
     ) -> None:
         self.log = event_log
         self.node_type = node_type
+        # Large outputs go to (and referenced ones come from) the blob store; without
+        # one, outputs travel inline (tests, and workers that need no blobs).
+        self.outputs = outputs
         self.worker_id = worker_id
         group = f"aob-worker-{node_type.name}"
         self.consumer = Consumer(event_log, group, [task_topic(node_type.name)])
@@ -242,16 +252,23 @@ class WorkerHost:
     async def _outcome(self, task: NodeScheduled) -> Payload | str:
         """The node's outcome; or, when the handler crashed, why (the task is then set
         aside and its node fails without retries: a bug does the same every time)."""
+        node = (task.run_id, task.node_id, task.iteration, task.attempt)
         try:
+            if self.outputs is not None and task.output_refs:
+                resolved = await self.outputs.resolve(task.input, task.output_refs)
+                task = dataclasses.replace(task, input=resolved)
             output = await self.node_type.handler(task)
+            if self.outputs is None:
+                return NodeCompleted(*node, output)
+            value, ref = await self.outputs.store(output)
         except NodeError as error:
-            return NodeFailed(
-                task.run_id, task.node_id, task.iteration, task.attempt, str(error), error.retryable
-            )
+            return NodeFailed(*node, str(error), error.retryable)
+        except OutputError as error:
+            return NodeFailed(*node, str(error), retryable=False)
         except Exception as error:  # a handler bug must fail the node, not the worker
             log.exception("node %s of run %s crashed", task.node_id, task.run_id)
             return f"the {self.node_type.name} handler raised {describe(error)}"
-        return NodeCompleted(task.run_id, task.node_id, task.iteration, task.attempt, output)
+        return NodeCompleted(*node, value, ref)
 
     def _unrecordable(self, record: Record, task_event: Event, reason: str) -> list[Append]:
         """The task set aside, and its node failed (no retries) saying why; its run goes

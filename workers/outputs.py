@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aob.events.blobs import BlobError, BlobStore
@@ -56,3 +57,17 @@ async def with_outputs(context: Json, refs: Mapping[str, str], blobs: BlobStore)
     for node_id, ref in refs.items():
         nodes[node_id] = await fetch_output(ref, blobs)
     return {**context, "nodes": nodes}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputStore:
+    """The blob store and the size above which an output is stored there."""
+
+    blobs: BlobStore
+    inline_max_bytes: int
+
+    async def store(self, value: Json) -> tuple[Json, str | None]:
+        return await store_output(value, self.blobs, self.inline_max_bytes)
+
+    async def resolve(self, context: Json, refs: Mapping[str, str]) -> Json:
+        return await with_outputs(context, refs, self.blobs)

@@ -101,6 +101,16 @@ class Position:
     offset: int
 
 
+# An output the blob store holds is stored as {BLOB_REF: reference}: the API fetches
+# the value when it shows the run (aob.platform.commands).
+BLOB_REF = "$aob.blob"
+
+
+def stored_output(output: Any, ref: str | None) -> Any:
+    """What a read model keeps of an output: the value, or a marker naming its blob."""
+    return output if ref is None else {BLOB_REF: ref}
+
+
 def dumps(value: Any) -> str:
     """JSON text as stored: compact, key order kept (so rebuilds are byte-identical)."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -344,7 +354,8 @@ def _end_run(
 
 
 def _run_completed(p: RunCompleted, e: Event) -> Plan:
-    yield from _end_run(p.run_id, e.occurred_at, "completed", output=dumps(p.output))
+    output = dumps(stored_output(p.output, p.output_ref))
+    yield from _end_run(p.run_id, e.occurred_at, "completed", output=output)
 
 
 def _run_failed(p: RunFailed, e: Event) -> Plan:
@@ -421,7 +432,8 @@ def _node_started(p: NodeStarted, e: Event) -> Plan:
 
 
 def _node_completed(p: NodeCompleted, e: Event) -> Plan:
-    yield Exec(COMPLETE_NODE, {**_node_key(p), "output": dumps(p.output), "at": e.occurred_at})
+    output = dumps(stored_output(p.output, p.output_ref))
+    yield Exec(COMPLETE_NODE, {**_node_key(p), "output": output, "at": e.occurred_at})
 
 
 def _node_failed(p: NodeFailed, e: Event) -> Plan:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -256,3 +257,21 @@ async def test_timeline_holds_the_whole_history_in_order(backend: Backend) -> No
     assert all(ev["key"] == run_id for ev in events)
     later = await backend.client.get(f"/api/v1/runs/{run_id}/events", params={"after": offsets[2]})
     assert [ev["offset"] for ev in later.json()["items"]] == offsets[3:]
+
+
+async def test_large_outputs_are_stored_once_and_referenced_so_events_stay_small(
+    backend: Backend,
+) -> None:
+    """20 chained nodes with 60 KB outputs: before outputs were referenced, the last
+    NodeScheduled copied all of them (1.14 MB) and the run logged 11.4 MB."""
+    chain = [t("n0", '"x" * 60000')]
+    chain += [t(f"n{i}", f'.nodes.n{i - 1}[1:] + "y"') for i in range(1, 20)]
+    edges = [e(f"n{i - 1}", f"n{i}") for i in range(1, 20)]
+    definition = wf(chain, edges, output="{length: (.nodes.n19 | length), tail: .nodes.n19[-3:]}")
+    run = await backend.complete(definition)
+    assert run["status"] == "completed", run.get("error")
+    assert run["output"] == {"length": 60000, "tail": "yyy"}
+    assert len(nodes_of(run)["n7"]["output"]) == 60000  # the API fetches referenced outputs
+    sizes = [len(json.dumps(item)) for item in await backend.events(run["run_id"])]
+    assert max(sizes) < 16 * 1024
+    assert sum(sizes) < 200 * 1024  # linear in the work: no output is copied
