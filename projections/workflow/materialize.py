@@ -93,9 +93,13 @@ def apply_patch(
 ) -> PatchOutcome:
     """Apply `operations` to a copy of `current` if every rule allows it.
 
-    `frozen_nodes` are the nodes that started or finished; `base_node_ids` the
-    nodes of the submitted definition (agents among them are not spawns). Problems
-    about operations point at "/<op index>"; the others point into the result.
+    `frozen_nodes` are the nodes that started or finished. Every node that is an
+    agent in the result and was not one in `current` counts against the run's agent
+    cap, whichever operation made it one: added, retyped (`replace /nodes/3/type`,
+    also of a node of the submitted definition), replaced whole, moved or copied.
+    `base_node_ids` (the submitted definition's nodes) no longer exempts anything:
+    exempting them let a patch retype pending base nodes into agents past the cap.
+    Problems about operations point at "/<op index>"; the others point into the result.
     """
     try:
         return _apply_patch(
@@ -126,13 +130,13 @@ def _apply_patch(
     if not isinstance(result, dict):
         return _refused(problems)
     problems += _frozen_problems(current, result, frozen_nodes)
-    new_agents = _new_agents(current, result, base_node_ids)
-    problems += _agent_problems(new_agents, agents_added_so_far, limits.max_agent_spawns)
+    spawned = new_agents(current, result)
+    problems += _agent_problems(spawned, agents_added_so_far, limits.max_agent_spawns)
     if problems:
         return _refused(problems)
     old_ids = set(_node_ids(current))
     added = tuple(n for n in _node_ids(result) if n not in old_ids)
-    return PatchOutcome(result, added, len(new_agents))
+    return PatchOutcome(result, added, len(spawned))
 
 
 def materialize(base: dict[str, Any], patches: Sequence[list[Any]]) -> dict[str, Any]:
@@ -360,28 +364,26 @@ def _describe_edge(edge: Mapping[str, Json]) -> str:
     return text
 
 
-def _new_agents(
-    current: Mapping[str, Json], result: Mapping[str, Json], base_node_ids: frozenset[str]
-) -> list[str]:
-    """Agent nodes of the result that are neither base nodes nor agents already."""
+def new_agents(current: Mapping[str, Json], result: Mapping[str, Json]) -> list[str]:
+    """The nodes that are agents in `result` and were not agents in `current`: what a
+    patch spawns, however its operations got there (the documents are compared, not
+    the operations, so no sequence of add/replace/move/copy escapes the count)."""
     old_agents = {node["id"] for _, node in _nodes(current) if node.get("type") == "agent"}
     return [
         node["id"]
         for _, node in _nodes(result)
-        if node.get("type") == "agent"
-        and node["id"] not in base_node_ids
-        and node["id"] not in old_agents
+        if node.get("type") == "agent" and node["id"] not in old_agents
     ]
 
 
-def _agent_problems(new_agents: list[str], so_far: int, limit: int) -> list[Problem]:
-    if so_far + len(new_agents) <= limit:
+def _agent_problems(spawned: list[str], so_far: int, limit: int) -> list[Problem]:
+    if so_far + len(spawned) <= limit:
         return []
     return [
         Problem(
             "/nodes",
-            f"agent spawn limit: this patch adds {len(new_agents)} agent node(s) "
-            f"({', '.join(new_agents)}) to the {so_far} added before, over the run's limit "
+            f"agent spawn limit: this patch makes {len(spawned)} node(s) agents "
+            f"({', '.join(spawned)}) besides the {so_far} before, over the run's limit "
             f"of {limit}",
         )
     ]

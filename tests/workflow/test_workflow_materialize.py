@@ -342,7 +342,7 @@ def test_sixth_agent_is_refused():
 
 def test_agents_of_one_patch_are_counted_together():
     outcome = patch([add_node("a"), add_node("b"), add_node("c")], so_far=3)
-    assert "adds 3 agent node(s)" in only_problem(outcome).message
+    assert "makes 3 node(s) agents" in only_problem(outcome).message
     assert patch([add_node("a"), add_node("b")], so_far=3).added_agents == 2
 
 
