@@ -149,7 +149,9 @@ class Engine:
             projector=projector,
         )
         if role in ("dev", "coordinator"):
-            engine.coordinator = CoordinatorHost(event_log)
+            engine.coordinator = CoordinatorHost(
+                event_log, max_event_bytes=settings.max_event_bytes
+            )
             engine.timers = TimerService(event_log, read_models)
         if role in ("dev", "workers"):
             engine._add_workers(settings.workers)

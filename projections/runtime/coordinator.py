@@ -17,6 +17,7 @@ import asyncio
 import logging
 
 from aob.events.codec import decode, encode
+from aob.events.log.bounded import oversize
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record
 from aob.events.tracing import traced
@@ -40,8 +41,13 @@ GROUP = "aob-coordinator"
 class CoordinatorHost:
     """In-memory run states rebuilt from the log at start, then kept by folding."""
 
-    def __init__(self, event_log: EventLog, *, max_records: int = 500) -> None:
+    def __init__(
+        self, event_log: EventLog, *, max_records: int = 500, max_event_bytes: int | None = None
+    ) -> None:
         self.log = event_log
+        # Emitted events over this fail their run here, rather than stall the batch
+        # the log would refuse (None: the log's own bound is the only check).
+        self.max_event_bytes = max_event_bytes
         self.consumer = Consumer(event_log, GROUP, [RUNS_TOPIC], max_records=max_records)
         self.states: dict[str, RunState] = {}
         self.finished: set[str] = set()
@@ -95,7 +101,13 @@ class CoordinatorHost:
             self._drop(record.key)
             return dead_letter(record, GROUP, describe(error))
         try:
-            return self._appends(self._fold(event))
+            appends = self._appends(self._fold(event))
+            problem = self._oversize(appends)
+            if problem is None:
+                return appends
+            log.error("set aside %s %s: %s", event.type, event.event_id, problem)
+            self._drop(event.key)
+            return dead_letter(record, GROUP, problem, what=event.type)
         except Exception as error:
             # The run's trace only around the log line: set around every fold it
             # cost ~6% of handle() (time CoordinatorHost.handle over a batch).
@@ -103,6 +115,9 @@ class CoordinatorHost:
                 log.exception("fold failed on %s %s", event.type, event.event_id)
             self._drop(event.key)
             return dead_letter(record, GROUP, describe(error), what=event.type)
+
+    def _oversize(self, appends: list[Append]) -> str | None:
+        return None if self.max_event_bytes is None else oversize(appends, self.max_event_bytes)
 
     @staticmethod
     def _appends(emitted: list[Event]) -> list[Append]:

@@ -1,0 +1,31 @@
+"""An event over AOB_MAX_EVENT_BYTES never reaches the log: the run that would have
+written it fails, naming the setting, and every other run goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.poison.harness import engine
+
+MAX = 64 * 1024
+BIG = '"x" * 15000'
+# Five branches with 15 KB outputs each (under the 16 KB inline threshold, so they
+# travel in events) feed one join: its task would carry all five, ~75 KB.
+WIDE = {
+    "name": "wide",
+    "nodes": [
+        *({"id": f"b{i}", "type": "transform", "config": {"expr": BIG}} for i in range(5)),
+        {"id": "join", "type": "transform", "config": {"expr": "1"}},
+    ],
+    "edges": [{"from": f"b{i}", "to": "join"} for i in range(5)],
+}
+
+
+async def test_an_event_over_the_maximum_fails_its_run_and_others_go_on(tmp_path: Path) -> None:
+    async with engine(tmp_path, max_event_bytes=MAX) as aob:
+        run = await aob.finished(await aob.submit(WIDE))
+        assert run["status"] == "failed"
+        assert "AOB_MAX_EVENT_BYTES" in run["error"]
+        assert f"({MAX} bytes" in run["error"]
+        await aob.normal_run_completes()
+        assert await aob.healthy()
