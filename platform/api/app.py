@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aob
+from aob.events.log.bounded import EventTooLarge
 from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
 from aob.platform.api.deps import EngineDep
 from aob.platform.auth.security import install as install_security
@@ -104,7 +105,10 @@ def _uptime(seconds: float) -> str:
 
 def _problem_response(problem: Problem, request: Request) -> JSONResponse:
     return JSONResponse(
-        problem.body(request.url.path), status_code=problem.status, media_type=PROBLEM_JSON
+        problem.body(request.url.path),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers or None,
     )
 
 
@@ -151,6 +155,12 @@ def _install_error_handlers(app: FastAPI) -> None:
             422, "input-out-of-bounds", "Request out of bounds",
             "the request nests too deeply to be handled",
         )
+        return _problem_response(problem, request)
+
+    @app.exception_handler(EventTooLarge)
+    async def on_event_too_large(request: Request, error: EventTooLarge) -> JSONResponse:
+        # What the request would record is over the maximum event size: nothing was.
+        problem = Problem(413, "event-too-large", "Request too large to record", str(error))
         return _problem_response(problem, request)
 
     @app.exception_handler(Exception)

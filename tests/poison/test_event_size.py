@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.poison.harness import engine
+from tests.poison.harness import NORMAL, engine
 
 MAX = 64 * 1024
 BIG = '"x" * 15000'
@@ -29,3 +29,18 @@ async def test_an_event_over_the_maximum_fails_its_run_and_others_go_on(tmp_path
         assert f"({MAX} bytes" in run["error"]
         await aob.normal_run_completes()
         assert await aob.healthy()
+
+
+async def test_a_submission_over_the_maximum_is_refused_with_413_and_records_nothing(
+    tmp_path: Path,
+) -> None:
+    async with engine(tmp_path, max_event_bytes=MAX) as aob:
+        body = {"definition": NORMAL, "inputs": {"x": 1, "blob": "y" * MAX}}
+        response = await aob.client.post("/api/v1/runs", json=body)
+        assert response.status_code == 413, response.text
+        problem = response.json()
+        assert problem["type"].endswith("/event-too-large")
+        assert "AOB_MAX_EVENT_BYTES" in problem["detail"]
+        listed = await aob.client.get("/api/v1/runs")
+        assert listed.json()["items"] == []
+        await aob.normal_run_completes()
