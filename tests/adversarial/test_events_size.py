@@ -1,0 +1,122 @@
+"""Issue 11, event size: NodeScheduled copied every upstream output (20 chained nodes
+with 60 KB outputs: a 1.14 MB NodeScheduled, 11.4 MB per run), and Kafka refused an
+http response over its 1 MB message limit, which wedged the worker host silently.
+Against a live server: every event stays under AOB_MAX_EVENT_BYTES, the log grows
+linearly with the work, and an oversize output is stored aside (or fails its node
+naming the setting) while the host goes on."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.adversarial.capture import Answer, CaptureServer
+from tests.adversarial.conftest import (
+    ATTACKER,
+    NORMAL,
+    HealthProbe,
+    LiveServer,
+    failure_text,
+    names_a_budget,
+    run_events,
+    server_for,
+    submit,
+    wait_run,
+)
+
+pytestmark = pytest.mark.slow
+
+MAX_EVENT_BYTES = 512 * 1024  # the default of AOB_MAX_EVENT_BYTES
+OUTPUT_BYTES = 60_000
+
+
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
+def sized_server(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    capture: CaptureServer,
+) -> Iterator[LiveServer]:
+    port = capture.url.rsplit(":", 1)[1]
+    data_dir = tmp_path_factory.mktemp(f"size-{request.param}") / "data"
+    with server_for(request.param, request, data_dir, AOB_HTTP_ALLOW="127.0.0.1",
+                    AOB_HTTP_PORTS=port) as server:
+        yield server
+
+
+def chain(length: int, tag: str) -> dict[str, Any]:
+    """`length` chained transforms, each with its own 60 KB output."""
+    nodes = [
+        {"id": f"n{i}", "type": "transform",
+         "config": {"expr": f'"{tag}-{i}-" + ("x" * {OUTPUT_BYTES})'}}
+        for i in range(length)
+    ]
+    edges = [{"from": f"n{i - 1}", "to": f"n{i}"} for i in range(1, length)]
+    return {"name": f"chain-{length}", "nodes": nodes, "edges": edges,
+            "output": f".nodes.n{length - 1} | length"}
+
+
+def _event_sizes(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
+    return sorted(((len(json.dumps(e["data"])), e["type"]) for e in events), reverse=True)
+
+
+def test_twenty_chained_60kb_outputs_stay_small_and_grow_linearly(
+    sized_server: LiveServer,
+) -> None:
+    server = sized_server
+    growth = {}
+    with server.diagnosed(), server.client(ATTACKER) as attacker:
+        for length, tag in ((10, "a"), (20, "b")):
+            before = server.data_bytes()
+            run = wait_run(attacker, submit(attacker, chain(length, tag)), 60)
+            assert run["status"] == "completed", failure_text(run)
+            assert run["output"] == OUTPUT_BYTES + len(f"{tag}-{length - 1}-")
+            sizes = _event_sizes(run_events(attacker, run["run_id"]))
+            assert sizes[0][0] < MAX_EVENT_BYTES, f"largest events: {sizes[:3]}"
+            scheduled = [size for size, kind in sizes if kind == "NodeScheduled"]
+            # Outputs are referenced, not copied: a NodeScheduled holds no upstream output.
+            assert max(scheduled) < OUTPUT_BYTES, f"NodeScheduled of {max(scheduled)} bytes"
+            total = sum(size for size, _ in sizes)
+            # Linear: the outputs once (in events or blobs), plus small bookkeeping.
+            assert total < 3 * length * OUTPUT_BYTES, f"{total} bytes of events for {length}"
+            growth[length] = (total, server.data_bytes() - before)
+    events10, events20 = growth[10][0], growth[20][0]
+    assert events20 < 2.6 * events10, f"events grew {events20 / events10:.1f}x for 2x the work"
+    if server.backend == "embedded":  # the whole data dir: log, read models, blobs
+        disk10, disk20 = growth[10][1], growth[20][1]
+        assert disk20 < 3 * max(disk10, 1), f"data dir grew {disk10} then {disk20} bytes"
+        assert disk20 < 20 * 20 * OUTPUT_BYTES, f"data dir grew by {disk20} bytes"
+
+
+def test_an_http_response_over_kafkas_limit_does_not_wedge_the_worker(
+    sized_server: LiveServer, capture: CaptureServer
+) -> None:
+    """A 2 MB response (under the http worker's 10 MB cap): stored aside and the run
+    completes, or the node fails naming the limit; either way the next runs go on."""
+    server = sized_server
+    body = json.dumps({"data": "y" * 2_000_000}).encode()
+    capture.respond("/big", Answer(body=body))
+    definition = {"name": "big-http", "nodes": [
+        {"id": "get", "type": "http", "config": {"url": f"{capture.url}/big"}}],
+        "output": ".nodes.get.body.data | length"}
+    with server.diagnosed(), HealthProbe(server.url) as probe, \
+            server.client(ATTACKER) as attacker:
+        run = wait_run(attacker, submit(attacker, definition), 60, probe=probe)
+        if run["status"] == "completed":
+            assert run["output"] == 2_000_000, run["output"]
+        else:
+            assert names_a_budget(failure_text(run), "AOB_MAX_EVENT_BYTES",
+                                  "AOB_HTTP_MAX_RESPONSE_BYTES"), failure_text(run)
+        sizes = _event_sizes(run_events(attacker, run["run_id"]))
+        assert sizes[0][0] < MAX_EVENT_BYTES, f"largest events: {sizes[:3]}"
+        # The worker host is not wedged: another http run and a normal run complete.
+        capture.respond("/small", Answer(body=b'{"ok": 1}'))
+        after = wait_run(attacker, submit(attacker, {"name": "small-http", "nodes": [
+            {"id": "get", "type": "http", "config": {"url": f"{capture.url}/small"}}]}),
+            30, probe=probe)
+        normal = wait_run(attacker, submit(attacker, NORMAL, {"x": 1}), 30, probe=probe)
+    probe.check()
+    assert after["status"] == "completed", failure_text(after)
+    assert normal["status"] == "completed"
