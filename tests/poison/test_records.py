@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from aob.events.types import task_topic
+from aob.events.types import Event, task_topic
+from aob.projections.coordinator.state import RunState
 from aob.projections.runtime import coordinator as coordinator_module
 from aob.projections.runtime.coordinator import GROUP as COORDINATOR
 from aob.projections.runtime.deadletter import UNDECODABLE
@@ -56,10 +57,10 @@ async def test_a_record_whose_fold_raises_fails_that_run_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The real fold has no failing input known: this one fails for one run's events."""
-    real_fold = coordinator_module.fold
+    real_fold = coordinator_module.fold  # type: ignore[attr-defined]
     doomed: set[str] = set()
 
-    def fold(state, event):  # type: ignore[no-untyped-def]
+    def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Event]]:
         if event.key in doomed and event.type == "RunCancelRequested":
             raise RuntimeError("bug in the fold")
         return real_fold(state, event)

@@ -86,7 +86,7 @@ async def with_worker(
 ) -> None:
     async with engine(tmp_path, node_types=[KIND]) as aob:
         log = RefusingLog(aob.engine.log)
-        host = WorkerHost(log, NodeType(KIND, handler), worker_id="test")  # type: ignore[arg-type]
+        host = WorkerHost(log, NodeType(KIND, handler), worker_id="test")
         await host.start()
         stop = asyncio.Event()
         running = asyncio.create_task(host.run(stop))
@@ -152,7 +152,7 @@ async def test_a_log_outage_stops_the_worker_host_instead_of_wedging_it(tmp_path
         assert (await aob.run(run_id))["status"] == "running"
         committed = await aob.engine.log.committed(host.group, task_topic(KIND))
         assert not any(committed.values())
-        restarted = WorkerHost(log, NodeType(KIND, handler), worker_id="again")  # type: ignore[arg-type]
+        restarted = WorkerHost(log, NodeType(KIND, handler), worker_id="again")
         await restarted.start()
         stop = asyncio.Event()
         again = asyncio.create_task(restarted.run(stop))
