@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
 class Problem(Exception):
-    """An error meant for the API's caller: status, a stable type slug, a clear detail."""
+    """An error meant for the API's caller: status, a stable type slug, a clear detail;
+    `headers` go on the response (e.g. Retry-After)."""
 
-    def __init__(self, status: int, slug: str, title: str, detail: str, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        title: str,
+        detail: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.slug = slug
         self.title = title
         self.detail = detail
+        self.headers = dict(headers or {})
         self.extra = extra
 
     def body(self, instance: str | None = None) -> dict[str, Any]:

@@ -23,7 +23,11 @@ from aob.platform.api.deps import Actor, CommandsDep, EngineDep, TraceId
 from aob.platform.commands import Commands, now_ms
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, not_found
-from aob.projections.workflow.materialize import PatchReplayError, materialize
+from aob.projections.workflow.materialize import (
+    DEFAULT_PATCH_LIMITS,
+    PatchReplayError,
+    materialize,
+)
 
 router = APIRouter(prefix="/api/v1/runs", tags=["patches"])
 
@@ -107,7 +111,7 @@ async def _patch(engine: Engine, run_id: str, patch_id: str) -> dict[str, Any]:
 def workflow_diff(current: dict[str, Any], operations: Any) -> dict[str, Any]:
     """What `operations` change in `current`, by node and edge."""
     try:
-        patched = materialize(current, [operations])
+        patched = materialize(current, [operations], limits=DEFAULT_PATCH_LIMITS)
     except PatchReplayError as error:
         return {"applies": False, "problem": str(error)}
     before, after = _nodes(current), _nodes(patched)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -12,7 +12,13 @@ from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.platform.audit import run_history
 from aob.platform.problems import Problem, not_found
+from aob.platform.ratelimit import RateLimited
 from aob.projections.readmodels.queries import decode_cursor
+from aob.projections.workflow.materialize import (
+    DEFAULT_PATCH_LIMITS,
+    PatchReplayError,
+    materialize,
+)
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -79,6 +85,42 @@ async def list_runs(
     return {"items": items, "next_cursor": next_cursor}
 
 
+async def _charge_tier_change(
+    request: Request, tenant: str, current: Any, operations: list[Any]
+) -> None:
+    """The rate-limit tier follows the run's materialized workflow: a patch that would
+    raise the run's tier (say, a zero-agent run patched up to five agents) is charged
+    to the higher tier's limiter, as a submission in that tier would be; over it, 429
+    with Retry-After and nothing recorded.
+
+    Patches proposed by agents are not charged: the agent cap (5 spawns a run) bounds
+    them, and the run was charged at its submission.
+    """
+    security = getattr(request.app.state, "security", None)
+    limiter = getattr(security, "limiter", None)
+    if limiter is None or not isinstance(current, dict):
+        return
+    try:
+        patched = materialize(current, [operations], limits=DEFAULT_PATCH_LIMITS)
+    except PatchReplayError:
+        return  # the patch does not apply: propose_patch refuses it, nothing recorded
+    if not limiter.config.raises_tier(current, patched):
+        return
+    try:
+        await limiter.admit(tenant, patched)
+    except RateLimited as refused:
+        raise Problem(
+            429,
+            "rate-limited",
+            "Too many runs submitted",
+            f"this patch moves the run to the {refused.tier} tier: {refused}",
+            headers={"Retry-After": str(refused.retry_after_s)},
+            tier=refused.tier,
+            limit_per_minute=refused.per_minute,
+            retry_after=refused.retry_after_s,
+        ) from None
+
+
 def _check_cursor(cursor: str) -> None:
     """400 for a cursor this API did not hand out (the read models would fail on it)."""
     try:
@@ -113,8 +155,16 @@ async def cancel_run(
 
 @router.post("/{run_id}/patch", summary="Apply a JSON Patch to a running workflow")
 async def patch_run(
-    run_id: str, body: PatchRun, commands: CommandsDep, actor: Actor, trace_id: TraceId
+    run_id: str,
+    body: PatchRun,
+    commands: CommandsDep,
+    actor: Actor,
+    trace_id: TraceId,
+    principal: PrincipalDep,
+    request: Request,
 ) -> JSONResponse:
+    run = await commands.run(run_id)
+    await _charge_tier_change(request, principal.tenant, run["definition"], body.operations)
     patch = await commands.propose_patch(
         run_id, body.operations, body.reason, actor=actor, trace_id=trace_id
     )

@@ -62,6 +62,11 @@ class TierConfig:
             return SIMPLE
         return STANDARD if agents <= self.standard_max_agents else HEAVY
 
+    def raises_tier(self, before: Any, after: Any) -> bool:
+        """Whether definition `after` (a run's workflow once patched) is in a higher
+        tier than `before` (as it runs now)."""
+        return TIERS.index(self.tier_of(after)) > TIERS.index(self.tier_of(before))
+
     def rule(self, tenant: str, tier: str) -> Rule | None:
         """The tenant's rule for `tier`; None when that tier is refused outright."""
         per_minute = self.tenants.get(tenant, {}).get(tier)

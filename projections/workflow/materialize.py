@@ -139,14 +139,22 @@ def _apply_patch(
     return PatchOutcome(result, added, len(spawned))
 
 
-def materialize(base: dict[str, Any], patches: Sequence[list[Any]]) -> dict[str, Any]:
-    """`base` with the accepted `patches` applied in order (inputs are not changed)."""
+def materialize(
+    base: dict[str, Any], patches: Sequence[list[Any]], *, limits: PatchLimits | None = None
+) -> dict[str, Any]:
+    """`base` with the accepted `patches` applied in order (inputs are not changed).
+
+    With `limits`, each patch's operation count and the document's size are bounded
+    (for patches not accepted yet: a chain of copies doubles the document each step).
+    """
     doc: Json = copy.deepcopy(base)
+    max_operations = None if limits is None else limits.max_operations
+    max_bytes = None if limits is None else limits.max_document_bytes
     for number, operations in enumerate(patches):
-        problems = _shape_problems(operations, max_operations=None)
+        problems = _shape_problems(operations, max_operations)
         if problems:
             raise PatchReplayError(f"patch {number}: {problems[0]}")
-        doc, problem = _apply_in_place(doc, operations, max_bytes=None)
+        doc, problem = _apply_in_place(doc, operations, max_bytes)
         if problem is not None:
             raise PatchReplayError(f"patch {number}: {problem}")
     if not isinstance(doc, dict):

@@ -126,7 +126,11 @@ def test_patch_size_bounds_stop_copy_chains():
     grow = [{"op": "add", "path": "/blob", "value": ["x" * 1000]}]
     grow += [{"op": "copy", "from": "/blob", "path": "/blob/-"} for _ in range(40)]
     outcome = apply_patch(
-        BASE, grow, frozen_nodes=frozenset(), base_node_ids=BASE_IDS, agents_added_so_far=0,
+        BASE,
+        grow,
+        frozen_nodes=frozenset(),
+        base_node_ids=BASE_IDS,
+        agents_added_so_far=0,
         limits=PatchLimits(max_operations=100, max_document_bytes=64 * 1024),
     )
     assert not outcome.ok
