@@ -39,7 +39,7 @@ from aob.workers.agent.llm import LlmClients, Usage
 from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
 from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
 from aob.workers.host import NodeError, NodeType
-from aob.workers.http.config import BudgetError, render
+from aob.workers.http.config import BudgetError, SandboxBusy, render
 from aob.workers.http.config import ConfigError as TemplateError
 from aob.workers.http.guard import Blocked
 from aob.workers.http.outbound import GuardRefused
@@ -133,6 +133,8 @@ class AgentRunner:
             instructions = await render(config.instructions, task.input, "config.instructions")
         except BudgetError as error:
             raise NodeError(f"agent node: {error}", retryable=False) from None
+        except SandboxBusy as error:
+            raise NodeError(f"agent node: {error}", retryable=True) from None
         except (ConfigError, TemplateError) as error:
             raise NodeError(f"agent node config: {error}", retryable=False) from None
         return _with_texts(config, _text(prompt), _text(instructions))

@@ -38,19 +38,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from aob.events.types import Json
-from aob.projections.workflow.expressions import ExpressionError, evaluate
+from aob.projections.workflow.expressions import ExpressionError
 from aob.workers.http.settings import HttpWorkerSettings
-
-try:
-    from aob.workers.sandbox import JqBudgetExceeded, jq_first
-except ImportError:  # TEMPORARY until aob.workers.sandbox lands: in-process jq
-
-    class JqBudgetExceeded(ExpressionError):  # type: ignore[no-redef]
-        pass
-
-    async def jq_first(program: str, value: Json) -> Json:
-        return evaluate(program, value)
-
+from aob.workers.sandbox import JqBudgetExceeded, JqSandboxBusy, jq_first
 
 USER_AGENT = "aob-http-worker"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -82,6 +72,10 @@ class ConfigError(ValueError):
 
 class BudgetError(ConfigError):
     """A template exceeded a jq sandbox budget (the message names it): final."""
+
+
+class SandboxBusy(Exception):
+    """The jq sandbox had no room for a template: a later attempt can succeed."""
 
 
 class _Retries(BaseModel):
@@ -156,7 +150,8 @@ class RequestSpec:
 
 async def render(value: Json, context: Json, where: str = "config") -> Json:
     """`value` with every `{{ jq }}` template evaluated over `context` in the jq
-    sandbox. Raises ConfigError (BudgetError when a sandbox budget was exceeded)."""
+    sandbox. Raises ConfigError (BudgetError when a sandbox budget was exceeded) or
+    SandboxBusy."""
     if isinstance(value, str):
         return await _render_text(value, context, where)
     if isinstance(value, list):
@@ -190,6 +185,8 @@ async def _evaluate(program: str, context: Json, where: str) -> Json:
         return await jq_first(program.strip(), context)
     except JqBudgetExceeded as error:
         raise BudgetError(f"{where}: template {{{{{program}}}}}: {error.message}") from None
+    except JqSandboxBusy as error:
+        raise SandboxBusy(f"{where}: template not evaluated: {error.message}") from None
     except ExpressionError as error:
         raise ConfigError(f"{where}: template {{{{{program}}}}}: {error.message}") from None
 

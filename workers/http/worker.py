@@ -46,7 +46,13 @@ from prometheus_client import CollectorRegistry
 
 from aob.events.types import Json, NodeScheduled
 from aob.workers.host import NodeError, NodeType
-from aob.workers.http.config import BudgetError, ConfigError, RequestSpec, build_request
+from aob.workers.http.config import (
+    BudgetError,
+    ConfigError,
+    RequestSpec,
+    SandboxBusy,
+    build_request,
+)
 from aob.workers.http.guard import (
     Blocked,
     GuardPolicy,
@@ -145,6 +151,8 @@ class HttpWorker:
             check_headers(bindings, spec.headers)
             redactor = redactor.with_headers(spec.headers)
             reply, attempts = await self._run(spec, bindings, task.timeout_ms)
+        except SandboxBusy as error:
+            raise self._failed("busy", f"http node: {error}", redactor, retryable=True) from None
         except BudgetError as error:
             raise self._failed("budget", f"http node: {error}", redactor, retryable=False) from None
         except ConfigError as error:
