@@ -1,4 +1,4 @@
-"""Rendering an approval request, and who may decide: pure functions."""
+"""Rendering an approval request (placeholders run in the jq sandbox), and who may decide."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from aob.workers.hitl.request import RenderError, approval_request, render
 CONTEXT = {"inputs": {"who": "kim"}, "nodes": {"quote": {"total": 42.5, "lines": [1, 2]}}}
 
 
-def test_a_single_placeholder_keeps_the_value_type_and_text_gets_json():
+async def test_a_single_placeholder_keeps_the_value_type_and_text_gets_json():
     template = {
         "total": "{{ .nodes.quote.total }}",
         "lines": "{{.nodes.quote.lines}}",
         "text": "{{ .inputs.who }} owes {{ .nodes.quote.total }} for {{ .nodes.quote.lines }}",
         "plain": ["no placeholders", 3, None, True],
     }
-    assert render(template, CONTEXT) == {
+    assert await render(template, CONTEXT) == {
         "total": 42.5,
         "lines": [1, 2],
         "text": "kim owes 42.5 for [1,2]",
@@ -26,15 +26,20 @@ def test_a_single_placeholder_keeps_the_value_type_and_text_gets_json():
     }
 
 
-def test_a_failing_placeholder_names_itself():
+async def test_a_failing_placeholder_names_itself():
     with pytest.raises(RenderError, match=r"placeholder \{\{ \.inputs\.who \| error \}\}"):
-        render("x {{ .inputs.who | error }}", CONTEXT)
+        await render("x {{ .inputs.who | error }}", CONTEXT)
 
 
-def test_the_request_carries_names_roles_deadline_and_a_default_message():
+async def test_a_runaway_placeholder_fails_on_its_cpu_budget():
+    with pytest.raises(RenderError, match=r"jq CPU budget exceeded .*AOB_JQ_CPU_MS"):
+        await render({"m": "x {{ def f: f; f }}"}, CONTEXT)
+
+
+async def test_the_request_carries_names_roles_deadline_and_a_default_message():
     config = {"approvers": ["ann"], "roles": ["ops"], "timeout_ms": 250}
     task = NodeScheduled("r", "gate", "hitl", 0, 1, config, CONTEXT)
-    request = approval_request(task, "a1", requested_at=1_000)
+    request = await approval_request(task, "a1", requested_at=1_000)
     assert (request.message, request.payload) == ("Approve gate?", None)
     assert request.approvers == ["ann", "role:ops"]
     assert request.deadline == 1_250

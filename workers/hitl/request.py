@@ -1,6 +1,7 @@
 """What a hitl task asks of people: the approval request, rendered from the run context.
 
-Pure functions over the task; the service appends what they return.
+Functions of the task alone (placeholders run in the jq sandbox); the service appends
+what they return.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from typing import Any
 
 from aob.events.types import ApprovalRequested, Json, NodeScheduled
 from aob.projections.workflow.definition import PLACEHOLDER
-from aob.projections.workflow.expressions import ExpressionError, evaluate
+from aob.projections.workflow.expressions import ExpressionError
+from aob.workers.sandbox import jq_first
 
 # Roles ride in ApprovalRequested.approvers beside the names, marked with this prefix.
 ROLE_PREFIX = "role:"
@@ -20,7 +22,7 @@ class RenderError(ValueError):
     """A placeholder failed on the run context; the node fails (retrying cannot help)."""
 
 
-def approval_request(
+async def approval_request(
     task: NodeScheduled, approval_id: str, requested_at: int
 ) -> ApprovalRequested:
     """The approval `task` asks for; raises RenderError when its templates fail."""
@@ -32,8 +34,8 @@ def approval_request(
         approval_id=approval_id,
         node_id=task.node_id,
         iteration=task.iteration,
-        message=str(render(message, task.input)),
-        payload=render(config.get("payload"), task.input),
+        message=str(await render(message, task.input)),
+        payload=await render(config.get("payload"), task.input),
         approvers=deciders(config),
         deadline=None if timeout_ms is None else requested_at + int(timeout_ms),
     )
@@ -45,38 +47,43 @@ def deciders(config: dict[str, Any]) -> list[str]:
     return names + [ROLE_PREFIX + str(r) for r in config.get("roles", [])]
 
 
-def render(template: Json, context: Json) -> Json:
+async def render(template: Json, context: Json) -> Json:
     """`template` with every string's `{{ jq }}` placeholders filled in from `context`.
 
     A string that is one placeholder becomes its value (a number stays a number);
     within text, strings go in as they are and other values as compact JSON.
     """
     try:
-        return _render(template, context)
+        return await _render(template, context)
     except RecursionError:
         raise RenderError("the payload nests too deeply to render") from None
 
 
-def _render(template: Json, context: Json) -> Json:
+async def _render(template: Json, context: Json) -> Json:
     if isinstance(template, str):
-        return _render_text(template, context)
+        return await _render_text(template, context)
     if isinstance(template, dict):
-        return {key: _render(value, context) for key, value in template.items()}
+        return {key: await _render(value, context) for key, value in template.items()}
     if isinstance(template, list):
-        return [_render(value, context) for value in template]
+        return [await _render(value, context) for value in template]
     return template
 
 
-def _render_text(text: str, context: Json) -> Json:
+async def _render_text(text: str, context: Json) -> Json:
     whole = PLACEHOLDER.fullmatch(text)
     if whole is not None:
-        return _value(whole.group(1), context)
-    return PLACEHOLDER.sub(lambda match: _as_text(_value(match.group(1), context)), text)
+        return await _value(whole.group(1), context)
+    parts: list[str] = []
+    end = 0
+    for match in PLACEHOLDER.finditer(text):
+        parts += [text[end : match.start()], _as_text(await _value(match.group(1), context))]
+        end = match.end()
+    return "".join([*parts, text[end:]])
 
 
-def _value(program: str, context: Json) -> Json:
+async def _value(program: str, context: Json) -> Json:
     try:
-        return evaluate(program, context)
+        return await jq_first(program, context)
     except ExpressionError as error:
         raise RenderError(f"placeholder {{{{{program}}}}}: {error.message}") from None
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 from collections.abc import Coroutine
 from typing import Any, Literal
@@ -62,75 +64,136 @@ class _ChildDied(Exception):
 
 
 class _Child:
-    """One child process and its pipes; used by one evaluation at a time."""
+    """One child process and its pipes; serves one evaluation at a time.
 
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-        self.reader = process.stdout
-        self.writer = process.stdin
-        # Reaps the child; if the loop shuts down (its tasks are cancelled) it kills the
-        # child first, so no process or transport outlives the loop that owns it.
-        self.keeper = asyncio.get_running_loop().create_task(self._keep())
+    The pipes are driven straight from the selector (add_reader/add_writer), with no
+    task or transport of their own: nothing is left half-made if the loop shuts down
+    while a child starts, and a request costs one write and one read syscall.
+    """
 
-    @classmethod
-    async def start(cls, settings: SandboxSettings) -> _Child:
+    def __init__(self, settings: SandboxSettings) -> None:
         config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
                              "output_bytes": settings.output_bytes,
                              "max_depth": settings.max_depth})
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aob.workers.sandbox.child", config,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        self.loop = asyncio.get_running_loop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "aob.workers.sandbox.child", config],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )
-        child = cls(process)
+        assert self.popen.stdin is not None
+        assert self.popen.stdout is not None
+        self._to, self._from = self.popen.stdin.fileno(), self.popen.stdout.fileno()
+        os.set_blocking(self._to, False)
+        os.set_blocking(self._from, False)
+        self._received = bytearray()
+        self._outgoing = memoryview(b"")
+        self._reply: asyncio.Future[bytes] | None = None
+        self.eof = False
+        self.loop.add_reader(self._from, self._on_readable)
+
+    @classmethod
+    async def start(cls, settings: SandboxSettings) -> _Child:
+        child = cls(settings)
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
-                await child._read_frame()
+                await child._next_frame()  # {"ready": true}
         except BaseException:
-            await child.kill()
+            child.kill()
             raise
         return child
 
     @property
     def alive(self) -> bool:
-        return self.process.returncode is None and not self.keeper.done()
-
-    async def _keep(self) -> None:
-        try:
-            await self.process.wait()
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
-            raise
+        return not self.eof and self.popen.poll() is None
 
     async def call(self, request: bytes) -> bytes:
         """Send one request, return its reply; _ChildDied when the child is gone."""
-        assert self.writer is not None
-        try:
-            self.writer.write(frame(request))
-            await self.writer.drain()
-            return await self._read_frame()
-        except (ConnectionError, asyncio.IncompleteReadError) as error:
-            raise _ChildDied() from error
+        self._send(frame(request))
+        return await self._next_frame()
 
-    async def _read_frame(self) -> bytes:
-        assert self.reader is not None
-        (size,) = HEADER.unpack(await self.reader.readexactly(HEADER.size))
-        if size > MAX_FRAME:
-            raise ConnectionError(f"jq sandbox: frame of {size} bytes")
-        return await self.reader.readexactly(size)
+    def _next_frame(self) -> asyncio.Future[bytes]:
+        self._reply = self.loop.create_future()
+        self._deliver()
+        return self._reply
+
+    def _send(self, data: bytes) -> None:
+        try:
+            written = os.write(self._to, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # a broken pipe: the child is gone, reading will say so
+            return
+        if written < len(data):
+            self._outgoing = memoryview(data)[written:]
+            self.loop.add_writer(self._to, self._on_writable)
+
+    def _on_writable(self) -> None:
+        try:
+            written = os.write(self._to, self._outgoing)
+        except BlockingIOError:
+            return
+        except OSError:
+            written = len(self._outgoing)
+        self._outgoing = self._outgoing[written:]
+        if not self._outgoing:
+            self.loop.remove_writer(self._to)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._from, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            self.loop.remove_reader(self._from)
+        self._received += data
+        self._deliver()
+
+    def _deliver(self) -> None:
+        """Resolve the awaited reply once a whole frame (or the end) has arrived."""
+        reply = self._reply
+        if reply is None or reply.done():
+            return
+        if len(self._received) >= HEADER.size:
+            (size,) = HEADER.unpack_from(self._received)
+            if size > MAX_FRAME:
+                self.eof = True
+                reply.set_exception(_ChildDied())
+            elif len(self._received) >= HEADER.size + size:
+                reply.set_result(bytes(self._received[HEADER.size : HEADER.size + size]))
+                del self._received[: HEADER.size + size]
+                return
+        if self.eof:
+            reply.set_exception(_ChildDied())
 
     async def exit_signal(self) -> int | None:
-        """The signal that killed the child (None if it exited); waits for it to end."""
-        code = await self.process.wait()
-        return -code if code < 0 else None
+        """The signal that killed the child (None if it exited); waits for it to end.
 
-    async def kill(self) -> None:
+        Its stdout has closed, so it is exiting: poll briefly rather than block."""
+        for _ in range(500):
+            code = self.popen.poll()
+            if code is not None:
+                return -code if code < 0 else None
+            await asyncio.sleep(0.002)
+        self.kill()
+        return None
+
+    def kill(self) -> None:
+        """Kill the child and release its pipes (synchronous: safe at loop shutdown)."""
         with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        await self.process.wait()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.keeper
+            self.popen.kill()
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self._from)
+            self.loop.remove_writer(self._to)
+        self.eof = True
+        self.popen.wait()
+        for pipe in (self.popen.stdin, self.popen.stdout):
+            if pipe is not None:
+                pipe.close()
+        if self._reply is not None and not self._reply.done():
+            self._reply.set_exception(_ChildDied())
 
 
 class JqSandbox:
@@ -173,10 +236,10 @@ class JqSandbox:
         except _ChildDied:
             raise await self._died(child) from None
         except TimeoutError:
-            await self._discard(child)
+            self._discard(child)
             raise budget_error("cpu", self.settings) from None
         except BaseException:  # cancelled mid-request: its reply would desync the pipe
-            await self._discard(child)
+            self._discard(child)
             raise
         finally:
             self._release(child)
@@ -220,6 +283,15 @@ class JqSandbox:
             self._idle, self._children, self._spares = [], set(), set()
             self._slots = asyncio.Semaphore(self.settings.workers)
             self._waiting = 0
+            self._spawn(self._reap_at_shutdown())
+
+    async def _reap_at_shutdown(self) -> None:
+        """Kill the children when this loop shuts down (asyncio.run and pytest cancel
+        every task then), so none outlives the loop whose selector drives its pipes."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._kill_all()
 
     async def _acquire(self) -> _Child:
         if self._slots.locked() and self._waiting >= self.settings.max_queue:
@@ -237,7 +309,7 @@ class JqSandbox:
                 child = self._idle.pop()
                 if child.alive:
                     return child
-                self._children.discard(child)
+                self._discard(child, replace=False)
             return await self._start()
         except BaseException:
             self._slots.release()
@@ -246,48 +318,43 @@ class JqSandbox:
     async def _start(self) -> _Child:
         try:
             child = await _Child.start(self.settings)
-        except (OSError, ConnectionError, asyncio.IncompleteReadError, TimeoutError) as error:
+        except (OSError, _ChildDied, TimeoutError) as error:
             raise JqSandboxBusy(f"jq sandbox: cannot start a child ({error!r})") from None
         self._children.add(child)
         return child
 
     def _release(self, child: _Child) -> None:
-        if child.alive and len(self._idle) < self.settings.workers:
-            self._idle.append(child)
-        elif child.alive:
-            self._spawn(self._discard(child))
+        if child.alive:
+            self._keep_idle(child)
         self._slots.release()
+
+    def _keep_idle(self, child: _Child) -> None:
+        if len(self._idle) < self.settings.workers:
+            self._idle.append(child)
+        else:  # a replacement raced a fresh start: one too many
+            self._discard(child, replace=False)
 
     async def _died(self, child: _Child) -> ExpressionError:
         """The error for a child that died mid-request; starts its replacement."""
         died_of = await child.exit_signal()
-        await self._discard(child)
+        code = child.popen.returncode
+        self._discard(child)
         if died_of in _CPU_SIGNALS:
             return budget_error("cpu", self.settings)
         if died_of in _MEMORY_SIGNALS:
             return budget_error("memory", self.settings)
-        return ExpressionError(f"jq sandbox child exited unexpectedly ({child.process.returncode})")
+        return ExpressionError(f"jq sandbox child exited unexpectedly ({code})")
 
-    async def _discard(self, child: _Child) -> None:
-        """Kill `child` and start a replacement in the background."""
+    def _discard(self, child: _Child, *, replace: bool = True) -> None:
+        """Kill `child`; start its replacement at once (in the background)."""
         self._children.discard(child)
-        await child.kill()
-        self._spawn(self._replace())
+        child.kill()
+        if replace:
+            self._spawn(self._replace())
 
     async def _replace(self) -> None:
         with contextlib.suppress(JqSandboxBusy):
-            child = await self._start()
-            self._release_spare(child)
-
-    def _release_spare(self, child: _Child) -> None:
-        if len(self._idle) < self.settings.workers:
-            self._idle.append(child)
-        else:
-            self._spawn(self._discard_quietly(child))
-
-    async def _discard_quietly(self, child: _Child) -> None:
-        self._children.discard(child)
-        await child.kill()
+            self._keep_idle(await self._start())
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -305,13 +372,17 @@ class JqSandbox:
         """Kill every child; the sandbox starts new ones if it is used again."""
         if self._loop is not asyncio.get_running_loop():
             return
+        self._loop = None  # the next use binds afresh
         for task in list(self._spares):
             task.cancel()
         await asyncio.gather(*self._spares, return_exceptions=True)
+        self._kill_all()
+
+    def _kill_all(self) -> None:
         children = list(self._children)
         self._idle, self._children = [], set()
         for child in children:
-            await child.kill()
+            child.kill()
 
 
 _shared: JqSandbox | None = None
