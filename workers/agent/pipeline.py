@@ -6,7 +6,8 @@ gets the pipeline's `input` (null when none). A step may save its result under
 `"as": name`; `join` reads saved results. Tables are lists of objects.
 
 Primitives: http_request, table_sort, table_filter, table_select, top_k, groupby,
-join, jq_transform (real jq, the engine's sandboxed jq), regex_extract, parse_date.
+join, jq_transform (real jq, in the engine's jq sandbox), regex_extract (RE2: linear
+time, no backreferences or lookaround), parse_date.
 
 Every failure is a `PipelineError` naming the step (index and op) and why, so a
 model can fix exactly that step.
@@ -16,16 +17,17 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from aob.events.types import Json
-from aob.projections.workflow.expressions import ExpressionError, evaluate, evaluate_all
+from aob.projections.workflow.expressions import ExpressionError
+from aob.workers.sandbox import jq_all, jq_first, jq_truthy
+from aob.workers.sandbox.regex import MAX_PATTERN_LENGTH, RegexError, compile_regex
 
 MAX_STEPS = 50
-MAX_REGEX_LENGTH = 1000
+MAX_REGEX_LENGTH = MAX_PATTERN_LENGTH
 
 
 class PipelineError(Exception):
@@ -197,7 +199,7 @@ async def table_filter(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
     rows = _table(data)
     if "where" in step:
         program = _param(step, "where", str)
-        return [row for row in rows if evaluate(program, row) not in (None, False)]
+        return [row for row in rows if await jq_truthy(program, row)]
     field = _param(step, "field", str)
     op = _param(step, "cmp", str, "eq")
     compare = _COMPARISONS.get(op)
@@ -324,8 +326,8 @@ async def jq_transform(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
     """{expr: jq program, all?: false}: its first output (every output with all: true)."""
     program = _param(step, "expr", str)
     if _param(step, "all", bool, False):
-        return evaluate_all(program, data)
-    return evaluate(program, data)
+        return await jq_all(program, data)
+    return await jq_first(program, data)
 
 
 async def regex_extract(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
@@ -334,12 +336,10 @@ async def regex_extract(step: Mapping[str, Json], data: Json, run: _Run) -> Json
     On a string: the match (or every match). On a table: each row gets `into`
     (default "<field>_match") from its `field`. No match gives null (or [])."""
     pattern = _param(step, "pattern", str)
-    if len(pattern) > MAX_REGEX_LENGTH:
-        raise StepError(f"pattern longer than {MAX_REGEX_LENGTH} characters")
     try:
-        regex = re.compile(pattern)
-    except re.error as error:
-        raise StepError(f"invalid pattern: {error}") from None
+        regex = compile_regex(pattern)
+    except RegexError as error:
+        raise StepError(str(error)) from None
     group = _param(step, "group", (int, str), 0)
     every = _param(step, "all", bool, False)
 
@@ -351,7 +351,7 @@ async def regex_extract(step: Mapping[str, Json], data: Json, run: _Run) -> Json
                 return [m.group(group) for m in regex.finditer(text)]
             match = regex.search(text)
             return match.group(group) if match else None
-        except (IndexError, re.error):
+        except IndexError:
             raise StepError(f"pattern has no group {group!r}") from None
 
     if "field" not in step:
