@@ -414,3 +414,22 @@ def test_target_url_is_canonical():
     assert (
         check_url("http://[2606:4700::1111]:8080/", POLICY).url == "http://[2606:4700::1111]:8080/"
     )
+
+
+def test_a_host_port_entry_allows_exactly_that_host_and_port():
+    policy = GuardPolicy.build(allow=["127.0.0.1:8808", "[::1]:9000", "llm.internal:8000"])
+    assert policy.allow_endpoints == frozenset(
+        {("127.0.0.1", 8808), ("::1", 9000), ("llm.internal", 8000)}
+    )
+    assert check_url("http://127.0.0.1:8808/v1", policy).port == 8808  # not in the port policy
+    assert check_url("http://[::1]:9000/", policy).host == "::1"
+    named = check_url("http://LLM.internal:8000/v1", policy)
+    assert named.trusted  # its resolved addresses are allowed, at that port only
+    assert blocked("http://127.0.0.1:8809/", policy).rule == "port"
+    assert blocked("http://127.0.0.1:80/", policy).rule == "loopback"
+    assert blocked("http://[::1]:80/", policy).rule == "loopback"
+    assert not check_url("http://llm.internal:80/", policy).trusted
+    with pytest.raises(ValueError, match="bad port"):
+        GuardPolicy.build(allow=["127.0.0.1:0"])
+    with pytest.raises(ValueError, match="bad port"):
+        GuardPolicy.build(allow=["[::1]:"])
