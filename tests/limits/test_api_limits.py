@@ -70,7 +70,8 @@ async def test_validating_a_huge_definition_stops_at_the_count_limit(viewer):
     took = time.monotonic() - started
     problem = problem_of(response, 422)
     assert messages(problem) == ["too many nodes: 16000 > limit 500 (AOB_WORKFLOW_MAX_NODES)"]
-    assert took < 0.5
+    # Compiling them took 20 s; what is left is reading a 1 MB body (on a shared box).
+    assert took < 2.0
 
 
 async def test_a_jq_program_over_its_size_limit_is_not_compiled(viewer):
