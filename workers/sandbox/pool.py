@@ -361,6 +361,10 @@ class JqSandbox:
         self._spares.add(task)
         task.add_done_callback(self._spares.discard)
 
+    def pids(self) -> list[int]:
+        """Process ids of the live children (for operators and tests)."""
+        return [child.popen.pid for child in self._children if child.alive]
+
     async def start(self) -> None:
         """Start every child now (optional: they otherwise start on first use)."""
         self._bind()

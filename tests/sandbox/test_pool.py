@@ -1,0 +1,113 @@
+"""The pool: the event loop stays free, children recover, results match in-process jq."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from aob.projections.workflow.expressions import ExpressionError, evaluate, evaluate_all
+from aob.workers.sandbox import (
+    JqBudgetExceeded,
+    JqSandbox,
+    close_shared_sandbox,
+    jq_all,
+    jq_first,
+    jq_truthy,
+    shared_sandbox,
+)
+
+CONTEXT = {
+    "inputs": {"orders": [{"id": "a", "amount": "12.5"}, {"id": "b", "amount": "3"}],
+               "name": "Zoë", "n": None},
+    "nodes": {"fetch": {"status": 200, "body": {"items": [1, 2, 3], "ok": True}}},
+    "iteration": 2,
+}
+PROGRAMS = [
+    ".",
+    "[.inputs.orders[] | {id, amount: (.amount | tonumber)}]",
+    ".nodes.fetch.body.items | map(. * 2) | add",
+    ".inputs.name | ascii_downcase",
+    '.inputs | to_entries | map("\\(.key)=\\(.value)") | join("&")',
+    ".iteration > 1 and .nodes.fetch.status == 200",
+    '.inputs.n // "default"',
+    "[paths] | length",
+    '.inputs.orders | group_by(.amount) | map(length)',
+    "empty",
+    "1.5, 2, 1e3, -0.25",
+]
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+async def test_results_equal_in_process_jq(sandbox: JqSandbox, program):
+    assert await sandbox.first(program, CONTEXT) == evaluate(program, CONTEXT)
+    assert await sandbox.all(program, CONTEXT) == evaluate_all(program, CONTEXT)
+
+
+@pytest.mark.parametrize(
+    "program", ['error("boom")', ".inputs.name.x", "now", "1 +", "input", "\"a\" - 1"]
+)
+async def test_errors_equal_in_process_jq(sandbox: JqSandbox, program):
+    with pytest.raises(ExpressionError) as expected:
+        evaluate(program, CONTEXT)
+    with pytest.raises(ExpressionError) as caught:
+        await sandbox.first(program, CONTEXT)
+    assert not isinstance(caught.value, JqBudgetExceeded)
+    assert caught.value.message == expected.value.message
+
+
+async def test_the_event_loop_stays_responsive_while_programs_run_away(sandbox: JqSandbox):
+    gaps: list[float] = []
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not done.is_set():
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    async def attack(program: str) -> str:
+        try:
+            await sandbox.first(program, None)
+        except JqBudgetExceeded as error:
+            return error.budget
+        return "finished"
+
+    ticking = asyncio.ensure_future(ticker())
+    attacks = asyncio.gather(attack("def f: f; f"), attack("last(range(1e10))"),
+                             attack('"x" * 1e9'), attack("[range(1e9)] | length"))
+    ordinary = [await sandbox.first(".inputs.orders | length", CONTEXT) for _ in range(20)]
+    budgets = await attacks
+    done.set()
+    await ticking
+    assert ordinary == [2] * 20
+    assert sorted(budgets) == ["cpu", "cpu", "cpu", "memory"]
+    assert len(gaps) > 100
+    assert max(gaps) < 0.1
+
+
+async def test_the_pool_recovers_and_serves_concurrent_evaluations(sandbox: JqSandbox):
+    before = set(sandbox.pids())
+    with pytest.raises(JqBudgetExceeded):
+        await sandbox.first("def f: f; f", None)
+    assert await sandbox.first(".a", {"a": 7}) == 7
+    results = await asyncio.gather(*(sandbox.first(f". * {i}", 3) for i in range(50)))
+    assert results == [3 * i for i in range(50)]
+    assert len(sandbox.pids()) == 2
+    assert set(sandbox.pids()) != before
+
+
+async def test_the_shared_sandbox_behind_the_public_functions():
+    try:
+        assert await jq_first(".a", {"a": [1, "é"]}) == [1, "é"]
+        assert await jq_first("empty", None) is None
+        assert await jq_all(".[] | . + 1", [1, 2]) == [2, 3]
+        assert await jq_truthy(".a > 1", {"a": 2}) is True
+        assert await jq_truthy("null, true", None) is False
+        assert shared_sandbox().pids()
+    finally:
+        await close_shared_sandbox()
+    assert shared_sandbox().pids() == []
