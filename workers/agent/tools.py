@@ -312,14 +312,13 @@ class ToolBox:
             "delegation_depth": self.config.delegation_depth + 1,
             "tools": [t for t in self.config.tools if t != "patch_workflow"],
             "model": self.config.endpoint.model,
-            "base_url": self.config.endpoint.base_url,
+            "endpoint": self.config.endpoint.name,  # the delegate uses the same endpoint
             "max_wall_ms": max(1, int(self._remaining() * 1000)),
         }
-        if isinstance(task.config, dict) and isinstance(task.config.get("credentials"), str):
-            config["credentials"] = task.config["credentials"]
         inputs = {"task": text, "context": args.get("context")}
         work = NodeScheduled(task.run_id, delegate_id, "agent", task.iteration, task.attempt,
-                             config, {"inputs": inputs, "nodes": {}, "iteration": 0})
+                             config, {"inputs": inputs, "nodes": {}, "iteration": 0},
+                             tenant=task.tenant)  # and runs for the same tenant
         partition, offset = await run_position(log, task.run_id)
         event = Event(new_event_id(), task.run_id, _now_ms(), work, actor=f"agent:{task.node_id}")
         await log.append([Append(task_topic("agent"), task.run_id, encode(event))])
