@@ -17,6 +17,7 @@ from aob.workers.sandbox import (
     jq_truthy,
     shared_sandbox,
 )
+from aob.workers.sandbox.child import Programs
 
 CONTEXT = {
     "inputs": {"orders": [{"id": "a", "amount": "12.5"}, {"id": "b", "amount": "3"}],
@@ -46,7 +47,8 @@ async def test_results_equal_in_process_jq(sandbox: JqSandbox, program):
 
 
 @pytest.mark.parametrize(
-    "program", ['error("boom")', ".inputs.name.x", "now", "1 +", "input", "\"a\" - 1"]
+    "program", ['error("boom")', ".inputs.name.x", "now", "1 +", "input", "\"a\" - 1",
+                "1) | (2"]
 )
 async def test_errors_equal_in_process_jq(sandbox: JqSandbox, program):
     with pytest.raises(ExpressionError) as expected:
@@ -111,3 +113,12 @@ async def test_the_shared_sandbox_behind_the_public_functions():
     finally:
         await close_shared_sandbox()
     assert shared_sandbox().pids() == []
+
+
+def test_the_childs_program_cache_is_bounded():
+    programs = Programs(max_entries=3, max_chars=1000)
+    for i in range(5):
+        programs.get(f". + {i}")
+    assert len(programs._compiled) == 3
+    programs.get("." + " " * 1500 + "| 1")
+    assert len(programs._compiled) == 0

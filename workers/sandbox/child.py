@@ -16,6 +16,7 @@ import os
 import resource
 import signal
 import sys
+from collections import OrderedDict
 from typing import Any
 
 from aob.projections.workflow.expressions import CompiledJq, ExpressionError, compile_jq
@@ -33,6 +34,7 @@ class Evaluator:
         self.cpu_s = cpu_ms / 1000
         self.output_bytes = output_bytes
         self.max_depth = max_depth
+        self.programs = Programs()
 
     def handle(self, request: bytes) -> bytes:
         """One request -> one reply (see frames.py)."""
@@ -51,7 +53,7 @@ class Evaluator:
             signal.setitimer(signal.ITIMER_PROF, 0)
 
     def _run(self, program: str, every: bool, max_outputs: int, text: str) -> bytes:
-        outputs = self._outputs(_serializing(program), text, every, max_outputs)
+        outputs = self._outputs(self.programs.get(program), text, every, max_outputs)
         reply = ('{"ok":[' + ",".join(outputs) + "]}").encode()
         if len(reply) > self.output_bytes + 9:  # the envelope is not the program's output
             raise _Budget("output")
@@ -77,14 +79,41 @@ class Evaluator:
         return outputs
 
 
-def _serializing(program: str) -> CompiledJq:
-    """`program` with each output turned into JSON text by jq itself.
+class Programs:
+    """Compiled programs, least recently used dropped first.
 
-    The child never builds Python objects from the data: jq parses the input text and
-    dumps each output, the reply splices those texts together. Compiling `program`
-    alone first gives exactly the in-process compile errors."""
-    compile_jq(program)
-    return compile_jq("(" + program + "\n) | tojson")
+    Bounded in count and in source size: the cache lives inside the memory budget, so
+    it must never crowd out an evaluation (a compiled program takes ~14 KB and more
+    for long sources)."""
+
+    def __init__(self, max_entries: int = 1024, max_chars: int = 2_000_000) -> None:
+        self._compiled: OrderedDict[str, CompiledJq] = OrderedDict()
+        self._chars = 0
+        self._max_entries, self._max_chars = max_entries, max_chars
+
+    def get(self, program: str) -> CompiledJq:
+        """`program` with each output turned into JSON text by jq itself.
+
+        The child never builds Python objects from the data: jq parses the input text
+        and dumps each output, the reply splices those texts together. `program` alone
+        compiles first, uncached: exactly the in-process compile errors, and nothing
+        the wrapping parentheses would make valid."""
+        compiled = self._compiled.get(program)
+        if compiled is not None:
+            self._compiled.move_to_end(program)
+            return compiled
+        _compile(program)
+        compiled = _compile("(" + program + "\n) | tojson")
+        self._compiled[program] = compiled
+        self._chars += len(program)
+        while len(self._compiled) > self._max_entries or self._chars > self._max_chars:
+            dropped, _ = self._compiled.popitem(last=False)
+            self._chars -= len(dropped)
+        return compiled
+
+
+# Not compile_jq's own cache: this process keeps its cache bounded (see Programs).
+_compile = compile_jq.__wrapped__
 
 
 def _error(message: str, budget: str | None) -> bytes:

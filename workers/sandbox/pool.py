@@ -104,7 +104,7 @@ class _Child:
 
     @property
     def alive(self) -> bool:
-        return not self.eof and self.popen.poll() is None
+        return not self.eof  # its stdout closes when it dies (no waitpid per request)
 
     async def call(self, request: bytes) -> bytes:
         """Send one request, return its reply; _ChildDied when the child is gone."""
