@@ -364,7 +364,7 @@ class HealthProbe:
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
-            while not self._stop.is_set():
+            while True:  # at least one probe, however short the attack
                 started = self._asking_since = time.monotonic()
                 try:
                     status = client.get("/health").status_code
@@ -375,7 +375,8 @@ class HealthProbe:
                     status = 0
                 self._asking_since = None
                 self.latencies.append(time.monotonic() - started)
-                self._stop.wait(self.every)  # the polling pace, not a wait for an outcome
+                if self._stop.wait(self.every):  # the polling pace, not a wait for an outcome
+                    return
 
     def stalled(self, bound: float = HEALTH_BOUND_S) -> str | None:
         """Why the server counts as frozen already (a probe waiting past `bound`), so a

@@ -145,11 +145,12 @@ def test_a_patch_cannot_add_an_unbounded_condition(server: LiveServer) -> None:
     [
         pytest.param(transform(FOREVER), id="transform"),
         pytest.param(edge_when(f"{LONG} > 0"), id="edge-when"),
-        pytest.param(run_output(LONG), id="run-output"),
     ],
 )
 def test_kill_9_mid_attack_and_restart_does_not_hang_again(
     server: LiveServer, definition: dict[str, Any]
 ) -> None:
-    """Before the fix the restarted server froze again on the same event."""
+    """Before the fix the restarted server froze again on the same event. (A run
+    `output` is decided the same way as an edge condition: not restarted for it too, to
+    keep the suite's wall time down.)"""
     survives_restart(server, definition)

@@ -79,6 +79,19 @@ def append_raw(server: LiveServer, topic: str, key: str, value: bytes) -> None:
     asyncio.run(write())
 
 
+def inject(server: LiveServer, topic: str, key: str, value: bytes) -> None:
+    """Put poison on the server's log. The embedded log is single-process (locked), so
+    there the server is killed (-9) first and started again: the poison then waits at
+    start, which is where it used to stop the coordinator and the projector for good.
+    On Kafka another producer appends while the server runs."""
+    if server.backend == "embedded":
+        server.kill9()
+        append_raw(server, topic, key, value)
+        server.start()
+    else:
+        append_raw(server, topic, key, value)
+
+
 def dead_letters(server: LiveServer) -> list[dict[str, Any]]:
     with server.client("admin") as admin:
         response = admin.get("/api/v1/admin/deadletters", params={"limit": 500})
@@ -112,23 +125,25 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
     run fails with a reason, the victim's runs go on, and after kill -9 + restart the
     record is neither handled again nor stalls anything."""
     usual = baseline(server)
-    with server.diagnosed(), server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    with server.diagnosed(), server.client(ATTACKER) as attacker:
         run_id = submit(attacker, HOLD)
         wait_run(attacker, run_id, 30, until=waiting)
+    inject(server, RUNS_TOPIC, run_id, value)
+    with server.diagnosed(), server.client(ATTACKER) as attacker, \
+            server.client(VICTIM) as victim:
         with HealthProbe(server.url) as probe:
-            append_raw(server, RUNS_TOPIC, run_id, value)
-            victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
+            _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)  # after catching up
             failed = wait_run(attacker, run_id, 30, probe=probe)
+            victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
         probe.check()
-        assert victim_run["status"] == "completed"
+        assert (first["status"], victim_run["status"]) == ("completed", "completed")
         assert victim_s <= allowed(usual), f"victim {victim_s:.2f} s, usual {usual:.2f} s"
         assert failed["status"] == "failed", failed
         assert "undecodable" in failure_text(failed).lower() or "dead letter" in \
             failure_text(failed).lower(), failure_text(failed)
         letters = [letter for letter in dead_letters(server) if letter.get("run_id") == run_id]
-        assert len(letters) >= 1, dead_letters(server)
-        assert letters[0]["reason"], letters[0]
+        assert letters, dead_letters(server)
+        assert all(letter["reason"] for letter in letters), letters
 
     server.restart()
     with server.diagnosed(), HealthProbe(server.url) as probe, \
@@ -138,27 +153,41 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
         probe.check()
         assert (first["status"], steady["status"]) == ("completed", "completed")
         assert steady_s <= allowed(usual)
-        again = {letter["event_id"] for letter in dead_letters(server)
-                 if letter.get("run_id") == run_id}
-        assert again == {letters[0]["event_id"]}, "the poison was handled again"
+        assert_not_handled_again(server, letters)
+
+
+def positions(letters: list[dict[str, Any]]) -> set[str]:
+    return {f"/{letter['source']['partition']}@{letter['source']['offset']}"
+            for letter in letters}
+
+
+def assert_not_handled_again(server: LiveServer, letters: list[dict[str, Any]]) -> None:
+    """The restarted server's hosts start past the poison (offsets advanced): none of
+    them sets it aside again. (Dead-letter ids are deterministic, so the listing would
+    hide a repeat: the process's own log says what it set aside.)"""
+    latest = (server.logs_dir / f"stderr.{server.starts}.log").read_text(errors="replace")
+    again = [line[:300] for line in latest.splitlines() if "set aside" in line
+             and any(where in line for where in positions(letters))]
+    assert not again, f"the poison was handled again after the restart: {again}"
 
 
 def test_garbage_on_a_task_topic_does_not_stop_its_worker(server: LiveServer) -> None:
     """A task the hitl worker cannot handle: set aside, and the next task (the
     victim's approval) is still handled, before and after a restart."""
-    with server.diagnosed(), server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    server.heal()
+    with server.diagnosed(), server.client(ATTACKER) as attacker:
         poisoned = submit(attacker, HOLD)
         wait_run(attacker, poisoned, 30, until=waiting)
+    inject(server, task_topic("hitl"), poisoned, NOT_AVRO)
+    with server.diagnosed(), server.client(VICTIM) as victim:
         with HealthProbe(server.url) as probe:
-            append_raw(server, task_topic("hitl"), poisoned, NOT_AVRO)
             held = submit(victim, HOLD)
             run = wait_run(victim, held, 20, until=waiting, probe=probe)
         probe.check()
         assert run["status"] == "waiting", run
         assert _approvals(victim, held), "the victim's approval was never requested"
-        letters = {letter["event_id"] for letter in dead_letters(server)
-                   if letter.get("source", {}).get("topic", "").endswith("aob.tasks.hitl")}
+        letters = [letter for letter in dead_letters(server)
+                   if letter.get("source", {}).get("topic", "").endswith("aob.tasks.hitl")]
         assert letters, dead_letters(server)
 
     server.restart()
@@ -166,9 +195,7 @@ def test_garbage_on_a_task_topic_does_not_stop_its_worker(server: LiveServer) ->
         held_again = submit(victim, HOLD)
         assert wait_run(victim, held_again, 20, until=waiting)["status"] == "waiting"
         assert _approvals(victim, held_again)
-        after = {letter["event_id"] for letter in dead_letters(server)
-                 if letter.get("source", {}).get("topic", "").endswith("aob.tasks.hitl")}
-        assert after == letters, "the bad task was handled again after the restart"
+        assert_not_handled_again(server, letters)
 
 
 def _approvals(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
