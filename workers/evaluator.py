@@ -30,6 +30,7 @@ from aob.events.types import (
     ExpressionEvaluated,
     ExpressionRequested,
 )
+from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.workflow.expressions import ExpressionError
 from aob.workers.outputs import OutputError, OutputStore
 from aob.workers.sandbox import JqSandboxBusy, jq_first
@@ -56,14 +57,27 @@ class ExpressionEvaluator:
             records = await self.consumer.poll(timeout=0.5)
             if records:
                 answers = await asyncio.gather(*(self._answer(r) for r in records))
-                await self.consumer.commit([a for a in answers if a is not None])
+                await self.consumer.commit([a for appends in answers for a in appends])
 
-    async def _answer(self, record: Record) -> Append | None:
-        event = decode(record.value)
+    async def _answer(self, record: Record) -> list[Append]:
+        """The verdict's append; a request that cannot be read or evaluated is set
+        aside (its run fails with the reason) so the others go on."""
+        try:
+            event = decode(record.value)
+        except Exception as error:
+            log.error("set aside an undecodable expression request: %s", error)
+            return dead_letter(record, GROUP, describe(error))
         request = event.payload
         if not isinstance(request, ExpressionRequested):
-            return None
-        answer = await self.evaluate(request)
+            return []
+        try:
+            return [self._verdict(event, await self.evaluate(request))]
+        except Exception as error:  # a bug here must not stop every run's conditions
+            log.exception("expression request %s could not be answered", request.request_id)
+            return dead_letter(record, GROUP, describe(error), what=event.type)
+
+    @staticmethod
+    def _verdict(event: Event, answer: ExpressionEvaluated) -> Append:
         verdict = Event(
             event_id=derived_event_id(event.event_id, "evaluated"),
             key=event.key,

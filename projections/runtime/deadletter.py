@@ -22,6 +22,7 @@ from aob.events.ids import derived_event_id
 from aob.events.log.port import Append, Record
 from aob.events.types import (
     DEADLETTER_TOPIC,
+    EXPRESSIONS_TOPIC,
     RUNS_TOPIC,
     TASKS_TOPIC_PREFIX,
     Event,
@@ -36,7 +37,9 @@ UNDECODABLE: Final = "undecodable record"
 
 def run_of(record: Record) -> str | None:
     """The run `record` belongs to: its key, on the topics keyed by run id."""
-    keyed_by_run = record.topic == RUNS_TOPIC or record.topic.startswith(TASKS_TOPIC_PREFIX)
+    keyed_by_run = record.topic in (RUNS_TOPIC, EXPRESSIONS_TOPIC) or record.topic.startswith(
+        TASKS_TOPIC_PREFIX
+    )
     return record.key if keyed_by_run and record.key else None
 
 
