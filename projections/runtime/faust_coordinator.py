@@ -67,7 +67,14 @@ from aob.events.types import (
     task_topic,
 )
 from aob.projections.coordinator.fold import fold
-from aob.projections.coordinator.state import NodeState, NodeStatus, RunState, RunStatus, Timer
+from aob.projections.coordinator.state import (
+    NodeState,
+    NodeStatus,
+    PendingExpression,
+    RunState,
+    RunStatus,
+    Timer,
+)
 from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter, describe
 from aob.projections.workflow.compiler import compile_workflow
 
@@ -85,7 +92,7 @@ log = logging.getLogger(__name__)
 
 APP_ID: Final = "aob-faust-coordinator"  # the consumer group; prefixes faust's topics
 TABLE: Final = "runs"  # changelog topic: f"{APP_ID}-{TABLE}-changelog"
-_SNAPSHOT_VERSION: Final = 1
+_SNAPSHOT_VERSION: Final = 2  # 2 added tenant, output refs and awaited expressions
 _BATCH: Final = 500  # events folded per step at most
 _BATCH_WAIT: Final = 0.02  # seconds a step waits for more events (batching vs latency)
 _EXIT_STEP_FAILED: Final = 70  # EX_SOFTWARE
@@ -131,6 +138,14 @@ def snapshot(value: Stored) -> bytes:
         "revision": state.revision,
         "agents_added": state.agents_added,
         "outstanding": state.outstanding,
+        "tenant": state.tenant,
+        "output_refs": state.output_refs,
+        "awaiting": {
+            request_id: [p.purpose, p.source, p.target, p.iteration]
+            for request_id, p in state.awaiting.items()
+        },
+        "verdicts": state.verdicts,
+        "output_requests": state.output_requests,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 
@@ -139,7 +154,7 @@ def restore(data: bytes) -> Stored:
     """The value `snapshot` made `data` from; the workflow is compiled again from the
     run's (materialized) definition, as the fold compiled it."""
     document = json.loads(data)
-    if document.get("v") != _SNAPSHOT_VERSION:
+    if document.get("v") not in (1, _SNAPSHOT_VERSION):
         raise ValueError(f"run snapshot version {document.get('v')!r} is not {_SNAPSHOT_VERSION}")
     if "finished" in document:
         return RunStatus(document["finished"])
@@ -167,6 +182,12 @@ def restore(data: bytes) -> Stored:
         revision=document["revision"],
         agents_added=document["agents_added"],
         outstanding=document["outstanding"],
+        # Absent from version 1 snapshots, which predate them.
+        tenant=document.get("tenant"),
+        output_refs=document.get("output_refs", {}),
+        awaiting={r: PendingExpression(*f) for r, f in document.get("awaiting", {}).items()},
+        verdicts=document.get("verdicts", {}),
+        output_requests=document.get("output_requests", 0),
     )
 
 

@@ -118,5 +118,16 @@ def test_a_finished_run_is_stored_as_its_ending_only() -> None:
 
 
 def test_a_snapshot_of_another_version_is_refused() -> None:
-    with pytest.raises(ValueError, match="version 2"):
-        restore(b'{"v": 2, "finished": "completed"}')
+    with pytest.raises(ValueError, match="version 3"):
+        restore(b'{"v": 3, "finished": "completed"}')
+
+
+def test_a_version_1_snapshot_restores_with_the_fields_it_predates() -> None:
+    state = fold(None, simulated_log(None)[0])[0]
+    assert state is not None
+    document = json.loads(snapshot(state))
+    for newer in ("tenant", "output_refs", "awaiting", "verdicts", "output_requests"):
+        del document[newer]
+    restored = restore(json.dumps({**document, "v": 1}).encode())
+    assert isinstance(restored, RunState)
+    assert (restored.awaiting, restored.output_refs, restored.tenant) == ({}, {}, None)
