@@ -61,15 +61,17 @@ async def test_errors_equal_in_process_jq(sandbox: JqSandbox, program):
 
 async def test_the_event_loop_stays_responsive_while_programs_run_away(sandbox: JqSandbox):
     gaps: list[float] = []
+    busy: list[float] = []  # the same gaps in the loop thread's CPU time: immune to preemption
     done = asyncio.Event()
 
     async def ticker() -> None:
-        last = time.monotonic()
+        last, last_cpu = time.monotonic(), time.thread_time()
         while not done.is_set():
             await asyncio.sleep(0)
-            now = time.monotonic()
+            now, now_cpu = time.monotonic(), time.thread_time()
             gaps.append(now - last)
-            last = now
+            busy.append(now_cpu - last_cpu)
+            last, last_cpu = now, now_cpu
 
     async def attack(program: str) -> str:
         try:
@@ -88,7 +90,8 @@ async def test_the_event_loop_stays_responsive_while_programs_run_away(sandbox: 
     assert ordinary == [2] * 20
     assert sorted(budgets) == ["cpu", "cpu", "cpu", "memory"]
     assert len(gaps) > 100
-    assert max(gaps) < 0.1
+    assert max(busy) < 0.05  # no jq ran on the loop
+    assert max(gaps) < 0.1  # nor did it wait (a heavily loaded machine can preempt it)
 
 
 async def test_the_pool_recovers_and_serves_concurrent_evaluations(sandbox: JqSandbox):

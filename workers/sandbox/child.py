@@ -152,6 +152,9 @@ def main(argv: list[str]) -> None:
     os.dup2(2, 1)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    # Tenant code yields the CPU to the service's own event loop when both want it; its
+    # budget is CPU time, so running at a lower priority costs it none.
+    os.nice(10)
     evaluator = Evaluator(config["cpu_ms"], config["output_bytes"], config["max_depth"])
     evaluator.handle(b'[".", 0, 1]\n[{"warm": "up"}]')  # fault pages in before the baseline
     limit = _vm_bytes() + config["memory_mb"] * 1024 * 1024

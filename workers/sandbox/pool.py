@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import weakref
 from collections.abc import Coroutine
 from typing import Any, Literal
 
@@ -71,15 +72,9 @@ class _Child:
     while a child starts, and a request costs one write and one read syscall.
     """
 
-    def __init__(self, settings: SandboxSettings) -> None:
-        config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
-                             "output_bytes": settings.output_bytes,
-                             "max_depth": settings.max_depth})
+    def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self.loop = asyncio.get_running_loop()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "aob.workers.sandbox.child", config],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
-        )
+        self.popen = popen
         assert self.popen.stdin is not None
         assert self.popen.stdout is not None
         self._to, self._from = self.popen.stdin.fileno(), self.popen.stdout.fileno()
@@ -93,7 +88,13 @@ class _Child:
 
     @classmethod
     async def start(cls, settings: SandboxSettings) -> _Child:
-        child = cls(settings)
+        # fork+exec of a big parent takes milliseconds (tens on a busy machine): off the loop.
+        spawning = asyncio.get_running_loop().run_in_executor(None, _spawn, settings)
+        try:
+            child = cls(await asyncio.shield(spawning))
+        except asyncio.CancelledError:
+            spawning.add_done_callback(_kill_spawned)
+            raise
         try:
             async with asyncio.timeout(_START_TIMEOUT_S):
                 await child._next_frame()  # {"ready": true}
@@ -180,20 +181,53 @@ class _Child:
         self.kill()
         return None
 
-    def kill(self) -> None:
-        """Kill the child and release its pipes (synchronous: safe at loop shutdown)."""
+    def kill(self, *, reap: bool = True) -> None:
+        """Kill the child and release its pipes, synchronously (safe at loop shutdown).
+
+        `reap=False` leaves the wait for the exit to `reap()`: a child with a large
+        heap takes milliseconds to die, which the loop should not sit through."""
         with contextlib.suppress(ProcessLookupError):
             self.popen.kill()
         if not self.loop.is_closed():
             self.loop.remove_reader(self._from)
             self.loop.remove_writer(self._to)
         self.eof = True
-        self.popen.wait()
         for pipe in (self.popen.stdin, self.popen.stdout):
             if pipe is not None:
                 pipe.close()
         if self._reply is not None and not self._reply.done():
             self._reply.set_exception(_ChildDied())
+        if reap:
+            self.popen.wait()
+
+    async def reap(self) -> None:
+        """Wait (off the loop) for the killed child to exit."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self.popen.wait)
+        except asyncio.CancelledError:
+            self.popen.wait()
+            raise
+
+
+def _spawn(settings: SandboxSettings) -> subprocess.Popen[bytes]:
+    config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
+                         "output_bytes": settings.output_bytes, "max_depth": settings.max_depth})
+    return subprocess.Popen(
+        [sys.executable, "-m", "aob.workers.sandbox.child", config],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+    )
+
+
+def _kill_spawned(spawning: asyncio.Future[subprocess.Popen[bytes]]) -> None:
+    """A child spawned for a start that was cancelled meanwhile: nobody will use it."""
+    if spawning.cancelled() or spawning.exception() is not None:
+        return
+    popen = spawning.result()
+    popen.kill()
+    popen.wait()
+    for pipe in (popen.stdin, popen.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 class JqSandbox:
@@ -205,7 +239,8 @@ class JqSandbox:
 
     def __init__(self, settings: SandboxSettings | None = None) -> None:
         self.settings = settings or SandboxSettings()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        # Weakly: the shared pools are keyed weakly by their loop.
+        self._loop: weakref.ref[asyncio.AbstractEventLoop] | None = None
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._spares: set[asyncio.Task[None]] = set()
@@ -278,8 +313,8 @@ class JqSandbox:
 
     def _bind(self) -> None:
         loop = asyncio.get_running_loop()
-        if loop is not self._loop:  # a previous loop's children died with it
-            self._loop = loop
+        if self._loop is None or self._loop() is not loop:  # earlier loops' children died
+            self._loop = weakref.ref(loop)
             self._idle, self._children, self._spares = [], set(), set()
             self._slots = asyncio.Semaphore(self.settings.workers)
             self._waiting = 0
@@ -348,7 +383,8 @@ class JqSandbox:
     def _discard(self, child: _Child, *, replace: bool = True) -> None:
         """Kill `child`; start its replacement at once (in the background)."""
         self._children.discard(child)
-        child.kill()
+        child.kill(reap=False)
+        self._spawn(child.reap())
         if replace:
             self._spawn(self._replace())
 
@@ -374,7 +410,7 @@ class JqSandbox:
 
     async def close(self) -> None:
         """Kill every child; the sandbox starts new ones if it is used again."""
-        if self._loop is not asyncio.get_running_loop():
+        if self._loop is None or self._loop() is not asyncio.get_running_loop():
             return
         self._loop = None  # the next use binds afresh
         for task in list(self._spares):
@@ -385,25 +421,40 @@ class JqSandbox:
     def _kill_all(self) -> None:
         children = list(self._children)
         self._idle, self._children = [], set()
+        self._slots = asyncio.Semaphore(self.settings.workers)  # unbound: holds no loop
         for child in children:
             child.kill()
 
 
-_shared: JqSandbox | None = None
+# One pool per event loop: a process serves on one loop, but tests and tools may run
+# several loops (in turn, or in threads), and a child's pipes belong to one selector.
+_shared: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JqSandbox] = (
+    weakref.WeakKeyDictionary()
+)
+_outside_loops: JqSandbox | None = None
 
 
 def shared_sandbox() -> JqSandbox:
-    """The process-wide pool, created on first use from SandboxSettings()."""
-    global _shared
-    if _shared is None:
-        _shared = JqSandbox()
-    return _shared
+    """The process-wide pool (of the running loop), created on first use from
+    SandboxSettings()."""
+    global _outside_loops
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        if _outside_loops is None:
+            _outside_loops = JqSandbox()
+        return _outside_loops
+    sandbox = _shared.get(loop)
+    if sandbox is None:
+        sandbox = _shared[loop] = JqSandbox()
+    return sandbox
 
 
 async def close_shared_sandbox() -> None:
     """Kill the shared pool's children (engine stop calls this)."""
-    if _shared is not None:
-        await _shared.close()
+    sandbox = _shared.get(asyncio.get_running_loop())
+    if sandbox is not None:
+        await sandbox.close()
 
 
 async def jq_first(program: str, value: Json) -> Json:
