@@ -305,19 +305,31 @@ def capture() -> Iterator[CaptureServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
+def shared_env(capture: CaptureServer) -> dict[str, str]:
+    """The shared servers' settings: agents talk to the capture server's scripted LLM,
+    http nodes may reach the capture server (loopback, its port)."""
+    return {
+        "AOB_LLM_BASE_URL": capture.llm_url,
+        "AOB_HTTP_ALLOW": "127.0.0.1",
+        "AOB_HTTP_PORTS": capture.url.rsplit(":", 1)[1],
+    }
+
+
+# One server per backend for the whole suite (each start costs seconds): tests that
+# restart it leave it running, and `heal` replaces one an earlier test left frozen.
+@pytest.fixture(scope="session")
 def live_server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     capture: CaptureServer,
 ) -> Iterator[LiveServer]:
-    """One embedded dev server for the module (tests that restart it leave it running)."""
+    """The embedded dev server the attack modules share."""
     data_dir = tmp_path_factory.mktemp("live") / "data"
-    with server_for("embedded", request, data_dir, AOB_LLM_BASE_URL=capture.llm_url) as server:
+    with server_for("embedded", request, data_dir, **shared_env(capture)) as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster_server(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -326,7 +338,7 @@ def cluster_server(
     """The same API, coordinator, projector and workers in one `aob server dev` process,
     on the session's Kafka broker (fresh topic prefix) and PostgreSQL (fresh schema)."""
     data_dir = tmp_path_factory.mktemp("cluster") / "data"
-    with server_for("cluster", request, data_dir, AOB_LLM_BASE_URL=capture.llm_url) as server:
+    with server_for("cluster", request, data_dir, **shared_env(capture)) as server:
         yield server
 
 
@@ -615,3 +627,12 @@ def _wait_in_flight(
         except (httpx.HTTPError, AssertionError):
             return
         time.sleep(0.01)  # the polling pace
+
+
+@pytest.fixture(autouse=True)
+def _healthy(request: pytest.FixtureRequest) -> None:
+    """Each test starts on a server that answers (see LiveServer.heal)."""
+    for name in ("server", "live_server", "cluster_server"):
+        if name in request.fixturenames:
+            live: LiveServer = request.getfixturevalue(name)
+            live.heal()

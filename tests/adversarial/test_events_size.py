@@ -8,7 +8,6 @@ naming the setting) while the host goes on."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,7 +21,6 @@ from tests.adversarial.conftest import (
     failure_text,
     names_a_budget,
     run_events,
-    server_for,
     submit,
     wait_run,
 )
@@ -31,19 +29,6 @@ pytestmark = pytest.mark.slow
 
 MAX_EVENT_BYTES = 512 * 1024  # the default of AOB_MAX_EVENT_BYTES
 OUTPUT_BYTES = 60_000
-
-
-@pytest.fixture(scope="module", params=["embedded", "cluster"])
-def sized_server(
-    request: pytest.FixtureRequest,
-    tmp_path_factory: pytest.TempPathFactory,
-    capture: CaptureServer,
-) -> Iterator[LiveServer]:
-    port = capture.url.rsplit(":", 1)[1]
-    data_dir = tmp_path_factory.mktemp(f"size-{request.param}") / "data"
-    with server_for(request.param, request, data_dir, AOB_HTTP_ALLOW="127.0.0.1",
-                    AOB_HTTP_PORTS=port) as server:
-        yield server
 
 
 def chain(length: int, tag: str) -> dict[str, Any]:
@@ -68,9 +53,8 @@ def _blob_bytes(server: LiveServer) -> int:
 
 
 def test_twenty_chained_60kb_outputs_stay_small_and_grow_linearly(
-    sized_server: LiveServer,
+    server: LiveServer,
 ) -> None:
-    server = sized_server
     growth = {}
     with server.diagnosed(), server.client(ATTACKER) as attacker:
         for length, tag in ((10, "a"), (20, "b")):
@@ -104,11 +88,10 @@ def test_twenty_chained_60kb_outputs_stay_small_and_grow_linearly(
 
 
 def test_an_http_response_over_kafkas_limit_does_not_wedge_the_worker(
-    sized_server: LiveServer, capture: CaptureServer
+    server: LiveServer, capture: CaptureServer
 ) -> None:
     """A 2 MB response (under the http worker's 10 MB cap): stored aside and the run
     completes, or the node fails naming the limit; either way the next runs go on."""
-    server = sized_server
     body = json.dumps({"data": "y" * 2_000_000}).encode()
     capture.respond("/big", Answer(body=body))
     definition = {"name": "big-http", "nodes": [

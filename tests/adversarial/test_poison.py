@@ -63,7 +63,7 @@ def append_raw(server: LiveServer, topic: str, key: str, value: bytes) -> None:
     foreign producer would."""
     env = server.env
     settings = Settings(
-        _env_file=None,
+        _env_file=None,  # type: ignore[call-arg]  # pydantic-settings' init option
         data_dir=Path(env["AOB_DATA_DIR"]),
         kafka_bootstrap=env.get("AOB_KAFKA_BOOTSTRAP"),
         topic_prefix=env.get("AOB_TOPIC_PREFIX", ""),
