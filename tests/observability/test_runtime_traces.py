@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import pytest
-
 from aob.events.codec import encode
 from aob.events.log.port import Record
 from aob.events.tracing import RUN_ID, TRACE_ID
