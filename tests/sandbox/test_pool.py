@@ -36,6 +36,8 @@ PROGRAMS = [
     "[paths] | length",
     '.inputs.orders | group_by(.amount) | map(length)',
     "empty",
+    '.inputs.name + " ünï"',
+    '"\u00e9" | explode',
     "1.5, 2, 1e3, -0.25",
 ]
 
@@ -125,3 +127,14 @@ def test_the_childs_program_cache_is_bounded():
     assert len(programs._compiled) == 3
     programs.get("." + " " * 1500 + "| 1")
     assert len(programs._compiled) == 0
+
+
+async def test_text_that_is_not_unicode_is_refused_as_in_process(sandbox: JqSandbox):
+    with pytest.raises(ExpressionError, match="not valid Unicode"):
+        await sandbox.first('"\ud800"', None)
+    with pytest.raises(ExpressionError) as expected:
+        evaluate(".", "lone \ud800")
+    with pytest.raises(ExpressionError) as caught:
+        await sandbox.first(".", "lone \ud800")
+    assert caught.value.message == expected.value.message
+    assert await sandbox.first(". + 1", 1) == 2

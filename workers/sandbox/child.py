@@ -49,6 +49,8 @@ class Evaluator:
             return _error(budget.kind, budget.kind)
         except MemoryError:
             return _error("memory", "memory")
+        except Exception as error:  # whatever the binding raises, this process serves on
+            return _error(f"jq: {error}", None)
         finally:
             signal.setitimer(signal.ITIMER_PROF, 0)
 

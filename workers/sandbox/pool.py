@@ -282,19 +282,24 @@ class JqSandbox:
 
     def _request(self, program: str, value: Json, every: bool, max_outputs: int) -> bytes:
         limit = self.settings.max_program_bytes
-        if len(program) > limit or len(program.encode()) > limit:
+        try:
+            size = len(program) if len(program) > limit else len(program.encode())
+        except UnicodeEncodeError:
+            raise ExpressionError("jq program is not valid Unicode text") from None
+        if size > limit:
             raise ExpressionError(
                 f"jq program longer than {limit} bytes (AOB_JQ_MAX_PROGRAM_BYTES)"
             )
         if not program.strip():
             raise ExpressionError("empty jq expression")
         try:
-            text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            # ASCII: a lone surrogate in a str is escaped instead of failing to encode.
+            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError) as error:
             raise ExpressionError(f"input is not JSON: {error}") from None
         except RecursionError:
             raise ExpressionError("input is not JSON: nested too deeply") from None
-        head = json.dumps([program, ALL if every else FIRST, max_outputs], ensure_ascii=False)
+        head = json.dumps([program, ALL if every else FIRST, max_outputs])
         return head.encode() + b"\n" + text.encode()
 
     def _outputs(self, reply: bytes) -> list[Json]:
