@@ -12,6 +12,7 @@ without the fixes cannot take the shared machine's memory with it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import re
@@ -43,6 +44,7 @@ REQUEST_TIMEOUT = 5.0
 HEALTH_BOUND_S = 1.0
 # A server process may not map more than this (an unfixed `[range(1e9)]` grows to ~4 GB).
 ADDRESS_SPACE_LIMIT = 6 * 1024**3
+PR_SET_PDEATHSIG = 1
 FINISHED = ("completed", "failed", "cancelled")
 ATTACKER, VICTIM = "attacker", "victim"
 
@@ -62,6 +64,9 @@ NORMAL = {
 
 def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
+    # Die with the test run (killed by a timeout, say) instead of lingering (Linux).
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
