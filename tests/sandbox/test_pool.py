@@ -93,7 +93,9 @@ async def test_the_event_loop_stays_responsive_while_programs_run_away(sandbox: 
     assert sorted(budgets) == ["cpu", "cpu", "cpu", "memory"]
     assert len(gaps) > 100
     assert max(busy) < 0.05  # no jq ran on the loop
-    assert max(gaps) < 0.1  # nor did it wait (a heavily loaded machine can preempt it)
+    # Nor did it wait for a child: a blocking wait would last the wall guard (5 s). The
+    # bound is loose because a loaded CI machine preempts the loop for 100+ ms at times.
+    assert max(gaps) < 1.0
 
 
 async def test_the_pool_recovers_and_serves_concurrent_evaluations(sandbox: JqSandbox):
