@@ -244,6 +244,9 @@ class JqSandbox:
         self._idle: list[_Child] = []
         self._children: set[_Child] = set()
         self._spares: set[asyncio.Task[None]] = set()
+        # Killed children not reaped yet: a reap task cancelled before it ran would
+        # leave one unreaped, so closing the pool waits for what is left here.
+        self._dying: set[_Child] = set()
         self._slots = asyncio.Semaphore(self.settings.workers)
         self._waiting = 0
 
@@ -389,9 +392,14 @@ class JqSandbox:
         """Kill `child`; start its replacement at once (in the background)."""
         self._children.discard(child)
         child.kill(reap=False)
-        self._spawn(child.reap())
+        self._dying.add(child)
+        self._spawn(self._reap(child))
         if replace:
             self._spawn(self._replace())
+
+    async def _reap(self, child: _Child) -> None:
+        await child.reap()
+        self._dying.discard(child)
 
     async def _replace(self) -> None:
         with contextlib.suppress(JqSandboxBusy):
@@ -424,6 +432,9 @@ class JqSandbox:
         self._kill_all()
 
     def _kill_all(self) -> None:
+        for dying in list(self._dying):
+            dying.popen.wait()  # killed already: its exit is at most milliseconds away
+        self._dying.clear()
         children = list(self._children)
         self._idle, self._children = [], set()
         self._slots = asyncio.Semaphore(self.settings.workers)  # unbound: holds no loop
