@@ -24,39 +24,12 @@ class OutputError(Exception):
     """An output that cannot be stored or fetched (not JSON, or a missing blob)."""
 
 
-async def store_output(
-    value: Json, blobs: BlobStore, inline_max_bytes: int
-) -> tuple[Json, str | None]:
-    """(inline value, None) for a small output; (None, blob reference) for a large one.
-
-    Raises OutputError when `value` is not JSON (NaN, a set, nesting beyond Python's
-    recursion limit): it could not be recorded either way.
-    """
-    try:
-        text = _dump(value)
-    except (TypeError, ValueError, RecursionError) as error:
-        raise OutputError(f"output is not JSON: {type(error).__name__}: {error}") from None
-    if len(text.encode()) <= inline_max_bytes:
-        return value, None
-    return None, await blobs.put(text.encode())
-
-
 async def fetch_output(ref: str, blobs: BlobStore) -> Json:
     """The output stored under `ref`."""
     try:
         return json.loads(await blobs.get(ref))
     except BlobError as error:
         raise OutputError(str(error)) from None
-
-
-async def with_outputs(context: Json, refs: Mapping[str, str], blobs: BlobStore) -> Json:
-    """`context` with the outputs named by `refs` fetched into `.nodes`."""
-    if not refs or not isinstance(context, dict):
-        return context
-    nodes: dict[str, Any] = dict(context.get("nodes") or {})
-    for node_id, ref in refs.items():
-        nodes[node_id] = await fetch_output(ref, blobs)
-    return {**context, "nodes": nodes}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +40,24 @@ class OutputStore:
     inline_max_bytes: int
 
     async def store(self, value: Json) -> tuple[Json, str | None]:
-        return await store_output(value, self.blobs, self.inline_max_bytes)
+        """(inline value, None) for a small output; (None, blob reference) for a large one.
+
+        Raises OutputError when `value` is not JSON (NaN, a set, nesting beyond Python's
+        recursion limit): it could not be recorded either way.
+        """
+        try:
+            data = _dump(value).encode()
+        except (TypeError, ValueError, RecursionError) as error:
+            raise OutputError(f"output is not JSON: {type(error).__name__}: {error}") from None
+        if len(data) <= self.inline_max_bytes:
+            return value, None
+        return None, await self.blobs.put(data)
 
     async def resolve(self, context: Json, refs: Mapping[str, str]) -> Json:
-        return await with_outputs(context, refs, self.blobs)
+        """`context` with the outputs named by `refs` fetched into `.nodes`."""
+        if not refs or not isinstance(context, dict):
+            return context
+        nodes: dict[str, Any] = dict(context.get("nodes") or {})
+        for node_id, ref in refs.items():
+            nodes[node_id] = await fetch_output(ref, self.blobs)
+        return {**context, "nodes": nodes}
