@@ -10,7 +10,8 @@ Wiring, for a composition root (embedded engine or a standalone worker process):
 `http_node_type(settings)` is the short form when the pool may live as long as the
 process. Modules: `guard` (pure URL/address/host/path judgement), `resolver` (the
 resolver port), `transport` (the pinned connection pool), `config` (node config and
-templates), `worker` (redirects, retries, limits, output), `redact`, `metrics`.
+templates), `worker` (redirects, retries, limits, output), `idempotency` (the
+Idempotency-Key header), `redact`, `metrics`.
 """
 
 from aob.workers.http.guard import Blocked, GuardPolicy, Layer

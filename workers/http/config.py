@@ -4,7 +4,8 @@ Config fields (only `url` is required):
 
     method            GET (default), HEAD, POST, PUT, PATCH, DELETE or OPTIONS
     url               http or https URL
-    headers           {name: value}; Host and framing headers are the worker's
+    headers           {name: value}; Host, framing headers and Idempotency-Key
+                      are the worker's (a node naming one is refused)
     query             {name: scalar or list of scalars}, appended to the URL's query
     body              any JSON value: a string is sent as text, anything else as JSON
     body_format       "json" or "text" to override that choice
@@ -45,10 +46,12 @@ from aob.workers.sandbox import JqBudgetExceeded, JqSandboxBusy, jq_first
 USER_AGENT = "aob-http-worker"
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
-# The worker owns these: Host must name the host the guard judged, and framing is httpx's.
+# The worker owns these: Host must name the host the guard judged, framing is httpx's, and
+# the idempotency key is derived from the task (see `idempotency`), never the node's.
 RESERVED_HEADERS = frozenset(
     {
         "host",
+        "idempotency-key",
         "content-length",
         "transfer-encoding",
         "connection",

@@ -22,6 +22,9 @@ A failure becomes NodeError, retryable when a later attempt may succeed (transpo
 errors, 429, 5xx), final for blocked requests, bad config, oversized bodies and other
 unexpected statuses; the coordinator's node retry policy decides what happens next.
 
+Every request carries an `Idempotency-Key` header, the same on each execution of one
+node attempt and new for each attempt and iteration (see `idempotency`).
+
 Output: {"status", "headers", "body", "elapsed_ms", "attempts"}, secrets redacted.
 """
 
@@ -38,7 +41,7 @@ import time
 import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import httpx
@@ -61,6 +64,7 @@ from aob.workers.http.guard import (
     check_address,
     check_url,
 )
+from aob.workers.http.idempotency import idempotency_header
 from aob.workers.http.metrics import metrics_for
 from aob.workers.http.redact import Redactor
 from aob.workers.http.resolver import ResolveError, Resolver, SystemResolver
@@ -150,6 +154,7 @@ class HttpWorker:
             bindings = self._bindings.for_node(spec.secrets, task.tenant or DEFAULT_TENANT)
             check_headers(bindings, spec.headers)
             redactor = redactor.with_headers(spec.headers)
+            spec = replace(spec, headers=(*spec.headers, idempotency_header(task)))
             reply, attempts = await self._run(spec, bindings, task.timeout_ms)
         except SandboxBusy as error:
             raise self._failed("busy", f"http node: {error}", redactor, retryable=True) from None
