@@ -57,6 +57,52 @@ class TagMoved:
     tenant: str | None = None
 
 
+
+# Requests the single writer of a workflow id or tag decides (aob.projections.runtime
+# .decider): the API appends one, the owner of its aob.workflows partition appends the
+# decision, whose envelope names the request as its `causation_id`.
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowCreateRequested:
+    """Asks for the next version of `workflow_id` (and to move `tag` to it).
+
+    Keyed by workflow id. Decided by `WorkflowCreated` with the next version (and a
+    `TagMoveRequested` for `tag`), or by `WorkflowRequestRefused`.
+    """
+
+    workflow_id: str
+    definition: Json
+    tag: str | None = None
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TagMoveRequested:
+    """Asks to point `tag` at `workflow_id`@`version`, a version that exists.
+
+    Keyed by tag. Decided by `TagMoved` (with the target it replaces) or by
+    `WorkflowRequestRefused`.
+    """
+
+    tag: str
+    workflow_id: str
+    version: int
+    tenant: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRequestRefused:
+    """A request on aob.workflows was refused. `request_id` is its event id; `reason`
+    is "name-taken" when `name` (the `subject`: "workflow id" or "tag") belongs to
+    another tenant."""
+
+    request_id: str
+    reason: str
+    subject: str
+    name: str
+
+
 # --- aob.runs: everything run-scoped, keyed by run id -----------------------------
 
 
@@ -396,6 +442,9 @@ Payload: TypeAlias = (
     | ExpressionRequested
     | ExpressionEvaluated
     | RecordDeadLettered
+    | WorkflowCreateRequested
+    | TagMoveRequested
+    | WorkflowRequestRefused
 )
 
 PAYLOAD_TYPES: tuple[type[Any], ...] = (
@@ -425,6 +474,9 @@ PAYLOAD_TYPES: tuple[type[Any], ...] = (
     ExpressionRequested,
     ExpressionEvaluated,
     RecordDeadLettered,
+    WorkflowCreateRequested,
+    TagMoveRequested,
+    WorkflowRequestRefused,
 )
 PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
 

@@ -44,7 +44,6 @@ from aob.events.types import (
     TagMoved,
     TimerFired,
     TimerSet,
-    ToolRegistered,
     WorkflowCreated,
 )
 from aob.projections.workflow.definition import ON_TIMEOUT_DEFAULT
@@ -206,9 +205,9 @@ def project(event: Event, position: Positioned) -> Plan:
     handler = _HANDLERS.get(type(event.payload))
     if handler is not None:
         yield from handler(event.payload, event)
-    payload = event.payload
-    if not isinstance(payload, WorkflowCreated | TagMoved | ToolRegistered):
-        yield Exec(TOUCH_RUN, {"run_id": payload.run_id, "at": event.occurred_at})
+    run_id = getattr(event.payload, "run_id", None)
+    if isinstance(run_id, str):  # workflow, tag and tool events (and requests) have no run
+        yield Exec(TOUCH_RUN, {"run_id": run_id, "at": event.occurred_at})
 
 
 _FIELD_NAMES: dict[type[Any], tuple[str, ...]] = {}

@@ -104,6 +104,11 @@ SAMPLES: list[Event] = [
     _ev(t.ExpressionEvaluated("r", "q", NESTED, "sha256:3", "budget ✗")),
     _ev(t.RecordDeadLettered("g", "aob.runs", 0, 0, "k", b"", "why")),
     _ev(t.RecordDeadLettered("g", "aob.runs", 7, 2**40, "k", bytes(range(256)), "✗", "r")),
+    _ev(t.WorkflowCreateRequested("w", NESTED)),
+    _ev(t.WorkflowCreateRequested("w", {"name": "w"}, "prod", "ü")),
+    _ev(t.TagMoveRequested("prod", "w", 2**40)),
+    _ev(t.TagMoveRequested("prod", "w", 1, "acme")),
+    _ev(t.WorkflowRequestRefused("evt", "name-taken", "tag", "prod")),
 ]
 
 

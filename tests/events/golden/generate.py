@@ -44,10 +44,13 @@ from aob.events.types import (
     RunFailed,
     RunSubmitted,
     TagMoved,
+    TagMoveRequested,
     TimerFired,
     TimerSet,
     ToolRegistered,
     WorkflowCreated,
+    WorkflowCreateRequested,
+    WorkflowRequestRefused,
 )
 
 GOLDEN = Path(__file__).with_name("events.json")
@@ -246,6 +249,28 @@ def samples() -> dict[str, Event]:
             RecordDeadLettered(
                 "aob-coordinator", "aob.runs", 3, 1207, "run-1", b"\xc3\x01garbage", "bad", "run-1"
             ),
+        ),
+        "WorkflowCreateRequested": _event(
+            42,
+            WorkflowCreateRequested("wf-1", _DEFINITION, tag="prod", tenant="acme"),
+            key="wf-1",
+            actor="alice",
+        ),
+        "WorkflowCreateRequested.defaults": _event(
+            43, WorkflowCreateRequested("wf-2", {"name": "wf-2"}), key="wf-2"
+        ),
+        "TagMoveRequested": _event(
+            44,
+            TagMoveRequested("prod", "wf-1", 4, tenant="acme"),
+            key="prod",
+            causation_id="evt-0042",
+        ),
+        "TagMoveRequested.defaults": _event(45, TagMoveRequested("dev", "wf-1", 1), key="dev"),
+        "WorkflowRequestRefused": _event(
+            46,
+            WorkflowRequestRefused("evt-0044", "name-taken", "tag", "prod"),
+            key="prod",
+            causation_id="evt-0044",
         ),
     }
 
