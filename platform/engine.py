@@ -169,7 +169,9 @@ class Engine:
             http_type = self.http.node_type()
             self.workers.append(WorkerHost(self.log, http_type, worker_id="http", outputs=outputs))
         if "agent" in kinds:
-            self.agent = _agent_runner(self.settings, self.log, self.read_models, self.tools)
+            self.agent = _agent_runner(
+                self.settings, self.log, self.read_models, self.tools, self.blobs
+            )
             agent = WorkerHost(self.log, self.agent.node_type(), worker_id="agent", outputs=outputs)
             self.workers.append(agent)
         if "hitl" in kinds:
@@ -329,10 +331,15 @@ async def open_read_models(settings: Settings) -> AsyncReadModels:
 
 
 def _agent_runner(
-    settings: Settings, event_log: EventLog, read_models: AsyncReadModels, tools: ToolCatalog
+    settings: Settings,
+    event_log: EventLog,
+    read_models: AsyncReadModels,
+    tools: ToolCatalog,
+    blobs: BlobStore,
 ) -> AgentRunner:
     """Agent nodes: the LLM endpoint and limits from settings; outbound HTTP through the
-    HTTP worker's guard, without its secrets (a model writes these requests)."""
+    HTTP worker's guard, without its secrets (a model writes these requests); large
+    answers in the engine's blob store (shared by every process of a cluster)."""
     defaults = AgentDefaults(
         base_url=settings.llm_base_url,
         model=settings.llm_model,
@@ -376,7 +383,7 @@ def _agent_runner(
         clients=LlmClients(
             max_connections=settings.llm_max_connections, guard=http_settings.guard_policy()
         ),
-        blobs=FileBlobStore(settings.data_dir / "blobs"),
+        blobs=blobs,
         concurrency=settings.llm_concurrency,
     )
 
