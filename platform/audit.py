@@ -6,11 +6,17 @@
   positions the live store has reached, and compares the two table by table. Equal
   is the contract of the projection (idempotent, deterministic, batching-blind);
   anything else is a bug or a tampered store, and the summary says where.
+
+Poison is part of the log: a record that cannot be decoded, or that the store refuses,
+was set aside by the live projector (a dead letter, and its run's `RunFailed`, which is
+in the log after it). The rebuild sets it aside the same way, so the two stores still
+agree, and says what it skipped: a poison record never makes an audit fail or diverge.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -24,11 +30,13 @@ import asyncpg
 from aob.events.codec import decode
 from aob.events.log.port import EventLog, Record, TopicPartition
 from aob.events.partitioner import partition_for
-from aob.events.types import RUNS_TOPIC
+from aob.events.types import DEADLETTER_TOPIC, RUNS_TOPIC, Event
 from aob.platform.settings import Settings
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.readmodels.views import dumps, loads
+from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter_id, describe
+from aob.projections.runtime.projector import GROUP as PROJECTOR
 from aob.projections.runtime.projector import PROJECTED_TOPICS
 
 READ_BATCH = 1000
@@ -53,8 +61,12 @@ async def run_history(event_log: EventLog, run_id: str) -> list[dict[str, Any]]:
 
 
 def history_row(record: Record) -> dict[str, Any]:
-    """A log record as the read models' timeline shows it."""
-    event = decode(record.value)
+    """A log record as the read models' timeline shows it; one that cannot be decoded
+    (set aside by the services) as an "undecodable record" row saying why."""
+    try:
+        event = decode(record.value)
+    except Exception as error:
+        return poison_row(record, describe(error))
     return {
         "topic": record.topic,
         "partition": record.partition,
@@ -67,6 +79,23 @@ def history_row(record: Record) -> dict[str, Any]:
         "trace_id": event.trace_id,
         "causation_id": event.causation_id,
         "data": loads(dumps(asdict(event.payload))),
+    }
+
+
+def poison_row(record: Record, reason: str) -> dict[str, Any]:
+    """An undecodable record in the shape of a history row: where it is and why."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "event_id": None,
+        "key": record.key,
+        "type": UNDECODABLE,
+        "occurred_at": None,
+        "actor": None,
+        "trace_id": None,
+        "causation_id": None,
+        "data": {"reason": reason, "bytes": len(record.value)},
     }
 
 
@@ -84,6 +113,31 @@ class TableDiff:
     only_rebuilt: list[tuple[Any, ...]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """A poison record the rebuild did not apply, as the live projector did not."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    letter_id: str  # the id of the dead letter the live projector writes for it
+    # That dead letter is in the log: the projector set the record aside live too.
+    dead_lettered: bool = False
+
+    def describe(self) -> str:
+        known = "dead-lettered by the projector" if self.dead_lettered else "no dead letter"
+        return f"{self.topic}[{self.partition}]@{self.offset} ({self.reason}; {known})"
+
+
+@dataclass
+class Rebuilt:
+    """What `rebuild` did: records applied, and poison set aside."""
+
+    applied: int = 0
+    set_aside: list[SetAside] = field(default_factory=list)
+
+
 @dataclass
 class Verification:
     """The outcome of `verify`: `equal`, else what differs per table."""
@@ -92,6 +146,7 @@ class Verification:
     applied: int
     tables: dict[str, int]  # rows per table in the live store
     differences: dict[str, TableDiff]
+    set_aside: list[SetAside] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
@@ -103,8 +158,14 @@ class Verification:
             f"rebuilt {len(self.tables)} tables from {self.applied} events "
             f"(up to {reached or 'nothing'})"
         )
+        skipped = [
+            f"set aside {len(self.set_aside)} poison record(s), as the live projector does:",
+            *(f"  {record.describe()}" for record in self.set_aside),
+        ]
+        if not self.set_aside:
+            skipped = []
         if self.equal:
-            return f"{head}: identical to the live read models"
+            return "\n".join([f"{head}: identical to the live read models", *skipped])
         lines = [f"{head}: {len(self.differences)} table(s) differ"]
         for table, diff in self.differences.items():
             lines.append(
@@ -113,7 +174,7 @@ class Verification:
             )
             lines += [f"    live only:    {row!r:.200}" for row in diff.only_live]
             lines += [f"    rebuilt only: {row!r:.200}" for row in diff.only_rebuilt]
-        return "\n".join(lines)
+        return "\n".join(lines + skipped)
 
 
 async def verify(
@@ -126,13 +187,14 @@ async def verify(
     """
     live_dump = await live.dump()
     positions = stored_positions(live_dump)
-    applied = await rebuild(event_log, fresh, positions)
+    rebuilt = await rebuild(event_log, fresh, positions)
     rebuilt_dump = await fresh.dump()
     return Verification(
         positions=positions,
-        applied=applied,
+        applied=rebuilt.applied,
         tables={table: len(rows) for table, rows in live_dump.items()},
         differences=compare(live_dump, rebuilt_dump),
+        set_aside=await with_dead_letters(event_log, rebuilt.set_aside),
     )
 
 
@@ -146,28 +208,87 @@ def stored_positions(dump: Dump) -> dict[TopicPartition, int]:
 
 async def rebuild(
     event_log: EventLog, store: AsyncReadModels, positions: Mapping[TopicPartition, int]
-) -> int:
+) -> Rebuilt:
     """Apply every projected record before `positions` to `store`, reading the
-    partitions in turn as the projector does; returns how many records were applied."""
+    partitions in turn as the projector does; poison is set aside as the projector
+    sets it aside (see `ProjectorHost._apply`), and listed."""
     next_read = {tp: 0 for tp in positions if tp.topic in PROJECTED_TOPICS}
-    applied = 0
+    rebuilt = Rebuilt()
     while next_read:
-        batch: list[tuple[Record, Any]] = []
+        records: list[Record] = []
         for tp, offset in list(next_read.items()):
             wanted = min(READ_BATCH, positions[tp] - offset)
-            records = await event_log.read(tp.topic, tp.partition, offset, wanted)
-            records = [r for r in records if r.offset < positions[tp]]
-            if not records:
+            read = await event_log.read(tp.topic, tp.partition, offset, wanted)
+            read = [r for r in read if r.offset < positions[tp]]
+            if not read:
                 del next_read[tp]
                 continue
-            next_read[tp] = records[-1].offset + 1
+            next_read[tp] = read[-1].offset + 1
             if next_read[tp] >= positions[tp]:
                 del next_read[tp]
-            batch += [(r, decode(r.value)) for r in records]
-        if batch:
-            await store.apply(batch)
-            applied += len(batch)
-    return applied
+            records += read
+        if records:
+            await _apply(store, records, rebuilt)
+    return rebuilt
+
+
+async def _apply(store: AsyncReadModels, records: list[Record], rebuilt: Rebuilt) -> None:
+    """Apply decodable records as one batch; if the store refuses it, one by one,
+    setting aside each it refuses (each apply is one transaction: nothing half-done)."""
+    batch: list[tuple[Record, Event]] = []
+    for record in records:
+        try:
+            batch.append((record, decode(record.value)))
+        except Exception as error:
+            rebuilt.set_aside.append(_set_aside(record, f"{UNDECODABLE}: {describe(error)}"))
+    try:
+        await store.apply(batch)
+    except Exception:
+        await store.offsets()  # raises when the store is down: not a record's fault
+        for record, event in batch:
+            try:
+                await store.apply([(record, event)])
+            except Exception as error:
+                await store.offsets()
+                reason = f"cannot project {event.type}: {describe(error)}"
+                rebuilt.set_aside.append(_set_aside(record, reason))
+                continue
+            rebuilt.applied += 1
+        return
+    rebuilt.applied += len(batch)
+
+
+def _set_aside(record: Record, reason: str) -> SetAside:
+    letter_id = dead_letter_id(PROJECTOR, record)
+    return SetAside(record.topic, record.partition, record.offset, reason, letter_id)
+
+
+async def with_dead_letters(event_log: EventLog, set_aside: list[SetAside]) -> list[SetAside]:
+    """`set_aside`, each marked with whether the live projector's dead letter for it is
+    in the log (read only when something was set aside: the topic is small)."""
+    if not set_aside:
+        return []
+    letters = await dead_letter_ids(event_log)
+    return [
+        dataclasses.replace(skipped, dead_lettered=skipped.letter_id in letters)
+        for skipped in sorted(set_aside, key=lambda r: (r.topic, r.partition, r.offset))
+    ]
+
+
+async def dead_letter_ids(event_log: EventLog) -> set[str]:
+    """The ids of every dead letter in the log (an undecodable one counts as none)."""
+    ids: set[str] = set()
+    for partition, end in (await event_log.end_offsets(DEADLETTER_TOPIC)).items():
+        offset = 0
+        while offset < end:
+            records = await event_log.read(DEADLETTER_TOPIC, partition, offset, READ_BATCH)
+            if not records:
+                break
+            for record in records:
+                with contextlib.suppress(Exception):
+                    ids.add(decode(record.value).event_id)
+            offset = records[-1].offset + 1
+    return ids
 
 
 def compare(live: Dump, rebuilt: Dump) -> dict[str, TableDiff]:
