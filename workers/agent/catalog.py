@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aob.events.codec import decode
-from aob.events.log.port import Append, EventLog
+from aob.events.log.port import Append, EventLog, Record, TopicPartition
 from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.workflow.definition import credential_header_problem
 from aob.workers.agent.schemas import SchemaRefused, check_schema, refused_refs
 
-CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters
+CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters and its group
 
 KINDS = ("pipeline", "openapi")
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -203,7 +203,7 @@ class ToolCatalog:
 
     async def _read_new(self, log: EventLog) -> bool:
         read = False
-        poison: list[Append] = []
+        poison: list[tuple[Record, str]] = []
         for partition in range(await log.partitions(TOOLS_TOPIC)):
             offset = self.positions.get(partition, 0)
             for record in await log.read(TOOLS_TOPIC, partition, offset):
@@ -214,10 +214,28 @@ class ToolCatalog:
                     if isinstance(payload, ToolRegistered):
                         self.apply(payload)
                 except Exception as error:  # poison: set aside, the catalog goes on
-                    poison += dead_letter(record, CATALOG_SERVICE, describe(error), fail_run=False)
-        if poison:  # every follower sets it aside under the same id: listed once
-            await log.append(poison)
+                    poison.append((record, describe(error)))
+        if poison:
+            await set_aside(log, poison)
         return read
+
+
+async def set_aside(log: EventLog, poison: list[tuple[Record, str]]) -> None:
+    """Dead-letter each poison record once. Every catalog folds `aob.tools` from offset
+    0 at each start, so the catalog group's committed offsets mark what is already set
+    aside: the dead letters and the commit past them go in one step, and a restarted
+    (or another) catalog passes over the records below it. (Two catalogs meeting new
+    poison at the same moment may both write: the same ids, listed once.)"""
+    done = await log.committed(CATALOG_SERVICE, TOOLS_TOPIC)
+    new = [(r, why) for r, why in poison if r.offset >= done.get(r.partition, 0)]
+    if not new:
+        return
+    letters: list[Append] = []
+    past: dict[TopicPartition, int] = {}
+    for record, why in new:
+        letters += dead_letter(record, CATALOG_SERVICE, why, fail_run=False)
+        past[record.position] = max(past.get(record.position, 0), record.offset + 1)
+    await log.append_and_commit(letters, CATALOG_SERVICE, past)
 
 
 def _entries(tool: ToolRegistered) -> Iterator[dict[str, Any]]:
