@@ -7,15 +7,15 @@ the projector runs).
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, Record
+from aob.events.log.port import Append, Record, TopicPartition
+from aob.events.partitioner import partition_for
 from aob.events.types import (
     RUNS_TOPIC,
     WORKFLOWS_TOPIC,
@@ -25,16 +25,25 @@ from aob.events.types import (
     RunCancelRequested,
     RunSubmitted,
     TagMoved,
+    TagMoveRequested,
     WorkflowCreated,
+    WorkflowCreateRequested,
+    WorkflowRequestRefused,
 )
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
 from aob.projections.readmodels.views import BLOB_REF
+from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import SETTING_NAMES, Limits, validate_definition
 from aob.projections.workflow.materialize import apply_patch
 from aob.workers.outputs import OutputError, fetch_output
 
 FINISHED_RUN = ("completed", "failed", "cancelled")
+# How long a workflow or tag request waits for its decider's answer (it is kept in the
+# log either way, and decided once a decider runs).
+DECISION_TIMEOUT: Final = 10.0
+
+Decided = TypeVar("Decided", WorkflowCreated, TagMoved)
 
 
 def now_ms() -> int:
@@ -53,7 +62,6 @@ class Commands:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.read = engine.read_models
-        self._versions = asyncio.Lock()  # one writer assigns workflow versions
 
     # --- workflows and tags --------------------------------------------------------
 
@@ -74,24 +82,45 @@ class Commands:
         tenant: str | None = None,
     ) -> dict[str, Any]:
         """Store a new version of the workflow named in the definition (of `tenant`, the
-        creator's); move its tag."""
+        creator's); move its tag.
+
+        The version is decided by the single writer of the workflow id (`aob.projections
+        .runtime.decider`): this appends the request and answers from the decision, so
+        concurrent creators, in any process, get distinct versions.
+        """
         self.validate(definition)
         workflow_id = definition["name"]
         tag = tag if tag is not None else workflow_id
-        async with self._versions:
-            await self.engine.projected.wait_caught_up()
-            latest = await self.read.get_workflow(workflow_id)
-            _refuse_foreign(latest, tenant, "workflow id", workflow_id)
-            version = (latest["version"] + 1) if latest else 1
-            previous = await self.read.get_tag(tag) if tag else None
-            _refuse_foreign(previous, tenant, "tag", tag)
-            payloads: list[Payload] = [
-                WorkflowCreated(workflow_id, version, definition, tenant=tenant)
-            ]
-            if tag:
-                payloads.append(_tag_moved(tag, workflow_id, version, previous, tenant))
-            records = await self._append(WORKFLOWS_TOPIC, workflow_id, payloads, actor, trace_id)
-            await self.engine.projected.wait_for(records)
+        # A name's owner never changes: refuse another tenant's at once from the read
+        # models (the decider has the last word for names taken meanwhile).
+        _refuse_foreign(
+            await self.read.get_workflow(workflow_id), tenant, "workflow id", workflow_id
+        )
+        if tag:
+            _refuse_foreign(await self.read.get_tag(tag), tenant, "tag", tag)
+        log = self.engine.log
+        tag_at: tuple[TopicPartition, int] | None = None
+        if tag:  # the tag's writer answers in the tag's partition, after its end now
+            tag_tp = TopicPartition(
+                WORKFLOWS_TOPIC, partition_for(tag, await log.partitions(WORKFLOWS_TOPIC))
+            )
+            tag_at = (tag_tp, (await log.end_offsets(WORKFLOWS_TOPIC))[tag_tp.partition])
+        request = WorkflowCreateRequested(workflow_id, definition, tag or None, tenant)
+        asked, request_id = await self._request(workflow_id, request, actor, trace_id)
+        record, created = await self._decision(
+            asked.position, asked.offset + 1, request_id, WorkflowCreated
+        )
+        version = created.version
+        decided = [record]
+        if tag_at is not None:
+            record, _ = await self._decision(
+                *tag_at,
+                tag_request_id(request_id),
+                TagMoved,
+                done=f"version {version} of {workflow_id!r} was created, but ",
+            )
+            decided.append(record)
+        await self.engine.projected.wait_for(decided)
         return {"workflow_id": workflow_id, "version": version, "tag": tag or None}
 
     async def move_tag(
@@ -104,18 +133,55 @@ class Commands:
         trace_id: str,
         tenant: str | None = None,
     ) -> dict[str, Any]:
-        async with self._versions:
-            await self.engine.projected.wait_caught_up()
-            workflow = await self.read.get_workflow(workflow_id, version)
-            if workflow is None or not _visible(workflow, tenant):
-                ident = f"{workflow_id}@{version}" if version else workflow_id
-                raise not_found("workflow", ident)
-            previous = await self.read.get_tag(tag)
-            _refuse_foreign(previous, tenant, "tag", tag)
-            payload = _tag_moved(tag, workflow_id, workflow["version"], previous, tenant)
-            records = await self._append(WORKFLOWS_TOPIC, workflow_id, [payload], actor, trace_id)
-            await self.engine.projected.wait_for(records)
+        """Point `tag` at a version (the latest by default); the tag's single writer
+        decides the move (and what it replaces)."""
+        await self.engine.projected.wait_caught_up()
+        workflow = await self.read.get_workflow(workflow_id, version)
+        if workflow is None or not _visible(workflow, tenant):
+            ident = f"{workflow_id}@{version}" if version else workflow_id
+            raise not_found("workflow", ident)
+        _refuse_foreign(await self.read.get_tag(tag), tenant, "tag", tag)
+        request = TagMoveRequested(tag, workflow_id, workflow["version"], tenant)
+        asked, request_id = await self._request(tag, request, actor, trace_id)
+        record, _ = await self._decision(asked.position, asked.offset + 1, request_id, TagMoved)
+        await self.engine.projected.wait_for([record])
         return {"tag": tag, "workflow_id": workflow_id, "version": workflow["version"]}
+
+    async def _decision(
+        self,
+        tp: TopicPartition,
+        after: int,
+        request_id: str,
+        answer: type[Decided],
+        *,
+        done: str = "",
+    ) -> tuple[Record, Decided]:
+        """The decider's answer to a request: `answer`, else a Problem (refused, or no
+        answer in time). `done` says what happened already, should it be refused."""
+        try:
+            record, event = await wait_for_decision(
+                self.engine.log,
+                tp,
+                after,
+                request_id,
+                (answer, WorkflowRequestRefused),
+                DECISION_TIMEOUT,
+            )
+        except NoDecision:
+            raise Problem(
+                503,
+                "not-decided-yet",
+                "Request recorded, not decided yet",
+                "the request is in the log but no workflow decider answered within "
+                f"{DECISION_TIMEOUT:.0f}s (is the projector service running?); it will be "
+                "decided when one runs: look the workflow up later",
+                headers={"Retry-After": "5"},
+            ) from None
+        payload = event.payload
+        if isinstance(payload, WorkflowRequestRefused):
+            raise _name_taken(payload.subject, payload.name, done)
+        assert isinstance(payload, answer)
+        return record, payload
 
     async def resolve_workflow(
         self, ref: str, version: int | None = None, tenant: str | None = None
@@ -249,6 +315,14 @@ class Commands:
 
     # --- plumbing --------------------------------------------------------------------
 
+    async def _request(
+        self, key: str, payload: Payload, actor: str, trace_id: str
+    ) -> tuple[Record, str]:
+        """Append a request to aob.workflows; its record and event id."""
+        event = Event(new_event_id(), key, now_ms(), payload, trace_id, None, actor)
+        (record,) = await self.engine.log.append([Append(WORKFLOWS_TOPIC, key, encode(event))])
+        return record, event.event_id
+
     async def _append(
         self, topic: str, key: str, payloads: Sequence[Payload], actor: str, trace_id: str
     ) -> list[Record]:
@@ -260,20 +334,6 @@ class Commands:
         return await self.engine.log.append(appends)
 
 
-def _tag_moved(
-    tag: str,
-    workflow_id: str,
-    version: int,
-    previous: dict[str, Any] | None,
-    tenant: str | None = None,
-) -> TagMoved:
-    if previous is None:
-        return TagMoved(tag, workflow_id, version, tenant=tenant)
-    return TagMoved(
-        tag, workflow_id, version, previous["workflow_id"], previous["version"], tenant=tenant
-    )
-
-
 def _visible(row: dict[str, Any], tenant: str | None) -> bool:
     """Whether a workflow or tag row belongs to `tenant` (None: any tenant may see it)."""
     return tenant is None or row.get("tenant", tenant) == tenant
@@ -282,12 +342,12 @@ def _visible(row: dict[str, Any], tenant: str | None) -> bool:
 def _refuse_foreign(row: dict[str, Any] | None, tenant: str | None, what: str, name: str) -> None:
     """Ids and tag names are unique across tenants: another tenant's stays theirs."""
     if row is not None and not _visible(row, tenant):
-        raise Problem(
-            409,
-            "name-taken",
-            f"{what.capitalize()} taken",
-            f"the {what} {name!r} is in use; choose another name",
-        )
+        raise _name_taken(what, name)
+
+
+def _name_taken(what: str, name: str, done: str = "") -> Problem:
+    detail = f"the {what} {name!r} is in use; choose another name"
+    return Problem(409, "name-taken", f"{what.capitalize()} taken", done + detail)
 
 
 def _refuse_finished(run: dict[str, Any], action: str) -> None:

@@ -10,7 +10,8 @@ SQLite file. The role chooses the hosts:
   partition of `aob.runs` itself (no consumer-group rebalancing), so a cluster runs
   one of it; the faust-hosted coordinator shares the partitions among several;
 - `projector`: feeds the read models (one per cluster, like the coordinator; a second
-  one would only repeat work the store skips);
+  one would only repeat work the store skips), and decides workflow versions and tag
+  moves (`WorkflowDecider`: the single writer of each `aob.workflows` partition);
 - `workers`: built-in, http, hitl and agent workers (`AOB_WORKERS` picks among them);
 - `fanout`: no host; only the stream endpoints.
 """
@@ -43,6 +44,7 @@ from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.coordinator import CoordinatorHost
+from aob.projections.runtime.decider import WorkflowDecider
 from aob.projections.runtime.projector import ProjectorHost, ReadYourWrites
 from aob.projections.runtime.timers import TimerService
 from aob.workers.agent import (
@@ -87,6 +89,7 @@ class Engine:
     # Where outputs too large to travel in events are kept (content addressed).
     blobs: BlobStore
     projector: ProjectorHost | None = None
+    decider: WorkflowDecider | None = None
     coordinator: CoordinatorHost | None = None
     timers: TimerService | None = None
     workers: list[WorkerHost] = field(default_factory=list)
@@ -148,6 +151,8 @@ class Engine:
             blobs=blobs,
             projector=projector,
         )
+        if projector is not None:  # the workflow registry's writer: see the module doc
+            engine.decider = WorkflowDecider(event_log)
         if role in ("dev", "coordinator"):
             engine.coordinator = CoordinatorHost(
                 event_log, max_event_bytes=settings.max_event_bytes
@@ -186,6 +191,8 @@ class Engine:
         """Recover every host from its committed position, then run them."""
         if self.projector is not None:
             await self.projector.start()
+        if self.decider is not None:
+            await self.decider.start()
         if self.coordinator is not None:
             await self.coordinator.recover()
         for worker in self.workers:
@@ -199,6 +206,8 @@ class Engine:
             self._spawn(self.tools.follow(self.log, self._stop))
         if self.projector is not None:
             self._spawn(self.projector.run(self._stop))
+        if self.decider is not None:
+            self._spawn(self.decider.run(self._stop))
         if self.coordinator is not None:
             self._spawn(self.coordinator.run(self._stop))
         if self.timers is not None:
