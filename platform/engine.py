@@ -6,9 +6,9 @@ SQLite file. The role chooses the hosts:
 
 - `dev`: everything in one process (the embedded default, `aob server dev`);
 - `api`: no host; the HTTP API (and its stream endpoints) reads the read models;
-- `coordinator`: the coordinator fold and the timer service. This host reads every
-  partition of `aob.runs` itself (no consumer-group rebalancing), so a cluster runs
-  one of it; the faust-hosted coordinator shares the partitions among several;
+- `coordinator`: the coordinator fold and the timer service, which fires the timers of
+  the runs whose partitions the coordinator owns. Run states are restored per
+  partition from the compacted changelog `aob.coordinator.state`, not from history;
 - `projector`: feeds the read models (one per cluster, like the coordinator; a second
   one would only repeat work the store skips), and decides workflow versions and tag
   moves (`WorkflowDecider`: the single writer of each `aob.workflows` partition);
@@ -43,6 +43,7 @@ from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.readmodels.views import DEFAULT_TENANT
+from aob.projections.runtime.changelog import create_changelog
 from aob.projections.runtime.coordinator import CoordinatorHost
 from aob.projections.runtime.decider import WorkflowDecider
 from aob.projections.runtime.projector import ProjectorHost, ReadYourWrites
@@ -157,7 +158,7 @@ class Engine:
             engine.coordinator = CoordinatorHost(
                 event_log, max_event_bytes=settings.max_event_bytes
             )
-            engine.timers = TimerService(event_log, read_models)
+            engine.timers = TimerService(event_log, read_models, owns=engine.coordinator.owns)
         if role in ("dev", "workers"):
             engine._add_workers(settings.workers)
         return engine
@@ -410,3 +411,6 @@ async def create_topics(event_log: EventLog, settings: Settings) -> None:
         **{task_topic(node_type): settings.tasks_partitions for node_type in sorted(types)},
     }
     await asyncio.gather(*(event_log.create_topic(t, n) for t, n in topics.items()))
+    # The coordinator's run states: one changelog partition per partition of aob.runs
+    # (as many as it has, whatever the settings say now).
+    await create_changelog(event_log, await event_log.partitions(RUNS_TOPIC))

@@ -1,12 +1,17 @@
-"""The coordinator's per-run state: what folding a run's events so far has built."""
+"""The coordinator's per-run state: what folding a run's events so far has built,
+and its snapshot (`snapshot`/`restore`), which hosts keep in a changelog."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final
 
+from aob.projections.workflow.compiler import compile_workflow
 from aob.projections.workflow.ir import WorkflowIR
+
+SNAPSHOT_VERSION: Final = 2  # 2 added tenant, output refs and awaited expressions
 
 
 class RunStatus(StrEnum):
@@ -109,3 +114,87 @@ class RunState:
     def context(self, iteration: int = 0) -> dict[str, Any]:
         """What jq expressions and node tasks see of the run."""
         return {"inputs": self.inputs, "nodes": dict(self.outputs), "iteration": iteration}
+
+
+# --- snapshots: a run's state as bytes ---------------------------------------------------
+
+
+def snapshot(state: RunState) -> bytes:
+    """`state` as JSON bytes; the compiled workflow is left out (compiled again from the
+    run's materialized definition on restore, as the fold compiled it)."""
+    document = {
+        "v": SNAPSHOT_VERSION,
+        "run_id": state.run_id,
+        "status": state.status.value,
+        "base": state.base,
+        "definition": state.definition,
+        "inputs": state.inputs,
+        "known_types": sorted(state.known_types),
+        "nodes": {
+            node_id: [n.iteration, n.attempt, n.status.value, n.passthrough]
+            for node_id, n in state.nodes.items()
+        },
+        "edge_taken": [[s, t, taken] for (s, t), taken in state.edge_taken.items()],
+        "outputs": state.outputs,
+        "loop_counts": [[s, t, count] for (s, t), count in state.loop_counts.items()],
+        "timers": {
+            timer_id: [t.purpose, t.node_id, t.iteration, t.attempt]
+            for timer_id, t in state.timers.items()
+        },
+        "seen": sorted(state.seen),
+        "ever_started": sorted(state.ever_started),
+        "pending_approvals": state.pending_approvals,
+        "patches": sorted(state.patches),
+        "pending_patches": state.pending_patches,
+        "revision": state.revision,
+        "agents_added": state.agents_added,
+        "outstanding": state.outstanding,
+        "tenant": state.tenant,
+        "output_refs": state.output_refs,
+        "awaiting": {
+            request_id: [p.purpose, p.source, p.target, p.iteration]
+            for request_id, p in state.awaiting.items()
+        },
+        "verdicts": state.verdicts,
+        "output_requests": state.output_requests,
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def restore(data: bytes) -> RunState:
+    """The state `snapshot` made `data` from; equal to it, and folding every later event
+    exactly as it would (same decisions, same ids)."""
+    document = json.loads(data)
+    if document.get("v") not in (1, SNAPSHOT_VERSION):
+        raise ValueError(f"run snapshot version {document.get('v')!r} is not {SNAPSHOT_VERSION}")
+    return RunState(
+        run_id=document["run_id"],
+        status=RunStatus(document["status"]),
+        base=document["base"],
+        definition=document["definition"],
+        ir=compile_workflow(document["definition"]),
+        inputs=document["inputs"],
+        known_types=frozenset(document["known_types"]),
+        nodes={
+            node_id: NodeState(iteration, attempt, NodeStatus(status), passthrough)
+            for node_id, (iteration, attempt, status, passthrough) in document["nodes"].items()
+        },
+        edge_taken={(s, t): taken for s, t, taken in document["edge_taken"]},
+        outputs=document["outputs"],
+        loop_counts={(s, t): count for s, t, count in document["loop_counts"]},
+        timers={timer_id: Timer(*fields) for timer_id, fields in document["timers"].items()},
+        seen=set(document["seen"]),
+        ever_started=set(document["ever_started"]),
+        pending_approvals=document["pending_approvals"],
+        patches=set(document["patches"]),
+        pending_patches=document["pending_patches"],
+        revision=document["revision"],
+        agents_added=document["agents_added"],
+        outstanding=document["outstanding"],
+        # Absent from version 1 snapshots, which predate them.
+        tenant=document.get("tenant"),
+        output_refs=document.get("output_refs", {}),
+        awaiting={r: PendingExpression(*f) for r, f in document.get("awaiting", {}).items()},
+        verdicts=document.get("verdicts", {}),
+        output_requests=document.get("output_requests", 0),
+    )

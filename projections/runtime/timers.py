@@ -4,6 +4,10 @@ Pending timers are a read model (projected from `TimerSet`/`TimerFired`), so a
 restarted service finds every timer that fell due while it was down and fires it
 at once. Firing appends `TimerFired`; the fold ignores a timer it no longer holds,
 so a timer fired twice (crash between append and projection) is harmless.
+
+Timers are owned with their runs: a service fires only the timers of runs whose
+`aob.runs` partition its coordinator owns (`owns`), so with several coordinators
+each timer is fired by one of them, and moves with its partition.
 """
 
 from __future__ import annotations
@@ -39,11 +43,14 @@ class TimerService:
         *,
         interval: float = 0.05,
         clock: Callable[[], int] = now_ms,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self.log = event_log
         self.store = store
         self.interval = interval
         self.clock = clock
+        # Whether this service fires a run's timers (None: every run's).
+        self.owns = owns
         # Fired but maybe not projected yet: don't fire them again on the next tick.
         self._in_flight: set[str] = set()
 
@@ -57,6 +64,8 @@ class TimerService:
         """Append `TimerFired` for every due timer; returns how many fired."""
         now = self.clock()
         due = await self.store.due_timers(now, 1000)
+        if self.owns is not None:
+            due = [t for t in due if self.owns(t["run_id"])]
         pending = {t["timer_id"] for t in due}
         self._in_flight &= pending
         appends = []
