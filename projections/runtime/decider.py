@@ -54,6 +54,7 @@ GROUP: Final = "aob-workflow-decider"
 REQUESTS: Final = (WorkflowCreateRequested, TagMoveRequested)
 DECISIONS: Final = (WorkflowCreated, TagMoved, WorkflowRequestRefused)
 _RESTORE_BATCH: Final = 500
+_RECHECK: Final = 0.1  # s
 
 
 class NoDecision(TimeoutError):
@@ -290,7 +291,9 @@ async def wait_for_decision(
         remaining = deadline - loop.time()
         if remaining <= 0:
             raise NoDecision(f"no decision on request {request_id} within {timeout:.0f}s")
-        await event_log.wait_for_append(remaining)
+        # A log handle wakes for the appends it sees; another handle's on one embedded
+        # file may go unnoticed, so look again now and then.
+        await event_log.wait_for_append(min(remaining, _RECHECK))
 
 
 def _answer(
