@@ -27,7 +27,7 @@ from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.workflow.definition import credential_header_problem
-from aob.workers.agent.schemas import SchemaRefused, check_schema, refused_refs
+from aob.workers.agent.schemas import SchemaRefused, check_document, check_schema
 
 CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters and its group
 
@@ -64,8 +64,8 @@ def check_registration(name: str, kind: str, spec: Json) -> None:
     document = spec.get("document")
     if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
         raise InvalidTool("spec.document must be an OpenAPI document with paths")
-    try:  # its schemas are validated against it: every reference must stay inside
-        refused_refs(document, "spec.document")
+    try:  # its schemas are validated against it: references inside, regexes for RE2
+        check_document(document, "spec.document")
     except SchemaRefused as refused:
         raise InvalidTool(str(refused)) from None
     if not list(operations(document)):
