@@ -11,7 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from aob.events.log.port import Append, EventLog, LogError, Record, TopicPartition
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    EventLog,
+    GroupMember,
+    LogError,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+)
 
 
 class EventTooLarge(LogError):
@@ -75,5 +85,54 @@ class BoundedEventLog:
     async def wait_for_append(self, timeout: float) -> None:
         await self.inner.wait_for_append(timeout)
 
+    async def join(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
+    ) -> GroupMember:
+        inner = await self.inner.join(
+            group, topics, listener, session_timeout=session_timeout, poll_timeout=poll_timeout
+        )
+        return _BoundedMember(inner, self.max_bytes)
+
     async def close(self) -> None:
         await self.inner.close()
+
+
+class _BoundedMember:
+    """A group member whose commits refuse oversize records, as `BoundedEventLog`."""
+
+    def __init__(self, inner: GroupMember, max_bytes: int) -> None:
+        self.inner = inner
+        self.max_bytes = max_bytes
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self.inner.assignment
+
+    @property
+    def positions(self) -> dict[TopicPartition, int]:
+        return self.inner.positions
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.inner.seek(tp, offset)
+
+    async def poll(self, timeout: float, max_records: int) -> list[Record]:
+        return await self.inner.poll(timeout, max_records)
+
+    async def commit(
+        self,
+        appends: Mapping[TopicPartition, Sequence[Append]],
+        offsets: Mapping[TopicPartition, int],
+    ) -> list[Record]:
+        problem = oversize([a for records in appends.values() for a in records], self.max_bytes)
+        if problem is not None:
+            raise EventTooLarge(problem)
+        return await self.inner.commit(appends, offsets)
+
+    async def leave(self) -> None:
+        await self.inner.leave()

@@ -1,52 +1,119 @@
-"""A consumer-group reader over any `EventLog`: poll records, then commit positions."""
+"""A consumer over any `EventLog`: poll records, then commit positions.
+
+With a group (the default), the consumer is a member of that consumer group: it owns a
+share of the partitions, learns of rebalances through its `RebalanceListener`, and its
+commits are fenced (`Fenced` once a partition it commits for went to another member).
+Several processes with the same group share the work without repeating it.
+
+With `group=None`, it follows every partition of its topics from the positions it is
+given (fanout and audit readers that must see everything); it commits nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 
-from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    EventLog,
+    GroupMember,
+    LogError,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+)
+from aob.events.partitioner import partition_for
+
+Appends = Sequence[Append] | Mapping[TopicPartition, Sequence[Append]]
 
 
 class Consumer:
     """Reads `topics` for `group`, each partition in offset order.
 
-    Positions start at the group's committed offsets (or at `start_from`, for a
-    projection that keeps its positions in its own store). `poll` advances them
-    in memory; `commit` makes them durable, optionally with records to append in
-    the same step (atomic on the embedded log: exactly-once processing there).
+    `start` joins the group; positions of gained partitions start at the group's
+    committed offsets (or at `start_from`'s, the first time a partition is gained),
+    and a listener's `on_assigned` may `seek` them elsewhere (a projection keeping
+    its positions in its own store). `poll` advances them in memory; `commit` makes
+    them durable, with records to append in the same step, atomically per partition.
     """
 
     def __init__(
         self,
         log: EventLog,
-        group: str,
+        group: str | None,
         topics: Iterable[str],
         *,
         max_records: int = 500,
+        listener: RebalanceListener | None = None,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
     ) -> None:
         self.log = log
         self.group = group
         self.topics = tuple(topics)
         self.max_records = max_records
-        self._positions: dict[TopicPartition, int] = {}
+        self.listener = listener
+        self.session_timeout = session_timeout
+        self.poll_timeout = poll_timeout
+        self._member: GroupMember | None = None
+        self._start_from: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}  # without a group
+        self._early_seeks: dict[TopicPartition, int] = {}  # by the first on_assigned
 
     async def start(self, start_from: Mapping[TopicPartition, int] | None = None) -> None:
-        for topic in self.topics:
-            committed = await self.log.committed(self.group, topic)
-            for partition in range(await self.log.partitions(topic)):
-                tp = TopicPartition(topic, partition)
-                if start_from is not None:
-                    self._positions[tp] = start_from.get(tp, 0)
-                else:
-                    self._positions[tp] = committed.get(partition, 0)
+        """Join the group (the first assignment's `on_assigned` has run on return)."""
+        if start_from is not None:
+            self._start_from = dict(start_from)
+        if self.group is None:
+            for topic in self.topics:
+                for partition in range(await self.log.partitions(topic)):
+                    tp = TopicPartition(topic, partition)
+                    self._positions[tp] = self._start_from.get(tp, 0)
+            return
+        member = await self.log.join(
+            self.group,
+            self.topics,
+            _Positioning(self),
+            session_timeout=self.session_timeout,
+            poll_timeout=self.poll_timeout,
+        )
+        # The first on_assigned ran inside join, before the member was ours to seek.
+        seeks, self._early_seeks = self._early_seeks, {}
+        for tp, offset in seeks.items():
+            if tp in member.assignment:
+                member.seek(tp, offset)
+        self._member = member
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        if self._member is None:
+            return frozenset(self._positions)
+        return self._member.assignment
 
     @property
     def positions(self) -> dict[TopicPartition, int]:
-        return dict(self._positions)
+        if self._member is None:
+            return dict(self._positions)
+        return self._member.positions
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Read `tp` (owned) from `offset` on."""
+        if self._member is not None:
+            self._member.seek(tp, offset)
+        elif self.group is not None:
+            self._early_seeks[tp] = offset  # joining: applied once join returns
+        elif tp in self._positions:
+            self._positions[tp] = offset
+        else:
+            raise LogError(f"{tp} is not one of this consumer's partitions")
 
     async def poll(self, timeout: float = 1.0) -> list[Record]:
-        """The next records across partitions; waits up to `timeout` s when there are none."""
+        """The next records of owned partitions; waits up to `timeout` s when there are none."""
+        if self._member is not None:
+            return await self._member.poll(timeout, self.max_records)
         records = await self._read()
         if records or timeout <= 0:
             return records
@@ -75,15 +142,92 @@ class Consumer:
                 records.extend(batch)
         return records
 
-    async def commit(self, appends: Sequence[Append] = ()) -> list[Record]:
-        """Append `appends` (if any) and commit the current positions."""
-        return await self.log.append_and_commit(appends, self.group, self._positions)
+    async def commit(
+        self,
+        appends: Appends = (),
+        *,
+        partitions: Iterable[TopicPartition] | None = None,
+    ) -> list[Record]:
+        """Append `appends` and commit the positions of the owned partitions (or only
+        of `partitions`), atomically per partition. Raises `Fenced`, appending nothing
+        for it, when a partition was lost.
+
+        Appends belong to the input partition they were made from: pass a mapping to
+        say so. A plain sequence is split by key: an append goes with the committed
+        partition of its key (a run's events follow the run's partition), else with
+        the first committed partition.
+        """
+        if self._member is None:
+            raise LogError("a consumer without a group commits nothing")
+        positions = self._member.positions
+        if partitions is not None:
+            wanted = set(partitions)
+            positions = {tp: offset for tp, offset in positions.items() if tp in wanted}
+        if isinstance(appends, Mapping):
+            by_partition = {tp: list(records) for tp, records in appends.items() if records}
+        else:
+            by_partition = await self._split(appends, positions)
+        return await self._member.commit(by_partition, positions)
+
+    async def _split(
+        self, appends: Sequence[Append], positions: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, list[Append]]:
+        """Attribute each append to the committed partition of its key, else the first."""
+        if not appends:
+            return {}
+        committed = sorted(positions, key=lambda tp: (tp.topic, tp.partition))
+        if not committed:
+            raise LogError("appends to commit with no owned partition to commit them for")
+        counts = {
+            topic: await self.log.partitions(topic) for topic in {tp.topic for tp in committed}
+        }
+        owned = set(committed)
+        out: dict[TopicPartition, list[Append]] = {}
+        for append in appends:
+            home = next(
+                (
+                    tp
+                    for topic, count in counts.items()
+                    if (tp := TopicPartition(topic, partition_for(append.key, count))) in owned
+                ),
+                committed[0],
+            )
+            out.setdefault(home, []).append(append)
+        return out
+
+    async def close(self) -> None:
+        """Leave the group (`on_revoked` of the owned partitions runs first)."""
+        if self._member is not None:
+            await self._member.leave()  # its on_revoked may still commit
+            self._member = None
 
     async def caught_up(self) -> bool:
-        """Whether every partition has been read to its end."""
+        """Whether every owned partition has been read to its end."""
+        positions = self.positions
         for topic in self.topics:
             ends = await self.log.end_offsets(topic)
             for partition, end in ends.items():
-                if self._positions.get(TopicPartition(topic, partition), 0) < end:
+                tp = TopicPartition(topic, partition)
+                if tp in positions and positions[tp] < end:
                     return False
         return True
+
+
+class _Positioning:
+    """Applies `start_from` to gained partitions, then tells the consumer's listener."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        consumer = self.consumer
+        for tp in partitions:
+            offset = consumer._start_from.pop(tp, None)
+            if offset is not None:
+                consumer.seek(tp, offset)
+        if consumer.listener is not None:
+            await consumer.listener.on_assigned(partitions)
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        if self.consumer.listener is not None:
+            await self.consumer.listener.on_revoked(partitions)

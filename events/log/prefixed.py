@@ -12,7 +12,17 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Final
 
-from aob.events.log.port import Append, EventLog, LogError, Record, TopicPartition
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    EventLog,
+    GroupMember,
+    LogError,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+)
 
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
 
@@ -84,5 +94,87 @@ class PrefixedEventLog:
     async def wait_for_append(self, timeout: float) -> None:
         await self.inner.wait_for_append(timeout)
 
+    async def join(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
+    ) -> GroupMember:
+        inner = await self.inner.join(
+            self.prefix + group,
+            [self._topic(topic) for topic in topics],
+            _PlainNames(listener, self.prefix),
+            session_timeout=session_timeout,
+            poll_timeout=poll_timeout,
+        )
+        return _PrefixedMember(inner, self)
+
     async def close(self) -> None:
         await self.inner.close()
+
+
+def _plain(partitions: frozenset[TopicPartition], prefix: str) -> frozenset[TopicPartition]:
+    return frozenset(
+        TopicPartition(tp.topic.removeprefix(prefix), tp.partition) for tp in partitions
+    )
+
+
+class _PlainNames:
+    """Tells a listener of its partitions under their plain names."""
+
+    def __init__(self, listener: RebalanceListener, prefix: str) -> None:
+        self.listener = listener
+        self.prefix = prefix
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        await self.listener.on_assigned(_plain(partitions, self.prefix))
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        await self.listener.on_revoked(_plain(partitions, self.prefix))
+
+
+class _PrefixedMember:
+    """A group member of the inner log, speaking plain names."""
+
+    def __init__(self, inner: GroupMember, log: PrefixedEventLog) -> None:
+        self.inner = inner
+        self.log = log
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        return _plain(self.inner.assignment, self.log.prefix)
+
+    @property
+    def positions(self) -> dict[TopicPartition, int]:
+        prefix = self.log.prefix
+        return {
+            TopicPartition(tp.topic.removeprefix(prefix), tp.partition): offset
+            for tp, offset in self.inner.positions.items()
+        }
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.inner.seek(TopicPartition(self.log.prefix + tp.topic, tp.partition), offset)
+
+    async def poll(self, timeout: float, max_records: int) -> list[Record]:
+        return [self.log._record(r) for r in await self.inner.poll(timeout, max_records)]
+
+    async def commit(
+        self,
+        appends: Mapping[TopicPartition, Sequence[Append]],
+        offsets: Mapping[TopicPartition, int],
+    ) -> list[Record]:
+        log = self.log
+        committed = await self.inner.commit(
+            {
+                TopicPartition(log.prefix + tp.topic, tp.partition): log._appends(records)
+                for tp, records in appends.items()
+            },
+            log._offsets(offsets),
+        )
+        return [log._record(r) for r in committed]
+
+    async def leave(self) -> None:
+        await self.inner.leave()

@@ -16,6 +16,12 @@ Design:
   per caller.
 * `append_and_commit` writes its records and the group's offsets in that same single
   transaction, which makes consume-process-produce loops exactly-once.
+* Consumer groups (`join`): an in-process group coordinator (`aob.events.log.groups`)
+  deals partitions to members with Kafka's eager protocol, with heartbeat and poll
+  deadlines. Fencing: a member's commit carries an ownership check that the flush runs
+  synchronously right before the transaction that would write it (nothing else runs
+  on the loop in between): a member that lost a partition gets `Fenced`, and nothing
+  of its commit is written.
 * Durability: a transaction is in the WAL file before `append` returns. With
   `synchronous="NORMAL"` (default) that survives a crash of the process; with
   `"FULL"` the WAL is fsynced on every commit and survives power loss too.
@@ -30,13 +36,24 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Final
 
-from aob.events.log.port import Append, LogError, Record, TopicPartition, UnknownTopic
+from aob.events.log.groups import EmbeddedGroups, EmbeddedMember
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    Fenced,
+    LogError,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+    UnknownTopic,
+)
 from aob.events.partitioner import partition_for
 
 __all__ = ["SqliteEventLog"]
@@ -97,6 +114,8 @@ class _Pending:
     commits: list[_Commit]
     future: asyncio.Future[list[Record]]
     records: list[Record] = field(default_factory=list)
+    # A group member's ownership check: False when it lost a partition it writes for.
+    owner: Callable[[], bool] | None = None
 
 
 class SqliteEventLog:
@@ -127,6 +146,7 @@ class SqliteEventLog:
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
         self._appended = asyncio.Event()
+        self._groups = EmbeddedGroups(self)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -247,6 +267,32 @@ class SqliteEventLog:
         rows = self._rows(records)
         return await self._submit(rows, self._commits(group, offsets))
 
+    async def fenced_commit(
+        self,
+        records: Sequence[Append],
+        group: str,
+        offsets: Mapping[TopicPartition, int],
+        owner: Callable[[], bool],
+    ) -> list[Record]:
+        """`append_and_commit` for a group member: `owner()` is checked in the flush,
+        right before the transaction; when it says False the caller gets `Fenced`."""
+        rows = self._rows(records)
+        return await self._submit(rows, self._commits(group, offsets), owner)
+
+    async def join(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
+    ) -> EmbeddedMember:
+        self._open_conn()
+        return await self._groups.join(
+            group, topics, listener, session_timeout=session_timeout, poll_timeout=poll_timeout
+        )
+
     # --- reads ---------------------------------------------------------------------------
 
     async def read(
@@ -335,13 +381,17 @@ class SqliteEventLog:
             commits.append((group, tp.topic, tp.partition, offset))
         return commits
 
-    async def _submit(self, rows: list[_Row], commits: list[_Commit]) -> list[Record]:
+    async def _submit(
+        self, rows: list[_Row], commits: list[_Commit], owner: Callable[[], bool] | None = None
+    ) -> list[Record]:
         self._open_conn()
         if not rows and not commits:
+            if owner is not None and not owner():
+                raise Fenced("this member no longer owns the partitions it commits for")
             return []
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Record]] = loop.create_future()
-        self._pending.append(_Pending(rows, commits, future))
+        self._pending.append(_Pending(rows, commits, future, owner=owner))
         if self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
         return await future
@@ -354,6 +404,13 @@ class SqliteEventLog:
         # A caller cancelled before its turn came is dropped: nothing of it is written.
         batch = [p for p in self._pending if not p.future.done()]
         self._pending = []
+        # Fencing: ownership is checked here, with no await before the transaction.
+        for pending in batch:
+            if pending.owner is not None and not pending.owner():
+                pending.future.set_exception(
+                    Fenced("this member no longer owns the partitions it commits for")
+                )
+        batch = [p for p in batch if not p.future.done()]
         if not batch:
             return
         conn = self._conn

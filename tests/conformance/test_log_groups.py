@@ -1,0 +1,237 @@
+"""Consumer groups: every adapter shares partitions among members and fences the ones
+that lost them (see conftest.ADAPTERS). Rebalances happen in the background: tests
+wait on conditions (polling every member meanwhile, as a host would), never sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
+
+import pytest
+
+from aob.events.log.consumer import Consumer
+from aob.events.log.port import Append, EventLog, Fenced, Record, TopicPartition
+
+Unique = Callable[[str], str]
+
+# Small enough for quick tests; the Kafka broker of the tests accepts sessions this short.
+SESSION = 3.0
+SETTLE = 60.0  # seconds a rebalance may take, at most, on a busy shared machine
+
+
+class Recorder:
+    """A listener that notes what it is told; `on_revoke` runs inside on_revoked."""
+
+    def __init__(self) -> None:
+        self.assigned: list[frozenset[TopicPartition]] = []
+        self.revoked: list[frozenset[TopicPartition]] = []
+        self.on_revoke: Callable[[frozenset[TopicPartition]], Awaitable[None]] | None = None
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        self.assigned.append(partitions)
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self.revoked.append(partitions)
+        if self.on_revoke is not None:
+            await self.on_revoke(partitions)
+
+
+def member(
+    log: EventLog, group: str, topics: Iterable[str], listener: Recorder | None = None,
+    *, poll_timeout: float = 30.0,
+) -> Consumer:
+    return Consumer(
+        log, group, topics, listener=listener, session_timeout=SESSION, poll_timeout=poll_timeout
+    )
+
+
+async def polling(
+    consumers: Iterable[Consumer],
+    condition: Callable[[], bool],
+    seen: dict[int, list[Record]] | None = None,
+) -> None:
+    """Poll every consumer (keeping what each reads in `seen`) until `condition`."""
+    consumers = list(consumers)
+    async with asyncio.timeout(SETTLE):
+        while not condition():
+            batches = await asyncio.gather(*(c.poll(timeout=0.05) for c in consumers))
+            if seen is not None:
+                for consumer, batch in zip(consumers, batches, strict=True):
+                    seen.setdefault(id(consumer), []).extend(batch)
+
+
+def partitions(topic: str, count: int) -> frozenset[TopicPartition]:
+    return frozenset(TopicPartition(topic, p) for p in range(count))
+
+
+def shared(consumers: list[Consumer], every: frozenset[TopicPartition]) -> bool:
+    """Disjoint, covering, and nobody left without a share."""
+    shares = [c.assignment for c in consumers]
+    disjoint = all(not (a & b) for a, b in itertools.combinations(shares, 2))
+    return disjoint and frozenset().union(*shares) == every and all(shares)
+
+
+async def test_members_share_the_partitions(event_log: EventLog, unique: Unique) -> None:
+    topic, group = unique("t"), unique("g")
+    await event_log.create_topic(topic, 6)
+    every = partitions(topic, 6)
+    consumers = [member(event_log, group, [topic]) for _ in range(3)]
+    try:
+        for consumer in consumers:
+            await consumer.start()
+        await polling(consumers, lambda: shared(consumers, every))
+        # Each record is read by exactly one member.
+        appended = await event_log.append([Append(topic, f"k{i}", b"v") for i in range(30)])
+        seen: dict[int, list[Record]] = {}
+        await polling(consumers, lambda: sum(map(len, seen.values())) >= 30, seen)
+        read = [r for records in seen.values() for r in records]
+        assert sorted(read, key=_place) == sorted(appended, key=_place)
+        for consumer in consumers:
+            assert {r.position for r in seen[id(consumer)]} <= consumer.assignment
+    finally:
+        for consumer in consumers:
+            await consumer.close()
+
+
+async def test_a_member_joining_and_leaving_rebalances(
+    event_log: EventLog, unique: Unique
+) -> None:
+    topic, group = unique("t"), unique("g")
+    await event_log.create_topic(topic, 4)
+    every = partitions(topic, 4)
+    first_listener, second_listener = Recorder(), Recorder()
+    first = member(event_log, group, [topic], first_listener)
+    second = member(event_log, group, [topic], second_listener)
+    await first.start()
+    try:
+        assert first.assignment == every  # on_assigned has run when start returns
+        assert first_listener.assigned == [every]
+
+        await second.start()
+        await polling([first, second], lambda: shared([first, second], every))
+        assert first_listener.revoked and first_listener.revoked[0] == every
+        assert second_listener.assigned[-1] == second.assignment
+
+        await second.close()
+        assert second_listener.revoked[-1] == second_listener.assigned[-1]
+        await polling([first], lambda: first.assignment == every)
+        assert first_listener.assigned[-1] == every
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_silent_member_loses_its_partitions_and_is_fenced(
+    event_log: EventLog, unique: Unique
+) -> None:
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    await event_log.create_topic(topic, 2)
+    await event_log.create_topic(sink, 1)
+    every = partitions(topic, 2)
+    await event_log.append([Append(topic, f"k{i}", b"v") for i in range(6)])
+    silent_listener = Recorder()
+    silent = member(event_log, group, [topic], silent_listener, poll_timeout=SESSION)
+    alive = member(event_log, group, [topic], poll_timeout=30.0)
+    await silent.start()
+    try:
+        read = await _drain(silent, 6)
+        await alive.start()
+        # The silent member polls no more: past its timeout, the other takes everything.
+        await polling([alive], lambda: alive.assignment == every)
+        with pytest.raises(Fenced):
+            await silent.commit({read[0].position: [Append(sink, "late", b"stale")]})
+        assert await event_log.end_offsets(sink) == {0: 0}
+        assert await event_log.committed(group, topic) == {0: 0, 1: 0}
+        assert silent_listener.revoked  # told late, when it found out
+    finally:
+        await alive.close()
+        await silent.close()
+
+
+async def test_a_revoked_member_commits_before_the_new_owner_reads(
+    event_log: EventLog, unique: Unique
+) -> None:
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    await event_log.create_topic(topic, 4)
+    await event_log.create_topic(sink, 1)
+    every = partitions(topic, 4)
+    old = await event_log.append([Append(topic, f"k{i}", b"old") for i in range(12)])
+    listener = Recorder()
+    first = member(event_log, group, [topic], listener)
+    second = member(event_log, group, [topic])
+    committed_in_revoke: list[Record] = []
+
+    async def settle(lost: frozenset[TopicPartition]) -> None:
+        # What a host does: settle in-flight work, commit it with its outputs.
+        outputs = {tp: [Append(sink, f"out-{tp.partition}", b"done")] for tp in lost}
+        committed_in_revoke.extend(await first.commit(outputs, partitions=lost))
+
+    await first.start()
+    try:
+        assert len(await _drain(first, 12)) == 12
+        listener.on_revoke = settle
+        await second.start()
+        await polling([first, second], lambda: shared([first, second], every))
+        assert len(committed_in_revoke) == 4
+        assert sorted(await event_log.read(sink, 0, 0), key=_place) == sorted(
+            committed_in_revoke, key=_place
+        )
+        # Neither member reads the old records again; new ones are read once.
+        new = await event_log.append([Append(topic, f"k{i}", b"new") for i in range(12)])
+        seen: dict[int, list[Record]] = {}
+        await polling([first, second], lambda: sum(map(len, seen.values())) >= 12, seen)
+        read = [r for records in seen.values() for r in records]
+        assert sorted(read, key=_place) == sorted(new, key=_place)
+        assert not set(read) & set(old)
+        # The old owner cannot commit for a partition it gave up.
+        lost = next(iter(second.assignment))
+        with pytest.raises(Fenced):
+            await first.commit({lost: [Append(sink, "zombie", b"stale")]}, partitions=[lost])
+        assert await event_log.end_offsets(sink) == {0: 4}
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_groups_are_independent(event_log: EventLog, unique: Unique) -> None:
+    topic = unique("t")
+    await event_log.create_topic(topic, 3)
+    every = partitions(topic, 3)
+    appended = await event_log.append([Append(topic, f"k{i}", b"v") for i in range(9)])
+    one = member(event_log, unique("g1"), [topic])
+    other = member(event_log, unique("g2"), [topic])
+    await one.start()
+    await other.start()
+    try:
+        assert one.assignment == other.assignment == every
+        for consumer in (one, other):
+            assert sorted(await _drain(consumer, 9), key=_place) == sorted(appended, key=_place)
+    finally:
+        await one.close()
+        await other.close()
+
+
+async def test_a_consumer_without_a_group_follows_everything(
+    event_log: EventLog, unique: Unique
+) -> None:
+    topic = unique("t")
+    await event_log.create_topic(topic, 3)
+    appended = await event_log.append([Append(topic, f"k{i}", b"v") for i in range(9)])
+    readers = [Consumer(event_log, None, [topic]) for _ in range(2)]
+    for reader in readers:
+        await reader.start()
+        assert reader.assignment == partitions(topic, 3)
+        assert sorted(await _drain(reader, 9), key=_place) == sorted(appended, key=_place)
+
+
+async def _drain(consumer: Consumer, count: int) -> list[Record]:
+    records: list[Record] = []
+    async with asyncio.timeout(SETTLE):
+        while len(records) < count:
+            records += await consumer.poll(timeout=0.5)
+    return records
+
+
+def _place(record: Record) -> tuple[int, int]:
+    return (record.partition, record.offset)
