@@ -7,10 +7,10 @@ what they return.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from aob.events.types import ApprovalRequested, Json, NodeScheduled
-from aob.projections.workflow.definition import PLACEHOLDER
 from aob.projections.workflow.expressions import ExpressionError
 from aob.workers.sandbox import jq_first
 
@@ -70,15 +70,29 @@ async def _render(template: Json, context: Json) -> Json:
 
 
 async def _render_text(text: str, context: Json) -> Json:
-    whole = PLACEHOLDER.fullmatch(text)
-    if whole is not None:
-        return await _value(whole.group(1), context)
+    spans = list(placeholder_spans(text))
+    if len(spans) == 1 and spans[0] == (0, len(text)):  # the whole string: its value
+        return await _value(text[2:-2], context)
     parts: list[str] = []
     end = 0
-    for match in PLACEHOLDER.finditer(text):
-        parts += [text[end : match.start()], _as_text(await _value(match.group(1), context))]
-        end = match.end()
+    for start, stop in spans:
+        parts += [text[end:start], _as_text(await _value(text[start + 2 : stop - 2], context))]
+        end = stop
     return "".join([*parts, text[end:]])
+
+
+def placeholder_spans(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each `{{ jq }}` placeholder in `text`, the placeholders that
+    `definition.placeholders` validated: from a "{{" to the first "}}" after it. One
+    pass of `str.find` (a regex for this rescans the rest of the text from every
+    unclosed "{{": quadratic on a hostile message)."""
+    start = text.find("{{")
+    while start >= 0:
+        close = text.find("}}", start + 2)
+        if close < 0:
+            return
+        yield start, close + 2
+        start = text.find("{{", close + 2)
 
 
 async def _value(program: str, context: Json) -> Json:
