@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from aob.events.types import Json
 from aob.projections.workflow.expressions import ExpressionError
 from aob.workers.sandbox.frames import ALL, FIRST, HEADER, MAX_FRAME, frame
 from aob.workers.sandbox.settings import SandboxSettings
+from aob.workers.sandbox.simple import Fallback, compile_simple, evaluate_simple
 
 Budget = Literal["cpu", "memory", "output"]
 _START_TIMEOUT_S = 30.0
@@ -209,6 +211,27 @@ class _Child:
             raise
 
 
+# A lone high surrogate (JSON-escaped, its backslash not itself escaped): jq's parser
+# rejects the whole input for one, while it reads a lone low one as U+FFFD.
+_LONE_HIGH_SURROGATE = re.compile(
+    r"(?<!\\)((?:\\\\)*)\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f][0-9a-f]{2})"
+)
+
+
+def input_text(value: Json) -> str:
+    """`value` as the JSON text jq reads: ASCII, lone surrogates read as U+FFFD."""
+    try:
+        # ASCII: a lone surrogate in a str is escaped instead of failing to encode.
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise ExpressionError(f"input is not JSON: {error}") from None
+    except RecursionError:
+        raise ExpressionError("input is not JSON: nested too deeply") from None
+    if "\\ud" in text:  # rare: skip the pattern's pass over the text otherwise
+        text = _LONE_HIGH_SURROGATE.sub(r"\1\\ufffd", text)
+    return text
+
+
 def _spawn(settings: SandboxSettings) -> subprocess.Popen[bytes]:
     config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
                          "output_bytes": settings.output_bytes, "max_depth": settings.max_depth})
@@ -264,7 +287,17 @@ class JqSandbox:
     async def evaluate(
         self, program: str, value: Json, *, every: bool, max_outputs: int
     ) -> list[Json]:
-        """The outputs of `program` on `value` (only the first unless `every`)."""
+        """The outputs of `program` on `value` (only the first unless `every`).
+
+        A simple program (see simple.py) runs in process, unless it meets a case
+        only jq itself can settle."""
+        self._check_program(program)
+        simple = compile_simple(program) if max_outputs > 0 else None
+        if simple is not None:
+            settings = self.settings
+            with contextlib.suppress(Fallback):
+                return [evaluate_simple(simple, value, max_bytes=settings.output_bytes,
+                                        max_depth=settings.max_depth)]
         request = self._request(program, value, every, max_outputs)
         self._bind()
         child = await self._acquire()
@@ -283,7 +316,7 @@ class JqSandbox:
             self._release(child)
         return self._outputs(reply)
 
-    def _request(self, program: str, value: Json, every: bool, max_outputs: int) -> bytes:
+    def _check_program(self, program: str) -> None:
         limit = self.settings.max_program_bytes
         try:
             size = len(program) if len(program) > limit else len(program.encode())
@@ -295,15 +328,11 @@ class JqSandbox:
             )
         if not program.strip():
             raise ExpressionError("empty jq expression")
-        try:
-            # ASCII: a lone surrogate in a str is escaped instead of failing to encode.
-            text = json.dumps(value, allow_nan=False, separators=(",", ":"))
-        except (TypeError, ValueError) as error:
-            raise ExpressionError(f"input is not JSON: {error}") from None
-        except RecursionError:
-            raise ExpressionError("input is not JSON: nested too deeply") from None
+
+    @staticmethod
+    def _request(program: str, value: Json, every: bool, max_outputs: int) -> bytes:
         head = json.dumps([program, ALL if every else FIRST, max_outputs])
-        return head.encode() + b"\n" + text.encode()
+        return head.encode() + b"\n" + input_text(value).encode()
 
     def _outputs(self, reply: bytes) -> list[Json]:
         try:
