@@ -16,6 +16,23 @@ Design:
 * Offsets are committed to Kafka's `__consumer_offsets` by a consumer carrying the
   group's id that never joins the group (manual assignment, generation -1): Kafka's
   "simple consumer group". They are read back with the admin client's OffsetFetch.
+* Consumer groups (`join`) are Kafka's: each member is an aiokafka consumer that
+  `subscribe`s with a rebalance listener (RoundRobin assignor, Kafka's classic eager
+  protocol: aiokafka has no cooperative rebalancing). Revocation is awaited before
+  the member rejoins, so what it commits in `on_revoked` is there when the new owner
+  fetches the committed offsets. Heartbeats (`session_timeout`) run in aiokafka's
+  background; a member that does not poll for `poll_timeout` leaves the group.
+* Fencing uses Kafka transactions, one transactional producer per owned partition,
+  its `transactional.id` derived from (group, topic, partition) (Kafka's KIP-98
+  pattern; aiokafka 0.14 cannot send the consumer's generation with the offsets, as
+  KIP-447 would). A member's commit for a partition is one transaction: its appends
+  and its offset (`send_offsets_to_transaction`). A new owner starts that partition's
+  producer before it reads the committed offset: `init_transactions` bumps the
+  producer epoch, aborts the old owner's open transaction and fences its producer,
+  whose later commits fail (`Fenced`). Every reader of this log (the group members,
+  the reader, the watcher) reads at `isolation_level=read_committed`, so an aborted
+  append is never seen. Transactions cost a few round trips and a commit marker (an
+  offset) each: commits of several partitions run concurrently, one transaction each.
 * `append_and_commit` appends, then commits: at-least-once, as the port allows. A
   crash between the two replays the input, which the idempotent folds absorb.
   Every topic, partition and offset is checked before anything is sent, so a call
@@ -40,24 +57,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
+    InvalidProducerEpoch,
     KafkaError,
+    ProducerFenced,
     TopicAlreadyExistsError,
+    TransactionCoordinatorFenced,
     UnknownTopicOrPartitionError,
 )
 
-from aob.events.log.port import Append, LogError, Record, TopicPartition, UnknownTopic
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    Fenced,
+    LogError,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+    UnknownTopic,
+)
 
 __all__ = ["KafkaEventLog"]
 
@@ -68,6 +100,9 @@ _MAX_READ_ASSIGNMENT: Final = 512  # partitions the reader keeps positioned
 _MAX_COMMITTERS: Final = 64  # groups with an open committer
 _RETRY_PAUSE: Final = 0.05
 _LOG_APPEND_TIME: Final = 1  # RecordMetadata.timestamp_type
+_READ_COMMITTED: Final = "read_committed"  # aborted (fenced) appends are never read
+_FENCED_ERRORS: Final = (ProducerFenced, InvalidProducerEpoch, TransactionCoordinatorFenced)
+_MARKER_WAIT_MS: Final = 200  # a fetch that may find only transaction markers
 
 
 class KafkaEventLog:
@@ -110,6 +145,8 @@ class KafkaEventLog:
         # The highest end offset seen per partition (ends only grow): a read below it
         # fetches at once, with no end-offsets round trip first.
         self._known_ends: dict[KafkaPartition, int] = {}
+        # Per partition, a (read offset, end) pair found to hold no record to read.
+        self._skipped: dict[KafkaPartition, tuple[int, int]] = {}
         self._committers: OrderedDict[str, AIOKafkaConsumer] = OrderedDict()
         self._committer_lock = asyncio.Lock()
         self._appended = asyncio.Event()
@@ -152,6 +189,7 @@ class KafkaEventLog:
             "group_id": None,
             "enable_auto_commit": False,
             "auto_offset_reset": "none",
+            "isolation_level": _READ_COMMITTED,
         }
         makers: list[Callable[[], Any]] = [
             lambda: AIOKafkaAdminClient(**common),
@@ -331,6 +369,58 @@ class KafkaEventLog:
             async with asyncio.timeout(max(0.0, timeout)):
                 await self._appended.wait()
 
+    async def join(
+        self,
+        group: str,
+        topics: Sequence[str],
+        listener: RebalanceListener,
+        *,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
+    ) -> KafkaMember:
+        self._check_open()
+        await self._check_topics(topics)
+        member = KafkaMember(
+            self,
+            group,
+            tuple(topics),
+            listener,
+            session_timeout=session_timeout,
+            poll_timeout=poll_timeout,
+        )
+        await member.start()
+        return member
+
+    def _group_consumer(
+        self, group: str, session_timeout: float, poll_timeout: float
+    ) -> AIOKafkaConsumer:
+        session_ms = int(session_timeout * 1000)
+        return AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            request_timeout_ms=max(int(self._request_timeout * 1000), session_ms + 1000),
+            group_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level=_READ_COMMITTED,
+            session_timeout_ms=session_ms,
+            heartbeat_interval_ms=max(100, session_ms // 3),
+            max_poll_interval_ms=int(poll_timeout * 1000),
+            # As Java's client: on_revoked may take up to a poll interval.
+            rebalance_timeout_ms=int(poll_timeout * 1000),
+            partition_assignment_strategy=(RoundRobinPartitionAssignor,),
+        )
+
+    def _transactional_producer(self, transactional_id: str) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            request_timeout_ms=int(self._request_timeout * 1000),
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=transactional_id,
+        )
+
     # --- internals: topics -------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -471,42 +561,52 @@ class KafkaEventLog:
 
     async def _fetch(self, tp: KafkaPartition, offset: int, max_records: int) -> list[Record]:
         reader = self._reader
-        highwater = reader.highwater(tp) if tp in self._read_assignment else None
-        known = max(self._known_ends.get(tp, 0), highwater or 0)
+        # Read committed: what lies below the last stable offset is decided.
+        stable = reader.last_stable_offset(tp) if tp in self._read_assignment else None
+        known = max(self._known_ends.get(tp, 0), stable or 0)
         if offset >= known:
-            end = (await reader.end_offsets([tp]))[tp]
-            self._learn_end(tp, end)
-            if offset >= end:
-                self._watch({tp: end})
+            known = (await reader.end_offsets([tp]))[tp]
+            self._learn_end(tp, known)
+            if offset >= known:
+                self._watch({tp: known})
                 return []
+        if self._skipped.get(tp) == (offset, known):
+            return []  # only transaction markers or aborted records there, as last time
         self._position_reader(tp, offset)
+        messages = await self._fetch_records(tp, offset, known, max_records)
+        if not messages:
+            return []
+        self._read_positions[tp] = messages[-1].offset + 1
+        return [_record(tp, message) for message in messages]
+
+    async def _fetch_records(
+        self, tp: KafkaPartition, offset: int, end: int, max_records: int
+    ) -> list[Any]:
+        """Records from `offset` (where the reader is); none if only transaction
+        markers or aborted records lie between it and `end`."""
+        reader = self._reader
+        deadline = asyncio.get_running_loop().time() + self._request_timeout
         reader.resume(tp)
         try:
-            batches = await reader.getmany(
-                tp, timeout_ms=int(self._request_timeout * 1000), max_records=max_records
-            )
+            while True:
+                batches = await reader.getmany(
+                    tp, timeout_ms=_MARKER_WAIT_MS, max_records=max_records
+                )
+                messages: list[Any] = batches.get(tp, [])
+                if messages:
+                    return messages
+                position = await reader.position(tp)
+                if position >= end:
+                    self._read_positions[tp] = position
+                    self._skipped[tp] = (offset, end)
+                    return []
+                if asyncio.get_running_loop().time() > deadline:
+                    raise LogError(
+                        f"no records came from {tp.topic}[{tp.partition}] at offset "
+                        f"{offset} within {self._request_timeout:.0f}s"
+                    )
         finally:
             reader.pause(tp)
-        messages = batches.get(tp, [])
-        if not messages:
-            raise LogError(
-                f"no records came from {tp.topic}[{tp.partition}] at offset {offset} "
-                f"within {self._request_timeout:.0f}s"
-            )
-        self._read_positions[tp] = messages[-1].offset + 1
-        return [
-            Record(
-                tp.topic,
-                tp.partition,
-                message.offset,
-                # Keys come from other producers too; a key that is not UTF-8 must not
-                # stop a reader, so it is decoded with replacement characters.
-                "" if message.key is None else message.key.decode("utf-8", "replace"),
-                b"" if message.value is None else message.value,
-                message.timestamp,
-            )
-            for message in messages
-        ]
 
     def _position_reader(self, tp: KafkaPartition, offset: int) -> None:
         """Assign `tp` to the reader (paused, as every partition it holds) at `offset`."""
@@ -590,6 +690,248 @@ class KafkaEventLog:
                 if not e.retriable or asyncio.get_running_loop().time() > deadline:
                     raise
             await asyncio.sleep(_RETRY_PAUSE)
+
+
+class KafkaMember:
+    """A member of a Kafka consumer group, fenced by per-partition transactions (see
+    the module's docstring). Made by `KafkaEventLog.join`."""
+
+    def __init__(
+        self,
+        event_log: KafkaEventLog,
+        group: str,
+        topics: tuple[str, ...],
+        listener: RebalanceListener,
+        *,
+        session_timeout: float,
+        poll_timeout: float,
+    ) -> None:
+        self._log = event_log
+        self.group = group
+        self.topics = topics
+        self._listener = listener
+        self._consumer = event_log._group_consumer(group, session_timeout, poll_timeout)
+        self._owned: frozenset[TopicPartition] = frozenset()
+        self._positions: dict[TopicPartition, int] = {}
+        self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        self._locks: dict[TopicPartition, asyncio.Lock] = {}
+        self._assigned = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._leaving = False
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._owned
+
+    @property
+    def positions(self) -> dict[TopicPartition, int]:
+        return dict(self._positions)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        if tp not in self._owned:
+            raise LogError(f"cannot seek {tp}: this member does not own it")
+        if offset < 0:
+            raise LogError(f"cannot seek {tp} to negative offset {offset}")
+        self._consumer.seek(KafkaPartition(tp.topic, tp.partition), offset)
+        self._positions[tp] = offset
+
+    async def start(self) -> None:
+        with _translated(f"cannot join group {self.group!r}"):
+            await self._consumer.start()
+        try:
+            self._consumer.subscribe(list(self.topics), listener=_Rebalance(self))
+            # The group is joined in aiokafka's background; the first fetch drives it.
+            async with asyncio.timeout(max(60.0, self._log._request_timeout)):
+                while not self._assigned.is_set():
+                    with _translated(f"cannot join group {self.group!r}"):
+                        await self._consumer.getmany(timeout_ms=100)
+                    self._raise_failure()
+        except BaseException:
+            await self._stop()
+            raise
+
+    async def poll(self, timeout: float, max_records: int) -> list[Record]:
+        self._raise_failure()
+        with _translated(f"cannot poll group {self.group!r}"):
+            batches = await self._consumer.getmany(
+                timeout_ms=max(0, int(timeout * 1000)), max_records=max_records
+            )
+        self._raise_failure()
+        records: list[Record] = []
+        for ktp, messages in batches.items():
+            tp = TopicPartition(ktp.topic, ktp.partition)
+            if tp not in self._owned or not messages:
+                continue
+            self._positions[tp] = messages[-1].offset + 1
+            records += [_record(ktp, message) for message in messages]
+        return records
+
+    async def commit(
+        self,
+        appends: Mapping[TopicPartition, Sequence[Append]],
+        offsets: Mapping[TopicPartition, int],
+    ) -> list[Record]:
+        partitions = set(appends) | set(offsets)
+        lost = partitions - self._producers.keys()
+        if lost:
+            raise Fenced(self._lost(lost))
+        await self._log._check_topics(a.topic for records in appends.values() for a in records)
+        for offset in offsets.values():
+            if offset < 0:
+                raise LogError(f"cannot commit negative offset {offset}")
+        results = await asyncio.gather(
+            *(self._transact(tp, appends.get(tp, ()), offsets.get(tp)) for tp in partitions),
+            return_exceptions=True,
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, Fenced)), errors[0])
+        self._log._wake()
+        return [record for result in results if isinstance(result, list) for record in result]
+
+    async def leave(self) -> None:
+        if self._leaving:
+            return
+        try:
+            await self._revoke(self._owned)  # may still commit
+        finally:
+            self._leaving = True
+            await self._stop()
+
+    # --- internals ---------------------------------------------------------------------
+
+    async def _transact(
+        self, tp: TopicPartition, appends: Sequence[Append], offset: int | None
+    ) -> list[Record]:
+        """One transaction: the partition's appends and its offset, or neither."""
+        async with self._locks.setdefault(tp, asyncio.Lock()):
+            producer = self._producers.get(tp)
+            if producer is None:
+                raise Fenced(self._lost([tp]))
+            timestamp = time.time_ns() // 1_000_000
+            try:
+                with _translated(f"cannot commit for {tp.topic}[{tp.partition}]"):
+                    async with producer.transaction():
+                        futures = [
+                            await producer.send(
+                                a.topic, a.value, key=a.key.encode("utf-8"), timestamp_ms=timestamp
+                            )
+                            for a in appends
+                        ]
+                        if offset is not None:
+                            await producer.send_offsets_to_transaction(
+                                {KafkaPartition(tp.topic, tp.partition): offset}, self.group
+                            )
+                        metas = await asyncio.gather(*futures)
+            except LogError as error:
+                if isinstance(error.__cause__, _FENCED_ERRORS):
+                    await self._drop_producer(tp)
+                    raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
+                raise
+        return [
+            Record(
+                a.topic,
+                meta.partition,
+                meta.offset,
+                a.key,
+                a.value,
+                meta.timestamp if meta.timestamp_type == _LOG_APPEND_TIME else timestamp,
+            )
+            for a, meta in zip(appends, metas, strict=True)
+        ]
+
+    def _lost(self, partitions: Iterable[TopicPartition]) -> str:
+        names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))
+        return f"this member of group {self.group!r} no longer owns {names}"
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise LogError(f"group {self.group!r}: {self._failure}") from self._failure
+
+    async def _assign(self, assigned: Iterable[KafkaPartition]) -> None:
+        gained = frozenset(TopicPartition(k.topic, k.partition) for k in assigned)
+        # Producers first: their init fences the old owners and settles their open
+        # transactions, so the committed offsets read next are the last ones.
+        new = [tp for tp in gained if tp not in self._producers]
+        producers = await asyncio.gather(*(self._start_producer(tp) for tp in new))
+        self._producers.update(zip(new, producers, strict=True))
+        for tp in gained:
+            ktp = KafkaPartition(tp.topic, tp.partition)
+            committed = await self._consumer.committed(ktp)
+            offset = 0 if committed is None else committed
+            self._consumer.seek(ktp, offset)
+            self._positions[tp] = offset
+        self._owned = gained
+        await self._listener.on_assigned(gained)
+
+    async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        producer = self._log._transactional_producer(f"{self.group}.{tp.topic}.{tp.partition}")
+        with _translated(f"cannot start the producer of {tp.topic}[{tp.partition}]"):
+            await producer.start()
+        return producer
+
+    async def _revoke(self, revoked: Iterable[TopicPartition]) -> None:
+        lost = frozenset(revoked) & self._owned
+        try:
+            if lost:
+                await self._listener.on_revoked(lost)
+        finally:
+            self._owned -= lost
+            for tp in lost:
+                self._positions.pop(tp, None)
+                await self._drop_producer(tp)
+
+    async def _drop_producer(self, tp: TopicPartition) -> None:
+        producer = self._producers.pop(tp, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
+
+    async def _stop(self) -> None:
+        for tp in list(self._producers):
+            await self._drop_producer(tp)
+        with contextlib.suppress(Exception):
+            await self._consumer.stop()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """aiokafka's listener, around the member's. aiokafka logs and swallows what a
+    listener raises: a failure is kept and raised by the member's next poll."""
+
+    def __init__(self, member: KafkaMember) -> None:
+        self.member = member
+
+    async def on_partitions_revoked(self, revoked: Iterable[KafkaPartition]) -> None:
+        await self._guarded(
+            self.member._revoke(TopicPartition(k.topic, k.partition) for k in revoked)
+        )
+
+    async def on_partitions_assigned(self, assigned: Iterable[KafkaPartition]) -> None:
+        member = self.member
+        if member._leaving:
+            return
+        await self._guarded(member._assign(assigned))
+        member._assigned.set()
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except Exception as error:
+            logging.getLogger(__name__).exception("group %s: rebalance failed", self.member.group)
+            self.member._failure = error
+
+
+def _record(tp: KafkaPartition, message: Any) -> Record:
+    return Record(
+        tp.topic,
+        tp.partition,
+        message.offset,
+        # Keys come from other producers too; a key that is not UTF-8 must not stop a
+        # reader, so it is decoded with replacement characters.
+        "" if message.key is None else message.key.decode("utf-8", "replace"),
+        b"" if message.value is None else message.value,
+        message.timestamp,
+    )
 
 
 def _check_topic_name(topic: str) -> None:

@@ -68,6 +68,8 @@ transaction.state.log.num.partitions=4
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Tests use short consumer-group sessions (Kafka's floor is 6 s by default).
+group.min.session.timeout.ms=1000
 # Offset commits wait this long to be batched (5 ms by default): every hop of a run
 # commits, so on one node it is pure latency.
 group.coordinator.append.linger.ms=0
