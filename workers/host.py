@@ -1,9 +1,16 @@
 """Runs node tasks from an `aob.tasks.<type>` topic and reports their outcome.
 
 A worker is at-least-once: it commits its task offsets only after the outcome is
-appended to `aob.runs` (in the same step on the embedded log). Outcome ids are
+appended to `aob.runs`, in the same fenced step (`Consumer.commit`). Outcome ids are
 derived from the task's event id, so a re-executed task's duplicate outcome is
 dropped by the coordinator.
+
+Workers of one node type share its task topic as one consumer group: each task is
+executed by the worker owning its partition. When a partition is revoked, its tasks
+in flight get `settle_timeout` seconds to finish; the rest are abandoned (the new
+owner runs them again), what finished is committed, never past an unfinished task.
+A worker fenced off a partition (it was paused past its session) drops its outcomes
+for that partition: the new owner executes those tasks again.
 
 Poison never stops it: a task it cannot decode, a handler that raises, an outcome
 it cannot encode or the log refuses (too large) is set aside on `aob.deadletter` and
@@ -15,6 +22,7 @@ goes on executing tasks whose outcomes it cannot record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -26,7 +34,7 @@ from typing import Any
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import Append, EventLog, LogError, Record, TopicPartition
+from aob.events.log.port import Append, EventLog, Fenced, LogError, Record, TopicPartition
 from aob.events.tracing import traced
 from aob.events.types import (
     RUNS_TOPIC,
@@ -100,6 +108,8 @@ class WorkerHost:
         *,
         worker_id: str = "worker",
         outputs: OutputStore | None = None,
+        settle_timeout: float = 5.0,
+        session_timeout: float = 10.0,
     ) -> None:
         self.log = event_log
         self.node_type = node_type
@@ -107,22 +117,51 @@ class WorkerHost:
         # one, outputs travel inline (tests, and workers that need no blobs).
         self.outputs = outputs
         self.worker_id = worker_id
+        self.settle_timeout = settle_timeout
         group = f"aob-worker-{node_type.name}"
-        self.consumer = Consumer(event_log, group, [task_topic(node_type.name)])
+        self.consumer = Consumer(
+            event_log,
+            group,
+            [task_topic(node_type.name)],
+            listener=self,
+            session_timeout=session_timeout,
+        )
         self._slots = asyncio.Semaphore(node_type.concurrency)
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._ready: list[_Done] = []
         self._wake_flusher = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Record] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()  # LRU of executed task ids
         self._broken: BaseException | None = None  # the log failed under a task: stop
 
     @property
     def group(self) -> str:
-        return self.consumer.group
+        return f"aob-worker-{self.node_type.name}"
 
     async def start(self) -> None:
         await self.consumer.start()
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        log.info("worker %s took %s", self.worker_id, _names(partitions))
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        """Settle the lost partitions' tasks (finish or abandon), commit what is done."""
+        running = [task for task, record in self._tasks.items() if record.position in partitions]
+        if running:
+            _, unfinished = await asyncio.wait(running, timeout=self.settle_timeout)
+            for task in unfinished:
+                task.cancel()  # abandoned: uncommitted, so the new owner runs it again
+            await asyncio.gather(*unfinished, return_exceptions=True)
+        ready = [done for done in self._ready if done.record.position in partitions]
+        self._ready = [done for done in self._ready if done.record.position not in partitions]
+        committable = {tp: o for tp, o in self._committable().items() if tp in partitions}
+        try:
+            await self._flush(ready, committable)
+        except Fenced as error:  # lost already: the new owner re-executes them
+            log.warning("worker %s fenced: %s", self.worker_id, error)
+        for tp in partitions:
+            self._in_flight.pop(tp, None)
+        log.info("worker %s gave up %s", self.worker_id, _names(partitions))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Execute tasks until `stop`; raises (after flushing what it can) when the log
@@ -139,16 +178,25 @@ class WorkerHost:
                     if flusher.done():
                         self._slots.release()
                         break  # no outcome could be recorded: execute nothing more
+                    if record.position not in self.consumer.assignment:
+                        self._slots.release()  # revoked while waiting for a slot
+                        continue
                     task = asyncio.create_task(self._process(record))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+                    self._tasks[task] = record
+                    task.add_done_callback(self._forget)
         finally:
             for task in list(self._tasks):
                 task.cancel()  # not committed: redelivered to the next worker
             await asyncio.gather(*self._tasks, return_exceptions=True)
             closing.set()
             self._wake_flusher.set()
-            await flusher  # flushes what is ready; raises why it stopped, if it did
+            try:
+                await flusher  # flushes what is ready; raises why it stopped, if it did
+            finally:
+                await self.consumer.close()  # leaves the group: its partitions move on
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
 
     async def _process(self, record: Record) -> None:
         try:
@@ -179,17 +227,31 @@ class WorkerHost:
         """Append `batch` and commit; if the log refuses the batch, append it task by
         task, failing the nodes whose outcome it refuses (e.g. too large). Raises when
         the log refuses even that: it is down, and the host must stop."""
-        appends = [append for done in batch for append in done.appends]
+        appends: dict[TopicPartition, list[Append]] = {}
+        for done in batch:
+            appends.setdefault(done.record.position, []).extend(done.appends)
         try:
-            await self.log.append_and_commit(appends, self.group, committable)
+            await self.consumer.commit(appends, offsets=committable)
+            return
+        except Fenced as error:
+            # Some partitions were lost: their outcomes go with them (the new owner
+            # re-executes those tasks); the partitions still owned are committed.
+            owned = self.consumer.assignment
+            log.warning("worker %s fenced (%s): keeps %s", self.worker_id, error, _names(owned))
+            batch = [done for done in batch if done.record.position in owned]
+            committable = {tp: o for tp, o in committable.items() if tp in owned}
+            appends = {tp: a for tp, a in appends.items() if tp in owned}
+            if committable:
+                with contextlib.suppress(Fenced):  # lost meanwhile as well
+                    await self.consumer.commit(appends, offsets=committable)
             return
         except Exception as error:
-            if not appends:
+            if not any(appends.values()):
                 raise  # only the commit failed: nothing to blame but the log
             log.warning("appending %d outcomes failed (%s): one task at a time", len(batch), error)
         for done in batch:
             await self._append_or_fail(done)
-        await self.log.commit(self.group, committable)
+        await self.consumer.commit(offsets=committable)
 
     async def _append_or_fail(self, done: _Done) -> None:
         try:
@@ -294,6 +356,10 @@ class WorkerHost:
             actor=f"worker:{self.worker_id}",
         )
         return Append(RUNS_TOPIC, event.key, encode(event))
+
+
+def _names(partitions: frozenset[TopicPartition]) -> str:
+    return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)) or "nothing"
 
 
 def _at(record: Record) -> str:

@@ -147,10 +147,12 @@ class Consumer:
         appends: Appends = (),
         *,
         partitions: Iterable[TopicPartition] | None = None,
+        offsets: Mapping[TopicPartition, int] | None = None,
     ) -> list[Record]:
         """Append `appends` and commit the positions of the owned partitions (or only
-        of `partitions`), atomically per partition. Raises `Fenced`, appending nothing
-        for it, when a partition was lost.
+        of `partitions`; or `offsets`, for a host that must not commit past work still
+        in flight), atomically per partition. Raises `Fenced`, appending nothing for
+        it, when a partition was lost.
 
         Appends belong to the input partition they were made from: pass a mapping to
         say so. A plain sequence is split by key: an append goes with the committed
@@ -159,7 +161,7 @@ class Consumer:
         """
         if self._member is None:
             raise LogError("a consumer without a group commits nothing")
-        positions = self._member.positions
+        positions = self._member.positions if offsets is None else dict(offsets)
         if partitions is not None:
             wanted = set(partitions)
             positions = {tp: offset for tp, offset in positions.items() if tp in wanted}

@@ -76,6 +76,25 @@ class RefusingLog:
         self._check([])
         await self.inner.commit(group, offsets)
 
+    async def join(self, *args: Any, **kwargs: Any) -> Any:
+        """A group member whose commits are refused the same way."""
+        member = await self.inner.join(*args, **kwargs)
+        refusing = self
+
+        class RefusingMember:
+            async def commit(
+                self,
+                appends: Mapping[TopicPartition, Sequence[Append]],
+                offsets: Mapping[TopicPartition, int],
+            ) -> list[Record]:
+                refusing._check([a for records in appends.values() for a in records])
+                return await member.commit(appends, offsets)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(member, name)
+
+        return RefusingMember()
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
