@@ -22,6 +22,12 @@ decider folds the partition's decisions from offset 0 to its end (workflow event
 few: one per version and tag move) and notes which requests they decided; the
 consumer then resumes at the group's committed offset and decides only the requests
 no decision answers yet. A partition revoked is forgotten.
+
+Deciders are members of the consumer group `aob-workflow-decider` (one per projector
+process): they share the partitions, one owner each. A member's decisions are
+committed with its offsets, per request partition, and fenced: once the partition went
+to another member, the commit raises `Fenced` and appends nothing (the new owner
+decides those requests from the committed offset on).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from typing import Final
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.log.port import Append, EventLog, Fenced, Record, TopicPartition
 from aob.events.types import (
     WORKFLOWS_TOPIC,
     Event,
@@ -178,17 +184,17 @@ class WorkflowDecider:
 
     def __init__(self, event_log: EventLog, *, max_records: int = 500) -> None:
         self.log = event_log
-        self.consumer = Consumer(event_log, GROUP, (WORKFLOWS_TOPIC,), max_records=max_records)
+        self.consumer = Consumer(
+            event_log, GROUP, (WORKFLOWS_TOPIC,), max_records=max_records, listener=self
+        )
         self._registries: dict[TopicPartition, WorkflowRegistry] = {}
         # Per owned partition, the requests its log answered when it was restored (the
         # consumer may read them again from the group's committed offset).
         self._answered: dict[TopicPartition, set[str]] = {}
 
     async def start(self) -> None:
+        """Join the group: the partitions it assigns are restored before this returns."""
         await self.consumer.start()
-        # Without a group the consumer reads every partition: own them all. In a
-        # group, the consumer has already assigned its share, and this changes nothing.
-        await self.on_assigned(frozenset(self.consumer.positions))
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         for tp in sorted(partitions, key=lambda tp: tp.partition):
@@ -201,20 +207,44 @@ class WorkflowDecider:
             self._answered.pop(tp, None)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.step(timeout=0.5)
+        try:
+            while not stop.is_set():
+                await self.step(timeout=0.5)
+        finally:  # leave the group: another member takes the partitions over at once
+            await self.consumer.close()
 
     async def step(self, timeout: float = 0.0) -> int:
         """Decide the requests there are to read now; returns how many records were read."""
         records = await self.consumer.poll(timeout=timeout)
         if not records:
             return 0
-        decisions: list[Event] = []
+        # Decisions go with the partition of their request: fenced with it.
+        appends: dict[TopicPartition, list[Append]] = {}
         for record in records:
-            decisions += self._decide(record)
-        appends = [Append(WORKFLOWS_TOPIC, e.key, encode(e)) for e in decisions]
-        await self.consumer.commit(appends)
+            decided = self._decide(record)
+            appends.setdefault(record.position, []).extend(
+                Append(WORKFLOWS_TOPIC, event.key, encode(event)) for event in decided
+            )
+        try:
+            await self.consumer.commit(appends)
+        except Fenced as error:  # a new owner decides the lost partitions' requests
+            log.warning("workflow decider lost a partition before deciding: %s", error)
+            await self._recover(records)
         return len(records)
+
+    async def _recover(self, records: list[Record]) -> None:
+        """After a fenced commit: forget the batch's partitions (their states hold
+        decisions that may not be in the log); those still owned are restored and read
+        again from the batch's first record."""
+        first: dict[TopicPartition, int] = {}
+        for record in records:
+            first.setdefault(record.position, record.offset)
+        owned = self.consumer.assignment
+        for tp, offset in first.items():
+            await self.on_revoked(frozenset({tp}))
+            if tp in owned:
+                await self._restore(tp)
+                self.consumer.seek(tp, offset)
 
     def _decide(self, record: Record) -> list[Event]:
         registry = self._registries.get(record.position)

@@ -43,14 +43,16 @@ def cluster_settings(bootstrap: str, dsn: str, data_dir: Path) -> Settings:
 
 
 @asynccontextmanager
-async def services(settings: Settings) -> AsyncIterator[tuple[Engine, list[Engine]]]:
-    """A projector engine (read models and the workflow decider) and two API engines."""
+async def services(
+    settings: Settings, projectors: int = 1
+) -> AsyncIterator[tuple[list[Engine], list[Engine]]]:
+    """Projector engines (read models and a workflow decider each) and two API engines."""
     engines: list[Engine] = []
     try:
-        for role in ("projector", "api", "api"):
+        for role in ("projector",) * projectors + ("api", "api"):
             engines.append(await Engine.open(settings, role))
         await asyncio.gather(*(engine.start() for engine in engines))
-        yield engines[0], engines[1:]
+        yield engines[:projectors], engines[projectors:]
     finally:
         await asyncio.gather(*(engine.stop() for engine in engines))
 
@@ -62,7 +64,7 @@ async def test_two_api_engines_get_distinct_consecutive_versions_and_tag_history
     # and decided by that partition's writer.
     assert partition_for(TAG, PARTITIONS) != partition_for(WORKFLOW, PARTITIONS)
     settings = cluster_settings(kafka_bootstrap, postgres_schema, tmp_path)
-    async with services(settings) as (projector, engines):
+    async with services(settings) as ([projector], engines):
         apis = [Commands(engine) for engine in engines]
         told = await create_concurrently(apis, WORKFLOW)
         await check_versions(apis[0], WORKFLOW, told)
@@ -80,7 +82,7 @@ async def test_a_restarted_decider_goes_on_from_the_log(
     async with services(settings) as (_, engines):
         told = await create_concurrently([Commands(e) for e in engines], WORKFLOW, per_api=2)
     assert sorted(told.values()) == [1, 2, 3, 4]
-    async with services(settings) as (projector, engines):
+    async with services(settings) as ([projector], engines):
         api = Commands(engines[0])
         again = await api.create_workflow(
             {"name": WORKFLOW, "nodes": [{"id": "a", "type": "noop"}]},
@@ -90,3 +92,22 @@ async def test_a_restarted_decider_goes_on_from_the_log(
         )
         assert again["version"] == 5
         await check_linear_history(api, projector, WORKFLOW, 5)
+
+
+async def test_two_deciders_share_the_partitions_one_writer_each(
+    kafka_bootstrap: str, postgres_schema: str, tmp_path: Path
+) -> None:
+    """Two projector processes: the group gives each partition to one decider."""
+    settings = cluster_settings(kafka_bootstrap, postgres_schema, tmp_path)
+    async with services(settings, projectors=2) as (projectors, engines):
+        deciders = [p.decider for p in projectors if p.decider is not None]
+        assert len(deciders) == 2
+        owned = [d.consumer.assignment for d in deciders]
+        assert owned[0].isdisjoint(owned[1])
+        assert len(owned[0] | owned[1]) == PARTITIONS
+        apis = [Commands(engine) for engine in engines]
+        names = ["orders", "invoices", "refunds"]
+        assert len({partition_for(n, PARTITIONS) for n in names}) > 1
+        told = await asyncio.gather(*(create_concurrently(apis, n, per_api=3) for n in names))
+        for name, versions in zip(names, told, strict=True):
+            await check_versions(apis[0], name, versions)
