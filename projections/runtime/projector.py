@@ -57,9 +57,10 @@ class ProjectorHost:
     """Applies log records to a read-model store; its positions live in that store.
 
     The store writes rows and positions in one transaction, so the read models
-    are exactly-once whatever the log's group offsets say. Reading every partition
-    itself, one projector serves a cluster; a second one would only repeat work the
-    store then skips.
+    are exactly-once whatever the log's group offsets say. Projectors share the
+    partitions as the `aob-projector` consumer group: a projector that gains a
+    partition reads it from the store's position for it (`on_assigned`), so a
+    partition moving between projectors is neither skipped nor applied twice.
     """
 
     def __init__(
@@ -67,19 +68,39 @@ class ProjectorHost:
     ) -> None:
         self.log = event_log
         self.store = store
-        self.consumer = Consumer(event_log, GROUP, PROJECTED_TOPICS, max_records=max_records)
+        self.consumer = Consumer(
+            event_log, GROUP, PROJECTED_TOPICS, max_records=max_records, listener=self
+        )
         # What the store holds: the consumer's positions run ahead while a batch applies.
         self.applied: dict[TopicPartition, int] = {}
         self._progress = asyncio.Condition()
 
     async def start(self) -> None:
+        await self.consumer.start()
+
+    async def close(self) -> None:
+        """Leave the group: the partitions go to the other projectors."""
+        await self.consumer.close()
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        """Read gained partitions from where the store is (another projector may have
+        applied them since this one last did)."""
         stored = await self.store.offsets()
-        await self.consumer.start(start_from=stored)
-        self.applied = self.consumer.positions
+        for tp in partitions:
+            self.consumer.seek(tp, stored.get(tp, 0))
+        async with self._progress:
+            self.applied.update({tp: stored.get(tp, 0) for tp in partitions})
+            self._progress.notify_all()
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        """Nothing to settle: every applied batch is in the store with its positions."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.step(timeout=0.5)
+        try:
+            while not stop.is_set():
+                await self.step(timeout=0.5)
+        finally:
+            await self.close()
 
     async def step(self, timeout: float = 0.0) -> int:
         """Project what is there to read now; returns how many records were read."""

@@ -38,8 +38,12 @@ class Recorder:
 
 
 def member(
-    log: EventLog, group: str, topics: Iterable[str], listener: Recorder | None = None,
-    *, poll_timeout: float = 30.0,
+    log: EventLog,
+    group: str,
+    topics: Iterable[str],
+    listener: Recorder | None = None,
+    *,
+    poll_timeout: float = 30.0,
 ) -> Consumer:
     return Consumer(
         log, group, topics, listener=listener, session_timeout=SESSION, poll_timeout=poll_timeout
@@ -94,9 +98,7 @@ async def test_members_share_the_partitions(event_log: EventLog, unique: Unique)
             await consumer.close()
 
 
-async def test_a_member_joining_and_leaving_rebalances(
-    event_log: EventLog, unique: Unique
-) -> None:
+async def test_a_member_joining_and_leaving_rebalances(event_log: EventLog, unique: Unique) -> None:
     topic, group = unique("t"), unique("g")
     await event_log.create_topic(topic, 4)
     every = partitions(topic, 4)

@@ -1,0 +1,127 @@
+"""Worker hosts of one node type share its task topic: every task runs once, also
+while hosts join and leave (real embedded log, real hosts, no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from aob.events.codec import decode, encode
+from aob.events.ids import new_event_id
+from aob.events.log.port import Append, EventLog, Record
+from aob.events.log.sqlite import SqliteEventLog
+from aob.events.types import RUNS_TOPIC, Event, NodeCompleted, NodeScheduled, task_topic
+from aob.workers.host import NodeType, WorkerHost
+
+KIND = "grouptest"
+PARTITIONS = 4
+
+
+@pytest.fixture
+async def event_log(tmp_path: Path) -> AsyncIterator[EventLog]:
+    log = await SqliteEventLog.open(tmp_path / "events.db")
+    await log.create_topic(task_topic(KIND), PARTITIONS)
+    await log.create_topic(RUNS_TOPIC, PARTITIONS)
+    try:
+        yield log
+    finally:
+        await log.close()
+
+
+def task(run_id: str) -> Append:
+    payload = NodeScheduled(run_id, "n", KIND, 0, 1, {}, {})
+    event = Event(new_event_id(), run_id, 0, payload)
+    return Append(task_topic(KIND), run_id, encode(event))
+
+
+class Hosts:
+    """Worker hosts on one log, counting which ran each task."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.log = event_log
+        self.executed: Counter[str] = Counter()
+        self.by_host: Counter[str] = Counter()
+        self.running: dict[str, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+
+    async def start(self, name: str) -> WorkerHost:
+        async def handler(scheduled: NodeScheduled) -> str:
+            self.executed[scheduled.run_id] += 1
+            self.by_host[name] += 1
+            await asyncio.sleep(0)  # let the other hosts interleave
+            return name
+
+        host = WorkerHost(self.log, NodeType(KIND, handler, announce_start=False), worker_id=name)
+        await host.start()
+        stop = asyncio.Event()
+        self.running[name] = (stop, asyncio.create_task(host.run(stop)))
+        return host
+
+    async def stop(self, name: str) -> None:
+        stop, task = self.running.pop(name)
+        stop.set()
+        await task
+
+    async def stop_all(self) -> None:
+        for name in list(self.running):
+            await self.stop(name)
+
+
+async def completed(event_log: EventLog) -> Counter[str]:
+    """NodeCompleted events on aob.runs, per run."""
+    counts: Counter[str] = Counter()
+    for partition in range(PARTITIONS):
+        offset = 0
+        while batch := await event_log.read(RUNS_TOPIC, partition, offset):
+            offset = batch[-1].offset + 1
+            counts.update(_run_of_completion(record) for record in batch)
+    counts.pop("", None)
+    return counts
+
+
+def _run_of_completion(record: Record) -> str:
+    payload = decode(record.value).payload
+    return payload.run_id if isinstance(payload, NodeCompleted) else ""
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - state of several hosts, no one event
+            await asyncio.sleep(0.02)
+
+
+async def test_two_worker_hosts_run_each_task_once(event_log: EventLog) -> None:
+    hosts = Hosts(event_log)
+    try:
+        first = await hosts.start("a")
+        second = await hosts.start("b")
+        await until(lambda: bool(first.consumer.assignment) and bool(second.consumer.assignment))
+        assert not first.consumer.assignment & second.consumer.assignment
+
+        runs = [f"run-{i}" for i in range(60)]
+        await event_log.append([task(run) for run in runs[:30]])
+        await until(lambda: len(hosts.executed) >= 15)
+        await hosts.stop("b")  # leaves mid-load: its partitions move to a
+        await event_log.append([task(run) for run in runs[30:]])
+        await until(lambda: len(hosts.executed) == 60)
+        await until(lambda: len(first.consumer.assignment) == PARTITIONS)
+        outcomes: Counter[str] = Counter()
+
+        async def all_recorded() -> bool:
+            nonlocal outcomes
+            outcomes = await completed(event_log)
+            return len(outcomes) == 60
+
+        async with asyncio.timeout(30):
+            while not await all_recorded():
+                await event_log.wait_for_append(0.5)
+    finally:
+        await hosts.stop_all()
+    assert set(hosts.executed) == set(runs)
+    assert max(hosts.executed.values()) == 1, hosts.executed.most_common(3)
+    assert max(outcomes.values()) == 1
+    assert hosts.by_host["a"]
+    assert hosts.by_host["b"]
