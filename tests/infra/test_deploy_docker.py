@@ -139,7 +139,7 @@ def image_environment(port: int, data_dir: Path) -> dict[str, str]:
     """This machine's environment with the image's ENV (the venv's bin first on PATH)."""
     env = {**os.environ, **environment(final_stage())}
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
-    env.update(AOB_PORT=str(port), AOB_DATA_DIR=str(data_dir), AOB_AUTH="off")
+    env.update(AOB_PORT=str(port), AOB_DATA_DIR=str(data_dir))
     return env
 
 
