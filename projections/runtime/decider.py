@@ -10,7 +10,8 @@ as its `causation_id`:
 
 - `WorkflowCreateRequested` -> `WorkflowCreated` with the next version, and, when it
   names a tag, a `TagMoveRequested` for that version (keyed by tag: the tag's own
-  writer decides the move);
+  writer decides the move), or the `TagMoved` at once when the tag's partition is this
+  one (the default tag, the workflow's name, always is);
 - `TagMoveRequested` -> `TagMoved`, with the target it replaces;
 - either -> `WorkflowRequestRefused` when the name belongs to another tenant.
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -42,6 +43,7 @@ from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Fenced, Record, TopicPartition
+from aob.events.partitioner import partition_for
 from aob.events.types import (
     WORKFLOWS_TOPIC,
     Event,
@@ -83,6 +85,10 @@ class _Target:
     owner: str
 
 
+def _nothing(key: str) -> bool:
+    return False
+
+
 @dataclass
 class WorkflowRegistry:
     """What one partition's writer knows: latest versions and tag targets, by name."""
@@ -103,16 +109,19 @@ class WorkflowRegistry:
                 payload.workflow_id, payload.version, _owner(payload.tenant)
             )
 
-    def decide(self, request: Event) -> list[Event]:
-        """The decisions answering `request` (already folded in)."""
+    def decide(self, request: Event, holds: Callable[[str], bool] = _nothing) -> list[Event]:
+        """The decisions answering `request` (already folded in). `holds(key)`: whether
+        this registry's partition is also the one of `key` (a tag's)."""
         payload = request.payload
         if isinstance(payload, WorkflowCreateRequested):
-            return self._create(request, payload)
+            return self._create(request, payload, holds)
         if isinstance(payload, TagMoveRequested):
             return self._move(request, payload)
         return []
 
-    def _create(self, request: Event, p: WorkflowCreateRequested) -> list[Event]:
+    def _create(
+        self, request: Event, p: WorkflowCreateRequested, holds: Callable[[str], bool]
+    ) -> list[Event]:
         latest = self.workflows.get(p.workflow_id)
         if latest is not None and not _may_use(latest.owner, p.tenant):
             return [_refused(request, "workflow id", p.workflow_id)]
@@ -123,8 +132,11 @@ class WorkflowRegistry:
         self.fold(created)
         if not p.tag:
             return [created]
-        move = TagMoveRequested(p.tag, p.workflow_id, version, p.tenant)
-        return [created, _decision(request, "tag", move, key=p.tag)]
+        wanted = TagMoveRequested(p.tag, p.workflow_id, version, p.tenant)
+        move = _decision(request, "tag", wanted, key=p.tag)
+        if holds(p.tag):  # the tag's writer is this one: decide the move at once
+            return [created, *self._move(move, wanted)]
+        return [created, move]
 
     def _move(self, request: Event, p: TagMoveRequested) -> list[Event]:
         previous = self.tags.get(p.tag)
@@ -191,6 +203,7 @@ class WorkflowDecider:
         # Per owned partition, the requests its log answered when it was restored (the
         # consumer may read them again from the group's committed offset).
         self._answered: dict[TopicPartition, set[str]] = {}
+        self._partitions = 1  # of aob.workflows, known once a partition is assigned
 
     async def start(self) -> None:
         """Join the group: the partitions it assigns are restored before this returns."""
@@ -255,12 +268,14 @@ class WorkflowDecider:
             return []  # a decision: folded at restore, or made (and folded) here
         if event.event_id in self._answered[record.position]:
             return []  # decided before this host restored the partition
-        return registry.decide(event)
+        count = self._partitions
+        return registry.decide(event, lambda key: partition_for(key, count) == record.partition)
 
     async def _restore(self, tp: TopicPartition) -> None:
         """Fold the partition's decisions up to its end, noting the requests they answer."""
         registry = WorkflowRegistry()
         answered: set[str] = set()
+        self._partitions = await self.log.partitions(tp.topic)
         end = (await self.log.end_offsets(tp.topic)).get(tp.partition, 0)
         offset = 0
         while offset < end:
