@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
+
 from aob.platform.demo import DemoRun
 from aob.platform.settings import Settings, service_problem
 
@@ -110,7 +112,14 @@ def _audit_parser(sub: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except pydantic.ValidationError as error:  # one line per setting, no traceback
+        for invalid in error.errors():
+            where = f"AOB_{str(invalid['loc'][0]).upper()}: " if invalid["loc"] else ""
+            message = invalid["msg"].removeprefix("Value error, ")
+            print(f"aob server: invalid setting: {where}{message}", file=sys.stderr)
+        return 2
     level = getattr(args, "log_level", "warning")
     if settings.log_format == "json":  # one JSON object per line, with trace ids
         from aob.platform.observability import configure_logging

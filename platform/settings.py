@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
+# A workflow definition is recorded whole in one event (WorkflowCreated, RunSubmitted),
+# and twice in its run's coordinator state (a changelog record holding the base and the
+# materialized definition), each bounded by AOB_MAX_EVENT_BYTES: a definition may take
+# (AOB_MAX_EVENT_BYTES - DEFINITION_EVENT_HEADROOM) / DEFINITION_COPIES, the headroom
+# being for the rest of the record (envelope, inputs, node states).
+DEFINITION_EVENT_HEADROOM: Final = 32 * 1024
+DEFINITION_COPIES: Final = 2
 WORKER_KINDS: Final = ("builtin", "http", "hitl", "agent")
 
 
@@ -54,7 +61,10 @@ class Settings(BaseSettings):
     # compiled; they may only be lowered: the coordinator validates with the defaults.
     workflow_max_nodes: int = Field(default=500, ge=1, le=500)
     workflow_max_edges: int = Field(default=2000, ge=0, le=2000)
-    workflow_max_document_bytes: int = Field(default=1 << 20, ge=1024, le=1 << 20)
+    # At most `definition_room` (see DEFINITION_COPIES), so that a definition that passes
+    # validation also fits in the records that hold it; the default follows a lowered
+    # AOB_MAX_EVENT_BYTES, an explicit value over it is refused at start.
+    workflow_max_document_bytes: int = Field(default=240 * 1024, ge=1024, le=1 << 20)
     workflow_max_depth: int = Field(default=64, ge=4, le=64)  # objects/arrays nested
     workflow_max_expression_bytes: int = Field(default=16 * 1024, ge=16, le=16 * 1024)
     workflow_max_expressions: int = Field(default=500, ge=1, le=500)  # distinct jq programs
@@ -119,6 +129,27 @@ class Settings(BaseSettings):
     # Node and run outputs whose JSON is larger than this go to the content-addressed
     # blob store; events carry the reference, so no output is copied into later events.
     output_inline_bytes: int = Field(default=16 * 1024, ge=0, le=256 * 1024)
+
+    @property
+    def definition_room(self) -> int:
+        """The largest definition the records holding it have room for."""
+        return (self.max_event_bytes - DEFINITION_EVENT_HEADROOM) // DEFINITION_COPIES
+
+    @model_validator(mode="after")
+    def _a_valid_definition_fits_in_its_records(self) -> Settings:
+        room = self.definition_room
+        if self.workflow_max_document_bytes <= room:
+            return self
+        if "workflow_max_document_bytes" not in self.model_fields_set:
+            self.workflow_max_document_bytes = room
+            return self
+        raise ValueError(
+            f"AOB_WORKFLOW_MAX_DOCUMENT_BYTES ({self.workflow_max_document_bytes}) must be "
+            f"at most (AOB_MAX_EVENT_BYTES ({self.max_event_bytes}) - "
+            f"{DEFINITION_EVENT_HEADROOM}) / {DEFINITION_COPIES} = {room}: a definition is "
+            "recorded whole in an event, and twice in its run's coordinator state; lower it "
+            "or raise AOB_MAX_EVENT_BYTES"
+        )
 
 
 def service_problem(settings: Settings, service: str) -> str | None:

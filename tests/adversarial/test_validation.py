@@ -1,7 +1,9 @@
 """Issue 11, validation and 5xx: `POST /api/v1/workflows/validate` (viewer role) compiled
 16,000 jq programs of a 1 MB definition and /health waited 20 s; a few requests
 answered 5xx; names ending in a newline passed; `aob workflow validate` on a YAML alias
-bomb ate 2 GB and exited 70. Against a live embedded server."""
+bomb ate 2 GB and exited 70; a definition between AOB_WORKFLOW_MAX_DOCUMENT_BYTES (then
+1 MiB) and AOB_MAX_EVENT_BYTES (512 KiB) passed validation and was then answered 413.
+Against a live server, embedded and (where the backend matters) on Kafka + PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
+from aob.platform.settings import DEFINITION_COPIES, DEFINITION_EVENT_HEADROOM, Settings
 from tests.adversarial.conftest import (
     ATTACKER,
     NORMAL,
@@ -25,6 +29,7 @@ from tests.adversarial.conftest import (
     allowed,
     baseline,
     timed_run,
+    wait_run,
 )
 
 pytestmark = pytest.mark.slow
@@ -48,8 +53,7 @@ def assert_problem(response: Any, *statuses: int) -> dict[str, Any]:
     return problem
 
 
-def test_a_1mb_definition_is_refused_before_compiling(live_server: LiveServer) -> None:
-    server = live_server
+def test_a_1mb_definition_is_refused_before_compiling(server: LiveServer) -> None:
     document = huge_definition()
     assert len(json.dumps(document)) > 900_000
     usual = baseline(server)
@@ -73,8 +77,8 @@ def test_a_1mb_definition_is_refused_before_compiling(live_server: LiveServer) -
         text[:500]
 
 
-def test_what_answered_5xx_answers_4xx_with_a_problem(live_server: LiveServer) -> None:
-    with live_server.diagnosed(), live_server.client(ATTACKER) as client:
+def test_what_answered_5xx_answers_4xx_with_a_problem(server: LiveServer) -> None:
+    with server.diagnosed(), server.client(ATTACKER) as client:
         assert_problem(client.get("/api/v1/runs", params={"cursor": "x"}), 400, 422)
         assert_problem(client.post("/api/v1/runs", json={"workflow_id": "w", "version": 2**63}),
                        400, 422)
@@ -120,3 +124,79 @@ def test_the_cli_refuses_a_yaml_alias_bomb(live_server: LiveServer, tmp_path: Pa
     assert "Traceback" not in done.stderr, done.stderr[-1000:]
     assert len(done.stderr.strip().splitlines()) <= 2, done.stderr[-1000:]
     assert took < 10, f"the CLI took {took:.1f} s"
+
+
+# --- a definition that validates fits in its event ----------------------------------------
+
+DEFAULT_DOCUMENT_LIMIT = Settings.model_fields["workflow_max_document_bytes"].default
+DEFAULT_EVENT_LIMIT = Settings.model_fields["max_event_bytes"].default
+
+
+def sized(total_bytes: int) -> dict[str, Any]:
+    """NORMAL padded to `total_bytes` as compact JSON (UTF-8) with noop nodes, each
+    string under the API's bound on one string."""
+    pads: list[dict[str, Any]] = [
+        {"id": f"pad{i}", "type": "noop", "config": {"pad": ""}} for i in range(8)
+    ]
+    document = {**NORMAL, "nodes": [*NORMAL["nodes"], *pads]}
+    filler = total_bytes - len(json.dumps(document, separators=(",", ":")))
+    for i, pad in enumerate(pads):
+        pad["config"]["pad"] = "p" * (filler // len(pads) + (i < filler % len(pads)))
+    assert len(json.dumps(document, separators=(",", ":"))) == total_bytes
+    return document
+
+
+def test_a_definition_under_the_event_limit_but_over_its_own_is_refused_as_such(
+    server: LiveServer,
+) -> None:
+    """Between the two limits (it used to validate, then submission answered 413): a
+    422 naming AOB_WORKFLOW_MAX_DOCUMENT_BYTES, from validation and from submission."""
+    between = sized((DEFAULT_DOCUMENT_LIMIT + DEFAULT_EVENT_LIMIT) // 2)
+    with server.diagnosed(), server.client(ATTACKER) as attacker:
+        for path in ("/api/v1/workflows/validate", "/api/v1/runs"):
+            response = attacker.post(path, json={"definition": between})
+            if response.status_code == 200:
+                text = json.dumps(response.json())
+                assert response.json().get("valid") is False, text[:500]
+            else:
+                text = json.dumps(assert_problem(response, 422))
+            assert "AOB_WORKFLOW_MAX_DOCUMENT_BYTES" in text, text[:500]
+            assert "event-too-large" not in text, text[:500]
+
+
+def test_a_definition_at_its_limit_is_submitted_and_runs(server: LiveServer) -> None:
+    """Just under AOB_WORKFLOW_MAX_DOCUMENT_BYTES, with inputs: accepted, not 413."""
+    largest = sized(DEFAULT_DOCUMENT_LIMIT - 16)
+    with server.diagnosed(), server.client(ATTACKER) as attacker:
+        response = attacker.post(
+            "/api/v1/runs", json={"definition": largest, "inputs": {"x": 1, "pad": "p" * 1000}}
+        )
+        assert response.status_code == 202, response.text[:500]
+        run = wait_run(attacker, response.json()["run_id"], 30)
+    assert run["status"] == "completed", run.get("error")
+    assert run["output"] == 2
+
+
+def test_the_definition_limit_is_checked_against_the_event_limit(tmp_path: Path) -> None:
+    """An explicit definition limit over the event bound stops the server at start, one
+    line naming both settings; the default follows a lowered event bound."""
+    lowered = Settings(_env_file=None, max_event_bytes=128 * 1024)  # type: ignore[call-arg]
+    assert lowered.workflow_max_document_bytes == (128 * 1024 - DEFINITION_EVENT_HEADROOM) // 2
+    with pytest.raises(ValidationError, match="AOB_WORKFLOW_MAX_DOCUMENT_BYTES"):
+        Settings(_env_file=None, workflow_max_document_bytes=1 << 20)  # type: ignore[call-arg]
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AOB_")}
+    env["AOB_WORKFLOW_MAX_DOCUMENT_BYTES"] = str(1 << 20)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "aob"), "server", "dev",
+         "--data-dir", str(tmp_path / "data"), "--port", "0"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+    )
+    assert done.returncode == 2, (done.returncode, done.stderr[-1000:])
+    room = (DEFAULT_EVENT_LIMIT - DEFINITION_EVENT_HEADROOM) // DEFINITION_COPIES
+    assert done.stderr.strip().splitlines() == [
+        "aob server: invalid setting: AOB_WORKFLOW_MAX_DOCUMENT_BYTES (1048576) must be at "
+        f"most (AOB_MAX_EVENT_BYTES ({DEFAULT_EVENT_LIMIT}) - {DEFINITION_EVENT_HEADROOM}) / "
+        f"{DEFINITION_COPIES} = {room}: a definition is recorded whole in an event, and twice "
+        "in its run's coordinator state; lower it or raise AOB_MAX_EVENT_BYTES"
+    ]
