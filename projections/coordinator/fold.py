@@ -490,10 +490,16 @@ class _Step:
             return state.verdicts[request_id]
         if request_id not in state.awaiting:
             pending = PendingExpression(purpose, edge.source, edge.target, iteration)
-            self._request(request_id, pending, edge.when)
+            self._request(request_id, pending, edge.when, edge.reads)
         return None
 
-    def _request(self, request_id: str, pending: PendingExpression, program: str) -> None:
+    def _request(
+        self,
+        request_id: str,
+        pending: PendingExpression,
+        program: str,
+        reads: frozenset[str] | None,
+    ) -> None:
         state = self.state
         state.awaiting[request_id] = pending
         self.emit(
@@ -502,8 +508,8 @@ class _Step:
                 request_id=request_id,
                 purpose=pending.purpose,
                 program=program,
-                input=state.context(pending.iteration),
-                output_refs=dict(state.output_refs),
+                input=state.context(pending.iteration, reads),
+                output_refs=state.refs(reads),
                 source=pending.source,
                 target=pending.target,
                 iteration=pending.iteration,
@@ -591,9 +597,9 @@ class _Step:
                 iteration=iteration,
                 attempt=attempt,
                 config=spec.config,
-                input=self.state.context(iteration),
+                input=self.state.context(iteration, spec.reads),
                 timeout_ms=spec.timeout_ms,
-                output_refs=dict(self.state.output_refs),
+                output_refs=self.state.refs(spec.reads),
                 tenant=self.state.tenant,
             )
         )
@@ -660,17 +666,18 @@ class _Step:
         if not self._quiescent():
             return
         state = self.state
-        program = state.ir.output
+        program, reads = state.ir.output, state.ir.output_reads
         if program is None:
             sinks = [n for n in state.ir.sinks if n in state.outputs]
             if not any(n in state.output_refs for n in sinks):
                 self.emit(RunCompleted(state.run_id, {n: state.outputs[n] for n in sinks}))
                 return
             # Some sink outputs are in the blob store: the evaluator assembles them.
-            program = _sinks_program(sinks)
+            program, reads = _sinks_program(sinks), frozenset(sinks)
         state.output_requests += 1
         request_id = f"output:{state.output_requests}"
-        self._request(request_id, PendingExpression("output", None, None, 0), program)
+        pending = PendingExpression("output", None, None, 0)
+        self._request(request_id, pending, program, reads)
 
     def _on_output(self, event: ExpressionEvaluated) -> None:
         """The run's output: the run ends with it unless work started meanwhile (a

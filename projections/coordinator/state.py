@@ -111,9 +111,18 @@ class RunState:
     def is_finished(self) -> bool:
         return self.status is not RunStatus.RUNNING
 
-    def context(self, iteration: int = 0) -> dict[str, Any]:
-        """What jq expressions and node tasks see of the run."""
-        return {"inputs": self.inputs, "nodes": dict(self.outputs), "iteration": iteration}
+    def context(self, iteration: int = 0, reads: frozenset[str] | None = None) -> dict[str, Any]:
+        """What jq expressions and node tasks see of the run: of the node outputs, those
+        in `reads` (None: all). A task copying every output would make a run's log
+        grow with the square of its length."""
+        outputs = self.outputs
+        nodes = dict(outputs) if reads is None else {n: outputs[n] for n in reads if n in outputs}
+        return {"inputs": self.inputs, "nodes": nodes, "iteration": iteration}
+
+    def refs(self, reads: frozenset[str] | None = None) -> dict[str, str]:
+        """The blob references of the outputs in `reads` (None: all)."""
+        refs = self.output_refs
+        return dict(refs) if reads is None else {n: refs[n] for n in reads if n in refs}
 
 
 # --- snapshots: a run's state as bytes ---------------------------------------------------

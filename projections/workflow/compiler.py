@@ -16,10 +16,13 @@ from .definition import (
     HITL_TYPE,
     InvalidDefinition,
     Limits,
+    placeholders,
+    template_strings,
     validate_definition,
 )
 from .graph import Adjacency, reachable, reverse, stable_topological_order
 from .ir import EdgeSpec, NodeSpec, RetryPolicy, WorkflowIR
+from .simple_jq import Reads, node_reads
 
 __all__ = ["InvalidDefinition", "compile_workflow", "decision_is"]
 
@@ -55,7 +58,8 @@ def _compile(doc: Json, limits: Limits) -> WorkflowIR:
     if problems:
         raise InvalidDefinition(problems)
     nodes = {spec.id: spec for spec in map(_node, doc["nodes"])}
-    edges = _approval_routes(nodes, [_edge(e) for e in doc.get("edges", [])])
+    routed = _approval_routes(nodes, [_edge(e) for e in doc.get("edges", [])])
+    edges = [replace(e, reads=None if e.when is None else node_reads(e.when)) for e in routed]
     forward = [e for e in edges if not e.is_loop]
     loops = tuple(e for e in edges if e.is_loop)
     incoming: dict[str, list[EdgeSpec]] = {n: [] for n in nodes}
@@ -75,19 +79,51 @@ def _compile(doc: Json, limits: Limits) -> WorkflowIR:
         loop_bodies=tuple(_loop_body(loop, adjacency, backward) for loop in loops),
         order=tuple(stable_topological_order(list(nodes), adjacency)),
         output=doc.get("output"),
+        output_reads=None if doc.get("output") is None else node_reads(doc["output"]),
     )
 
 
 def _node(raw: Mapping[str, Any]) -> NodeSpec:
     timeout = raw.get("timeout_ms")
+    config = copy.deepcopy(raw.get("config", {}))
     return NodeSpec(
         id=raw["id"],
         type=raw["type"],
-        config=copy.deepcopy(raw.get("config", {})),
+        config=config,
         retry=_retry(raw.get("retry", {})),
         timeout_ms=None if timeout is None else int(timeout),
         join=raw.get("join", "all"),
+        reads=_node_reads(raw["type"], config),
     )
+
+
+def _node_reads(node_type: str, config: Any) -> Reads:
+    """The outputs a node of `node_type` can see. Only the built-in types whose use of
+    the context is known are narrowed: a transform reads through `expr`, http and hitl
+    through their `{{ }}` templates; agents and custom workers get every output."""
+    if node_type == "noop":
+        return frozenset()
+    if not isinstance(config, dict):
+        return None
+    if node_type == "transform":
+        expr = config.get("expr")
+        return node_reads(expr) if isinstance(expr, str) else None
+    if node_type == "http":
+        return _template_reads(config)
+    if node_type == HITL_TYPE:
+        return _template_reads([config.get("message"), config.get("payload")])
+    return None
+
+
+def _template_reads(templates: Json) -> Reads:
+    found: set[str] = set()
+    for _, text in template_strings(templates):
+        for program in placeholders(text):
+            reads = node_reads(program)
+            if reads is None:
+                return None
+            found |= reads
+    return frozenset(found)
 
 
 def _retry(raw: Mapping[str, Any]) -> RetryPolicy:

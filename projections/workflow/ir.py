@@ -36,6 +36,9 @@ class NodeSpec:
     retry: RetryPolicy = RetryPolicy()
     timeout_ms: int | None = None
     join: JoinMode = "all"
+    # Ids of the nodes whose outputs the node's task carries (None: every output):
+    # what its jq programs and templates can read, so tasks do not copy the run.
+    reads: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class EdgeSpec:
     target: str
     when: str | None = None
     max_iterations: int | None = None
+    reads: frozenset[str] | None = None  # the outputs `when` can read (None: all)
 
     @property
     def is_loop(self) -> bool:
@@ -74,6 +78,7 @@ class WorkflowIR:
     loop_bodies: tuple[frozenset[str], ...]
     order: tuple[str, ...]
     output: str | None = None
+    output_reads: frozenset[str] | None = None  # the outputs `output` can read (None: all)
 
     @property
     def roots(self) -> tuple[str, ...]:

@@ -66,11 +66,29 @@ _KEYWORDS = {"and", "or", "if", "then", "elif", "else", "end", "true", "false", 
 _BUILTINS = {"length", "not", "type", "keys"}
 
 
-@lru_cache(maxsize=4096)
+Reads = frozenset[str] | None  # node ids whose outputs a program may see; None: any
+
+
 def compile_simple(program: str) -> Program | None:
     """`program` as a function of its input, or None when it is not simple."""
+    parsed = _parse(program)
+    return None if parsed is None else parsed[0]
+
+
+def node_reads(program: str) -> Reads:
+    """The ids of the nodes whose outputs `program` can observe in a run's context
+    ({"inputs", "nodes": {id: output}, "iteration"}), or None when it may see any (it
+    uses `.nodes` as a whole, `.` itself, or is not simple). A program given a context
+    holding only these outputs answers exactly as over the whole context."""
+    parsed = _parse(program)
+    return None if parsed is None else parsed[1]
+
+
+@lru_cache(maxsize=4096)
+def _parse(program: str) -> tuple[Program, Reads] | None:
     try:
-        return _Parser(_tokens(program)).program()
+        parser = _Parser(_tokens(program))
+        return parser.program(), parser.reads_found()
     except (NotSimple, Fallback, RecursionError):
         return None
 
@@ -109,6 +127,32 @@ class _Parser:
         self.tokens = tokens
         self.at = 0
         self.terms = 0
+        # What the program reads of its input, the run's context: paths taken from
+        # the input itself are recorded; inside the right side of a pipe (`derived`)
+        # the input is another value.
+        self.derived = 0
+        self.reads: set[str] | None = set()
+        self.path: list[str | int] | None = None  # the last term, if a path of the input
+
+    def reads_found(self) -> Reads:
+        return None if self.reads is None else frozenset(self.reads)
+
+    def record(self, path: list[str | int]) -> None:
+        """The input's `path` is read (an empty path: all of it)."""
+        if self.derived or self.reads is None:
+            return
+        if not path or (path[0] == "nodes" and (len(path) < 2 or not isinstance(path[1], str))):
+            self.reads = None
+        elif path[0] == "nodes":
+            assert isinstance(path[1], str)
+            self.reads.add(path[1])
+
+    def right_of_pipe(self, parse: Callable[[], Program]) -> Program:
+        self.derived += 1
+        try:
+            return parse()
+        finally:
+            self.derived -= 1
 
     def program(self) -> Program:
         compiled = self.pipe()
@@ -132,7 +176,7 @@ class _Parser:
         left = self.alt()
         while self.peek() == "|" and self.kind() == "op":
             self.take()
-            left = _piped(left, self.alt())
+            left = _piped(left, self.right_of_pipe(self.alt))
         return left
 
     def alt(self) -> Program:
@@ -164,15 +208,21 @@ class _Parser:
 
     def postfix(self) -> Program:
         compiled = self.term()
+        path = self.path
         while True:
             if self.kind() == "field":
-                compiled = _piped(compiled, _index(_field_name(self.take())))
+                key: str | int = _field_name(self.take())
             elif self.peek() == "[" and self.kind() == "op":
                 self.take()
-                compiled = _piped(compiled, _index(self.index_key()))
+                key = self.index_key()
                 self.take("]")
             else:
+                if path is not None:
+                    self.record(path)
                 return compiled
+            compiled = _piped(compiled, _index(key))
+            if path is not None:
+                path.append(key)
 
     def index_key(self) -> str | int:
         kind, text = self.kind(), self.take()
@@ -183,25 +233,37 @@ class _Parser:
         raise NotSimple
 
     def term(self) -> Program:
+        """One term; `self.path` says afterwards whether it is a path of the input."""
         self.terms += 1
         if self.terms > MAX_TERMS:
             raise NotSimple
         kind, text = self.kind(), self.take()
-        if kind == "field":
-            return _index(_field_name(text))
+        path: list[str | int] | None = None
+        if kind == "field" or text == ".":
+            path = [_field_name(text)] if kind == "field" else []
+            compiled = self.root_path(path)
+        else:
+            compiled = self.other_term(kind, text)
+        self.path = path
+        return compiled
+
+    def root_path(self, path: list[str | int]) -> Program:
+        if path:
+            return _index(path[0])
+        if self.peek() == "[" and self.kind() == "op":
+            self.take()
+            path.append(self.index_key())
+            self.take("]")
+            return _index(path[0])
+        return _identity
+
+    def other_term(self, kind: str, text: str) -> Program:
         if kind == "number":
             return _constant(_number(json.loads(text)))
         if kind == "string":
             return _constant(_string(text))
         if kind == "word":
             return self.word(text)
-        if text == ".":
-            if self.peek() == "[" and self.kind() == "op":
-                self.take()
-                key = self.index_key()
-                self.take("]")
-                return _index(key)
-            return _identity
         if text == "(":
             inner = self.pipe()
             self.take(")")
@@ -218,6 +280,7 @@ class _Parser:
         if text == "if":
             return self.conditional()
         if text in _BUILTINS:
+            self.record([])  # applied to the input: it sees all of it
             return _BUILTIN_FUNCTIONS[text]
         raise NotSimple
 
@@ -234,6 +297,8 @@ class _Parser:
         if self.peek() == "else":
             self.take()
             otherwise = self.pipe()
+        else:
+            self.record([])  # no else: the input itself is an outcome
         self.take("end")
         return _conditional(branches, otherwise)
 
@@ -267,6 +332,7 @@ class _Parser:
                 self.take()
                 entries.append((key, self.object_value()))
             else:
+                self.record([key])
                 entries.append((key, _index(key)))  # {a} is {a: .a}
             separator = self.take()
             if separator == "}":
@@ -279,7 +345,7 @@ class _Parser:
         value = self.postfix()
         while self.peek() == "|":
             self.take()
-            value = _piped(value, self.postfix())
+            value = _piped(value, self.right_of_pipe(self.postfix))
         return value
 
 

@@ -17,9 +17,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aob.projections.workflow.expressions import ExpressionError, compile_jq
+from aob.projections.workflow.simple_jq import (
+    Fallback,
+    compile_simple,
+    evaluate_simple,
+    node_reads,
+)
 from aob.workers.sandbox import JqSandbox
 from aob.workers.sandbox.pool import input_text
-from aob.workers.sandbox.simple import Fallback, compile_simple, evaluate_simple
 
 KEYS = ["a", "b", "nodes", "inputs", "x", "é"]
 
@@ -205,3 +210,74 @@ async def test_the_pool_answers_simple_programs_without_a_child(sandbox: JqSandb
     finally:
         for child in before:
             os.kill(child, signal.SIGCONT)
+
+
+contexts = st.fixed_dictionaries(
+    {
+        "inputs": values,
+        "nodes": st.dictionaries(st.sampled_from(["a", "b", "c", "é"]), values, max_size=4),
+        "iteration": st.integers(0, 3),
+    }
+)
+context_programs = st.recursive(
+    st.sampled_from(
+        [
+            ".nodes.a",
+            '.nodes["b"]',
+            ".nodes.c.a",
+            ".inputs",
+            ".inputs.a",
+            ".iteration",
+            ".nodes",
+            ".",
+            "length",
+            "keys",
+            '.nodes."é"',
+            "{nodes}",
+            "{inputs}",
+            "1",
+            '"s"',
+        ]
+    ),
+    lambda inner: (
+        st.tuples(inner, operators, inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})")
+        | st.tuples(inner, inner).map(lambda t: f"if {t[0]} then {t[1]} end")
+        | st.lists(inner, min_size=1, max_size=3).map(lambda items: "[" + ", ".join(items) + "]")
+        | st.tuples(inner, inner).map(lambda t: f"{{k: {t[0]}, j: ({t[1]})}}")
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(program=context_programs, context=contexts)
+def test_a_program_sees_the_same_in_a_context_narrowed_to_what_it_reads(
+    program: str, context: dict[str, Any]
+) -> None:
+    reads = node_reads(program)
+    if reads is None:
+        return
+    narrowed = context | {"nodes": {k: v for k, v in context["nodes"].items() if k in reads}}
+    assert jq_text(program, narrowed) == jq_text(program, context), (program, reads)
+
+
+@pytest.mark.parametrize(
+    ("program", "reads"),
+    [
+        (".nodes.a * 2", {"a"}),
+        ('.nodes["a"].decision == "approve" and .nodes.b > 1', {"a", "b"}),
+        (".inputs.x + .iteration", set()),
+        ('"x-" + ("y" * 3)', set()),
+        (".nodes.a | .nodes.b", {"a"}),  # the right side reads .nodes.a's output
+        ("{a: .nodes.q | length}", {"q"}),
+        (".nodes | keys", None),
+        (".", None),
+        ("length", None),
+        ("{nodes}", None),
+        ("if .nodes.a then .nodes.b end", None),  # no else: `.` is an outcome
+        (".nodes[0]", None),
+        ("[.nodes[]]", None),  # not simple
+    ],
+)
+def test_what_a_program_reads_of_the_run(program: str, reads: set[str] | None) -> None:
+    assert node_reads(program) == (None if reads is None else frozenset(reads))

@@ -32,13 +32,42 @@ def test_node_specs_take_defaults_and_copy_config():
         ]
     )
     ir = compile_workflow(doc)
-    assert ir.nodes["t"] == NodeSpec("t", "transform", config)
+    # `.inputs` reads no node output: the transform's tasks carry none.
+    assert ir.nodes["t"] == NodeSpec("t", "transform", config, reads=frozenset())
     assert ir.nodes["a"] == NodeSpec(
         "a", "agent", {}, RetryPolicy(max_attempts=3, multiplier=3.0), 500, "any"
     )
     assert isinstance(ir.nodes["a"].retry.max_attempts, int)
     config["nested"]["k"].append(2)
     assert ir.nodes["t"].config["nested"] == {"k": [1]}
+
+
+def test_what_each_node_edge_and_output_reads_of_the_run():
+    doc = workflow(
+        [
+            {"id": "a", "type": "transform", "config": {"expr": ".inputs.x"}},
+            {"id": "b", "type": "transform", "config": {"expr": ".nodes.a * 2"}},
+            {"id": "h", "type": "hitl",
+             "config": {"message": "ok {{ .nodes.b }}?", "payload": {"x": "{{ .nodes.a }}"}}},
+            {"id": "w", "type": "http",
+             "config": {"url": "https://example.com/{{ .nodes.b | tostring }}"}},
+            {"id": "n", "type": "noop"},
+            agent("g"),
+            {"id": "c", "type": "custom"},
+            {"id": "t", "type": "transform", "config": {"expr": ".nodes | length"}},
+        ],
+        [{"from": "a", "to": "b", "when": ".nodes.a > 1"}],
+    )
+    doc["output"] = "{b: .nodes.b, h: .nodes.h.decision}"
+    ir = compile_workflow(doc)
+    reads = {node_id: spec.reads for node_id, spec in ir.nodes.items()}
+    assert reads == {
+        "a": frozenset(), "b": {"a"}, "h": {"a", "b"}, "n": frozenset(),
+        "g": None, "c": None, "t": None,
+        "w": None,  # `| tostring` is not simple: any output
+    }
+    assert ir.outgoing["a"][0].reads == {"a"}
+    assert ir.output_reads == {"b", "h"}
 
 
 def test_roots_sinks_and_edge_indexes_use_forward_edges_only():
@@ -56,7 +85,10 @@ def test_roots_sinks_and_edge_indexes_use_forward_edges_only():
     assert ir.roots == ("a",)
     assert ir.sinks == ("d",)
     assert ir.incoming["d"] == (EdgeSpec("b", "d"), EdgeSpec("c", "d"))
-    assert ir.outgoing["a"] == (EdgeSpec("a", "b"), EdgeSpec("a", "c", when=".x"))
+    assert ir.outgoing["a"] == (
+        EdgeSpec("a", "b"),
+        EdgeSpec("a", "c", when=".x", reads=frozenset()),
+    )
     assert ir.incoming["a"] == ()
     assert ir.outgoing["d"] == ()
     assert ir.loops == (EdgeSpec("d", "a", max_iterations=2),)
