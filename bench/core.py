@@ -686,6 +686,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SQLite synchronous level for both engines (default NORMAL, aob's)",
     )
     parser.add_argument(
+        "--sandboxed",
+        action="store_true",
+        help="write each node's expression so that only the jq sandbox evaluates it "
+        "(`[expr] | first`), to measure what isolation costs programs off the fast path",
+    )
+    parser.add_argument(
         "--profile",
         choices=["fold", "e2e"],
         help="print a cProfile of one measurement instead of benchmarking",
@@ -747,6 +753,9 @@ class _StringSink:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sizes = sizes_from(args)
+    if args.sandboxed:
+        for node in FANOUT_JOIN["nodes"]:
+            node["config"]["expr"] = f"[{node['config']['expr']}] | first"
     if args.profile:
         print(profile(args.profile, sizes, args.synchronous))
         return 0
