@@ -3,7 +3,8 @@ run's error, one sent to any host in a query string); an agent's free `config.ba
 carried the deployment's LLM key to a listener of the attacker's; jsonschema fetched
 remote `$ref`s of tool schemas outside the SSRF guard.
 
-One live server whose operator bound each secret (AOB_HTTP_SECRETS, AOB_LLM_ENDPOINTS).
+One live server per backend (embedded, Kafka + PostgreSQL) whose operator bound each
+secret (AOB_HTTP_SECRETS, AOB_LLM_ENDPOINTS).
 The attacker tries every way above; the victim uses its secrets legitimately. Then no
 secret value appears, raw or encoded (base64 at every alignment, hex, reversed, either
 half, percent-encoded), in any event, run, error, server log line or request the
@@ -27,10 +28,9 @@ from tests.adversarial.conftest import (
     VICTIM,
     HealthProbe,
     LiveServer,
-    base_env,
     failure_text,
     run_events,
-    running,
+    server_for,
     submit,
     wait_run,
 )
@@ -72,30 +72,31 @@ def encoded_forms(secret: str) -> dict[str, str]:
     return forms
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["embedded", "cluster"])
 def secrets_server(
-    tmp_path_factory: pytest.TempPathFactory, capture: CaptureServer
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    capture: CaptureServer,
 ) -> Iterator[LiveServer]:
     port = capture.url.rsplit(":", 1)[1]
     bound_host = f"127.0.0.1:{port}"
-    data_dir = tmp_path_factory.mktemp("secrets") / "data"
-    env = base_env(
-        data_dir,
-        AOB_LLM_BASE_URL=capture.llm_url,
-        AOB_LLM_API_KEY=LLM_KEY,
-        AOB_LLM_ENDPOINTS=json.dumps({"local": {
+    data_dir = tmp_path_factory.mktemp(f"secrets-{request.param}") / "data"
+    settings = {
+        "AOB_LLM_BASE_URL": capture.llm_url,
+        "AOB_LLM_API_KEY": LLM_KEY,
+        "AOB_LLM_ENDPOINTS": json.dumps({"local": {
             "base_url": f"{capture.url}/local/v1", "api_key": LOCAL_LLM_KEY,
             "tenants": [VICTIM]}}),
-        AOB_HTTP_ALLOW="127.0.0.1,localhost",
-        AOB_HTTP_PORTS=port,
-        AOB_HTTP_SECRETS=json.dumps({
+        "AOB_HTTP_ALLOW": "127.0.0.1,localhost",
+        "AOB_HTTP_PORTS": port,
+        "AOB_HTTP_SECRETS": json.dumps({
             "victim_api": {"value": VICTIM_API_KEY, "header": "X-Api-Key",
                            "hosts": [bound_host], "tenants": [VICTIM]},
             "shared": {"value": SHARED_TOKEN, "header": "Authorization",
                        "format": "Bearer {value}", "hosts": [bound_host], "tenants": ["*"]},
         }),
-    )
-    with running(data_dir, env, "embedded") as server:
+    }
+    with server_for(request.param, request, data_dir, **settings) as server:
         yield server
 
 
