@@ -116,6 +116,12 @@ class EmbeddedGroups:
         await member.start()
         return member
 
+    def close(self) -> None:
+        """The log closes: members stop taking part (their calls then fail)."""
+        for state in self._groups.values():
+            for member in list(state.members.values()):
+                member.stop()
+
     def owns(self, group: str, member_id: str, partitions: Iterable[TopicPartition]) -> bool:
         state = self._groups.get(group)
         if state is None or member_id not in state.members:
@@ -276,6 +282,11 @@ class EmbeddedMember:
         finally:
             self._left = True
             self._groups.remove(self._state, self)
+
+    def stop(self) -> None:
+        self._left = self._leaving = True
+        if self._task is not None:
+            self._task.cancel()
 
     # --- liveness -------------------------------------------------------------------------
 

@@ -148,6 +148,7 @@ class KafkaEventLog:
         # Per partition, a (read offset, end) pair found to hold no record to read.
         self._skipped: dict[KafkaPartition, tuple[int, int]] = {}
         self._committers: OrderedDict[str, AIOKafkaConsumer] = OrderedDict()
+        self._members: weakref.WeakSet[KafkaMember] = weakref.WeakSet()  # closed with the log
         self._committer_lock = asyncio.Lock()
         self._appended = asyncio.Event()
         # Wake-ups so far, and per task the count when it began reading since its last
@@ -234,6 +235,8 @@ class KafkaEventLog:
             return
         self._closed = True
         self._appended.set()  # wake waiters: their next call reports the closed log
+        for member in list(self._members):
+            await member._stop()
         if self._watch_task is not None:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -388,6 +391,7 @@ class KafkaEventLog:
             session_timeout=session_timeout,
             poll_timeout=poll_timeout,
         )
+        self._members.add(member)
         await member.start()
         return member
 

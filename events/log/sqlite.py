@@ -201,6 +201,7 @@ class SqliteEventLog:
         """Write what is queued, then release the file. Idempotent."""
         if self._conn is None:
             return
+        self._groups.close()
         self._flush()
         conn, self._conn = self._conn, None
         try:
