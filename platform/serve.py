@@ -52,6 +52,7 @@ async def serve_dev(
     base_url = _base_url(server, settings.host)
     print(f"aob dev server listening on {base_url}  (data in {settings.data_dir.resolve()})")
     print(f"  API docs: {base_url}/docs    health: {base_url}/health", flush=True)
+    print(f"  web console: {_console_url(base_url, token)}", flush=True)
     if token is not None:
         print(admin_token_help(token, base_url), flush=True)
     status = "completed"
@@ -141,6 +142,13 @@ def _died(server: uvicorn.Server) -> bool:
     engine = _engine(server)
     return engine is not None and engine.died.is_set()
 
+
+def _console_url(base_url: str, token: str | None) -> str:
+    """The console's URL; on a dev server with authentication, one that logs in as the
+    local admin when opened. The token rides in the fragment, which browsers never send
+    to a server nor in a Referer; the console moves it to sessionStorage and drops it
+    from the address bar."""
+    return f"{base_url}/#token={token}" if token else f"{base_url}/"
 
 
 def _base_url(server: uvicorn.Server, host: str) -> str:

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import aob
 from aob.events.log.bounded import EventTooLarge
 from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
+from aob.platform.api.console import install_console
 from aob.platform.api.deps import EngineDep
 from aob.platform.auth.security import install as install_security
 from aob.platform.commands import Commands
@@ -57,10 +58,13 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
         version=aob.__version__,
         description="Agentic workflows on an event-sourced engine.",
         lifespan=lifespan,
+        docs_url=None,  # served by install_console, from local assets
+        redoc_url=None,
     )
     if role in ("dev", "api"):
         for module in (runs, workflows, replay, approvals, patches, tools):
             app.include_router(module.router)
+        install_console(app)  # the web console at /, /docs and /redoc, /api/v1/me
     if role in API_ROLES:
         app.include_router(stream.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")

@@ -38,8 +38,10 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_PATHS: Final = frozenset(
-    {"/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/", "/health", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
+# The web console's assets (aob.platform.api.console): code and styles, no data.
+PUBLIC_PREFIXES: Final = ("/console/",)
 _STREAM_PATH: Final = re.compile(r"^/api/v1/runs/[^/]+/(stream|ws)$")
 # (method or None for any, path pattern, permission): the first match decides.
 _RULES: Final[tuple[tuple[str | None, re.Pattern[str], Permission], ...]] = (
@@ -59,7 +61,7 @@ PROBLEM_JSON: Final = "application/problem+json"
 def required_permission(method: str, path: str) -> Permission | None:
     """What a request needs; None for public endpoints (health, metrics, docs, CORS
     preflights, which browsers send without credentials)."""
-    if path in PUBLIC_PATHS or method == "OPTIONS":
+    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or method == "OPTIONS":
         return None
     for rule_method, pattern, permission in _RULES:
         if rule_method in (None, method) and pattern.match(path):

@@ -1,0 +1,87 @@
+// The approvals inbox: pending approvals with their message, payload and who may decide;
+// approve or reject with a comment; past decisions with who decided and when.
+import {api, can, session} from './app.js';
+import {h, clear, badge, when, jsonBlock, problemBlock} from './dom.js';
+
+const REFRESH_MS = 2000;
+
+export async function render(main) {
+  const pending = h('div', {id: 'pending'});
+  const past = h('tbody', {id: 'past'});
+  const notice = h('div', {role: 'status', id: 'approvals-notice'});
+  main.append(h('h1', {}, 'Approvals'), notice,
+    h('h2', {}, 'Pending'), pending,
+    h('h2', {}, 'Decided'),
+    h('table', {}, h('thead', {}, h('tr', {},
+      ['Run', 'Node', 'Message', 'Decision', 'By', 'When', 'Comment'].map((c) => h('th', {scope: 'col'}, c)))), past));
+
+  let shownIds = '';
+
+  async function refresh() {
+    try {
+      const [open, all] = await Promise.all([
+        api('/api/v1/approvals?status=pending'), api('/api/v1/approvals?status=any')]);
+      const ids = open.items.map((a) => a.approval_id).join(' ');
+      if (ids !== shownIds) {  // redraw only on change: a comment being typed stays
+        shownIds = ids;
+        drawPending(open.items);
+      }
+      drawPast(all.items.filter((a) => a.status !== 'pending'));
+    } catch (error) {
+      clear(notice).append(problemBlock(error));
+    }
+  }
+
+  function drawPending(items) {
+    clear(pending);
+    if (!items.length) { pending.append(h('p', {class: 'muted'}, 'Nothing waits for a decision.')); return; }
+    for (const approval of items) pending.append(card(approval));
+  }
+
+  function card(approval) {
+    const id = approval.approval_id;
+    const comment = h('textarea', {id: `comment-${id}`, rows: '2', maxlength: '4000'});
+    const status = h('div', {role: 'status'});
+    const decide = async (decision) => {
+      try {
+        await api(`/api/v1/approvals/${encodeURIComponent(id)}/decide`, {
+          method: 'POST', body: {decision, comments: comment.value}});
+        clear(notice).append(`${decision === 'approve' ? 'Approved' : 'Rejected'}: the run continues.`);
+        shownIds = '';
+        refresh();
+      } catch (error) {
+        clear(status).append(problemBlock(error));
+      }
+    };
+    const deciders = approval.approvers && approval.approvers.length
+      ? approval.approvers.join(', ') : 'anyone who may approve in this tenant';
+    return h('article', {class: 'card approval', dataset: {approvalId: id, runId: approval.run_id}},
+      h('h3', {class: 'message'}, approval.message),
+      h('p', {class: 'muted'}, 'Run ', h('a', {href: `#/runs/${encodeURIComponent(approval.run_id)}`}, approval.run_id),
+        ' · node ', h('code', {}, approval.node_id), ' · requested ', when(approval.requested_at),
+        approval.deadline ? ` · deadline ${when(approval.deadline)} (then ${approval.on_timeout})` : ''),
+      h('p', {}, h('strong', {}, 'May decide: '), deciders),
+      h('h4', {}, 'Payload'), jsonBlock(approval.payload, 'approval payload'),
+      can('approve') ? h('div', {class: 'review'},
+        h('label', {for: `comment-${id}`}, 'Comment'), comment,
+        h('div', {class: 'actions'},
+          h('button', {type: 'button', class: 'primary approve', onclick: () => decide('approve')}, 'Approve'),
+          h('button', {type: 'button', class: 'danger reject', onclick: () => decide('reject')}, 'Reject')),
+        status)
+        : h('p', {class: 'muted'}, `${session.me.name} may not decide approvals (roles: ${session.me.roles.join(', ')}).`));
+  }
+
+  function drawPast(items) {
+    clear(past);
+    for (const a of items.sort((x, y) => (y.decided_at || 0) - (x.decided_at || 0)).slice(0, 200)) {
+      past.append(h('tr', {dataset: {approvalId: a.approval_id}},
+        h('td', {}, h('a', {href: `#/runs/${encodeURIComponent(a.run_id)}`}, a.run_id)),
+        h('td', {}, a.node_id), h('td', {}, a.message), h('td', {}, badge(a.status)),
+        h('td', {}, a.decided_by || '—'), h('td', {}, when(a.decided_at)), h('td', {}, a.comments || '')));
+    }
+  }
+
+  await refresh();
+  const timer = setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
+  return () => clearInterval(timer);
+}

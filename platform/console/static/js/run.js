@@ -1,0 +1,266 @@
+// One run: its live DAG (from the run's SSE stream, resumed after a disconnect), the
+// event timeline beside it, node details, cancel, fork from an event, and patch review.
+import {api, can, streamUrl} from './app.js';
+import {DagView} from './dag.js';
+import {h, clear, badge, when, duration, jsonBlock, problemBlock} from './dom.js';
+import {renderPatches} from './patches.js';
+
+// Every event name the stream sends (aob.platform.fanout.SSE_NAMES, then snake_case).
+const STREAM_EVENTS = ['workflow_started', 'node_scheduled', 'node_started', 'node_completed',
+  'node_failed', 'node_skipped', 'approval_required', 'approval_decided', 'patch_proposed',
+  'patch_applied', 'patch_rejected', 'cancel_requested', 'workflow_completed', 'workflow_failed',
+  'workflow_cancelled', 'timer_set', 'timer_fired', 'patch_review_requested', 'patch_reviewed',
+  'agent_usage_recorded', 'expression_requested', 'expression_evaluated', 'record_dead_lettered'];
+const FINISHED = new Set(['completed', 'failed', 'cancelled']);
+const RECONNECT_MS = 1000;
+
+export async function render(main, runId) {
+  const path = `/api/v1/runs/${encodeURIComponent(runId)}`;
+  let run = await api(path);
+  const nodes = new Map();  // node id -> what the timeline told about it
+  const marks = {};  // node id -> id of the patch that added it
+  const approvalNodes = new Map();  // approval id -> its node id
+  let selected = null;
+  let lastId = -1;
+  let source = null;
+  let retryTimer = null;
+  let stopped = false;
+
+  const statusEl = h('span', {id: 'run-status'});
+  const actions = h('div', {class: 'actions', id: 'run-actions'});
+  const notice = h('div', {role: 'status', id: 'run-notice'});
+  const live = h('span', {class: 'muted', id: 'live', 'aria-live': 'polite'});
+  const graphEl = h('div', {class: 'graph', id: 'dag'});
+  const detail = h('section', {class: 'card detail', id: 'node-detail', 'aria-label': 'Node detail'},
+    h('p', {class: 'muted'}, 'Select a node to see its inputs, output, attempts and timings.'));
+  const timeline = h('ol', {class: 'timeline', id: 'timeline', 'aria-label': 'Event timeline'});
+  const patchesEl = h('section', {id: 'patches', 'aria-label': 'Patches'});
+  const dag = new DagView(graphEl, {onSelect: (id) => { selected = id; dag.select(id); showNode(); }});
+
+  main.append(
+    h('h1', {}, 'Run ', h('code', {}, runId), ' ', statusEl),
+    h('p', {class: 'muted'}, workflowLine(run), ' · submitted ', when(run.submitted_at),
+      ' by ', run.submitted_by || '—', ' · ', live),
+    actions, notice,
+    h('div', {class: 'run-grid'},
+      h('div', {}, h('h2', {}, 'Graph'), legend(), graphEl, detail),
+      h('div', {}, h('h2', {}, 'Timeline'), timeline)),
+    patchesEl);
+
+  drawRun();
+  const refreshPatches = () => renderPatches(patchesEl, runId, run, () => refreshRun());
+  refreshPatches();
+  connect();
+
+  function workflowLine(r) {
+    if (r.workflow_id) return `workflow ${r.workflow_id} v${r.version}${r.tag ? ` (tag ${r.tag})` : ''}`;
+    return `inline workflow ${r.definition && r.definition.name ? r.definition.name : ''}`;
+  }
+
+  function drawRun() {
+    clear(statusEl).append(badge(run.status));
+    dag.setDefinition(run.definition || {nodes: [], edges: []}, marks);
+    for (const [id, info] of nodes) dag.setState(id, info.status);
+    dag.refreshEdges();
+    if (selected) dag.select(selected);
+    drawActions();
+  }
+
+  function drawActions() {
+    clear(actions);
+    if (can('operate') && !FINISHED.has(run.status)) {
+      actions.append(h('button', {type: 'button', id: 'cancel', class: 'danger', onclick: cancel}, 'Cancel run'));
+    }
+    if (can('operate')) {
+      actions.append(h('button', {type: 'button', id: 'replay', onclick: () => fork(null)}, 'Replay from the start'));
+    }
+  }
+
+  async function refreshRun() {
+    try {
+      run = await api(path);
+      drawRun();
+      refreshPatches();
+    } catch (error) {
+      clear(notice).append(problemBlock(error));
+    }
+  }
+
+  async function cancel() {
+    if (!confirm(`Cancel run ${runId}?`)) return;
+    try {
+      await api(`${path}/cancel`, {method: 'POST', body: {reason: 'cancelled from the console'}});
+      clear(notice).append('Cancellation requested.');
+    } catch (error) {
+      clear(notice).append(problemBlock(error));
+    }
+  }
+
+  async function fork(fromEvent) {
+    try {
+      const body = fromEvent === null ? {} : {from_event: fromEvent};
+      const forked = await api(`${path}/replay`, {method: 'POST', body});
+      location.hash = `#/runs/${encodeURIComponent(forked.run_id)}`;
+    } catch (error) {
+      clear(notice).append(problemBlock(error));
+    }
+  }
+
+  // --- the stream ------------------------------------------------------------------
+
+  function connect() {
+    if (stopped) return;
+    const params = lastId >= 0 ? {last_event_id: String(lastId)} : {from: 'start'};
+    source = new EventSource(streamUrl(runId, params));
+    source.onopen = () => { live.textContent = 'live'; };
+    const onEvent = (message) => receive(Number(message.lastEventId), JSON.parse(message.data));
+    for (const name of STREAM_EVENTS) source.addEventListener(name, onEvent);
+    source.addEventListener('end', () => {
+      live.textContent = 'run finished';
+      source.close();
+    });
+    source.onerror = () => {
+      // The browser reconnects by itself (with Last-Event-ID) unless the stream was
+      // refused; then reconnect here, after the last event seen.
+      live.textContent = 'reconnecting…';
+      if (source.readyState === EventSource.CLOSED && !stopped) {
+        retryTimer = setTimeout(connect, RECONNECT_MS);
+      }
+    };
+  }
+
+  function receive(id, event) {
+    if (id <= lastId) return;  // a resumed stream never repeats, but be sure
+    lastId = id;
+    apply(event);
+    appendToTimeline(id, event);
+  }
+
+  function node(id) {
+    if (!nodes.has(id)) nodes.set(id, {status: 'pending', attempts: 0, events: 0});
+    return nodes.get(id);
+  }
+
+  function setNode(id, status, changes = {}) {
+    const info = Object.assign(node(id), changes, {status});
+    dag.setState(id, info.status);
+    dag.refreshEdges();
+    if (selected === id) showNode();
+  }
+
+  function apply(event) {
+    const d = event.data || {};
+    const at = event.occurred_at;
+    switch (event.type) {
+      case 'NodeScheduled':
+        setNode(d.node_id, 'running', {type: d.node_type, iteration: d.iteration, attempts: d.attempt,
+          input: d.input, scheduled_at: at, started_at: null, finished_at: null, error: null});
+        break;
+      case 'NodeStarted': setNode(d.node_id, 'running', {started_at: at, worker: d.worker}); break;
+      case 'ApprovalRequested':
+        approvalNodes.set(d.approval_id, d.node_id);
+        setNode(d.node_id, 'waiting', {approval: {message: d.message, approvers: d.approvers}});
+        setRunStatus('waiting');
+        break;
+      case 'ApprovalDecided':
+        if (approvalNodes.has(d.approval_id)) setNode(approvalNodes.get(d.approval_id), 'running');
+        setRunStatus('running');
+        break;
+      case 'NodeCompleted': setNode(d.node_id, 'completed', {output: d.output, finished_at: at}); break;
+      case 'NodeFailed': setNode(d.node_id, 'failed', {error: d.error, finished_at: at}); break;
+      case 'NodeSkipped': setNode(d.node_id, 'skipped', {skip_reason: d.reason, finished_at: at}); break;
+      case 'TimerSet':
+        if (d.purpose === 'retry') setNode(d.node_id, 'retrying', {retry_at: d.fire_at});
+        break;
+      case 'AgentUsageRecorded': node(d.node_id).usage = d; if (selected === d.node_id) showNode(); break;
+      case 'PatchApplied':
+        for (const added of d.added_nodes || []) marks[added] = d.patch_id;
+        refreshRun();
+        break;
+      case 'PatchProposed': case 'PatchRejected': case 'PatchReviewRequested': case 'PatchReviewed':
+        refreshPatches();
+        break;
+      case 'RunCompleted': setRunStatus('completed'); break;
+      case 'RunFailed': setRunStatus('failed'); break;
+      case 'RunCancelled': setRunStatus('cancelled'); break;
+      default: break;
+    }
+  }
+
+  function setRunStatus(status) {
+    if (run.status === status) return;
+    run.status = status;
+    clear(statusEl).append(badge(status));
+    drawActions();
+  }
+
+  function appendToTimeline(id, event) {
+    const summary = h('summary', {},
+      h('span', {class: 'offset'}, `#${id}`), ' ',
+      h('span', {class: 'etype'}, event.type), ' ',
+      event.node_id ? h('code', {}, event.node_id) : null, ' ',
+      h('span', {class: 'muted'}, when(event.occurred_at), ' · ', event.actor || ''));
+    const item = h('li', {dataset: {offset: id, type: event.type}},
+      h('details', {}, summary, jsonBlock(event.data, `${event.type} data`)));
+    if (can('operate')) {
+      item.append(h('button', {type: 'button', class: 'small fork', dataset: {offset: id},
+        'aria-label': `Fork a new run from event ${id}`, onclick: () => fork(id)}, 'Fork from here'));
+    }
+    timeline.append(item);
+  }
+
+  function showNode() {
+    const info = nodes.get(selected) || {status: 'pending', attempts: 0};
+    const defined = ((run.definition && run.definition.nodes) || []).find((n) => n.id === selected) || {};
+    const output = info.output;
+    const agent = (info.type || defined.type) === 'agent';
+    clear(detail).append(
+      h('h3', {}, 'Node ', h('code', {}, selected), ' ', badge(info.status)),
+      marks[selected] ? h('p', {class: 'patched-note'}, 'Added by patch ', h('code', {}, marks[selected])) : null,
+      h('dl', {class: 'facts'},
+        fact('Type', info.type || defined.type || '—'),
+        fact('Iteration', info.iteration ?? '—'),
+        fact('Attempts', info.attempts || 0),
+        fact('Worker', info.worker || '—'),
+        fact('Scheduled', when(info.scheduled_at)),
+        fact('Started', when(info.started_at)),
+        fact('Finished', when(info.finished_at)),
+        fact('Duration', info.scheduled_at ? duration(info.started_at || info.scheduled_at, info.finished_at) : '—')),
+      info.error ? h('div', {class: 'error'}, h('strong', {}, 'Error: '), info.error) : null,
+      info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
+      info.approval ? h('p', {}, h('strong', {}, 'Approval: '), info.approval.message) : null,
+      agent && info.usage ? usageBlock(info.usage) : null,
+      agent && output && Array.isArray(output.tool_calls) ? toolCalls(output.tool_calls) : null,
+      h('h4', {}, 'Input'), jsonBlock(info.input, 'node input'),
+      h('h4', {}, 'Output'), jsonBlock(output, 'node output'),
+      h('h4', {}, 'Config'), jsonBlock(defined.config, 'node config'));
+  }
+
+  function usageBlock(usage) {
+    return h('div', {class: 'usage'}, h('h4', {}, 'Token usage'),
+      h('dl', {class: 'facts'}, fact('Model', usage.model), fact('LLM calls', usage.llm_calls),
+        fact('Prompt tokens', usage.prompt_tokens), fact('Completion tokens', usage.completion_tokens),
+        fact('Total tokens', usage.total_tokens), fact('Tool calls', usage.tool_calls)));
+  }
+
+  function toolCalls(calls) {
+    return h('div', {}, h('h4', {}, `Tool calls (${calls.length})`),
+      h('ol', {class: 'tool-calls'}, calls.map((call) => h('li', {}, jsonBlock(call, 'tool call')))));
+  }
+
+  return () => {
+    stopped = true;
+    clearTimeout(retryTimer);
+    if (source) source.close();
+  };
+}
+
+function fact(label, value) {
+  return [h('dt', {}, label), h('dd', {}, String(value))];
+}
+
+function legend() {
+  return h('ul', {class: 'legend', 'aria-label': 'Node states'},
+    ['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'retrying'].map(
+      (state) => h('li', {}, h('span', {class: `swatch st-${state}`}), state)));
+}
