@@ -768,7 +768,26 @@ class KafkaMember:
                 continue
             self._positions[tp] = messages[-1].offset + 1
             records += [_record(ktp, message) for message in messages]
+        if not records:
+            await self._step_over_markers()
         return records
+
+    async def _step_over_markers(self) -> None:
+        """Positions past trailing transaction markers: each fenced commit leaves one,
+        which takes an offset, so a partition read to its end sits one short of the
+        end offset until the fetcher steps over it."""
+        for tp, at in list(self._positions.items()):
+            if tp not in self._owned:
+                continue
+            try:  # a partition in a rebalance has no position: it is read again later
+                async with asyncio.timeout(_RETRY_PAUSE):
+                    position = await self._consumer.position(
+                        KafkaPartition(tp.topic, tp.partition)
+                    )
+            except (KafkaError, TimeoutError):
+                continue
+            if position > at and tp in self._owned:
+                self._positions[tp] = position
 
     async def commit(
         self,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, Self
 
 from aob.events.log.port import TopicPartition
@@ -25,6 +25,8 @@ class AsyncReadModels(Protocol):
     """What `SqliteReadModels` offers, awaited; see it for each method's contract."""
 
     async def apply(self, batch: Sequence[tuple[Positioned, Event]]) -> None: ...
+
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None: ...
 
     async def offsets(self) -> dict[TopicPartition, int]: ...
 
@@ -83,6 +85,9 @@ class ThreadedReadModels:
 
     async def apply(self, batch: Sequence[tuple[Positioned, Event]]) -> None:
         await asyncio.to_thread(self.store.apply, batch)
+
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None:
+        await asyncio.to_thread(self.store.advance, positions)
 
     async def offsets(self) -> dict[TopicPartition, int]:
         return await asyncio.to_thread(self.store.offsets)

@@ -119,6 +119,16 @@ class PostgresReadModels:
             for tp, next_offset in advanced.items():
                 await _step(conn, Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
 
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Move partitions' offsets forward over records that project nothing (poison
+        set aside, Kafka's transaction markers); never back."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(LOCK_WRITERS)
+            current = await _offsets(conn)
+            for tp, next_offset in positions.items():
+                if next_offset > current.get(tp, 0):
+                    await _step(conn, Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
+
     async def offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset of the next event to apply (absent means 0)."""
         async with self._pool.acquire() as conn:

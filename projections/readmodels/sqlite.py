@@ -96,6 +96,15 @@ class SqliteReadModels:
             for tp, next_offset in advanced.items():
                 self._execute(Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
 
+    def advance(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Move partitions' offsets forward over records that project nothing (poison
+        set aside, Kafka's transaction markers); never back."""
+        with self._lock, self._transaction("BEGIN IMMEDIATE"):
+            current = self._offsets()
+            for tp, next_offset in positions.items():
+                if next_offset > current.get(tp, 0):
+                    self._execute(Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
+
     def offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset of the next event to apply (absent means 0)."""
         with self._lock:

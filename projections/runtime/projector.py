@@ -39,6 +39,8 @@ class ReadModelStore(OffsetsSource, Protocol):
 
     async def apply(self, batch: Sequence[tuple[Record, Event]]) -> None: ...
 
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None: ...
+
 
 def reached(positions: Mapping[TopicPartition, int], wanted: Mapping[TopicPartition, int]) -> bool:
     return all(positions.get(tp, 0) >= offset for tp, offset in wanted.items())
@@ -107,10 +109,25 @@ class ProjectorHost:
         records = await self.consumer.poll(timeout=timeout)
         if records:
             await self._apply(records)
-            async with self._progress:
-                self.applied.update(after(records))
-                self._progress.notify_all()
+            await self._applied(after(records))
+        else:
+            await self._skipped()
         return len(records)
+
+    async def _applied(self, positions: Mapping[TopicPartition, int]) -> None:
+        async with self._progress:
+            self.applied.update(positions)
+            self._progress.notify_all()
+
+    async def _skipped(self) -> None:
+        """Positions the consumer passed with no record to apply (Kafka's transaction
+        markers take offsets): the store records them too, or a reader waiting for
+        the log's end offsets would wait for records that never come."""
+        applied = self.applied
+        ahead = {tp: at for tp, at in self.consumer.positions.items() if at > applied.get(tp, 0)}
+        if ahead:
+            await self.store.advance(ahead)
+            await self._applied(ahead)
 
     async def _apply(self, records: list[Record]) -> None:
         batch: list[tuple[Record, Event]] = []
@@ -128,6 +145,9 @@ class ProjectorHost:
             poison += await self._apply_one_by_one(batch)
         if poison:
             await self.log.append(poison)
+            # Past the poison now, not with the next good record: a restart would set it
+            # aside again, and readers would wait for a position the store never took.
+            await self.store.advance(after(records))
 
     async def _apply_one_by_one(self, batch: list[tuple[Record, Event]]) -> list[Append]:
         """Apply a batch that failed record by record, setting aside the ones that fail
