@@ -16,18 +16,38 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import aob
 from aob.cli.config import Connection
-from aob.cli.errors import EXIT_API, EXIT_UNREACHABLE, EXIT_USAGE, CliError
+from aob.cli.errors import EXIT_API, EXIT_UNREACHABLE, EXIT_USAGE, CliError, error_json
+from aob.cli.render import summary
 
 Query = Mapping[str, str | int | float | list[str] | None]
+
+# Statuses that mean the input was wrong (a workflow that does not validate, a bad
+# parameter): the documented exit code of invalid input, not of a refusal.
+INVALID_INPUT_STATUSES = frozenset({400, 422})
+# What a proxy answers when the server behind it is down or slow.
+GATEWAY_STATUSES = frozenset({502, 503, 504})
 
 
 class ApiError(CliError):
     """The server answered with an error status."""
 
     def __init__(self, message: str, status: int, problem: Mapping[str, Any]) -> None:
-        super().__init__(message, EXIT_API)
+        code = EXIT_USAGE if status in INVALID_INPUT_STATUSES else EXIT_API
+        super().__init__(message, code)
         self.status = status
         self.problem = problem
+
+    def as_json(self) -> dict[str, Any]:
+        """The server's problem as it sent it (RFC 9457), with our exit code."""
+        problem = {k: v for k, v in self.problem.items() if k not in {"type", "title", "detail"}}
+        problem["status"] = self.status
+        return error_json(
+            str(self.problem.get("type") or "about:blank"),
+            str(self.problem.get("title") or f"HTTP {self.status}"),
+            str(self.problem.get("detail") or self),
+            self.code,
+            **problem,
+        )
 
     @property
     def is_missing_route(self) -> bool:
@@ -41,6 +61,18 @@ class ApiError(CliError):
 class Unreachable(CliError):
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_UNREACHABLE)
+
+
+class NotAobServer(CliError):
+    """Something answers at the address, but not as aob does."""
+
+    def __init__(self, base: str, status: int, content_type: str) -> None:
+        super().__init__(
+            f"{base} is not an aob server (HTTP {status}, {content_type}); check --server "
+            "or AOB_SERVER",
+            EXIT_UNREACHABLE,
+            error_type="not-aob-server",
+        )
 
 
 def segment(value: str) -> str:
@@ -72,6 +104,8 @@ class Api:
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
         self._conn: http.client.HTTPConnection | None = None
+        # (status, content type) of the last answer: what to name if it was not aob's.
+        self.last_answer: tuple[int, str] | None = None
 
     # --- JSON requests ------------------------------------------------------------------
 
@@ -133,6 +167,8 @@ class Api:
                 raise self._unreachable(error) from None
             if response.status >= 400:
                 self._decode(response, response.read())
+            if _content_type(response) != "text/event-stream":
+                raise NotAobServer(self.base, response.status, _content_type(response))
             try:
                 yield from parse_sse(response)
             except (OSError, http.client.HTTPException) as error:
@@ -178,16 +214,48 @@ class Api:
         return Unreachable(f"cannot reach the aob server at {self.base}: {reason}")
 
     def _decode(self, response: http.client.HTTPResponse, data: bytes) -> Any:
+        content_type = _content_type(response)
+        self.last_answer = (response.status, content_type)
+        is_json = content_type == "application/json" or content_type.endswith("+json")
         try:
-            body = json.loads(data) if data else None
+            body = json.loads(data) if data and is_json else None
         except ValueError:
             body = None
         if response.status >= 400:
-            problem = body if isinstance(body, dict) else {}
-            raise ApiError(problem_text(response.status, problem), response.status, problem)
-        if body is None and data:
-            raise CliError(f"the server at {self.base} sent a response that is not JSON", EXIT_API)
+            if isinstance(body, dict):
+                raise ApiError(problem_text(response.status, body), response.status, body)
+            if response.status in GATEWAY_STATUSES:  # a proxy whose aob is not there
+                said = summary(data.decode("utf-8", "replace"), 120)
+                raise Unreachable(
+                    f"{self.base} answered HTTP {response.status} {response.reason} "
+                    f"({content_type}{': ' + said if said else ''})"
+                )
+            # aob answers every error, even of a path it does not have, with a problem
+            raise NotAobServer(self.base, response.status, content_type)
+        if data and body is None:
+            raise NotAobServer(self.base, response.status, content_type)
         return body
+
+    def is_aob(self) -> bool:
+        """Whether an aob server answers at the address (its OpenAPI document says so)."""
+        answer = self.last_answer
+        try:
+            spec = self.get("/openapi.json")
+        except CliError:
+            return False
+        finally:
+            self.last_answer = answer
+        info = spec.get("info") if isinstance(spec, dict) else None
+        return isinstance(info, dict) and info.get("title") == "aob"
+
+    def not_aob(self) -> NotAobServer:
+        status, content_type = self.last_answer or (0, "no answer")
+        return NotAobServer(self.base, status, content_type)
+
+
+def _content_type(response: http.client.HTTPResponse) -> str:
+    value = response.getheader("Content-Type") or ""
+    return value.split(";", 1)[0].strip().lower() or "no content type"
 
 
 def problem_text(status: int, problem: Mapping[str, Any]) -> str:

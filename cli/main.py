@@ -19,6 +19,7 @@ from aob.cli.errors import (
     EXIT_CODES_HELP,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
+    EXIT_USAGE,
     CliError,
 )
 
@@ -34,6 +35,7 @@ examples:
   aob run start workflow.yaml -f            start a run and follow it live
   aob run start workflow.json --output json | jq -r .run_id
   aob logs stream RUN --node enrich          one node's events, live
+  aob approvals list                          pending approvals, with the command to decide
   aob approve APPROVAL approve --reason "LGTM"
   aob workflow validate workflow.json && aob run start workflow.json
   aob admin deadletters list                 records the services set aside
@@ -101,30 +103,61 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv[:1] == ["server"]:
         return exec_server(argv[1:])
-    args = build_parser().parse_args(argv)
-    module_name, function_name = args.handler.split(":")
+    as_json = _wants_json(argv)
+    context: Context | None = None
     try:
+        args = build_parser().parse_args(argv)
+        context = Context(args)
+        module_name, function_name = args.handler.split(":")
         module = import_module(f"aob.cli.{module_name}")
-        code: int = getattr(module, function_name)(Context(args))
+        code: int = getattr(module, function_name)(context)
         return code
     except CliError as error:
-        print(f"aob: {error}", file=sys.stderr)
-        return error.code
+        return _report(error, as_json)
     except KeyboardInterrupt:
         print(file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _report(CliError("interrupted", EXIT_INTERRUPTED), as_json, quiet=True)
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
-    except Exception as error:  # a bug, or a server answer we did not expect
-        if os.environ.get("AOB_DEBUG"):
-            raise
-        print(
-            f"aob: internal error: {type(error).__name__}: {error} "
-            "(set AOB_DEBUG=1 for the traceback)",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as error:
+        # An answer without what aob sends: from something else at that address?
+        api = context._api if context is not None else None
+        if api is not None and api.last_answer is not None and not api.is_aob():
+            return _report(api.not_aob(), as_json)
+        return _internal_error(error, as_json)
+    except Exception as error:  # a bug
+        return _internal_error(error, as_json)
+
+
+def _internal_error(error: Exception, as_json: bool) -> int:
+    if os.environ.get("AOB_DEBUG"):
+        raise error
+    message = f"internal error: {type(error).__name__}: {error} (set AOB_DEBUG=1 for the traceback)"
+    return _report(CliError(message, EXIT_INTERNAL), as_json)
+
+
+def _report(error: CliError, as_json: bool, *, quiet: bool = False) -> int:
+    """`aob: <message>` on stderr; with --output json, the error as JSON on stdout too,
+    so that a script reading stdout always gets an answer."""
+    if not quiet:
+        print(f"aob: {error}", file=sys.stderr)
+    if as_json:
+        import json
+
+        print(json.dumps(error.as_json(), indent=2, ensure_ascii=False), flush=True)
+    return error.code
+
+
+def _wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON output (known before it is parsed, so
+    that even a usage error is reported as JSON)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-o", "--output") and argv[i + 1 : i + 2] == ["json"]:
+            return True
+        if arg in ("-ojson", "--output=json"):
+            return True
+    return False
 
 
 def exec_server(server_args: list[str]) -> NoReturn:
@@ -133,6 +166,19 @@ def exec_server(server_args: list[str]) -> NoReturn:
 
 
 # --- the command tree ---------------------------------------------------------------
+
+
+def _parser_class() -> type[argparse.ArgumentParser]:
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        """Usage errors are `CliError`s, reported like any other (as JSON when asked)."""
+
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            raise CliError(f"{message} (see {self.prog} --help)", EXIT_USAGE)
+
+    return Parser
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -209,7 +255,7 @@ class _Tree:
 def build_parser() -> argparse.ArgumentParser:
     import argparse
 
-    parser = argparse.ArgumentParser(
+    parser = _parser_class()(
         prog="aob",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -222,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_commands(root.group("run", "start, inspect and cancel runs"))
     _logs_commands(root.group("logs", "a run's events"))
     _approve_command(root)
+    _approvals_commands(root.group("approvals", "human-in-the-loop requests"))
     _patch_commands(root.group("patch", "agents' patches to running workflows"))
     _replay_command(root)
     _workflow_commands(root.group("workflow", "validate, store and inspect workflows"))
@@ -283,6 +330,21 @@ def _approve_command(root: _Tree) -> None:
     approve.add_argument("approval_id", metavar="ID", help="the approval (see `aob run status`)")
     approve.add_argument("decision", choices=["approve", "reject"])
     approve.add_argument("--reason", default="", help="comments recorded with the decision")
+
+
+def _approvals_commands(approvals: _Tree) -> None:
+    listing = approvals.command(
+        "list",
+        "approvals:list_approvals",
+        "approvals awaiting a decision (your tenant's), with the command that decides each",
+    )
+    listing.add_argument("--run", metavar="RUN", help="only this run's")
+    listing.add_argument(
+        "--status",
+        choices=["pending", "approved", "rejected", "cancelled", "any"],
+        default="pending",
+        help="default pending",
+    )
 
 
 def _patch_commands(patch: _Tree) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -114,6 +116,24 @@ def short(value: Any, limit: int = 72) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+_HTML = re.compile(r"<(!doctype\s+html|html|head|body)\b", re.IGNORECASE)
+_HTML_TITLE = re.compile(r"<title[^>]*>([^<]*)</title>", re.IGNORECASE)
+_HTML_HIDDEN = re.compile(r"<(script|style)\b[^>]*>[^<]*</\1>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+
+
+def summary(text: str, limit: int = 160) -> str:
+    """`text` on one line, at most `limit` characters: an HTML page (an error page a
+    server sent) by its title, or its words without the markup."""
+    match = _HTML.search(text)
+    if match is not None:
+        title = _HTML_TITLE.search(text)
+        words = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_HIDDEN.sub(" ", text))
+        text = f"{text[: match.start()]} an HTML page: {html.unescape(words)}"
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
 # --- events -------------------------------------------------------------------------
 
 _EVENT_STYLE = {
@@ -131,7 +151,11 @@ _EVENT_STYLE = {
     "patch_applied": "cyan",
     "node_scheduled": "blue",
     "node_started": "blue",
+    "patch_review_requested": "magenta",
+    "patch_reviewed": "magenta",
 }
+# Fields every event of a node has: not worth repeating in its line.
+_ROUTINE_FIELDS = frozenset({"run_id", "node_id", "iteration", "attempt"})
 
 
 _PAST = {"approve": "approved", "reject": "rejected"}
@@ -153,12 +177,15 @@ def event_detail(message: Mapping[str, Any]) -> str:
         ),
         "node_started": lambda: f"started on {data.get('worker')}",
         "node_completed": lambda: f"completed -> {short(data.get('output'))}",
-        "node_failed": lambda: f"failed (attempt {data.get('attempt')}): {data.get('error')}",
+        "node_failed": lambda: (
+            f"failed (attempt {data.get('attempt')}): {summary(str(data.get('error')), 200)}"
+        ),
         "node_skipped": lambda: (
             f"skipped: {data.get('reason')}" + (" [warning]" if data.get("warning") else "")
         ),
         "approval_required": lambda: (
-            f"approval {data.get('approval_id')} required: {data.get('message')}"
+            f"approval {data.get('approval_id')} required: {summary(str(data.get('message')))}"
+            f" (aob approve {data.get('approval_id')} approve|reject)"
         ),
         "approval_decided": lambda: (
             f"approval {data.get('approval_id')} "
@@ -173,6 +200,16 @@ def event_detail(message: Mapping[str, Any]) -> str:
         "patch_applied": lambda: (
             f"patch {data.get('patch_id')} applied (revision {data.get('revision')})"
         ),
+        "patch_review_requested": lambda: (
+            f"patch {data.get('patch_id')} awaits review: {patch_review_command(message)}"
+        ),
+        "patch_reviewed": lambda: (
+            f"patch {data.get('patch_id')} "
+            f"{_PAST.get(data.get('decision', ''), data.get('decision'))} in review "
+            f"by {data.get('reviewed_by') or message.get('actor') or 'someone'}"
+            + (f": {data['reason']}" if data.get("reason") else " (no reason given)")
+        ),
+        "agent_usage_recorded": lambda: _agent_usage(data),
         "patch_rejected": lambda: (
             f"patch {data.get('patch_id')} rejected: " + "; ".join(data.get("reasons") or [])
         ),
@@ -180,7 +217,7 @@ def event_detail(message: Mapping[str, Any]) -> str:
             "cancel requested" + (f": {data['reason']}" if data.get("reason") else "")
         ),
         "workflow_completed": lambda: f"run completed -> {short(data.get('output'))}",
-        "workflow_failed": lambda: f"run failed: {data.get('error')}",
+        "workflow_failed": lambda: f"run failed: {summary(str(data.get('error')), 200)}",
         "workflow_cancelled": lambda: (
             "run cancelled" + (f": {data['reason']}" if data.get("reason") else "")
         ),
@@ -188,7 +225,40 @@ def event_detail(message: Mapping[str, Any]) -> str:
         "timer_fired": lambda: "timer fired",
     }
     describe = details.get(name)
-    return describe() if describe else name
+    return summary(describe() if describe else _in_words(name, data), 400)
+
+
+def patch_review_command(message: Mapping[str, Any]) -> str:
+    """The commands that decide a patch awaiting review."""
+    data = message.get("data") or {}
+    patch_id, run_id = data.get("patch_id"), message.get("run_id") or data.get("run_id")
+    run = f" --run {run_id}" if run_id else ""
+    return f"aob patch approve {patch_id}{run} (or: aob patch reject {patch_id}{run} --reason ...)"
+
+
+def _agent_usage(data: Mapping[str, Any]) -> str:
+    calls, tools = data.get("llm_calls", 0), data.get("tool_calls", 0)
+    text = (
+        f"agent used {data.get('model')}: {calls} LLM call{'s' if calls != 1 else ''}, "
+        f"{data.get('total_tokens', 0)} tokens ({data.get('prompt_tokens', 0)} prompt, "
+        f"{data.get('completion_tokens', 0)} completion)"
+    )
+    if tools:
+        text += f", {tools} tool call{'s' if tools != 1 else ''}"
+    if data.get("outcome") not in (None, "completed"):
+        text += f"; {data['outcome']}"
+    return text
+
+
+def _in_words(name: str, data: Mapping[str, Any]) -> str:
+    """An event this CLI does not know yet: its name in words and its plain fields."""
+    said = [
+        f"{key.replace('_', ' ')} {value}"
+        for key, value in data.items()
+        if key not in _ROUTINE_FIELDS and isinstance(value, str | int | float) and value != ""
+    ]
+    words = name.replace("_", " ")
+    return f"{words}: {', '.join(said)}" if said else words
 
 
 def event_line(style: Style, message: Mapping[str, Any]) -> str:
@@ -213,7 +283,9 @@ _NODE_STATUS = {
     "node_failed": "failed",
     "node_skipped": "skipped",
     "approval_required": "waiting",
+    "approval_decided": "running",
 }
+_UNFINISHED = frozenset({"pending", "scheduled", "running", "waiting", "retrying"})
 
 
 class LiveView:
@@ -258,6 +330,10 @@ class LiveView:
             self.seed(data.get("added_nodes") or [])
         elif name == "timer_set" and data.get("purpose") == "retry" and data.get("node_id"):
             self.nodes[data["node_id"]] = "retrying"
+        elif name in ("workflow_cancelled", "workflow_failed"):
+            for node_id, status in self.nodes.items():
+                if status in _UNFINISHED:
+                    self.nodes[node_id] = "cancelled"
         elif node and name in _NODE_STATUS:
             self.nodes[node] = _NODE_STATUS[name]
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import ApiError, segment
 from aob.cli.errors import EXIT_OK
-from aob.cli.render import Style, duration, short, table, when
+from aob.cli.render import Style, duration, short, summary, table, when
 
 if TYPE_CHECKING:
     from aob.cli.main import Context
@@ -42,20 +42,45 @@ def _accepted(ctx: Context, accepted: dict[str, Any], *, follow_it: bool) -> int
 
 def status(ctx: Context) -> int:
     run = ctx.api.get(f"/api/v1/runs/{segment(ctx.args.run_id)}")
-    approvals = _pending_approvals(ctx, run) if run["status"] == "waiting" else []
-    if approvals:
-        run = {**run, "pending_approvals": approvals}
+    if run["status"] == "waiting":  # say what for, and how to go on
+        approvals = _pending_approvals(ctx, run)
+        if approvals:
+            run = {**run, "pending_approvals": approvals}
+        reviews = _pending_reviews(ctx, run)
+        if reviews:
+            run = {**run, "pending_patch_reviews": reviews}
     ctx.emit(run, lambda: format_run(ctx.style, run))
     return EXIT_OK
 
 
 def _pending_approvals(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]]:
+    from aob.cli.approvals import decide_command
+
     try:
         page = ctx.api.get("/api/v1/approvals", {"run_id": run["run_id"], "status": "pending"})
     except ApiError:
         return []  # a server without the approvals API
     items = page.get("items", []) if isinstance(page, dict) else page
-    return items if isinstance(items, list) else []
+    if not isinstance(items, list):
+        return []
+    return [{**item, "decide_command": decide_command(item["approval_id"])} for item in items]
+
+
+def _pending_reviews(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's patches held for a person's review (`patch_policy: review`)."""
+    try:
+        page = ctx.api.get(f"/api/v1/runs/{segment(run['run_id'])}/patches")
+    except ApiError:
+        return []
+    return [
+        {**patch, "review_command": _review_command(run["run_id"], patch["patch_id"])}
+        for patch in page.get("items", [])
+        if patch.get("status") == "proposed" and patch.get("review") == "pending"
+    ]
+
+
+def _review_command(run_id: str, patch_id: str) -> str:
+    return f'aob patch approve|reject {patch_id} --run {run_id} --reason "..."'
 
 
 def format_run(style: Style, run: dict[str, Any]) -> str:
@@ -91,8 +116,16 @@ def format_run(style: Style, run: dict[str, Any]) -> str:
     for approval in run.get("pending_approvals", []):
         lines.append(
             f"\n{style.paint('waiting for approval', 'magenta')} {approval.get('approval_id')}"
-            f" (node {approval.get('node_id')}): {approval.get('message', '')}\n"
-            f"  aob approve {approval.get('approval_id')} approve|reject --reason ..."
+            f" (node {approval.get('node_id')}): {summary(str(approval.get('message', '')))}\n"
+            f"  {approval['decide_command']}"
+        )
+    for patch in run.get("pending_patch_reviews", []):
+        by = f" (from agent node {patch['node_id']})" if patch.get("node_id") else ""
+        reason = f": {summary(str(patch['reason']))}" if patch.get("reason") else ""
+        lines.append(
+            f"\n{style.paint('waiting for patch review', 'magenta')} {patch['patch_id']}{by}"
+            f"{reason}\n  aob patch show {patch['patch_id']} --run {run['run_id']}   (the diff)"
+            f"\n  {patch['review_command']}"
         )
     if run.get("error"):
         lines.append("\n" + style.paint(f"error: {run['error']}", "red"))
@@ -102,8 +135,10 @@ def format_run(style: Style, run: dict[str, Any]) -> str:
 
 
 def _node_detail(node: dict[str, Any]) -> str:
+    if node.get("carried_from"):
+        return f"carried over from {node['carried_from']}: {short(node.get('output'), 40)}"
     if node.get("error"):
-        return short(node["error"], 60)
+        return summary(str(node["error"]), 60)
     if node.get("skip_reason"):
         return short(node["skip_reason"], 60).strip('"')
     if node["status"] == "completed":
@@ -128,8 +163,7 @@ def list_runs(ctx: Context) -> int:
             [
                 r["run_id"],
                 r["status"],
-                (r.get("workflow_id") or "(inline)")
-                + (f" v{r['version']}" if r.get("version") else ""),
+                _workflow_name(ctx, r) + (f" v{r['version']}" if r.get("version") else ""),
                 when(r.get("submitted_at")),
                 duration(r.get("submitted_at"), r.get("finished_at")),
             ]
@@ -142,6 +176,18 @@ def list_runs(ctx: Context) -> int:
 
     ctx.emit(page, text)
     return EXIT_OK
+
+
+def _workflow_name(ctx: Context, run: dict[str, Any]) -> str:
+    """A stored workflow's id, or an inline definition's name (from the run itself)."""
+    if run.get("workflow_id"):
+        return str(run["workflow_id"])
+    try:
+        definition = ctx.api.get(f"/api/v1/runs/{segment(run['run_id'])}").get("definition")
+    except ApiError:
+        definition = None
+    name = definition.get("name") if isinstance(definition, dict) else None
+    return f"{name} (inline)" if isinstance(name, str) and name else "(inline)"
 
 
 def cancel(ctx: Context) -> int:

@@ -91,7 +91,7 @@ def test_replay_refuses_events_the_run_does_not_have(aob: Cli, server: LiveServe
     history = server.events(run_id)
     first, last = history[0]["offset"], history[-1]["offset"]
     beyond = aob("replay", run_id, "--from-event", str(last + 1000))
-    assert beyond.code == 3
+    assert beyond.code == 2  # invalid input (422), as `aob --help` documents
     assert beyond.err == f"aob: run {run_id!r} has events {first} to {last}, not {last + 1000}\n"
     unknown = aob("replay", "run_nope")
     assert (unknown.code, unknown.err) == (3, "aob: no run 'run_nope'\n")

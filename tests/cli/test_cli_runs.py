@@ -141,7 +141,7 @@ def test_errors_are_one_line_with_documented_exit_codes(aob: Cli, tmp_path: Path
 
     (tmp_path / "invalid.json").write_text(json.dumps({"name": "x", "nodes": []}))
     invalid = aob("workflow", "validate", str(tmp_path / "invalid.json"))
-    assert invalid.code == 3
+    assert invalid.code == 2  # invalid input, as `aob --help` documents
     assert invalid.err.startswith("aob: the workflow definition has 1 problem")
     assert "/nodes" in invalid.err
 
