@@ -63,6 +63,7 @@ from aob.projections.coordinator.state import (
 from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
 from aob.projections.workflow.ir import EdgeSpec, NodeSpec, WorkflowIR
 from aob.projections.workflow.materialize import apply_patch
+from aob.projections.workflow.node_types import unknown_type_reason
 
 
 def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Event]]:
@@ -575,7 +576,7 @@ class _Step:
         if not self._decide(node_id, node.iteration):
             return
         if spec.type not in self.state.known_types:
-            reason = f"unknown node type {spec.type!r}"
+            reason = unknown_type_reason(spec.type, self.state.known_types)
             self.emit(NodeSkipped(self.state.run_id, node_id, node.iteration, reason, warning=True))
             return
         self._schedule(node_id, node.iteration, 1)

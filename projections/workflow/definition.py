@@ -11,8 +11,8 @@ import copy
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Literal
 
@@ -23,8 +23,21 @@ from aob.events.types import Json
 
 from .expressions import ExpressionError, compile_jq
 from .graph import reachable, shortest_cycle, strongly_connected
+from .node_types import (
+    FOLD_CHECKED_TYPES,
+    closest,
+    config_required,
+    config_validator,
+    did_you_mean,
+    node_type_names,
+    node_type_schema,
+    unknown_type_message,
+)
 
 Format = Literal["json", "yaml"]
+# What a node of a type no worker runs means: skipped with a warning (the default), or
+# a refused definition (AOB_UNKNOWN_NODE_TYPES).
+UnknownTypes = Literal["skip", "error"]
 
 _SCHEMA: dict[str, Any] = json.loads(
     resources.files(__package__).joinpath("schema.json").read_text(encoding="utf-8")
@@ -34,9 +47,32 @@ _MAX_MESSAGE = 240
 _MAX_LOADED_VALUES = 1_000_000  # bounds YAML alias expansion ("billion laughs")
 
 
+def _with_node_types(base: dict[str, Any]) -> dict[str, Any]:
+    """`base` with each shipped node type's config schema as $defs/config.<type>, and
+    the rule that a node of that type has such a config (for editors and clients)."""
+    schema = copy.deepcopy(base)
+    rules: list[dict[str, Any]] = []
+    for name in node_type_names():
+        config = node_type_schema(name)
+        assert config is not None
+        schema["$defs"][f"config.{name}"] = config
+        then: dict[str, Any] = {"properties": {"config": {"$ref": f"#/$defs/config.{name}"}}}
+        if config.get("required"):
+            then["required"] = ["config"]
+        rules.append(
+            {"if": {"properties": {"type": {"const": name}}, "required": ["type"]}, "then": then}
+        )
+    schema["$defs"]["node"]["allOf"] = rules
+    return schema
+
+
+_SERVED_SCHEMA = _with_node_types(_SCHEMA)
+
+
 def workflow_schema() -> dict[str, Any]:
-    """The JSON Schema of the definition format (a copy: callers may mutate it)."""
-    return copy.deepcopy(_SCHEMA)
+    """The JSON Schema of the definition format, with the config of every node type aob
+    ships (a copy: callers may mutate it)."""
+    return copy.deepcopy(_SERVED_SCHEMA)
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,23 +270,108 @@ def document_size(doc: Json) -> int:
 def validate_definition(doc: Json, limits: Limits = DEFAULT_LIMITS) -> list[Problem]:
     """Every problem of `doc` as a workflow definition; empty when it is valid.
 
+    This is what the coordinator holds every run's definition to: the format, the
+    graph, the jq programs, and the configs of the types it reads itself
+    (FOLD_CHECKED_TYPES). `check_definition` adds what the API checks on top.
+
     The size and count limits come first, and when one is broken they are all that
     is reported: the other checks (schema, graph, compiling jq) cost time that grows
     with the document, and must not be spent on one that is refused anyway.
     """
+    return bound_problems(doc, limits) or _problems(doc, limits, FOLD_CHECKED_TYPES, fold=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What the API found in a definition: `problems` refuse it, `warnings` do not."""
+
+    problems: list[Problem]
+    warnings: list[Problem] = field(default_factory=list)
+
+
+def check_definition(
+    doc: Json,
+    limits: Limits = DEFAULT_LIMITS,
+    *,
+    known_types: Collection[str],
+    unknown_types: UnknownTypes = "skip",
+) -> Checked:
+    """`validate_definition`, plus every shipped node type's config schema, plus the
+    nodes whose type is not in `known_types` (what the platform can run): warnings,
+    or problems when `unknown_types` is "error"."""
     problems = bound_problems(doc, limits)
     if problems:
+        return Checked(problems)
+    problems = _problems(doc, limits, frozenset(node_type_names()), fold=False)
+    unknown = list(_unknown_type_problems(doc, known_types, refused=unknown_types == "error"))
+    if unknown_types == "error":
+        return Checked(problems + unknown)
+    return Checked(problems, unknown)
+
+
+def _problems(
+    doc: Json, limits: Limits, config_types: frozenset[str], *, fold: bool
+) -> list[Problem]:
+    """The problems of a document within the limits: schema, configs, then the graph
+    and jq. Graph checks need a list of nodes: without one (a `nodez` typo), every edge
+    would report its ends missing, consequences of the one problem already reported."""
+    problems = _explained(_VALIDATOR, doc)
+    if not isinstance(doc, dict):
         return problems
-    problems = _schema_problems(doc)
-    if isinstance(doc, dict):
-        graph = _graph(doc)
-        for check in _SEMANTIC_CHECKS:
-            problems.extend(check(doc, graph, limits))
+    problems = sorted(
+        problems + _config_problems(doc, config_types, fold=fold),
+        key=lambda p: _pointer_key(p.path),
+    )
+    graph = _graph(doc)
+    checks = _SEMANTIC_CHECKS if isinstance(doc.get("nodes"), list) else _NODELESS_CHECKS
+    for check in checks:
+        problems.extend(check(doc, graph, limits))
+    return problems
+
+
+def _unknown_type_problems(
+    doc: Json, known_types: Collection[str], *, refused: bool
+) -> Iterator[Problem]:
+    if not isinstance(doc, dict):
+        return
+    for index, node in _items(doc, "nodes"):
+        node_type = node.get("type")
+        if isinstance(node_type, str) and node_type not in known_types:
+            message = unknown_type_message(node_type, known_types, refused=refused)
+            yield Problem(f"/nodes/{index}/type", message)
+
+
+def _config_problems(
+    doc: Mapping[str, Json], types: frozenset[str], *, fold: bool
+) -> list[Problem]:
+    """Each node's config against its type's schema, for the types in `types` (with
+    `fold`, as strict as the coordinator is: see `config_validator`)."""
+    problems: list[Problem] = []
+    for index, node in _items(doc, "nodes"):
+        node_type = node.get("type")
+        if not isinstance(node_type, str) or node_type not in types:
+            continue
+        validator = config_validator(node_type, fold=fold)
+        if validator is None:
+            continue
+        if "config" not in node:
+            required = config_required(node_type)
+            if required:
+                fields = " and ".join(repr(f) for f in required)
+                problems.append(
+                    Problem(
+                        f"/nodes/{index}",
+                        f"'config' is a required property: a node of type "
+                        f"{node_type!r} needs {fields} in its config",
+                    )
+                )
+        elif isinstance(node["config"], dict):  # else the definition's schema reports it
+            problems += _explained(validator, node["config"], f"/nodes/{index}/config")
     return problems
 
 
 def _over(limit: str, limits: Limits) -> str:
-    """"limit N (SETTING)", for a problem's message."""
+    """ "limit N (SETTING)", for a problem's message."""
     return f"limit {getattr(limits, limit)} ({SETTING_NAMES[limit]})"
 
 
@@ -296,9 +417,7 @@ def _too_deep(doc: Json, max_depth: int) -> str | None:
     return None
 
 
-def _program_bound_problems(
-    programs: Sequence[tuple[str, str]], limits: Limits
-) -> list[Problem]:
+def _program_bound_problems(programs: Sequence[tuple[str, str]], limits: Limits) -> list[Problem]:
     problems = [
         Problem(
             path,
@@ -315,9 +434,129 @@ def _program_bound_problems(
     return problems
 
 
-def _schema_problems(doc: Json) -> list[Problem]:
-    errors = sorted(_VALIDATOR.iter_errors(doc), key=lambda e: _path_key(e.absolute_path))
-    return [Problem(_pointer(e.absolute_path), _schema_message(e)) for e in errors]
+# --- schema errors, explained ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Explained:
+    """A problem, with what it may make redundant: an unknown field suggesting `field`
+    explains that `field` is missing from the same object."""
+
+    problem: Problem
+    suggests: str | None = None
+    missing: str | None = None
+
+
+def _explained(
+    validator: jsonschema.protocols.Validator, instance: Json, prefix: str = ""
+) -> list[Problem]:
+    """The schema errors of `instance`, each reduced to its first cause and explained,
+    sorted by path; a missing field another one misspells is left out (`nodez`
+    explains a missing `nodes`)."""
+    errors = sorted(validator.iter_errors(instance), key=lambda e: _path_key(e.absolute_path))
+    found = [item for error in errors for item in _explain(error, prefix)]
+    suggested = {(item.problem.path, item.suggests) for item in found if item.suggests}
+    return [
+        item.problem
+        for item in found
+        if item.missing is None or (item.problem.path, item.missing) not in suggested
+    ]
+
+
+def _explain(error: jsonschema.ValidationError, prefix: str) -> list[_Explained]:
+    where = prefix + _pointer(error.absolute_path)
+    if error.validator == "additionalProperties":
+        return list(_unknown_fields(error, where))
+    if error.validator in ("anyOf", "oneOf") and error.context:
+        cause = _first_cause(error)
+        if cause is not None:
+            return _explain(cause, prefix)
+        return [_Explained(Problem(where, _no_alternative(error)))]
+    if error.validator == "required" and isinstance(error.validator_value, list):
+        present = error.instance if isinstance(error.instance, dict) else {}
+        missing = next((f for f in error.validator_value if f not in present), None)
+        return [_Explained(Problem(where, _schema_message(error)), missing=missing)]
+    return [_Explained(Problem(where, _schema_message(error)))]
+
+
+def _unknown_fields(error: jsonschema.ValidationError, where: str) -> Iterator[_Explained]:
+    """One problem per unexpected field, with the field it most likely misspells."""
+    schema = error.schema if isinstance(error.schema, Mapping) else {}
+    allowed = list(schema.get("properties") or {})
+    instance = error.instance if isinstance(error.instance, Mapping) else {}
+    for key in instance:
+        if key in allowed:
+            continue
+        match = closest(key, allowed)
+        if match is not None:
+            hint = f"did you mean {match!r}?"
+        else:
+            hint = f"the fields are {', '.join(allowed)}" if allowed else "no fields are allowed"
+        yield _Explained(Problem(where, _bounded(f"{key!r} was unexpected: {hint}")), match)
+
+
+def _first_cause(error: jsonschema.ValidationError) -> jsonschema.ValidationError | None:
+    """The error of the one alternative of an anyOf/oneOf the instance was meant for
+    (the only one whose type it has, templates aside), or None when there is no such
+    single alternative: then no alternative's error is the cause."""
+    alternatives = error.validator_value if isinstance(error.validator_value, list) else []
+    meant: set[int] = set()
+    for index, alternative in enumerate(alternatives):
+        if _is_template(alternative) and not _looks_like_template(error.instance):
+            continue
+        mismatched = any(
+            e.relative_schema_path
+            and e.relative_schema_path[0] == index
+            and not e.relative_path
+            and e.validator == "type"
+            for e in error.context or ()
+        )
+        if not mismatched:
+            meant.add(index)
+    if len(meant) != 1:
+        return None
+    (index,) = meant
+    candidates = [e for e in error.context or () if e.relative_schema_path[0] == index]
+    return min(
+        candidates, key=lambda e: (-len(e.relative_path), e.validator == "type"), default=None
+    )
+
+
+def _is_template(schema: Json) -> bool:
+    return isinstance(schema, dict) and str(schema.get("$ref", "")).endswith("/template")
+
+
+def _looks_like_template(value: Json) -> bool:
+    return isinstance(value, str) and "{{" in value
+
+
+def _no_alternative(error: jsonschema.ValidationError) -> str:
+    alternatives = error.validator_value if isinstance(error.validator_value, list) else []
+    expected = " or ".join(_describe(a) for a in alternatives)
+    return _bounded(f"{error.instance!r} is not {expected}" if expected else error.message)
+
+
+_ARTICLES = {"integer": "an integer", "object": "an object", "array": "an array"}
+
+
+def _describe(schema: Json) -> str:
+    """A few words for what `schema` accepts: "an integer >= 1", "a {{ jq }} template"."""
+    if not isinstance(schema, dict):
+        return "a value"
+    if _is_template(schema):
+        return "a {{ jq }} template"
+    if "enum" in schema and isinstance(schema["enum"], list):
+        return "one of " + ", ".join(json.dumps(v) for v in schema["enum"])
+    kinds = schema.get("type")
+    names = [kinds] if isinstance(kinds, str) else list(kinds or [])
+    text = " or ".join(_ARTICLES.get(str(n), f"a {n}") for n in names) or "a value"
+    if "minimum" in schema:
+        text += f" >= {schema['minimum']}"
+    return text
+
+
+def _pointer_key(pointer: str) -> list[tuple[int, int, str]]:
+    return _path_key(int(p) if p.isdigit() else p for p in pointer.split("/")[1:])
 
 
 def _path_key(parts: Iterable[str | int]) -> list[tuple[int, int, str]]:
@@ -329,7 +568,14 @@ def _schema_message(error: jsonschema.ValidationError) -> str:
     """jsonschema's message, made readable for patterns and bounded in length."""
     message = error.message
     if error.validator == "pattern" and isinstance(error.schema, Mapping):
-        message = f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
+        if "title" in error.schema:  # what the value should be, in a few words
+            message = f"{error.instance!r} is not {error.schema['title']}"
+        else:
+            message = f"{error.instance!r} is not allowed: {error.schema.get('description', '')}"
+    return _bounded(message)
+
+
+def _bounded(message: str) -> str:
     if len(message) > _MAX_MESSAGE:
         message = message[: _MAX_MESSAGE - 1] + "…"
     return message
@@ -453,14 +699,35 @@ def _duplicate_problems(
 def _reference_problems(
     doc: Mapping[str, Json], graph: _Graph, limits: Limits
 ) -> Iterator[Problem]:
+    """Edges and rejection paths naming no node, with the id each most likely misspells.
+
+    A name found in a node without an id (`idd: charge`) is that node's: the schema
+    already reports its missing id, and every edge to it would only repeat that."""
+    unnamed = _names_in_nodes_without_id(doc)
     for index, edge in _items(doc, "edges"):
         for end in ("from", "to"):
             name = edge.get(end)
-            if isinstance(name, str) and name not in graph.ids:
-                yield Problem(f"/edges/{index}/{end}", f"edge {end} {name!r}: no such node")
+            if isinstance(name, str) and name not in graph.ids and name not in unnamed:
+                yield Problem(
+                    f"/edges/{index}/{end}",
+                    f"edge {end} {name!r}: no such node{did_you_mean(name, graph.ids)}",
+                )
     for path, _, target in _rejection_entries(doc):
-        if target not in graph.ids:
-            yield Problem(path, f"rejection_path entry {target!r}: no such node")
+        if target not in graph.ids and target not in unnamed:
+            yield Problem(
+                path,
+                f"rejection_path entry {target!r}: no such node{did_you_mean(target, graph.ids)}",
+            )
+
+
+def _names_in_nodes_without_id(doc: Mapping[str, Json]) -> set[str]:
+    return {
+        value
+        for _, node in _items(doc, "nodes")
+        if not isinstance(node.get("id"), str)
+        for value in node.values()
+        if isinstance(value, str)
+    }
 
 
 def _hitl_problems(doc: Mapping[str, Json], graph: _Graph, limits: Limits) -> Iterator[Problem]:
@@ -579,6 +846,8 @@ def _expression_problems(
             yield Problem(path, f"invalid jq expression: {error.message}")
 
 
+# Without a list of nodes, only the programs can be checked (see `_problems`).
+_NODELESS_CHECKS: tuple[_Check, ...] = (_expression_problems,)
 _SEMANTIC_CHECKS: tuple[_Check, ...] = (
     _credential_problems,
     _duplicate_problems,

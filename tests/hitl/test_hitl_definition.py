@@ -52,7 +52,7 @@ def test_a_bare_hitl_node_is_valid():
     [
         ({"on_timeout": "maybe"}, "/nodes/1/config/on_timeout", "is not one of"),
         ({"timeout_ms": 0}, "/nodes/1/config/timeout_ms", "less than the minimum"),
-        ({"rejection_paths": ["revise"]}, "/nodes/1/config", "Additional properties"),
+        ({"rejection_paths": ["revise"]}, "/nodes/1/config", "did you mean 'rejection_path'"),
         ({"approvers": "alice"}, "/nodes/1/config/approvers", "is not of type 'array'"),
         ({"rejection_path": [5]}, "/nodes/1/config/rejection_path/0", "is not of type"),
     ],
