@@ -379,7 +379,13 @@ def _replay_command(root: _Tree) -> None:
 
 
 def _workflow_commands(workflow: _Tree) -> None:
-    validate = workflow.command("validate", "workflows:validate", "validate a workflow file")
+    validate = workflow.command(
+        "validate",
+        "workflows:validate",
+        "validate a workflow file",
+        epilog="exit 0 when valid, with one line on stderr per warning (e.g. a node type no "
+        "worker runs, skipped at run time); exit 2 when invalid, one line per problem",
+    )
     validate.add_argument("file", metavar="FILE")
     workflow.command("list", "workflows:list_workflows", "stored workflows")
     show = workflow.command("show", "workflows:show", "a stored workflow, by tag or id")

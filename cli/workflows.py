@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import segment
@@ -14,11 +15,23 @@ if TYPE_CHECKING:
 
 
 def validate(ctx: Context) -> int:
+    """Valid: exit 0, with one line on stderr per warning (e.g. a node type no worker
+    runs); invalid: the server's 422 becomes one line per problem and exit 2."""
     definition = load_definition(ctx.args.file)
     result = ctx.api.post("/api/v1/workflows/validate", {"definition": definition})
     data = result if isinstance(result, dict) else {"valid": True}
+    if not ctx.json:  # with --output json the warnings are in the document
+        print_warnings(data.get("warnings"), ctx.args.file)
     ctx.emit(data, f"{ctx.args.file}: {ctx.style.status('valid')}")
     return EXIT_OK
+
+
+def print_warnings(warnings: Any, source: str) -> None:
+    """`source: warning: path: message` on stderr, one line per warning."""
+    for warning in warnings if isinstance(warnings, list) else []:
+        if isinstance(warning, dict):
+            where = warning.get("path") or "/"
+            print(f"{source}: warning: {where}: {warning.get('message')}", file=sys.stderr)
 
 
 def list_workflows(ctx: Context) -> int:

@@ -34,7 +34,12 @@ from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
 from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
-from aob.projections.workflow.definition import SETTING_NAMES, Limits, validate_definition
+from aob.projections.workflow.definition import (
+    SETTING_NAMES,
+    Limits,
+    check_definition,
+    unknown_type_problems,
+)
 from aob.projections.workflow.materialize import apply_patch
 from aob.workers.outputs import OutputError, fetch_output
 
@@ -65,12 +70,33 @@ class Commands:
 
     # --- workflows and tags --------------------------------------------------------
 
-    def validate(self, definition: Any) -> None:
+    def validate(self, definition: Any) -> list[dict[str, str]]:
+        """Refuses an invalid definition (422 listing every problem); returns its
+        warnings (nodes of unknown types, unless AOB_UNKNOWN_NODE_TYPES=error)."""
         settings = self.engine.settings  # AOB_WORKFLOW_MAX_*: see Limits
         limits = Limits(**{name: getattr(settings, f"workflow_{name}") for name in SETTING_NAMES})
-        problems = validate_definition(definition, limits)
-        if problems:
-            raise invalid_workflow([{"path": p.path, "message": p.message} for p in problems])
+        checked = check_definition(
+            definition,
+            limits,
+            known_types=self.engine.known_types,
+            unknown_types=settings.unknown_node_types,
+        )
+        if checked.problems:
+            raise invalid_workflow(
+                [{"path": p.path, "message": p.message} for p in checked.problems]
+            )
+        return [{"path": p.path, "message": p.message} for p in checked.warnings]
+
+    def _unknown_types(self, definition: Any) -> list[dict[str, str]]:
+        """A stored definition's warnings: its nodes of types no worker runs now."""
+        refused = self.engine.settings.unknown_node_types == "error"
+        found = [
+            {"path": p.path, "message": p.message}
+            for p in unknown_type_problems(definition, self.engine.known_types, refused=refused)
+        ]
+        if found and refused:
+            raise invalid_workflow(found)
+        return found
 
     async def create_workflow(
         self,
@@ -221,11 +247,12 @@ class Commands:
                 "give exactly one of 'definition', 'tag' or 'workflow_id'",
             )
         if definition is not None:
-            self.validate(definition)
+            warnings = self.validate(definition)
         else:
             workflow = await self.resolve_workflow(tag or workflow_id or "", version, tenant)
             definition = workflow["definition"]
             workflow_id, version = workflow["workflow_id"], workflow["version"]
+            warnings = self._unknown_types(definition)
         run_id = new_run_id()
         payload = RunSubmitted(
             run_id,
@@ -238,7 +265,8 @@ class Commands:
             tenant=tenant,
         )
         await self._append(RUNS_TOPIC, run_id, [payload], actor, trace_id)
-        return {"run_id": run_id, "status": "accepted", "trace_id": trace_id}
+        accepted = {"run_id": run_id, "status": "accepted", "trace_id": trace_id}
+        return {**accepted, "warnings": warnings} if warnings else accepted
 
     async def run(self, run_id: str) -> dict[str, Any]:
         """The run's read model; waits for the projector if the run is that new."""

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     workers: list[str] = ["builtin", "http", "hitl", "agent"]
     # Node types some worker outside this process executes (besides http, hitl, agent).
     node_types: list[str] = []
+    # A node whose type no worker runs (often a typo: `htpp`): "skip" accepts the
+    # workflow with a warning and skips the node at run time (its dependents still run);
+    # "error" refuses the workflow at validation and submission.
+    unknown_node_types: Literal["skip", "error"] = "skip"
     runs_partitions: int = 8
     workflows_partitions: int = 4
     tasks_partitions: int = 4

@@ -56,8 +56,10 @@ async def create_workflow(
 async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> dict[str, Any]:
     # In a thread: compiling a definition's jq programs (each within the limits, which
     # are checked first) may take a fraction of a second this loop must not wait.
-    await asyncio.to_thread(commands.validate, body.definition)
-    return {"valid": True}
+    warnings = await asyncio.to_thread(commands.validate, body.definition)
+    # Warnings (nodes of unknown types) only when there are some: {"valid": true} stays
+    # the whole answer for a clean definition.
+    return {"valid": True, "warnings": warnings} if warnings else {"valid": True}
 
 
 @router.get("/workflows", summary="List workflows (latest version of each)")

@@ -303,7 +303,7 @@ def check_definition(
     if problems:
         return Checked(problems)
     problems = _problems(doc, limits, frozenset(node_type_names()), fold=False)
-    unknown = list(_unknown_type_problems(doc, known_types, refused=unknown_types == "error"))
+    unknown = unknown_type_problems(doc, known_types, refused=unknown_types == "error")
     if unknown_types == "error":
         return Checked(problems + unknown)
     return Checked(problems, unknown)
@@ -329,16 +329,21 @@ def _problems(
     return problems
 
 
-def _unknown_type_problems(
+def unknown_type_problems(
     doc: Json, known_types: Collection[str], *, refused: bool
-) -> Iterator[Problem]:
+) -> list[Problem]:
+    """One per node whose type is not in `known_types`, naming the type it most likely
+    misspells; worded as a refusal when `refused`, else as a warning."""
     if not isinstance(doc, dict):
-        return
-    for index, node in _items(doc, "nodes"):
-        node_type = node.get("type")
-        if isinstance(node_type, str) and node_type not in known_types:
-            message = unknown_type_message(node_type, known_types, refused=refused)
-            yield Problem(f"/nodes/{index}/type", message)
+        return []
+    return [
+        Problem(
+            f"/nodes/{index}/type",
+            unknown_type_message(node["type"], known_types, refused=refused),
+        )
+        for index, node in _items(doc, "nodes")
+        if isinstance(node.get("type"), str) and node["type"] not in known_types
+    ]
 
 
 def _config_problems(
