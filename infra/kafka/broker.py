@@ -197,6 +197,26 @@ class KafkaBroker:
         if remove:
             shutil.rmtree(self.directory, ignore_errors=True)
 
+    def restart(
+        self, *, heap: str = DEFAULT_HEAP, timeout: float = 90.0, die_with_parent: bool = False
+    ) -> Self:
+        """Stop the broker (a controlled shutdown) and start it again on its data and its
+        port, so that clients reconnect to the bootstrap they had; the broker that runs
+        now (its pid changed). Fails if another process took the port meanwhile."""
+        self.stop()
+        libs = fetch_jars(self.version, DEFAULT_CACHE)
+        return self._launch(
+            self.directory,
+            self.version,
+            self.cluster_id,
+            self.port,
+            find_java(),
+            libs,
+            heap,
+            timeout,
+            die_with_parent,
+        )
+
     def __enter__(self) -> Self:
         return self
 
