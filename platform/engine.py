@@ -158,7 +158,10 @@ class Engine:
             engine.coordinator = CoordinatorHost(
                 event_log, max_event_bytes=settings.max_event_bytes
             )
-            engine.timers = TimerService(event_log, read_models, owns=engine.coordinator.owns)
+            coordinator = engine.coordinator
+            engine.timers = TimerService(
+                event_log, read_models, owns=coordinator.owns, append=coordinator.append_owned
+            )
         if role in ("dev", "workers"):
             engine._add_workers(settings.workers)
         return engine

@@ -207,3 +207,159 @@ def restore(data: bytes) -> RunState:
         verdicts=document.get("verdicts", {}),
         output_requests=document.get("output_requests", 0),
     )
+
+
+# --- split snapshots: a run's state in parts, each written when it changes ---------------
+#
+# A whole snapshot holds the definition twice and every node output: written after each
+# batch, a run's writes would grow with the square of its length. Split, the parts that
+# rarely change are written once (the submission), when they change (the definition on a
+# patch, a node's output when it lands) or once sealed (history: event ids seen and
+# verdicts, in chunks). The core keeps the rest, whose size follows the workflow's, not
+# the run's length, plus the history not sealed yet.
+
+SPLIT_VERSION: Final = 1
+
+# Fields of RunState each part holds (the core holds every other one but the compiled IR).
+SUBMISSION_FIELDS: Final = frozenset({"base", "inputs", "known_types", "tenant"})
+DEFINITION_FIELDS: Final = frozenset({"definition", "revision"})
+OUTPUT_FIELDS: Final = frozenset({"outputs", "output_refs"})
+HISTORY_FIELDS: Final = frozenset({"seen", "verdicts"})
+
+
+@dataclass(slots=True)
+class StoredParts:
+    """A run's parts as read back: the core, the submission, the definition when the
+    run was patched, one output per node, history chunks by index."""
+
+    core: bytes | None = None
+    submission: bytes | None = None
+    definition: bytes | None = None
+    outputs: dict[str, bytes] = field(default_factory=dict)
+    history: dict[int, bytes] = field(default_factory=dict)
+
+
+def _json(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def core_snapshot(
+    state: RunState, recent_seen: list[str], recent_verdicts: dict[str, bool]
+) -> bytes:
+    """The core: everything but the parts, with the history not sealed yet."""
+    return _json(
+        {
+            "v": SPLIT_VERSION,
+            "run_id": state.run_id,
+            "status": state.status.value,
+            "nodes": {
+                node_id: [n.iteration, n.attempt, n.status.value, n.passthrough]
+                for node_id, n in state.nodes.items()
+            },
+            "edge_taken": [[s, t, taken] for (s, t), taken in state.edge_taken.items()],
+            "loop_counts": [[s, t, count] for (s, t), count in state.loop_counts.items()],
+            "timers": {
+                timer_id: [t.purpose, t.node_id, t.iteration, t.attempt]
+                for timer_id, t in state.timers.items()
+            },
+            "ever_started": sorted(state.ever_started),
+            "pending_approvals": state.pending_approvals,
+            "patches": sorted(state.patches),
+            "pending_patches": state.pending_patches,
+            "agents_added": state.agents_added,
+            "outstanding": state.outstanding,
+            "awaiting": {
+                request_id: [p.purpose, p.source, p.target, p.iteration]
+                for request_id, p in state.awaiting.items()
+            },
+            "output_requests": state.output_requests,
+            "seen": recent_seen,
+            "verdicts": recent_verdicts,
+        }
+    )
+
+
+def submission_snapshot(state: RunState) -> bytes:
+    """What the run was submitted with: never changes."""
+    return _json(
+        {
+            "base": state.base,
+            "inputs": state.inputs,
+            "known_types": sorted(state.known_types),
+            "tenant": state.tenant,
+        }
+    )
+
+
+def definition_snapshot(state: RunState) -> bytes:
+    """The materialized definition of a patched run (unpatched, it is the base)."""
+    return _json({"definition": state.definition, "revision": state.revision})
+
+
+def output_snapshot(state: RunState, node_id: str) -> bytes:
+    """A node's latest output and its blob reference."""
+    return _json({"outputs": state.outputs[node_id], "output_refs": state.output_refs.get(node_id)})
+
+
+def history_snapshot(seen: list[str], verdicts: dict[str, bool]) -> bytes:
+    """A sealed chunk of history: ids of events folded, verdicts reached."""
+    return _json({"seen": seen, "verdicts": verdicts})
+
+
+def assemble(parts: StoredParts) -> RunState:
+    """The state whose parts `parts` are (raises if the core or submission is missing)."""
+    if parts.core is None or parts.submission is None:
+        raise ValueError("a run's core or submission is missing")
+    core = json.loads(parts.core)
+    if core.get("v") != SPLIT_VERSION:
+        raise ValueError(f"run core version {core.get('v')!r} is not {SPLIT_VERSION}")
+    submitted = json.loads(parts.submission)
+    definition, revision = submitted["base"], 0
+    if parts.definition is not None:
+        patched = json.loads(parts.definition)
+        definition, revision = patched["definition"], patched["revision"]
+    outputs: dict[str, Any] = {}
+    refs: dict[str, str] = {}
+    for node_id, data in parts.outputs.items():
+        output = json.loads(data)
+        outputs[node_id] = output["outputs"]
+        if output["output_refs"] is not None:
+            refs[node_id] = output["output_refs"]
+    seen: set[str] = set()
+    verdicts: dict[str, bool] = {}
+    for index in sorted(parts.history):  # in order: verdicts keep their order
+        chunk = json.loads(parts.history[index])
+        seen.update(chunk["seen"])
+        verdicts.update(chunk["verdicts"])
+    seen.update(core["seen"])
+    verdicts.update(core["verdicts"])
+    return RunState(
+        run_id=core["run_id"],
+        status=RunStatus(core["status"]),
+        base=submitted["base"],
+        definition=definition,
+        ir=compile_workflow(definition),
+        inputs=submitted["inputs"],
+        known_types=frozenset(submitted["known_types"]),
+        nodes={
+            node_id: NodeState(iteration, attempt, NodeStatus(status), passthrough)
+            for node_id, (iteration, attempt, status, passthrough) in core["nodes"].items()
+        },
+        edge_taken={(s, t): taken for s, t, taken in core["edge_taken"]},
+        outputs=outputs,
+        loop_counts={(s, t): count for s, t, count in core["loop_counts"]},
+        timers={timer_id: Timer(*fields) for timer_id, fields in core["timers"].items()},
+        seen=seen,
+        ever_started=set(core["ever_started"]),
+        pending_approvals=core["pending_approvals"],
+        patches=set(core["patches"]),
+        pending_patches=core["pending_patches"],
+        revision=revision,
+        agents_added=core["agents_added"],
+        outstanding=core["outstanding"],
+        tenant=submitted["tenant"],
+        output_refs=refs,
+        awaiting={r: PendingExpression(*f) for r, f in core["awaiting"].items()},
+        verdicts=verdicts,
+        output_requests=core["output_requests"],
+    )

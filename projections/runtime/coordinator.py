@@ -1,17 +1,29 @@
 """Hosts the coordinator fold on an event log (the embedded default's and the cluster's).
 
-Consumes the partitions of `aob.runs` it owns, folds each event into its run's state
-and appends what the fold emits: run events back to `aob.runs`, and each
-`NodeScheduled` also to its `aob.tasks.<type>` topic as the worker's work item.
+Coordinators are members of the consumer group `aob-coordinator`: the group divides the
+partitions of `aob.runs` among them, and each folds the events of the partitions it
+owns into its runs' states, appending what the fold emits: run events back to
+`aob.runs`, and each `NodeScheduled` also to its `aob.tasks.<type>` topic as the
+worker's work item. A run's timers are fired by the owner of its partition (`owns`,
+and `append_owned` for the `TimerFired` itself).
+
 Run states live per partition in a compacted changelog (`aob.projections.runtime.
-changelog`): each batch appends the states it changed, a tombstone for each run it
-finished and the partition's position marker, in the same commit as the emitted
-events and the consumer offsets. So a host that starts, or is assigned a partition,
-reads the partition's live states from the changelog and folds nothing again (or
-only what lies between the marker and the committed offset): it takes time in
-proportion to the active runs, not to history. A finished run leaves memory and,
-once compacted, the changelog; its later events find no state and change nothing,
-and its `RunSubmitted` lies behind the committed offset, never read again.
+changelog`): each batch appends what it changed of its runs' states, tombstones for
+each run it finished and the partition's position marker, in the same commit as the
+emitted events and the consumer offsets. A partition assigned (`on_assigned`) is
+restored from the changelog, then folded from its marker to the committed offset (on
+an atomic log: nothing), so restart and rebalance take time in proportion to the
+active runs, not to history. A partition revoked (`on_revoked`) is let go: what is
+folded is committed already (a batch is folded and committed under one lock the
+callbacks also take), its runs leave memory and their timers stop firing here.
+
+Fencing: every write goes through the group member's fenced commit (Kafka: one
+transaction per partition, by a producer whose epoch the next owner bumps; embedded:
+ownership checked inside the write's transaction). A host that lost a partition, or
+was paused past its session timeout, gets `Fenced` and writes nothing of that commit:
+it lets go of the partitions the commit was for and carries on; the next assignment
+tells it what it owns. A finished run leaves memory and, once compacted, the
+changelog; its later events find no state and change nothing.
 
 A record it cannot decode, or whose fold or emitted events fail (a bug, an event too
 deep to encode), is set aside (`deadletter`): its run fails with the reason, its
@@ -23,14 +35,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.bounded import oversize
 from aob.events.log.consumer import Consumer
-from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.log.port import (
+    POLL_TIMEOUT,
+    SESSION_TIMEOUT,
+    Append,
+    EventLog,
+    Fenced,
+    Record,
+    TopicPartition,
+)
 from aob.events.partitioner import partition_for
 from aob.events.tracing import traced
 from aob.events.types import (
@@ -46,11 +66,12 @@ from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import RunState
 from aob.projections.runtime.changelog import (
     CHANGELOG_TOPIC,
+    RunRecord,
     compact_changelog,
     position_entry,
     read_partition,
-    state_entry,
-    tombstone,
+    run_entries,
+    tombstones,
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
 
@@ -68,7 +89,8 @@ class ChangelogMismatch(RuntimeError):
 
 
 class CoordinatorHost:
-    """Run states of the owned partitions in memory, restored from the changelog."""
+    """Run states of the owned partitions in memory, restored from the changelog (a
+    consumer-group member: `on_assigned` / `on_revoked`)."""
 
     def __init__(
         self,
@@ -77,31 +99,51 @@ class CoordinatorHost:
         max_records: int = 500,
         max_event_bytes: int | None = None,
         compact_every: int = COMPACT_EVERY,
+        session_timeout: float = SESSION_TIMEOUT,
+        poll_timeout: float = POLL_TIMEOUT,
     ) -> None:
         self.log = event_log
         # Emitted events over this fail their run here, rather than stall the batch
         # the log would refuse (None: the log's own bound is the only check).
         self.max_event_bytes = max_event_bytes
         self.compact_every = compact_every
-        self.consumer = Consumer(event_log, GROUP, [RUNS_TOPIC], max_records=max_records)
+        self.consumer = Consumer(
+            event_log,
+            GROUP,
+            [RUNS_TOPIC],
+            max_records=max_records,
+            listener=self,
+            session_timeout=session_timeout,
+            poll_timeout=poll_timeout,
+        )
         self.states: dict[str, RunState] = {}
+        # What the changelog holds of each live run (and of a run finished in the batch
+        # at hand, until its tombstones are written).
+        self.stored: dict[str, RunRecord] = {}
         self.owned: frozenset[int] = frozenset()  # partitions of aob.runs
         self.partitions = 0  # of aob.runs (and of the changelog)
         # What restores cost so far, in records: of the changelog, and of aob.runs
         # folded again (between a partition's marker and its committed offset).
         self.restored_records = 0
         self.refolded_records = 0
+        self.fenced = 0  # commits refused because a partition had gone elsewhere
         # Positions in aob.runs of events this host appended and has not read back yet.
         self._own: set[tuple[int, int]] = set()
-        # Runs whose state the batch at hand changed (their changelog record is due).
+        # Runs whose state the batch at hand changed (their changelog records are due).
         self._dirty: set[str] = set()
+        # Changelog records of states a restore folded again, committed with the next
+        # batch (the first assignment runs before the consumer may commit).
+        self._pending: dict[int, list[Append]] = {}
         self._unpacked = 0  # changelog records appended since the last compaction
+        # Folding and committing a batch, and the rebalance callbacks, take turns: a
+        # partition is let go only once what was folded of it is committed.
+        self._lock = asyncio.Lock()
+        self._assignments = 0  # rebalances so far: a batch read before one is stale
 
-    # --- partitions: restore and release ------------------------------------------------
+    # --- group membership ------------------------------------------------------------
 
     async def recover(self) -> None:
-        """Start reading, and restore every partition the consumer holds."""
-        await self.consumer.start()
+        """Join the group: the partitions it assigns are restored before this returns."""
         self.partitions = await self.log.partitions(RUNS_TOPIC)
         changelog = await self.log.partitions(CHANGELOG_TOPIC)
         if changelog != self.partitions:
@@ -109,29 +151,29 @@ class CoordinatorHost:
                 f"{CHANGELOG_TOPIC} has {changelog} partitions and {RUNS_TOPIC} "
                 f"{self.partitions}: they must be equal (run states are kept per partition)"
             )
-        await self.restore(frozenset(self.consumer.positions))
+        await self.consumer.start()
+        async with self._lock:
+            await self._commit([], self.owned)  # what the first restore folded again
 
-    async def restore(self, partitions: frozenset[TopicPartition]) -> None:
-        """Take over `partitions` of aob.runs: their live runs' states from the changelog,
-        then the fold of whatever lies between its marker and the committed offset."""
-        owned = sorted(tp.partition for tp in partitions if tp.topic == RUNS_TOPIC)
-        appends: list[Append] = []
-        for partition in owned:
-            appends += await self._restore_partition(TopicPartition(RUNS_TOPIC, partition))
-        self.owned = self.owned | frozenset(owned)
-        if appends:
-            # States rebuilt by folding go to the changelog now: the next restore reads them.
-            await self.consumer.commit(appends)
-            self._unpacked += len(appends)
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        async with self._lock:
+            self._assignments += 1
+            for tp in sorted(partitions, key=lambda tp: tp.partition):
+                if tp.topic == RUNS_TOPIC and tp.partition not in self.owned:
+                    await self.restore(tp)
 
-    def release(self, partitions: frozenset[TopicPartition]) -> None:
-        """Let `partitions` go: their runs leave memory (their states are in the
-        changelog, committed with the last batch). Their timers stop firing here."""
-        gone = {tp.partition for tp in partitions if tp.topic == RUNS_TOPIC}
-        self.owned = self.owned - gone
-        for run_id in [r for r in self.states if self.partition_of(r) in gone]:
-            del self.states[run_id]
-        self._own = {p for p in self._own if p[0] not in gone}
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        async with self._lock:
+            self._assignments += 1
+            lost = frozenset(tp.partition for tp in partitions if tp.topic == RUNS_TOPIC)
+            # Folded batches are committed (under this lock); states folded again at
+            # restore may still wait for a commit.
+            await self._commit([], lost & self._pending.keys())
+            self.release(lost)
+
+    async def close(self) -> None:
+        """Leave the group: the partitions go to the other members at once."""
+        await self.consumer.close()
 
     def owns(self, run_id: str) -> bool:
         """Whether this host owns `run_id`'s partition (and so fires its timers)."""
@@ -140,23 +182,56 @@ class CoordinatorHost:
     def partition_of(self, run_id: str) -> int:
         return partition_for(run_id, self.partitions)
 
-    async def _restore_partition(self, tp: TopicPartition) -> list[Append]:
+    # --- partitions: restore and release -------------------------------------------------
+
+    async def restore(self, tp: TopicPartition) -> None:
+        """Take over partition `tp` of aob.runs: its live runs' states from the changelog,
+        then the fold of whatever lies between its marker and the committed offset."""
         restored = await read_partition(self.log, tp.partition)
-        self.restored_records += restored.records
+        self.restored_records += restored.read
         self.states.update(restored.states)
-        committed = self.consumer.positions.get(tp, 0)
+        self.stored.update(restored.records)
+        self.owned = self.owned | {tp.partition}
+        committed = await self._committed(tp)
         start = restored.position if restored.position is not None else 0
         if start >= committed:
             # The changelog is ahead of the offsets only when a batch's records were
-            # appended but its commit was lost (Kafka without transactions): that
+            # appended but its commit was lost (a log without atomic commits): that
             # batch is folded already, reading it again would fold it twice.
-            _seek(self.consumer, tp, start)
-            return []
-        persisted = set(restored.states)
+            self.consumer.seek(tp, start)
+            return
         await self._refold(tp, start, committed)
-        appends = self._changelog(persisted)
-        appends.append(position_entry(tp.partition, self.partitions, committed))
-        return appends
+        # States rebuilt by folding go to the changelog with the next commit.
+        pending = self._changelog()
+        pending.append(position_entry(tp.partition, self.partitions, committed))
+        self._pending.setdefault(tp.partition, []).extend(pending)
+        log.info(
+            "coordinator owns %s[%d]: %d runs, %d changelog records read, %d events refolded",
+            tp.topic,
+            tp.partition,
+            len(restored.states),
+            restored.read,
+            committed - start,
+        )
+
+    async def _committed(self, tp: TopicPartition) -> int:
+        positions = self.consumer.positions  # from the committed offsets, once joined
+        if tp in positions:
+            return positions[tp]
+        return (await self.log.committed(GROUP, tp.topic)).get(tp.partition, 0)
+
+    def release(self, partitions: Iterable[int] | frozenset[TopicPartition]) -> None:
+        """Let `partitions` (of aob.runs) go: their runs leave memory (their states are
+        in the changelog, committed with the last batch). Their timers stop firing here."""
+        gone = {p.partition if isinstance(p, TopicPartition) else p for p in partitions}
+        self.owned = self.owned - gone
+        for run_id in [r for r in self.states if self.partition_of(r) in gone]:
+            del self.states[run_id]
+        for run_id in [r for r in self.stored if self.partition_of(r) in gone]:
+            del self.stored[run_id]
+        self._own = {p for p in self._own if p[0] not in gone}
+        for partition in gone:
+            self._pending.pop(partition, None)
 
     async def _refold(self, tp: TopicPartition, start: int, end: int) -> None:
         """Fold `tp` from `start` to `end` again; what it emits was appended before
@@ -174,53 +249,106 @@ class CoordinatorHost:
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            records = await self.consumer.poll(timeout=0.5)
-            if records:
-                await self.step(records)
-            if self._unpacked >= max(self.compact_every, 2 * len(self.states)):
-                await compact_changelog(self.log)
-                self._unpacked = 0
+        try:
+            while not stop.is_set():
+                assignments = self._assignments
+                records = await self.consumer.poll(timeout=0.5)
+                if records:
+                    await self.step(records, assignments)
+                if self._unpacked >= max(self.compact_every, 2 * len(self.states)):
+                    await compact_changelog(self.log)
+                    self._unpacked = 0
+        finally:  # leave the group: another member takes the partitions over at once
+            await self.close()
 
-    async def step(self, records: list[Record]) -> None:
+    async def step(self, records: list[Record], assignments: int | None = None) -> None:
         """Fold a batch; append what it emitted, its changelog records and the consumer
-        offsets in one commit."""
-        persisted = {r.key for r in records if r.key in self.states}
-        appends = self.handle(records)
-        changelog = self._changelog(persisted)
-        changelog += self._markers(records)
-        written = await self.consumer.commit(appends + changelog)
-        self._unpacked += len(changelog)
+        offsets in one commit. A batch read before a rebalance (`assignments` counts
+        them) is dropped: the partitions it came from were restored since, and their
+        records are read again from where the restore placed them."""
+        async with self._lock:
+            if assignments is not None and assignments != self._assignments:
+                return
+            records = [r for r in records if r.partition in self.owned]
+            appends = self.handle(records)
+            changelog = self._changelog() + self._markers(records)
+            await self._commit(appends + changelog, self.owned)
+
+    async def append_owned(self, appends: Sequence[Append]) -> list[Record]:
+        """Append run events (a timer's `TimerFired`) for the runs this host owns,
+        fenced like its batches; those of other runs are dropped."""
+        async with self._lock:
+            mine = [a for a in appends if self.owns(a.key)]
+            by_partition: dict[TopicPartition, list[Append]] = {}
+            for append in mine:
+                tp = TopicPartition(RUNS_TOPIC, self.partition_of(append.key))
+                by_partition.setdefault(tp, []).append(append)
+            if not by_partition:
+                return []
+            try:
+                return await self.consumer.commit(by_partition, offsets={})
+            except Fenced as error:
+                self._fenced(error, {tp.partition for tp in by_partition})
+                return []
+
+    async def _commit(self, appends: list[Append], partitions: Iterable[int]) -> None:
+        """Commit `appends` (with what restores left pending) and the positions of
+        `partitions`. Fenced: those partitions are let go, nothing of it is written."""
+        partitions = frozenset(partitions)
+        pending = [a for p in sorted(partitions) for a in self._pending.pop(p, [])]
+        appends = pending + appends
+        if not appends and not partitions:
+            return
+        owned = [TopicPartition(RUNS_TOPIC, p) for p in partitions]
+        try:
+            written = await self.consumer.commit(appends, partitions=owned)
+        except Fenced as error:
+            self._fenced(error, partitions)
+            return
+        self._unpacked += sum(1 for a in appends if a.topic == CHANGELOG_TOPIC)
         self._own.update((r.partition, r.offset) for r in written if r.topic == RUNS_TOPIC)
 
-    def _changelog(self, persisted: set[str]) -> list[Append]:
-        """The changelog records of the runs the batch changed: a live run's state, a
-        tombstone for a stored run that finished (one that started and finished in the
-        batch was never stored). A state that cannot be stored fails its run."""
+    def _fenced(self, error: Fenced, partitions: Iterable[int]) -> None:
+        """Another member owns (some of) `partitions` now: what this host folded of them
+        may be ahead of the log, so it lets them all go. The rebalance that fenced it
+        assigns it its share again, restored from the changelog."""
+        self.fenced += 1
+        self._dirty.clear()
+        log.warning("coordinator fenced, letting its partitions go: %s", error)
+        self.release(frozenset(partitions))
+
+    def _changelog(self) -> list[Append]:
+        """The changelog records of the runs the batch changed: what changed of a live
+        run's state, tombstones for a stored run that finished (one that started and
+        finished in the batch was never stored). A state that cannot be stored fails
+        its run."""
         appends: list[Append] = []
         for run_id in sorted(self._dirty):
             state = self.states.get(run_id)
             if state is not None:
-                entry = self._state_entry(state)
-                if entry is not None:
-                    appends.append(entry)
+                entries = self._state_entries(state)
+                if entries is not None:
+                    appends += entries
                     continue
                 appends += self._set_aside_state(run_id)
-            if run_id in persisted:
-                appends.append(tombstone(run_id))
+            record = self.stored.pop(run_id, None)
+            if record is not None:
+                appends += tombstones(run_id, record)
         self._dirty.clear()
         return appends
 
-    def _state_entry(self, state: RunState) -> Append | None:
+    def _state_entries(self, state: RunState) -> list[Append] | None:
+        record = self.stored.setdefault(state.run_id, RunRecord())
         try:
-            entry = state_entry(state)
+            entries = run_entries(state, record, self.partitions)
         except Exception as error:
             log.error("cannot store the state of run %s: %s", state.run_id, describe(error))
             return None
-        if self._oversize([entry]) is not None:
-            log.error("the state of run %s is over the event bound", state.run_id)
+        problem = self._oversize(entries)
+        if problem is not None:
+            log.error("the state of run %s is over the event bound: %s", state.run_id, problem)
             return None
-        return entry
+        return entries
 
     def _set_aside_state(self, run_id: str) -> list[Append]:
         """A run whose state cannot be stored fails: no restore could go on with it."""
@@ -324,22 +452,16 @@ class CoordinatorHost:
             return emitted  # not a run this host knows (never submitted, or finished)
         if state.is_finished:
             # Later events of a finished run change nothing: it leaves memory, and its
-            # tombstone the changelog.
+            # tombstones the changelog.
             self.states.pop(event.key, None)
         else:
             self.states[event.key] = state
         if changes:
             self._dirty.add(event.key)
+            # The ids the fold marked seen: the event's and those of what it emitted.
+            record = self.stored.setdefault(event.key, RunRecord())
+            record.note_seen([event.event_id, *(e.event_id for e in emitted)])
         return emitted
-
-
-def _seek(consumer: Consumer, tp: TopicPartition, offset: int) -> None:
-    """Place `consumer` at `offset` of `tp` (Consumer.seek where it exists)."""
-    seek = getattr(consumer, "seek", None)
-    if seek is not None:
-        seek(tp, offset)
-    else:  # the consumer before group membership: positions are a plain dict
-        consumer._positions[tp] = offset
 
 
 def _at(record: Record) -> str:

@@ -7,7 +7,9 @@ so a timer fired twice (crash between append and projection) is harmless.
 
 Timers are owned with their runs: a service fires only the timers of runs whose
 `aob.runs` partition its coordinator owns (`owns`), so with several coordinators
-each timer is fired by one of them, and moves with its partition.
+each timer is fired by one of them, and moves with its partition. Its `TimerFired`
+goes through the coordinator's fenced commit (`append`): a coordinator that lost the
+partition meanwhile writes nothing.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aob.events.codec import encode
-from aob.events.log.port import Append, EventLog
+from aob.events.log.port import Append, EventLog, Record
 from aob.events.tracing import traced
 from aob.events.types import RUNS_TOPIC, Event, TimerFired
 
@@ -44,6 +46,7 @@ class TimerService:
         interval: float = 0.05,
         clock: Callable[[], int] = now_ms,
         owns: Callable[[str], bool] | None = None,
+        append: Callable[[Sequence[Append]], Awaitable[list[Record]]] | None = None,
     ) -> None:
         self.log = event_log
         self.store = store
@@ -51,6 +54,8 @@ class TimerService:
         self.clock = clock
         # Whether this service fires a run's timers (None: every run's).
         self.owns = owns
+        # How `TimerFired` is written (None: a plain append to the log).
+        self.append = event_log.append if append is None else append
         # Fired but maybe not projected yet: don't fire them again on the next tick.
         self._in_flight: set[str] = set()
 
@@ -90,7 +95,7 @@ class TimerService:
                 )
                 appends.append(Append(RUNS_TOPIC, event.key, encode(event)))
         if appends:
-            await self.log.append(appends)
+            await self.append(appends)
         return len(appends)
 
     async def _trace_of(self, run_id: str) -> str:
