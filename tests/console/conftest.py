@@ -20,6 +20,8 @@ from tests.console.live import (
 )
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
+# Conditions in a live system take a moment (a run, an LLM round): wait up to 20 s.
+playwright_sync.expect.set_options(timeout=20_000)
 
 SCREENSHOTS = Path(
     os.environ.get("AOB_CONSOLE_SCREENSHOTS") or Path(__file__).parent / "screenshots"

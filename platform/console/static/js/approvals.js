@@ -1,7 +1,7 @@
 // The approvals inbox: pending approvals with their message, payload and who may decide;
 // approve or reject with a comment; past decisions with who decided and when.
 import {api, can, session} from './app.js';
-import {h, clear, badge, when, jsonBlock, problemBlock} from './dom.js';
+import {h, clear, fill, badge, when, jsonBlock, problemBlock} from './dom.js';
 
 const REFRESH_MS = 2000;
 
@@ -28,7 +28,7 @@ export async function render(main) {
       }
       drawPast(all.items.filter((a) => a.status !== 'pending'));
     } catch (error) {
-      clear(notice).append(problemBlock(error));
+      fill(notice, problemBlock(error));
     }
   }
 
@@ -46,11 +46,11 @@ export async function render(main) {
       try {
         await api(`/api/v1/approvals/${encodeURIComponent(id)}/decide`, {
           method: 'POST', body: {decision, comments: comment.value}});
-        clear(notice).append(`${decision === 'approve' ? 'Approved' : 'Rejected'}: the run continues.`);
+        fill(notice, `${decision === 'approve' ? 'Approved' : 'Rejected'}: the run continues.`);
         shownIds = '';
         refresh();
       } catch (error) {
-        clear(status).append(problemBlock(error));
+        fill(status, problemBlock(error));
       }
     };
     const deciders = approval.approvers && approval.approvers.length

@@ -96,7 +96,7 @@ export class DagView {
       this.nodeEls.set(id, g);
       svg.append(g);
     }
-    clear(this.container).append(svg);
+    fill(this.container, svg);
     this.refreshEdges();
   }
 

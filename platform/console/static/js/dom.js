@@ -74,3 +74,9 @@ export function problemBlock(error) {
       ? h('ul', {}, problem.errors.map((e) => h('li', {}, h('code', {}, e.path || '/'), ' ', e.message)))
       : null);
 }
+
+/** Replaces `el`'s content with `children`, by the rules of `h` (null and false skipped). */
+export function fill(el, ...children) {
+  clear(el);
+  return build(el, {}, children);
+}

@@ -1,7 +1,7 @@
 // A run's patches: a readable diff against the run's current workflow (jsdiff, vendored),
 // approve or reject one awaiting review with a reason, and the policy in force.
 import {api, can} from './app.js';
-import {h, clear, badge, when, problemBlock} from './dom.js';
+import {h, clear, fill, badge, when, problemBlock} from './dom.js';
 
 /** The definition the patch would produce, from the API's structured diff. */
 function patched(current, diff) {
@@ -36,17 +36,29 @@ function diffView(current, diff) {
   ];
 }
 
+const renders = new WeakMap();  // container -> number of the latest render
+
+/** Draws a run's patches into `container`; of overlapping calls (events come in
+ *  bursts), only the latest one's drawing is shown. */
 export async function renderPatches(container, runId, run, onDecided) {
+  const mine = (renders.get(container) || 0) + 1;
+  renders.set(container, mine);
+  const drawn = h('div', {});
+  await drawPatches(drawn, runId, run, onDecided);
+  if (renders.get(container) === mine) clear(container).append(...drawn.childNodes);
+}
+
+async function drawPatches(container, runId, run, onDecided) {
   const base = `/api/v1/runs/${encodeURIComponent(runId)}/patches`;
   let items;
   try {
     items = (await api(base)).items;
   } catch (error) {
-    clear(container).append(problemBlock(error));
+    fill(container, problemBlock(error));
     return;
   }
   const policy = (run.definition && run.definition.patch_policy) || 'auto';
-  clear(container).append(h('h2', {}, 'Patches'),
+  fill(container, h('h2', {}, 'Patches'),
     h('p', {class: 'muted', id: 'patch-policy'}, `Patch policy in force: ${policy}`,
       policy === 'review' ? ' (agents\u2019 patches wait for a person to approve them)' : ''));
   if (!items.length) { container.append(h('p', {class: 'muted'}, 'No patches.')); return; }
@@ -64,7 +76,7 @@ export async function renderPatches(container, runId, run, onDecided) {
     }
     try {
       const shown = await api(`${base}/${encodeURIComponent(item.patch_id)}`);
-      if (shown.diff) card.append(diffView(run.definition || {}, shown.diff));
+      if (shown.diff) fill(card, ...card.childNodes, diffView(run.definition || {}, shown.diff));
     } catch (error) {
       card.append(problemBlock(error));
     }
@@ -79,10 +91,10 @@ function reviewForm(base, item, onDecided) {
     try {
       await api(`${base}/${encodeURIComponent(item.patch_id)}/${decision}`, {
         method: 'POST', body: {reason: reason.value}});
-      clear(status).append(`Patch ${decision === 'approve' ? 'approved' : 'rejected'}.`);
+      fill(status, `Patch ${decision === 'approve' ? 'approved' : 'rejected'}.`);
       onDecided();
     } catch (error) {
-      clear(status).append(problemBlock(error));
+      fill(status, problemBlock(error));
     }
   };
   return h('div', {class: 'review'},

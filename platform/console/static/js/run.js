@@ -2,7 +2,7 @@
 // event timeline beside it, node details, cancel, fork from an event, and patch review.
 import {api, can, streamUrl} from './app.js';
 import {DagView} from './dag.js';
-import {h, clear, badge, when, duration, jsonBlock, problemBlock} from './dom.js';
+import {h, clear, fill, badge, when, duration, jsonBlock, problemBlock} from './dom.js';
 import {renderPatches} from './patches.js';
 
 // Every event name the stream sends (aob.platform.fanout.SSE_NAMES, then snake_case).
@@ -58,7 +58,7 @@ export async function render(main, runId) {
   }
 
   function drawRun() {
-    clear(statusEl).append(badge(run.status));
+    fill(statusEl, badge(run.status));
     dag.setDefinition(run.definition || {nodes: [], edges: []}, marks);
     for (const [id, info] of nodes) dag.setState(id, info.status);
     dag.refreshEdges();
@@ -82,7 +82,7 @@ export async function render(main, runId) {
       drawRun();
       refreshPatches();
     } catch (error) {
-      clear(notice).append(problemBlock(error));
+      fill(notice, problemBlock(error));
     }
   }
 
@@ -90,9 +90,9 @@ export async function render(main, runId) {
     if (!confirm(`Cancel run ${runId}?`)) return;
     try {
       await api(`${path}/cancel`, {method: 'POST', body: {reason: 'cancelled from the console'}});
-      clear(notice).append('Cancellation requested.');
+      fill(notice, 'Cancellation requested.');
     } catch (error) {
-      clear(notice).append(problemBlock(error));
+      fill(notice, problemBlock(error));
     }
   }
 
@@ -102,7 +102,7 @@ export async function render(main, runId) {
       const forked = await api(`${path}/replay`, {method: 'POST', body});
       location.hash = `#/runs/${encodeURIComponent(forked.run_id)}`;
     } catch (error) {
-      clear(notice).append(problemBlock(error));
+      fill(notice, problemBlock(error));
     }
   }
 
@@ -190,7 +190,7 @@ export async function render(main, runId) {
   function setRunStatus(status) {
     if (run.status === status) return;
     run.status = status;
-    clear(statusEl).append(badge(status));
+    fill(statusEl, badge(status));
     drawActions();
   }
 
@@ -214,7 +214,7 @@ export async function render(main, runId) {
     const defined = ((run.definition && run.definition.nodes) || []).find((n) => n.id === selected) || {};
     const output = info.output;
     const agent = (info.type || defined.type) === 'agent';
-    clear(detail).append(
+    fill(detail, 
       h('h3', {}, 'Node ', h('code', {}, selected), ' ', badge(info.status)),
       marks[selected] ? h('p', {class: 'patched-note'}, 'Added by patch ', h('code', {}, marks[selected])) : null,
       h('dl', {class: 'facts'},
@@ -230,7 +230,8 @@ export async function render(main, runId) {
       info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
       info.approval ? h('p', {}, h('strong', {}, 'Approval: '), info.approval.message) : null,
       agent && info.usage ? usageBlock(info.usage) : null,
-      agent && output && Array.isArray(output.tool_calls) ? toolCalls(output.tool_calls) : null,
+      agent && output && Array.isArray(output.patches) && output.patches.length
+        ? [h('h4', {}, 'Patches proposed'), jsonBlock(output.patches, 'patches proposed')] : null,
       h('h4', {}, 'Input'), jsonBlock(info.input, 'node input'),
       h('h4', {}, 'Output'), jsonBlock(output, 'node output'),
       h('h4', {}, 'Config'), jsonBlock(defined.config, 'node config'));
@@ -241,11 +242,6 @@ export async function render(main, runId) {
       h('dl', {class: 'facts'}, fact('Model', usage.model), fact('LLM calls', usage.llm_calls),
         fact('Prompt tokens', usage.prompt_tokens), fact('Completion tokens', usage.completion_tokens),
         fact('Total tokens', usage.total_tokens), fact('Tool calls', usage.tool_calls)));
-  }
-
-  function toolCalls(calls) {
-    return h('div', {}, h('h4', {}, `Tool calls (${calls.length})`),
-      h('ol', {class: 'tool-calls'}, calls.map((call) => h('li', {}, jsonBlock(call, 'tool call')))));
   }
 
   return () => {

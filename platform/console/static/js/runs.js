@@ -1,7 +1,7 @@
 // Runs: newest first, filtered by status, workflow and time, a page at a time (the
 // API's cursor), statuses refreshed while the page is shown.
 import {api} from './app.js';
-import {h, clear, badge, when, duration, problemBlock} from './dom.js';
+import {h, clear, fill, badge, when, duration, problemBlock} from './dom.js';
 
 const PAGE_SIZE = 50;
 const REFRESH_MS = 2000;
@@ -68,8 +68,8 @@ export async function render(main) {
       rebuild(runs);
       body.dataset.ids = ids;
     }
-    clear(message).append(runs.length ? `${runs.length} run(s) on this page` : 'No runs match.');
-    clear(pager).append(
+    fill(message, runs.length ? `${runs.length} run(s) on this page` : 'No runs match.');
+    fill(pager, 
       h('button', {type: 'button', id: 'newer', disabled: cursors.length === 1,
         onclick: () => { cursors.pop(); refresh(); }}, '← Newer'),
       h('span', {class: 'muted'}, ` page ${cursors.length} `),
@@ -102,7 +102,7 @@ export async function render(main) {
     try {
       await load();
     } catch (error) {
-      clear(message).append(problemBlock(error));
+      fill(message, problemBlock(error));
     }
   }
 

@@ -2,7 +2,7 @@
 // by the API, errors at their paths) and as a graph, submitting a run by tag.
 import {api, can} from './app.js';
 import {DagView} from './dag.js';
-import {h, clear, when, problemBlock} from './dom.js';
+import {h, clear, fill, when, problemBlock} from './dom.js';
 
 const VALIDATE_DELAY_MS = 300;
 
@@ -106,7 +106,7 @@ function saveForm(current, notice) {
       const created = await api('/api/v1/workflows', {method: 'POST', body});
       location.hash = `#/workflows/${encodeURIComponent(created.workflow_id)}`;
     } catch (error) {
-      clear(notice).append(problemBlock(error));
+      fill(notice, problemBlock(error));
     }
   }}, h('label', {for: 'save-tag'}, 'Tag '), tag,
   h('button', {type: 'submit', id: 'save-workflow'}, 'Save as a new version'));
@@ -123,10 +123,10 @@ function tagForm(workflow, tags, notice) {
       try {
         await api(`/api/v1/tags/${encodeURIComponent(name.value)}/move`, {method: 'POST',
           body: {workflow_id: workflow.workflow_id, version: Number(version.value)}});
-        clear(notice).append(`Tag ${name.value} now points at v${version.value}.`);
+        fill(notice, `Tag ${name.value} now points at v${version.value}.`);
         location.reload();
       } catch (error) {
-        clear(notice).append(problemBlock(error));
+        fill(notice, problemBlock(error));
       }
     }}, h('label', {for: 'tag-name'}, 'Move tag '), name, h('label', {for: 'tag-version'}, ' to version '), version,
     h('button', {type: 'submit', id: 'move-tag'}, 'Move tag')));
@@ -146,7 +146,7 @@ function submitForm(workflow, tags, notice) {
       try {
         parsedInputs = JSON.parse(inputs.value || '{}');
       } catch (error) {
-        clear(notice).append(h('p', {class: 'error', role: 'alert'}, `Inputs are not JSON: ${error.message}`));
+        fill(notice, h('p', {class: 'error', role: 'alert'}, `Inputs are not JSON: ${error.message}`));
         return;
       }
       const [kind, value] = ref.value.split(/:(.*)/s);
@@ -156,7 +156,7 @@ function submitForm(workflow, tags, notice) {
         const accepted = await api('/api/v1/runs', {method: 'POST', body});
         location.hash = `#/runs/${encodeURIComponent(accepted.run_id)}`;
       } catch (error) {
-        clear(notice).append(problemBlock(error));
+        fill(notice, problemBlock(error));
       }
     }},
     h('label', {for: 'submit-ref'}, 'Run '), ref,
