@@ -23,6 +23,10 @@ def start(ctx: Context) -> int:
     else:
         body["definition"] = load_definition(args.workflow)
     accepted = ctx.api.post("/api/v1/runs", body)
+    if not ctx.json:  # e.g. a node type no worker runs; with -o json they are in `accepted`
+        from aob.cli.workflows import print_warnings
+
+        print_warnings(accepted.get("warnings"), args.workflow)
     return _accepted(ctx, accepted, follow_it=args.follow)
 
 
