@@ -51,7 +51,7 @@ GET_RUN = f"SELECT {RUN_SUMMARY}, definition FROM runs WHERE run_id = :run_id"
 # Skipped nodes that never ran have no scheduled_at; they sort by when they were skipped.
 RUN_NODES = """
 SELECT node_id, iteration, type, status, attempt, worker, output, error, skip_reason,
-       warning, scheduled_at, started_at, finished_at
+       warning, scheduled_at, started_at, finished_at, carried_from
 FROM node_runs WHERE run_id = :run_id
 ORDER BY COALESCE(scheduled_at, finished_at), node_id, iteration
 """

@@ -316,6 +316,22 @@ WHERE run_id = :run_id AND status IN ('running', 'waiting')
 
 SELECT_RUN_STATUS = "SELECT status FROM runs WHERE run_id = :run_id"
 
+# A node a replayed run starts out with: completed, with the output it had in the run
+# replayed, never scheduled in this one.
+INSERT_CARRIED_NODE = """
+INSERT INTO node_runs (run_id, node_id, iteration, type, status, attempt, output,
+                       finished_at, carried_from)
+VALUES (:run_id, :node_id, 0, :type, 'completed', 0, :output, :at, :carried_from)
+ON CONFLICT (run_id, node_id, iteration) DO NOTHING
+"""
+
+# Nodes still unfinished when their run ends will never finish: their results, should
+# any still come, change nothing (as in the coordinator).
+CANCEL_UNFINISHED_NODES = """
+UPDATE node_runs SET status = 'cancelled', finished_at = :at
+WHERE run_id = :run_id AND status IN ('scheduled', 'running', 'waiting', 'retrying')
+"""
+
 
 def _run_submitted(p: RunSubmitted, e: Event) -> Plan:
     yield Exec(
@@ -333,6 +349,29 @@ def _run_submitted(p: RunSubmitted, e: Event) -> Plan:
             "tenant": p.tenant or DEFAULT_TENANT,
         },
     )
+    for node in _carried_nodes(p):
+        yield Exec(INSERT_CARRIED_NODE, {**node, "run_id": p.run_id, "at": e.occurred_at})
+
+
+def _carried_nodes(p: RunSubmitted) -> list[dict[str, Any]]:
+    """The nodes of the definition a replay's checkpoint gives outputs (the coordinator
+    starts the same ones out completed)."""
+    checkpoint = p.checkpoint if isinstance(p.checkpoint, dict) else {}
+    outputs = checkpoint.get("outputs")
+    nodes = p.definition.get("nodes") if isinstance(p.definition, dict) else None
+    if not isinstance(outputs, dict) or not isinstance(nodes, list):
+        return []
+    types = {n.get("id"): n.get("type") for n in nodes if isinstance(n, dict)}
+    return [
+        {
+            "node_id": node_id,
+            "type": types[node_id],
+            "output": dumps(output),
+            "carried_from": checkpoint.get("run_id"),
+        }
+        for node_id, output in outputs.items()
+        if node_id in types
+    ]
 
 
 def _end_run(
@@ -348,6 +387,7 @@ def _end_run(
     ended = {"run_id": run_id, "at": at}
     outcome = {"status": status, "output": output, "error": error, "error_node_id": error_node_id}
     yield Exec(END_RUN, {**ended, **outcome})
+    yield Exec(CANCEL_UNFINISHED_NODES, ended)
     yield Exec(DELETE_UNFIRED_TIMERS, {"run_id": run_id})
     yield Exec(CANCEL_PENDING_APPROVALS, ended)
 
@@ -389,13 +429,13 @@ WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
 COMPLETE_NODE = """
 UPDATE node_runs SET status = 'completed', output = :output, finished_at = :at
 WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
-  AND attempt = :attempt AND status IN ('scheduled', 'running')
+  AND attempt = :attempt AND status IN ('scheduled', 'running', 'waiting')
 """
 
 FAIL_NODE = """
 UPDATE node_runs SET status = 'failed', error = :error, finished_at = :at
 WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
-  AND attempt = :attempt AND status IN ('scheduled', 'running')
+  AND attempt = :attempt AND status IN ('scheduled', 'running', 'waiting')
 """
 
 SKIP_NODE = """
@@ -589,6 +629,23 @@ WHERE approval_id = :approval_id AND status = 'pending'
 
 _APPROVING = frozenset({"approve", "approved"})
 
+# A hitl node waits while its approval is pending (its run is 'waiting' meanwhile).
+AWAIT_APPROVAL = """
+UPDATE node_runs SET status = 'waiting'
+WHERE run_id = :run_id AND node_id = :node_id AND iteration = :iteration
+  AND attempt = :attempt AND status IN ('scheduled', 'running')
+"""
+
+# Decided: its worker is finishing the node.
+RESUME_AFTER_APPROVAL = """
+UPDATE node_runs SET status = 'running'
+WHERE status = 'waiting' AND EXISTS (
+    SELECT 1 FROM approvals a WHERE a.approval_id = :approval_id
+      AND a.run_id = node_runs.run_id AND a.node_id = node_runs.node_id
+      AND a.iteration = node_runs.iteration
+      AND (a.attempt IS NULL OR a.attempt = node_runs.attempt))
+"""
+
 
 def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
     """An approval asked for after its run ended can never be decided: it lands
@@ -615,6 +672,9 @@ def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
             "decided_at": e.occurred_at if ended else None,
         },
     )
+    if not ended and attempt is not None:
+        node = {"run_id": p.run_id, "node_id": p.node_id, "iteration": p.iteration}
+        yield Exec(AWAIT_APPROVAL, {**node, "attempt": attempt})
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
 
@@ -637,6 +697,7 @@ def _approval_decided(p: ApprovalDecided, e: Event) -> Plan:
         DECIDE_APPROVAL,
         {"approval_id": p.approval_id, **decision, "at": e.occurred_at, "event_id": e.event_id},
     )
+    yield Exec(RESUME_AFTER_APPROVAL, {"approval_id": p.approval_id})
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
 

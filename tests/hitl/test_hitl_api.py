@@ -42,7 +42,7 @@ async def test_show_an_approval_with_its_context(aob):
     context = shown["context"]
     assert (context["run"]["run_id"], context["run"]["status"]) == (run_id, "waiting")
     assert context["run"]["inputs"] == {"author": "kim"}
-    assert (context["node"]["node_id"], context["node"]["status"]) == ("gate", "running")
+    assert (context["node"]["node_id"], context["node"]["status"]) == ("gate", "waiting")
     assert context["input"]["nodes"] == {"draft": {"title": "Q3", "words": 120}}
     assert context["decisions"] == []
 

@@ -27,7 +27,7 @@ async def test_approve_pauses_the_run_then_follows_the_normal_path(aob):
     assert approval["status"] == "pending"
     run = await aob.run(run_id)
     assert run["status"] == "waiting"  # paused on the approval, not complete
-    assert node(run, "gate")["status"] == "running"
+    assert node(run, "gate")["status"] == "waiting"  # as its run is
 
     response = await aob.decide(approval["approval_id"], "approve", actor="alice",
                                 comments="ship it")

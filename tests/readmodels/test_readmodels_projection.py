@@ -212,6 +212,7 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         (3, "0003_patch_reviews.sql"),
         (4, "0004_run_tenants.sql"),
         (5, "0005_workflow_tenants.sql"),
+        (6, "0006_node_states.sql"),
     ]
     assert rows == shipped
     assert journal == "wal"
