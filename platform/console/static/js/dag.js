@@ -1,5 +1,5 @@
 // A workflow's DAG as SVG, laid out by dagre (vendored), nodes coloured by state.
-import {s, clear} from './dom.js';
+import {s, clear, fill} from './dom.js';
 
 export const NODE_STATES = ['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'retrying'];
 const NODE_HEIGHT = 44;

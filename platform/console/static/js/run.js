@@ -200,11 +200,11 @@ export async function render(main, runId) {
       h('span', {class: 'etype'}, event.type), ' ',
       event.node_id ? h('code', {}, event.node_id) : null, ' ',
       h('span', {class: 'muted'}, when(event.occurred_at), ' · ', event.actor || ''));
-    const item = h('li', {dataset: {offset: id, type: event.type}},
+    const item = h('li', {dataset: {offset: id, type: event.type, node: event.node_id || ''}},
       h('details', {}, summary, jsonBlock(event.data, `${event.type} data`)));
     if (can('operate')) {
       item.append(h('button', {type: 'button', class: 'small fork', dataset: {offset: id},
-        'aria-label': `Fork a new run from event ${id}`, onclick: () => fork(id)}, 'Fork from here'));
+        'aria-label': `Fork from here: a new run from event ${id}`, onclick: () => fork(id)}, 'Fork from here'));
     }
     timeline.append(item);
   }

@@ -15,7 +15,7 @@ export async function render(main, workflowId) {
     h('td', {}, h('a', {href: `#/workflows/${encodeURIComponent(w.workflow_id)}`}, w.workflow_id)),
     h('td', {}, `v${w.version}`),
     h('td', {}, (w.definition && w.definition.name) || ''),
-    h('td', {}, tags.items.filter((t) => t.workflow_id === w.workflow_id).map((t) => `${t.name} → v${t.version}`).join(', ')),
+    h('td', {}, tags.items.filter((t) => t.workflow_id === w.workflow_id).map((t) => `${t.tag} → v${t.version}`).join(', ')),
     h('td', {}, when(w.created_at))))));
   main.append(workflows.items.length ? list : h('p', {class: 'muted'}, 'No workflows yet.'));
   const editorHost = h('section', {id: 'editor-section'});
@@ -117,7 +117,7 @@ function tagForm(workflow, tags, notice) {
   const version = h('input', {id: 'tag-version', type: 'number', min: '1', value: String(workflow.version)});
   const own = tags.filter((t) => t.workflow_id === workflow.workflow_id);
   return h('section', {class: 'card'}, h('h3', {}, 'Tags'),
-    h('ul', {id: 'tags'}, own.map((t) => h('li', {}, h('code', {}, t.name), ` → v${t.version}`))),
+    h('ul', {id: 'tags'}, own.map((t) => h('li', {}, h('code', {}, t.tag), ` → v${t.version}`))),
     h('form', {class: 'inline', onsubmit: async (e) => {
       e.preventDefault();
       try {
@@ -136,7 +136,7 @@ function submitForm(workflow, tags, notice) {
   if (!can('operate')) return null;
   const own = tags.filter((t) => t.workflow_id === workflow.workflow_id);
   const ref = h('select', {id: 'submit-ref'},
-    own.map((t) => h('option', {value: `tag:${t.name}`}, `tag ${t.name} (v${t.version})`)),
+    own.map((t) => h('option', {value: `tag:${t.tag}`}, `tag ${t.tag} (v${t.version})`)),
     h('option', {value: `version:${workflow.version}`}, `this version (v${workflow.version})`));
   const inputs = h('textarea', {id: 'submit-inputs', class: 'code', rows: '5', spellcheck: 'false'}, '{}');
   return h('section', {class: 'card'}, h('h3', {}, 'Submit a run'),
