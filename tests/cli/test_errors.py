@@ -1,0 +1,207 @@
+"""Errors for scripts and people: every exit code `aob --help` documents, provoked for
+real; errors as JSON on stdout with `--output json`; a server that is not aob named in
+one line; an HTML error page summarised, never pasted into the live view."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cli.conftest import Cli
+from tests.fanout.live import FAILING, HELD, QUICK, LiveServer
+
+HTML_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>502 Bad Gateway</title></head>\n"
+    "<body><h1>Bad Gateway</h1><p>nginx/1.25</p>\n</body></html>\n"
+)
+
+
+class Impostor(BaseHTTPRequestHandler):
+    """Answers every request with `reply` (status, content type, body)."""
+
+    reply: tuple[int, str, str] = (200, "text/html", HTML_PAGE)
+
+    def _answer(self) -> None:
+        status, content_type, body = self.reply
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def serve(reply: tuple[int, str, str]) -> Iterator[str]:
+    handler = type("Handler", (Impostor,), {"reply": reply})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def html_site() -> Iterator[str]:
+    yield from serve((200, "text/html; charset=utf-8", HTML_PAGE))
+
+
+@pytest.fixture
+def json_api() -> Iterator[str]:
+    yield from serve((200, "application/json", '{"ok": true, "items": "none"}'))
+
+
+class AobLookalike(Impostor):
+    """Says it is aob (its OpenAPI title), then answers what no aob server would."""
+
+    def _answer(self) -> None:
+        if self.path == "/openapi.json":
+            self.reply = (200, "application/json", '{"info": {"title": "aob"}}')
+        else:
+            self.reply = (200, "application/json", '{"items": [{"no_run_id": 1}]}')
+        super()._answer()
+
+    do_GET = do_POST = _answer
+
+
+@pytest.fixture
+def lookalike() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), AobLookalike)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join()
+
+
+def documented_codes(aob: Cli) -> dict[int, str]:
+    """The exit codes `aob --help` lists, with what it says of each."""
+    text = aob("--help").out
+    section = text[text.index("exit codes:") :]
+    return {int(code): what for code, what in re.findall(r"^\s+(\d+)\s+(.+)$", section, re.M)}
+
+
+def test_every_documented_exit_code_is_what_happens(
+    aob: Cli, server: LiveServer, write_json: Any, lookalike: str, json_api: str
+) -> None:
+    provoked: dict[int, list[str]] = {}
+
+    def expect(code: int, *args: str, env: dict[str, str] | None = None) -> None:
+        result = aob(*args, env=env)
+        assert result.code == code, (args, result.out, result.err)
+        provoked.setdefault(code, []).append(" ".join(args))
+
+    quick, failing = write_json("quick.json", QUICK), write_json("failing.json", FAILING)
+    invalid = write_json("invalid.json", {"name": "x", "nodes": []})
+    expect(0, "run", "start", str(quick), "--input", "x=1", "-f")
+    expect(1, "run", "start", str(failing), "-f")
+    expect(2, "run", "frobnicate")
+    expect(2, "run", "start", "no-such-file.yaml")
+    expect(2, "workflow", "validate", str(invalid))  # the server answers 422
+    expect(2, "run", "start", str(invalid))
+    expect(3, "run", "status", "run_nope")  # 404
+    finished = server.submit(QUICK, {"x": 1})
+    server.wait_finished(finished)
+    expect(3, "run", "cancel", finished)  # 409
+    expect(4, "run", "list", env={"AOB_SERVER": "http://127.0.0.1:9"})
+    expect(4, "run", "list", env={"AOB_SERVER": json_api})
+    expect(70, "run", "list", env={"AOB_SERVER": lookalike})  # aob's, unreadable: a bug
+
+    held = json.loads(aob("run", "start", str(write_json("held.json", HELD)), "-o", "json").out)
+    following = aob.popen("logs", "stream", held["run_id"])
+    assert following.stdout is not None
+    assert "run submitted" in following.stdout.readline()  # it follows the run now
+    following.send_signal(signal.SIGINT)
+    assert following.wait(timeout=30) == 130
+    provoked[130] = ["logs stream (Ctrl-C)"]
+    following.stdout.close()
+    assert following.stderr is not None
+    assert "Traceback" not in following.stderr.read()
+    following.stderr.close()
+    server.cancel(held["run_id"])
+
+    assert set(documented_codes(aob)) == set(provoked)
+
+
+def test_json_errors_go_to_stdout_with_the_same_exit_code(
+    aob: Cli, write_json: Any, html_site: str
+) -> None:
+    cases: list[tuple[list[str], dict[str, str] | None, int, str]] = [
+        (["run", "status", "run_nope"], None, 3, "not-found"),
+        (["workflow", "validate", str(write_json("bad.json", {"nodes": []}))], None, 2, ""),
+        (["run", "start", "missing.yaml"], None, 2, "invalid-input"),
+        (["run", "list", "--limit", "many"], None, 2, "invalid-input"),
+        (["run", "list"], {"AOB_SERVER": "http://127.0.0.1:9"}, 4, "unreachable"),
+        (["run", "list"], {"AOB_SERVER": html_site}, 4, "not-aob-server"),
+    ]
+    for args, env, code, error_type in cases:
+        text = aob(*args, env=env)
+        as_json = aob(*args, "-o", "json", env=env)
+        assert (text.code, as_json.code) == (code, code), (args, as_json.err)
+        error = as_json.json()["error"]  # stdout is one JSON document
+        assert error["exit_code"] == code
+        assert error["detail"], error
+        assert error["title"], error
+        said = next(line for line in text.err.splitlines() if line.startswith("aob: "))
+        assert error["detail"].splitlines()[0] == said.removeprefix("aob: ")
+        if error_type:
+            assert error["type"].endswith(error_type), error
+    refused = aob("run", "status", "run_nope", "-o", "json").json()["error"]
+    assert refused["status"] == 404
+    invalid = aob("workflow", "validate", str(write_json("bad.json", {"nodes": []})), "-o", "json")
+    assert invalid.json()["error"]["status"] == 422
+    assert invalid.json()["error"]["errors"]  # the problem's field errors come along
+
+
+def test_a_server_that_is_not_aob_is_named_in_one_line(
+    aob: Cli, html_site: str, json_api: str
+) -> None:
+    for site, content_type in [(html_site, "text/html"), (json_api, "application/json")]:
+        for args in (["run", "list"], ["run", "status", "r1"], ["approvals", "list"]):
+            result = aob(*args, env={"AOB_SERVER": site})
+            assert result.code == 4, result.err
+            assert result.err.startswith(f"aob: {site} is not an aob server (HTTP ")
+            assert f", {content_type}); check --server or AOB_SERVER" in result.err
+            assert len(result.err.splitlines()) == 1
+            assert "<" not in result.err
+            assert "KeyError" not in result.err
+
+
+def test_an_html_error_page_is_summarised_in_the_live_view(tmp_path: Path) -> None:
+    for site in serve((500, "text/html", HTML_PAGE)):
+        port = site.rsplit(":", 1)[1]
+        live = LiveServer(tmp_path / "data", env={"AOB_HTTP_ALLOW": f"127.0.0.1:{port}"})
+        live.start()
+        try:
+            home = tmp_path / "home"
+            home.mkdir()
+            aob = Cli(home, live.url)
+            workflow = {
+                "name": "call",
+                "nodes": [{"id": "call", "type": "http", "config": {"url": f"{site}/x"}}],
+            }
+            (tmp_path / "call.json").write_text(json.dumps(workflow), encoding="utf-8")
+            result = aob("run", "start", str(tmp_path / "call.json"), "-f")
+            assert result.code == 1, result.err
+            failed = [line for line in result.out.splitlines() if "failed" in line]
+            assert failed, result.out
+            assert "an HTML page: 502 Bad Gateway" in result.out
+            assert "<" not in result.out
+            assert "nginx/1.25" not in result.out
+        finally:
+            live.stop()
