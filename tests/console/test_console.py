@@ -291,7 +291,8 @@ CONTRAST = """() => {
     return (x + 0.05) / (y + 0.05); };
   const bg = (el) => { for (let e = el; e; e = e.parentElement) {
     const c = getComputedStyle(e).backgroundColor;
-    if (!/rgba\\(.*, 0\\)$/.test(c) && c !== 'transparent') return c; } return 'rgb(255, 255, 255)'; };
+    if (!/rgba\\(.*, 0\\)$/.test(c) && c !== 'transparent') return c; }
+    return 'rgb(255, 255, 255)'; };
   const out = {};
   const pairs = {body: 'main p, main td', nav: 'nav a', badge: '.badge', button: 'button',
                  primary: 'button.primary', muted: '.muted'};
