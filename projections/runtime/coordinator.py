@@ -138,7 +138,6 @@ class CoordinatorHost:
         # Folding and committing a batch, and the rebalance callbacks, take turns: a
         # partition is let go only once what was folded of it is committed.
         self._lock = asyncio.Lock()
-        self._assignments = 0  # rebalances so far: a batch read before one is stale
 
     # --- group membership ------------------------------------------------------------
 
@@ -157,14 +156,12 @@ class CoordinatorHost:
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         async with self._lock:
-            self._assignments += 1
             for tp in sorted(partitions, key=lambda tp: tp.partition):
                 if tp.topic == RUNS_TOPIC and tp.partition not in self.owned:
                     await self.restore(tp)
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         async with self._lock:
-            self._assignments += 1
             lost = frozenset(tp.partition for tp in partitions if tp.topic == RUNS_TOPIC)
             # Folded batches are committed (under this lock); states folded again at
             # restore may still wait for a commit.
@@ -251,24 +248,22 @@ class CoordinatorHost:
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
-                assignments = self._assignments
                 records = await self.consumer.poll(timeout=0.5)
                 if records:
-                    await self.step(records, assignments)
+                    await self.step(records)
                 if self._unpacked >= max(self.compact_every, 2 * len(self.states)):
                     await compact_changelog(self.log)
                     self._unpacked = 0
         finally:  # leave the group: another member takes the partitions over at once
             await self.close()
 
-    async def step(self, records: list[Record], assignments: int | None = None) -> None:
+    async def step(self, records: list[Record]) -> None:
         """Fold a batch; append what it emitted, its changelog records and the consumer
-        offsets in one commit. A batch read before a rebalance (`assignments` counts
-        them) is dropped: the partitions it came from were restored since, and their
-        records are read again from where the restore placed them."""
+        offsets in one commit. Records of partitions let go since they were read are
+        skipped (their new owner reads them). A partition restored since then (taken
+        back in a rebalance) restarts from its changelog, which the batch follows on
+        from: its records are folded once, and read again later only as seen."""
         async with self._lock:
-            if assignments is not None and assignments != self._assignments:
-                return
             records = [r for r in records if r.partition in self.owned]
             appends = self.handle(records)
             changelog = self._changelog() + self._markers(records)

@@ -7,6 +7,7 @@ across restarts to exactly one ending.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -53,6 +54,13 @@ CHAIN: dict[str, Any] = {
 
 @pytest.fixture(params=["embedded", "kafka"])
 async def event_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
+    async with opened_log(request, tmp_path) as log:
+        yield log
+
+
+@contextlib.asynccontextmanager
+async def opened_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventLog]:
+    """The embedded log, or Kafka under a prefix of its own, with the coordinator's topics."""
     inner: SqliteEventLog | KafkaEventLog
     if request.param == "embedded":
         inner = await SqliteEventLog.open(tmp_path / "log.db")
