@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from aob.events.codec import decode
-from aob.events.log.port import EventLog, Record, TopicPartition
+from aob.events.log.port import EventLog, Record, TopicPartition, UnknownTopic
 from aob.events.partitioner import partition_for
 from aob.events.types import DEADLETTER_TOPIC, RUNS_TOPIC, Event
 from aob.platform.settings import Settings
@@ -245,17 +245,23 @@ async def _apply(store: AsyncReadModels, records: list[Record], rebuilt: Rebuilt
         await store.apply(batch)
     except Exception:
         await store.offsets()  # raises when the store is down: not a record's fault
-        for record, event in batch:
-            try:
-                await store.apply([(record, event)])
-            except Exception as error:
-                await store.offsets()
-                reason = f"cannot project {event.type}: {describe(error)}"
-                rebuilt.set_aside.append(_set_aside(record, reason))
-                continue
-            rebuilt.applied += 1
+        await _apply_one_by_one(store, batch, rebuilt)
         return
     rebuilt.applied += len(batch)
+
+
+async def _apply_one_by_one(
+    store: AsyncReadModels, batch: list[tuple[Record, Event]], rebuilt: Rebuilt
+) -> None:
+    for record, event in batch:
+        try:
+            await store.apply([(record, event)])
+        except Exception as error:
+            await store.offsets()  # the store went down meanwhile: raise that
+            reason = f"cannot project {event.type}: {describe(error)}"
+            rebuilt.set_aside.append(_set_aside(record, reason))
+            continue
+        rebuilt.applied += 1
 
 
 def _set_aside(record: Record, reason: str) -> SetAside:
@@ -278,7 +284,11 @@ async def with_dead_letters(event_log: EventLog, set_aside: list[SetAside]) -> l
 async def dead_letter_ids(event_log: EventLog) -> set[str]:
     """The ids of every dead letter in the log (an undecodable one counts as none)."""
     ids: set[str] = set()
-    for partition, end in (await event_log.end_offsets(DEADLETTER_TOPIC)).items():
+    try:
+        ends = await event_log.end_offsets(DEADLETTER_TOPIC)
+    except UnknownTopic:  # a log older than dead letters
+        return ids
+    for partition, end in ends.items():
         offset = 0
         while offset < end:
             records = await event_log.read(DEADLETTER_TOPIC, partition, offset, READ_BATCH)

@@ -83,6 +83,17 @@ def test_failed_attacks_do_not_hang_a_restarted_server(server: LiveServer) -> No
     for what in ATTACKS:
         assert (after[what]["status"], after[what]["error"]) == (
             "failed", failed[what]["error"]), what
-        assert history[what] == before[what], (
-            f"{what}: the restarted server added to the failed run's log: "
-            f"{[e['type'] for e in history[what][len(before[what]):]]}")
+        assert history[what] == before[what], f"{what}: {_changed(before[what], history[what])}"
+
+
+def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """What the restarted server changed in a failed run's log."""
+    added = [(e["offset"], e["type"]) for e in after[len(before):]]
+    if added:
+        return f"the restarted server appended to the failed run's log: {added}"
+    changed = [i for i, (old, new) in enumerate(zip(before, after, strict=False)) if old != new]
+    if changed:
+        first = changed[0]
+        return f"the failed run's log changed at record {first}: {before[first]} -> {after[first]}"
+    lost = [(e["offset"], e["type"]) for e in before[len(after):]]
+    return f"records of the failed run's log are gone after the restart: {lost}"

@@ -136,12 +136,12 @@ def sized(total_bytes: int) -> dict[str, Any]:
     """NORMAL padded to `total_bytes` as compact JSON (UTF-8) with noop nodes, each
     string under the API's bound on one string."""
     pads: list[dict[str, Any]] = [
-        {"id": f"pad{i}", "type": "noop", "config": {"pad": ""}} for i in range(8)
+        {"id": f"pad{i}", "type": "noop", "config": {"output": ""}} for i in range(8)
     ]
     document = {**NORMAL, "nodes": [*NORMAL["nodes"], *pads]}
     filler = total_bytes - len(json.dumps(document, separators=(",", ":")))
     for i, pad in enumerate(pads):
-        pad["config"]["pad"] = "p" * (filler // len(pads) + (i < filler % len(pads)))
+        pad["config"]["output"] = "p" * (filler // len(pads) + (i < filler % len(pads)))
     assert len(json.dumps(document, separators=(",", ":"))) == total_bytes
     return document
 
