@@ -128,7 +128,7 @@ function renderLogin(message) {
   h('label', {for: 'token'}, 'API token'),
   input,
   h('p', {id: 'token-help', class: 'muted'},
-    'An API token (aob token create), or a JWT where the server accepts them. ',
+    'An API token (POST /api/v1/admin/tokens, or python -m aob.platform.auth on the server), or a JWT where the server accepts them. ',
     'On a local dev server, open the console link `aob server dev` printed: it logs you ',
     'in as the local admin. The token is kept in this tab only (sessionStorage).'),
   h('button', {type: 'submit', id: 'login', class: 'primary'}, 'Log in'),
