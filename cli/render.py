@@ -156,6 +156,8 @@ _EVENT_STYLE = {
 }
 # Fields every event of a node has: not worth repeating in its line.
 _ROUTINE_FIELDS = frozenset({"run_id", "node_id", "iteration", "attempt"})
+# Fields whose value reads well alone ("not retried: jq errors are deterministic").
+_SELF_EXPLAINING = frozenset({"reason", "message", "error", "detail"})
 
 
 _PAST = {"approve": "approved", "reject": "rejected"}
@@ -253,7 +255,7 @@ def _agent_usage(data: Mapping[str, Any]) -> str:
 def _in_words(name: str, data: Mapping[str, Any]) -> str:
     """An event this CLI does not know yet: its name in words and its plain fields."""
     said = [
-        f"{key.replace('_', ' ')} {value}"
+        str(value) if key in _SELF_EXPLAINING else f"{key.replace('_', ' ')} {value}"
         for key, value in data.items()
         if key not in _ROUTINE_FIELDS and isinstance(value, str | int | float) and value != ""
     ]
