@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import Cli
+from tests.cli.conftest import REPO, Cli
 from tests.fanout.live import FAILING, HELD, QUICK, LiveServer
 
 HTML_PAGE = (
@@ -205,3 +206,36 @@ def test_an_html_error_page_is_summarised_in_the_live_view(tmp_path: Path) -> No
             assert "nginx/1.25" not in result.out
         finally:
             live.stop()
+
+
+def readme_commands() -> list[list[str]]:
+    """Every `aob ...` command in the README's shell blocks, as argument lists."""
+    import shlex
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.splitlines():
+            for part in line.split("#", 1)[0].split("&&"):
+                words = shlex.split(part.replace("&", " ").strip())
+                if words and words[0] in ("aob", ".venv/bin/aob"):
+                    commands.append(words[1:])
+    return commands
+
+
+def test_every_aob_command_in_the_readme_parses_and_aob_is_where_it_says() -> None:
+    from aob.cli.main import build_parser
+    from aob.platform.__main__ import build_parser as server_parser
+
+    commands = readme_commands()
+    assert len(commands) > 10
+    for words in commands:
+        if words[0] == "server":
+            server_parser().parse_args(words[1:])  # a usage error would exit 2
+        else:
+            build_parser().parse_args(words)
+    # The first command installs the package into .venv: its `aob` lands beside python.
+    assert (Path(sys.executable).parent / "aob").exists()
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert ".venv/bin/aob server dev" in readme.split("\n\n", 3)[2]
+    assert "`. .venv/bin/activate`" in readme
