@@ -492,7 +492,10 @@ class KafkaEventLog:
             # `send` queues in call order; one partition's batches are sent in order.
             futures = [
                 await self._producer.send(
-                    r.topic, r.value, key=r.key.encode("utf-8"), timestamp_ms=timestamp
+                    r.topic,
+                    r.value or None,  # b"": a tombstone, null for compaction to delete the key
+                    key=r.key.encode("utf-8"),
+                    timestamp_ms=timestamp,
                 )
                 for r in records
             ]
@@ -837,7 +840,10 @@ class KafkaMember:
                     async with producer.transaction():
                         futures = [
                             await producer.send(
-                                a.topic, a.value, key=a.key.encode("utf-8"), timestamp_ms=timestamp
+                                a.topic,
+                                a.value or None,  # b"": a tombstone (null)
+                                key=a.key.encode("utf-8"),
+                                timestamp_ms=timestamp,
                             )
                             for a in appends
                         ]
