@@ -7,11 +7,14 @@ SQLite file. The role chooses the hosts:
 - `dev`: everything in one process (the embedded default, `aob server dev`);
 - `api`: no host; the HTTP API (and its stream endpoints) reads the read models;
 - `coordinator`: the coordinator fold and the timer service, which fires the timers of
-  the runs whose partitions the coordinator owns. Run states are restored per
-  partition from the compacted changelog `aob.coordinator.state`, not from history;
-- `projector`: feeds the read models (one per cluster, like the coordinator; a second
-  one would only repeat work the store skips), and decides workflow versions and tag
-  moves (`WorkflowDecider`: the single writer of each `aob.workflows` partition);
+  the runs whose partitions the coordinator owns. Coordinators share the partitions of
+  `aob.runs` through the consumer group `aob-coordinator` (run as many as needed); run
+  states are restored per partition from the compacted changelog
+  `aob.coordinator.state` when a partition is assigned, not from history;
+- `projector`: feeds the read models (projectors share the partitions through their
+  consumer group; per-partition positions in the store keep them idempotent), and
+  decides workflow versions and tag moves (`WorkflowDecider`: the single writer of
+  each `aob.workflows` partition);
 - `workers`: built-in, http, hitl and agent workers (`AOB_WORKERS` picks among them);
 - `fanout`: no host; only the stream endpoints.
 """
