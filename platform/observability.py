@@ -267,6 +267,9 @@ class ObservedStore:
         await self.store.apply(batch)
         observe_events(self.metrics, (event for _, event in batch), self.node_types)
 
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None:
+        await self.store.advance(positions)
+
     async def offsets(self) -> dict[TopicPartition, int]:
         offsets: dict[TopicPartition, int] = await self.store.offsets()
         return offsets
