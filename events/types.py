@@ -177,7 +177,8 @@ class NodeCompleted:
 
 @dataclass(frozen=True, slots=True)
 class NodeFailed:
-    """A node attempt failed. `retryable=False` skips the remaining retries."""
+    """A node attempt failed. `retryable=False` skips the remaining retries, and
+    `not_retried` says why (e.g. "jq errors are deterministic")."""
 
     run_id: str
     node_id: str
@@ -185,6 +186,20 @@ class NodeFailed:
     attempt: int
     error: str
     retryable: bool = True
+    not_retried: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoopExhausted:
+    """A loop whose condition still held ended on its bound (`iterations` runs of its
+    body, its max_iterations). A warning, or the run's failure when the loop says
+    `on_limit: fail` (`failed`)."""
+
+    run_id: str
+    source: str
+    target: str
+    iterations: int
+    failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,6 +460,7 @@ Payload: TypeAlias = (
     | WorkflowCreateRequested
     | TagMoveRequested
     | WorkflowRequestRefused
+    | LoopExhausted
 )
 
 PAYLOAD_TYPES: tuple[type[Any], ...] = (
@@ -477,6 +493,7 @@ PAYLOAD_TYPES: tuple[type[Any], ...] = (
     WorkflowCreateRequested,
     TagMoveRequested,
     WorkflowRequestRefused,
+    LoopExhausted,
 )
 PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
 

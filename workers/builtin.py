@@ -20,7 +20,11 @@ async def run_transform(task: NodeScheduled) -> Any:
     """
     expr = task.config.get("expr") if isinstance(task.config, dict) else None
     if not isinstance(expr, str):
-        raise NodeError("transform node needs a string config.expr (a jq program)", retryable=False)
+        raise NodeError(
+            "transform node needs a string config.expr (a jq program)",
+            retryable=False,
+            not_retried="the node's config is invalid",
+        )
     try:
         if task.config.get("all"):
             return await jq_all(expr, task.input)
@@ -28,7 +32,8 @@ async def run_transform(task: NodeScheduled) -> Any:
     except JqSandboxBusy as error:
         raise NodeError(f"jq: {error}") from error
     except ExpressionError as error:
-        raise NodeError(f"jq: {error}", retryable=False) from error
+        why = "jq errors are deterministic: the same program fails the same input again"
+        raise NodeError(f"jq: {error}", retryable=False, not_retried=why) from error
 
 
 async def run_noop(task: NodeScheduled) -> Any:

@@ -53,11 +53,15 @@ log = logging.getLogger(__name__)
 
 
 class NodeError(Exception):
-    """A node attempt failed. `retryable=False` fails it without further attempts."""
+    """A node attempt failed. `retryable=False` fails it without further attempts;
+    `not_retried` says why, in words a user reads beside the error."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool = True, not_retried: str | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.not_retried = not_retried if not retryable else None
 
 
 Handler = Callable[[NodeScheduled], Awaitable[Any]]
@@ -324,9 +328,10 @@ class WorkerHost:
                 return NodeCompleted(*node, output)
             value, ref = await self.outputs.store(output)
         except NodeError as error:
-            return NodeFailed(*node, str(error), error.retryable)
+            return NodeFailed(*node, str(error), error.retryable, error.not_retried)
         except OutputError as error:
-            return NodeFailed(*node, str(error), retryable=False)
+            why = "the output cannot be stored; it would not be the next time"
+            return NodeFailed(*node, str(error), retryable=False, not_retried=why)
         except Exception as error:  # a handler bug must fail the node, not the worker
             log.exception("node %s of run %s crashed", task.node_id, task.run_id)
             return f"the {self.node_type.name} handler raised {describe(error)}"
@@ -342,7 +347,11 @@ class WorkerHost:
         return [
             *dead_letter(record, self.group, reason, what=task_event.type, fail_run=False),
             self._append(task_event, "started", NodeStarted(*node, self.worker_id)),
-            self._append(task_event, "outcome", NodeFailed(*node, error, retryable=False)),
+            self._append(
+                task_event,
+                "outcome",
+                NodeFailed(*node, error, retryable=False, not_retried="the task was set aside"),
+            ),
         ]
 
     def _append(self, task_event: Event, kind: str, payload: Payload) -> Append:

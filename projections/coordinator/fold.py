@@ -31,6 +31,7 @@ from aob.events.types import (
     Event,
     ExpressionEvaluated,
     ExpressionRequested,
+    LoopExhausted,
     NodeCompleted,
     NodeFailed,
     NodeScheduled,
@@ -299,7 +300,8 @@ class _Step:
             return
         self._finish(event.node_id, NodeStatus.FAILED)
         attempts = f" after {event.attempt} attempts" if event.attempt > 1 else ""
-        error = f"node {event.node_id!r} failed{attempts}: {event.error}"
+        why = _not_retried(event, retry.max_attempts)
+        error = f"node {event.node_id!r} failed{attempts}: {event.error} (not retried: {why})"
         self.emit(RunFailed(self.state.run_id, error, event.node_id))
 
     def _set_timer(self, instance: NodeFailed | NodeScheduled, purpose: str, fire_at: int) -> None:
@@ -615,16 +617,34 @@ class _Step:
         for index, edge in enumerate(state.ir.loops):
             key = (edge.source, edge.target)
             count = state.loop_counts.get(key, 0)
-            if edge.source != source or count >= (edge.max_iterations or 0):
-                continue
+            at_limit = count >= (edge.max_iterations or 0)
+            if edge.source != source or (at_limit and edge.when is None):
+                continue  # a counted loop ends on its count: nothing to warn about
             taken = True if edge.when is None else self._condition("loop", edge)
             if taken is None:
                 return True
-            if taken:
+            if taken and at_limit:
+                if self._exhausted(edge, count):
+                    return True  # the run failed: nothing routes on
+            elif taken:
                 state.loop_counts[key] = count + 1
                 self._restart(state.ir.loop_bodies[index], edge.target)
                 return True
         return False
+
+    def _exhausted(self, edge: EdgeSpec, iterations: int) -> bool:
+        """A loop whose condition still holds ended on its bound: say so, and fail the
+        run if the loop asks for that. True when the run failed."""
+        state = self.state
+        failed = edge.on_limit == "fail"
+        self.emit(LoopExhausted(state.run_id, edge.source, edge.target, iterations, failed))
+        if failed:
+            error = (
+                f"loop {edge.source}->{edge.target} reached max_iterations ({iterations})"
+                " with its condition still true (on_limit: fail)"
+            )
+            self.emit(RunFailed(state.run_id, error, edge.source))
+        return failed
 
     def _restart(self, body: frozenset[str], entry: str) -> None:
         """Reset the loop body to pending in a new iteration and schedule its entry."""
@@ -687,6 +707,15 @@ class _Step:
             self._check_completion()
             return
         self.emit(RunCompleted(self.state.run_id, event.result, event.result_ref))
+
+
+def _not_retried(failure: NodeFailed, max_attempts: int) -> str:
+    """Why a failed node gets no further attempt, for its run's error."""
+    if not failure.retryable:
+        return failure.not_retried or "the worker marked the failure permanent"
+    if max_attempts <= 1:
+        return "the node has no retry policy, its retry.max_attempts is 1"
+    return f"all {max_attempts} attempts of its retry.max_attempts used"
 
 
 def _sinks_program(sinks: list[str]) -> str:

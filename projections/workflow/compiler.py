@@ -144,6 +144,7 @@ def _edge(raw: Mapping[str, Any]) -> EdgeSpec:
         target=raw["to"],
         when=raw.get("when"),
         max_iterations=None if loop is None else int(loop["max_iterations"]),
+        on_limit="continue" if loop is None else loop.get("on_limit", "continue"),
     )
 
 

@@ -54,6 +54,8 @@ class EdgeSpec:
     when: str | None = None
     max_iterations: int | None = None
     reads: frozenset[str] | None = None  # the outputs `when` can read (None: all)
+    # A loop whose `when` still holds at max_iterations: "continue" warns, "fail" fails.
+    on_limit: str = "continue"
 
     @property
     def is_loop(self) -> bool:

@@ -375,7 +375,10 @@ def test_exhausted_retries_fail_the_run_naming_the_node():
     end = sim.terminal()
     assert isinstance(end, RunFailed)
     assert end.node_id == "a"
-    assert end.error == "node 'a' failed after 3 attempts: 503"
+    assert end.error == (
+        "node 'a' failed after 3 attempts: 503"
+        " (not retried: all 3 attempts of its retry.max_attempts used)"
+    )
     assert sim.runs_of("a") == [(0, 1), (0, 2), (0, 3)]
     assert sim.runs_of("b") == []
     assert state.nodes["a"].status is NodeStatus.FAILED
@@ -386,7 +389,9 @@ def test_non_retryable_failure_fails_at_once():
     sim.run()
     assert sim.runs_of("a") == [(0, 1)]
     assert sim.payloads(TimerSet) == []
-    assert sim.terminal() == RunFailed(sim.run_id, "node 'a' failed: 400", "a")
+    assert sim.terminal() == RunFailed(
+        sim.run_id, "node 'a' failed: 400 (not retried: the worker marked the failure permanent)", "a"
+    )
 
 
 def test_timeout_fails_the_attempt_then_it_is_retried():
@@ -440,7 +445,12 @@ def test_timeout_without_retries_fails_the_run_and_the_late_answer_changes_nothi
         workflow(node("a", timeout_ms=50)), script={"a": complete("late", duration_ms=500)}
     )
     state = sim.run()
-    assert sim.terminal() == RunFailed(sim.run_id, "node 'a' failed: timed out after 50 ms", "a")
+    assert sim.terminal() == RunFailed(
+        sim.run_id,
+        "node 'a' failed: timed out after 50 ms"
+        " (not retried: the node has no retry policy, its retry.max_attempts is 1)",
+        "a",
+    )
     assert "a" not in state.outputs
     assert state.status is RunStatus.FAILED
 

@@ -109,6 +109,8 @@ SAMPLES: list[Event] = [
     _ev(t.TagMoveRequested("prod", "w", 2**40)),
     _ev(t.TagMoveRequested("prod", "w", 1, "acme")),
     _ev(t.WorkflowRequestRefused("evt", "name-taken", "tag", "prod")),
+    _ev(t.NodeFailed("r", "n", 0, 1, "x", retryable=False, not_retried="why ✓")),
+    _ev(t.LoopExhausted("r", "a", "b", 2**40, failed=True)),
 ]
 
 

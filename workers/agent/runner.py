@@ -132,11 +132,19 @@ class AgentRunner:
             prompt = await render(config.prompt, task.input, "config.prompt")
             instructions = await render(config.instructions, task.input, "config.instructions")
         except BudgetError as error:
-            raise NodeError(f"agent node: {error}", retryable=False) from None
+            raise NodeError(
+                f"agent node: {error}",
+                retryable=False,
+                not_retried="a template over its jq budget is over it again",
+            ) from None
         except SandboxBusy as error:
             raise NodeError(f"agent node: {error}", retryable=True) from None
         except (ConfigError, TemplateError) as error:
-            raise NodeError(f"agent node config: {error}", retryable=False) from None
+            raise NodeError(
+                f"agent node config: {error}",
+                retryable=False,
+                not_retried="the node's config is invalid",
+            ) from None
         return _with_texts(config, _text(prompt), _text(instructions))
 
     async def _converse(self, conversation: _Conversation, config: AgentConfig,
@@ -292,6 +300,7 @@ def _blocked(error: Blocked | GuardRefused, config: AgentConfig) -> NodeError:
         f"LLM endpoint {config.endpoint.name!r}: {blocked} (AOB_HTTP_ALLOW lets an"
         " operator's endpoint on a private address through)",
         retryable=False,
+        not_retried="the SSRF guard refuses this endpoint every time",
     )
 
 
@@ -304,6 +313,7 @@ def _llm_status_error(error: openai.APIStatusError, config: AgentConfig) -> Node
         f"LLM endpoint {config.endpoint.base_url} answered HTTP {status}{after}: "
         f"{_provider_message(error)}",
         retryable=retryable,
+        not_retried=f"HTTP {status} from the LLM endpoint is not transient",
     )
 
 

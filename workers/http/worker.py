@@ -91,11 +91,19 @@ RetryKind = Literal["unsent", "sent", "never"]
 
 
 class _Failure(Exception):
-    def __init__(self, message: str, *, retry: RetryKind, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry: RetryKind,
+        retry_after: float | None = None,
+        why: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry = retry
         self.retry_after = retry_after
+        self.why = why  # why a "never" failure is final
 
     def __str__(self) -> str:
         return self.message
@@ -159,19 +167,30 @@ class HttpWorker:
         except SandboxBusy as error:
             raise self._failed("busy", f"http node: {error}", redactor, retryable=True) from None
         except BudgetError as error:
-            raise self._failed("budget", f"http node: {error}", redactor, retryable=False) from None
+            raise self._failed(
+                "budget", f"http node: {error}", redactor, retryable=False,
+                not_retried="a template over its jq budget is over it again",
+            ) from None
         except ConfigError as error:
             raise self._failed(
-                "invalid_config", f"http node config: {error}", redactor, retryable=False
+                "invalid_config", f"http node config: {error}", redactor, retryable=False,
+                not_retried="the node's config is invalid",
             ) from None
         except Blocked as error:
             self.metrics.blocked.labels(error.layer.value, error.rule).inc()
-            raise self._failed("blocked", str(error), redactor, retryable=False) from None
+            raise self._failed(
+                "blocked", str(error), redactor, retryable=False,
+                not_retried="the SSRF guard refuses this address every time",
+            ) from None
         except SecretRefused as error:
-            raise self._failed("secret_refused", str(error), redactor, retryable=False) from None
+            raise self._failed(
+                "secret_refused", str(error), redactor, retryable=False,
+                not_retried="the secret's binding does not allow this use",
+            ) from None
         except _Failure as error:
             raise self._failed(
-                "failed", str(error), redactor, retryable=error.retry != "never"
+                "failed", str(error), redactor, retryable=error.retry != "never",
+                not_retried=error.why,
             ) from None
         except Exception as error:  # a bug: still no secret in the message or the log
             message = redactor.text(f"{type(error).__name__}: {error}")
@@ -189,12 +208,18 @@ class HttpWorker:
         }
 
     def _failed(
-        self, outcome: str, message: str, redactor: Redactor, *, retryable: bool
+        self,
+        outcome: str,
+        message: str,
+        redactor: Redactor,
+        *,
+        retryable: bool,
+        not_retried: str | None = None,
     ) -> NodeError:
         self.metrics.nodes.labels(outcome).inc()
         message = redactor.text(message)
         log.info("http node %s: %s", outcome, message)
-        return NodeError(message, retryable=retryable)
+        return NodeError(message, retryable=retryable, not_retried=not_retried)
 
     # --- attempts and retries ----------------------------------------------------------
 
@@ -272,6 +297,7 @@ class HttpWorker:
         raise _Failure(
             f"{spec.method} {_shown(spec.url)}: more than {self.settings.max_redirects} redirects",
             retry="never",
+            why="the redirects would go round again",
         )
 
     def _redirected(
@@ -394,7 +420,9 @@ def _redirect_target(current: Target, location: str, policy: GuardPolicy) -> Tar
 
 async def _read_limited(response: httpx.Response, limit: int, shown: str) -> bytes:
     too_large = _Failure(
-        f"{shown}: response body exceeds max_response_bytes ({limit})", retry="never"
+        f"{shown}: response body exceeds max_response_bytes ({limit})",
+        retry="never",
+        why="the response would be as large again",
     )
     declared = response.headers.get("content-length", "")
     # A HEAD response declares the length of the GET's body, which is not sent.
@@ -420,7 +448,8 @@ def _unexpected_status(spec: RequestSpec, reply: _Reply) -> _Failure:
         return _Failure(
             message, retry="sent", retry_after=_retry_after(reply.headers.get("retry-after"))
         )
-    return _Failure(message, retry="never")
+    why = f"HTTP {status} is not transient (only 429 and 5xx answers are retried)"
+    return _Failure(message, retry="never", why=why)
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -22,9 +22,9 @@ from typing import Any, Literal
 
 from aob.events.types import Json
 from aob.projections.workflow.expressions import ExpressionError
+from aob.projections.workflow.simple_jq import Fallback, compile_simple, evaluate_simple
 from aob.workers.sandbox.frames import ALL, FIRST, HEADER, MAX_FRAME, frame
 from aob.workers.sandbox.settings import SandboxSettings
-from aob.projections.workflow.simple_jq import Fallback, compile_simple, evaluate_simple
 
 Budget = Literal["cpu", "memory", "output"]
 _START_TIMEOUT_S = 30.0
@@ -289,8 +289,8 @@ class JqSandbox:
     ) -> list[Json]:
         """The outputs of `program` on `value` (only the first unless `every`).
 
-        A simple program (see projections/workflow/simple_jq.py) runs in process, unless it meets a case
-        only jq itself can settle."""
+        A simple program (projections/workflow/simple_jq.py) runs in process, unless
+        it meets a case only jq itself can settle."""
         self._check_program(program)
         simple = compile_simple(program) if max_outputs > 0 else None
         if simple is not None:

@@ -27,6 +27,7 @@ from aob.events.types import (
     Event,
     ExpressionEvaluated,
     ExpressionRequested,
+    LoopExhausted,
     NodeCompleted,
     NodeFailed,
     NodeScheduled,
@@ -122,7 +123,13 @@ def samples() -> dict[str, Event]:
             ),
             causation_id="evt-0007",
         ),
-        "NodeFailed": _event(9, NodeFailed("run-1", "fetch", 0, 2, "HTTP 503", retryable=False)),
+        "NodeFailed": _event(
+            9,
+            NodeFailed(
+                "run-1", "fetch", 0, 2, "HTTP 404", retryable=False,
+                not_retried="HTTP 404 is not transient",
+            ),
+        ),
         "NodeFailed.defaults": _event(10, NodeFailed("run-1", "fetch", 0, 1, "timeout")),
         "NodeSkipped": _event(11, NodeSkipped("run-1", "mystery", 0, "unknown type", warning=True)),
         "TimerSet": _event(12, TimerSet("run-1", "tmr-1", 2**53 + 1, "retry", "fetch", 0, 2)),
@@ -272,6 +279,8 @@ def samples() -> dict[str, Event]:
             key="prod",
             causation_id="evt-0044",
         ),
+        "LoopExhausted": _event(47, LoopExhausted("run-1", "tick", "tick", 3, failed=True)),
+        "LoopExhausted.defaults": _event(48, LoopExhausted("run-1", "tick", "start", 10)),
     }
 
 
