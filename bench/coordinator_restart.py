@@ -54,11 +54,12 @@ from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import RunState
 from aob.projections.runtime.changelog import (
     CHANGELOG_TOPIC,
+    RunRecord,
     compact_changelog,
     create_changelog,
     position_entry,
-    state_entry,
-    tombstone,
+    run_entries,
+    tombstones,
 )
 from aob.projections.runtime.coordinator import GROUP, CoordinatorHost
 
@@ -119,8 +120,9 @@ async def write_history(event_log: EventLog, runs: int) -> None:
             records, states = run_history(number)
             appends += records
             # The states a host stores between batches (snapshot of the state as it was).
-            changelog += [state_entry(s) for s in states[:1]]
-            changelog.append(tombstone(states[0].run_id))
+            stored = RunRecord()
+            changelog += run_entries(states[0], stored, PARTITIONS)
+            changelog += tombstones(states[0].run_id, stored)
         written = await event_log.append(appends)
         ends: dict[int, int] = {}
         for record in written:
