@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import re
@@ -127,6 +126,8 @@ def summary(text: str, limit: int = 160) -> str:
     server sent) by its title, or its words without the markup."""
     match = _HTML.search(text)
     if match is not None:
+        import html  # only for pages (2 ms at every start otherwise)
+
         title = _HTML_TITLE.search(text)
         words = title.group(1) if title else _HTML_TAG.sub(" ", _HTML_HIDDEN.sub(" ", text))
         text = f"{text[: match.start()]} an HTML page: {html.unescape(words)}"
