@@ -153,6 +153,7 @@ _EVENT_STYLE = {
     "node_scheduled": "blue",
     "node_started": "blue",
     "patch_review_requested": "magenta",
+    "loop_exhausted": "yellow",
     "patch_reviewed": "magenta",
 }
 # Fields every event of a node has: not worth repeating in its line.
@@ -182,6 +183,12 @@ def event_detail(message: Mapping[str, Any]) -> str:
         "node_completed": lambda: f"completed -> {short(data.get('output'))}",
         "node_failed": lambda: (
             f"failed (attempt {data.get('attempt')}): {summary(str(data.get('error')), 200)}"
+            + (f"; not retried: {data['not_retried']}" if data.get("not_retried") else "")
+        ),
+        "loop_exhausted": lambda: (
+            f"loop {data.get('source')} -> {data.get('target')} stopped at its bound "
+            f"({data.get('iterations')} iterations) with its condition still true"
+            + ("; the run fails (on_limit: fail)" if data.get("failed") else " [warning]")
         ),
         "node_skipped": lambda: (
             f"skipped: {data.get('reason')}" + (" [warning]" if data.get("warning") else "")

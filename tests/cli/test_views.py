@@ -88,6 +88,13 @@ def test_a_replay_lists_the_nodes_it_carried_over(aob: Cli, server: LiveServer) 
     assert {n["node_id"]: n["carried_from"] for n in nodes} == {"ok": run_id, "boom": None}
 
 
+def test_a_failure_says_why_it_was_not_retried(aob: Cli, write_json: Any) -> None:
+    followed = aob("run", "start", str(write_json("failing.json", FAILING)), "-f")
+    assert followed.code == 1
+    failed = next(line for line in followed.out.splitlines() if " failed (attempt 1)" in line)
+    assert "; not retried: jq errors are deterministic" in failed
+
+
 def test_run_list_names_inline_definitions(aob: Cli, server: LiveServer, write_json: Any) -> None:
     run_id = json.loads(
         aob("run", "start", str(write_json("q.json", QUICK)), "--input", "x=1", "-o", "json").out
