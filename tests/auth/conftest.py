@@ -67,7 +67,8 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
 
 def transform(name: str = "t", agents: int = 0) -> dict[str, Any]:
     nodes: list[dict[str, Any]] = [{"id": "a", "type": "transform", "config": {"expr": '"ok"'}}]
-    nodes += [{"id": f"agent{i}", "type": "agent", "config": {}} for i in range(agents)]
+    agent = {"type": "agent", "config": {"prompt": "go"}}  # a prompt: its schema needs one
+    nodes += [{"id": f"agent{i}", **agent} for i in range(agents)]
     return {"name": name, "nodes": nodes, "output": ".nodes.a"}
 
 

@@ -177,16 +177,23 @@ def test_a_bad_http_config_is_refused_with_each_path() -> None:
     config = {"url": "ftp://files", "timeout_ms": "soon", "expect_status": ["2xxx"]}
     problems, _ = checked(one_node({"id": "charge", "type": "http", "config": config}))
     assert problems == [
-        "/nodes/0/config/expect_status/0: '2xxx' is not a status class like \"2xx\" or a code "
-        'like "404"',
+        "/nodes/0/config/expect_status/0: '2xxx' is not a status class like \"2xx\", a code "
+        'like "404" or a {{ jq }} template',
         "/nodes/0/config/timeout_ms: 'soon' is not an integer >= 1 or a {{ jq }} template",
         "/nodes/0/config/url: 'ftp://files' is not an http:// or https:// URL or a {{ jq }} "
         "template",
     ]
 
 
-def test_templates_stand_for_any_http_field() -> None:
-    config = {"url": "{{ .inputs.url }}", "timeout_ms": "{{ .inputs.t }}", "retries": "{{ 2 }}"}
+def test_templates_stand_for_any_http_value() -> None:
+    """The worker renders every string of the config before checking it."""
+    config = {
+        "url": "{{ .inputs.url }}",
+        "timeout_ms": "{{ .inputs.t }}",
+        "retries": {"max": "{{ .inputs.n }}"},
+        "expect_status": ["{{ .inputs.ok }}", 201],
+        "follow_redirects": "{{ false }}",
+    }
     assert checked(one_node({"id": "c", "type": "http", "config": config})) == ([], [])
 
 
