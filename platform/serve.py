@@ -340,7 +340,8 @@ async def run_audit(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{where}: no embedded log in {settings.data_dir.resolve()}", file=sys.stderr)
         return 2
     try:
-        event_log = await open_log(settings, "audit")
+        with _HeldLogs():
+            event_log = await open_log(settings, "audit")
     except LogError as error:
         print(f"{where}: cannot open the log: {error}", file=sys.stderr)
         return 2
@@ -348,6 +349,9 @@ async def run_audit(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "history":
             return await _history(event_log, args.run_id, as_json=args.json)
         return await _verify(settings, event_log, keep=args.keep)
+    except StartupFailed as failure:
+        print(failure, file=sys.stderr)
+        return 2
     finally:
         await event_log.close()
 
@@ -370,7 +374,11 @@ async def _history(event_log: EventLog, run_id: str, *, as_json: bool) -> int:
 
 
 async def _verify(settings: Settings, event_log: EventLog, *, keep: bool) -> int:
-    live = await open_read_models(settings)
+    try:
+        live = await open_read_models(settings)
+    except Exception as error:  # the database is not there: say so in one line
+        log.debug("cannot open the read models", exc_info=error)
+        raise StartupFailed(startup_problem(error, settings, "audit")) from None
     try:
         async with fresh_read_models(settings, keep=keep) as (fresh, where):
             outcome = await verify(event_log, live, fresh)

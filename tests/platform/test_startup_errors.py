@@ -111,3 +111,13 @@ def test_invalid_setting(tmp_path: Path) -> None:
     line = one_line(done)
     assert line.startswith("aob server: invalid setting: AOB_PORT: ")
     assert done.returncode == 2
+
+
+def test_audit_with_postgres_unreachable(tmp_path: Path, closed_port: int) -> None:
+    (tmp_path / "log.db").touch()  # an embedded log to audit (empty)
+    env = {"AOB_DATABASE_URL": f"postgresql://aob:s3cret@127.0.0.1:{closed_port}/aob"}
+    done = server("audit", "verify", "--data-dir", str(tmp_path), env=env)
+    line = one_line(done)
+    assert line.startswith(f"aob: cannot use PostgreSQL at 127.0.0.1:{closed_port}/aob: ")
+    assert line.endswith("; check AOB_DATABASE_URL")
+    assert done.returncode == 2
