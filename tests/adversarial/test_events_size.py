@@ -97,7 +97,7 @@ def test_an_http_response_over_kafkas_limit_does_not_wedge_the_worker(
     definition = {"name": "big-http", "nodes": [
         {"id": "get", "type": "http", "config": {"url": f"{capture.url}/big"}}],
         "output": ".nodes.get.body.data | length"}
-    with server.diagnosed(), HealthProbe(server.url) as probe, \
+    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(ATTACKER) as attacker:
         run = wait_run(attacker, submit(attacker, definition), 60, probe=probe)
         if run["status"] == "completed":

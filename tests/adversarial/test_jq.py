@@ -115,7 +115,7 @@ def test_a_patch_cannot_add_an_unbounded_condition(server: LiveServer) -> None:
         "edges": [],
     }
     usual = baseline(server)
-    with HealthProbe(server.url) as probe, server.client(ATTACKER) as attacker, \
+    with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
             server.client(VICTIM) as victim:
         run_id = submit(attacker, definition)
         wait_run(attacker, run_id, 30, until=lambda run: run["status"] == "waiting"

@@ -135,7 +135,7 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
     inject(server, RUNS_TOPIC, run_id, value)
     with server.diagnosed(), server.client(ATTACKER) as attacker, \
             server.client(VICTIM) as victim:
-        with HealthProbe(server.url) as probe:
+        with HealthProbe(server.url, server.pid) as probe:
             _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)  # after catching up
             failed = wait_run(attacker, run_id, 30, probe=probe)
             victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
@@ -154,7 +154,7 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
             server.kill9()  # audited while stopped; the restart below starts it
         assert_audit_passes_over_poison(audit_verify(server))
     server.restart()
-    with server.diagnosed(), HealthProbe(server.url) as probe, \
+    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(VICTIM) as victim:
         _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
         steady_s, steady = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
@@ -188,7 +188,7 @@ def test_garbage_on_a_task_topic_does_not_stop_its_worker(server: LiveServer) ->
         wait_run(attacker, poisoned, 30, until=waiting)
     inject(server, task_topic("hitl"), poisoned, NOT_AVRO)
     with server.diagnosed(), server.client(VICTIM) as victim:
-        with HealthProbe(server.url) as probe:
+        with HealthProbe(server.url, server.pid) as probe:
             held = submit(victim, HOLD)
             run = wait_run(victim, held, 20, until=waiting, probe=probe)
         probe.check()

@@ -68,7 +68,7 @@ def test_failed_attacks_do_not_hang_a_restarted_server(server: LiveServer) -> No
             before = {what: log_history(attacker, run_id) for what, run_id in ids.items()}
 
         server.restart()
-        with HealthProbe(server.url) as probe, server.client(ATTACKER) as attacker, \
+        with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
                 server.client(VICTIM) as victim:
             # The first run after a restart also waits for the hosts to catch up.
             _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)

@@ -134,7 +134,7 @@ def test_no_secret_leaks_whatever_the_attacker_writes(
     capture.respond("/redirect", Answer(status=302, headers=(
         ("location", f"http://localhost:{port}/stolen"),)))
     runs: dict[str, dict[str, Any]] = {}
-    with server.diagnosed(), HealthProbe(server.url) as probe, \
+    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
         ids = {what: submit(attacker, definition)
                for what, definition in attacks(capture).items()}
@@ -229,7 +229,7 @@ def test_tool_schemas_never_reach_the_network(
     capture.converse(marker, {"tool_calls": [{"name": "execute_pipeline", "arguments": {
         "tool": "remote-ref", "input": [{"a": 1}]}}]}, {"content": "done"})
     server = secrets_server
-    with server.diagnosed(), HealthProbe(server.url) as probe, \
+    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(ATTACKER) as attacker:
         registered = attacker.post("/api/v1/tools", json=tool)
         assert registered.status_code in (201, 422), registered.text

@@ -57,7 +57,7 @@ def test_a_1mb_definition_is_refused_before_compiling(server: LiveServer) -> Non
     document = huge_definition()
     assert len(json.dumps(document)) > 900_000
     usual = baseline(server)
-    with server.diagnosed(), HealthProbe(server.url) as probe, \
+    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
         started = time.monotonic()
         response = attacker.post("/api/v1/workflows/validate", json={"definition": document})
