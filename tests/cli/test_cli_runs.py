@@ -9,7 +9,6 @@ import re
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.cli.conftest import AOB, REPO, Cli
@@ -50,17 +49,23 @@ def test_a_failed_run_exits_1_when_followed(aob: Cli, write_json) -> None:
     assert result.out.rstrip().endswith(": failed")
 
 
-def test_seed_examples_for_scripting(aob: Cli, tmp_path: Path) -> None:
+def test_seed_examples_for_scripting(aob: Cli, server: LiveServer, tmp_path: Path) -> None:
     (tmp_path / "workflow.json").write_text(json.dumps(QUICK), encoding="utf-8")
-    result = aob.shell(
+    started = aob.shell(
         "aob workflow validate workflow.json && aob run start workflow.json --input x=20\n"
         "RUN_ID=$(aob run start workflow.json --input x=41 --output json | jq -r '.run_id')\n"
-        'sleep 0.5; aob run status "$RUN_ID"; aob run status "$RUN_ID" --output json',
+        'echo "$RUN_ID"',
         cwd=tmp_path,
     )
+    assert started.code == 0, started.err
+    assert "workflow.json: valid" in started.out
+    assert re.search(r"run run_\w+ accepted", started.out)
+    run_id = started.out.split()[-1]
+    server.wait_finished(run_id)  # a script would follow it: `aob run start ... -f`
+    result = aob.shell(
+        f"aob run status {run_id}; aob run status {run_id} --output json", cwd=tmp_path
+    )
     assert result.code == 0, result.err
-    assert "workflow.json: valid" in result.out
-    assert re.search(r"run run_\w+ accepted", result.out)
     status = json.loads(result.out[result.out.index("\n{") :])
     assert status["status"] == "completed"
     assert status["output"] == 84
@@ -71,7 +76,7 @@ def test_seed_examples_for_scripting(aob: Cli, tmp_path: Path) -> None:
 def test_run_list_and_cancel(aob: Cli, server: LiveServer, write_json) -> None:
     held = json.loads(aob("run", "start", str(write_json("held.json", HELD)), "-o", "json").out)
     run_id = held["run_id"]
-    time.sleep(0.3)
+    server.wait_status(run_id, ("running",))
     listing = aob("run", "list", "--status", "running", "-o", "json").json()
     assert run_id in [r["run_id"] for r in listing["items"]]
     table = aob("run", "list", "--limit", "5")

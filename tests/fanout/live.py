@@ -2,16 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+
+T = TypeVar("T")
+POLL_S = 0.02  # how often a condition is checked again: a poll, not a guess at timing
+
+
+def eventually(condition: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
+    """`condition()` once it is truthy, checked every POLL_S; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(POLL_S)
+
+
+async def until(
+    condition: Callable[[], Awaitable[T | None]], what: str, timeout: float = 20.0
+) -> T:
+    """The async `eventually`, for a coroutine function `condition`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(POLL_S)
+
 
 # A node type no worker in the dev server handles: its nodes stay scheduled until
 # they time out or the run is cancelled, which makes runs as long as a test needs.
@@ -83,7 +115,7 @@ class LiveServer:
                 self.port = int(self.url.rsplit(":", 1)[1])
                 return self
             self.process.wait(timeout=10)
-            time.sleep(0.1)
+            time.sleep(0.1)  # a back-off between attempts, not a synchronisation
         raise AssertionError("the dev server did not start")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -124,13 +156,29 @@ class LiveServer:
             return run
 
     def wait_finished(self, run_id: str, timeout: float = 20.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        return self.wait_status(run_id, ("completed", "failed", "cancelled"), timeout)
+
+    def wait_status(
+        self, run_id: str, statuses: tuple[str, ...], timeout: float = 20.0
+    ) -> dict[str, Any]:
+        """The run (read model) once its status is one of `statuses`."""
+
+        def reached() -> dict[str, Any] | None:
             run = self.run(run_id)
-            if run["status"] in ("completed", "failed", "cancelled"):
-                return run
-            time.sleep(0.05)
-        raise AssertionError(f"run {run_id} did not finish within {timeout} s")
+            return run if run["status"] in statuses else None
+
+        return eventually(reached, f"run {run_id} {'/'.join(statuses)}", timeout)
+
+    def wait_event(
+        self, run_id: str, event_type: str, timeout: float = 20.0
+    ) -> list[dict[str, Any]]:
+        """The run's timeline once it holds an event of `event_type` (e.g. NodeScheduled)."""
+
+        def holds() -> list[dict[str, Any]] | None:
+            items = self.events(run_id)
+            return items if any(e["type"] == event_type for e in items) else None
+
+        return eventually(holds, f"{event_type} in run {run_id}'s timeline", timeout)
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
         """The run's whole timeline (read model), once it has caught up."""

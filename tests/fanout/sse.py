@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,8 +47,13 @@ async def read(
     params: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     max_events: int | None = None,
+    on_read: Callable[[Stream], Awaitable[None]] | None = None,
 ) -> Stream:
-    """Read a run's stream until the server closes it (or `max_events` run events)."""
+    """Read a run's stream until the server closes it (or `max_events` run events).
+
+    `on_read(stream)` is awaited after each comment and each frame: a test acts there
+    on what the stream has shown so far (e.g. cancel the run after a heartbeat).
+    """
     out = Stream()
     url = f"/api/v1/runs/{run_id}/stream"
     async with client.stream("GET", url, params=params, headers=headers) as response:
@@ -58,6 +64,8 @@ async def read(
         async for line in response.aiter_lines():
             if line.startswith(":"):
                 out.comments.append(line[1:].strip())
+                if on_read is not None:
+                    await on_read(out)
                 continue
             if line:
                 name, _, value = line.partition(":")
@@ -72,6 +80,8 @@ async def read(
                 )
                 if max_events is not None and len(out.events) >= max_events:
                     return out
+                if on_read is not None:
+                    await on_read(out)
             fields = {}
         out.closed_by_server = True
     return out

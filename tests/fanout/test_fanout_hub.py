@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +36,7 @@ from aob.platform.fanout import (
 )
 from aob.platform.settings import Settings
 from aob.projections.readmodels.sqlite import SqliteReadModels
-from tests.fanout.live import SLOW
+from tests.fanout.live import SLOW, until
 
 
 async def collect(batches: AsyncIterator[list[StreamItem]]) -> list[StreamItem]:
@@ -141,6 +143,15 @@ async def test_history_comes_from_the_log_where_the_read_models_lag(tmp_path: Pa
     assert errors_only == [StreamEnd(mine, "completed", 5)]
 
 
+async def records_in(engine: Engine) -> int:
+    """Records in `aob.runs` (the test's engine holds one run only)."""
+    return sum((await engine.log.end_offsets(RUNS_TOPIC)).values())
+
+
+# The SLOW run appends ~60 records over ~2.5 s: a subscriber joins every few of them.
+JOIN_EVERY = 8
+
+
 async def test_live_events_follow_history_without_gap_while_appends_race(engine: Engine) -> None:
     hub = FanoutHub(engine.log, engine.read_models)
     await hub.start()
@@ -156,18 +167,35 @@ async def test_live_events_follow_history_without_gap_while_appends_race(engine:
             trace_id="t",
         )
         run_id = accepted["run_id"]
-        # Subscribers join at staggered moments while the run is producing events.
+        # Subscribers join at staggered points of the run's history, while it is written.
         streams = []
-        for _ in range(6):
+        for k in range(6):
+            await until(partial(_at_least, engine, 1 + k * JOIN_EVERY), "records appended")
             streams.append(asyncio.create_task(collect(hub.stream(run_id, after=-1))))
-            await asyncio.sleep(0.15)
         results = await asyncio.gather(*streams)
     finally:
         await hub.stop()
-    timeline = await engine.read_models.timeline(run_id, limit=10_000)
+    end = results[0][-1]
+    assert isinstance(end, StreamEnd)
+    last = end.last_event_id
+    assert last is not None
+    # The streams read the log; the timeline is the projector's: wait for it to catch up.
+    timeline = await until(partial(_timeline_through, engine, run_id, last), "the timeline")
     expected = [row["offset"] for row in timeline]
     for items in results:
         assert offsets(items) == expected
+
+
+async def _at_least(engine: Engine, records: int) -> bool | None:
+    return await records_in(engine) >= records
+
+
+async def _timeline_through(
+    engine: Engine, run_id: str, offset: int
+) -> list[dict[str, Any]] | None:
+    """The run's timeline once the projector has applied the record at `offset` (else [])."""
+    timeline = await engine.read_models.timeline(run_id, limit=10_000)
+    return timeline if timeline and timeline[-1]["offset"] >= offset else None
 
 
 def test_wire_names() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 from aob.events.codec import encode
@@ -20,12 +21,30 @@ from aob.events.types import (
 )
 from aob.platform.fanout import FanoutHub, RunEvent, StreamEnd, StreamItem
 from aob.projections.readmodels.sqlite import SqliteReadModels
+from tests.fanout.live import until
 
 DEFINITION = {"name": "w", "nodes": [{"id": "a", "type": "noop"}]}
 
 
 async def collect(batches: AsyncIterator[list[StreamItem]]) -> list[StreamItem]:
     return [item async for batch in batches for item in batch]
+
+
+class Collector:
+    """Reads a stream into `items` in the background, so a test can wait on its progress."""
+
+    def __init__(self, batches: AsyncIterator[list[StreamItem]]) -> None:
+        self.items: list[StreamItem] = []
+        self.task = asyncio.create_task(self._read(batches))
+
+    async def _read(self, batches: AsyncIterator[list[StreamItem]]) -> list[StreamItem]:
+        async for batch in batches:
+            self.items.extend(batch)
+        return self.items
+
+    @property
+    def events(self) -> int:
+        return sum(isinstance(item, RunEvent) for item in self.items)
 
 
 def events_of(run_id: str, steps: int) -> list[Event]:
@@ -57,12 +76,14 @@ async def test_one_kafka_reader_serves_every_subscriber(
         hub = FanoutHub(reader, read_models, topic=topic)
         await hub.start()
         try:
-            early = [
-                asyncio.create_task(collect(hub.stream(r, after=-1)))
-                for r in runs
-                for _ in range(5)
-            ]
-            await asyncio.sleep(0.5)
+            early = [Collector(hub.stream(r, after=-1)) for r in runs for _ in range(5)]
+
+            async def every_early_stream_has(count: int) -> bool:
+                return hub.subscribers == len(early) and all(c.events >= count for c in early)
+
+            # Each batch goes out once every early subscriber has what came before it:
+            # history first, then live events in steps.
+            await until(partial(every_early_stream_has, 3), "history delivered")
             for step in range(3, 15, 4):
                 await writer.append(
                     [
@@ -71,9 +92,11 @@ async def test_one_kafka_reader_serves_every_subscriber(
                         for e in planned[r][step : step + 4]
                     ]
                 )
-                await asyncio.sleep(0.2)
+                delivered = min(step + 4, len(planned[runs[0]]))
+                if delivered < len(planned[runs[0]]):  # the last batch ends the streams
+                    await until(partial(every_early_stream_has, delivered), f"{delivered} events")
             late = await collect(hub.stream(runs[0], after=-1))
-            results = await asyncio.wait_for(asyncio.gather(*early), timeout=60)
+            results = await asyncio.wait_for(asyncio.gather(*(c.task for c in early)), timeout=60)
         finally:
             await hub.stop()
             read_models.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -12,6 +12,21 @@ from tests.fanout import sse
 from tests.fanout.live import FAILING, HELD, QUICK, SLOW, LiveServer
 
 TERMINAL = {"workflow_completed", "workflow_failed", "workflow_cancelled"}
+
+
+def cancel_once(
+    server: LiveServer, run_id: str, beats: int = 1
+) -> Callable[[sse.Stream], Awaitable[None]]:
+    """An `on_read` hook: cancels the run once the stream has shown `beats` heartbeats."""
+    sent = False
+
+    async def hook(stream: sse.Stream) -> None:
+        nonlocal sent
+        if not sent and stream.comments.count("heartbeat") >= beats:
+            sent = True
+            await asyncio.to_thread(server.cancel, run_id)
+
+    return hook
 
 
 @pytest.fixture
@@ -101,12 +116,12 @@ async def test_by_default_a_stream_starts_now(
     assert at_once.end["status"] == "completed"
 
     held = server.submit(HELD)
-    await asyncio.sleep(0.3)
-    before = {e["offset"] for e in server.events(held)}
-    reader = asyncio.create_task(sse.read(client, held))
-    await asyncio.sleep(0.3)
-    server.cancel(held)
-    stream = await reader
+    # The run rests on its scheduled node (no worker runs `ext`) until it is cancelled.
+    before = {e["offset"] for e in server.wait_event(held, "NodeScheduled")}
+    # A heartbeat comes only from a subscribed stream: then "now" has been fixed.
+    stream = await sse.read(
+        client, held, params={"heartbeat": 0.05}, on_read=cancel_once(server, held)
+    )
     assert [f.event for f in stream.events] == ["cancel_requested", "workflow_cancelled"]
     assert not before & set(stream.ids)
     assert stream.end is not None
@@ -157,13 +172,9 @@ async def test_heartbeats_keep_an_idle_stream_alive(
 ) -> None:
     run_id = server.submit(HELD)
 
-    async def read_then_cancel() -> sse.Stream:
-        reader = asyncio.create_task(sse.read(client, run_id, params={"heartbeat": 0.1}))
-        await asyncio.sleep(0.6)
-        server.cancel(run_id)
-        return await reader
-
-    stream = await read_then_cancel()
+    stream = await sse.read(
+        client, run_id, params={"heartbeat": 0.1}, on_read=cancel_once(server, run_id, beats=3)
+    )
     assert stream.comments.count("heartbeat") >= 3
     assert stream.end is not None
     assert stream.end["status"] == "cancelled"

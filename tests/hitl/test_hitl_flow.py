@@ -16,6 +16,7 @@ from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
 from aob.platform.approvals import Approvals
 from aob.platform.problems import Problem
 from aob.workers.hitl import HitlService
+from tests.fanout.live import until
 from tests.hitl.harness import node, review, running_aob
 
 
@@ -290,12 +291,18 @@ async def test_a_decision_on_a_cancelled_run_is_refused(aob):
 async def test_restart_while_pending_fires_the_overdue_timeout(tmp_path):
     data_dir = tmp_path / "data"
     async with running_aob(data_dir) as aob:
-        # Long enough to stop the engine (its loops poll every half second) in time.
-        run_id = await aob.submit(review({"timeout_ms": 2_000, "on_timeout": "reject"}))
+        # Long enough to stop the engine in time even on a loaded machine.
+        run_id = await aob.submit(review({"timeout_ms": 5_000, "on_timeout": "reject"}))
         [approval] = await aob.pending(run_id)
     stopped_at = time.time_ns() // 1_000_000
-    assert stopped_at < approval["deadline"]  # stopped before the deadline fell due
-    await asyncio.sleep((approval["deadline"] - stopped_at) / 1000 + 0.3)
+    deadline: int = approval["deadline"]
+    assert stopped_at < deadline  # stopped before the deadline fell due
+
+    async def overdue() -> bool:
+        return time.time_ns() // 1_000_000 > deadline
+
+    # The behaviour under test: the deadline passes on the wall clock while nobody runs.
+    await until(overdue, "the approval's deadline passed", timeout=10)
 
     restarted_at = time.time_ns() // 1_000_000
     async with running_aob(data_dir) as aob:
