@@ -96,12 +96,15 @@ async def test_json_output_is_asked_again_until_it_parses(aob: Aob, scripted_llm
     assert "must be valid JSON" in scripted_llm.requests[1]["messages"][-1]["content"]
 
 
-async def test_bad_config_fails_the_node_at_once(aob: Aob, scripted_llm: LlmServer):
-    run = await aob.finished(await aob.submit(single(max_rounds="many", colour="red")))
-    assert run["status"] == "failed"
-    assert "agent node config:" in run["error"]
-    assert "config.max_rounds" in run["error"]
-    assert "config.colour: Extra inputs are not permitted" in run["error"]
+async def test_bad_config_is_refused_at_submission(aob: Aob, scripted_llm: LlmServer):
+    # The agent schema (docs/reference/nodes.md) refuses it before any run exists; the
+    # worker's own check (tests/agent/test_agent_config.py) stays for patched-in nodes.
+    body = {"definition": single(max_rounds="many", colour="red"), "inputs": {}}
+    response = await aob.client.post("/api/v1/runs", json=body)
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert [e["path"] for e in errors] == ["/nodes/0/config", "/nodes/0/config/max_rounds"]
+    assert "'colour' was unexpected" in errors[0]["message"]
     assert scripted_llm.requests == []
 
 
