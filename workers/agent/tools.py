@@ -68,13 +68,28 @@ class GuardedFetch:
     which take values as they are: nothing the model wrote is ever read as a template.
     """
 
-    def __init__(self, worker: HttpWorker) -> None:
+    def __init__(self, worker: HttpWorker, origin: NodeScheduled | None = None) -> None:
         self.worker = worker
+        self.origin = origin
+        self.calls = 0
+
+    def for_task(self, origin: NodeScheduled) -> GuardedFetch:
+        """The fetch of one agent attempt: its requests' Idempotency-Keys are those of
+        (run, node, iteration, attempt, n-th request), the same when a redelivered
+        attempt makes its calls again, and never one shared by two calls."""
+        return GuardedFetch(self.worker, origin)
 
     async def __call__(self, request: Mapping[str, Json]) -> dict[str, Json]:
         config = {key: f"{{{{ .request.{key} }}}}" for key in request}
         context = {"request": dict(request)}
-        task = NodeScheduled("agent", "http_request", "http", 0, 1, config, context)
+        self.calls += 1
+        origin = self.origin
+        run_id, node_id, iteration, attempt = (
+            (origin.run_id, origin.node_id, origin.iteration, origin.attempt)
+            if origin is not None else ("agent", "", 0, 1)
+        )
+        node = f"{node_id}/request/{self.calls}"  # the key's (run, node, ...) parts
+        task = NodeScheduled(run_id, node, "http", iteration, attempt, config, context)
         try:
             output = await self.worker.handle(task)
         except NodeError as error:
@@ -114,6 +129,15 @@ class ToolBox:
     delegations: int = 0
     _definition: dict[str, Any] | None = None
     _tenant: str | None = None
+    _fetch: Fetch | None = None
+
+    @property
+    def fetch(self) -> Fetch | None:
+        """Outbound HTTP for this attempt's tools (numbered requests, see GuardedFetch)."""
+        if self._fetch is None and self.services.fetch is not None:
+            bind = getattr(self.services.fetch, "for_task", None)
+            self._fetch = bind(self.task) if bind is not None else self.services.fetch
+        return self._fetch
 
     @property
     def available(self) -> list[str]:
@@ -170,7 +194,7 @@ class ToolBox:
                 return {"error": f"input of composite tool {name!r}: {problem}"}
         data = args.get("input", self.task.input)  # default: what the node receives
         try:
-            result = await run_pipeline(steps, data, fetch=self.services.fetch)
+            result = await run_pipeline(steps, data, fetch=self.fetch)
         except PipelineError as error:
             return {"error": str(error), "failed_step": error.index}
         return {"result": result}
@@ -203,10 +227,11 @@ class ToolBox:
             request = build_request(tool.spec, operation_id, args.get("arguments"))
         except ArgumentError as error:
             return {"error": f"arguments of {api}.{operation_id}: {error}"}
-        if self.services.fetch is None:
+        fetch = self.fetch
+        if fetch is None:
             return {"error": "outbound HTTP is not available to this agent"}
         try:
-            response = await self.services.fetch(request)
+            response = await fetch(request)
         except StepError as error:
             return {"error": str(error)}
         return {"status": response.get("status"), "body": response.get("body")}
