@@ -1,4 +1,5 @@
-"""Approval commands: decide, list, show.
+"""Approval commands: decide, list, show (the approvals part of the application
+layer: a decision is recorded through `aob.platform.commands.record_events`).
 
 A decision is an `ApprovalDecided` event; the first one in log order wins. The
 read model answers most callers before anything is appended (already decided,
@@ -11,11 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from aob.events.codec import encode
-from aob.events.ids import new_event_id
-from aob.events.log.port import Append
-from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
-from aob.platform.commands import now_ms
+from aob.events.codec import decode
+from aob.events.types import RUNS_TOPIC, ApprovalDecided
+from aob.platform.commands import record_events
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, not_found
 from aob.workers.hitl import DECISIONS, refusal
@@ -40,25 +39,40 @@ class Approvals:
     ) -> dict[str, Any]:
         """Record `actor`'s decision; returns the decided approval, or raises Problem."""
         if decision not in DECISIONS:
-            raise Problem(422, "invalid-decision", "Invalid decision",
-                          f"decision must be one of {list(DECISIONS)}, got {decision!r}")
+            raise Problem(
+                422,
+                "invalid-decision",
+                "Invalid decision",
+                f"decision must be one of {list(DECISIONS)}, got {decision!r}",
+            )
         approval = await self.get(approval_id)
         await self._refuse_closed(approval)
         why_not = refusal(approval["approvers"], actor, roles)
         if why_not is not None:
-            raise Problem(403, "not-an-approver", "Not allowed to decide", why_not,
-                          approvers=approval["approvers"])
-        event = Event(new_event_id(), approval["run_id"], now_ms(),
-                      ApprovalDecided(approval["run_id"], approval_id, decision, actor, comments),
-                      trace_id, None, actor)
-        records = await self.engine.log.append([Append(RUNS_TOPIC, event.key, encode(event))])
+            raise Problem(
+                403,
+                "not-an-approver",
+                "Not allowed to decide",
+                why_not,
+                approvers=approval["approvers"],
+            )
+        payload = ApprovalDecided(approval["run_id"], approval_id, decision, actor, comments)
+        records = await record_events(
+            self.engine, RUNS_TOPIC, approval["run_id"], [payload], actor=actor, trace_id=trace_id
+        )
+        event_id = decode(records[0].value).event_id
         if not await self.engine.projected.wait_for(records):
-            raise Problem(503, "not-projected-yet", "Decision recorded, outcome unknown",
-                          "the decision was recorded but the read models have not caught up; "
-                          f"see GET /api/v1/approvals/{approval_id}", event_id=event.event_id)
+            raise Problem(
+                503,
+                "not-projected-yet",
+                "Decision recorded, outcome unknown",
+                "the decision was recorded but the read models have not caught up; "
+                f"see GET /api/v1/approvals/{approval_id}",
+                event_id=event_id,
+            )
         decided = await self.read.get_approval(approval_id)
         assert decided is not None
-        if decided["decision_event_id"] != event.event_id:
+        if decided["decision_event_id"] != event_id:
             await self._refuse_closed(decided, lost=True)
         return decided
 
@@ -89,8 +103,14 @@ class Approvals:
         run = await self.read.get_run(approval["run_id"]) or {}
         nodes = run.pop("nodes", [])
         run.pop("definition", None)
-        node = next((n for n in nodes if (n["node_id"], n["iteration"]) ==
-                     (approval["node_id"], approval["iteration"])), None)
+        node = next(
+            (
+                n
+                for n in nodes
+                if (n["node_id"], n["iteration"]) == (approval["node_id"], approval["iteration"])
+            ),
+            None,
+        )
         task, decisions = await self._history(approval)
         return {
             **approval,
@@ -102,9 +122,7 @@ class Approvals:
             },
         }
 
-    async def _history(
-        self, approval: dict[str, Any]
-    ) -> tuple[dict[str, Any] | None, list[Any]]:
+    async def _history(self, approval: dict[str, Any]) -> tuple[dict[str, Any] | None, list[Any]]:
         """The task that asked for `approval` and the decisions made on it, in log order."""
         request: dict[str, Any] | None = None
         tasks: dict[str, dict[str, Any]] = {}
@@ -134,15 +152,24 @@ class Approvals:
         approval_id = approval["approval_id"]
         if approval["status"] == "cancelled":
             run = await self.read.get_run(approval["run_id"]) or {"status": "finished"}
-            raise Problem(409, "run-finished", "Run already finished",
-                          f"approval {approval_id!r} can no longer be decided: its run "
-                          f"{approval['run_id']!r} is {run['status']}", run_status=run["status"])
+            raise Problem(
+                409,
+                "run-finished",
+                "Run already finished",
+                f"approval {approval_id!r} can no longer be decided: its run "
+                f"{approval['run_id']!r} is {run['status']}",
+                run_status=run["status"],
+            )
         if approval["status"] != "pending":
             first = "another decision was recorded first" if lost else "it was already decided"
-            raise Problem(409, "already-decided", "Approval already decided",
-                          f"approval {approval_id!r} cannot be decided again: {first} "
-                          f"({approval['decision']} by {approval['decided_by']})",
-                          decision=_first_decision(approval))
+            raise Problem(
+                409,
+                "already-decided",
+                "Approval already decided",
+                f"approval {approval_id!r} cannot be decided again: {first} "
+                f"({approval['decision']} by {approval['decided_by']})",
+                decision=_first_decision(approval),
+            )
 
 
 def _first_decision(approval: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,11 @@
-"""Commands: validate a request against the domain, then record it as events.
+"""The application layer: every command validated against the domain, then recorded
+as events.
+
+Submit, cancel, patch, review a patch, fork a run, register a tool, create a workflow,
+move a tag, put a dead letter back (and, in `aob.platform.approvals`, decide an
+approval) all end in `record_events`, the one place that turns payloads into appended
+events. Routers only translate HTTP: they parse, call a command, map its result or its
+`Problem` to a response.
 
 Commands never write read models: they append events and, where the caller needs
 to read its own write, wait until the read models include it (in whichever process
@@ -7,10 +14,11 @@ the projector runs).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
@@ -18,20 +26,25 @@ from aob.events.log.port import Append, Record, TopicPartition
 from aob.events.partitioner import partition_for
 from aob.events.types import (
     RUNS_TOPIC,
+    TOOLS_TOPIC,
     WORKFLOWS_TOPIC,
     Event,
+    Json,
     PatchProposed,
+    PatchReviewed,
     Payload,
     RunCancelRequested,
     RunSubmitted,
     TagMoved,
     TagMoveRequested,
+    ToolRegistered,
     WorkflowCreated,
     WorkflowCreateRequested,
     WorkflowRequestRefused,
 )
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
+from aob.platform.replay import fork, run_events
 from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import (
@@ -40,13 +53,21 @@ from aob.projections.workflow.definition import (
     check_definition,
     unknown_type_problems,
 )
-from aob.projections.workflow.materialize import apply_patch
+from aob.projections.workflow.materialize import (
+    DEFAULT_PATCH_LIMITS,
+    PatchReplayError,
+    apply_patch,
+    materialize,
+)
+from aob.workers.agent.catalog import InvalidTool, check_registration, tool_key
 from aob.workers.outputs import OutputError, fetch_output
 
 FINISHED_RUN = ("completed", "failed", "cancelled")
 # How long a workflow or tag request waits for its decider's answer (it is kept in the
 # log either way, and decided once a decider runs).
 DECISION_TIMEOUT: Final = 10.0
+# How long a patch review waits to answer with the coordinator's decision.
+REVIEW_WAIT_S: Final = 2.0
 
 Decided = TypeVar("Decided", WorkflowCreated, TagMoved)
 
@@ -61,6 +82,24 @@ def new_run_id() -> str:
 
 def new_patch_id() -> str:
     return "patch_" + uuid.uuid4().hex[:16]
+
+
+async def record_events(
+    engine: Engine,
+    topic: str,
+    key: str,
+    payloads: Sequence[Payload],
+    *,
+    actor: str,
+    trace_id: str,
+) -> list[Record]:
+    """Append `payloads` as events of `key` by `actor`: how every command writes."""
+    at = now_ms()
+    appends = [
+        Append(topic, key, encode(Event(new_event_id(), key, at, p, trace_id, None, actor)))
+        for p in payloads
+    ]
+    return await engine.log.append(appends)
 
 
 class Commands:
@@ -341,6 +380,121 @@ class Commands:
         patch = await self.read.get_patch(run_id, patch_id)
         return patch or {"patch_id": patch_id, "status": "proposed"}
 
+    async def review_patch(
+        self,
+        run_id: str,
+        patch_id: str,
+        decision: Literal["approve", "reject"],
+        reason: str,
+        *,
+        actor: str,
+        trace_id: str,
+    ) -> dict[str, Any]:
+        """Record a reviewer's decision on a patch awaiting review; the patch once the
+        coordinator has decided it, or as it stands if that takes longer (status
+        still "proposed")."""
+        await self.run(run_id)
+        patch = await self.patch(run_id, patch_id)
+        if patch["review"] != "pending":
+            state = patch["review"] or f"not under review ({patch['status']})"
+            raise Problem(
+                409,
+                "patch-not-awaiting-review",
+                "Patch not awaiting review",
+                f"patch {patch_id!r} is {state}",
+                status_now=patch["status"],
+                review=patch["review"],
+            )
+        payload = PatchReviewed(run_id, patch_id, decision, actor, reason)
+        records = await self._append(RUNS_TOPIC, run_id, [payload], actor, trace_id)
+        await self.engine.projected.wait_for(records)
+        return await self._patch_decided(run_id, patch_id)
+
+    async def _patch_decided(self, run_id: str, patch_id: str) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REVIEW_WAIT_S
+        while True:
+            patch = await self.patch(run_id, patch_id)
+            if patch["status"] != "proposed" or loop.time() > deadline:
+                return patch
+            await asyncio.sleep(0.01)
+
+    async def patch(self, run_id: str, patch_id: str) -> dict[str, Any]:
+        patch = await self.read.get_patch(run_id, patch_id)
+        if patch is None:
+            raise not_found("patch", f"{run_id}/{patch_id}")
+        return patch
+
+    async def patch_with_diff(self, run_id: str, patch_id: str) -> dict[str, Any]:
+        """The patch; while it is undecided, `diff` shows what it would change in the
+        run's current (materialized) workflow."""
+        run = await self.run(run_id)
+        patch = await self.patch(run_id, patch_id)
+        diff = None
+        if patch["status"] == "proposed":
+            diff = workflow_diff(run["definition"], patch["operations"])
+        return {**patch, "diff": diff}
+
+    async def replay_run(
+        self, run_id: str, from_event: int | None, *, actor: str, trace_id: str
+    ) -> dict[str, Any]:
+        """Fork a new run from run `run_id` as the fold had it after its event
+        `from_event` (None: from its submission); returns the accepted fork."""
+        replayed = await self.run(run_id)  # 404 for an unknown run
+        await self.engine.projected.wait_caught_up(timeout=2.0)  # the history up to now
+        forked = fork(run_id, await run_events(self.read, run_id), from_event)
+        new_id = new_run_id()
+        submitted = RunSubmitted(
+            new_id,
+            forked.definition,
+            forked.inputs,
+            self.engine.known_types,
+            forked.workflow_id,
+            forked.version,
+            forked.tag,
+            forked.checkpoint(run_id),
+            tenant=replayed.get("tenant"),  # a fork stays in its run's tenant
+        )
+        await self._append(RUNS_TOPIC, new_id, [submitted], actor, trace_id)
+        return {
+            "run_id": new_id,
+            "status": "accepted",
+            "replay_of": run_id,
+            "from_event": from_event,
+            "seeded_nodes": sorted(forked.outputs),
+            "trace_id": trace_id,
+        }
+
+    # --- tools and dead letters -------------------------------------------------------
+
+    async def register_tool(
+        self,
+        name: str,
+        kind: str,
+        spec: dict[str, Json],
+        description: str,
+        *,
+        tenant: str | None,
+        actor: str,
+        trace_id: str,
+    ) -> dict[str, Any]:
+        """Register (or replace) `tenant`'s tool `name`; answers once this process's
+        catalog holds it."""
+        try:
+            check_registration(name, kind, spec)
+        except InvalidTool as error:
+            raise Problem(422, "invalid-tool", "Invalid tool", str(error)) from None
+        payload = ToolRegistered(name, kind, spec, description, tenant)
+        await self._append(TOOLS_TOPIC, tool_key(name, tenant), [payload], actor, trace_id)
+        await self.engine.tools.catch_up(self.engine.log)  # read your write
+        return {"name": name, "kind": kind, "description": description}
+
+    async def requeue(self, topic: str, key: str, value: bytes) -> Record:
+        """Append a dead letter's original record (its bytes as they were) to its source
+        topic again, for its consumers to process once more."""
+        (record,) = await self.engine.log.append([Append(topic, key, value)])
+        return record
+
     # --- plumbing --------------------------------------------------------------------
 
     async def _request(
@@ -354,12 +508,9 @@ class Commands:
     async def _append(
         self, topic: str, key: str, payloads: Sequence[Payload], actor: str, trace_id: str
     ) -> list[Record]:
-        at = now_ms()
-        appends = [
-            Append(topic, key, encode(Event(new_event_id(), key, at, p, trace_id, None, actor)))
-            for p in payloads
-        ]
-        return await self.engine.log.append(appends)
+        return await record_events(
+            self.engine, topic, key, payloads, actor=actor, trace_id=trace_id
+        )
 
 
 def _visible(row: dict[str, Any], tenant: str | None) -> bool:
@@ -387,3 +538,45 @@ def _refuse_finished(run: dict[str, Any], action: str) -> None:
             f"cannot {action} run {run['run_id']!r}: it is {run['status']}",
             run_status=run["status"],
         )
+
+
+def workflow_diff(current: dict[str, Any], operations: Any) -> dict[str, Any]:
+    """What `operations` change in `current`, by node and edge (materialized as the
+    coordinator materializes a run's patches)."""
+    try:
+        patched = materialize(current, [operations], limits=DEFAULT_PATCH_LIMITS)
+    except PatchReplayError as error:
+        return {"applies": False, "problem": str(error)}
+    before, after = _nodes(current), _nodes(patched)
+    old_edges, new_edges = _edges(current), _edges(patched)
+    return {
+        "applies": True,
+        "added_nodes": [after[n] for n in after if n not in before],
+        "removed_nodes": [n for n in before if n not in after],
+        "changed_nodes": [
+            {"id": n, "before": before[n], "after": after[n]}
+            for n in after
+            if n in before and before[n] != after[n]
+        ],
+        "added_edges": [e for e in new_edges if e not in old_edges],
+        "removed_edges": [e for e in old_edges if e not in new_edges],
+        "other_changes": sorted(
+            k
+            for k in {*current, *patched}
+            if k not in ("nodes", "edges") and current.get(k) != patched.get(k)
+        ),
+    }
+
+
+def _nodes(definition: dict[str, Any]) -> dict[str, Any]:
+    nodes = definition.get("nodes")
+    return {
+        n["id"]: n
+        for n in (nodes if isinstance(nodes, list) else [])
+        if isinstance(n, dict) and isinstance(n.get("id"), str)
+    }
+
+
+def _edges(definition: dict[str, Any]) -> list[Any]:
+    edges = definition.get("edges")
+    return list(edges) if isinstance(edges, list) else []

@@ -1,24 +1,34 @@
 """Replay: a new run forked from the state of another at a point of its history.
 
-The fork takes the run's definition as materialized by then (its base plus the
-patches applied so far), its inputs, and the outputs of the nodes that had
-completed: `RunSubmitted.checkpoint` carries them, and the coordinator starts
-those nodes out completed, so only the rest of the workflow runs again. Nodes
-inside loops are never seeded (a loop reruns whole); failed, skipped and
-unfinished nodes run again.
+The fork is what the coordinator's fold had built of the run by then: the run's events
+up to that point are folded again (`aob.projections.coordinator.fold.replay`), so the
+fork takes the definition as the fold materialized it (its base plus the patches
+applied so far), its inputs, and the outputs of the nodes whose latest instance had
+completed. `RunSubmitted.checkpoint` carries them, and the coordinator starts those
+nodes out completed, so only the rest of the workflow runs again. Nodes inside loops
+are never seeded (a loop reruns whole); failed, skipped and unfinished nodes run again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import jsonpatch
-import jsonpointer
-
+from aob.events.types import PAYLOAD_BY_NAME, RUNS_TOPIC, Event, RunSubmitted
 from aob.platform.problems import Problem
-from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
+from aob.projections.coordinator.fold import replay
+from aob.projections.coordinator.state import NodeStatus
+
+HISTORY_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Logged:
+    """A run event and its position (offset) in the run's partition."""
+
+    offset: int
+    event: Event
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,30 +47,66 @@ class Fork:
         return {"run_id": run_id, "from_event": self.from_event, "outputs": self.outputs}
 
 
-def fork(run_id: str, history: Sequence[dict[str, Any]], from_event: int | None) -> Fork:
-    """The fork of a run after its event `from_event` (None: from its very start).
+class Timeline(Protocol):
+    async def timeline(
+        self, key: str, after_offset: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]: ...
 
-    `history` is the run's timeline, in log order.
-    """
-    if not history or history[0]["type"] != "RunSubmitted":
+
+async def run_events(read: Timeline, run_id: str) -> list[Logged]:
+    """The run's events on aob.runs, in log order, from its timeline read model (set
+    aside records, which carry no event, left out)."""
+    events: list[Logged] = []
+    after: int | None = None
+    while True:
+        page = await read.timeline(run_id, after_offset=after, limit=HISTORY_PAGE)
+        events += [logged(row) for row in page if row["topic"] == RUNS_TOPIC and _event(row)]
+        if len(page) < HISTORY_PAGE:
+            return events
+        after = page[-1]["offset"]
+
+
+def _event(row: dict[str, Any]) -> bool:
+    return row.get("event_id") is not None and row["type"] in PAYLOAD_BY_NAME
+
+
+def logged(row: dict[str, Any]) -> Logged:
+    """A timeline row as the event it shows."""
+    payload = PAYLOAD_BY_NAME[row["type"]](**row["data"])
+    event = Event(
+        row["event_id"],
+        row["key"],
+        row["occurred_at"],
+        payload,
+        row.get("trace_id") or "",
+        row.get("causation_id"),
+        row.get("actor") or "system",
+    )
+    return Logged(row["offset"], event)
+
+
+def fork(run_id: str, history: Sequence[Logged], from_event: int | None) -> Fork:
+    """The fork of a run after its event at offset `from_event` (None: from its very
+    start). `history` is the run's events, in log order."""
+    submitted = history[0].event.payload if history else None
+    if not isinstance(submitted, RunSubmitted):
         raise Problem(
             409,
             "no-history",
             "Run history unavailable",
             f"the history of run {run_id!r} does not start with its submission",
         )
-    submitted = history[0]["data"]
     start = Fork(
-        submitted["definition"],
-        submitted["inputs"],
-        submitted.get("workflow_id"),
-        submitted.get("version"),
-        submitted.get("tag"),
+        submitted.definition,
+        submitted.inputs,
+        submitted.workflow_id,
+        submitted.version,
+        submitted.tag,
         None,
     )
     if from_event is None:
         return start
-    first, last = history[0]["offset"], history[-1]["offset"]
+    first, last = history[0].offset, history[-1].offset
     if not first <= from_event <= last:
         raise Problem(
             422,
@@ -70,53 +116,20 @@ def fork(run_id: str, history: Sequence[dict[str, Any]], from_event: int | None)
             first_event=first,
             last_event=last,
         )
-    kept = [row for row in history if row["offset"] <= from_event]
-    definition = _materialized(run_id, start.definition, kept)
-    outputs = _completed_outputs(kept, _loop_nodes(definition))
-    return Fork(
-        definition, start.inputs, start.workflow_id, start.version, start.tag, from_event, outputs
-    )
-
-
-def _materialized(run_id: str, base: dict[str, Any], rows: Sequence[dict[str, Any]]) -> Any:
-    """The base definition with the patches applied by then, in order."""
-    proposed = {
-        r["data"]["patch_id"]: r["data"]["operations"] for r in rows if r["type"] == "PatchProposed"
+    state = replay([e.event for e in history if e.offset <= from_event])
+    assert state is not None  # the history starts with the run's submission
+    in_loops = frozenset().union(*state.ir.loop_bodies)
+    outputs = {
+        node_id: state.outputs[node_id]
+        for node_id, node in state.nodes.items()
+        if node.status is NodeStatus.COMPLETED and node_id not in in_loops
     }
-    definition: Any = base
-    for row in rows:
-        if row["type"] != "PatchApplied":
-            continue
-        patch_id = row["data"]["patch_id"]
-        try:
-            definition = jsonpatch.apply_patch(definition, proposed[patch_id])
-        except (KeyError, jsonpatch.JsonPatchException, jsonpointer.JsonPointerException):
-            raise Problem(
-                409,
-                "no-history",
-                "Run history inconsistent",
-                f"patch {patch_id!r} of run {run_id!r} cannot be replayed",
-            ) from None
-    return definition
-
-
-def _loop_nodes(definition: Any) -> frozenset[str]:
-    try:
-        ir = compile_workflow(definition)
-    except InvalidDefinition:
-        return frozenset()  # nothing completed in a run whose definition did not compile
-    return frozenset().union(*ir.loop_bodies)
-
-
-def _completed_outputs(rows: Sequence[dict[str, Any]], in_loops: frozenset[str]) -> dict[str, Any]:
-    """Each node's output if its latest instance by then had completed."""
-    outputs: dict[str, Any] = {}
-    for row in rows:
-        node_id = row["data"].get("node_id")
-        if node_id is None or node_id in in_loops:
-            continue
-        if row["type"] == "NodeCompleted":
-            outputs[node_id] = row["data"]["output"]
-        elif row["type"] in ("NodeScheduled", "NodeFailed", "NodeSkipped"):
-            outputs.pop(node_id, None)  # a later instance started, failed or was skipped
-    return outputs
+    return Fork(
+        state.definition,
+        start.inputs,
+        start.workflow_id,
+        start.version,
+        start.tag,
+        from_event,
+        outputs,
+    )

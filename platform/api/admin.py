@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from aob.events.codec import CodecError, decode, event_type
-from aob.events.log.port import Append, Record, UnknownTopic
+from aob.events.log.port import Record, UnknownTopic
 from aob.events.types import DEADLETTER_TOPIC, RecordDeadLettered
-from aob.platform.api.deps import EngineDep
+from aob.platform.api.deps import CommandsDep, EngineDep
 from aob.platform.auth.authenticator import Authenticator
 from aob.platform.auth.http import principal_of
 from aob.platform.auth.principal import DEFAULT_TENANT, Principal
@@ -169,7 +169,7 @@ async def list_dead_letters(
     summary="Append a dead letter's original record to its source topic again",
 )
 async def replay_dead_letter(
-    letter_id: str, principal: PrincipalDep, engine: EngineDep
+    letter_id: str, principal: PrincipalDep, engine: EngineDep, commands: CommandsDep
 ) -> Replayed:
     partition, offset = _position(letter_id, "dead letter id")
     records: list[Record] = []
@@ -182,8 +182,8 @@ async def replay_dead_letter(
         raise not_found("dead letter", letter_id)
     source = item["source"]
     try:
-        [appended] = await engine.log.append(
-            [Append(source["topic"], source["key"], base64.b64decode(item["value_base64"]))]
+        appended = await commands.requeue(
+            source["topic"], source["key"], base64.b64decode(item["value_base64"])
         )
     except UnknownTopic:
         raise Problem(

@@ -14,15 +14,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from aob.events.codec import encode
-from aob.events.ids import new_event_id
-from aob.events.log.port import Append
-from aob.events.types import TOOLS_TOPIC, Event, Json, ToolRegistered
-from aob.platform.api.deps import Actor, EngineDep, PrincipalDep, TraceId
-from aob.platform.commands import now_ms
-from aob.platform.engine import Engine
-from aob.platform.problems import Problem, not_found
-from aob.workers.agent.catalog import InvalidTool, check_registration, tool_key
+from aob.events.types import Json
+from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
+from aob.platform.problems import not_found
 
 router = APIRouter(prefix="/api/v1/tools", tags=["tools"])
 
@@ -49,26 +43,48 @@ class OpenApiDocument(BaseModel):
 
 @router.post("", status_code=201, summary="Register a composite tool")
 async def register_tool(
-    body: CompositeTool, engine: EngineDep, principal: PrincipalDep, actor: Actor,
+    body: CompositeTool,
+    commands: CommandsDep,
+    principal: PrincipalDep,
+    actor: Actor,
     trace_id: TraceId,
 ) -> JSONResponse:
     spec: dict[str, Json] = {"steps": body.steps}
     if body.parameters is not None:
         spec["parameters"] = body.parameters
-    payload = ToolRegistered(body.name, "pipeline", spec, body.description, principal.tenant)
-    return await _register(engine, payload, actor, trace_id)
+    registered = await commands.register_tool(
+        body.name,
+        "pipeline",
+        spec,
+        body.description,
+        tenant=principal.tenant,
+        actor=actor,
+        trace_id=trace_id,
+    )
+    return _created(registered)
 
 
 @router.post("/openapi", status_code=201, summary="Register an OpenAPI document")
 async def register_openapi(
-    body: OpenApiDocument, engine: EngineDep, principal: PrincipalDep, actor: Actor,
+    body: OpenApiDocument,
+    commands: CommandsDep,
+    principal: PrincipalDep,
+    actor: Actor,
     trace_id: TraceId,
 ) -> JSONResponse:
     spec: dict[str, Json] = {"document": body.document}
     if body.base_url is not None:
         spec["base_url"] = body.base_url
-    payload = ToolRegistered(body.name, "openapi", spec, body.description, principal.tenant)
-    return await _register(engine, payload, actor, trace_id)
+    registered = await commands.register_tool(
+        body.name,
+        "openapi",
+        spec,
+        body.description,
+        tenant=principal.tenant,
+        actor=actor,
+        trace_id=trace_id,
+    )
+    return _created(registered)
 
 
 @router.get("", summary="Registered tools")
@@ -92,21 +108,14 @@ async def get_tool(name: str, engine: EngineDep, principal: PrincipalDep) -> dic
     tool = engine.tools.get(name, tenant=principal.tenant)  # another tenant's: 404
     if tool is None:
         raise not_found("tool", name)
-    return {"name": tool.name, "kind": tool.kind, "description": tool.description,
-            "spec": tool.spec}
+    return {
+        "name": tool.name,
+        "kind": tool.kind,
+        "description": tool.description,
+        "spec": tool.spec,
+    }
 
 
-async def _register(
-    engine: Engine, payload: ToolRegistered, actor: str, trace_id: str
-) -> JSONResponse:
-    name = payload.name
-    try:
-        check_registration(name, payload.kind, payload.spec)
-    except InvalidTool as error:
-        raise Problem(422, "invalid-tool", "Invalid tool", str(error)) from None
-    key = tool_key(name, payload.tenant)
-    event = Event(new_event_id(), key, now_ms(), payload, trace_id, None, actor)
-    await engine.log.append([Append(TOOLS_TOPIC, key, encode(event))])
-    await engine.tools.catch_up(engine.log)  # read your write
-    body = {"name": name, "kind": payload.kind, "description": payload.description}
-    return JSONResponse(body, status_code=201, headers={"Location": f"/api/v1/tools/{name}"})
+def _created(registered: dict[str, Any]) -> JSONResponse:
+    location = f"/api/v1/tools/{registered['name']}"
+    return JSONResponse(registered, status_code=201, headers={"Location": location})

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
-from aob.platform.problems import Problem
-from aob.platform.replay import fork
 from tests.cli.conftest import Cli
 from tests.fanout.live import FAILING, LiveServer
 
@@ -95,46 +91,3 @@ def test_replay_refuses_events_the_run_does_not_have(aob: Cli, server: LiveServe
     assert beyond.err == f"aob: run {run_id!r} has events {first} to {last}, not {last + 1000}\n"
     unknown = aob("replay", "run_nope")
     assert (unknown.code, unknown.err) == (3, "aob: no run 'run_nope'\n")
-
-
-def _row(offset: int, event_type: str, **data: Any) -> dict[str, Any]:
-    return {"offset": offset, "type": event_type, "data": data}
-
-
-def test_the_fork_takes_applied_patches_and_leaves_loops_to_rerun() -> None:
-    extra = {"id": "extra", "type": "noop"}
-    history = [
-        _row(
-            3,
-            "RunSubmitted",
-            definition=LOOP,
-            inputs={"a": 1},
-            workflow_id="loop",
-            version=2,
-            tag=None,
-        ),
-        _row(4, "NodeScheduled", node_id="start"),
-        _row(5, "NodeCompleted", node_id="start", output=2),
-        _row(6, "NodeScheduled", node_id="tick"),
-        _row(7, "NodeCompleted", node_id="tick", output=1),
-        _row(
-            8,
-            "PatchProposed",
-            patch_id="p1",
-            operations=[{"op": "add", "path": "/nodes/-", "value": extra}],
-        ),
-        _row(9, "PatchApplied", patch_id="p1", revision=1),
-        _row(10, "NodeScheduled", node_id="extra"),
-        _row(11, "NodeFailed", node_id="extra", error="x"),
-    ]
-    at_patch = fork("r", history, 9)
-    assert at_patch.definition["nodes"][-1] == extra
-    assert at_patch.outputs == {"start": 2}  # tick is in a loop: it reruns
-    assert (at_patch.inputs, at_patch.workflow_id, at_patch.version) == ({"a": 1}, "loop", 2)
-    assert at_patch.checkpoint("r") == {"run_id": "r", "from_event": 9, "outputs": {"start": 2}}
-    before_patch = fork("r", history, 7)
-    assert before_patch.definition == LOOP
-    assert fork("r", history, 11).outputs == {"start": 2}  # extra failed: not seeded
-    assert fork("r", history, None).checkpoint("r") is None
-    with pytest.raises(Problem, match="has events 3 to 11, not 2"):
-        fork("r", history, 2)
