@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
 from aob.platform.audit import run_history
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 from aob.platform.problems import Problem, not_found
 from aob.platform.ratelimit import RateLimited
 from aob.projections.readmodels.queries import decode_cursor
@@ -42,7 +45,9 @@ class PatchRun(BaseModel):
     reason: str = Field(default="", max_length=2000)
 
 
-@router.post("", status_code=202, summary="Submit a run")
+@router.post(
+    "", status_code=202, summary="Submit a run", dependencies=[require(Permission.OPERATE)]
+)
 async def submit_run(
     body: SubmitRun,
     commands: CommandsDep,
@@ -64,7 +69,38 @@ async def submit_run(
     return JSONResponse(accepted, status_code=202, headers={"Location": location})
 
 
-@router.get("", summary="List runs, newest first")
+def epoch_ms(value: Any) -> Any:
+    """An instant as epoch milliseconds: an integer of ms, or ISO 8601 (a time without
+    an offset is UTC). Anything else is left to fail the int check, with this message."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"expected epoch milliseconds or an ISO 8601 time "
+            f"(e.g. 2026-01-31T12:00:00Z), got {value!r}"
+        ) from None
+    if instant.tzinfo is None:
+        instant = instant.replace(tzinfo=UTC)
+    return round(instant.timestamp() * 1000)
+
+
+Instant = Annotated[
+    int | None,
+    BeforeValidator(epoch_ms),
+    Query(
+        ge=-INT64_MAX,
+        le=INT64_MAX,
+        description="epoch milliseconds or ISO 8601 (UTC when no offset is given)",
+    ),
+]
+
+
+@router.get("", summary="List runs, newest first", dependencies=[require(Permission.READ)])
 async def list_runs(
     engine: EngineDep,
     principal: PrincipalDep,
@@ -72,15 +108,28 @@ async def list_runs(
     workflow_id: Annotated[str | None, Query(max_length=128)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=256)] = None,
+    since: Instant = None,
+    until: Instant = None,
 ) -> dict[str, Any]:
+    """`since`/`until` keep runs submitted in [since, until)."""
     if cursor is not None:
         _check_cursor(cursor)
+    if since is not None and until is not None and since > until:
+        raise Problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"since ({since}) is after until ({until}): no run can match",
+            errors=[{"path": "/query/since", "message": "must not be after until"}],
+        )
     items, next_cursor = await engine.read_models.list_runs(
         status=status,
         workflow_id=workflow_id,
         limit=limit,
         before=cursor,
         tenant=principal.tenant,
+        since=since,
+        until=until,
     )
     return {"items": items, "next_cursor": next_cursor}
 
@@ -136,12 +185,19 @@ def _check_cursor(cursor: str) -> None:
         )
 
 
-@router.get("/{run_id}", summary="Run status with its node states")
+@router.get(
+    "/{run_id}", summary="Run status with its node states", dependencies=[require(Permission.READ)]
+)
 async def get_run(run_id: str, commands: CommandsDep) -> dict[str, Any]:
     return await commands.run(run_id)
 
 
-@router.post("/{run_id}/cancel", status_code=202, summary="Cancel a run")
+@router.post(
+    "/{run_id}/cancel",
+    status_code=202,
+    summary="Cancel a run",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def cancel_run(
     run_id: str,
     commands: CommandsDep,
@@ -153,7 +209,11 @@ async def cancel_run(
     return await commands.cancel_run(run_id, reason, actor=actor, trace_id=trace_id)
 
 
-@router.post("/{run_id}/patch", summary="Apply a JSON Patch to a running workflow")
+@router.post(
+    "/{run_id}/patch",
+    summary="Apply a JSON Patch to a running workflow",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def patch_run(
     run_id: str,
     body: PatchRun,
@@ -172,13 +232,17 @@ async def patch_run(
     return JSONResponse(patch, status_code=status)
 
 
-@router.get("/{run_id}/patches", summary="A run's patches")
+@router.get("/{run_id}/patches", summary="A run's patches", dependencies=[require(Permission.READ)])
 async def list_patches(run_id: str, commands: CommandsDep, engine: EngineDep) -> dict[str, Any]:
     await commands.run(run_id)
     return {"items": await engine.read_models.list_patches(run_id)}
 
 
-@router.get("/{run_id}/events", summary="A run's full event timeline, in log order")
+@router.get(
+    "/{run_id}/events",
+    summary="A run's full event timeline, in log order",
+    dependencies=[require(Permission.READ)],
+)
 async def run_events(
     run_id: str,
     commands: CommandsDep,

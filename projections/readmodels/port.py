@@ -39,6 +39,8 @@ class AsyncReadModels(Protocol):
         limit: int = 50,
         before: str | None = None,
         tenant: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
     ) -> RunsPage: ...
 
     async def timeline(
@@ -102,9 +104,11 @@ class ThreadedReadModels:
         limit: int = 50,
         before: str | None = None,
         tenant: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
     ) -> RunsPage:
         return await asyncio.to_thread(
-            self.store.list_runs, status, workflow_id, limit, before, tenant
+            self.store.list_runs, status, workflow_id, limit, before, tenant, since, until
         )
 
     async def timeline(

@@ -151,9 +151,12 @@ class PostgresReadModels:
         limit: int = 50,
         before: str | None = None,
         tenant: str | None = None,
+        since: int | None = None,
+        until: int | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of runs, newest first, and the cursor for the next page (or None)."""
-        sql, params = q.list_runs(status, workflow_id, limit, before, tenant)
+        """A page of runs, newest first, and the cursor for the next page (or None);
+        `since`/`until`: submitted in [since, until), epoch ms."""
+        sql, params = q.list_runs(status, workflow_id, limit, before, tenant, since, until)
         async with self._pool.acquire() as conn:
             rows = await _fetch(conn, sql, params)
         return q.runs_page(rows, limit)
