@@ -41,7 +41,8 @@ import inspect
 import json
 import logging
 import re
-from collections import deque
+import secrets
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, cast
@@ -374,6 +375,8 @@ class FanoutHub:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0  # subscribers dropped for reading too slowly
+        # Every run's row as it changes, for lists of runs (GET /api/v1/streams/runs).
+        self.run_changes = RunChangeFeed(self.history, topic=topic)
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -384,6 +387,7 @@ class FanoutHub:
         self._positions = [ends.get(p, 0) for p in range(self._partitions)]
         self._per_partition = [0] * self._partitions
         self._task = asyncio.create_task(self._tail(), name="fanout-tail")
+        self.run_changes.start()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -392,6 +396,7 @@ class FanoutHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self.run_changes.stop()
         for subs in list(self._subs.values()):
             for sub in list(subs):
                 sub.close()
@@ -576,7 +581,7 @@ class FanoutHub:
         """Read and dispatch the next records of partitions that have subscribers."""
         found = False
         for partition in range(self._partitions):
-            if not self._per_partition[partition]:
+            if not self._per_partition[partition] and not self.run_changes.active:
                 continue
             records = await self.source.read(
                 self.topic, partition, self._positions[partition], self.read_batch
@@ -592,16 +597,21 @@ class FanoutHub:
         """Move partitions nobody listens to to their end, so they are never read."""
         ends = await self.source.end_offsets(self.topic)
         for partition in range(self._partitions):
-            if not self._per_partition[partition]:
+            if not self._per_partition[partition] and not self.run_changes.active:
                 self._positions[partition] = max(self._positions[partition], ends[partition])
 
     def _dispatch(self, records: list[Record]) -> None:
+        watching = self.run_changes.active
         for record in records:
             subs = self._subs.get(record.key)
-            if not subs:
+            if not subs and not watching:
                 continue
             event = _decode(record)
             if event is None:
+                continue
+            if watching:
+                self.run_changes.observe(record, event)
+            if not subs:
                 continue
             run_event = RunEvent.from_record(record, event)
             for sub in list(subs):
@@ -621,3 +631,308 @@ def _decode(record: Record) -> Event | None:
             record.offset,
         )
         return None
+
+
+# --- run changes: the runs of a tenant as their rows change, for lists of runs ------------
+
+# Events that change a run's row in a list of runs (its status, or the run itself).
+RUN_ROW_EVENTS: Final = frozenset(
+    {
+        "RunSubmitted",
+        "ApprovalRequested",
+        "ApprovalDecided",
+        "PatchProposed",
+        "PatchApplied",
+        "PatchRejected",
+        "PatchReviewRequested",
+        "PatchReviewed",
+        *TERMINAL_STATUS,
+    }
+)
+# What a change carries of the run's row: what a list shows, never inputs or outputs
+# (unbounded in size).
+RUN_ROW_FIELDS: Final = (
+    "run_id",
+    "workflow_id",
+    "version",
+    "tag",
+    "status",
+    "error",
+    "submitted_at",
+    "submitted_by",
+    "updated_at",
+    "finished_at",
+    "tenant",
+)
+_PROJECTION_WAIT_S: Final = 5.0  # then a change goes out with the row as it is
+_PROJECTION_POLL_S: Final = 0.02
+
+
+class RunChange:
+    """A run's row after an event changed it, numbered in the feed (`seq`)."""
+
+    __slots__ = ("row", "seq", "sse", "tenant")
+
+    def __init__(self, epoch: str, seq: int, row: Mapping[str, Any]) -> None:
+        self.seq = seq
+        self.row = {name: row.get(name) for name in RUN_ROW_FIELDS}
+        self.tenant: str | None = row.get("tenant")
+        body = _dumps({"id": f"{epoch}:{seq}", **self.row})
+        self.sse = f"id: {epoch}:{seq}\r\nevent: run\r\ndata: {body}\r\n\r\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReady:
+    """A runs feed's first item. `resync`: the client's own copy may have missed
+    changes (a new stream, or one the feed cannot resume): load it afresh now, after
+    subscribing, and apply the changes that follow."""
+
+    position: str
+    resync: bool
+
+    @property
+    def sse(self) -> bytes:
+        body = _dumps({"id": self.position, "resync": self.resync})
+        return f"id: {self.position}\r\nevent: ready\r\ndata: {body}\r\n\r\n".encode()
+
+
+FeedItem = RunChange | FeedReady | StreamBroken | Heartbeat
+
+
+class _FeedSubscriber:
+    __slots__ = ("closed", "items", "limit", "overflowed", "tenant", "wakeup")
+
+    def __init__(self, tenant: str | None, limit: int) -> None:
+        self.tenant = tenant
+        self.limit = limit
+        self.items: deque[RunChange] = deque()
+        self.wakeup = asyncio.Event()
+        self.overflowed = False
+        self.closed = False
+
+    def push(self, change: RunChange) -> bool:
+        if len(self.items) >= self.limit:
+            self.overflowed = True
+            self.wakeup.set()
+            return False
+        self.items.append(change)
+        self.wakeup.set()
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+    async def take(self, timeout: float | None) -> list[RunChange]:
+        if not self.items and not (self.overflowed or self.closed):
+            self.wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wakeup.wait()
+        batch = list(self.items)
+        self.items.clear()
+        return batch
+
+
+class RunChangeFeed:
+    """Run rows as events change them, for every tenant's lists of runs.
+
+    The hub's tail hands it (while it has subscribers) each event that changes a run's
+    row; one resolver task waits until the read models have projected the event and
+    reads the run's row there once, for every subscriber: a client that loads its list
+    from the read models and applies the changes that follow never goes back in time.
+
+    Resuming: changes are numbered `epoch:seq`; the last `ring` of them are kept, so a
+    client that comes back with a recent id (`Last-Event-ID`) gets exactly what it
+    missed. An id the ring cannot answer for (too old, another process, or the feed
+    lost changes: no subscriber for a while, a full pending queue) gets `ready` with
+    `resync`: reload, then follow. Memory is bounded: `ring` changes, `pending_limit`
+    events to resolve, `queue_limit` changes per subscriber (past it, it is dropped
+    with a `reconnect` notice and resumes).
+    """
+
+    def __init__(
+        self,
+        history: HistorySource,
+        *,
+        topic: str = RUNS_TOPIC,
+        ring: int = 2000,
+        pending_limit: int = 10_000,
+        queue_limit: int = 1000,
+    ) -> None:
+        self.history = history
+        self.topic = topic
+        self.queue_limit = queue_limit
+        self.pending_limit = pending_limit
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        self._ring: deque[RunChange] = deque(maxlen=ring)
+        self._pending: deque[tuple[int, int, str]] = deque()  # partition, offset, run id
+        self._pending_ready = asyncio.Event()
+        self._subs: set[_FeedSubscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        # The last row sent of recent runs: an event that left the row as it was
+        # (two events projected together) sends nothing.
+        self._last_rows: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._last_rows_limit = ring
+        self.dropped = 0
+
+    @property
+    def active(self) -> bool:
+        """Whether anyone listens: only then does the hub hand events over."""
+        return bool(self._subs)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._resolve_forever(), name="fanout-run-changes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for sub in list(self._subs):
+            sub.close()
+
+    def observe(self, record: Record, event: Event) -> None:
+        """From the hub's tail (no await): note an event that may change a run's row."""
+        if event.type not in RUN_ROW_EVENTS:
+            return
+        if len(self._pending) >= self.pending_limit:
+            self._forget("pending changes overflowed")
+            return
+        self._pending.append((record.partition, record.offset, record.key))
+        self._pending_ready.set()
+
+    def _forget(self, why: str) -> None:
+        """Changes were lost: no id from before can be resumed exactly."""
+        log.info("runs feed: %s; clients resync", why)
+        self._pending.clear()
+        self._ring.clear()
+        self._last_rows.clear()
+        self.epoch = secrets.token_hex(4)
+        self.seq = 0
+        for sub in list(self._subs):
+            sub.overflowed = True
+            sub.wakeup.set()
+
+    # --- subscribing ----------------------------------------------------------------
+
+    async def stream(
+        self, tenant: str | None, *, after: str | None, heartbeat: float | None = None
+    ) -> AsyncGenerator[list[FeedItem], None]:
+        """`ready` (with the missed changes after `after` when the ring has them), then
+        each change of a run of `tenant` (None: every tenant's) as it is projected."""
+        sub = _FeedSubscriber(tenant, self.queue_limit)
+        self._subs.add(sub)
+        try:
+            # Registered and read from the ring in one step: nothing slips between.
+            resumed = self._resume(after)
+            last = self.seq if resumed is None else resumed
+            backlog = [c for c in self._ring if c.seq > last and _visible(c, tenant)]
+            first: list[FeedItem] = [FeedReady(f"{self.epoch}:{last}", resumed is None)]
+            yield [*first, *backlog]
+            if backlog:
+                last = backlog[-1].seq
+            epoch = self.epoch
+            while True:
+                changes = await sub.take(heartbeat)
+                broken = sub.overflowed or sub.closed or epoch != self.epoch
+                items: list[FeedItem] = [c for c in changes if c.seq > last and _visible(c, tenant)]
+                if items:
+                    last = max(c.seq for c in changes)
+                if broken:
+                    reason = "shutdown" if sub.closed else "overflow"
+                    items.append(StreamBroken(reason, None))
+                elif not changes:
+                    items.append(Heartbeat())
+                if items:
+                    yield items
+                if broken:
+                    return
+        finally:
+            self._subs.discard(sub)
+            if not self._subs:
+                # Nobody follows: the tail stops handing events over, so the ring would
+                # have a gap. Start a new epoch rather than resume across it.
+                self._ring.clear()
+                self._last_rows.clear()
+                self.epoch = secrets.token_hex(4)
+                self.seq = 0
+
+    def _resume(self, after: str | None) -> int | None:
+        """The seq to resume after, or None when `after` cannot be resumed exactly."""
+        if not after:
+            return None
+        epoch, _, number = after.partition(":")
+        if epoch != self.epoch or not number.isdigit():
+            return None
+        seq = int(number)
+        oldest = self._ring[0].seq if self._ring else self.seq + 1
+        if seq > self.seq or seq < oldest - 1:
+            return None
+        return seq
+
+    # --- resolving ------------------------------------------------------------------
+
+    async def _resolve_forever(self) -> None:
+        while True:
+            await self._pending_ready.wait()
+            self._pending_ready.clear()
+            batch = list(self._pending)
+            self._pending.clear()
+            if not batch:
+                continue
+            try:
+                await self._resolve(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep serving; clients resync
+                log.exception("runs feed: cannot read run rows")
+                self._forget("a read of the read models failed")
+
+    async def _resolve(self, batch: list[tuple[int, int, str]]) -> None:
+        epoch = self.epoch
+        await self._until_projected(batch)
+        for run_id in dict.fromkeys(run_id for _, _, run_id in batch):
+            row = await self.history.get_run(run_id)
+            if row is None or epoch != self.epoch:
+                continue
+            change = RunChange(self.epoch, self.seq + 1, row)
+            if self._last_rows.get(run_id) == change.row:
+                continue
+            self._remember(run_id, change.row)
+            self.seq += 1
+            self._ring.append(change)
+            for sub in list(self._subs):
+                if _visible(change, sub.tenant) and not sub.push(change):
+                    self.dropped += 1
+
+    def _remember(self, run_id: str, row: dict[str, Any]) -> None:
+        self._last_rows[run_id] = row
+        self._last_rows.move_to_end(run_id)
+        if len(self._last_rows) > self._last_rows_limit:
+            self._last_rows.popitem(last=False)
+
+    async def _until_projected(self, batch: list[tuple[int, int, str]]) -> None:
+        """Wait (a bounded time) until the read models have applied every event of
+        `batch`, so that the rows read next show them."""
+        needed: dict[int, int] = {}
+        for partition, offset, _ in batch:
+            needed[partition] = max(needed.get(partition, 0), offset + 1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _PROJECTION_WAIT_S
+        while True:
+            projected = await self.history.offsets()
+            behind = [
+                p
+                for p, end in needed.items()
+                if projected.get(TopicPartition(self.topic, p), 0) < end
+            ]
+            if not behind or loop.time() > deadline:
+                return
+            await asyncio.sleep(_PROJECTION_POLL_S)
+
+
+def _visible(change: RunChange, tenant: str | None) -> bool:
+    return tenant is None or change.tenant == tenant

@@ -18,7 +18,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import aob
 from aob.events.log.bounded import EventTooLarge
-from aob.platform.api import approvals, patches, replay, runs, stream, tools, workflows
+from aob.platform.api import (
+    approvals,
+    patches,
+    replay,
+    runs,
+    runs_feed,
+    stream,
+    tools,
+    workflows,
+)
 from aob.platform.api.console import install_console
 from aob.platform.api.deps import EngineDep
 from aob.platform.auth.security import install as install_security
@@ -67,6 +76,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
         install_console(app)  # the web console at /, /docs and /redoc, /api/v1/me
     if role in API_ROLES:
         app.include_router(stream.router)
+        app.include_router(runs_feed.router)
     app.add_api_route("/health", health, methods=["GET"], tags=["system"], summary="Health")
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["system"], summary="Metrics")
     _install_error_handlers(app)

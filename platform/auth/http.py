@@ -42,7 +42,8 @@ PUBLIC_PATHS: Final = frozenset(
 )
 # The web console's assets (aob.platform.api.console): code and styles, no data.
 PUBLIC_PREFIXES: Final = ("/console/",)
-_STREAM_PATH: Final = re.compile(r"^/api/v1/runs/[^/]+/(stream|ws)$")
+# A run's streams, and the runs feed (aob.platform.api.runs_feed).
+_STREAM_PATH: Final = re.compile(r"^/api/v1/(runs/[^/]+/(stream|ws)|streams/runs)$")
 # (method or None for any, path pattern, permission): the first match decides.
 _RULES: Final[tuple[tuple[str | None, re.Pattern[str], Permission], ...]] = (
     (None, re.compile(r"^/api/v1/admin(/|$)"), Permission.ADMIN),
