@@ -221,3 +221,47 @@ def test_the_example_does_what_its_page_says(
     if "requests" in says:
         path, count = example.words("requests")
         assert site.requests[path] == int(count)
+
+
+# --- the pages themselves ---------------------------------------------------------------
+
+REPO = DOCS.parent
+PAGES = ["concepts.md", "semantics.md", "security.md", "operations.md", "architecture.md"]
+# Variables the CLI reads (not server settings).
+CLI_VARIABLES = {"AOB_SERVER", "AOB_TOKEN", "AOB_ACTOR", "AOB_CONFIG", "AOB_DEBUG"}
+
+
+def test_the_readme_lists_every_page_and_points_nowhere_outside() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for page in [*PAGES, "reference/nodes.md", "isolation.md", "deployment.md"]:
+        assert f"(docs/{page})" in readme, page
+    assert "../" not in "".join(re.findall(r"\]\(([^)]+)\)", readme))
+    assert "DESIGN.md" not in readme
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_link_of_a_page_leads_to_a_file_in_the_repository(page: str) -> None:
+    path = DOCS / page
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8"))
+    assert links
+    for link in links:
+        target = (path.parent / link).resolve()
+        assert target.exists(), link
+        assert target.is_relative_to(REPO.resolve()), link
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_setting_a_page_names_exists(page: str) -> None:
+    from tests.test_docs import CLASSES
+
+    named = set(re.findall(r"\b(AOB_[A-Z0-9_]*[A-Z0-9])\b", (DOCS / page).read_text()))
+    unknown = {
+        variable
+        for variable in named - CLI_VARIABLES
+        if not any(
+            variable.startswith(prefix)
+            and variable.removeprefix(prefix).lower() in cls.model_fields
+            for prefix, cls in CLASSES
+        )
+    }
+    assert unknown == set()
