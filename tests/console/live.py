@@ -3,6 +3,7 @@ console benchmark: real subprocesses on free loopback ports, waited on by what t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -177,3 +178,68 @@ def start_scripted_llm(script: dict[str, Any], path: Path) -> ScriptedLlmProcess
                 process.kill()
                 raise
             time.sleep(0.05)
+
+
+class CuttableProxy:
+    """A TCP proxy on a free loopback port to `target` (host, port) that a test can cut:
+    `cut()` closes every connection through it and refuses new ones until `restore()`,
+    as a network drop would. `requests` holds the head of each HTTP request it passed."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.requests: list[str] = []
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._down = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        with self._lock:
+            self._down = True
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)  # the pipes' threads close them
+            self._open.clear()
+
+    def restore(self) -> None:
+        with self._lock:
+            self._down = False
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                if self._down:
+                    client.close()
+                    continue
+            upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._open.update((client, upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if from_client and data[:4] in (b"GET ", b"POST"):
+                    self.requests.append(data.split(b"\r\n\r\n", 1)[0].decode("latin-1"))
+                sink.sendall(data)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:  # each pipe closes the socket it reads
+            self._open.discard(source)
+        source.close()

@@ -42,6 +42,12 @@ export function streamUrl(runId, params = {}) {
   return `/api/v1/runs/${encodeURIComponent(runId)}/stream?${query}`;
 }
 
+/** The URL of the tenant's runs feed (GET /api/v1/streams/runs). */
+export function feedUrl(params = {}) {
+  const query = new URLSearchParams({...params, access_token: session.token});
+  return `/api/v1/streams/runs?${query}`;
+}
+
 export function logout(message) {
   sessionStorage.removeItem(TOKEN_KEY);
   session.token = null;

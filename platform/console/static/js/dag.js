@@ -3,16 +3,51 @@ import {s, clear, fill} from './dom.js';
 
 export const NODE_STATES = ['pending', 'running', 'waiting', 'completed', 'failed', 'skipped', 'retrying'];
 const NODE_HEIGHT = 44;
-const CHAR_WIDTH = 7.4;
+const PAD_X = 10;  // text inset on each side of a node's box
+const MIN_WIDTH = 90;
+const MAX_WIDTH = 300;
+// The fonts of svg.dag .node-id and .node-type in console.css.
+const ID_FONT = '600 13px ui-monospace, "DejaVu Sans Mono", monospace';
+const TYPE_FONT = '12px system-ui, sans-serif';
 
-function nodeWidth(node) {
-  const longest = Math.max(String(node.id).length, String(node.type || '').length + 2, 8);
-  return Math.min(260, Math.round(longest * CHAR_WIDTH) + 28);
+let measurer = null;
+/** The rendered width of `text` in `font`, in px (canvas metrics: the SVG's own fonts). */
+function textWidth(text, font) {
+  measurer = measurer || document.createElement('canvas').getContext('2d');
+  measurer.font = font;
+  return measurer.measureText(text).width;
 }
 
-/** Positions of a definition's nodes and edges: {nodes: {id: {x, y, width, height}},
- *  edges: [{from, to, points}], width, height}. Pure: no DOM. */
-export function layoutGraph(definition) {
+/** `text`, cut with an ellipsis to fit in `width` px. */
+function fit(text, font, width) {
+  if (textWidth(text, font) <= width) return text;
+  let low = 0;
+  let high = text.length;
+  while (low < high) {  // the longest prefix that fits with its ellipsis
+    const mid = Math.ceil((low + high) / 2);
+    if (textWidth(`${text.slice(0, mid)}…`, font) <= width) low = mid; else high = mid - 1;
+  }
+  return `${text.slice(0, low)}…`;
+}
+
+/** The two lines of a node's box: its id, and its type (with the patch that added it). */
+export function nodeLabels(node, patch) {
+  const room = MAX_WIDTH - 2 * PAD_X;
+  const id = fit(String(node.id), ID_FONT, room);
+  const tail = patch ? ` · patch ${String(patch).slice(0, 8)}` : '';
+  const type = fit(String(node.type || ''), TYPE_FONT, room - textWidth(tail, TYPE_FONT)) + tail;
+  return {id, type};
+}
+
+function nodeWidth(labels) {
+  const text = Math.max(textWidth(labels.id, ID_FONT), textWidth(labels.type, TYPE_FONT));
+  return Math.min(MAX_WIDTH, Math.max(MIN_WIDTH, Math.ceil(text) + 2 * PAD_X));
+}
+
+/** Positions of a definition's nodes and edges: {nodes: {id: {x, y, width, height,
+ *  labels}}, edges: [{from, to, points}], width, height}; `marks` maps node ids added by
+ *  a patch to its id (their label names it, so their box is wider). */
+export function layoutGraph(definition, marks = {}) {
   const graph = new window.dagre.graphlib.Graph({multigraph: true});
   graph.setGraph({rankdir: 'LR', nodesep: 18, ranksep: 46, marginx: 12, marginy: 12});
   graph.setDefaultEdgeLabel(() => ({}));
@@ -21,7 +56,8 @@ export function layoutGraph(definition) {
   for (const node of nodes) {
     if (!node || typeof node.id !== 'string' || ids.has(node.id)) continue;
     ids.add(node.id);
-    graph.setNode(node.id, {width: nodeWidth(node), height: NODE_HEIGHT});
+    const labels = nodeLabels(node, marks[node.id]);
+    graph.setNode(node.id, {width: nodeWidth(labels), height: NODE_HEIGHT, labels});
   }
   const edges = (Array.isArray(definition && definition.edges) ? definition.edges : [])
     .filter((e) => e && ids.has(e.from) && ids.has(e.to));
@@ -57,7 +93,7 @@ export class DagView {
     if (signature === this.signature) return;
     this.signature = signature;
     const types = new Map((definition.nodes || []).map((n) => [n && n.id, n && n.type]));
-    const laid = layoutGraph(definition);
+    const laid = layoutGraph(definition, marks);
     const svg = s('svg', {
       class: 'dag', role: 'group', 'aria-label': 'Workflow graph',
       viewBox: `0 0 ${Math.max(laid.width, 10)} ${Math.max(laid.height, 10)}`,
@@ -85,9 +121,8 @@ export class DagView {
       },
       s('title', {}, label),
       s('rect', {width: box.width, height: box.height, rx: '7'}),
-      s('text', {x: '10', y: '18', class: 'node-id'}, id.length > 32 ? `${id.slice(0, 31)}…` : id),
-      s('text', {x: '10', y: '34', class: 'node-type'},
-        `${types.get(id) || ''}${patch ? ` · patch ${String(patch).slice(0, 8)}` : ''}`));
+      s('text', {x: String(PAD_X), y: '18', class: 'node-id'}, box.labels.id),
+      s('text', {x: String(PAD_X), y: '34', class: 'node-type'}, box.labels.type));
       const select = () => this.onSelect && this.onSelect(id);
       g.addEventListener('click', select);
       g.addEventListener('keydown', (e) => {

@@ -20,6 +20,7 @@ export async function render(main, runId) {
   const nodes = new Map();  // node id -> what the timeline told about it
   const marks = {};  // node id -> id of the patch that added it
   const approvalNodes = new Map();  // approval id -> its node id
+  const patchCalls = new Map();  // patch id -> the agent's patch_workflow call that proposed it
   let selected = null;
   let lastId = -1;
   let source = null;
@@ -172,12 +173,32 @@ export async function render(main, runId) {
       case 'TimerSet':
         if (d.purpose === 'retry') setNode(d.node_id, 'retrying', {retry_at: d.fire_at});
         break;
-      case 'AgentUsageRecorded': node(d.node_id).usage = d; if (selected === d.node_id) showNode(); break;
+      case 'AgentUsageRecorded': {
+        const info = node(d.node_id);
+        info.usage = d;
+        info.usages = [...(info.usages || []), d];  // one per attempt
+        if (selected === d.node_id) showNode();
+        break;
+      }
+      case 'PatchProposed':
+        if (d.node_id) recordPatchCall(d, at);
+        refreshPatches();
+        break;
       case 'PatchApplied':
         for (const added of d.added_nodes || []) marks[added] = d.patch_id;
+        settlePatchCall(d.patch_id, `applied (revision ${d.revision}${(d.added_nodes || []).length ? `, added ${d.added_nodes.join(', ')}` : ''})`, at);
         refreshRun();
         break;
-      case 'PatchProposed': case 'PatchRejected': case 'PatchReviewRequested': case 'PatchReviewed':
+      case 'PatchRejected':
+        settlePatchCall(d.patch_id, `rejected: ${(d.reasons || []).join('; ')}`, at);
+        refreshPatches();
+        break;
+      case 'PatchReviewRequested':
+        settlePatchCall(d.patch_id, 'awaiting review', null);
+        refreshPatches();
+        break;
+      case 'PatchReviewed':
+        settlePatchCall(d.patch_id, `${d.decision === 'approve' ? 'approved' : 'rejected'} by ${d.reviewed_by}${d.reason ? `: ${d.reason}` : ''}`, null);
         refreshPatches();
         break;
       case 'RunCompleted': setRunStatus('completed'); break;
@@ -185,6 +206,25 @@ export async function render(main, runId) {
       case 'RunCancelled': setRunStatus('cancelled'); break;
       default: break;
     }
+  }
+
+  // An agent's patch_workflow tool calls are the one kind of tool call the events record
+  // (PatchProposed names the agent node, with the call's arguments as proposed).
+  function recordPatchCall(d, at) {
+    const call = {name: 'patch_workflow', patch_id: d.patch_id, attempt: d.attempt,
+      arguments: {operations: d.operations, reason: d.reason}, result: 'proposed', called_at: at, settled_at: null};
+    patchCalls.set(d.patch_id, {node: d.node_id, call});
+    const info = node(d.node_id);
+    info.calls = [...(info.calls || []), call];
+    if (selected === d.node_id) showNode();
+  }
+
+  function settlePatchCall(patchId, result, at) {
+    const found = patchCalls.get(patchId);
+    if (!found) return;
+    found.call.result = result;
+    if (at) found.call.settled_at = at;
+    if (selected === found.node) showNode();
   }
 
   function setRunStatus(status) {
@@ -229,7 +269,8 @@ export async function render(main, runId) {
       info.error ? h('div', {class: 'error'}, h('strong', {}, 'Error: '), info.error) : null,
       info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
       info.approval ? h('p', {}, h('strong', {}, 'Approval: '), info.approval.message) : null,
-      agent && info.usage ? usageBlock(info.usage) : null,
+      agent && info.usage ? usageBlock(info.usage, info.usages || []) : null,
+      agent ? toolCallsBlock(info.calls || [], info.usage) : null,
       agent && output && Array.isArray(output.patches) && output.patches.length
         ? [h('h4', {}, 'Patches proposed'), jsonBlock(output.patches, 'patches proposed')] : null,
       h('h4', {}, 'Input'), jsonBlock(info.input, 'node input'),
@@ -237,11 +278,33 @@ export async function render(main, runId) {
       h('h4', {}, 'Config'), jsonBlock(defined.config, 'node config'));
   }
 
-  function usageBlock(usage) {
-    return h('div', {class: 'usage'}, h('h4', {}, 'Token usage'),
+  function usageBlock(usage, usages) {
+    return h('div', {class: 'usage', id: 'agent-usage'}, h('h4', {}, 'Token usage'),
       h('dl', {class: 'facts'}, fact('Model', usage.model), fact('LLM calls', usage.llm_calls),
-        fact('Prompt tokens', usage.prompt_tokens), fact('Completion tokens', usage.completion_tokens),
-        fact('Total tokens', usage.total_tokens), fact('Tool calls', usage.tool_calls)));
+        fact('Prompt tokens', usage.prompt_tokens), fact('Cached prompt tokens', usage.cached_tokens ?? 0),
+        fact('Completion tokens', usage.completion_tokens),
+        fact('Total tokens', usage.total_tokens), fact('Tool calls', usage.tool_calls),
+        fact('Outcome', usage.outcome || '—')),
+      usages.length > 1
+        ? h('table', {class: 'usages'}, h('caption', {}, 'Each attempt'),
+          h('tr', {}, ['Attempt', 'LLM calls', 'Total tokens', 'Tool calls', 'Outcome'].map((c) => h('th', {scope: 'col'}, c))),
+          usages.map((u) => h('tr', {}, [u.attempt, u.llm_calls, u.total_tokens, u.tool_calls, u.outcome].map((v) => h('td', {}, String(v ?? '—'))))))
+        : null);
+  }
+
+  function toolCallsBlock(calls, usage) {
+    const counted = usage ? usage.tool_calls : null;
+    return h('div', {class: 'tool-calls', id: 'tool-calls'}, h('h4', {}, 'Tool calls recorded'),
+      calls.length
+        ? h('ol', {}, calls.map((call) => h('li', {class: 'tool-call', dataset: {tool: call.name, patch: call.patch_id}},
+          h('strong', {}, call.name), ` (attempt ${call.attempt ?? '—'}) · ${when(call.called_at)}`,
+          call.settled_at ? ` · settled after ${duration(call.called_at, call.settled_at)}` : '',
+          h('div', {}, 'Result: ', h('span', {class: 'tool-result'}, call.result)),
+          jsonBlock(call.arguments, `${call.name} arguments`))))
+        : h('p', {class: 'muted'}, 'None.'),
+      h('p', {class: 'muted'}, counted === null ? '' : `${counted} tool call(s) in all. `,
+        'The events record patch_workflow calls only (as PatchProposed, with their outcome); ',
+        'other tools (fetch, pipelines, tool search, delegation) are counted, not recorded.'));
   }
 
   return () => {

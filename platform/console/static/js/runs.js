@@ -1,16 +1,22 @@
-// Runs: newest first, filtered by status, workflow and time, a page at a time (the
-// API's cursor), statuses refreshed while the page is shown.
-import {api} from './app.js';
+// Runs: newest first, filtered by status, workflow and time (on the server), a page at a
+// time (the API's cursor), kept live by the tenant's runs feed (GET /api/v1/streams/runs).
+import {api, feedUrl} from './app.js';
 import {h, clear, fill, badge, when, duration, problemBlock} from './dom.js';
 
 const PAGE_SIZE = 50;
-const REFRESH_MS = 2000;
+const RELOAD_DEBOUNCE_MS = 250;  // a burst of new runs reloads the first page once
+const RECONNECT_MS = 1000;
 const STATUSES = ['running', 'waiting', 'completed', 'failed', 'cancelled'];
 const SINCE = [['', 'any time'], ['3600000', 'last hour'], ['86400000', 'last 24 hours'],
   ['604800000', 'last 7 days']];
 
 // Kept across visits to the page, so that going back to the list keeps its filters.
-const filters = {status: '', workflow: '', since: ''};
+const filters = {status: '', workflow: '', since: '', from: '', to: ''};
+
+/** A datetime-local value (local time) in epoch ms; NaN when empty or invalid. */
+function instant(value) {
+  return value ? new Date(value).getTime() : NaN;
+}
 
 export async function render(main) {
   const cursors = [null];  // cursor of each page seen; the last is the current page's
@@ -27,13 +33,20 @@ export async function render(main) {
   const sinceSelect = h('select', {id: 'f-since', onchange: () => { filters.since = sinceSelect.value; restart(); }},
     SINCE.map(([v, label]) => h('option', {value: v}, label)));
   sinceSelect.value = filters.since;
+  // A custom window, in local time: <input type=datetime-local> values.
+  const fromInput = h('input', {id: 'f-from', type: 'datetime-local', value: filters.from,
+    onchange: () => { filters.from = fromInput.value; restart(); }});
+  const toInput = h('input', {id: 'f-to', type: 'datetime-local', value: filters.to,
+    onchange: () => { filters.to = toInput.value; restart(); }});
 
   main.append(
     h('h1', {}, 'Runs'),
     h('form', {class: 'filters', onsubmit: (e) => { e.preventDefault(); restart(); }},
       h('label', {}, 'Status ', statusSelect),
       h('label', {}, 'Workflow ', workflowInput),
-      h('label', {}, 'Submitted ', sinceSelect)),
+      h('label', {}, 'Submitted ', sinceSelect),
+      h('label', {}, 'from ', fromInput),
+      h('label', {}, 'to ', toInput)),
     h('table', {class: 'runs'},
       h('thead', {}, h('tr', {},
         ['Run', 'Workflow', 'Status', 'Submitted', 'By', 'Duration'].map((c) => h('th', {scope: 'col'}, c)))),
@@ -44,19 +57,26 @@ export async function render(main) {
     const params = new URLSearchParams({limit: String(PAGE_SIZE)});
     if (filters.status) params.set('status', filters.status);
     if (filters.workflow) params.set('workflow_id', filters.workflow);
+    const {since, until} = window_();
+    if (since !== null) params.set('since', String(since));
+    if (until !== null) params.set('until', String(until));
     if (cursor) params.set('cursor', cursor);
     return `/api/v1/runs?${params}`;
   }
 
-  function recentEnough(run) {
-    return !filters.since || run.submitted_at >= Date.now() - Number(filters.since);
+  /** The time window in epoch ms (null: open); the later start of the preset and "from". */
+  function window_() {
+    const starts = [filters.since ? Date.now() - Number(filters.since) : NaN, instant(filters.from)]
+      .filter(Number.isFinite);
+    const until = instant(filters.to);
+    return {since: starts.length ? Math.max(...starts) : null, until: Number.isFinite(until) ? until : null};
   }
 
+  let shown = [];
   async function load() {
     const page = await api(query(cursors[cursors.length - 1]));
-    const shown = page.items.filter(recentEnough);
-    // Newest first: once a row is older than the time filter, so are all later pages.
-    next = shown.length === page.items.length ? page.next_cursor : null;
+    next = page.next_cursor;
+    shown = page.items;
     draw(shown);
   }
 
@@ -111,7 +131,63 @@ export async function render(main) {
     refresh();
   }
 
-  await refresh();
-  const timer = setInterval(() => { if (!document.hidden) refresh(); }, REFRESH_MS);
-  return () => clearInterval(timer);
+  // --- live: the runs feed -----------------------------------------------------------
+  // Subscribe first, then load: `ready` with resync (always, on a new stream) loads the
+  // page, and every change after it arrives on the feed. A change of a run on the page
+  // updates its row (never with an older row than it shows); a run not on it reloads the
+  // first page if it belongs there.
+  let source = null;
+  let retryTimer = null;
+  let reloadTimer = null;
+  let stopped = false;
+  const live = h('span', {class: 'muted', id: 'runs-live', 'aria-live': 'polite'});
+  message.after(live);
+
+  function follow() {
+    if (stopped) return;
+    source = new EventSource(feedUrl());
+    source.addEventListener('ready', (m) => {
+      live.textContent = 'live';
+      if (JSON.parse(m.data).resync) refresh();
+    });
+    source.addEventListener('run', (m) => changed(JSON.parse(m.data)));
+    source.onerror = () => {
+      live.textContent = 'reconnecting…';
+      // The browser reconnects by itself (with Last-Event-ID) unless refused.
+      if (source.readyState === EventSource.CLOSED && !stopped) {
+        retryTimer = setTimeout(follow, RECONNECT_MS);
+      }
+    };
+  }
+
+  function changed(row) {
+    const i = shown.findIndex((r) => r.run_id === row.run_id);
+    if (i >= 0) {
+      if ((row.updated_at || 0) < (shown[i].updated_at || 0)) return;
+      shown[i] = {...shown[i], ...row};
+      updateInPlace(shown);
+    } else if (cursors.length === 1 && belongsOnFirstPage(row)) {
+      clearTimeout(reloadTimer);
+      reloadTimer = setTimeout(refresh, RELOAD_DEBOUNCE_MS);
+    }
+  }
+
+  function belongsOnFirstPage(row) {
+    const {since, until} = window_();
+    if (filters.status && row.status !== filters.status) return false;
+    if (filters.workflow && row.workflow_id !== filters.workflow) return false;
+    if (since !== null && row.submitted_at < since) return false;
+    if (until !== null && row.submitted_at >= until) return false;
+    const oldest = shown[shown.length - 1];
+    return shown.length < PAGE_SIZE || !oldest || row.submitted_at >= oldest.submitted_at;
+  }
+
+  follow();
+  await refresh();  // at once, not after the feed's handshake; `ready` loads it again
+  return () => {
+    stopped = true;
+    clearTimeout(retryTimer);
+    clearTimeout(reloadTimer);
+    if (source) source.close();
+  };
 }
