@@ -21,8 +21,8 @@ from aob.events.log.port import Record, UnknownTopic
 from aob.events.types import DEADLETTER_TOPIC, RecordDeadLettered
 from aob.platform.api.deps import CommandsDep, EngineDep
 from aob.platform.auth.authenticator import Authenticator
-from aob.platform.auth.http import principal_of
-from aob.platform.auth.principal import DEFAULT_TENANT, Principal
+from aob.platform.auth.http import principal_of, require
+from aob.platform.auth.principal import DEFAULT_TENANT, Permission, Principal
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, not_found
 
@@ -61,7 +61,9 @@ class CreateToken(BaseModel):
     description: str = Field(default="", max_length=500)
 
 
-@router.get("/whoami", summary="The caller as authenticated")
+@router.get(
+    "/whoami", summary="The caller as authenticated", dependencies=[require(Permission.READ)]
+)
 async def whoami(principal: PrincipalDep) -> dict[str, Any]:
     return {
         "name": principal.name,
@@ -71,7 +73,12 @@ async def whoami(principal: PrincipalDep) -> dict[str, Any]:
     }
 
 
-@router.post("/admin/tokens", status_code=201, summary="Create an API token (shown once)")
+@router.post(
+    "/admin/tokens",
+    status_code=201,
+    summary="Create an API token (shown once)",
+    dependencies=[require(Permission.ADMIN)],
+)
 async def create_token(
     body: CreateToken, principal: PrincipalDep, authenticator: AuthenticatorDep
 ) -> JSONResponse:
@@ -90,13 +97,19 @@ async def create_token(
     return JSONResponse({"token": token, **record.public()}, status_code=201)
 
 
-@router.get("/admin/tokens", summary="The tenant's tokens (never their secrets)")
+@router.get(
+    "/admin/tokens",
+    summary="The tenant's tokens (never their secrets)",
+    dependencies=[require(Permission.ADMIN)],
+)
 async def list_tokens(principal: PrincipalDep, authenticator: AuthenticatorDep) -> dict[str, Any]:
     records = await authenticator.listing(principal.tenant)
     return {"items": [record.public() for record in records]}
 
 
-@router.delete("/admin/tokens/{token_id}", summary="Revoke a token")
+@router.delete(
+    "/admin/tokens/{token_id}", summary="Revoke a token", dependencies=[require(Permission.ADMIN)]
+)
 async def revoke_token(
     token_id: str, principal: PrincipalDep, authenticator: AuthenticatorDep
 ) -> dict[str, Any]:
@@ -135,7 +148,11 @@ class Replayed(BaseModel):
     offset: int
 
 
-@router.get("/admin/deadletters", summary="Records the services set aside, oldest first")
+@router.get(
+    "/admin/deadletters",
+    summary="Records the services set aside, oldest first",
+    dependencies=[require(Permission.ADMIN)],
+)
 async def list_dead_letters(
     principal: PrincipalDep,
     engine: EngineDep,
@@ -167,6 +184,7 @@ async def list_dead_letters(
 @router.post(
     "/admin/deadletters/{letter_id}/replay",
     summary="Append a dead letter's original record to its source topic again",
+    dependencies=[require(Permission.ADMIN)],
 )
 async def replay_dead_letter(
     letter_id: str, principal: PrincipalDep, engine: EngineDep, commands: CommandsDep

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aob.platform.api.deps import Actor, EngineDep, PrincipalDep, TraceId
 from aob.platform.approvals import Approvals
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 
 router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
 
@@ -39,9 +41,11 @@ class Decide(BaseModel):
     responses={
         403: {"description": "The caller is not one of the approvers"},
         404: {"description": "No such approval"},
-        409: {"description": "Already decided (the first decision is in the body), "
-                             "or the run is over"},
+        409: {
+            "description": "Already decided (the first decision is in the body), or the run is over"
+        },
     },
+    dependencies=[require(Permission.APPROVE)],
 )
 async def decide(
     approval_id: str,
@@ -51,11 +55,16 @@ async def decide(
     roles: Roles,
     trace_id: TraceId,
 ) -> dict[str, Any]:
-    return await approvals.decide(approval_id, body.decision, body.comments, actor=actor,
-                                  roles=roles, trace_id=trace_id)
+    return await approvals.decide(
+        approval_id, body.decision, body.comments, actor=actor, roles=roles, trace_id=trace_id
+    )
 
 
-@router.get("", summary="List approvals: pending ones by default, all or one run's")
+@router.get(
+    "",
+    summary="List approvals: pending ones by default, all or one run's",
+    dependencies=[require(Permission.READ)],
+)
 async def list_approvals(
     approvals: ApprovalsDep,
     principal: PrincipalDep,
@@ -66,6 +75,10 @@ async def list_approvals(
     return {"items": await approvals.list_approvals(run_id, wanted, principal.tenant)}
 
 
-@router.get("/{approval_id}", summary="One approval with its context")
+@router.get(
+    "/{approval_id}",
+    summary="One approval with its context",
+    dependencies=[require(Permission.READ)],
+)
 async def show_approval(approval_id: str, approvals: ApprovalsDep) -> dict[str, Any]:
     return await approvals.show(approval_id)

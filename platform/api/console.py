@@ -24,6 +24,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 from aob.platform.api.deps import PrincipalDep
+from aob.platform.auth.http import require
 from aob.platform.auth.principal import Permission
 
 CONSOLE_PREFIX = "/console"
@@ -44,7 +45,11 @@ def static_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "console" / "static"
 
 
-@me_router.get("/me", summary="Who the credential is, and what it may do")
+@me_router.get(
+    "/me",
+    summary="Who the credential is, and what it may do",
+    dependencies=[require(Permission.READ)],
+)
 async def me(principal: PrincipalDep) -> dict[str, Any]:
     return {
         "name": principal.name,

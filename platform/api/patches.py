@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from aob.platform.api.deps import Actor, CommandsDep, TraceId
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 
 router = APIRouter(prefix="/api/v1/runs", tags=["patches"])
 
@@ -23,14 +25,22 @@ class Review(BaseModel):
     reason: str = Field(default="", max_length=2000, description="why, for the run's history")
 
 
-@router.get("/{run_id}/patches/{patch_id}", summary="A patch, with its diff if undecided")
+@router.get(
+    "/{run_id}/patches/{patch_id}",
+    summary="A patch, with its diff if undecided",
+    dependencies=[require(Permission.READ)],
+)
 async def get_patch(run_id: str, patch_id: str, commands: CommandsDep) -> dict[str, Any]:
     """The patch; while it is undecided, `diff` shows what it would change in the run's
     current (materialized) workflow: nodes and edges added, removed or changed."""
     return await commands.patch_with_diff(run_id, patch_id)
 
 
-@router.post("/{run_id}/patches/{patch_id}/approve", summary="Approve a patch awaiting review")
+@router.post(
+    "/{run_id}/patches/{patch_id}/approve",
+    summary="Approve a patch awaiting review",
+    dependencies=[require(Permission.APPROVE)],
+)
 async def approve_patch(
     run_id: str,
     patch_id: str,
@@ -45,7 +55,11 @@ async def approve_patch(
     return _reviewed(patch)
 
 
-@router.post("/{run_id}/patches/{patch_id}/reject", summary="Reject a patch awaiting review")
+@router.post(
+    "/{run_id}/patches/{patch_id}/reject",
+    summary="Reject a patch awaiting review",
+    dependencies=[require(Permission.APPROVE)],
+)
 async def reject_patch(
     run_id: str,
     patch_id: str,

@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, TraceId
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 
 router = APIRouter(prefix="/api/v1/runs", tags=["runs"])
 
@@ -25,7 +27,10 @@ class ReplayRun(BaseModel):
 
 
 @router.post(
-    "/{run_id}/replay", status_code=202, summary="Replay a run from a point of its history"
+    "/{run_id}/replay",
+    status_code=202,
+    summary="Replay a run from a point of its history",
+    dependencies=[require(Permission.OPERATE)],
 )
 async def replay_run(
     run_id: str,

@@ -21,6 +21,8 @@ from starlette.websockets import WebSocketDisconnect
 
 from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import CommandsDep
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 from aob.platform.commands import Commands
 from aob.platform.fanout import (
     FanoutHub,
@@ -99,6 +101,7 @@ def _filter(node: list[str] | None, only: str | None) -> StreamFilter:
     summary="A run's events as Server-Sent Events",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=[require(Permission.READ)],
 )
 async def stream_run(
     run_id: str,
@@ -131,7 +134,7 @@ async def _sse_body(batches: AsyncGenerator[list[StreamItem], None]) -> AsyncIte
             yield b"".join(item.sse for item in batch)
 
 
-@router.websocket("/{run_id}/ws")
+@router.websocket("/{run_id}/ws", dependencies=[require(Permission.READ)])
 async def websocket_run(
     websocket: WebSocket,
     run_id: str,

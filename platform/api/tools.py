@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field
 
 from aob.events.types import Json
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 from aob.platform.problems import not_found
 
 router = APIRouter(prefix="/api/v1/tools", tags=["tools"])
@@ -41,7 +43,12 @@ class OpenApiDocument(BaseModel):
     base_url: str | None = Field(default=None, description="default: the document's servers[0]")
 
 
-@router.post("", status_code=201, summary="Register a composite tool")
+@router.post(
+    "",
+    status_code=201,
+    summary="Register a composite tool",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def register_tool(
     body: CompositeTool,
     commands: CommandsDep,
@@ -64,7 +71,12 @@ async def register_tool(
     return _created(registered)
 
 
-@router.post("/openapi", status_code=201, summary="Register an OpenAPI document")
+@router.post(
+    "/openapi",
+    status_code=201,
+    summary="Register an OpenAPI document",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def register_openapi(
     body: OpenApiDocument,
     commands: CommandsDep,
@@ -87,7 +99,7 @@ async def register_openapi(
     return _created(registered)
 
 
-@router.get("", summary="Registered tools")
+@router.get("", summary="Registered tools", dependencies=[require(Permission.READ)])
 async def list_tools(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     items = [
         {"name": t.name, "kind": t.kind, "description": t.description}
@@ -96,14 +108,18 @@ async def list_tools(engine: EngineDep, principal: PrincipalDep) -> dict[str, An
     return {"items": items}
 
 
-@router.get("/search", summary="Search tools and OpenAPI operations as agents do")
+@router.get(
+    "/search",
+    summary="Search tools and OpenAPI operations as agents do",
+    dependencies=[require(Permission.READ)],
+)
 async def search_tools(
     engine: EngineDep, principal: PrincipalDep, q: Annotated[str, Query(max_length=500)] = ""
 ) -> dict[str, Any]:
     return {"items": engine.tools.search(q, tenant=principal.tenant)}
 
 
-@router.get("/{name}", summary="A registered tool")
+@router.get("/{name}", summary="A registered tool", dependencies=[require(Permission.READ)])
 async def get_tool(name: str, engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     tool = engine.tools.get(name, tenant=principal.tenant)  # another tenant's: 404
     if tool is None:

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field
 
 from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 from aob.projections.workflow.definition import workflow_schema
 
 router = APIRouter(prefix="/api/v1", tags=["workflows"])
@@ -37,7 +39,12 @@ class ValidateWorkflow(BaseModel):
     definition: Any
 
 
-@router.post("/workflows", status_code=201, summary="Create a workflow (or a new version of it)")
+@router.post(
+    "/workflows",
+    status_code=201,
+    summary="Create a workflow (or a new version of it)",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def create_workflow(
     body: CreateWorkflow,
     commands: CommandsDep,
@@ -52,7 +59,11 @@ async def create_workflow(
     return JSONResponse(created, status_code=201, headers={"Location": location})
 
 
-@router.post("/workflows/validate", summary="Validate a definition without storing it")
+@router.post(
+    "/workflows/validate",
+    summary="Validate a definition without storing it",
+    dependencies=[require(Permission.READ)],
+)
 async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> dict[str, Any]:
     # In a thread: compiling a definition's jq programs (each within the limits, which
     # are checked first) may take a fraction of a second this loop must not wait.
@@ -62,12 +73,18 @@ async def validate_workflow(body: ValidateWorkflow, commands: CommandsDep) -> di
     return {"valid": True, "warnings": warnings} if warnings else {"valid": True}
 
 
-@router.get("/workflows", summary="List workflows (latest version of each)")
+@router.get(
+    "/workflows",
+    summary="List workflows (latest version of each)",
+    dependencies=[require(Permission.READ)],
+)
 async def list_workflows(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     return {"items": await engine.read_models.list_workflows(principal.tenant)}
 
 
-@router.get("/workflows/{ref}", summary="A workflow by tag or id")
+@router.get(
+    "/workflows/{ref}", summary="A workflow by tag or id", dependencies=[require(Permission.READ)]
+)
 async def get_workflow(
     ref: str,
     commands: CommandsDep,
@@ -77,12 +94,16 @@ async def get_workflow(
     return await commands.resolve_workflow(ref, version, principal.tenant)
 
 
-@router.get("/tags", summary="List tags")
+@router.get("/tags", summary="List tags", dependencies=[require(Permission.READ)])
 async def list_tags(engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
     return {"items": await engine.read_models.list_tags(principal.tenant)}
 
 
-@router.post("/tags/{name}/move", summary="Point a tag at a workflow version")
+@router.post(
+    "/tags/{name}/move",
+    summary="Point a tag at a workflow version",
+    dependencies=[require(Permission.OPERATE)],
+)
 async def move_tag(
     name: Annotated[str, Path(max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")],
     body: MoveTag,
@@ -101,6 +122,10 @@ async def move_tag(
     )
 
 
-@router.get("/schema/workflow", summary="JSON Schema of workflow definitions")
+@router.get(
+    "/schema/workflow",
+    summary="JSON Schema of workflow definitions",
+    dependencies=[require(Permission.READ)],
+)
 async def schema() -> dict[str, Any]:
     return workflow_schema()

@@ -6,7 +6,13 @@ aob.platform.auth` manages tokens from the command line.
 """
 
 from aob.platform.auth.authenticator import Authenticator
-from aob.platform.auth.http import AuthMiddleware, principal_of, required_permission
+from aob.platform.auth.http import (
+    AuthMiddleware,
+    declared_permission,
+    principal_of,
+    require,
+    required_permission,
+)
 from aob.platform.auth.jwt import JwtConfig, JwtVerifier, Unauthenticated
 from aob.platform.auth.principal import (
     ADMIN,
@@ -39,6 +45,8 @@ __all__ = [
     "TokenRecord",
     "TokenStore",
     "Unauthenticated",
+    "declared_permission",
     "principal_of",
+    "require",
     "required_permission",
 ]

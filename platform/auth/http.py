@@ -1,25 +1,32 @@
-"""Authentication and authorization of every API request, as one ASGI middleware.
+"""Authentication and authorization of every API request.
 
-Each request's credential (`Authorization: Bearer ...`; stream endpoints also take
-`?access_token=`, since browsers' EventSource and WebSocket cannot send headers) is
-turned into a `Principal`, kept in the request's state (`principal_of`), and checked
-against the permission the route needs (`required_permission`). Refusals are
-problem+json: 401 with `WWW-Authenticate: Bearer`, 403 naming the permission. A
+Each route declares the permission it needs, as a FastAPI dependency:
+`dependencies=[require(Permission.OPERATE)]`. A test enumerates the app's routes and
+fails for any API route without one (the public ones are `PUBLIC_PATHS` and
+`PUBLIC_PREFIXES`: health, metrics, the console and the API docs; and CORS preflights).
+
+`AuthMiddleware` turns each request's credential (`Authorization: Bearer ...`; stream
+endpoints also take `?access_token=`, since browsers' EventSource and WebSocket cannot
+send headers) into a `Principal`, kept in the request's state (`principal_of`), and
+refuses it early, before bounds, rate limits or the body are read, when the route it
+is for declares a permission the principal lacks (`required_permission` reads the
+declaration off the matching route); the route's dependency checks it again. Refusals
+are problem+json: 401 with `WWW-Authenticate: Bearer`, 403 naming the permission. A
 WebSocket is refused before it is accepted (close code 1008, policy violation).
-
-One middleware rather than a dependency per router: routes added later are covered
-without anyone remembering to, and the whole policy is one table, tested as such.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Final
 from urllib.parse import parse_qs
 
+from fastapi import Depends
+from starlette.exceptions import WebSocketException
 from starlette.requests import HTTPConnection
+from starlette.routing import BaseRoute, Match
 
 from aob.platform.auth.authenticator import Authenticator
 from aob.platform.auth.jwt import Unauthenticated
@@ -30,6 +37,7 @@ from aob.platform.auth.principal import (
     Permission,
     Principal,
 )
+from aob.platform.problems import Problem
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,30 +52,82 @@ PUBLIC_PATHS: Final = frozenset(
 PUBLIC_PREFIXES: Final = ("/console/",)
 # A run's streams, and the runs feed (aob.platform.api.runs_feed).
 _STREAM_PATH: Final = re.compile(r"^/api/v1/(runs/[^/]+/(stream|ws)|streams/runs)$")
-# (method or None for any, path pattern, permission): the first match decides.
-_RULES: Final[tuple[tuple[str | None, re.Pattern[str], Permission], ...]] = (
-    (None, re.compile(r"^/api/v1/admin(/|$)"), Permission.ADMIN),
-    ("POST", re.compile(r"^/api/v1/approvals/[^/]+/decide$"), Permission.APPROVE),
-    (
-        "POST",
-        re.compile(r"^/api/v1/runs/[^/]+/patches/[^/]+/(approve|reject)$"),
-        Permission.APPROVE,
-    ),
-    ("POST", re.compile(r"^/api/v1/workflows/validate$"), Permission.READ),  # stores nothing
-)
-_READ_METHODS: Final = frozenset({"GET", "HEAD"})
 PROBLEM_JSON: Final = "application/problem+json"
 
 
-def required_permission(method: str, path: str) -> Permission | None:
-    """What a request needs; None for public endpoints (health, metrics, docs, CORS
-    preflights, which browsers send without credentials)."""
-    if path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or method == "OPTIONS":
+class Require:
+    """The dependency a route declares for the permission it needs: refuses (403, or
+    a WebSocket closed with 1008) a principal without it; gives the principal."""
+
+    def __init__(self, permission: Permission) -> None:
+        self.permission = permission
+
+    async def __call__(self, connection: HTTPConnection) -> Principal:
+        principal = principal_of(connection)
+        if not principal.may(self.permission):
+            if connection.scope["type"] == "websocket":
+                raise WebSocketException(1008, "Not allowed")
+            raise Problem(
+                403,
+                "forbidden",
+                "Not allowed",
+                refusal_detail(principal, self.permission),
+                needs=self.permission.value,
+            )
+        return principal
+
+
+def require(permission: Permission | str) -> Any:
+    """`Depends(...)` checking `permission`, for a route's `dependencies=[...]`."""
+    return Depends(Require(Permission(permission)))
+
+
+def declared_permission(route: BaseRoute) -> Permission | None:
+    """The permission `route` declares with `require` (None: it declares none)."""
+    for dependency in getattr(route, "dependencies", None) or ():
+        if isinstance(dependency.dependency, Require):
+            return dependency.dependency.permission
+    return None
+
+
+def leaf_routes(routes: Iterable[BaseRoute]) -> Iterator[BaseRoute]:
+    """`routes` with each included router replaced by its own routes (FastAPI keeps an
+    included router as one route that delegates to it)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from leaf_routes(included.routes)
+        else:
+            yield route
+
+
+def is_public(method: str, path: str) -> bool:
+    """Health, metrics, docs, the console's assets, and CORS preflights (which browsers
+    send without credentials)."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES) or method == "OPTIONS"
+
+
+def required_permission(
+    method: str, path: str, routes: list[BaseRoute] | None = None, scope: Scope | None = None
+) -> Permission | None:
+    """What a request needs: None for public endpoints, else the permission its route
+    declares. A request no route serves (answered 404/405) needs a credential only:
+    READ, which every role holds."""
+    if is_public(method, path):
         return None
-    for rule_method, pattern, permission in _RULES:
-        if rule_method in (None, method) and pattern.match(path):
-            return permission
-    return Permission.READ if method in _READ_METHODS else Permission.OPERATE
+    probe = scope or {"type": "http", "method": method, "path": path, "root_path": ""}
+    for route in leaf_routes(routes or ()):
+        match, _ = route.matches(probe)
+        if match is Match.FULL:
+            return declared_permission(route) or Permission.READ
+    return Permission.READ
+
+
+def refusal_detail(principal: Principal, needed: Permission) -> str:
+    return (
+        f"{principal.name!r} (roles {sorted(principal.roles)}) may not do this: it "
+        f"needs the {needed.value!r} permission"
+    )
 
 
 def principal_of(connection: HTTPConnection) -> Principal:
@@ -106,7 +166,8 @@ class AuthMiddleware:
             return
         connection = HTTPConnection(scope)
         method = scope.get("method", "GET")  # a WebSocket reads
-        needed = required_permission(method, connection.url.path)
+        routes = getattr(getattr(scope.get("app"), "router", None), "routes", None)
+        needed = required_permission(method, connection.url.path, routes, scope)
         if not self.enabled:
             scope.setdefault("state", {})["principal"] = _self_declared(connection)
         elif needed is not None:
@@ -147,10 +208,7 @@ class AuthMiddleware:
                 challenge,
             )
         if not principal.may(needed):
-            detail = (
-                f"{principal.name!r} (roles {sorted(principal.roles)}) may not do this: it "
-                f"needs the {needed.value!r} permission"
-            )
+            detail = refusal_detail(principal, needed)
             body = _problem(403, "forbidden", "Not allowed", detail, needs=needed.value)
             return 403, body, {}
         connection.scope.setdefault("state", {})["principal"] = principal

@@ -176,6 +176,22 @@ def test_agent_patch_is_reviewed_and_its_node_appears(server: DevServer, page: P
     expect(added).to_have_attribute("data-patch", re.compile(".+"))
     expect(added).to_have_class(re.compile("patched"))
     expect(page.locator("#run-status .badge")).to_have_text("completed")
+    # The patch's label fits in its node's box.
+    text, box = added.evaluate(
+        "(g) => [g.querySelector('.node-type').getBBox().width,"
+        " Number(g.querySelector('rect').getAttribute('width'))]"
+    )
+    assert text + 2 * 10 <= box + 0.5, (text, box)
+    expect(added.locator(".node-type")).to_contain_text("patch")
+    # The agent's patch_workflow call, with its arguments, outcome and timing.
+    node(page, "plan").click()
+    call = page.locator('#tool-calls li[data-tool="patch_workflow"]')
+    expect(call).to_have_count(1)
+    expect(call.locator(".tool-result")).to_contain_text("applied")
+    expect(call).to_contain_text("notify ops")  # the reason it gave
+    expect(call).to_contain_text('"path": "/nodes/-"')
+    expect(call).to_contain_text("settled after")
+    expect(page.locator("#agent-usage")).to_contain_text("Total tokens")
     shot(page, "08-patch-applied")
 
 

