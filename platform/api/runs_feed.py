@@ -23,6 +23,8 @@ from sse_starlette import EventSourceResponse
 
 from aob.platform.api.deps import PrincipalDep
 from aob.platform.api.stream import CORS_HEADERS, PREFLIGHT_HEADERS, RETRY_MS, get_hub
+from aob.platform.auth.http import require
+from aob.platform.auth.principal import Permission
 from aob.platform.fanout import FeedItem
 
 router = APIRouter(prefix="/api/v1/streams", tags=["stream"])
@@ -39,6 +41,7 @@ HeartbeatSeconds = Annotated[float, Query(ge=0.05, le=300, description="heartbea
     summary="The tenant's runs as they change, as Server-Sent Events",
     response_class=EventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
+    dependencies=[require(Permission.READ)],
 )
 async def stream_runs(
     request: Request,
