@@ -196,6 +196,8 @@ class LiveServer:
 
     def client(self, who: str = ATTACKER, timeout: float = REQUEST_TIMEOUT) -> httpx.Client:
         token = self.admin_token if who == "admin" else self.tokens[who]
+        if self.pid is not None:
+            SERVER_PIDS[self.url.rstrip("/")] = self.pid  # for timed_run's accounting of run delay
         return httpx.Client(
             base_url=self.url, timeout=timeout, headers={"Authorization": f"Bearer {token}"}
         )
@@ -363,6 +365,9 @@ def server(request: pytest.FixtureRequest) -> LiveServer:
 # --- probing -----------------------------------------------------------------------------
 
 
+SERVER_PIDS: dict[str, int] = {}  # a live server's URL -> its process id
+
+
 class HealthProbe:
     """Polls GET /health from its own thread until stopped; records every latency.
 
@@ -517,10 +522,20 @@ def run_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
 def timed_run(client: httpx.Client, definition: dict[str, Any], inputs: Any = None,
               timeout: float = 30.0, probe: HealthProbe | None = None,
               ) -> tuple[float, dict[str, Any]]:
-    """Seconds from submission to the end of the run, and the run."""
+    """Seconds from submission to the end of the run, and the run.
+
+    Less the time the server's event-loop thread, or this test's thread, waited
+    runnable for a core meanwhile (as HealthProbe): a shared machine's load is not
+    the attack's doing; a loop the attack blocks or starves of its work still is."""
+    pid = SERVER_PIDS.get(str(client.base_url).rstrip("/"))
+    paths = (f"/proc/self/task/{threading.get_native_id()}/schedstat",
+             f"/proc/{pid}/task/{pid}/schedstat" if pid else None)
+    waited = _run_delays(*paths)
     started = time.monotonic()
     run = wait_run(client, submit(client, definition, inputs), timeout, probe=probe)
-    return time.monotonic() - started, run
+    elapsed = time.monotonic() - started
+    delays = [after - before for before, after in zip(waited, _run_delays(*paths), strict=True)]
+    return max(0.0, elapsed - max(delays, default=0.0)), run
 
 
 def baseline(server: LiveServer, repeats: int = 3) -> float:
