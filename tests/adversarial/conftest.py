@@ -519,6 +519,22 @@ def run_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
         after = page[-1]["offset"]
 
 
+class CoreWaits:
+    """How long this thread and a server's loop thread have waited runnable for a core
+    since it was made (the kernel's run delay): time a shared machine took, which a
+    bound on the server's own latency should not count."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.paths = (f"/proc/self/task/{threading.get_native_id()}/schedstat",
+                      f"/proc/{pid}/task/{pid}/schedstat" if pid else None)
+        self.start = _run_delays(*self.paths)
+
+    def waited(self) -> float:
+        now = _run_delays(*self.paths)
+        return max((after - before for before, after in zip(self.start, now, strict=True)),
+                   default=0.0)
+
+
 def timed_run(client: httpx.Client, definition: dict[str, Any], inputs: Any = None,
               timeout: float = 30.0, probe: HealthProbe | None = None,
               ) -> tuple[float, dict[str, Any]]:
@@ -527,15 +543,10 @@ def timed_run(client: httpx.Client, definition: dict[str, Any], inputs: Any = No
     Less the time the server's event-loop thread, or this test's thread, waited
     runnable for a core meanwhile (as HealthProbe): a shared machine's load is not
     the attack's doing; a loop the attack blocks or starves of its work still is."""
-    pid = SERVER_PIDS.get(str(client.base_url).rstrip("/"))
-    paths = (f"/proc/self/task/{threading.get_native_id()}/schedstat",
-             f"/proc/{pid}/task/{pid}/schedstat" if pid else None)
-    waited = _run_delays(*paths)
+    waits = CoreWaits(SERVER_PIDS.get(str(client.base_url).rstrip("/")))
     started = time.monotonic()
     run = wait_run(client, submit(client, definition, inputs), timeout, probe=probe)
-    elapsed = time.monotonic() - started
-    delays = [after - before for before, after in zip(waited, _run_delays(*paths), strict=True)]
-    return max(0.0, elapsed - max(delays, default=0.0)), run
+    return max(0.0, time.monotonic() - started - waits.waited()), run
 
 
 def baseline(server: LiveServer, repeats: int = 3) -> float:

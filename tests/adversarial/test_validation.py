@@ -24,6 +24,7 @@ from tests.adversarial.conftest import (
     ATTACKER,
     NORMAL,
     VICTIM,
+    CoreWaits,
     HealthProbe,
     LiveServer,
     allowed,
@@ -59,14 +60,14 @@ def test_a_1mb_definition_is_refused_before_compiling(server: LiveServer) -> Non
     usual = baseline(server)
     with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
             server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
-        started = time.monotonic()
+        waits, started = CoreWaits(server.pid), time.monotonic()
         response = attacker.post("/api/v1/workflows/validate", json={"definition": document})
-        took = time.monotonic() - started
+        took = time.monotonic() - started - waits.waited()
         victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1}, 10, probe)
     probe.check()
     assert victim_run["status"] == "completed"
     assert victim_s <= allowed(usual)
-    assert took < 1.0, f"validation took {took:.2f} s"
+    assert took < 1.0, f"validation took {took:.2f} s, not counting waits for a core"
     if response.status_code == 200:  # answered 200 with the verdict in the body
         verdict = response.json()
         assert verdict.get("valid") is False, str(verdict)[:500]
