@@ -144,7 +144,8 @@ def logs_stream(walk: Walk, line: str) -> None:
 
 def approvals_list(walk: Walk, line: str) -> None:
     assert walk.server is not None
-    approvals = walk.server.client().get("/api/v1/approvals").json()["items"]
+    with walk.server.client() as client:
+        approvals = client.get("/api/v1/approvals").json()["items"]
     [approval] = [a for a in approvals if a["run_id"] == walk.ids["WAITING"]]
     walk.ids["APPROVAL_ID"] = approval["approval_id"]
     _ok(walk.shell(line), f"aob approve {approval['approval_id']}")
@@ -162,7 +163,8 @@ def patch_review(walk: Walk, line: str) -> None:
     definition = yaml.safe_load((REPO / "examples" / "patch-review.yaml").read_text())
     run_id = walk.server.submit(definition, {"order": "o-7"})
     walk.server.wait_status(run_id, ("waiting",))
-    [patch] = walk.server.client().get(f"/api/v1/runs/{run_id}/patches").json()["items"]
+    with walk.server.client() as client:
+        [patch] = client.get(f"/api/v1/runs/{run_id}/patches").json()["items"]
     walk.ids["PATCH_ID"] = patch["patch_id"]
     result = walk.shell(line.replace("RUN_ID", run_id))
     _ok(result, patch["patch_id"], "escalate")
