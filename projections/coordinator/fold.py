@@ -62,9 +62,20 @@ from aob.projections.coordinator.state import (
     Timer,
 )
 from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
+from aob.projections.workflow.definition import ON_TIMEOUT_DEFAULT
 from aob.projections.workflow.ir import EdgeSpec, NodeSpec, WorkflowIR
 from aob.projections.workflow.materialize import apply_patch
 from aob.projections.workflow.node_types import unknown_type_reason
+
+# Approval deadlines are timers like node timeouts: set when the approval is requested
+# (at the deadline its hitl service chose), firing decides it unless someone did.
+APPROVAL_TIMER: Final = "approval"
+# Who decides an approval at its deadline (people may not use the "system:" prefix).
+TIMEOUT_DECIDER: Final = "system:timeout"
+
+
+def approval_timer_id(run_id: str, approval_id: str) -> str:
+    return f"{run_id}:{approval_id}:{APPROVAL_TIMER}"
 
 
 def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Event]]:
@@ -219,6 +230,7 @@ class _Step:
                 self._on_approval_requested(payload)
             case ApprovalDecided():
                 state.pending_approvals.pop(payload.approval_id, None)
+                state.timers.pop(approval_timer_id(state.run_id, payload.approval_id), None)
                 self._check_completion()
             case RunCancelRequested():
                 self.emit(RunCancelled(state.run_id, payload.reason))
@@ -329,6 +341,8 @@ class _Step:
             return
         if timer.purpose == "retry" and node.status is NodeStatus.RETRY_WAIT:
             self._schedule(timer.node_id, node.iteration, node.attempt + 1)
+        elif timer.purpose == APPROVAL_TIMER and node.status in _ATTEMPTING:
+            self._approval_timed_out(event.timer_id, timer.node_id)
         elif timer.purpose == "timeout" and node.status in _ATTEMPTING:
             timeout = self.state.ir.nodes[timer.node_id].timeout_ms
             error = f"timed out after {timeout} ms"
@@ -341,6 +355,35 @@ class _Step:
         node = self._current(event.node_id, event.iteration)
         if node is not None and node.status in OUTSTANDING:
             self.state.pending_approvals[event.approval_id] = event.node_id
+            if event.deadline is not None:  # set by the hitl service, on its clock
+                timer_id = approval_timer_id(self.state.run_id, event.approval_id)
+                self.emit(
+                    TimerSet(
+                        self.state.run_id,
+                        timer_id,
+                        event.deadline,
+                        APPROVAL_TIMER,
+                        event.node_id,
+                        event.iteration,
+                        node.attempt,
+                    )
+                )
+
+    def _approval_timed_out(self, timer_id: str, node_id: str) -> None:
+        """An approval still pending at its deadline is decided as the node's
+        `on_timeout` says, by "system:timeout"; one decided before stays decided."""
+        run_id = self.state.run_id
+        pending = self.state.pending_approvals
+        approval_id = next((a for a in pending if approval_timer_id(run_id, a) == timer_id), None)
+        if approval_id is None:
+            return
+        config = self.state.ir.nodes[node_id].config
+        meaning = str(config.get("on_timeout") or ON_TIMEOUT_DEFAULT)
+        self.emit(
+            ApprovalDecided(
+                run_id, approval_id, meaning, TIMEOUT_DECIDER, "no decision by the deadline"
+            )
+        )
 
     # --- patches -----------------------------------------------------------------
 

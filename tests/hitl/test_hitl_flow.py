@@ -15,7 +15,7 @@ from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
 from aob.platform.approvals import Approvals
 from aob.platform.problems import Problem
-from aob.workers.hitl import HitlService
+from aob.projections.runtime.timers import TimerService
 from tests.fanout.live import until
 from tests.hitl.harness import node, review, running_aob
 
@@ -30,12 +30,16 @@ async def test_approve_pauses_the_run_then_follows_the_normal_path(aob):
     assert run["status"] == "waiting"  # paused on the approval, not complete
     assert node(run, "gate")["status"] == "waiting"  # as its run is
 
-    response = await aob.decide(approval["approval_id"], "approve", actor="alice",
-                                comments="ship it")
+    response = await aob.decide(
+        approval["approval_id"], "approve", actor="alice", comments="ship it"
+    )
     assert response.status_code == 200, response.text
     decided = response.json()
     assert (decided["status"], decided["decided_by"], decided["comments"]) == (
-        "approved", "alice", "ship it")
+        "approved",
+        "alice",
+        "ship it",
+    )
 
     run = await aob.finished(run_id)
     assert run["status"] == "completed"
@@ -50,8 +54,7 @@ async def test_approve_pauses_the_run_then_follows_the_normal_path(aob):
 async def test_reject_follows_the_rejection_path(aob):
     run_id = await aob.submit(review())
     [approval] = await aob.pending(run_id)
-    response = await aob.decide(approval["approval_id"], "reject", actor="bob",
-                                comments="too long")
+    response = await aob.decide(approval["approval_id"], "reject", actor="bob", comments="too long")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "rejected"
 
@@ -72,7 +75,10 @@ async def test_timeout_decides_as_configured(aob, on_timeout, ran, skipped):
     assert run["status"] == "completed"
     gate = run["output"]["gate"]
     assert (gate["decision"], gate["decided_by"], gate["timed_out"]) == (
-        on_timeout, "system:timeout", True)
+        on_timeout,
+        "system:timeout",
+        True,
+    )
     assert node(run, ran)["status"] == "completed"
     assert node(run, skipped)["status"] == "skipped"
 
@@ -170,9 +176,34 @@ async def test_two_people_racing_exactly_one_wins(aob):
     assert loser["decision"]["event_id"] == winner["decision_event_id"]
     run = await aob.finished(run_id)
     assert run["output"]["gate"]["decided_by"] == winner["decided_by"]
-    completions = [e for e in await aob.events(run_id)
-                   if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"]
+    completions = [
+        e
+        for e in await aob.events(run_id)
+        if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"
+    ]
     assert len(completions) == 1
+
+
+async def fire_deadline(aob, run_id: str, timeout: float = 10.0) -> None:
+    """Fire the run's approval deadline now, as the timer service does once it falls due
+    (its clock an hour ahead): once the coordinator's timer is in the read models."""
+    timers = TimerService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
+    async with asyncio.timeout(timeout):
+        while True:
+            if await timers.fire_due():
+                return
+            await asyncio.sleep(0.02)
+
+
+async def decided_by_the_deadline(aob, run_id: str, timeout: float = 10.0) -> None:
+    """Wait until the coordinator has recorded the deadline's decision."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if any(
+                d["data"]["decided_by"] == "system:timeout" for d in await _decisions(aob, run_id)
+            ):
+                return
+            await asyncio.sleep(0.02)
 
 
 def overdue_clock() -> int:
@@ -212,9 +243,9 @@ async def test_a_decision_racing_the_timeout_exactly_one_wins(aob, first):
     store = aob.engine.read_models
     approvals = Approvals(aob.engine)
     if first == "timeout":
-        assert await HitlService(aob.engine.log, store, clock=overdue_clock).fire_overdue() == 1
+        await fire_deadline(aob, run_id)
+        await decided_by_the_deadline(aob, run_id)
         approvals.read = StaleReads(store, "get_approval", approval)
-    stale_pending = StaleReads(store, "list_approvals", [approval])
     human_result: dict[str, Any] | Problem
     try:
         human_result = await approvals.decide(
@@ -223,12 +254,13 @@ async def test_a_decision_racing_the_timeout_exactly_one_wins(aob, first):
     except Problem as problem:
         human_result = problem
     if first == "human":
-        deadline = HitlService(aob.engine.log, stale_pending, clock=overdue_clock)
-        assert await deadline.fire_overdue() == 1
+        await fire_deadline(aob, run_id)  # the deadline's timer, fired after the decision
 
     decisions = await _decisions(aob, run_id)
+    # The deadline decides only an approval still pending when its timer fires: after
+    # a person's decision it decides nothing (one timer mechanism, in the fold).
     assert [d["data"]["decided_by"] for d in decisions] == (
-        ["system:timeout", "alice"] if first == "timeout" else ["alice", "system:timeout"]
+        ["system:timeout", "alice"] if first == "timeout" else ["alice"]
     )
     run = await aob.finished(run_id)
     gate = run["output"]["gate"]
@@ -246,21 +278,23 @@ async def test_a_decision_racing_the_timeout_exactly_one_wins(aob, first):
         assert human_result["decision_event_id"] == decisions[0]["event_id"]
         assert (gate["decided_by"], gate["decision"]) == ("alice", "approve")
         assert run["output"]["publish"] == "published"
-    completions = [e for e in await aob.events(run_id)
-                   if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"]
+    completions = [
+        e
+        for e in await aob.events(run_id)
+        if e["type"] == "NodeCompleted" and e["data"]["node_id"] == "gate"
+    ]
     assert len(completions) == 1
 
 
 async def test_over_http_a_decision_racing_the_timeout_gets_a_clear_answer(aob):
     """Through the HTTP stack the race's order is up to scheduling: whoever wins,
     the run follows it and a losing person gets 409 naming the winner."""
-    deadline = HitlService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
     for _ in range(3):
         run_id = await aob.submit(review({"timeout_ms": 3_600_000}))
         [approval] = await aob.pending(run_id)
         response, _ = await asyncio.gather(
             aob.decide(approval["approval_id"], "approve", actor="alice"),
-            deadline.fire_overdue(),
+            fire_deadline(aob, run_id),
         )
         run = await aob.finished(run_id)
         winner = (await _decisions(aob, run_id))[0]["data"]["decided_by"]
@@ -333,4 +367,6 @@ async def test_a_decision_made_while_the_service_was_down_is_carried_out_on_rest
         run = await aob.finished(run_id)
         assert run["output"]["revise"] == "revised"
         assert (run["output"]["gate"]["decided_by"], run["output"]["gate"]["comments"]) == (
-            "bob", "offline")
+            "bob",
+            "offline",
+        )

@@ -1,13 +1,14 @@
 """The HITL service: asks people, waits for them, and ends the node with their answer.
 
-Three loops over the log and the read models, each safe to stop at any point:
+Two loops over the log and the read models, each safe to stop at any point:
 
 - requests: consumes `aob.tasks.hitl`; per task appends `NodeStarted` and
   `ApprovalRequested`. The node stays running: it holds the run's token until a
   decision ends it. Ids derive from the task's, so a redelivered task changes nothing.
-- deadlines: pending approvals and their deadlines are a read model (a projection
-  of the log), so a restarted service finds the ones that fell due while it was
-  down and decides them at once, as `ApprovalDecided` by "system:timeout".
+- (deadlines are not watched here: `ApprovalRequested.deadline`, chosen on this
+  service's clock, makes the coordinator set a timer, fired like every timer by the
+  timer service; the coordinator then decides the approval as `ApprovalDecided` by
+  "system:timeout" unless someone decided it first.)
 - decisions: consumes `aob.runs`; for each `ApprovalDecided` that won its approval
   (the first in log order, as the read model records) appends the node's outcome,
   `NodeCompleted` (routing on approve/reject) or `NodeFailed` (a timeout meaning
@@ -19,9 +20,7 @@ Offsets are committed with the appends (atomically on the embedded log).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -41,8 +40,8 @@ from aob.events.types import (
     task_topic,
 )
 from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter, describe
-from aob.projections.workflow.definition import HITL_TYPE, ON_TIMEOUT_DEFAULT
-from aob.workers.hitl.decision import TIMEOUT_DECIDER, node_outcome
+from aob.projections.workflow.definition import HITL_TYPE
+from aob.workers.hitl.decision import node_outcome
 from aob.workers.hitl.request import RenderError, approval_request
 
 log = logging.getLogger(__name__)
@@ -56,10 +55,6 @@ class ApprovalStore(Protocol):
     """What the service reads of the read models (`AsyncReadModels` is one)."""
 
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
-
-    async def list_approvals(
-        self, run_id: str | None = None, status: str | None = None
-    ) -> list[dict[str, Any]]: ...
 
     async def offsets(self) -> dict[TopicPartition, int]: ...
 
@@ -90,21 +85,13 @@ class HitlService:
         self.clock = clock
         self.requests = Consumer(event_log, REQUESTS_GROUP, [task_topic(HITL_TYPE)])
         self.decisions = Consumer(event_log, DECISIONS_GROUP, [RUNS_TOPIC])
-        # Timeouts appended but maybe not projected yet: not to be fired again meanwhile.
-        self._in_flight: set[str] = set()
-        # The read models' positions at the last scan of pending approvals, and the
-        # earliest deadline still ahead then: no need to scan again before either moves.
-        self._scanned: dict[TopicPartition, int] | None = None
-        self._next_deadline: float = math.inf
 
     async def start(self) -> None:
         await self.requests.start()
         await self.decisions.start()
 
     async def run(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(
-            self._serve_requests(stop), self._serve_decisions(stop), self._watch_deadlines(stop)
-        )
+        await asyncio.gather(self._serve_requests(stop), self._serve_decisions(stop))
 
     # --- requests ----------------------------------------------------------------------
 
@@ -132,44 +119,13 @@ class HitlService:
         try:
             asked = await approval_request(task, approval_id_for(task_event.event_id), at)
         except RenderError as error:
-            asked = NodeFailed(*node, f"cannot render the approval request: {error}",
-                               retryable=False)
+            asked = NodeFailed(
+                *node, f"cannot render the approval request: {error}", retryable=False
+            )
         return [
             _append(task_event, "started", started, at, f"worker:{self.worker_id}"),
             _append(task_event, "request", asked, at, f"worker:{self.worker_id}"),
         ]
-
-    # --- deadlines ---------------------------------------------------------------------
-
-    async def _watch_deadlines(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.fire_overdue()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.interval)
-
-    async def fire_overdue(self) -> int:
-        """Decide every pending approval past its deadline as its on_timeout says;
-        returns how many were decided. A human's decision appended first wins."""
-        now = self.clock()
-        positions = await self.store.offsets()
-        if positions == self._scanned and now < self._next_deadline:
-            return 0  # the pending approvals are as last read, and none fell due since
-        pending = await self.store.list_approvals(status="pending")
-        self._scanned, self._next_deadline = positions, math.inf
-        self._in_flight &= {a["approval_id"] for a in pending}
-        appends = []
-        for approval in pending:
-            deadline = approval["deadline"]
-            if deadline is None or approval["approval_id"] in self._in_flight:
-                continue
-            if deadline > now:
-                self._next_deadline = min(self._next_deadline, deadline)
-                continue
-            self._in_flight.add(approval["approval_id"])
-            appends.append(_timeout(approval, now))
-        if appends:
-            await self.log.append(appends)
-        return len(appends)
 
     # --- decisions ---------------------------------------------------------------------
 
@@ -225,21 +181,9 @@ class HitlService:
 
 def _set_aside(record: Record, service: str, error: Exception) -> list[Append]:
     """A record this service cannot handle, set aside with its run failed."""
-    log.exception("set aside the record at %s/%s@%s", record.topic, record.partition,
-                  record.offset)
+    log.exception("set aside the record at %s/%s@%s", record.topic, record.partition, record.offset)
     what = event_type(record.value) or UNDECODABLE
     return dead_letter(record, service, describe(error), what=what)
-
-
-def _timeout(approval: dict[str, Any], at: int) -> Append:
-    """The deadline's decision; its id derives from the approval, so firing it twice
-    (a crash before the first was projected) appends one decision, twice."""
-    meaning = approval["on_timeout"] or ON_TIMEOUT_DEFAULT
-    payload = ApprovalDecided(approval["run_id"], approval["approval_id"], meaning, TIMEOUT_DECIDER,
-                              "no decision by the deadline")
-    event = Event(derived_event_id(approval["approval_id"], "timeout"), approval["run_id"], at,
-                  payload, actor=TIMEOUT_DECIDER)
-    return Append(RUNS_TOPIC, event.key, encode(event))
 
 
 def _append(cause: Event, kind: str, payload: Payload, at: int, actor: str) -> Append:
