@@ -479,12 +479,19 @@ def check_url(url: str, policy: GuardPolicy) -> Target:
     shown_host = host if isinstance(host, str) else host.compressed
     endpoint = (shown_host, port) in policy.allow_endpoints
     if not endpoint and not policy.port_allowed(port):
-        raise Blocked(Layer.PROTOCOL, "port", f"port {port} is not allowed by the port policy")
+        raise Blocked(
+            Layer.PROTOCOL,
+            "port",
+            f"port {port} is not allowed (AOB_HTTP_PORTS lists the allowed ports;"
+            " AOB_HTTP_ALLOW=host:port lets one endpoint through)",
+        )
     if isinstance(host, str):
         allowed_name = endpoint or host in policy.allow_hosts
         rule = None if allowed_name else host_rule(host, policy.deny_hosts)
         if rule:
-            raise Blocked(Layer.HOST, rule, f"host {host!r} is not allowed")
+            raise Blocked(
+                Layer.HOST, rule, f"host {host!r} is not allowed (AOB_HTTP_ALLOW lets it through)"
+            )
         name, address = host, None
     else:
         if not endpoint:
@@ -493,7 +500,11 @@ def check_url(url: str, policy: GuardPolicy) -> Target:
     path = parts.path or "/"
     denied = path_rule(path, policy.deny_paths)
     if denied:
-        raise Blocked(Layer.PATH, "deny-list", f"path {path!r} falls under the denied {denied!r}")
+        raise Blocked(
+            Layer.PATH,
+            "deny-list",
+            f"path {path!r} falls under the denied {denied!r} (AOB_HTTP_DENY_PATHS)",
+        )
     return Target(scheme, name, port, path, parts.query, address, allowed_name)
 
 
@@ -522,4 +533,8 @@ def check_address(address: IPAddress, policy: GuardPolicy, *, host: str | None =
     rule = address_rule(address)
     if rule:
         shown = f"{host} -> {address}" if host else str(address)
-        raise Blocked(Layer.IP, rule, f"address {shown} is not public")
+        raise Blocked(
+            Layer.IP,
+            rule,
+            f"address {shown} is not public (AOB_HTTP_ALLOW lets an address or network through)",
+        )
