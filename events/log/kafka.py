@@ -20,7 +20,11 @@ Design:
   `subscribe`s with a rebalance listener (RoundRobin assignor, Kafka's classic eager
   protocol: aiokafka has no cooperative rebalancing). Revocation is awaited before
   the member rejoins, so what it commits in `on_revoked` is there when the new owner
-  fetches the committed offsets. Heartbeats (`session_timeout`) run in aiokafka's
+  fetches the committed offsets. aiokafka runs the callbacks in its background while
+  the host polls on: partitions in a callback are paused and skipped by `poll`, so
+  nothing of a gained partition is read (nor its position moved) before its
+  `on_assigned` has returned, nor of a lost one while `on_revoked` settles it.
+  Heartbeats (`session_timeout`) run in aiokafka's
   background; a member that does not poll for `poll_timeout` leaves the group.
 * Fencing uses Kafka transactions, one transactional producer per owned partition,
   its `transactional.id` derived from (group, topic, partition) (Kafka's KIP-98
@@ -719,6 +723,8 @@ class KafkaMember:
         self._listener = listener
         self._consumer = event_log._group_consumer(group, session_timeout, poll_timeout)
         self._owned: frozenset[TopicPartition] = frozenset()
+        # Gained, their on_assigned still running: nothing of them is read yet.
+        self._settling: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
@@ -753,6 +759,10 @@ class KafkaMember:
                     with _translated(f"cannot join group {self.group!r}"):
                         await self._consumer.getmany(timeout_ms=100)
                     self._raise_failure()
+            # Those fetches may have returned records of the assignment: read them
+            # again, from the positions the assignment gave.
+            for tp, offset in self._positions.items():
+                self._consumer.seek(KafkaPartition(tp.topic, tp.partition), offset)
         except BaseException:
             await self._stop()
             raise
@@ -767,7 +777,9 @@ class KafkaMember:
         records: list[Record] = []
         for ktp, messages in batches.items():
             tp = TopicPartition(ktp.topic, ktp.partition)
-            if tp not in self._owned or not messages:
+            if tp in self._settling and tp in self._positions:
+                self._consumer.seek(ktp, self._positions[tp])  # not read: read again later
+            if tp not in self._owned or tp in self._settling or not messages:
                 continue
             self._positions[tp] = messages[-1].offset + 1
             records += [_record(ktp, message) for message in messages]
@@ -780,13 +792,11 @@ class KafkaMember:
         which takes an offset, so a partition read to its end sits one short of the
         end offset until the fetcher steps over it."""
         for tp, at in list(self._positions.items()):
-            if tp not in self._owned:
+            if tp not in self._owned or tp in self._settling:
                 continue
             try:  # a partition in a rebalance has no position: it is read again later
                 async with asyncio.timeout(_RETRY_PAUSE):
-                    position = await self._consumer.position(
-                        KafkaPartition(tp.topic, tp.partition)
-                    )
+                    position = await self._consumer.position(KafkaPartition(tp.topic, tp.partition))
             except (KafkaError, TimeoutError):
                 continue
             if position > at and tp in self._owned:
@@ -878,7 +888,25 @@ class KafkaMember:
             raise LogError(f"group {self.group!r}: {self._failure}") from self._failure
 
     async def _assign(self, assigned: Iterable[KafkaPartition]) -> None:
-        gained = frozenset(TopicPartition(k.topic, k.partition) for k in assigned)
+        kafka_partitions = list(assigned)
+        gained = frozenset(TopicPartition(k.topic, k.partition) for k in kafka_partitions)
+        # aiokafka has assigned them already, and the host's loop polls on while this
+        # callback runs in aiokafka's background: paused (and skipped by `poll`) until
+        # on_assigned has returned, so no record of them is read, nor a position moved,
+        # before the listener has restored what it keeps of them (a coordinator folds
+        # again up to the position it finds: a read ahead would skip records unfolded).
+        self._settling |= gained
+        self._consumer.pause(*kafka_partitions)
+        try:
+            await self._take(gained)
+            await self._listener.on_assigned(gained)
+        finally:
+            self._settling -= gained
+            still = self._consumer.assignment()
+            self._consumer.resume(*(k for k in kafka_partitions if k in still))
+
+    async def _take(self, gained: frozenset[TopicPartition]) -> None:
+        """Own `gained`: their producers started, positions at the committed offsets."""
         # Producers first: their init fences the old owners and settles their open
         # transactions, so the committed offsets read next are the last ones.
         new = [tp for tp in gained if tp not in self._producers]
@@ -891,7 +919,6 @@ class KafkaMember:
             self._consumer.seek(ktp, offset)
             self._positions[tp] = offset
         self._owned = gained
-        await self._listener.on_assigned(gained)
 
     async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         producer = self._log._transactional_producer(f"{self.group}.{tp.topic}.{tp.partition}")
@@ -901,10 +928,18 @@ class KafkaMember:
 
     async def _revoke(self, revoked: Iterable[TopicPartition]) -> None:
         lost = frozenset(revoked) & self._owned
+        # Read no further while on_revoked settles and commits them: what it commits
+        # is what the host has taken, and no new work of them starts meanwhile.
+        self._settling |= lost
+        held = self._consumer.assignment()
+        self._consumer.pause(
+            *(k for tp in lost if (k := KafkaPartition(tp.topic, tp.partition)) in held)
+        )
         try:
             if lost:
                 await self._listener.on_revoked(lost)
         finally:
+            self._settling -= lost
             self._owned -= lost
             for tp in lost:
                 self._positions.pop(tp, None)

@@ -1,0 +1,99 @@
+"""A Kafka group member gains partitions while it is busy polling (a host's loop runs
+on while aiokafka runs the rebalance callbacks in its background): nothing of those
+partitions may be read before their `on_assigned` has returned.
+
+The coordinator restores a gained partition in `on_assigned` and folds again, without
+appending, what lies between its changelog marker and the member's position: a poll
+that read ahead during the restore moved that position past records nobody had folded,
+whose NodeScheduled were then never appended (runs `running` forever after a kill -9
+in tests/cluster_scaled/test_chaos.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aob.events.log.consumer import Consumer
+from aob.events.log.kafka import KafkaEventLog
+from aob.events.log.port import Append, Record, TopicPartition
+
+SESSION = 3.0
+SETTLE = 60.0  # seconds a rebalance may take, at most, on a busy shared machine
+READ_AHEAD_POLLS = 15  # polls (0.2 s each) a busy on_assigned lets through meanwhile
+
+
+def unique(name: str) -> str:
+    return f"test.kafka.{name}.{uuid.uuid4().hex[:12]}"
+
+
+class SlowRestore:
+    """Takes its time in `on_assigned` once it is `armed`, as a restore does; notes
+    the member's positions of the gained partitions when it is done."""
+
+    def __init__(self) -> None:
+        self.consumer: Consumer | None = None
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.positions_at_end: dict[TopicPartition, int] = {}
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        if not self.armed:
+            return
+        self.entered.set()
+        await self.release.wait()
+        assert self.consumer is not None
+        self.positions_at_end = {tp: self.consumer.positions[tp] for tp in partitions}
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        pass
+
+
+async def test_a_busy_member_reads_nothing_of_a_gained_partition_before_on_assigned_returns(
+    kafka_bootstrap: str,
+) -> None:
+    topic, group = unique("t"), unique("g")
+    log = await KafkaEventLog.open(kafka_bootstrap)
+    try:
+        await log.create_topic(topic, 2)
+        listener = SlowRestore()
+        busy = Consumer(log, group, [topic], listener=listener, session_timeout=SESSION)
+        listener.consumer = busy
+        other = Consumer(log, group, [topic], session_timeout=SESSION)
+        await busy.start()
+        await other.start()
+        async with asyncio.timeout(SETTLE):
+            while len(busy.assignment) != 1 or len(other.assignment) != 1:
+                await asyncio.gather(busy.poll(0.05), other.poll(0.05))
+        gained = next(iter(other.assignment))
+        # Records wait in the partition `busy` is about to gain; nothing is committed.
+        appended = await log.append([Append(topic, f"k{i}", b"x") for i in range(40)])
+        expected = [r.offset for r in appended if r.position == gained]
+        listener.armed = True
+        await other.close()  # leaves: `busy` gains its partition in the rebalance
+
+        read: list[Record] = []
+        async with asyncio.timeout(SETTLE):
+            while not listener.entered.is_set():
+                read += await busy.poll(0.05)
+        # The host's loop polls on while on_assigned restores.
+        read_meanwhile: list[Record] = []
+        for _ in range(READ_AHEAD_POLLS):
+            read_meanwhile += await busy.poll(0.2)
+        listener.release.set()
+        async with asyncio.timeout(SETTLE):
+            while not listener.positions_at_end:
+                read += await busy.poll(0.05)
+
+        assert [r for r in read_meanwhile if r.position == gained] == []
+        # Its position is where the group committed (nothing): 0, not past unread records.
+        assert listener.positions_at_end[gained] == 0
+        # Then every record of it is read, from the first, once.
+        async with asyncio.timeout(SETTLE):
+            while len([r for r in read if r.position == gained]) < len(expected):
+                read += await busy.poll(0.1)
+        assert [r.offset for r in read if r.position == gained] == expected
+        await busy.close()
+    finally:
+        await log.close()
