@@ -1,0 +1,1 @@
+"""Golden run histories: real runs of the fold, recorded as event logs (see history.py)."""
