@@ -112,7 +112,8 @@ async def test_a_member_joining_and_leaving_rebalances(event_log: EventLog, uniq
 
         await second.start()
         await polling([first, second], lambda: shared([first, second], every))
-        assert first_listener.revoked and first_listener.revoked[0] == every
+        assert first_listener.revoked
+        assert first_listener.revoked[0] == every
         assert second_listener.assigned[-1] == second.assignment
 
         await second.close()

@@ -389,9 +389,9 @@ def test_non_retryable_failure_fails_at_once():
     sim.run()
     assert sim.runs_of("a") == [(0, 1)]
     assert sim.payloads(TimerSet) == []
-    assert sim.terminal() == RunFailed(
-        sim.run_id, "node 'a' failed: 400 (not retried: the worker marked the failure permanent)", "a"
-    )
+    why = "the worker marked the failure permanent"
+    error = f"node 'a' failed: 400 (not retried: {why})"
+    assert sim.terminal() == RunFailed(sim.run_id, error, "a")
 
 
 def test_timeout_fails_the_attempt_then_it_is_retried():

@@ -92,7 +92,7 @@ def test_every_failure_that_ends_a_run_says_why_it_was_not_retried() -> None:
         ),
     }
     for why, (script, extra) in cases.items():
-        sim = Simulation(workflow(node("a", **extra)), script=script)
+        sim = Simulation(workflow(node("a", "work", **extra)), script=script)
         sim.run()
         end = sim.terminal()
         assert isinstance(end, RunFailed)

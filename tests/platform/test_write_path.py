@@ -101,7 +101,9 @@ def test_a_fork_is_the_folds_state_at_the_event() -> None:
     assert "tick" not in at_patch.outputs  # inside a loop: it reruns whole
     [started] = [c.output for c in simulation.payloads(NodeCompleted) if c.node_id == "start"]
     assert at_patch.outputs["start"] == started
-    assert (at_patch.inputs, at_patch.checkpoint("r")["from_event"]) == ({"a": 1}, patched_at)
+    checkpoint = at_patch.checkpoint("r")
+    assert checkpoint is not None
+    assert (at_patch.inputs, checkpoint["from_event"]) == ({"a": 1}, patched_at)
     at_end = fork("run-1", history, len(history) - 1)
     assert simulation.payloads(NodeFailed)
     assert "extra" not in at_end.outputs  # failed: runs again

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aob.events.codec import encode
@@ -26,6 +26,9 @@ class Counting:
     async def apply(self, batch: Sequence[tuple[Record, Event]]) -> None:
         await self.inner.apply(batch)
         self.applied.update((record.partition, record.offset) for record, _ in batch)
+
+    async def advance(self, positions: Mapping[TopicPartition, int]) -> None:
+        await self.inner.advance(positions)
 
     async def offsets(self) -> dict[TopicPartition, int]:
         return await self.inner.offsets()

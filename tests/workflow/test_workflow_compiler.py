@@ -66,8 +66,8 @@ def test_what_each_node_edge_and_output_reads_of_the_run():
         "g": None, "c": None, "t": None,
         "w": None,  # `| tostring` is not simple: any output
     }
-    assert ir.outgoing["a"][0].reads == {"a"}
-    assert ir.output_reads == {"b", "h"}
+    assert ir.outgoing["a"][0].reads == frozenset({"a"})
+    assert ir.output_reads == frozenset({"b", "h"})
 
 
 def test_roots_sinks_and_edge_indexes_use_forward_edges_only():
