@@ -865,6 +865,8 @@ class KafkaMember:
             except LogError as error:
                 if isinstance(error.__cause__, _FENCED_ERRORS):
                     await self._drop_producer(tp)
+                    if tp in self._owned:
+                        self._rejoin()
                     raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
                 raise
         return [
@@ -878,6 +880,18 @@ class KafkaMember:
             )
             for a, meta in zip(appends, metas, strict=True)
         ]
+
+    def _rejoin(self) -> None:
+        """A producer fenced while the group still counts this member as the owner: the
+        broker aborted its transaction (past `transaction.timeout.ms`, as around a
+        broker restart), or a new owner fenced it and the rebalance has not reached
+        this member yet. Without a rebalance it would hold a partition it can never
+        commit for (a host lets it go, and its runs or tasks wait forever), so it asks
+        aiokafka to rejoin: the group then decides who owns the partition, and that
+        member starts its producer anew in `on_assigned`."""
+        coordinator = getattr(self._consumer, "_coordinator", None)  # no public call
+        if coordinator is not None:
+            coordinator.request_rejoin()
 
     def _lost(self, partitions: Iterable[TopicPartition]) -> str:
         names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions))

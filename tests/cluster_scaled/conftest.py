@@ -164,7 +164,8 @@ class ScaledCluster:
         role = name.rsplit("-", 1)[0]
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "aob.platform", role, "--port", "0"],
+                # Info: a failed run leaves the rebalances and restores in the logs.
+                [sys.executable, "-m", "aob.platform", role, "--port", "0", "--log-level", "info"],
                 cwd=self.directory,  # no .env of a developer's checkout
                 env=self.env,
                 stdout=out,

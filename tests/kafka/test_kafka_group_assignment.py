@@ -1,4 +1,6 @@
-"""A Kafka group member gains partitions while it is busy polling (a host's loop runs
+"""How a Kafka group member keeps hold of its partitions.
+
+A member gains partitions while it is busy polling (a host's loop runs
 on while aiokafka runs the rebalance callbacks in its background): nothing of those
 partitions may be read before their `on_assigned` has returned.
 
@@ -14,9 +16,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
+from aiokafka import AIOKafkaProducer
+
 from aob.events.log.consumer import Consumer
 from aob.events.log.kafka import KafkaEventLog
-from aob.events.log.port import Append, Record, TopicPartition
+from aob.events.log.port import Append, Fenced, Record, TopicPartition
 
 SESSION = 3.0
 SETTLE = 60.0  # seconds a rebalance may take, at most, on a busy shared machine
@@ -95,5 +100,58 @@ async def test_a_busy_member_reads_nothing_of_a_gained_partition_before_on_assig
                 read += await busy.poll(0.1)
         assert [r.offset for r in read if r.position == gained] == expected
         await busy.close()
+    finally:
+        await log.close()
+
+
+class Told:
+    """Counts the callbacks."""
+
+    def __init__(self) -> None:
+        self.assigned = 0
+        self.revoked = 0
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        self.assigned += 1
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self.revoked += 1
+
+
+async def test_a_member_fenced_while_it_still_owns_its_partition_gets_it_back(
+    kafka_bootstrap: str,
+) -> None:
+    """The broker aborts a transaction that outlives `transaction.timeout.ms` (around a
+    broker restart) by bumping the producer's epoch, as a new owner's producer would:
+    the member's commit is fenced although no rebalance is under way. It must not be
+    left owning a partition it can never commit for: it rejoins, and the rebalance
+    gives it the partition back with a new producer."""
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    log = await KafkaEventLog.open(kafka_bootstrap)
+    told = Told()
+    member = Consumer(log, group, [topic], listener=told, session_timeout=SESSION)
+    tp = TopicPartition(topic, 0)
+    try:
+        await log.create_topic(topic, 1)
+        await log.create_topic(sink, 1)
+        await member.start()
+        assert member.assignment == {tp}
+        # What the broker does to a timed-out transaction: a higher epoch for the id.
+        usurper = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, transactional_id=f"{group}.{topic}.0"
+        )
+        await usurper.start()
+        await usurper.stop()
+        with pytest.raises(Fenced):
+            await member.commit({tp: [Append(sink, "k", b"fenced")]}, offsets={tp: 0})
+
+        async with asyncio.timeout(SETTLE):
+            while told.assigned < 2:
+                await member.poll(0.05)
+        assert told.revoked >= 1
+        written = await member.commit({tp: [Append(sink, "k", b"again")]}, offsets={tp: 0})
+        assert [r.value for r in written] == [b"again"]
+        assert [r.value for r in await log.read(sink, 0, 0)] == [b"again"]
+        await member.close()
     finally:
         await log.close()
