@@ -97,6 +97,8 @@ from aob.events.log.port import (
 
 __all__ = ["KafkaEventLog"]
 
+log = logging.getLogger(__name__)
+
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
 _KEEP_FOREVER: Final = {"retention.ms": "-1"}
 _MAX_REPLICATION: Final = 3
@@ -107,6 +109,8 @@ _LOG_APPEND_TIME: Final = 1  # RecordMetadata.timestamp_type
 _READ_COMMITTED: Final = "read_committed"  # aborted (fenced) appends are never read
 _FENCED_ERRORS: Final = (ProducerFenced, InvalidProducerEpoch, TransactionCoordinatorFenced)
 _MARKER_WAIT_MS: Final = 200  # a fetch that may find only transaction markers
+_STOP_WAIT: Final = 5.0  # seconds a dropped producer may take to stop
+_BROKEN_PAUSE: Final = 0.5  # between attempts to replace a broken producer
 
 
 class KafkaEventLog:
@@ -727,6 +731,10 @@ class KafkaMember:
         self._settling: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
+        # Per owned partition, the offset its last transaction committed.
+        self._committed: dict[TopicPartition, int] = {}
+        # Owned, but a commit found its producer fenced: lost until the rebalance.
+        self._fenced: set[TopicPartition] = set()
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
         self._assigned = asyncio.Event()
         self._failure: BaseException | None = None
@@ -808,7 +816,7 @@ class KafkaMember:
         offsets: Mapping[TopicPartition, int],
     ) -> list[Record]:
         partitions = set(appends) | set(offsets)
-        lost = partitions - self._producers.keys()
+        lost = {tp for tp in partitions if tp not in self._owned or tp in self._fenced}
         if lost:
             raise Fenced(self._lost(lost))
         await self._log._check_topics(a.topic for records in appends.values() for a in records)
@@ -839,14 +847,56 @@ class KafkaMember:
     async def _transact(
         self, tp: TopicPartition, appends: Sequence[Append], offset: int | None
     ) -> list[Record]:
-        """One transaction: the partition's appends and its offset, or neither."""
+        """One transaction: the partition's appends and its offset, or neither.
+
+        A transaction that fails otherwise than fenced may have broken its producer
+        (aiokafka's sender ends for good when it loses the transaction coordinator, as
+        in a broker restart): the producer is replaced, and the transaction tried again
+        until the request timeout, if it is known not to have been committed."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._log._request_timeout
+        unsure: LogError | None = None  # a failure after which the outcome is unknown
         async with self._locks.setdefault(tp, asyncio.Lock()):
-            producer = self._producers.get(tp)
-            if producer is None:
-                raise Fenced(self._lost([tp]))
-            timestamp = time.time_ns() // 1_000_000
-            try:
-                with _translated(f"cannot commit for {tp.topic}[{tp.partition}]"):
+            while True:
+                if tp not in self._owned or tp in self._fenced:
+                    raise Fenced(self._lost([tp]))
+                try:
+                    if unsure is not None:
+                        if await self._committed_after_failure(tp, offset, unsure):
+                            return []  # its records are in the log; where is not known here
+                        unsure = None
+                    producer = self._producers.get(tp) or await self._replace_producer(tp)
+                    records = await self._transaction(producer, tp, appends, offset)
+                except Fenced:
+                    raise
+                except LogError as error:
+                    if isinstance(error.__cause__, _FENCED_ERRORS):
+                        await self._drop_producer(tp)
+                        self._fenced.add(tp)
+                        self._rejoin()
+                        raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
+                    if error is unsure or loop.time() > deadline:
+                        raise
+                    log.warning("commit for %s failed, trying a new producer: %s", tp, error)
+                    unsure = unsure or error
+                    await asyncio.sleep(_BROKEN_PAUSE)
+                    continue
+                if offset is not None:
+                    self._committed[tp] = offset
+                return records
+
+    async def _transaction(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        appends: Sequence[Append],
+        offset: int | None,
+    ) -> list[Record]:
+        timestamp = time.time_ns() // 1_000_000
+        what = f"cannot commit for {tp.topic}[{tp.partition}]"
+        with _translated(what):
+            try:  # a broken producer may also never answer
+                async with asyncio.timeout(self._log._request_timeout):
                     async with producer.transaction():
                         futures = [
                             await producer.send(
@@ -862,13 +912,8 @@ class KafkaMember:
                                 {KafkaPartition(tp.topic, tp.partition): offset}, self.group
                             )
                         metas = await asyncio.gather(*futures)
-            except LogError as error:
-                if isinstance(error.__cause__, _FENCED_ERRORS):
-                    await self._drop_producer(tp)
-                    if tp in self._owned:
-                        self._rejoin()
-                    raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
-                raise
+            except TimeoutError as error:
+                raise LogError(f"{what}: no answer within the request timeout") from error
         return [
             Record(
                 a.topic,
@@ -880,6 +925,38 @@ class KafkaMember:
             )
             for a, meta in zip(appends, metas, strict=True)
         ]
+
+    async def _committed_after_failure(
+        self, tp: TopicPartition, offset: int | None, error: LogError
+    ) -> bool:
+        """Whether the failed transaction was committed after all. A new producer's
+        init ends what the broken one left open (committed if the broker had taken the
+        commit, else aborted); the group's offset then tells which, when the
+        transaction moved it. When it did not, trying again could append its records
+        twice: the failure is raised. (Without an offset: appends that may be
+        repeated, e.g. a timer's firing, which the fold takes once.)"""
+        await self._replace_producer(tp)
+        if offset is None:
+            return False
+        before = self._committed.get(tp)
+        if offset == before:
+            raise error
+        ktp = KafkaPartition(tp.topic, tp.partition)
+        with _translated(f"cannot read the committed offset of {tp.topic}[{tp.partition}]"):
+            committed = await self._consumer.committed(ktp)
+        if committed == offset:
+            self._committed[tp] = offset
+            return True
+        return False
+
+    async def _replace_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
+        await self._drop_producer(tp)
+        producer = await self._start_producer(tp)
+        if tp in self._owned and tp not in self._fenced:
+            self._producers[tp] = producer
+            return producer
+        await _stop(producer)  # lost meanwhile
+        raise Fenced(self._lost([tp]))
 
     def _rejoin(self) -> None:
         """A producer fenced while the group still counts this member as the owner: the
@@ -932,7 +1009,9 @@ class KafkaMember:
             offset = 0 if committed is None else committed
             self._consumer.seek(ktp, offset)
             self._positions[tp] = offset
+            self._committed[tp] = offset
         self._owned = gained
+        self._fenced -= gained
 
     async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         producer = self._log._transactional_producer(f"{self.group}.{tp.topic}.{tp.partition}")
@@ -955,15 +1034,20 @@ class KafkaMember:
         finally:
             self._settling -= lost
             self._owned -= lost
+            self._fenced -= lost
             for tp in lost:
                 self._positions.pop(tp, None)
+                self._committed.pop(tp, None)
                 await self._drop_producer(tp)
 
     async def _drop_producer(self, tp: TopicPartition) -> None:
         producer = self._producers.pop(tp, None)
         if producer is not None:
+            # A broken one may never finish flushing: its transaction is ended by the
+            # next producer of the same transactional id anyway.
             with contextlib.suppress(Exception):
-                await producer.stop()
+                async with asyncio.timeout(_STOP_WAIT):
+                    await producer.stop()
 
     async def _stop(self) -> None:
         for tp in list(self._producers):
