@@ -13,7 +13,9 @@ each run it finished and the partition's position marker, in the same commit as 
 emitted events and the consumer offsets. A partition assigned (`on_assigned`) is
 restored from the changelog, then folded from its marker to the committed offset (on
 an atomic log: nothing), so restart and rebalance take time in proportion to the
-active runs, not to history. A partition revoked (`on_revoked`) is let go: what is
+active runs, not to history. What the fold emits for events folded again must be what
+the log recorded after them (`divergence`): if the code now decides differently, the
+host logs the run and the event, commits nothing of the partition, and `run` raises. A partition revoked (`on_revoked`) is let go: what is
 folded is committed already (a batch is folded and committed under one lock the
 callbacks also take), its runs leave memory and their timers stop firing here.
 
@@ -74,6 +76,7 @@ from aob.projections.runtime.changelog import (
     tombstones,
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
+from aob.projections.runtime.divergence import RecoveryDiverged, Refolded, refold_checked
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +84,6 @@ GROUP = "aob-coordinator"
 # Changelog records appended between two compactions of the embedded log (at least;
 # twice the live runs when there are more): restore reads at most this many extra.
 COMPACT_EVERY: Final = 10_000
-_REFOLD_BATCH: Final = 1000
 
 
 class ChangelogMismatch(RuntimeError):
@@ -127,6 +129,8 @@ class CoordinatorHost:
         self.restored_records = 0
         self.refolded_records = 0
         self.fenced = 0  # commits refused because a partition had gone elsewhere
+        # A restore whose fold differed from the log: `run` raises it, the host dies.
+        self.diverged: RecoveryDiverged | None = None
         # Positions in aob.runs of events this host appended and has not read back yet.
         self._own: set[tuple[int, int]] = set()
         # Runs whose state the batch at hand changed (their changelog records are due).
@@ -197,7 +201,9 @@ class CoordinatorHost:
             # batch is folded already, reading it again would fold it twice.
             self.consumer.seek(tp, start)
             return
-        await self._refold(tp, start, committed)
+        if not await self._refold(tp, start, committed):
+            self.release({tp.partition})  # nothing of it is committed: the host stops
+            return
         # States rebuilt by folding go to the changelog with the next commit.
         pending = self._changelog()
         pending.append(position_entry(tp.partition, self.partitions, committed))
@@ -230,24 +236,26 @@ class CoordinatorHost:
         for partition in gone:
             self._pending.pop(partition, None)
 
-    async def _refold(self, tp: TopicPartition, start: int, end: int) -> None:
-        """Fold `tp` from `start` to `end` again; what it emits was appended before
-        (appends and offsets are committed together), so it is discarded."""
-        offset = start
-        while offset < end:
-            records = await self.log.read(tp.topic, tp.partition, offset, _REFOLD_BATCH)
-            for record in records:
-                if record.offset >= end:
-                    break
-                self.refolded_records += 1
-                self._refold_record(record)
-            offset = records[-1].offset + 1 if records else end
+    async def _refold(self, tp: TopicPartition, start: int, end: int) -> bool:
+        """Fold `tp` from `start` to `end` again. What it emits was appended before
+        (appends and offsets are committed together): it must be what the log recorded,
+        else the run would silently diverge. False (and `diverged` set) if it is not."""
+        divergence = await refold_checked(
+            self.log, tp, start, end, self._refold_record, set_aside_by=f"service:{GROUP}"
+        )
+        if divergence is not None:
+            diverged = RecoveryDiverged(divergence)
+            log.critical("coordinator restoring %s[%d]: %s", tp.topic, tp.partition, diverged)
+            self.diverged = self.diverged or diverged  # the first one found is raised
+        return divergence is None
 
     # --- the loop ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
+                if self.diverged is not None:
+                    raise self.diverged  # a restore found the fold differs from the log
                 records = await self.consumer.poll(timeout=0.5)
                 if records:
                     await self.step(records)
@@ -421,14 +429,19 @@ class CoordinatorHost:
                 appends.append(Append(EXPRESSIONS_TOPIC, event.key, data))
         return appends
 
-    def _refold_record(self, record: Record) -> None:
+    def _refold_record(self, record: Record) -> Refolded | None:
         """Fold a record read again at restore; what it emitted was appended before.
         A poison record was set aside then, and its run failed: it only ends the run."""
+        self.refolded_records += 1
         try:
-            self._fold(decode(record.value))
+            event = decode(record.value)
+            before = self.states.get(event.key)
+            fresh = before is None or event.event_id not in before.seen
+            return Refolded(event, self._fold(event), fresh)
         except Exception as error:
             log.warning("restore: skipped poison at %s: %s", _at(record), describe(error))
             self._drop(record.key)
+            return None
 
     def _drop(self, run_id: str) -> None:
         """Forget a run whose state a failure may have left half-changed; its
