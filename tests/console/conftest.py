@@ -61,14 +61,14 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(f"console screenshots: {SCREENSHOTS.resolve()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scripted_llm_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScriptedLlmProcess]:
     llm = start_scripted_llm(LLM_SCRIPT, tmp_path_factory.mktemp("llm") / "script.json")
     yield llm
     llm.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def server(
     tmp_path_factory: pytest.TempPathFactory, scripted_llm_process: ScriptedLlmProcess
 ) -> Iterator[DevServer]:
@@ -84,8 +84,11 @@ def server(
     dev.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(server: DevServer) -> Iterator[Any]:
+    # Package scope, not session: while Playwright's sync API is open, its event loop
+    # runs in this thread, and every asyncio test after this package would fail with
+    # "Runner.run() cannot be called from a running event loop".
     with playwright_sync.sync_playwright() as playwright:
         # Debian's chromium, never a downloaded build; root in CI needs --no-sandbox.
         chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
