@@ -101,7 +101,9 @@ def _audit_parser(sub: Any) -> None:
     verify = actions.add_parser(
         "verify",
         help="rebuild every read model from offset 0 into a fresh store and compare",
-        description="Exit 0 when the rebuilt read models equal the live ones, 1 otherwise.",
+        description="Exit 0 when the rebuilt read models equal the live ones and the fold "
+        "still emits what aob.runs recorded (re-folded up to the coordinator's offsets), "
+        "1 otherwise.",
     )
     verify.add_argument(
         "--keep", action="store_true", help="keep the rebuilt store (Postgres schema)"

@@ -5,7 +5,10 @@
 - `verify`: rebuilds every read model from offset 0 into a fresh store, up to the
   positions the live store has reached, and compares the two table by table. Equal
   is the contract of the projection (idempotent, deterministic, batching-blind);
-  anything else is a bug or a tampered store, and the summary says where.
+  anything else is a bug or a tampered store, and the summary says where. It also
+  folds aob.runs again from offset 0 up to the coordinator's committed offsets and
+  compares what the fold emits with what the log recorded (`fold_divergences`): a
+  fold that now decides differently (a code change) is reported by run and event.
 
 Poison is part of the log: a record that cannot be decoded, or that the store refuses,
 was set aside by the live projector (a dead letter, and its run's `RunFailed`, which is
@@ -35,7 +38,9 @@ from aob.platform.settings import Settings
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.readmodels.views import dumps, loads
+from aob.projections.runtime.coordinator import GROUP as COORDINATOR
 from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter_id, describe
+from aob.projections.runtime.divergence import Divergence, audit_partition
 from aob.projections.runtime.projector import GROUP as PROJECTOR
 from aob.projections.runtime.projector import PROJECTED_TOPICS
 
@@ -147,10 +152,12 @@ class Verification:
     tables: dict[str, int]  # rows per table in the live store
     differences: dict[str, TableDiff]
     set_aside: list[SetAside] = field(default_factory=list)
+    # Per partition of aob.runs, where the current fold first departs from the log.
+    diverged: list[Divergence] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
-        return not self.differences
+        return not self.differences and not self.diverged
 
     def summary(self) -> str:
         reached = ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in self.positions.items())
@@ -164,8 +171,15 @@ class Verification:
         ]
         if not self.set_aside:
             skipped = []
-        if self.equal:
-            return "\n".join([f"{head}: identical to the live read models", *skipped])
+        diverged = [
+            f"the fold diverges from the log in {len(self.diverged)} partition(s) of "
+            f"{RUNS_TOPIC} (the code folding it decides differently now):",
+            *(f"  {divergence}" for divergence in self.diverged),
+        ]
+        if not self.diverged:
+            diverged = []
+        if not self.differences:
+            return "\n".join([f"{head}: identical to the live read models", *skipped, *diverged])
         lines = [f"{head}: {len(self.differences)} table(s) differ"]
         for table, diff in self.differences.items():
             lines.append(
@@ -174,7 +188,7 @@ class Verification:
             )
             lines += [f"    live only:    {row!r:.200}" for row in diff.only_live]
             lines += [f"    rebuilt only: {row!r:.200}" for row in diff.only_rebuilt]
-        return "\n".join(lines + skipped)
+        return "\n".join(lines + skipped + diverged)
 
 
 async def verify(
@@ -195,7 +209,29 @@ async def verify(
         tables={table: len(rows) for table, rows in live_dump.items()},
         differences=compare(live_dump, rebuilt_dump),
         set_aside=await with_dead_letters(event_log, rebuilt.set_aside),
+        diverged=await fold_divergences(event_log),
     )
+
+
+async def fold_divergences(event_log: EventLog) -> list[Divergence]:
+    """Each partition of aob.runs folded again from offset 0 up to the coordinator's
+    committed offset, as its host folds it; where what the fold emits first differs
+    from what the log recorded (none: the fold still makes the recorded decisions)."""
+    try:
+        committed = await event_log.committed(COORDINATOR, RUNS_TOPIC)
+        partitions = await event_log.partitions(RUNS_TOPIC)
+    except UnknownTopic:
+        return []
+    found: list[Divergence] = []
+    for partition in range(partitions):
+        tp = TopicPartition(RUNS_TOPIC, partition)
+        end = committed.get(partition, 0)
+        divergence = await audit_partition(
+            event_log, tp, end, set_aside_by=f"service:{COORDINATOR}"
+        )
+        if divergence is not None:
+            found.append(divergence)
+    return found
 
 
 def stored_positions(dump: Dump) -> dict[TopicPartition, int]:
@@ -229,6 +265,9 @@ async def rebuild(
             records += read
         if records:
             await _apply(store, records, rebuilt)
+    # As the projector does: its positions also step over what projects nothing (poison
+    # set aside, Kafka's transaction markers), so the rebuild's end where the live one is.
+    await store.advance({tp: at for tp, at in positions.items() if tp.topic in PROJECTED_TOPICS})
     return rebuilt
 
 
