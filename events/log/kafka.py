@@ -37,6 +37,14 @@ Design:
   the reader, the watcher) reads at `isolation_level=read_committed`, so an aborted
   append is never seen. Transactions cost a few round trips and a commit marker (an
   offset) each: commits of several partitions run concurrently, one transaction each.
+  A member killed mid-transaction holds read_committed readers of what it wrote to
+  until the next owner's init ends that transaction (about the session timeout).
+  A member fenced while the group still counts it as the owner (the broker aborted
+  a transaction past its timeout) rejoins, so that a rebalance settles the owner.
+  A transaction failing otherwise may have broken its producer (aiokafka's sender
+  ends when it loses the transaction coordinator, as in a broker restart): the
+  producer is replaced and the transaction tried again, once the group's offset
+  shows that the failed one was not committed.
 * `append_and_commit` appends, then commits: at-least-once, as the port allows. A
   crash between the two replays the input, which the idempotent folds absorb.
   Every topic, partition and offset is checked before anything is sent, so a call

@@ -66,7 +66,12 @@ def http_flow(base_url: str) -> dict[str, Any]:
 
 
 def retry_flow(base_url: str) -> dict[str, Any]:
-    """An http node whose first attempt outlasts its timeout; the second answers."""
+    """An http node whose first attempt outlasts its timeout; the next one answers.
+
+    Its attempts span ~35 s: a task of a partition whose worker was killed waits for
+    the group to notice (the 10 s session timeout) and the rebalance, and a broker
+    restart holds tasks back as long; attempts that all time out meanwhile would
+    fail the run although nothing was lost."""
     return {
         "name": "retry",
         "nodes": [
@@ -75,7 +80,7 @@ def retry_flow(base_url: str) -> dict[str, Any]:
                 "type": "http",
                 "config": {"url": base_url + "/slow/{{ .inputs.token }}"},
                 "timeout_ms": 1000,
-                "retry": {"max_attempts": 3, "initial_backoff_ms": 100},
+                "retry": {"max_attempts": 5, "initial_backoff_ms": 2000},
             },
             {"id": "after", "type": "transform", "config": {"expr": ".inputs.n"}},
         ],
