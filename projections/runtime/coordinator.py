@@ -15,9 +15,10 @@ restored from the changelog, then folded from its marker to the committed offset
 an atomic log: nothing), so restart and rebalance take time in proportion to the
 active runs, not to history. What the fold emits for events folded again must be what
 the log recorded after them (`divergence`): if the code now decides differently, the
-host logs the run and the event, commits nothing of the partition, and `run` raises. A partition revoked (`on_revoked`) is let go: what is
-folded is committed already (a batch is folded and committed under one lock the
-callbacks also take), its runs leave memory and their timers stop firing here.
+host logs the run and the event, commits nothing of the partition, and `run` raises.
+A partition revoked (`on_revoked`) is let go: what is folded is committed already (a
+batch is folded and committed under one lock the callbacks also take), its runs leave
+memory and their timers stop firing here.
 
 Fencing: every write goes through the group member's fenced commit (Kafka: one
 transaction per partition, by a producer whose epoch the next owner bumps; embedded:
