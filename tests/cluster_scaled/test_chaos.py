@@ -74,13 +74,21 @@ def test_a_scaled_cluster_loses_nothing_and_repeats_nothing_through_kills_and_a_
         if outcomes[r.run_id] != expected[r.run_id]
     }
     assert wrong == {}
-    retried = [final[r.run_id] for r in load.runs if r.kind == "retry"]
-    assert all(
-        max(n["attempt"] for n in run["nodes"] if n["node_id"] == "slow") >= 2 for run in retried
-    )
 
     # The log: every run (also one whose API died before it answered) ended exactly once.
     runs_log = read_runs(scaled_broker.bootstrap, cluster.env["AOB_TOPIC_PREFIX"])
+
+    # The slow first attempts timed out and were retried; one whose coordinator was
+    # killed has its timeout fired by the partition's next owner, after the session
+    # timeout: the answer may come first, and then stands.
+    attempts = {
+        r.run_id: max(n["attempt"] for n in final[r.run_id]["nodes"] if n["node_id"] == "slow")
+        for r in load.runs
+        if r.kind == "retry"
+    }
+    assert any(attempt >= 2 for attempt in attempts.values())
+    not_retried = {run_id for run_id, attempt in attempts.items() if attempt < 2}
+    assert {r for r in not_retried if not runs_log.answered_before_timeout(r, "slow")} == set()
     assert runs_log.duplicate_ids() == {}
     submitted = runs_log.submitted()
     assert {r.run_id for r in load.runs} <= submitted

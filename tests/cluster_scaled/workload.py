@@ -17,7 +17,15 @@ import httpx
 from aob.events.codec import decode
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.prefixed import PrefixedEventLog
-from aob.events.types import RUNS_TOPIC, TERMINAL_RUN_EVENTS, Event, NodeScheduled, RunSubmitted
+from aob.events.types import (
+    RUNS_TOPIC,
+    TERMINAL_RUN_EVENTS,
+    Event,
+    NodeCompleted,
+    NodeScheduled,
+    RunSubmitted,
+    TimerFired,
+)
 
 TERMINAL = ("completed", "failed", "cancelled")
 ACTOR = {"X-Aob-Actor": "alice"}
@@ -259,6 +267,23 @@ class RunsLog:
             if isinstance(event.payload, TERMINAL_RUN_EVENTS):
                 counts[event.key] += 1
         return counts
+
+    def answered_before_timeout(self, run_id: str, node_id: str) -> bool:
+        """Whether `node_id`'s first attempt completed before its timeout fired."""
+        timer = f"{run_id}:{node_id}:0:1:timeout"
+        for event in self.events:
+            payload = event.payload
+            if event.key != run_id:
+                continue
+            if isinstance(payload, TimerFired) and payload.timer_id == timer:
+                return False
+            if isinstance(payload, NodeCompleted) and (
+                payload.node_id,
+                payload.iteration,
+                payload.attempt,
+            ) == (node_id, 0, 1):
+                return True
+        return False
 
     def scheduled(self, node_type: str) -> list[NodeScheduled]:
         return [
