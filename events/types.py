@@ -311,6 +311,9 @@ class AgentUsageRecorded:
     cached_tokens: int = 0
     tool_calls: int = 0
     outcome: str = "completed"
+    # The attempt's tool calls in order: [{name, arguments, result, elapsed_ms}], the
+    # texts cut short and the list capped (tool_calls counts them all); see the runner.
+    calls: Json = field(default_factory=list)
 
 
 # --- aob.tools: tools agents can use, keyed by tool name ------------------------

@@ -3,6 +3,7 @@ tools and OpenAPI documents, and delegation to another agent."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -208,3 +209,24 @@ async def test_delegation_depth_is_bounded(aob: Aob, scripted_llm: LlmServer):
                                  "(available: execute_pipeline, search_tools, openapi_action)"}]
     usage = await aob.events_of(run["run_id"], "AgentUsageRecorded")
     assert len(usage) == 3
+
+
+async def test_each_tool_call_is_recorded_with_its_arguments_result_and_time(
+    aob: Aob, scripted_llm: LlmServer
+):
+    scripted_llm.serve(
+        {"match": "look for a crm tool", "turns": [
+            {"tool_calls": [call("search_tools", query="crm"), call("no_such_tool")]},
+            {"content": "none found"},
+        ]},
+    )
+    run = await aob.finished(await aob.submit(single("look for a crm tool")))
+    assert run["status"] == "completed", run
+    (usage,) = await aob.events_of(run["run_id"], "AgentUsageRecorded")
+    calls = usage["calls"]
+    assert [c["name"] for c in calls] == ["search_tools", "no_such_tool"]
+    assert usage["tool_calls"] == 2
+    assert json.loads(calls[0]["arguments"]) == {"query": "crm"}
+    assert json.loads(calls[0]["result"]) == scripted_llm.tool_results()[0]
+    assert "error" in json.loads(calls[1]["result"])
+    assert all(c["elapsed_ms"] >= 0 for c in calls)

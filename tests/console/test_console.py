@@ -183,14 +183,19 @@ def test_agent_patch_is_reviewed_and_its_node_appears(server: DevServer, page: P
     )
     assert text + 2 * 10 <= box + 0.5, (text, box)
     expect(added.locator(".node-type")).to_contain_text("patch")
-    # The agent's patch_workflow call, with its arguments, outcome and timing.
+    # Every tool call the agent made (as its usage event records it: arguments, result,
+    # time), and its patch_workflow call with what became of the patch.
     node(page, "plan").click()
-    call = page.locator('#tool-calls li[data-tool="patch_workflow"]')
+    call = page.locator('#tool-calls li.tool-call[data-tool="patch_workflow"]')
     expect(call).to_have_count(1)
-    expect(call.locator(".tool-result")).to_contain_text("applied")
-    expect(call).to_contain_text("notify ops")  # the reason it gave
-    expect(call).to_contain_text('"path": "/nodes/-"')
-    expect(call).to_contain_text("settled after")
+    expect(call.locator(".tool-arguments")).to_contain_text("notify ops")
+    expect(call.locator(".tool-result")).to_contain_text("patch_id")
+    expect(call).to_contain_text(" ms")
+    patch = page.locator("#tool-calls li.patch-call")
+    expect(patch).to_have_count(1)
+    expect(patch.locator(".patch-outcome")).to_contain_text("applied")
+    expect(patch).to_contain_text('"path": "/nodes/-"')
+    expect(patch).to_contain_text("settled after")
     expect(page.locator("#agent-usage")).to_contain_text("Total tokens")
     shot(page, "08-patch-applied")
 

@@ -92,6 +92,7 @@ SAMPLES: list[Event] = [
     _ev(t.PatchReviewed("r", "p", "reject", "bo", reason="nope ✗")),
     _ev(t.AgentUsageRecorded("r", "n", 0, 1, "m", 0, 0, 0, 0)),
     _ev(t.AgentUsageRecorded("r", "n", 2, 3, "ü", 4, 2**40, 5, 2**40 + 5, 7, 8, "failed")),
+    _ev(t.AgentUsageRecorded("r", "n", 0, 1, "m", 1, 1, 1, 2, calls=[{"name": "ü"}])),
     _ev(t.ToolRegistered("t", "pipeline", None)),
     _ev(t.ToolRegistered("t-ü", "openapi", NESTED, description="docs ✓")),
     _ev(t.NodeScheduled("r", "n", "x", 0, 1, {}, {}, output_refs={"a": "sha256:0"}, tenant="ü")),
@@ -285,7 +286,8 @@ def _expected_avro_field(name: str, hint: Any, field: dataclasses.Field[Any]) ->
     if field.default is not dataclasses.MISSING:
         expected["default"] = json.dumps(field.default) if hint is Any else field.default
     elif field.default_factory is not dataclasses.MISSING:
-        expected["default"] = field.default_factory()
+        made = field.default_factory()
+        expected["default"] = json.dumps(made) if hint is Any else made
     return expected
 
 

@@ -48,6 +48,10 @@ from aob.workers.http.resolver import ResolveError
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
+# What AgentUsageRecorded keeps of each tool call: the event stays small whatever the
+# model does (the count of calls is kept whole).
+_RECORDED_CALLS = 100
+_RECORDED_TEXT = 1000
 
 
 @dataclass
@@ -56,6 +60,21 @@ class _Conversation:
     usage: Usage = field(default_factory=Usage)
     rounds: int = 0
     tool_calls: int = 0
+    calls: list[dict[str, Any]] = field(default_factory=list)  # recorded, see above
+
+    def record_call(self, name: str, arguments: str, result: str, elapsed_s: float) -> None:
+        self.tool_calls += 1
+        if len(self.calls) < _RECORDED_CALLS:
+            self.calls.append({
+                "name": name[:_RECORDED_TEXT],
+                "arguments": _cut(arguments),
+                "result": _cut(result),
+                "elapsed_ms": round(elapsed_s * 1000, 3),
+            })
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _RECORDED_TEXT else text[:_RECORDED_TEXT] + "…"
 
 
 class AgentRunner:
@@ -171,12 +190,15 @@ class AgentRunner:
             self._next_round(conversation, config)
             conversation.messages.append(_assistant_message(message.content, calls))
             for call in calls:
-                conversation.tool_calls += 1
                 function = getattr(call, "function", None)
+                started = time.perf_counter()
                 if function is None:  # a custom (non-function) tool call: nothing we offer
+                    name, arguments = "(not a function)", ""
                     result = json.dumps({"error": "only function tools are available"})
                 else:
+                    name, arguments = str(function.name), str(function.arguments or "")
                     result = await tools.call(function.name, function.arguments)
+                conversation.record_call(name, arguments, result, time.perf_counter() - started)
                 conversation.messages.append(
                     {"role": "tool", "tool_call_id": call.id, "content": result}
                 )
@@ -218,7 +240,7 @@ class AgentRunner:
             task.run_id, task.node_id, task.iteration, task.attempt, config.endpoint.model,
             usage.llm_calls, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
             cached_tokens=usage.cached_tokens, tool_calls=conversation.tool_calls,
-            outcome=outcome,
+            outcome=outcome, calls=conversation.calls,
         )
         event = Event(new_event_id(), task.run_id, time.time_ns() // 1_000_000, payload,
                       actor=f"agent:{task.node_id}")

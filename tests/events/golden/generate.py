@@ -186,6 +186,12 @@ def samples() -> dict[str, Event]:
             AgentUsageRecorded(
                 "run-1", "plan", 0, 1, "gpt-x", 3, 1200, 80, 1280,
                 cached_tokens=1024, tool_calls=2, outcome="failed",
+                calls=[
+                    {"name": "search_tools", "arguments": '{"query": "crm"}',
+                     "result": '{"results": []}', "elapsed_ms": 1.5},
+                    {"name": "patch_workflow", "arguments": "{}", "result": "{}",
+                     "elapsed_ms": 12},
+                ],
             ),
         ),
         "AgentUsageRecorded.defaults": _event(

@@ -270,7 +270,7 @@ export async function render(main, runId) {
       info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
       info.approval ? h('p', {}, h('strong', {}, 'Approval: '), info.approval.message) : null,
       agent && info.usage ? usageBlock(info.usage, info.usages || []) : null,
-      agent ? toolCallsBlock(info.calls || [], info.usage) : null,
+      agent ? toolCallsBlock(info.calls || [], info.usages || []) : null,
       agent && output && Array.isArray(output.patches) && output.patches.length
         ? [h('h4', {}, 'Patches proposed'), jsonBlock(output.patches, 'patches proposed')] : null,
       h('h4', {}, 'Input'), jsonBlock(info.input, 'node input'),
@@ -292,19 +292,28 @@ export async function render(main, runId) {
         : null);
   }
 
-  function toolCallsBlock(calls, usage) {
-    const counted = usage ? usage.tool_calls : null;
-    return h('div', {class: 'tool-calls', id: 'tool-calls'}, h('h4', {}, 'Tool calls recorded'),
-      calls.length
-        ? h('ol', {}, calls.map((call) => h('li', {class: 'tool-call', dataset: {tool: call.name, patch: call.patch_id}},
-          h('strong', {}, call.name), ` (attempt ${call.attempt ?? '—'}) · ${when(call.called_at)}`,
-          call.settled_at ? ` · settled after ${duration(call.called_at, call.settled_at)}` : '',
-          h('div', {}, 'Result: ', h('span', {class: 'tool-result'}, call.result)),
-          jsonBlock(call.arguments, `${call.name} arguments`))))
+  function toolCallsBlock(patchCalls, usages) {
+    // Every call an attempt made, as its AgentUsageRecorded keeps it (texts cut at 1,000
+    // characters, at most 100 calls per attempt); patch_workflow calls also carry what
+    // became of the patch (PatchProposed and after).
+    const recorded = usages.flatMap((u) => (u.calls || []).map((c) => ({...c, attempt: u.attempt})));
+    const counted = usages.reduce((n, u) => n + (u.tool_calls || 0), 0);
+    return h('div', {class: 'tool-calls', id: 'tool-calls'}, h('h4', {}, 'Tool calls'),
+      recorded.length
+        ? h('ol', {}, recorded.map((call) => h('li', {class: 'tool-call', dataset: {tool: call.name}},
+          h('strong', {}, call.name), ` (attempt ${call.attempt ?? '—'}) · ${call.elapsed_ms ?? '—'} ms`,
+          h('div', {}, 'Arguments: ', h('code', {class: 'tool-arguments'}, call.arguments || '')),
+          h('div', {}, 'Result: ', h('code', {class: 'tool-result'}, call.result || '')))))
         : h('p', {class: 'muted'}, 'None.'),
-      h('p', {class: 'muted'}, counted === null ? '' : `${counted} tool call(s) in all. `,
-        'The events record patch_workflow calls only (as PatchProposed, with their outcome); ',
-        'other tools (fetch, pipelines, tool search, delegation) are counted, not recorded.'));
+      counted > recorded.length ? h('p', {class: 'muted'}, `${counted} tool call(s) in all; the first ${recorded.length} are shown.`) : null,
+      patchCalls.length
+        ? [h('h4', {}, 'Patches it proposed'),
+          h('ol', {}, patchCalls.map((call) => h('li', {class: 'patch-call', dataset: {patch: call.patch_id}},
+            h('strong', {}, call.name), ` (attempt ${call.attempt ?? '—'}) · ${when(call.called_at)}`,
+            call.settled_at ? ` · settled after ${duration(call.called_at, call.settled_at)}` : '',
+            h('div', {}, 'Outcome: ', h('span', {class: 'patch-outcome'}, call.result)),
+            jsonBlock(call.arguments, `${call.name} arguments`))))]
+        : null);
   }
 
   return () => {
