@@ -3,9 +3,9 @@ instance a process, under a mix of joins, retries with timeouts, approvals with
 deadlines and http calls; mid-load one instance of each service is killed with
 `kill -9` and started again, and the broker restarts once. Afterwards, read from the
 log itself: every run ended exactly once and none was lost, no event was appended
-twice, the outside world saw each request once (a worker killed mid-request may have
-sent its attempt twice, with the same key), and the read models equal a rebuild from
-offset 0."""
+twice (but the announcement of a task run again after its worker died), the outside
+world saw each request once (a worker killed mid-request may have sent its attempt
+twice, with the same key), and the read models equal a rebuild from offset 0."""
 
 from __future__ import annotations
 
@@ -89,7 +89,13 @@ def test_a_scaled_cluster_loses_nothing_and_repeats_nothing_through_kills_and_a_
     assert any(attempt >= 2 for attempt in attempts.values())
     not_retried = {run_id for run_id, attempt in attempts.items() if attempt < 2}
     assert {r for r in not_retried if not runs_log.answered_before_timeout(r, "slow")} == set()
-    assert runs_log.duplicate_ids() == {}
+    # Appended twice: only a task's announcement (NodeStarted), when its worker died
+    # (or gave the task up in a rebalance) before recording the outcome, and the
+    # partition's next owner ran it again under the same derived id, which the fold
+    # takes once.
+    duplicates = runs_log.duplicate_ids()
+    assert {runs_log.type_of(event_id) for event_id in duplicates} <= {"NodeStarted"}
+    assert all(copies == 2 for copies in duplicates.values()), duplicates
     submitted = runs_log.submitted()
     assert {r.run_id for r in load.runs} <= submitted
     ended = runs_log.terminal_counts()

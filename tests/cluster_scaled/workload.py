@@ -258,6 +258,9 @@ class RunsLog:
         counts = Counter(e.event_id for e in self.events)
         return {event_id: n for event_id, n in counts.items() if n > 1}
 
+    def type_of(self, event_id: str) -> str:
+        return next(type(e.payload).__name__ for e in self.events if e.event_id == event_id)
+
     def submitted(self) -> set[str]:
         return {e.key for e in self.events if isinstance(e.payload, RunSubmitted)}
 
