@@ -12,6 +12,7 @@ given (fanout and audit readers that must see everything); it commits nothing.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 
 from aob.events.log.port import (
@@ -26,6 +27,8 @@ from aob.events.log.port import (
     TopicPartition,
 )
 from aob.events.partitioner import partition_for
+
+log = logging.getLogger(__name__)
 
 Appends = Sequence[Append] | Mapping[TopicPartition, Sequence[Append]]
 
@@ -155,9 +158,12 @@ class Consumer:
         it, when a partition was lost.
 
         Appends belong to the input partition they were made from: pass a mapping to
-        say so. A plain sequence is split by key: an append goes with the committed
-        partition of its key (a run's events follow the run's partition), else with
-        the first committed partition.
+        say so. A plain sequence is split by key, as hosts key what they append by the
+        key of its input (a run's events follow the run's partition): an append goes
+        with the partition its key has in the topics read here. One whose partition
+        this member no longer owns (lost in a rebalance since its input was read) is
+        dropped: the partition's new owner reads that input again and appends it,
+        and attributing it to a partition still owned would let a stale member write.
         """
         if self._member is None:
             raise LogError("a consumer without a group commits nothing")
@@ -168,33 +174,27 @@ class Consumer:
         if isinstance(appends, Mapping):
             by_partition = {tp: list(records) for tp, records in appends.items() if records}
         else:
-            by_partition = await self._split(appends, positions)
+            by_partition = await self._split(appends)
         return await self._member.commit(by_partition, positions)
 
-    async def _split(
-        self, appends: Sequence[Append], positions: Mapping[TopicPartition, int]
-    ) -> dict[TopicPartition, list[Append]]:
-        """Attribute each append to the committed partition of its key, else the first."""
+    async def _split(self, appends: Sequence[Append]) -> dict[TopicPartition, list[Append]]:
+        """Attribute each append to the owned partition of its key; drop a lost one's."""
         if not appends:
             return {}
-        committed = sorted(positions, key=lambda tp: (tp.topic, tp.partition))
-        if not committed:
-            raise LogError("appends to commit with no owned partition to commit them for")
-        counts = {
-            topic: await self.log.partitions(topic) for topic in {tp.topic for tp in committed}
-        }
-        owned = set(committed)
+        counts = {topic: await self.log.partitions(topic) for topic in self.topics}
+        owned = self.assignment
         out: dict[TopicPartition, list[Append]] = {}
+        lost: set[TopicPartition] = set()
         for append in appends:
-            home = next(
-                (
-                    tp
-                    for topic, count in counts.items()
-                    if (tp := TopicPartition(topic, partition_for(append.key, count))) in owned
-                ),
-                committed[0],
-            )
+            homes = [TopicPartition(t, partition_for(append.key, n)) for t, n in counts.items()]
+            home = next((tp for tp in homes if tp in owned), None)
+            if home is None:
+                lost.update(homes)
+                continue
             out.setdefault(home, []).append(append)
+        if lost:
+            names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in lost))
+            log.warning("group %s: appends of lost partitions dropped: %s", self.group, names)
         return out
 
     async def close(self) -> None:

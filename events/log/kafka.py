@@ -83,6 +83,7 @@ from aiokafka import TopicPartition as KafkaPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import (
+    IllegalOperation,
     InvalidProducerEpoch,
     KafkaError,
     ProducerFenced,
@@ -878,7 +879,9 @@ class KafkaMember:
                 except Fenced:
                     raise
                 except LogError as error:
-                    if isinstance(error.__cause__, _FENCED_ERRORS):
+                    # Fenced, or broken while the group may have moved on (a pending
+                    # rebalance): a new producer could fence the partition's new owner.
+                    if isinstance(error.__cause__, _FENCED_ERRORS) or not self._settled():
                         await self._drop_producer(tp)
                         self._fenced.add(tp)
                         self._rejoin()
@@ -922,6 +925,8 @@ class KafkaMember:
                         metas = await asyncio.gather(*futures)
             except TimeoutError as error:
                 raise LogError(f"{what}: no answer within the request timeout") from error
+            except IllegalOperation as error:  # its transaction was ended under it: fenced
+                raise LogError(f"{what}: {error}") from ProducerFenced(str(error))
         return [
             Record(
                 a.topic,
@@ -965,6 +970,16 @@ class KafkaMember:
             return producer
         await _stop(producer)  # lost meanwhile
         raise Fenced(self._lost([tp]))
+
+    def _settled(self) -> bool:
+        """Whether aiokafka counts this member in the group's current generation with
+        no rebalance pending (no public call tells)."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        subscription = getattr(self._consumer, "_subscription", None)
+        current = getattr(subscription, "subscription", None)
+        return (
+            coordinator is not None and current is not None and not coordinator.need_rejoin(current)
+        )
 
     def _rejoin(self) -> None:
         """A producer fenced while the group still counts this member as the owner: the

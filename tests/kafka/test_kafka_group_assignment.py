@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 from aob.events.log.consumer import Consumer
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import Append, Fenced, Record, TopicPartition
+from aob.events.partitioner import partition_for
 
 SESSION = 3.0
 SETTLE = 60.0  # seconds a rebalance may take, at most, on a busy shared machine
@@ -153,5 +154,40 @@ async def test_a_member_fenced_while_it_still_owns_its_partition_gets_it_back(
         assert [r.value for r in written] == [b"again"]
         assert [r.value for r in await log.read(sink, 0, 0)] == [b"again"]
         await member.close()
+    finally:
+        await log.close()
+
+
+async def test_appends_keyed_to_a_lost_partition_are_dropped_not_moved(
+    kafka_bootstrap: str,
+) -> None:
+    """A host that read a record, lost its partition in a rebalance meanwhile, and
+    commits what it made of it as a plain sequence: the append must not be written
+    under a partition it still owns (the hitl service wrote a decision's outcome
+    twice so in the chaos test); the new owner makes it again."""
+    topic, group = unique("t"), unique("g")
+    log = await KafkaEventLog.open(kafka_bootstrap)
+    first = Consumer(log, group, [topic], session_timeout=SESSION)
+    second = Consumer(log, group, [topic], session_timeout=SESSION)
+    try:
+        await log.create_topic(topic, 2)
+        keys = {partition_for(f"k{i}", 2): f"k{i}" for i in range(20)}
+        await first.start()
+        await second.start()
+        async with asyncio.timeout(SETTLE):
+            while len(first.assignment) != 1 or len(second.assignment) != 1:
+                await asyncio.gather(first.poll(0.05), second.poll(0.05))
+        lost = next(iter(second.assignment))
+        kept = next(iter(first.assignment))
+        made = [
+            Append(topic, keys[lost.partition], b"stale"),
+            Append(topic, keys[kept.partition], b"mine"),
+        ]
+        written = await first.commit(made)
+        assert [r.value for r in written] == [b"mine"]
+        assert [r.value for r in await log.read(topic, kept.partition, 0)] == [b"mine"]
+        assert await log.read(topic, lost.partition, 0) == []
+        await first.close()
+        await second.close()
     finally:
         await log.close()
