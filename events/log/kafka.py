@@ -964,6 +964,10 @@ class KafkaMember:
 
     async def _replace_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         await self._drop_producer(tp)
+        if not self._settled():  # its init could fence the partition's new owner
+            self._fenced.add(tp)
+            self._rejoin()
+            raise Fenced(f"{self._lost([tp])}: a rebalance is pending")
         producer = await self._start_producer(tp)
         if tp in self._owned and tp not in self._fenced:
             self._producers[tp] = producer
