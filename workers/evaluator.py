@@ -57,7 +57,7 @@ class ExpressionEvaluator:
             records = await self.consumer.poll(timeout=0.5)
             if records:
                 answers = await asyncio.gather(*(self._answer(r) for r in records))
-                await self.consumer.commit([a for appends in answers for a in appends])
+                await self.consumer.commit_unless_fenced([a for ap in answers for a in ap])
 
     async def _answer(self, record: Record) -> list[Append]:
         """The verdict's append; a request that cannot be read or evaluated is set

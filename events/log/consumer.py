@@ -20,6 +20,7 @@ from aob.events.log.port import (
     SESSION_TIMEOUT,
     Append,
     EventLog,
+    Fenced,
     GroupMember,
     LogError,
     RebalanceListener,
@@ -176,6 +177,16 @@ class Consumer:
         else:
             by_partition = await self._split(appends)
         return await self._member.commit(by_partition, positions)
+
+    async def commit_unless_fenced(self, appends: Appends = ()) -> list[Record]:
+        """`commit`, for a host with nothing to undo when fenced: its batch is dropped
+        (the partitions' new owner reads those inputs again and does their work) and it
+        goes on with what it still owns, rather than die."""
+        try:
+            return await self.commit(appends)
+        except Fenced as fenced:
+            log.warning("group %s: %s; the new owner does this batch's work", self.group, fenced)
+            return []
 
     async def _split(self, appends: Sequence[Append]) -> dict[TopicPartition, list[Append]]:
         """Attribute each append to the owned partition of its key; drop a lost one's."""

@@ -144,6 +144,9 @@ async def test_a_silent_member_loses_its_partitions_and_is_fenced(
         await polling([alive], lambda: alive.assignment == every)
         with pytest.raises(Fenced):
             await silent.commit({read[0].position: [Append(sink, "late", b"stale")]})
+        # A host with nothing to undo drops its batch instead, and lives on.
+        late = {read[0].position: [Append(sink, "late", b"stale")]}
+        assert await silent.commit_unless_fenced(late) == []
         assert await _stored(event_log, sink) == []
         assert await event_log.committed(group, topic) == {0: 0, 1: 0}
         assert silent_listener.revoked  # told late, when it found out

@@ -105,7 +105,7 @@ class HitlService:
                         appends += await self._request(record)
                     except Exception as error:  # poison: set aside, the others go on
                         appends += _set_aside(record, REQUESTS_GROUP, error)
-                await self.requests.commit(appends)
+                await self.requests.commit_unless_fenced(appends)
 
     async def _request(self, record: Record) -> list[Append]:
         task_event = decode(record.value)
@@ -147,10 +147,10 @@ class HitlService:
                 appends.extend(outcome)
             uncommitted = uncommitted or bool(records)
             if appends or (uncommitted and time.monotonic() - last_commit >= COMMIT_INTERVAL):
-                await self.decisions.commit(appends)
+                await self.decisions.commit_unless_fenced(appends)
                 uncommitted, last_commit = False, time.monotonic()
         if uncommitted:
-            await self.decisions.commit()
+            await self.decisions.commit_unless_fenced()
 
     async def _resolve(self, record: Record, stop: asyncio.Event) -> list[Append] | None:
         """The node outcome if this record is the decision that won; None if stopped."""
