@@ -10,12 +10,14 @@ from tests.poison.harness import NORMAL, engine
 MAX = 64 * 1024
 BIG = '"x" * 15000'
 # Five branches with 15 KB outputs each (under the 16 KB inline threshold, so they
-# travel in events) feed one join: its task would carry all five, ~75 KB.
+# travel in events) feed one join that reads all five: its task would carry them all,
+# ~75 KB (a task carries only the outputs its programs read).
+READ_ALL = "[" + ", ".join(f".nodes.b{i}" for i in range(5)) + "] | length"
 WIDE = {
     "name": "wide",
     "nodes": [
         *({"id": f"b{i}", "type": "transform", "config": {"expr": BIG}} for i in range(5)),
-        {"id": "join", "type": "transform", "config": {"expr": "1"}},
+        {"id": "join", "type": "transform", "config": {"expr": READ_ALL}},
     ],
     "edges": [{"from": f"b{i}", "to": "join"} for i in range(5)],
 }
