@@ -1042,8 +1042,14 @@ class KafkaMember:
 
     async def _start_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         producer = self._log._transactional_producer(f"{self.group}.{tp.topic}.{tp.partition}")
-        with _translated(f"cannot start the producer of {tp.topic}[{tp.partition}]"):
-            await producer.start()
+        try:
+            with _translated(f"cannot start the producer of {tp.topic}[{tp.partition}]"):
+                await producer.start()
+        except BaseException:  # e.g. the broker is restarting: release what it opened
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(_STOP_WAIT):
+                    await producer.stop()
+            raise
         return producer
 
     async def _revoke(self, revoked: Iterable[TopicPartition]) -> None:
