@@ -568,6 +568,21 @@ def allowed(usual: float) -> float:
     return max(2 * usual, usual + 1.0)
 
 
+def assert_within_usual(server: LiveServer, took: float, usual: float, what: str) -> None:
+    """`took` (a victim's run beside an attack) within `allowed(usual)`. Past it, the
+    usual time is measured again once the attack is over: a machine slower for other
+    reasons since the first baseline (a shared box's load, which the kernel's run delay
+    does not show for a broker's many threads) is not the attack's doing; one the
+    attack slowed is still caught, since the attack has ended by then."""
+    if took <= allowed(usual):
+        return
+    again = baseline(server)
+    assert took <= allowed(max(usual, again)), (
+        f"{what} took {took:.2f} s beside the attack; usual {usual:.2f} s before it and"
+        f" {again:.2f} s after it, allowed {allowed(max(usual, again)):.2f} s"
+    )
+
+
 def names_a_budget(text: str, *settings: str) -> bool:
     """Whether an error names the budget it hit: the word, or the setting's env var."""
     return "budget" in text.lower() or any(s in text for s in settings)
@@ -615,10 +630,7 @@ def _attack(
         bad_run = wait_run(attacker, bad_id, bad_timeout, probe=probe)
     probe.check()
     assert victim_run["status"] == "completed", victim_run
-    assert victim_s <= bound, (
-        f"the victim's run took {victim_s:.2f} s beside the attack; usual {usual:.2f} s, "
-        f"allowed {bound:.2f} s"
-    )
+    assert_within_usual(server, victim_s, usual, "the victim's run")
     assert bad_run["status"] == expect, _summary(bad_run)
     if expect == "failed":
         assert names_a_budget(failure_text(bad_run), *settings), _summary(bad_run)
@@ -674,9 +686,7 @@ def _survives_restart(
     probe.check()
     assert victim_run["status"] == "completed", victim_run
     assert steady_run["status"] == "completed", steady_run
-    assert steady_s <= allowed(usual), (
-        f"after the restart the victim's run took {steady_s:.2f} s; usual {usual:.2f} s"
-    )
+    assert_within_usual(server, steady_s, usual, "after the restart the victim's run")
     assert bad_run["status"] == "failed", _summary(bad_run)
     assert names_a_budget(failure_text(bad_run), *settings), _summary(bad_run)
     return bad_run
