@@ -45,7 +45,7 @@ import secrets
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
 from aob.events.codec import CodecError, decode
 from aob.events.log.port import Record, TopicPartition
@@ -299,35 +299,29 @@ def _async_history(history: HistorySource | BlockingHistorySource) -> HistorySou
 # --- the hub --------------------------------------------------------------------------
 
 
-class _Subscriber:
-    __slots__ = (
-        "closed",
-        "handoff",
-        "items",
-        "limit",
-        "overflowed",
-        "partition",
-        "run_id",
-        "wakeup",
-    )
+_Item = TypeVar("_Item")
 
-    def __init__(self, run_id: str, partition: int, handoff: int, limit: int) -> None:
-        self.run_id = run_id
-        self.partition = partition
-        self.handoff = handoff
+
+class _Queue(Generic[_Item]):
+    """A subscriber's bounded queue: `push` from the hub's tail, `take` by its stream.
+    Past `limit` it is marked overflowed (the stream tells its client to resync)."""
+
+    __slots__ = ("closed", "items", "limit", "overflowed", "wakeup")
+
+    def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.items: deque[RunEvent] = deque()
+        self.items: deque[_Item] = deque()
         self.wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
 
-    def push(self, event: RunEvent) -> bool:
-        """Queue `event`; False (and marked overflowed) when the queue is full."""
+    def push(self, item: _Item) -> bool:
+        """Queue `item`; False (and marked overflowed) when the queue is full."""
         if len(self.items) >= self.limit:
             self.overflowed = True
             self.wakeup.set()
             return False
-        self.items.append(event)
+        self.items.append(item)
         self.wakeup.set()
         return True
 
@@ -335,7 +329,7 @@ class _Subscriber:
         self.closed = True
         self.wakeup.set()
 
-    async def take(self, timeout: float | None) -> list[RunEvent]:
+    async def take(self, timeout: float | None) -> list[_Item]:
         """What is queued, waiting up to `timeout` s for something (empty if nothing came)."""
         if not self.items and not (self.overflowed or self.closed):
             self.wakeup.clear()
@@ -345,6 +339,16 @@ class _Subscriber:
         batch = list(self.items)
         self.items.clear()
         return batch
+
+
+class _Subscriber(_Queue[RunEvent]):
+    __slots__ = ("handoff", "partition", "run_id")
+
+    def __init__(self, run_id: str, partition: int, handoff: int, limit: int) -> None:
+        super().__init__(limit)
+        self.run_id = run_id
+        self.partition = partition
+        self.handoff = handoff
 
 
 class FanoutHub:
@@ -699,39 +703,12 @@ class FeedReady:
 FeedItem = RunChange | FeedReady | StreamBroken | Heartbeat
 
 
-class _FeedSubscriber:
-    __slots__ = ("closed", "items", "limit", "overflowed", "tenant", "wakeup")
+class _FeedSubscriber(_Queue[RunChange]):
+    __slots__ = ("tenant",)
 
     def __init__(self, tenant: str | None, limit: int) -> None:
+        super().__init__(limit)
         self.tenant = tenant
-        self.limit = limit
-        self.items: deque[RunChange] = deque()
-        self.wakeup = asyncio.Event()
-        self.overflowed = False
-        self.closed = False
-
-    def push(self, change: RunChange) -> bool:
-        if len(self.items) >= self.limit:
-            self.overflowed = True
-            self.wakeup.set()
-            return False
-        self.items.append(change)
-        self.wakeup.set()
-        return True
-
-    def close(self) -> None:
-        self.closed = True
-        self.wakeup.set()
-
-    async def take(self, timeout: float | None) -> list[RunChange]:
-        if not self.items and not (self.overflowed or self.closed):
-            self.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.wakeup.wait()
-        batch = list(self.items)
-        self.items.clear()
-        return batch
 
 
 class RunChangeFeed:
