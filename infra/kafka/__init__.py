@@ -13,7 +13,13 @@ From a shell: `python -m aob.infra.kafka start|stop|status|fetch` (see __main__)
 Standalone on purpose: stdlib plus aiokafka (for the readiness probe) only.
 """
 
-from aob.infra.kafka.broker import DEFAULT_HEAP, KafkaBroker, find_java, free_port
+from aob.infra.kafka.broker import (
+    DEFAULT_HEAP,
+    RESTART_SESSION_TIMEOUT_MS,
+    KafkaBroker,
+    find_java,
+    free_port,
+)
 from aob.infra.kafka.errors import KafkaInfraError
 from aob.infra.kafka.jars import DEFAULT_CACHE, DEFAULT_VERSION, fetch_jars
 
@@ -21,6 +27,7 @@ __all__ = [
     "DEFAULT_CACHE",
     "DEFAULT_HEAP",
     "DEFAULT_VERSION",
+    "RESTART_SESSION_TIMEOUT_MS",
     "KafkaBroker",
     "KafkaInfraError",
     "fetch_jars",

@@ -37,11 +37,23 @@ from typing import Any, Final, Self
 from aob.infra.kafka.errors import KafkaInfraError
 from aob.infra.kafka.jars import DEFAULT_CACHE, DEFAULT_VERSION, fetch_jars
 
-__all__ = ["DEFAULT_HEAP", "KafkaBroker", "find_java", "free_port"]
+__all__ = [
+    "DEFAULT_HEAP",
+    "DEFAULT_SESSION_TIMEOUT_MS",
+    "RESTART_SESSION_TIMEOUT_MS",
+    "KafkaBroker",
+    "find_java",
+    "free_port",
+]
 
 DEFAULT_HEAP: Final = os.environ.get("AOB_KAFKA_HEAP", "512m")
 STATE_FILE: Final = "broker.json"
 NODE_ID: Final = 1
+
+# Kafka's default broker session: it rides out a loaded machine's stalls.
+DEFAULT_SESSION_TIMEOUT_MS: Final = 9000
+# A short one, for brokers that are restarted (the new incarnation waits it out).
+RESTART_SESSION_TIMEOUT_MS: Final = 3000
 
 # Tuned for one node that starts fast: internal topics with one replica and few
 # partitions, no join delay for new consumer groups, no topic created by a typo.
@@ -73,11 +85,12 @@ group.min.session.timeout.ms=1000
 # Offset commits wait this long to be batched (5 ms by default): every hop of a run
 # commits, so on one node it is pure latency.
 group.coordinator.append.linger.ms=0
-# A restarted controller lets the broker register anew only once the previous
-# incarnation's session has expired (DUPLICATE_BROKER_REGISTRATION until then):
-# a short session keeps restarts fast. Heartbeats never leave the JVM here.
-broker.session.timeout.ms=3000
-broker.heartbeat.interval.ms=500
+# A broker whose heartbeats lapse for a session is fenced, and its partitions refuse
+# writes (NotEnoughReplicas) until it is back; a restarted controller lets the broker
+# register anew only once the previous incarnation's session has expired. Heartbeats
+# never leave the JVM, but a starved one (GC, a loaded machine) can miss a short session.
+broker.session.timeout.ms={session_timeout_ms}
+broker.heartbeat.interval.ms={heartbeat_ms}
 """
 
 _LOG4J2_PROPERTIES: Final = """\
@@ -106,6 +119,7 @@ class KafkaBroker:
     controller_port: int
     pid: int
     cluster_id: str
+    session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS
     # The launching process keeps the child's handle, to reap it when it stops.
     _process: subprocess.Popen[bytes] | None = field(default=None, compare=False, repr=False)
 
@@ -139,6 +153,7 @@ class KafkaBroker:
         heap: str = DEFAULT_HEAP,
         timeout: float = 90.0,
         die_with_parent: bool = False,
+        session_timeout_ms: int = DEFAULT_SESSION_TIMEOUT_MS,
     ) -> Self:
         """Start a broker in `directory` (a new temporary one by default) and wait until
         it serves metadata requests.
@@ -146,7 +161,8 @@ class KafkaBroker:
         A directory where a broker already runs gives that broker back; one where a
         broker ran before restarts it with its data, on its old port if that is free.
         `die_with_parent` ends the broker when the calling thread's process dies, even
-        by kill -9 (for test sessions).
+        by kill -9 (for test sessions). `session_timeout_ms` is the broker's heartbeat
+        session: RESTART_SESSION_TIMEOUT_MS restarts faster, fenced sooner under load.
         """
         home = _prepare_directory(directory)
         previous = cls._read_state(home)
@@ -158,7 +174,16 @@ class KafkaBroker:
         if port is None and previous is not None and _port_is_free(previous.port):
             port = previous.port
         return cls._launch(
-            home, version, cluster_id, port, java, libs, heap, timeout, die_with_parent
+            home,
+            version,
+            cluster_id,
+            port,
+            java,
+            libs,
+            heap,
+            timeout,
+            die_with_parent,
+            session_timeout_ms,
         )
 
     @classmethod
@@ -215,6 +240,7 @@ class KafkaBroker:
             heap,
             timeout,
             die_with_parent,
+            self.session_timeout_ms,
         )
 
     def __enter__(self) -> Self:
@@ -237,6 +263,7 @@ class KafkaBroker:
         heap: str,
         timeout: float,
         die_with_parent: bool,
+        session_timeout_ms: int,
         attempts: int = 3,
     ) -> Self:
         """Start on `port`, or on free ports: another process can take a port between
@@ -244,7 +271,9 @@ class KafkaBroker:
         for attempt in range(1, attempts + 1):
             broker_port = port or free_port()
             controller_port = free_port(avoid=broker_port)
-            broker = cls(home, version, broker_port, controller_port, 0, cluster_id)
+            broker = cls(
+                home, version, broker_port, controller_port, 0, cluster_id, session_timeout_ms
+            )
             broker._write_config(libs)
             broker._format(java, libs)
             log_start = broker.log_file.stat().st_size if broker.log_file.exists() else 0
@@ -269,6 +298,8 @@ class KafkaBroker:
                 port=self.port,
                 controller_port=self.controller_port,
                 data_dir=self.data_dir,
+                session_timeout_ms=self.session_timeout_ms,
+                heartbeat_ms=max(100, self.session_timeout_ms // 6),
             ),
             encoding="utf-8",
         )
@@ -368,6 +399,7 @@ class KafkaBroker:
             "controller_port": self.controller_port,
             "pid": self.pid,
             "cluster_id": self.cluster_id,
+            "session_timeout_ms": self.session_timeout_ms,
         }
         (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
 
@@ -382,6 +414,7 @@ class KafkaBroker:
                 int(state["controller_port"]),
                 int(state["pid"]),
                 str(state["cluster_id"]),
+                int(state.get("session_timeout_ms", DEFAULT_SESSION_TIMEOUT_MS)),
             )
         except FileNotFoundError:
             return None

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from aob.infra.kafka import KafkaBroker
+from aob.infra.kafka import RESTART_SESSION_TIMEOUT_MS, KafkaBroker
 from tests.cluster_services.conftest import LISTENING, START_TIMEOUT, cluster_env
 from tests.fixtures.postgres import PostgresSchemas
 
@@ -59,7 +59,11 @@ class Broker:
 @pytest.fixture(scope="package")
 def scaled_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     broker = Broker(
-        KafkaBroker.start(tmp_path_factory.mktemp("scaled-kafka"), die_with_parent=True)
+        KafkaBroker.start(
+            tmp_path_factory.mktemp("scaled-kafka"),
+            die_with_parent=True,
+            session_timeout_ms=RESTART_SESSION_TIMEOUT_MS,  # the chaos test restarts it
+        )
     )
     try:
         yield broker

@@ -16,7 +16,7 @@ from pathlib import Path
 from aob.events.log.consumer import Consumer
 from aob.events.log.kafka import KafkaEventLog
 from aob.events.log.port import Append, Record, TopicPartition
-from aob.infra.kafka import KafkaBroker
+from aob.infra.kafka import RESTART_SESSION_TIMEOUT_MS, KafkaBroker
 
 SESSION = 6.0
 RECORDS = 3000  # one transaction each: more than the copying before and through the restart
@@ -26,7 +26,12 @@ AFTER_RESTART = 50  # commits once the broker is back, then the test stops copyi
 async def test_commits_go_on_through_a_broker_restart_and_append_nothing_twice(
     tmp_path: Path,
 ) -> None:
-    broker = await asyncio.to_thread(KafkaBroker.start, tmp_path / "broker", die_with_parent=True)
+    broker = await asyncio.to_thread(
+        KafkaBroker.start,
+        tmp_path / "broker",
+        die_with_parent=True,
+        session_timeout_ms=RESTART_SESSION_TIMEOUT_MS,
+    )
     topic, sink, group = (f"restart.{n}.{uuid.uuid4().hex[:8]}" for n in ("t", "sink", "g"))
     log = await KafkaEventLog.open(broker.bootstrap, request_timeout=60.0)
     member = Consumer(log, group, [topic], session_timeout=SESSION, max_records=1)
