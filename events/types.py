@@ -347,11 +347,57 @@ class ApprovalRequested:
 
 @dataclass(frozen=True, slots=True)
 class ApprovalDecided:
+    """The approval's outcome; the first one in log order wins.
+
+    `votes` lists the votes of a quorum approval ([{voter, decision, comments, at}]),
+    `signal` the signal that ended a wait ({name, payload, sent_by, sent_at, event_id});
+    both None otherwise.
+    """
+
     run_id: str
     approval_id: str
     decision: str
     decided_by: str
     comments: str = ""
+    votes: Json = None
+    signal: Json = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalVoted:
+    """One person's vote on an approval that needs a quorum (config `quorum` > 1).
+    The coordinator counts each voter once and decides (`ApprovalDecided`) when
+    `quorum` approvals or `reject_quorum` rejections are in."""
+
+    run_id: str
+    approval_id: str
+    decision: str
+    voter: str
+    comments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalEscalated:
+    """An approval reached its deadline at `level - 1` and was re-requested from
+    another group (config `escalation[level - 1]`), who may decide until `deadline`.
+    `approvers` are everyone who may decide from now on (names, then "role:" names)."""
+
+    run_id: str
+    approval_id: str
+    level: int
+    approvers: list[str]
+    deadline: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    """A named external signal sent to a run through the API. Ends a hitl node that
+    waits for `name` (config `signals`), now or later in the run (the lookback)."""
+
+    run_id: str
+    name: str
+    payload: Json = None
+    sent_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +510,9 @@ Payload: TypeAlias = (
     | TagMoveRequested
     | WorkflowRequestRefused
     | LoopExhausted
+    | ApprovalVoted
+    | ApprovalEscalated
+    | SignalReceived
 )
 
 PAYLOAD_TYPES: tuple[type[Any], ...] = (
@@ -497,6 +546,9 @@ PAYLOAD_TYPES: tuple[type[Any], ...] = (
     TagMoveRequested,
     WorkflowRequestRefused,
     LoopExhausted,
+    ApprovalVoted,
+    ApprovalEscalated,
+    SignalReceived,
 )
 PAYLOAD_BY_NAME: dict[str, type[Any]] = {t.__name__: t for t in PAYLOAD_TYPES}
 

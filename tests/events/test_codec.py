@@ -112,6 +112,10 @@ SAMPLES: list[Event] = [
     _ev(t.WorkflowRequestRefused("evt", "name-taken", "tag", "prod")),
     _ev(t.NodeFailed("r", "n", 0, 1, "x", retryable=False, not_retried="why ✓")),
     _ev(t.LoopExhausted("r", "a", "b", 2**40, failed=True)),
+    _ev(t.ApprovalVoted("r", "a", "reject", "ü", "why ✗")),
+    _ev(t.ApprovalEscalated("r", "a", 2**40, [], None)),
+    _ev(t.SignalReceived("r", "s", NESTED, "x")),
+    _ev(t.ApprovalDecided("r", "a", "approve", "x", "", [{"v": NESTED}], {"n": 1})),
 ]
 
 

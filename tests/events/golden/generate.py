@@ -23,7 +23,9 @@ from aob.events.codec import encode
 from aob.events.types import (
     AgentUsageRecorded,
     ApprovalDecided,
+    ApprovalEscalated,
     ApprovalRequested,
+    ApprovalVoted,
     Event,
     ExpressionEvaluated,
     ExpressionRequested,
@@ -44,6 +46,7 @@ from aob.events.types import (
     RunCompleted,
     RunFailed,
     RunSubmitted,
+    SignalReceived,
     TagMoved,
     TagMoveRequested,
     TimerFired,
@@ -287,6 +290,26 @@ def samples() -> dict[str, Event]:
         ),
         "LoopExhausted": _event(47, LoopExhausted("run-1", "tick", "tick", 3, failed=True)),
         "LoopExhausted.defaults": _event(48, LoopExhausted("run-1", "tick", "start", 10)),
+        "ApprovalVoted": _event(
+            49, ApprovalVoted("run-1", "apr-1", "approve", "bob", "ok"), actor="bob"
+        ),
+        "ApprovalEscalated": _event(
+            50, ApprovalEscalated("run-1", "apr-1", 1, ["carol", "role:cfo"], _T + 60_000)
+        ),
+        "SignalReceived": _event(
+            51, SignalReceived("run-1", "paid", {"amount": 12}, "dave"), actor="dave"
+        ),
+        "ApprovalDecided.quorum": _event(
+            52,
+            ApprovalDecided(
+                "run-1",
+                "apr-1",
+                "approve",
+                "system:quorum",
+                votes=[{"voter": "bob", "decision": "approve", "comments": "", "at": _T}],
+                signal={"name": "paid", "payload": 1},
+            ),
+        ),
     }
 
 
