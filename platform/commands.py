@@ -44,7 +44,7 @@ from aob.events.types import (
 )
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
-from aob.platform.replay import fork, run_events
+from aob.platform.replay import NO_EDITS, Edits, fork, run_events
 from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import (
@@ -436,13 +436,22 @@ class Commands:
         return {**patch, "diff": diff}
 
     async def replay_run(
-        self, run_id: str, from_event: int | None, *, actor: str, trace_id: str
+        self,
+        run_id: str,
+        from_event: int | None,
+        *,
+        actor: str,
+        trace_id: str,
+        edits: Edits = NO_EDITS,
     ) -> dict[str, Any]:
         """Fork a new run from run `run_id` as the fold had it after its event
-        `from_event` (None: from its submission); returns the accepted fork."""
+        `from_event` (None: from its submission), with `edits` (see
+        `aob.platform.replay`: an edited definition is validated as any submitted one,
+        and completed nodes the edits affect run again); returns the accepted fork."""
         replayed = await self.run(run_id)  # 404 for an unknown run
         await self.engine.projected.wait_caught_up(timeout=2.0)  # the history up to now
-        forked = fork(run_id, await run_events(self.read, run_id), from_event)
+        history = await run_events(self.read, run_id)
+        forked = fork(run_id, history, from_event, edits, check=self.validate)
         new_id = new_run_id()
         submitted = RunSubmitted(
             new_id,
@@ -462,6 +471,7 @@ class Commands:
             "replay_of": run_id,
             "from_event": from_event,
             "seeded_nodes": sorted(forked.outputs),
+            "rerun_nodes": list(forked.rerun),
             "trace_id": trace_id,
         }
 

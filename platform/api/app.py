@@ -20,6 +20,7 @@ import aob
 from aob.events.log.bounded import EventTooLarge
 from aob.platform.api import (
     approvals,
+    diff,
     patches,
     replay,
     runs,
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
         redoc_url=None,
     )
     if role in ("dev", "api"):
-        for module in (runs, workflows, replay, approvals, patches, tools):
+        for module in (runs, workflows, replay, diff, approvals, patches, tools):
             app.include_router(module.router)
         install_console(app)  # the web console at /, /docs and /redoc, /api/v1/me
     if role in API_ROLES:

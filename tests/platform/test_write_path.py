@@ -102,13 +102,13 @@ def test_a_fork_is_the_folds_state_at_the_event() -> None:
     [started] = [c.output for c in simulation.payloads(NodeCompleted) if c.node_id == "start"]
     assert at_patch.outputs["start"] == started
     checkpoint = at_patch.checkpoint("r")
-    assert checkpoint is not None
     assert (at_patch.inputs, checkpoint["from_event"]) == ({"a": 1}, patched_at)
     at_end = fork("run-1", history, len(history) - 1)
     assert simulation.payloads(NodeFailed)
     assert "extra" not in at_end.outputs  # failed: runs again
     assert set(at_end.outputs) == {"start"}  # the run failed before done ran
-    assert fork("run-1", history, None).checkpoint("run-1") is None
+    from_start = fork("run-1", history, None).checkpoint("run-1")
+    assert from_start == {"run_id": "run-1", "from_event": None, "outputs": {}}
     with pytest.raises(Problem, match=f"has events 0 to {len(history) - 1}, not 999"):
         fork("run-1", history, 999)
 
