@@ -6,20 +6,33 @@ operator's other endpoints (`guarded`) share a second pool whose every connectio
 HTTP worker's SSRF guard checked and pinned (`aob.workers.http.outbound`). The SDK
 retries 429s, 408/409 and 5xx (and connection errors) itself, with exponential
 backoff and jitter, honouring `retry-after(-ms)`; `max_retries` bounds it.
+
+Every completion is streamed (`stream=True`, usage asked for in the last chunk) and
+assembled into the `ChatCompletion` the runner always had (content, tool calls,
+usage), so what reaches the durable log does not depend on streaming. As chunks
+arrive, their text and tool-call fragments go to the attempt's `LiveOutput`, which
+coalesces them into bounded deltas for the short-retention stream
+(`aob.events.log.deltas`): see docs/streaming.md.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2
 import openai
-from openai.types.chat import ChatCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from aob.events.log.deltas import Delta, DeltaSink
 from aob.workers.http.guard import GuardPolicy
 from aob.workers.http.outbound import guarded_addresses, guarded_httpx2_client
 from aob.workers.http.resolver import Resolver, SystemResolver
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,20 +150,33 @@ class LlmClients:
         tools: list[dict[str, Any]],
         *,
         max_completion_tokens: int | None = None,
+        live: LiveOutput | None = None,
     ) -> ChatCompletion:
-        """One chat completion with function calling (retried by the SDK)."""
+        """One chat completion with function calling (retried by the SDK), streamed:
+        fragments go to `live` as they arrive; the assembled completion is returned."""
         extra: dict[str, Any] = {}
         if max_completion_tokens is not None:
             extra["max_completion_tokens"] = max_completion_tokens
         if tools:
             extra["tools"] = tools
         await self.check(endpoint)
-        completion: ChatCompletion = await self.client(endpoint).chat.completions.create(
+        # Plain dicts, as the API takes them (not the SDK's TypedDicts).
+        stream = await self.client(endpoint).chat.completions.create(  # type: ignore[call-overload]
             model=endpoint.model,
-            messages=messages,  # type: ignore[arg-type]  # plain dicts, as the API takes them
+            messages=messages,
+            stream=True,
+            stream_options={"include_usage": True},
             **extra,
         )
-        return completion
+        assembly = _Assembly()
+        async with stream:
+            async for chunk in _broken_as_connection_errors(stream, stream.response.request):
+                assembly.add(chunk)
+                if live is not None:
+                    await live.chunk(chunk)
+        if live is not None:
+            await live.call_ended(assembly.usage)
+        return assembly.completion(endpoint.model)
 
     async def aclose(self) -> None:
         for http in (self._http, self._guarded):
@@ -158,3 +184,268 @@ class LlmClients:
                 await http.aclose()
         self._http = self._guarded = None
         self._clients.clear()
+
+
+async def _broken_as_connection_errors(
+    chunks: AsyncIterator[ChatCompletionChunk], request: httpx2.Request
+) -> AsyncIterator[ChatCompletionChunk]:
+    """The chunks; a stream that breaks after its response began (the connection
+    dropped, or the provider sent an `error` event) raises `APIConnectionError`, as a
+    request that never got through would: the runner retries it per the node's
+    policy instead of taking it for a bug."""
+    try:
+        async for chunk in chunks:
+            yield chunk
+    except (httpx2.TransportError, openai.APIError) as error:
+        if isinstance(error, openai.APIStatusError | openai.APIConnectionError):
+            raise
+        raise openai.APIConnectionError(
+            message=f"the response stream broke: {error}", request=request
+        ) from error
+
+
+@dataclass
+class _ToolCall:
+    id: str = ""
+    type: str = "function"
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Assembly:
+    """A streamed completion put back together: what the non-streamed response held."""
+
+    id: str = ""
+    created: int = 0
+    model: str | None = None
+    content: list[str] = field(default_factory=list)
+    refusal: list[str] = field(default_factory=list)
+    has_content: bool = False
+    calls: dict[int, _ToolCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    chunks: int = 0
+
+    def add(self, chunk: ChatCompletionChunk) -> None:
+        self.chunks += 1
+        self.id = self.id or chunk.id
+        self.created = self.created or chunk.created
+        self.model = self.model or chunk.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage.model_dump(exclude_none=True)
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue  # one choice asked for (n=1)
+            delta = choice.delta
+            if delta.content is not None:
+                self.has_content = True
+                self.content.append(delta.content)
+            if delta.refusal:
+                self.refusal.append(delta.refusal)
+            for piece in delta.tool_calls or ():
+                call = self.calls.setdefault(piece.index, _ToolCall())
+                call.id = piece.id or call.id
+                call.type = piece.type or call.type
+                if piece.function is not None:
+                    call.name += piece.function.name or ""
+                    call.arguments.append(piece.function.arguments or "")
+            if choice.finish_reason is not None:
+                self.finish_reason = choice.finish_reason
+
+    def completion(self, model: str) -> ChatCompletion:
+        if not self.chunks:
+            raise openai.APIError("the LLM's response stream was empty", _EMPTY_REQUEST, body=None)
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": "".join(self.content) if self.has_content else None,
+        }
+        if self.refusal:
+            message["refusal"] = "".join(self.refusal)
+        if self.calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": call.type,
+                    "function": {"name": call.name, "arguments": "".join(call.arguments)},
+                }
+                for _, call in sorted(self.calls.items())
+            ]
+        return ChatCompletion.model_validate(
+            {
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model or model,
+                "choices": [
+                    {"index": 0, "message": message, "finish_reason": self.finish_reason or "stop"}
+                ],
+                "usage": self.usage,
+            }
+        )
+
+
+_EMPTY_REQUEST = httpx2.Request("POST", "http://llm.invalid/v1/chat/completions")
+
+
+@dataclass(frozen=True, slots=True)
+class LiveBounds:
+    """How an attempt's deltas are cut (settings `AOB_DELTA_*`)."""
+
+    delta_bytes: int = 4096  # largest text in one delta
+    flush_ms: int = 50  # fragments arriving within this go out as one delta
+    attempt_bytes: int = 4 * 1024 * 1024  # streamed per attempt, then `truncated`
+
+
+@dataclass
+class LivePublisher:
+    """Makes each agent attempt's `LiveOutput` over one sink."""
+
+    sink: DeltaSink
+    bounds: LiveBounds = field(default_factory=LiveBounds)
+
+    def attempt(self, run_id: str, node_id: str, iteration: int, attempt: int) -> LiveOutput:
+        return LiveOutput(self.sink, (run_id, node_id, iteration, attempt), self.bounds)
+
+
+class LiveOutput:
+    """One agent attempt's live output: coalesces fragments into bounded deltas.
+
+    Text fragments that arrive within `flush_ms` become one delta (a flood of
+    one-character chunks costs a few deltas a second, not one each), none longer than
+    `delta_bytes`; after `attempt_bytes` the attempt publishes one `truncated` delta
+    and nothing more. Publishing is best effort: a failure is logged and never fails
+    the node (the durable log has the outcome).
+    """
+
+    def __init__(self, sink: DeltaSink, key: tuple[str, str, int, int], bounds: LiveBounds) -> None:
+        self.sink = sink
+        self.key = key
+        self.bounds = bounds
+        self.published_bytes = 0
+        self.truncated = False
+        self._pending: list[tuple[str, dict[str, Any]]] = []
+        self._pending_bytes = 0
+        self._last_flush = 0.0
+
+    async def chunk(self, chunk: ChatCompletionChunk) -> None:
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            if choice.delta.content:
+                self._text(choice.delta.content)
+            for piece in choice.delta.tool_calls or ():
+                function = piece.function
+                self._tool_call(
+                    piece.index,
+                    piece.id,
+                    function.name if function else None,
+                    (function.arguments or "") if function else "",
+                )
+        await self._flush_if_due()
+
+    async def call_ended(self, usage: dict[str, Any] | None) -> None:
+        """An LLM call ended: its usage goes out, with whatever is pending."""
+        self._add("usage", {"usage": usage or {}})
+        await self.flush()
+
+    async def tool_result(self, name: str, result: str, elapsed_s: float) -> None:
+        limit = self.bounds.delta_bytes
+        self._add(
+            "tool_result",
+            {
+                "name": name[:200],
+                "result": _cut_utf8(result, limit),
+                "elapsed_ms": round(elapsed_s * 1000, 3),
+            },
+        )
+        await self.flush()
+
+    def _text(self, text: str) -> None:
+        if self._pending and self._pending[-1][0] == "text":
+            self._pending[-1][1]["text"] += text
+        else:
+            self._pending.append(("text", {"text": text}))
+        self._pending_bytes += len(text.encode("utf-8"))
+
+    def _tool_call(self, index: int, call_id: str | None, name: str | None, arguments: str) -> None:
+        last = self._pending[-1] if self._pending else None
+        if last is not None and last[0] == "tool_call" and last[1]["index"] == index:
+            last[1]["arguments"] += arguments
+            last[1]["id"] = last[1]["id"] or call_id
+            last[1]["name"] = last[1]["name"] or name
+        else:
+            self._pending.append(
+                ("tool_call", {"index": index, "id": call_id, "name": name, "arguments": arguments})
+            )
+        self._pending_bytes += len(arguments.encode("utf-8"))
+
+    def _add(self, kind: str, data: dict[str, Any]) -> None:
+        self._pending.append((kind, data))
+
+    async def _flush_if_due(self) -> None:
+        now = asyncio.get_running_loop().time()
+        due = now - self._last_flush >= self.bounds.flush_ms / 1000
+        if due or self._pending_bytes >= self.bounds.delta_bytes:
+            await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        self._last_flush = asyncio.get_running_loop().time()
+        deltas = [d for kind, data in pending for d in self._cut(kind, data)]
+        if not deltas:
+            return
+        try:
+            await self.sink.publish(deltas)
+        except Exception:  # the live view is a convenience: never fail the node for it
+            log.warning(
+                "cannot publish live output of node %s of run %s",
+                self.key[1],
+                self.key[0],
+                exc_info=True,
+            )
+
+    def _cut(self, kind: str, data: dict[str, Any]) -> list[Delta]:
+        """`data` as deltas within the bounds: long text in pieces, nothing past the
+        attempt's limit (one `truncated` instead)."""
+        if self.truncated:
+            return []
+        field_name = {"text": "text", "tool_call": "arguments"}.get(kind)
+        pieces = [data]
+        if field_name is not None:
+            pieces = [
+                {**data, field_name: part}
+                for part in _pieces(data[field_name], self.bounds.delta_bytes)
+            ]
+        deltas = []
+        for piece in pieces:
+            size = len(str(piece).encode("utf-8"))
+            if self.published_bytes + size > self.bounds.attempt_bytes:
+                self.truncated = True
+                deltas.append(self._delta("truncated", {"after_bytes": self.published_bytes}))
+                break
+            self.published_bytes += size
+            deltas.append(self._delta(kind, piece))
+        return deltas
+
+    def _delta(self, kind: str, data: dict[str, Any]) -> Delta:
+        run_id, node_id, iteration, attempt = self.key
+        return Delta(run_id, node_id, iteration, attempt, kind, data)
+
+
+def _pieces(text: str, limit: int) -> list[str]:
+    """`text` in pieces of at most `limit` UTF-8 bytes (at least one, maybe empty)."""
+    if len(text.encode("utf-8")) <= limit:
+        return [text]
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + limit)  # characters: at least as many bytes
+        while len(text[start:end].encode("utf-8")) > limit:
+            end = start + max(1, (end - start) // 2)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _cut_utf8(text: str, limit: int) -> str:
+    return text if len(text.encode("utf-8")) <= limit else _pieces(text, limit)[0] + "…"

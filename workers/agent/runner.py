@@ -35,7 +35,7 @@ from aob.events.ids import new_event_id
 from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
 from aob.workers.agent.config import DEFAULT_TENANT, AgentConfig, ConfigError, agent_config
-from aob.workers.agent.llm import LlmClients, Usage
+from aob.workers.agent.llm import LiveOutput, LivePublisher, LlmClients, Usage
 from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
 from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
 from aob.workers.host import NodeError, NodeType
@@ -61,6 +61,7 @@ class _Conversation:
     rounds: int = 0
     tool_calls: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)  # recorded, see above
+    live: LiveOutput | None = None  # the attempt's live output (deltas), if published
 
     def record_call(self, name: str, arguments: str, result: str, elapsed_s: float) -> None:
         self.tool_calls += 1
@@ -87,8 +88,11 @@ class AgentRunner:
         clients: LlmClients | None = None,
         blobs: BlobStore | None = None,
         concurrency: int = 16,
+        live: LivePublisher | None = None,
     ) -> None:
         self.services = services
+        # Where tokens and tool steps stream while a node runs (docs/streaming.md).
+        self.live = live
         self.clients = clients or LlmClients()
         self.blobs = blobs
         self.concurrency = concurrency
@@ -111,6 +115,10 @@ class AgentRunner:
         loop = asyncio.get_running_loop()
         tools = ToolBox(self.services, task, config, loop.time() + config.max_wall_ms / 1000)
         conversation = _Conversation(_opening(config))
+        if self.live is not None:
+            conversation.live = self.live.attempt(
+                task.run_id, task.node_id, task.iteration, task.attempt
+            )
         outcome = "failed"
         try:
             async with asyncio.timeout(config.max_wall_ms / 1000):
@@ -198,7 +206,10 @@ class AgentRunner:
                 else:
                     name, arguments = str(function.name), str(function.arguments or "")
                     result = await tools.call(function.name, function.arguments)
-                conversation.record_call(name, arguments, result, time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                conversation.record_call(name, arguments, result, elapsed)
+                if conversation.live is not None:
+                    await conversation.live.tool_result(name, result, elapsed)
                 conversation.messages.append(
                     {"role": "tool", "tool_call_id": call.id, "content": result}
                 )
@@ -209,7 +220,11 @@ class AgentRunner:
         started = time.perf_counter()
         try:
             completion = await self.clients.complete(
-                config.endpoint, conversation.messages, TOOLS, max_completion_tokens=None
+                config.endpoint,
+                conversation.messages,
+                TOOLS,
+                max_completion_tokens=None,
+                live=conversation.live,
             )
         finally:
             self.llm_seconds += time.perf_counter() - started
