@@ -314,6 +314,14 @@ class AgentUsageRecorded:
     # The attempt's tool calls in order: [{name, arguments, result, elapsed_ms}], the
     # texts cut short and the list capped (tool_calls counts them all); see the runner.
     calls: Json = field(default_factory=list)
+    # The run's tenant (None: recorded before usage carried it; the run's tenant applies).
+    tenant: str | None = None
+    # The cost at the prices in force when recorded, in billionths of a USD (integers
+    # sum exactly); None when the model has no price. Recorded, never recomputed, so
+    # history stays right when prices change: `price` is what it was computed with,
+    # {input, output, cached_input} in USD per million tokens (None: no price).
+    cost_nano_usd: int | None = None
+    price: Json = None
 
 
 # --- aob.tools: tools agents can use, keyed by tool name ------------------------

@@ -69,6 +69,20 @@ class AsyncReadModels(Protocol):
 
     async def due_timers(self, now_ms: int, limit: int = 100) -> list[dict[str, Any]]: ...
 
+    async def run_usage(self, run_id: str) -> list[dict[str, Any]]: ...
+
+    async def spend(
+        self,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        since: int | None = None,
+        excluding: Sequence[str] = (),
+    ) -> dict[str, Any]: ...
+
+    async def usage_recorded(self, event_ids: Sequence[str]) -> set[str]: ...
+
+    async def run_budget(self, run_id: str) -> dict[str, Any] | None: ...
+
     async def dump(self) -> dict[str, list[tuple[Any, ...]]]: ...
 
     async def close(self) -> None: ...
@@ -146,6 +160,24 @@ class ThreadedReadModels:
 
     async def due_timers(self, now_ms: int, limit: int = 100) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.due_timers, now_ms, limit)
+
+    async def run_usage(self, run_id: str) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.run_usage, run_id)
+
+    async def spend(
+        self,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        since: int | None = None,
+        excluding: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        return await asyncio.to_thread(self.store.spend, run_id, tenant, since, excluding)
+
+    async def usage_recorded(self, event_ids: Sequence[str]) -> set[str]:
+        return await asyncio.to_thread(self.store.usage_recorded, event_ids)
+
+    async def run_budget(self, run_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.store.run_budget, run_id)
 
     async def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         return await asyncio.to_thread(self.store.dump)

@@ -206,6 +206,30 @@ class PostgresReadModels:
         """Unfired timers with `fire_at <= now_ms`, earliest first."""
         return await self._all(q.DUE_TIMERS, {"now": now_ms, "limit": limit})
 
+    # LLM usage and budgets (aob.projections.usage): see queries for each contract.
+
+    async def run_usage(self, run_id: str) -> list[dict[str, Any]]:
+        return await self._all(q.USAGE_OF_RUN, {"run_id": run_id})
+
+    async def spend(
+        self,
+        run_id: str | None = None,
+        tenant: str | None = None,
+        since: int | None = None,
+        excluding: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        row = await self._one(*q.spend(run_id, tenant, since, excluding))
+        assert row is not None  # an aggregate always has its row
+        return row
+
+    async def usage_recorded(self, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        return {row["event_id"] for row in await self._all(*q.usage_recorded(event_ids))}
+
+    async def run_budget(self, run_id: str) -> dict[str, Any] | None:
+        return await self._one(q.RUN_BUDGET, {"run_id": run_id})
+
     async def dump(self) -> dict[str, list[tuple[Any, ...]]]:
         """Every table's rows in primary-key order: two stores fed the same events
         must dump equal, however the events were batched."""

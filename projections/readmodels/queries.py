@@ -24,6 +24,7 @@ JSON_COLUMNS = frozenset(
         "payload",
         "approvers",
         "data",
+        "budget",
     }
 )
 BOOL_COLUMNS = frozenset({"warning", "fired"})
@@ -39,6 +40,8 @@ TABLE_KEYS: dict[str, str] = {
     "approvals": "approval_id",
     "timers": "timer_id",
     "projector_offsets": 'topic, "partition"',
+    "llm_usage": "event_id",
+    "run_budgets": "run_id",
 }
 
 # Lists leave out `definition`: it can be large, and get_* has it.
@@ -223,3 +226,53 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
 
 def _where_clause(conditions: Sequence[str]) -> str:
     return "WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+# --- LLM usage and budgets -------------------------------------------------------------
+
+USAGE_OF_RUN = """
+SELECT event_id, node_id, iteration, attempt, tenant, model, llm_calls, prompt_tokens,
+       completion_tokens, total_tokens, cached_tokens, cost_nano_usd, recorded_at
+FROM llm_usage WHERE run_id = :run_id ORDER BY recorded_at, event_id
+"""
+
+# A run that exists, with the budget it was submitted with (NULL: none).
+RUN_BUDGET = """
+SELECT r.run_id, r.tenant, b.budget FROM runs r
+LEFT JOIN run_budgets b ON b.run_id = r.run_id WHERE r.run_id = :run_id
+"""
+
+# Sums as BIGINT: Postgres would hand SUM(bigint) back as numeric.
+_SPEND = """
+SELECT CAST(COALESCE(SUM(total_tokens), 0) AS BIGINT) AS tokens,
+       CAST(COALESCE(SUM(cost_nano_usd), 0) AS BIGINT) AS cost_nano,
+       CAST(COALESCE(SUM(CASE WHEN cost_nano_usd IS NULL THEN total_tokens ELSE 0 END), 0)
+            AS BIGINT) AS unpriced_tokens
+FROM llm_usage
+"""
+
+
+def spend(
+    run_id: str | None = None,
+    tenant: str | None = None,
+    since: int | None = None,
+    excluding: Sequence[str] = (),
+) -> tuple[str, dict[str, Any]]:
+    """Tokens and cost recorded for a run and/or a tenant (since `since`, epoch ms),
+    leaving out the usage events `excluding` names (a worker counts those itself)."""
+    conditions, params = where({"run_id": run_id, "tenant": tenant})
+    if since is not None:
+        conditions.append("recorded_at >= :since")
+        params["since"] = since
+    if excluding:
+        names = [f"x{n}" for n in range(len(excluding))]
+        conditions.append(f"event_id NOT IN ({', '.join(':' + n for n in names)})")
+        params.update(zip(names, excluding, strict=True))
+    return _SPEND + _where_clause(conditions), params
+
+
+def usage_recorded(event_ids: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """Which of these usage events the read model has."""
+    names = [f"x{n}" for n in range(len(event_ids))]
+    sql = f"SELECT event_id FROM llm_usage WHERE event_id IN ({', '.join(':' + n for n in names)})"
+    return sql, dict(zip(names, event_ids, strict=True))

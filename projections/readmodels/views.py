@@ -24,6 +24,7 @@ import jsonpointer
 
 from aob.events.log.port import TopicPartition
 from aob.events.types import (
+    AgentUsageRecorded,
     ApprovalDecided,
     ApprovalRequested,
     Event,
@@ -351,6 +352,7 @@ def _run_submitted(p: RunSubmitted, e: Event) -> Plan:
     )
     for node in _carried_nodes(p):
         yield Exec(INSERT_CARRIED_NODE, {**node, "run_id": p.run_id, "at": e.occurred_at})
+    yield from _run_budget(p)
 
 
 def _carried_nodes(p: RunSubmitted) -> list[dict[str, Any]]:
@@ -701,6 +703,61 @@ def _approval_decided(p: ApprovalDecided, e: Event) -> Plan:
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
 
+# --- LLM usage and run budgets ------------------------------------------------------------
+
+INSERT_RUN_BUDGET = """
+INSERT INTO run_budgets (run_id, budget) VALUES (:run_id, :budget)
+ON CONFLICT (run_id) DO NOTHING
+"""
+
+SELECT_RUN_TENANT = "SELECT tenant FROM runs WHERE run_id = :run_id"
+
+INSERT_USAGE = """
+INSERT INTO llm_usage (event_id, run_id, node_id, iteration, attempt, tenant, model,
+                       llm_calls, prompt_tokens, completion_tokens, total_tokens,
+                       cached_tokens, cost_nano_usd, recorded_at)
+VALUES (:event_id, :run_id, :node_id, :iteration, :attempt, :tenant, :model, :llm_calls,
+        :prompt_tokens, :completion_tokens, :total_tokens, :cached_tokens, :cost_nano_usd,
+        :recorded_at)
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+def _run_budget(p: RunSubmitted) -> Plan:
+    """The submitted definition's `budget`, apart from the definition patches change."""
+    budget = p.definition.get("budget") if isinstance(p.definition, dict) else None
+    if isinstance(budget, dict):
+        yield Exec(INSERT_RUN_BUDGET, {"run_id": p.run_id, "budget": dumps(budget)})
+
+
+def _agent_usage_recorded(p: AgentUsageRecorded, e: Event) -> Plan:
+    """One attempt's usage, at the cost the event recorded (never repriced here, so a
+    rebuild adds up to the same figures whatever the prices are today)."""
+    tenant = p.tenant
+    if tenant is None:  # recorded before usage named its tenant: the run's
+        run = yield Fetch(SELECT_RUN_TENANT, {"run_id": p.run_id})
+        tenant = (run or {}).get("tenant") or DEFAULT_TENANT
+    yield Exec(
+        INSERT_USAGE,
+        {
+            "event_id": e.event_id,
+            "run_id": p.run_id,
+            "node_id": p.node_id,
+            "iteration": p.iteration,
+            "attempt": p.attempt,
+            "tenant": tenant,
+            "model": p.model,
+            "llm_calls": p.llm_calls,
+            "prompt_tokens": p.prompt_tokens,
+            "completion_tokens": p.completion_tokens,
+            "total_tokens": p.total_tokens,
+            "cached_tokens": p.cached_tokens,
+            "cost_nano_usd": p.cost_nano_usd,
+            "recorded_at": e.occurred_at,
+        },
+    )
+
+
 # Every payload type that changes a table besides the timeline; RunCancelRequested
 # only lands in the timeline (and bumps the run's `updated_at`).
 _HANDLERS: dict[type[Any], Callable[[Any, Event], Plan]] = {
@@ -724,4 +781,5 @@ _HANDLERS: dict[type[Any], Callable[[Any, Event], Plan]] = {
     RunCompleted: _run_completed,
     RunFailed: _run_failed,
     RunCancelled: _run_cancelled,
+    AgentUsageRecorded: _agent_usage_recorded,
 }

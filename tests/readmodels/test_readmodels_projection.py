@@ -213,6 +213,7 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         (4, "0004_run_tenants.sql"),
         (5, "0005_workflow_tenants.sql"),
         (6, "0006_node_states.sql"),
+        (7, "0007_llm_usage.sql"),
     ]
     assert rows == shipped
     assert journal == "wal"

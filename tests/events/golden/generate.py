@@ -195,6 +195,8 @@ def samples() -> dict[str, Event]:
                     {"name": "patch_workflow", "arguments": "{}", "result": "{}",
                      "elapsed_ms": 12},
                 ],
+                tenant="acme", cost_nano_usd=228_000,
+                price={"input": 0.15, "output": 0.6, "cached_input": 0.075},
             ),
         ),
         "AgentUsageRecorded.defaults": _event(
