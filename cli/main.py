@@ -304,6 +304,50 @@ def _run_commands(run: _Tree) -> None:
     cancel = run.command("cancel", "runs:cancel", "cancel a run")
     cancel.add_argument("run_id", metavar="RUN")
     cancel.add_argument("--reason", default="", help="why, recorded on the run")
+    _fork_commands(run)
+
+
+def _fork_commands(run: _Tree) -> None:
+    fork = run.command(
+        "fork",
+        "forks:fork",
+        "a new run from a point of a run's history, optionally with edited inputs or a "
+        "patched definition (completed nodes the edits affect run again, the others keep "
+        "their outputs)",
+    )
+    fork.add_argument("run_id", metavar="RUN")
+    fork.add_argument(
+        "--from-event", type=int, metavar="N", help="the event id to fork after (default: start)"
+    )
+    fork.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change one input (VALUE as JSON when it is JSON; repeatable)",
+    )
+    fork.add_argument("--inputs-file", metavar="FILE", help="replace the inputs with this file's")
+    fork.add_argument(
+        "--inputs-patch",
+        metavar="FILE",
+        help="edit the inputs: a JSON Patch (an array) or a JSON merge patch (an object)",
+    )
+    fork.add_argument(
+        "--definition-patch",
+        metavar="FILE",
+        help="a JSON Patch (JSON or YAML) over the workflow as it stood at the fork point",
+    )
+    fork.add_argument("--reason", default="", help="why, recorded on the fork")
+    fork.add_argument("-f", "--follow", action="store_true", help="follow the new run")
+    compare = run.command(
+        "diff",
+        "forks:diff",
+        "two runs side by side: definition diff, node statuses and output diffs",
+        epilog="exit 0 whether or not the runs differ (with --output json, `identical` says); "
+        "3 when the server refuses, e.g. a run of another tenant (404)",
+    )
+    compare.add_argument("run_a", metavar="A")
+    compare.add_argument("run_b", metavar="B")
 
 
 def _logs_commands(logs: _Tree) -> None:
