@@ -29,11 +29,11 @@ from aob.platform.problems import Problem, not_found
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
 
-def get_principal(request: Request) -> Principal:
+async def get_principal(request: Request) -> Principal:
     return principal_of(request)
 
 
-def get_authenticator(request: Request) -> Authenticator:
+async def get_authenticator(request: Request) -> Authenticator:
     security = getattr(request.app.state, "security", None)
     authenticator = getattr(security, "authenticator", None)
     if authenticator is None:

@@ -15,11 +15,11 @@ from aob.platform.auth.principal import Permission
 router = APIRouter(prefix="/api/v1/approvals", tags=["approvals"])
 
 
-def get_approvals(engine: EngineDep) -> Approvals:
+async def get_approvals(engine: EngineDep) -> Approvals:
     return Approvals(engine)
 
 
-def get_roles(principal: PrincipalDep) -> list[str]:
+async def get_roles(principal: PrincipalDep) -> list[str]:
     """The authenticated caller's roles (approvals may name them: "role:finance")."""
     return sorted(principal.roles)
 
