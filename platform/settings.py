@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     auth_jwt_roles_claim: str = "roles"  # a dotted path reaches nested claims
     auth_jwt_tenant_claim: str = "tenant"
     auth_jwt_default_tenant: str | None = None  # for tokens without a tenant claim
+    # How long an API process reuses a token's stored record instead of reading it per
+    # request; a revocation made in another process (or by `python -m aob.platform.auth
+    # revoke`) counts after at most this long, one made through this process at once.
+    # 0: read the store on every request.
+    auth_token_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # Run submissions per minute and tenant, by tier (tiers by agent count: none is
     # simple, up to rate_limit_standard_max_agents standard, more heavy), with
     # per-tenant overrides ({"acme": {"heavy": 30}}); a burst spends up to a minute's.
