@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from aob.platform.auth.jwt import JwtVerifier, Unauthenticated
@@ -21,18 +22,35 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+# Token records held at most, least recently used dropped first.
+CACHED_TOKENS_MAX = 10_000
+
+
 class Authenticator:
-    """API tokens from `tokens`; JWTs from an identity provider when `jwt` is set."""
+    """API tokens from `tokens`; JWTs from an identity provider when `jwt` is set.
+
+    With `cache_seconds` > 0, a token's stored record is reused for that long instead
+    of read from the store on every request (a store read was half of a submit's HTTP
+    cost). The secret, expiry and revocation are still checked against the record on
+    every request; a revocation made through this authenticator counts at once, one
+    made elsewhere (another API process, the admin command) within `cache_seconds`.
+    """
 
     def __init__(
         self,
         tokens: TokenStore,
         jwt: JwtVerifier | None = None,
         clock_ms: Callable[[], int] = _now_ms,
+        *,
+        cache_seconds: float = 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tokens = tokens
         self.jwt = jwt
         self.clock_ms = clock_ms
+        self.cache_seconds = cache_seconds
+        self._monotonic = monotonic
+        self._records: OrderedDict[str, tuple[float, TokenRecord]] = OrderedDict()
 
     async def authenticate(self, credential: str) -> Principal:
         """The principal `credential` proves; raises Unauthenticated."""
@@ -48,7 +66,7 @@ class Authenticator:
         if parsed is None:
             raise Unauthenticated("malformed API token")
         token_id, secret = parsed
-        record = await self.tokens.get(token_id)
+        record = await self._record(token_id)
         # One message for unknown and wrong: nothing tells a prober which ids exist.
         if record is None or not secret_matches(secret, record.secret_hash):
             raise Unauthenticated("unknown API token")
@@ -57,6 +75,26 @@ class Authenticator:
         if not record.valid_at(self.clock_ms()):
             raise Unauthenticated(f"API token {token_id} expired")
         return record.principal()
+
+    async def _record(self, token_id: str) -> TokenRecord | None:
+        """The token's stored record, from the cache while it is fresh. Unknown ids are
+        never cached: a token issued by another process works at once."""
+        if self.cache_seconds <= 0:
+            return await self.tokens.get(token_id)
+        now = self._monotonic()
+        cached = self._records.get(token_id)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            self._records.move_to_end(token_id)
+            return cached[1]
+        record = await self.tokens.get(token_id)
+        if record is None:
+            self._records.pop(token_id, None)
+            return None
+        self._records[token_id] = (now, record)
+        self._records.move_to_end(token_id)
+        if len(self._records) > CACHED_TOKENS_MAX:
+            self._records.popitem(last=False)
+        return record
 
     async def issue(
         self,
@@ -90,7 +128,10 @@ class Authenticator:
         return token, record
 
     async def revoke(self, token_id: str, tenant: str | None = None) -> TokenRecord | None:
-        return await self.tokens.revoke(token_id, self.clock_ms(), tenant)
+        revoked = await self.tokens.revoke(token_id, self.clock_ms(), tenant)
+        if revoked is not None:
+            self._records.pop(token_id, None)  # refused from the next request on
+        return revoked
 
     async def listing(self, tenant: str | None = None) -> list[TokenRecord]:
         return await self.tokens.listing(tenant)

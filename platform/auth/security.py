@@ -129,7 +129,8 @@ class Security:
         if self.enabled:
             tokens = await open_token_store(self.settings)
             verifier = JwtVerifier(self.jwt) if self.jwt is not None else None
-            self.authenticator = Authenticator(tokens, verifier)
+            cache_seconds = float(_setting(self.settings, "auth_token_cache_seconds", 0.0))
+            self.authenticator = Authenticator(tokens, verifier, cache_seconds=cache_seconds)
         if self.limiting:
             self.limiter = RateLimiter(await open_limiter_store(self.settings), self.tiers)
 
