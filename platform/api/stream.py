@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
 from fastapi.responses import Response
@@ -24,6 +24,7 @@ from aob.platform.api.deps import CommandsDep
 from aob.platform.auth.http import require
 from aob.platform.auth.principal import Permission
 from aob.platform.commands import Commands
+from aob.platform.deltas import open_live_stream, sse_body
 from aob.platform.fanout import (
     FanoutHub,
     RunEvent,
@@ -65,6 +66,12 @@ LastEventId = Annotated[
 Nodes = Annotated[list[str] | None, Query(description="only events of these nodes (repeatable)")]
 Only = Annotated[Literal["errors"] | None, Query(description="'errors': failures only")]
 HeartbeatSeconds = Annotated[float, Query(ge=0.05, le=300, description="heartbeat interval, s")]
+# Live LLM output (docs/streaming.md): agents' token deltas too, ids become cursors.
+Deltas = Annotated[bool, Query(description="also running agents' output (llm_delta events)")]
+CursorParam = Annotated[
+    str | None,
+    Query(max_length=100, description="deltas=true: resume after this cursor (header wins)"),
+]
 
 
 def get_hub(request: Request) -> FanoutHub:
@@ -113,7 +120,21 @@ async def stream_run(
     filter: Only = None,
     heartbeat: HeartbeatSeconds = 15.0,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    deltas: Deltas = False,
+    cursor: CursorParam = None,
 ) -> EventSourceResponse:
+    if deltas:  # the run's events and its agents' live output: aob.platform.deltas
+        await commands.run(run_id)
+        live = await open_live_stream(
+            request.app.state,
+            run_id,
+            from_start=start == "start",
+            cursor=last_event_id_header or cursor,
+            last_event_id=last_event_id,
+            filter=_filter(node, filter),
+            heartbeat=heartbeat,
+        )
+        return EventSourceResponse(sse_body(live, RETRY_MS), ping=0, headers=CORS_HEADERS)
     after = _resume_point(start, last_event_id, last_event_id_header)
     await commands.run(run_id)  # 404 for an unknown run, before the stream starts
     items = get_hub(request).stream(
@@ -143,6 +164,8 @@ async def websocket_run(
     node: Nodes = None,
     filter: Only = None,
     heartbeat: HeartbeatSeconds = 15.0,
+    deltas: Deltas = False,
+    cursor: CursorParam = None,
 ) -> None:
     """JSON text messages, one per event (the SSE `data` plus `event`), then `end`.
 
@@ -153,13 +176,26 @@ async def websocket_run(
     commands: Commands = websocket.app.state.commands
     try:
         await commands.run(run_id)
+        live = None
+        if deltas:  # the run's events and its agents' live output: aob.platform.deltas
+            live = await open_live_stream(
+                websocket.app.state,
+                run_id,
+                from_start=start == "start",
+                cursor=cursor,
+                last_event_id=last_event_id,
+                filter=_filter(node, filter),
+                heartbeat=heartbeat,
+            )
     except Problem as problem:
         await websocket.send_json({"event": "error", **problem.body()})
         await websocket.close(code=4000 + problem.status)
         return
     hub: FanoutHub = websocket.app.state.fanout
     after = last_event_id if last_event_id is not None else (-1 if start == "start" else None)
-    items = hub.stream(run_id, after=after, filter=_filter(node, filter), heartbeat=heartbeat)
+    items: Any = live or hub.stream(
+        run_id, after=after, filter=_filter(node, filter), heartbeat=heartbeat
+    )
     pump = asyncio.create_task(_ws_pump(websocket, items))
     watch = asyncio.create_task(_until_disconnect(websocket))
     done, pending = await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)

@@ -27,7 +27,9 @@ from aob.events.ids import derived_event_id
 from aob.events.types import (
     TERMINAL_RUN_EVENTS,
     ApprovalDecided,
+    ApprovalEscalated,
     ApprovalRequested,
+    ApprovalVoted,
     Event,
     ExpressionEvaluated,
     ExpressionRequested,
@@ -48,9 +50,11 @@ from aob.events.types import (
     RunCompleted,
     RunFailed,
     RunSubmitted,
+    SignalReceived,
     TimerFired,
     TimerSet,
 )
+from aob.projections.coordinator import approvals
 from aob.projections.coordinator.state import (
     FINISHED,
     OUTSTANDING,
@@ -75,7 +79,7 @@ TIMEOUT_DECIDER: Final = "system:timeout"
 
 
 def approval_timer_id(run_id: str, approval_id: str) -> str:
-    return f"{run_id}:{approval_id}:{APPROVAL_TIMER}"
+    return approvals.approval_timer_id(run_id, approval_id)
 
 
 def fold(state: RunState | None, event: Event) -> tuple[RunState | None, list[Event]]:
@@ -231,7 +235,15 @@ class _Step:
             case ApprovalDecided():
                 state.pending_approvals.pop(payload.approval_id, None)
                 state.timers.pop(approval_timer_id(state.run_id, payload.approval_id), None)
+                if state.hitl:
+                    approvals.forget(state, payload.approval_id)
                 self._check_completion()
+            case ApprovalVoted():
+                approvals.on_vote(self, payload)
+            case ApprovalEscalated():
+                approvals.on_escalated(self, payload)
+            case SignalReceived():
+                approvals.on_signal(self, payload)
             case RunCancelRequested():
                 self.emit(RunCancelled(state.run_id, payload.reason))
             case RunCompleted():
@@ -368,14 +380,14 @@ class _Step:
                         node.attempt,
                     )
                 )
+            approvals.on_requested(self, event)
 
     def _approval_timed_out(self, timer_id: str, node_id: str) -> None:
         """An approval still pending at its deadline is decided as the node's
         `on_timeout` says, by "system:timeout"; one decided before stays decided."""
         run_id = self.state.run_id
-        pending = self.state.pending_approvals
-        approval_id = next((a for a in pending if approval_timer_id(run_id, a) == timer_id), None)
-        if approval_id is None:
+        approval_id = approvals.timed_out_approval(self.state, timer_id)
+        if approval_id is None or approvals.escalate(self, approval_id):
             return
         config = self.state.ir.nodes[node_id].config
         meaning = str(config.get("on_timeout") or ON_TIMEOUT_DEFAULT)

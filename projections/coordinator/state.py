@@ -106,6 +106,8 @@ class RunState:
     awaiting: dict[str, PendingExpression] = field(default_factory=dict)
     verdicts: dict[str, bool] = field(default_factory=dict)
     output_requests: int = 0  # output evaluations asked for so far (their ids count up)
+    # Quorum votes, escalation levels and signals (aob.projections.coordinator.approvals).
+    hitl: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_finished(self) -> bool:
@@ -166,6 +168,7 @@ def snapshot(state: RunState) -> bytes:
         },
         "verdicts": state.verdicts,
         "output_requests": state.output_requests,
+        "hitl": state.hitl,
     }
     return json.dumps(document, separators=(",", ":")).encode()
 
@@ -206,6 +209,7 @@ def restore(data: bytes) -> RunState:
         awaiting={r: PendingExpression(*f) for r, f in document.get("awaiting", {}).items()},
         verdicts=document.get("verdicts", {}),
         output_requests=document.get("output_requests", 0),
+        hitl=document.get("hitl", {}),
     )
 
 
@@ -275,6 +279,7 @@ def core_snapshot(
             "output_requests": state.output_requests,
             "seen": recent_seen,
             "verdicts": recent_verdicts,
+            "hitl": state.hitl,
         }
     )
 
@@ -362,4 +367,5 @@ def assemble(parts: StoredParts) -> RunState:
         awaiting={r: PendingExpression(*f) for r, f in core["awaiting"].items()},
         verdicts=verdicts,
         output_requests=core["output_requests"],
+        hitl=core.get("hitl", {}),  # absent from cores written before it
     )
