@@ -42,8 +42,8 @@ from aob.events.types import (
     WORKFLOWS_TOPIC,
     task_topic,
 )
-from aob.platform.deltas import LiveDeltas
 from aob.platform.budgets import budget_guard, model_prices
+from aob.platform.deltas import LiveDeltas
 from aob.platform.settings import SERVICES, Settings, service_problem
 from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
@@ -62,8 +62,8 @@ from aob.workers.agent import (
     ToolCatalog,
 )
 from aob.workers.agent.config import NamedEndpoint
-from aob.workers.builtin import BUILTIN_TYPES, WORKER_TYPES
 from aob.workers.agent.llm import LivePublisher
+from aob.workers.builtin import BUILTIN_TYPES, WORKER_TYPES
 from aob.workers.evaluator import ExpressionEvaluator
 from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
@@ -104,9 +104,9 @@ class Engine:
     agent: AgentRunner | None = None
     http: HttpWorker | None = None
     evaluator: ExpressionEvaluator | None = None
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Live agent output (token deltas): its store and publisher, see aob.platform.deltas.
     deltas: LiveDeltas | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
     # Set when a host task dies: the server then exits non-zero (aob.platform.serve).
     died: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -170,12 +170,12 @@ class Engine:
             engine.timers = TimerService(
                 event_log, read_models, owns=coordinator.owns, append=coordinator.append_owned
             )
-        if role in ("dev", "workers"):
         engine.deltas = LiveDeltas(
             settings,
             serves_streams=role in API_ROLES,
             runs_agents=role in ("dev", "workers") and "agent" in settings.workers,
         )
+        if role in ("dev", "workers"):
             engine._add_workers(settings.workers)
         return engine
 
@@ -191,8 +191,8 @@ class Engine:
             http_type = self.http.node_type()
             self.workers.append(WorkerHost(self.log, http_type, worker_id="http", outputs=outputs))
         if "agent" in kinds:
-            self.agent = _agent_runner(
             live = self.deltas.publisher if self.deltas is not None else None
+            self.agent = _agent_runner(
                 self.settings, self.log, self.read_models, self.tools, self.blobs, live
             )
             agent = WorkerHost(self.log, self.agent.node_type(), worker_id="agent", outputs=outputs)
@@ -207,9 +207,9 @@ class Engine:
 
     async def start(self) -> None:
         """Recover every host from its committed position, then run them."""
-        if self.projector is not None:
         if self.deltas is not None:
             await self.deltas.start()
+        if self.projector is not None:
             await self.projector.start()
         if self.decider is not None:
             await self.decider.start()
@@ -286,9 +286,9 @@ class Engine:
         for task in self._tasks:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await task  # a crash was logged when it happened
-        await self.projected.close()
         if self.deltas is not None:
             await self.deltas.stop()
+        await self.projected.close()
         await close_shared_sandbox()  # the jq sandbox's child processes
         if self.agent is not None:
             await self.agent.aclose()
@@ -367,8 +367,8 @@ def _agent_runner(
     read_models: AsyncReadModels,
     tools: ToolCatalog,
     blobs: BlobStore,
-) -> AgentRunner:
     live: LivePublisher | None = None,
+) -> AgentRunner:
     """Agent nodes: the LLM endpoint and limits from settings; outbound HTTP through the
     HTTP worker's guard, without its secrets (a model writes these requests); large
     answers in the engine's blob store (shared by every process of a cluster)."""
@@ -390,8 +390,8 @@ def _agent_runner(
         max_patch_attempts=settings.llm_max_patch_attempts,
         max_delegation_depth=settings.llm_max_delegation_depth,
         blob_threshold_bytes=settings.llm_blob_threshold_bytes,
-    )
         prices=model_prices(settings),
+    )
 
     async def definition(run_id: str) -> dict[str, Any] | None:
         run = await read_models.get_run(run_id)
@@ -419,8 +419,8 @@ def _agent_runner(
         ),
         blobs=blobs,
         concurrency=settings.llm_concurrency,
-    )
         live=live,
+    )
 
 
 async def create_topics(event_log: EventLog, settings: Settings) -> None:

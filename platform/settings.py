@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     llm_blob_threshold_bytes: int = Field(default=64 * 1024, ge=0)
     llm_concurrency: int = Field(default=16, ge=1)  # agent nodes in flight per worker
 
+    # Live output of agent nodes (docs/streaming.md): tokens and tool steps go to a
+    # short-retention delta stream beside the durable log, bounded whatever a model sends.
+    delta_bytes: int = Field(default=4096, ge=64)  # largest text or arguments in one delta
+    delta_flush_ms: int = Field(default=50, ge=0)  # fragments within this make one delta
+    delta_attempt_bytes: int = Field(default=4 * 1024 * 1024, ge=0)  # per node attempt
+    delta_ring: int = Field(default=1000, ge=1)  # deltas kept per run, to resume from
+    delta_run_bytes: int = Field(default=256 * 1024, ge=1024)  # bytes kept per run
+    delta_runs: int = Field(default=256, ge=1)  # runs kept per API process (LRU)
+    delta_queue: int = Field(default=2000, ge=1)  # deltas waiting for one subscriber
+    # Cluster: Kafka deletes deltas older than this from the topic aob.deltas.
+    delta_retention_ms: int = Field(default=3_600_000, ge=1000)
+
     @field_validator("llm_endpoints")
     @classmethod
     def _default_is_reserved(cls, value: dict[str, LlmEndpoint]) -> dict[str, LlmEndpoint]:
