@@ -30,6 +30,25 @@ class LlmEndpoint(BaseModel):
     tenants: list[str] = Field(default=["default"], min_length=1)
 
 
+class ModelPriceSetting(BaseModel):
+    """A model's price (AOB_MODEL_PRICES), in USD per million tokens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0)  # default: the input price
+
+
+class BudgetSetting(BaseModel):
+    """A tenant's budget per period (AOB_TENANT_BUDGETS); an absent limit is no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AOB_", env_file=".env", extra="ignore")
 
@@ -114,6 +133,21 @@ class Settings(BaseSettings):
         if "default" in value:
             raise ValueError('"default" names AOB_LLM_BASE_URL; choose another name')
         return value
+
+    # LLM cost and budgets (docs/budgets.md). Prices by model, in USD per million tokens:
+    # '{"gpt-4o-mini": {"input": 0.15, "output": 0.6, "cached_input": 0.075}}'. Usage
+    # events record the cost at these prices; a model not listed has an unknown cost
+    # (its tokens still count, and a cost budget refuses it).
+    model_prices: dict[str, ModelPriceSetting] = {}
+    # Budgets per tenant and period, set by the operator only (no tenant can raise its
+    # own): '{"acme": {"max_cost_usd": 100}, "*": {"max_tokens": 5000000}}'; "*" is for
+    # every tenant without an entry of its own. Exceeding one fails the node.
+    tenant_budgets: dict[str, BudgetSetting] = {}
+    # The tenant budgets' period: calendar day, week (from Monday) or month, in UTC.
+    budget_period: Literal["day", "week", "month"] = "month"
+    # How long a "budget exceeded, continue?" approval waits before it counts as
+    # rejected (the wait does not count against the node's max_wall_ms).
+    budget_approval_timeout_ms: int = Field(default=3_600_000, ge=1000)
 
     # Authentication: "tokens" (API tokens; also JWTs when a JWKS URL or key is set) or
     # "off" (callers name themselves with X-Aob-Actor; for tests and trusted networks).

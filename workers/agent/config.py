@@ -17,6 +17,9 @@ Node config fields (only `prompt` is required):
     max_retries     SDK retries of one call (429, 5xx, connection errors)
     tools           the tools this node may use (default: all five)
     output          "text" (default) or "json": the final answer must parse as JSON
+    on_budget_exceeded
+                    "fail" or "approval": what a run budget stops this node with
+                    (default: the run budget's on_exceeded); see docs/budgets.md
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aob.events.types import Json
+from aob.projections.usage.pricing import ModelPrice
 from aob.workers.agent.llm import Endpoint
 from aob.workers.agent.prompt import TOOL_NAMES
 
@@ -78,6 +82,8 @@ class AgentDefaults:
     blob_threshold_bytes: int = 64 * 1024
     # Tool results shown to the model are cut at this many characters.
     max_tool_result_chars: int = 16_000
+    # USD per million tokens by model (AOB_MODEL_PRICES): usage events record the cost.
+    prices: Mapping[str, ModelPrice] = field(default_factory=dict)
 
 
 class _NodeConfig(BaseModel):
@@ -95,6 +101,7 @@ class _NodeConfig(BaseModel):
     tools: list[ToolName] | None = None
     output: Literal["text", "json"] = "text"
     delegation_depth: int = Field(default=0, ge=0)
+    on_budget_exceeded: Literal["fail", "approval"] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +117,7 @@ class AgentConfig:
     tools: tuple[str, ...]
     output: str
     delegation_depth: int
+    on_budget_exceeded: str | None = None  # None: as the run budget says
 
 
 def agent_config(
@@ -143,6 +151,7 @@ def agent_config(
         tools=tuple(node.tools) if node.tools is not None else TOOL_NAMES,
         output=node.output,
         delegation_depth=node.delegation_depth,
+        on_budget_exceeded=node.on_budget_exceeded,
     )
 
 

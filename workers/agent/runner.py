@@ -8,7 +8,9 @@ That answer is the node's output.
 Bounded: at most `max_rounds` tool-call rounds, `max_tokens` tokens (prompt plus
 completion, summed over calls, from the usage blocks) and `max_wall_ms` of wall
 time; crossing one fails the node, without retries, saying which. Every attempt
-appends `AgentUsageRecorded` (calls, tokens, cached tokens) before its outcome.
+appends `AgentUsageRecorded` (calls, tokens, cached tokens, its tenant, and its cost
+at the operator's prices) before its outcome. Run and tenant budgets are enforced
+before and after every LLM call (`spending`, docs/budgets.md).
 Outputs larger than the blob threshold go to the content-addressed store; the event
 carries `{"$blob": ref, "bytes": n}` instead.
 
@@ -21,9 +23,11 @@ default goes through the SSRF guard, and a refusal is final.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +38,12 @@ from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append
 from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
+from aob.projections.usage.budgets import BudgetError as InvalidBudget
+from aob.projections.usage.pricing import price_of
 from aob.workers.agent.config import DEFAULT_TENANT, AgentConfig, ConfigError, agent_config
 from aob.workers.agent.llm import LiveOutput, LivePublisher, LlmClients, Usage
 from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
+from aob.workers.agent.spending import AttemptBudget, cost_nano
 from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
 from aob.workers.host import NodeError, NodeType
 from aob.workers.http.config import BudgetError, SandboxBusy, render
@@ -62,6 +69,8 @@ class _Conversation:
     tool_calls: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)  # recorded, see above
     live: LiveOutput | None = None  # the attempt's live output (deltas), if published
+    budget: AttemptBudget | None = None  # None: no run or tenant budget applies
+    wall: asyncio.Timeout | None = None  # the attempt's max_wall_ms
 
     def record_call(self, name: str, arguments: str, result: str, elapsed_s: float) -> None:
         self.tool_calls += 1
@@ -115,13 +124,15 @@ class AgentRunner:
         loop = asyncio.get_running_loop()
         tools = ToolBox(self.services, task, config, loop.time() + config.max_wall_ms / 1000)
         conversation = _Conversation(_opening(config))
+        conversation.budget = await self._budget(task, config)
         if self.live is not None:
             conversation.live = self.live.attempt(
                 task.run_id, task.node_id, task.iteration, task.attempt
             )
         outcome = "failed"
         try:
-            async with asyncio.timeout(config.max_wall_ms / 1000):
+            async with asyncio.timeout(config.max_wall_ms / 1000) as wall:
+                conversation.wall = wall
                 answer = await self._converse(conversation, config, tools)
             outcome = "completed"
         except TimeoutError:
@@ -142,7 +153,9 @@ class AgentRunner:
             raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
                             retryable=True) from None
         finally:
-            await self._record_usage(task, config, conversation, outcome)
+            recorded = await self._record_usage(task, config, conversation, outcome)
+            if conversation.budget is not None:
+                conversation.budget.close(recorded)
         output = {
             "answer": answer,
             "rounds": conversation.rounds,
@@ -185,7 +198,7 @@ class AgentRunner:
             inputs=task.input, definition=definition, instructions=config.instructions,
         )
         while True:
-            message = await self._decide(conversation, config)
+            message = await self._decide(conversation, config, tools)
             calls = message.tool_calls or []
             if not calls:
                 answer, retry_note = _answer(message.content, config.output)
@@ -214,8 +227,11 @@ class AgentRunner:
                     {"role": "tool", "tool_call_id": call.id, "content": result}
                 )
 
-    async def _decide(self, conversation: _Conversation, config: AgentConfig) -> Any:
-        """One LLM call: the model's next message. Enforces the token budget."""
+    async def _decide(self, conversation: _Conversation, config: AgentConfig,
+                      tools: ToolBox) -> Any:
+        """One LLM call: the model's next message. Enforces the token budget, and the
+        run's and tenant's budgets before and after the call."""
+        await self._enforce_budgets(conversation, tools, before_call=True)
         budget = config.max_tokens - conversation.usage.total_tokens
         started = time.perf_counter()
         try:
@@ -230,15 +246,64 @@ class AgentRunner:
             self.llm_seconds += time.perf_counter() - started
             self.decisions += 1
         conversation.usage.add(completion)
+        if conversation.budget is not None:
+            conversation.budget.spent(conversation.usage)
         if conversation.usage.total_tokens > config.max_tokens:
             raise AgentFailure(
                 f"agent exceeded its token budget of {config.max_tokens} tokens "
                 f"({conversation.usage.total_tokens} used in {conversation.usage.llm_calls} "
                 f"LLM calls; {budget} were left before the last call)"
             )
+        await self._enforce_budgets(conversation, tools, before_call=False)
         if not completion.choices:
             raise NodeError("the LLM answered with no choices", retryable=True)
         return completion.choices[0].message
+
+    async def _budget(self, task: NodeScheduled, config: AgentConfig) -> AttemptBudget | None:
+        """The run's and tenant's budgets for this attempt; None when neither applies."""
+        guard = self.services.budgets
+        if guard is None:
+            return None
+        tenant = task.tenant or DEFAULT_TENANT
+        try:
+            budgets = await guard.budgets_of(task.run_id, tenant)
+        except LookupError as error:
+            raise NodeError(f"agent node: {error}", retryable=True) from None
+        except InvalidBudget as error:
+            raise NodeError(f"agent node: the run's {error}", retryable=False,
+                            not_retried="the run's budget is invalid") from None
+        if not budgets.any:
+            return None
+        run_policy = budgets.run.on_exceeded if budgets.run is not None else "fail"
+        return AttemptBudget(
+            guard, budgets, guard.ledger.open(task.run_id, tenant),
+            price_of(self.services.defaults.prices, config.endpoint.model),
+            config.endpoint.model, config.on_budget_exceeded or run_policy,
+        )
+
+    async def _enforce_budgets(self, conversation: _Conversation, tools: ToolBox, *,
+                               before_call: bool) -> None:
+        if conversation.budget is None:
+            return
+
+        @contextlib.contextmanager
+        def paused(seconds: float) -> Iterator[None]:
+            """The wall-time clocks stand still while a person decides."""
+            wall, loop = conversation.wall, asyncio.get_running_loop()
+            started, when = loop.time(), wall.when() if wall is not None else None
+            if wall is not None and when is not None:
+                wall.reschedule(when + seconds)
+            try:
+                yield
+            finally:
+                waited = loop.time() - started
+                if wall is not None and when is not None:
+                    wall.reschedule(when + waited)
+                tools.deadline += waited
+
+        await conversation.budget.enforce(
+            self.services.log, tools.task, paused, before_call=before_call
+        )
 
     def _next_round(self, conversation: _Conversation, config: AgentConfig) -> None:
         if conversation.rounds >= config.max_rounds:
@@ -249,13 +314,19 @@ class AgentRunner:
         conversation.rounds += 1
 
     async def _record_usage(self, task: NodeScheduled, config: AgentConfig,
-                            conversation: _Conversation, outcome: str) -> None:
+                            conversation: _Conversation, outcome: str) -> str | None:
+        """Appends the attempt's AgentUsageRecorded with its cost at today's prices
+        (recorded, so history stays right when prices change); returns its event id,
+        None when it could not be appended."""
         usage = conversation.usage
+        price = price_of(self.services.defaults.prices, config.endpoint.model)
         payload = AgentUsageRecorded(
             task.run_id, task.node_id, task.iteration, task.attempt, config.endpoint.model,
             usage.llm_calls, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
             cached_tokens=usage.cached_tokens, tool_calls=conversation.tool_calls,
-            outcome=outcome, calls=conversation.calls,
+            outcome=outcome, calls=conversation.calls, tenant=task.tenant or DEFAULT_TENANT,
+            cost_nano_usd=cost_nano(usage, price),
+            price=price.as_json() if price is not None else None,
         )
         event = Event(new_event_id(), task.run_id, time.time_ns() // 1_000_000, payload,
                       actor=f"agent:{task.node_id}")
@@ -264,6 +335,8 @@ class AgentRunner:
         except Exception:  # usage is a record, not the outcome: never fail the node for it
             log.exception("cannot record the usage of node %s of run %s",
                           task.node_id, task.run_id)
+            return None
+        return event.event_id
 
     async def _stored_if_large(self, output: dict[str, Json]) -> Json:
         if self.blobs is None:
@@ -308,7 +381,7 @@ def _with_texts(config: AgentConfig, prompt: str, instructions: str) -> AgentCon
         prompt=prompt, instructions=instructions, endpoint=config.endpoint,
         max_rounds=config.max_rounds, max_tokens=config.max_tokens,
         max_wall_ms=config.max_wall_ms, tools=config.tools, output=config.output,
-        delegation_depth=config.delegation_depth,
+        delegation_depth=config.delegation_depth, on_budget_exceeded=config.on_budget_exceeded,
     )
 
 

@@ -33,6 +33,7 @@ from aob.events.types import (
 )
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.workflow.materialize import apply_patch
+from aob.workers.agent.budget_guard import BudgetGuard
 from aob.workers.agent.catalog import ToolCatalog
 from aob.workers.agent.config import AgentConfig, AgentDefaults
 from aob.workers.agent.openapi import ArgumentError, build_request
@@ -114,6 +115,8 @@ class AgentServices:
     # Where agents learn their run's tenant, whose tools alone they see; without
     # it (one tenant only) every run is the default tenant's.
     run_tenants: RunTenants | None = None
+    # Enforces run and tenant budgets around every LLM call; None: no budgets.
+    budgets: BudgetGuard | None = None
 
 
 @dataclass
