@@ -25,6 +25,8 @@ JSON_COLUMNS = frozenset(
         "approvers",
         "data",
         "budget",
+        "policy",
+        "votes",
     }
 )
 BOOL_COLUMNS = frozenset({"warning", "fired"})
@@ -115,7 +117,7 @@ GET_PATCH = f"SELECT {PATCH_COLUMNS} FROM patches WHERE run_id = :run_id AND pat
 APPROVAL_COLUMNS = (
     "approval_id, run_id, node_id, iteration, attempt, status, message, payload, approvers, "
     "deadline, on_timeout, decision, decided_by, comments, requested_at, decided_at, "
-    "decision_event_id"
+    "decision_event_id, policy, votes, level"
 )
 GET_APPROVAL = f"SELECT {APPROVAL_COLUMNS} FROM approvals WHERE approval_id = :approval_id"
 

@@ -26,7 +26,9 @@ from aob.events.log.port import TopicPartition
 from aob.events.types import (
     AgentUsageRecorded,
     ApprovalDecided,
+    ApprovalEscalated,
     ApprovalRequested,
+    ApprovalVoted,
     Event,
     NodeCompleted,
     NodeFailed,
@@ -561,8 +563,7 @@ WHERE patches.status = 'proposed'
 
 
 def _patch_proposed(p: PatchProposed, e: Event) -> Plan:
-    patch = {"run_id": p.run_id, "patch_id": p.patch_id, "reason": p.reason,
-             "node_id": p.node_id}
+    patch = {"run_id": p.run_id, "patch_id": p.patch_id, "reason": p.reason, "node_id": p.node_id}
     yield Exec(INSERT_PATCH, {**patch, "operations": dumps(p.operations), "at": e.occurred_at})
     yield Exec(REFRESH_WAITING, {"run_id": p.run_id})
 
@@ -611,9 +612,10 @@ def _patch_reviewed(p: PatchReviewed, e: Event) -> Plan:
 
 INSERT_APPROVAL = """
 INSERT INTO approvals (approval_id, run_id, node_id, iteration, attempt, status, message,
-                       payload, approvers, deadline, on_timeout, requested_at, decided_at)
+                       payload, approvers, deadline, on_timeout, requested_at, decided_at,
+                       policy, votes)
 VALUES (:approval_id, :run_id, :node_id, :iteration, :attempt, :status, :message, :payload,
-        :approvers, :deadline, :on_timeout, :at, :decided_at)
+        :approvers, :deadline, :on_timeout, :at, :decided_at, :policy, '[]')
 ON CONFLICT (approval_id) DO NOTHING
 """
 
@@ -656,6 +658,7 @@ def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
     ended = run is not None and run["status"] in TERMINAL_RUN_STATUSES
     task = yield Fetch(SELECT_APPROVAL_TASK, {"event_id": e.causation_id})
     attempt, on_timeout = _approval_task(task)
+    policy = _approval_policy(task)
     yield Exec(
         INSERT_APPROVAL,
         {
@@ -672,6 +675,7 @@ def _approval_requested(p: ApprovalRequested, e: Event) -> Plan:
             "on_timeout": on_timeout,
             "at": e.occurred_at,
             "decided_at": e.occurred_at if ended else None,
+            "policy": dumps(policy),
         },
     )
     if not ended and attempt is not None:
@@ -689,12 +693,73 @@ def _approval_task(task: Row | None) -> tuple[int | None, str | None]:
     return data.get("attempt"), config.get("on_timeout", ON_TIMEOUT_DEFAULT)
 
 
+def _approval_policy(task: Row | None) -> dict[str, Any]:
+    """What deciding the approval needs, from the requesting task's node config."""
+    data = loads(task["data"]) if task is not None else {}
+    found = data.get("config") if isinstance(data, dict) else None
+    config: dict[str, Any] = found if isinstance(found, dict) else {}
+    escalation = config.get("escalation")
+    return {
+        "quorum": config.get("quorum", 1),
+        "reject_quorum": config.get("reject_quorum", 1),
+        "allow_self_approval": bool(config.get("allow_self_approval", False)),
+        "signals": config.get("signals") or [],
+        "escalation_levels": len(escalation) if isinstance(escalation, list) else 0,
+    }
+
+
+SELECT_APPROVAL_VOTES = """
+SELECT votes FROM approvals WHERE approval_id = :approval_id AND status = 'pending'
+"""
+
+RECORD_VOTES = "UPDATE approvals SET votes = :votes WHERE approval_id = :approval_id"
+
+ESCALATE_APPROVAL = """
+UPDATE approvals SET approvers = :approvers, deadline = :deadline, level = :level
+WHERE approval_id = :approval_id AND status = 'pending'
+"""
+
+
+def _approval_voted(p: ApprovalVoted, e: Event) -> Plan:
+    """A pending approval's votes, each voter once (the first vote stands, as in the fold)."""
+    row = yield Fetch(SELECT_APPROVAL_VOTES, {"approval_id": p.approval_id})
+    if row is None:
+        return
+    votes = loads(row["votes"]) or []
+    if any(v.get("voter") == p.voter for v in votes):
+        return
+    vote = {
+        "voter": p.voter,
+        "decision": p.decision,
+        "comments": p.comments,
+        "at": e.occurred_at,
+        "event_id": e.event_id,
+    }
+    yield Exec(RECORD_VOTES, {"approval_id": p.approval_id, "votes": dumps([*votes, vote])})
+
+
+def _approval_escalated(p: ApprovalEscalated, e: Event) -> Plan:
+    yield Exec(
+        ESCALATE_APPROVAL,
+        {
+            "approval_id": p.approval_id,
+            "approvers": dumps(p.approvers),
+            "deadline": p.deadline,
+            "level": p.level,
+        },
+    )
+
+
 def _approval_decided(p: ApprovalDecided, e: Event) -> Plan:
     """Anything but an explicit approval counts as a rejection (the safe reading);
     `decision` keeps what was decided (a timeout may say "fail")."""
     status = "approved" if p.decision.lower() in _APPROVING else "rejected"
-    decision = {"status": status, "decision": p.decision, "decided_by": p.decided_by,
-                "comments": p.comments}
+    decision = {
+        "status": status,
+        "decision": p.decision,
+        "decided_by": p.decided_by,
+        "comments": p.comments,
+    }
     yield Exec(
         DECIDE_APPROVAL,
         {"approval_id": p.approval_id, **decision, "at": e.occurred_at, "event_id": e.event_id},
@@ -778,6 +843,8 @@ _HANDLERS: dict[type[Any], Callable[[Any, Event], Plan]] = {
     PatchReviewed: _patch_reviewed,
     ApprovalRequested: _approval_requested,
     ApprovalDecided: _approval_decided,
+    ApprovalVoted: _approval_voted,
+    ApprovalEscalated: _approval_escalated,
     RunCompleted: _run_completed,
     RunFailed: _run_failed,
     RunCancelled: _run_cancelled,

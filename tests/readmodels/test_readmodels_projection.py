@@ -214,6 +214,7 @@ def test_opening_twice_migrates_once(open_sqlite_store, tmp_path):
         (5, "0005_workflow_tenants.sql"),
         (6, "0006_node_states.sql"),
         (7, "0007_llm_usage.sql"),
+        (16, "0016_approval_votes.sql"),
     ]
     assert rows == shipped
     assert journal == "wal"
