@@ -60,6 +60,7 @@ export function logout(message) {
 
 const PAGES = [
   {pattern: /^#\/runs\/([^/]+)$/, load: () => import('./run.js'), nav: 'runs'},
+  {pattern: /^#\/compare\/([^/]+)\/([^/]+)$/, load: () => import('./compare.js'), nav: 'runs'},
   {pattern: /^#\/runs(?:\?.*)?$/, load: () => import('./runs.js'), nav: 'runs'},
   {pattern: /^#\/approvals$/, load: () => import('./approvals.js'), nav: 'approvals'},
   {pattern: /^#\/workflows(?:\/([^/]+))?$/, load: () => import('./workflows.js'), nav: 'workflows'},

@@ -48,6 +48,11 @@ export async function render(main, runId) {
       h('div', {}, h('h2', {}, 'Timeline'), timeline)),
     patchesEl);
 
+  let parentId = null;  // the run this one was forked from (its RunSubmitted's checkpoint)
+  api(`${path}/events?limit=1`).then((page) => {
+    const checkpoint = page.items.length ? page.items[0].data.checkpoint : null;
+    if (checkpoint && checkpoint.run_id) { parentId = checkpoint.run_id; drawActions(); }
+  }).catch(() => {});
   drawRun();
   const refreshPatches = () => renderPatches(patchesEl, runId, run, () => refreshRun());
   refreshPatches();
@@ -74,6 +79,10 @@ export async function render(main, runId) {
     }
     if (can('operate')) {
       actions.append(h('button', {type: 'button', id: 'replay', onclick: () => fork(null)}, 'Replay from the start'));
+    }
+    if (parentId) {  // a fork: compare.js shows it beside the run it was forked from
+      actions.append(h('a', {class: 'button', id: 'compare-parent',
+        href: `#/compare/${encodeURIComponent(parentId)}/${encodeURIComponent(runId)}`}, 'Compare with parent'));
     }
   }
 

@@ -19,6 +19,21 @@ function instant(value) {
 }
 
 export async function render(main) {
+  // Two runs picked (the "Compare" column) open side by side in compare.js.
+  const picked = [];
+  const compareButton = h('button', {type: 'button', id: 'compare-picked', disabled: true,
+    onclick: () => { location.hash = `#/compare/${picked.map(encodeURIComponent).join('/')}`; }},
+  'Compare the two picked runs');
+  const pick = (runId, box) => {
+    const at = picked.indexOf(runId);
+    if (box.checked && at < 0) picked.push(runId);
+    if (!box.checked && at >= 0) picked.splice(at, 1);
+    while (picked.length > 2) {  // a third pick drops the oldest
+      const dropped = body.querySelector(`input[data-run-id="${CSS.escape(picked.shift())}"]`);
+      if (dropped) dropped.checked = false;
+    }
+    compareButton.disabled = picked.length !== 2;
+  };
   const cursors = [null];  // cursor of each page seen; the last is the current page's
   let next = null;
   const body = h('tbody', {id: 'runs-body'});
@@ -49,9 +64,9 @@ export async function render(main) {
       h('label', {}, 'to ', toInput)),
     h('table', {class: 'runs'},
       h('thead', {}, h('tr', {},
-        ['Run', 'Workflow', 'Status', 'Submitted', 'By', 'Duration'].map((c) => h('th', {scope: 'col'}, c)))),
+        ['Run', 'Workflow', 'Status', 'Submitted', 'By', 'Duration', 'Compare'].map((c) => h('th', {scope: 'col'}, c)))),
       body),
-    message, pager);
+    message, pager, compareButton);
 
   function query(cursor) {
     const params = new URLSearchParams({limit: String(PAGE_SIZE)});
@@ -114,7 +129,10 @@ export async function render(main) {
         h('td', {}, badge(run.status)),
         h('td', {}, when(run.submitted_at)),
         h('td', {}, run.submitted_by || '—'),
-        h('td', {}, duration(run.submitted_at, run.finished_at))));
+        h('td', {}, duration(run.submitted_at, run.finished_at)),
+        h('td', {}, h('input', {type: 'checkbox', class: 'pick', dataset: {runId: run.run_id},
+          checked: picked.includes(run.run_id), 'aria-label': `Pick ${run.run_id} to compare`,
+          onchange: (e) => pick(run.run_id, e.target)}))));
     }
   }
 
