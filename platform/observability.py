@@ -142,6 +142,11 @@ class Metrics:
     rate_limited: Counter
     # Requests refused for want of a valid credential or role: unauthenticated, forbidden.
     auth_refusals: Counter
+    # LLM tokens of agent nodes by tenant, model and kind (prompt, completion, cached:
+    # cached tokens are among the prompt's), and their cost in USD at the prices the
+    # usage events recorded (models without a price add no cost).
+    llm_tokens: Counter
+    llm_cost_usd: Counter
 
 
 _BY_REGISTRY: weakref.WeakKeyDictionary[CollectorRegistry, Metrics] = weakref.WeakKeyDictionary()
@@ -189,6 +194,12 @@ def _create(registry: CollectorRegistry) -> Metrics:
         ),
         rate_limited=counter("rate_limited", "Submissions refused by the rate limiter", ["tier"]),
         auth_refusals=counter("auth_refusals", "Requests refused by authentication", ["reason"]),
+        llm_tokens=counter(
+            "aob_llm_tokens", "LLM tokens of agent nodes", ["tenant", "model", "kind"]
+        ),
+        llm_cost_usd=counter(
+            "aob_llm_cost_usd", "LLM cost of agent nodes in USD", ["tenant", "model"]
+        ),
     )
 
 
@@ -225,8 +236,22 @@ def observe_events(
             metrics.node_executions.labels(node_type, "skipped").inc()
         elif isinstance(payload, AgentUsageRecorded):
             metrics.agent_decisions.labels(payload.model).inc(payload.llm_calls)
+            _observe_usage(metrics, payload)
         elif isinstance(payload, ApprovalDecided):
             metrics.hitl_approvals.labels(payload.decision).inc()
+
+
+def _observe_usage(metrics: Metrics, usage: AgentUsageRecorded) -> None:
+    """Tokens and cost by tenant and model (label values cut short, as node types are)."""
+    tenant, model = (usage.tenant or "default")[:64], usage.model[:64]
+    for kind, count in (
+        ("prompt", usage.prompt_tokens),
+        ("completion", usage.completion_tokens),
+        ("cached", usage.cached_tokens),
+    ):
+        metrics.llm_tokens.labels(tenant, model, kind).inc(max(count, 0))
+    if usage.cost_nano_usd is not None:
+        metrics.llm_cost_usd.labels(tenant, model).inc(max(usage.cost_nano_usd, 0) / 1e9)
 
 
 _RUN_OUTCOMES: Final[Mapping[type, str]] = {

@@ -14,9 +14,11 @@ from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, T
 from aob.platform.audit import run_history
 from aob.platform.auth.http import require
 from aob.platform.auth.principal import Permission
+from aob.platform.commands import Commands
 from aob.platform.problems import Problem, not_found
 from aob.platform.ratelimit import RateLimited
 from aob.projections.readmodels.queries import decode_cursor
+from aob.projections.usage.summary import run_usage
 from aob.projections.workflow.materialize import (
     DEFAULT_PATCH_LIMITS,
     PatchReplayError,
@@ -189,7 +191,16 @@ def _check_cursor(cursor: str) -> None:
     "/{run_id}", summary="Run status with its node states", dependencies=[require(Permission.READ)]
 )
 async def get_run(run_id: str, commands: CommandsDep) -> dict[str, Any]:
-    return await commands.run(run_id)
+    run = await commands.run(run_id)
+    run["usage"] = await _usage(commands, run_id)
+    return run
+
+
+async def _usage(commands: Commands, run_id: str) -> dict[str, Any]:
+    """The run's LLM tokens and cost, per node and in total, and its budget."""
+    budget = await commands.read.run_budget(run_id)
+    rows = await commands.read.run_usage(run_id)
+    return run_usage(rows, budget["budget"] if budget else None)
 
 
 @router.post(
