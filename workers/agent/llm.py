@@ -327,6 +327,9 @@ class LiveOutput:
         self._pending: list[tuple[str, dict[str, Any]]] = []
         self._pending_bytes = 0
         self._last_flush = 0.0
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._background: asyncio.Future[None] | None = None  # a timer's flush
 
     async def chunk(self, chunk: ChatCompletionChunk) -> None:
         for choice in chunk.choices:
@@ -384,26 +387,38 @@ class LiveOutput:
         self._pending.append((kind, data))
 
     async def _flush_if_due(self) -> None:
-        now = asyncio.get_running_loop().time()
-        due = now - self._last_flush >= self.bounds.flush_ms / 1000
-        if due or self._pending_bytes >= self.bounds.delta_bytes:
+        loop = asyncio.get_running_loop()
+        wait = self.bounds.flush_ms / 1000 - (loop.time() - self._last_flush)
+        if wait <= 0 or self._pending_bytes >= self.bounds.delta_bytes:
             await self.flush()
+        elif self._pending and self._timer is None:
+            # The next chunk may be long in coming: what is pending goes out anyway.
+            self._timer = loop.call_later(wait, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._timer = None
+        self._background = asyncio.ensure_future(self.flush())
 
     async def flush(self) -> None:
-        pending, self._pending, self._pending_bytes = self._pending, [], 0
-        self._last_flush = asyncio.get_running_loop().time()
-        deltas = [d for kind, data in pending for d in self._cut(kind, data)]
-        if not deltas:
-            return
-        try:
-            await self.sink.publish(deltas)
-        except Exception:  # the live view is a convenience: never fail the node for it
-            log.warning(
-                "cannot publish live output of node %s of run %s",
-                self.key[1],
-                self.key[0],
-                exc_info=True,
-            )
+        """Publish what is pending, in order (the lock keeps flushes in call order)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        async with self._lock:
+            pending, self._pending, self._pending_bytes = self._pending, [], 0
+            self._last_flush = asyncio.get_running_loop().time()
+            deltas = [d for kind, data in pending for d in self._cut(kind, data)]
+            if not deltas:
+                return
+            try:
+                await self.sink.publish(deltas)
+            except Exception:  # the live view is a convenience: never fail the node for it
+                log.warning(
+                    "cannot publish live output of node %s of run %s",
+                    self.key[1],
+                    self.key[0],
+                    exc_info=True,
+                )
 
     def _cut(self, kind: str, data: dict[str, Any]) -> list[Delta]:
         """`data` as deltas within the bounds: long text in pieces, nothing past the
