@@ -117,6 +117,7 @@ def format_run(style: Style, run: dict[str, Any]) -> str:
         ]
         headers = ["NODE", "TYPE", "STATUS", "ATTEMPT", "ITER", "TIME", "DETAIL"]
         lines += ["", table(style, headers, rows, statuses=2)]
+    lines += usage_lines(style, run.get("usage"))
     for approval in run.get("pending_approvals", []):
         lines.append(
             f"\n{style.paint('waiting for approval', 'magenta')} {approval.get('approval_id')}"
@@ -148,6 +149,37 @@ def _node_detail(node: dict[str, Any]) -> str:
     if node["status"] == "completed":
         return short(node.get("output"), 60)
     return ""
+
+
+def usage_lines(style: Style, usage: Any) -> list[str]:
+    """LLM tokens and cost per agent node and in total, and the run's budget."""
+    if not isinstance(usage, dict) or not usage.get("nodes"):
+        return []
+    rows = [_usage_row(str(n.get("node_id")), n) for n in usage["nodes"]]
+    rows.append(_usage_row("total", usage.get("total") or {}))
+    headers = ["LLM USAGE", "CALLS", "PROMPT", "COMPLETION", "CACHED", "TOKENS", "COST USD"]
+    lines = ["", table(style, headers, rows)]
+    budget = usage.get("budget")
+    if isinstance(budget, dict):
+        limits = [f"{k} {budget[k]}" for k in ("max_cost_usd", "max_tokens") if k in budget]
+        on = budget.get("on_exceeded", "fail")
+        lines.append(f"budget     {', '.join(limits) or 'none'} (on exceeded: {on})")
+    return lines
+
+
+def _usage_row(name: str, entry: dict[str, Any]) -> list[str]:
+    counts = ("llm_calls", "prompt_tokens", "completion_tokens", "cached_tokens", "total_tokens")
+    return [name, *(str(entry.get(c, 0)) for c in counts), _cost(entry)]
+
+
+def _cost(entry: dict[str, Any]) -> str:
+    """Dollars, or why not: a model without a price has an unknown cost."""
+    cost, unpriced = entry.get("cost_usd"), entry.get("unpriced_tokens") or 0
+    shown = "-" if cost is None else (f"{cost:.4f}" if cost < 0.01 else f"{cost:.2f}")
+    if unpriced:
+        shown = "unknown" if cost is None else f"{shown} + unknown"
+        shown += f" ({unpriced} tokens unpriced)"
+    return shown
 
 
 def list_runs(ctx: Context) -> int:
