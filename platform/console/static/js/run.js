@@ -1,5 +1,7 @@
 // One run: its live DAG (from the run's SSE stream, resumed after a disconnect), the
 // event timeline beside it, node details, cancel, fork from an event, and patch review.
+// The stream asks for the agents' live output too (deltas=true, docs/streaming.md): its
+// ids are then cursors, and the live-output panel shows tokens as they arrive.
 import {api, can, streamUrl} from './app.js';
 import {DagView} from './dag.js';
 import {h, clear, fill, badge, when, duration, jsonBlock, problemBlock} from './dom.js';
@@ -23,6 +25,8 @@ export async function render(main, runId) {
   const patchCalls = new Map();  // patch id -> the agent's patch_workflow call that proposed it
   let selected = null;
   let lastId = -1;
+  let lastCursor = null;  // the stream's last id (a cursor): where a new stream resumes
+  let lastDelta = -1;  // the last delta's position shown
   let source = null;
   let retryTimer = null;
   let stopped = false;
@@ -36,6 +40,9 @@ export async function render(main, runId) {
     h('p', {class: 'muted'}, 'Select a node to see its inputs, output, attempts and timings.'));
   const timeline = h('ol', {class: 'timeline', id: 'timeline', 'aria-label': 'Event timeline'});
   const patchesEl = h('section', {id: 'patches', 'aria-label': 'Patches'});
+  const liveOutput = h('section', {class: 'card live-output', id: 'live-output',
+    'aria-label': 'Live output', hidden: true}, h('h2', {}, 'Live output'));
+  const outputs = new Map();  // "node/iteration/attempt" -> its block's parts
   const dag = new DagView(graphEl, {onSelect: (id) => { selected = id; dag.select(id); showNode(); }});
 
   main.append(
@@ -46,7 +53,7 @@ export async function render(main, runId) {
     h('div', {class: 'run-grid'},
       h('div', {}, h('h2', {}, 'Graph'), legend(), graphEl, detail),
       h('div', {}, h('h2', {}, 'Timeline'), timeline)),
-    patchesEl);
+    liveOutput, patchesEl);
 
   let parentId = null;  // the run this one was forked from (its RunSubmitted's checkpoint)
   api(`${path}/events?limit=1`).then((page) => {
@@ -120,11 +127,19 @@ export async function render(main, runId) {
 
   function connect() {
     if (stopped) return;
-    const params = lastId >= 0 ? {last_event_id: String(lastId)} : {from: 'start'};
+    const params = lastCursor ? {deltas: 'true', cursor: lastCursor} : {deltas: 'true', from: 'start'};
     source = new EventSource(streamUrl(runId, params));
     source.onopen = () => { live.textContent = 'live'; };
-    const onEvent = (message) => receive(Number(message.lastEventId), JSON.parse(message.data));
+    const onEvent = (message) => {
+      const event = JSON.parse(message.data);
+      lastCursor = message.lastEventId || lastCursor;
+      receive(Number(event.id), event);
+    };
     for (const name of STREAM_EVENTS) source.addEventListener(name, onEvent);
+    source.addEventListener('llm_delta', (message) => {
+      lastCursor = message.lastEventId || lastCursor;
+      receiveDelta(JSON.parse(message.data));
+    });
     source.addEventListener('end', () => {
       live.textContent = 'run finished';
       source.close();
@@ -144,6 +159,47 @@ export async function render(main, runId) {
     lastId = id;
     apply(event);
     appendToTimeline(id, event);
+  }
+
+  // --- live output of agent nodes -----------------------------------------------------
+
+  function receiveDelta(delta) {
+    if (delta.position <= lastDelta) return;  // shown before a reconnect
+    lastDelta = delta.position;
+    const out = outputBlock(delta);
+    const d = delta.data || {};
+    if (delta.kind === 'text') {
+      out.text.append(d.text);
+    } else if (delta.kind === 'tool_call') {
+      if (d.name) out.steps.append(h('li', {class: 'step'}, 'calls ', h('code', {}, d.name)));
+    } else if (delta.kind === 'tool_result') {
+      out.steps.append(h('li', {class: 'step'}, h('code', {}, d.name), ` answered in ${d.elapsed_ms} ms`));
+    } else if (delta.kind === 'truncated') {
+      out.steps.append(h('li', {class: 'step'}, 'live output truncated; the final answer is in the node output'));
+    }
+  }
+
+  function outputBlock(delta) {
+    const key = `${delta.node_id}/${delta.iteration}/${delta.attempt}`;
+    if (!outputs.has(key)) {
+      const state = badge('running');
+      const text = h('pre', {class: 'live-text', 'aria-live': 'polite'});
+      const steps = h('ul', {class: 'live-steps'});
+      const block = h('div', {class: 'live-node', dataset: {node: delta.node_id, attempt: delta.attempt}},
+        h('h3', {}, 'Node ', h('code', {}, delta.node_id), ` attempt ${delta.attempt} `, state), text, steps);
+      outputs.set(key, {block, text, steps, state});
+      liveOutput.hidden = false;
+      liveOutput.append(block);
+    }
+    return outputs.get(key);
+  }
+
+  function settleOutput(d, status) {
+    const out = outputs.get(`${d.node_id}/${d.iteration}/${d.attempt}`);
+    if (!out) return;
+    const settled = badge(status);
+    out.state.replaceWith(settled);
+    out.state = settled;
   }
 
   function node(id) {
@@ -176,8 +232,14 @@ export async function render(main, runId) {
         if (approvalNodes.has(d.approval_id)) setNode(approvalNodes.get(d.approval_id), 'running');
         setRunStatus('running');
         break;
-      case 'NodeCompleted': setNode(d.node_id, 'completed', {output: d.output, finished_at: at}); break;
-      case 'NodeFailed': setNode(d.node_id, 'failed', {error: d.error, finished_at: at}); break;
+      case 'NodeCompleted':
+        setNode(d.node_id, 'completed', {output: d.output, finished_at: at});
+        settleOutput(d, 'completed');
+        break;
+      case 'NodeFailed':
+        setNode(d.node_id, 'failed', {error: d.error, finished_at: at});
+        settleOutput(d, 'failed');
+        break;
       case 'NodeSkipped': setNode(d.node_id, 'skipped', {skip_reason: d.reason, finished_at: at}); break;
       case 'TimerSet':
         if (d.purpose === 'retry') setNode(d.node_id, 'retrying', {retry_at: d.fire_at});
