@@ -304,6 +304,18 @@ def _run_commands(run: _Tree) -> None:
     cancel = run.command("cancel", "runs:cancel", "cancel a run")
     cancel.add_argument("run_id", metavar="RUN")
     cancel.add_argument("--reason", default="", help="why, recorded on the run")
+    signal = run.command(
+        "signal",
+        "approvals:signal",
+        "send a named signal to a run: it ends a hitl node waiting for it (config.signals), "
+        "now or once the node starts",
+    )
+    signal.add_argument("run_id", metavar="RUN")
+    signal.add_argument("name", metavar="NAME", help="the signal's name")
+    signal.add_argument("--data", metavar="JSON", help="the signal's payload, JSON (default null)")
+    signal.add_argument(
+        "--key", help="idempotency key: sending the same key again records nothing new"
+    )
     _fork_commands(run)
 
 

@@ -53,6 +53,9 @@ def status(ctx: Context) -> int:
         reviews = _pending_reviews(ctx, run)
         if reviews:
             run = {**run, "pending_patch_reviews": reviews}
+    decided = _decided_approvals(ctx, run)
+    if decided:
+        run = {**run, "approvals": decided}
     ctx.emit(run, lambda: format_run(ctx.style, run))
     return EXIT_OK
 
@@ -70,6 +73,16 @@ def _pending_approvals(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]
     return [{**item, "decide_command": decide_command(item["approval_id"])} for item in items]
 
 
+def _decided_approvals(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's decided approvals: who decided (votes, signal, timeout) and when."""
+    try:
+        page = ctx.api.get("/api/v1/approvals", {"run_id": run["run_id"], "status": "any"})
+    except ApiError:
+        return []
+    items = page.get("items", []) if isinstance(page, dict) else []
+    return [a for a in items if isinstance(a, dict) and a.get("status") != "pending"]
+
+
 def _pending_reviews(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]]:
     """The run's patches held for a person's review (`patch_policy: review`)."""
     try:
@@ -81,6 +94,19 @@ def _pending_reviews(ctx: Context, run: dict[str, Any]) -> list[dict[str, Any]]:
         for patch in page.get("items", [])
         if patch.get("status") == "proposed" and patch.get("review") == "pending"
     ]
+
+
+def approval_detail(approval: dict[str, Any]) -> str:
+    """Votes towards a quorum, escalation, awaited signals: who, and what is left."""
+    from aob.cli.approvals import progress
+
+    policy = approval.get("policy") or {}
+    parts = [progress(approval)]
+    if policy.get("signals"):
+        parts.append(f"or signal {' / '.join(policy['signals'])}")
+    if approval.get("comments"):
+        parts.append(f"why: {summary(str(approval['comments']), 80)}")
+    return "; ".join(parts)
 
 
 def _review_command(run_id: str, patch_id: str) -> str:
@@ -122,7 +148,14 @@ def format_run(style: Style, run: dict[str, Any]) -> str:
         lines.append(
             f"\n{style.paint('waiting for approval', 'magenta')} {approval.get('approval_id')}"
             f" (node {approval.get('node_id')}): {summary(str(approval.get('message', '')))}\n"
+            f"  {approval_detail(approval)}\n"
             f"  {approval['decide_command']}"
+        )
+    for approval in run.get("approvals", []):
+        lines.append(
+            f"\napproval {approval.get('approval_id')} (node {approval.get('node_id')}) "
+            f"{style.status(str(approval.get('status')))} by {approval.get('decided_by')} "
+            f"at {when(approval.get('decided_at'))}: {approval_detail(approval)}"
         )
     for patch in run.get("pending_patch_reviews", []):
         by = f" (from agent node {patch['node_id']})" if patch.get("node_id") else ""

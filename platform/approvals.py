@@ -1,7 +1,12 @@
 """Approval commands: decide, list, show (the approvals part of the application
 layer: a decision is recorded through `aob.platform.commands.record_events`).
 
-A decision is an `ApprovalDecided` event; the first one in log order wins. The
+A decision is an `ApprovalDecided` event; the first one in log order wins. An
+approval that needs a quorum (config `quorum` or `reject_quorum` above 1) takes votes
+instead (`ApprovalVoted`, each voter counted once) and the coordinator decides when
+enough are in. Whoever submitted the run may not approve it unless the node's config
+says `allow_self_approval: true` (for authenticated callers: with authentication off,
+names are self-declared and prove nothing). The
 read model answers most callers before anything is appended (already decided,
 run finished, not allowed); when two deciders race past that check, both events
 are appended and, once projected, each caller compares the winner's event id with
@@ -13,11 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 from aob.events.codec import decode
-from aob.events.types import RUNS_TOPIC, ApprovalDecided
+from aob.events.types import RUNS_TOPIC, ApprovalDecided, ApprovalVoted, Payload
 from aob.platform.commands import record_events
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, not_found
-from aob.workers.hitl import DECISIONS, refusal
+from aob.workers.hitl import DECISIONS, refusal, self_approval_refusal
 
 APPROVAL_STATUSES = ("pending", "approved", "rejected", "cancelled")
 
@@ -36,8 +41,9 @@ class Approvals:
         actor: str,
         roles: list[str],
         trace_id: str,
+        authenticated: bool = False,
     ) -> dict[str, Any]:
-        """Record `actor`'s decision; returns the decided approval, or raises Problem."""
+        """Record `actor`'s decision (or vote); returns the approval, or raises Problem."""
         if decision not in DECISIONS:
             raise Problem(
                 422,
@@ -56,7 +62,45 @@ class Approvals:
                 why_not,
                 approvers=approval["approvers"],
             )
+        if authenticated:
+            await self._refuse_self_approval(approval, decision, actor)
+        if _needs_votes(approval):
+            return await self._vote(approval, decision, comments, actor=actor, trace_id=trace_id)
         payload = ApprovalDecided(approval["run_id"], approval_id, decision, actor, comments)
+        decided, event_id = await self._record(approval, payload, actor, trace_id)
+        if decided["decision_event_id"] != event_id:
+            await self._refuse_closed(decided, lost=True)
+        return decided
+
+    async def _refuse_self_approval(
+        self, approval: dict[str, Any], decision: str, actor: str
+    ) -> None:
+        run = await self.read.get_run(approval["run_id"]) or {}
+        why_not = self_approval_refusal(
+            approval.get("policy"), decision, actor, run.get("submitted_by")
+        )
+        if why_not is not None:
+            raise Problem(403, "self-approval", "May not approve one's own run", why_not)
+
+    async def _vote(
+        self, approval: dict[str, Any], decision: str, comments: str, *, actor: str, trace_id: str
+    ) -> dict[str, Any]:
+        """One vote towards a quorum; a second vote by the same person counts nothing
+        (the first stands) and answers with the approval as it is."""
+        if any(v.get("voter") == actor for v in approval.get("votes") or []):
+            return {**approval, "duplicate_vote": True}
+        payload = ApprovalVoted(
+            approval["run_id"], approval["approval_id"], decision, actor, comments
+        )
+        voted, _ = await self._record(approval, payload, actor, trace_id)
+        return voted
+
+    async def _record(
+        self, approval: dict[str, Any], payload: Payload, actor: str, trace_id: str
+    ) -> tuple[dict[str, Any], str]:
+        """Append `payload`, wait until it is projected; the approval then, and the
+        appended event's id."""
+        approval_id = approval["approval_id"]
         records = await record_events(
             self.engine, RUNS_TOPIC, approval["run_id"], [payload], actor=actor, trace_id=trace_id
         )
@@ -70,11 +114,9 @@ class Approvals:
                 f"see GET /api/v1/approvals/{approval_id}",
                 event_id=event_id,
             )
-        decided = await self.read.get_approval(approval_id)
-        assert decided is not None
-        if decided["decision_event_id"] != event_id:
-            await self._refuse_closed(decided, lost=True)
-        return decided
+        now = await self.read.get_approval(approval_id)
+        assert now is not None
+        return now, event_id
 
     async def list_approvals(
         self, run_id: str | None, status: str | None, tenant: str | None = None
@@ -135,6 +177,8 @@ class Approvals:
                 request = event
             elif kind == "ApprovalDecided" and data["approval_id"] == approval["approval_id"]:
                 decisions.append(_decision(event, approval["decision_event_id"]))
+            elif kind in _STEPS and data.get("approval_id") == approval["approval_id"]:
+                decisions.append(_step(event))
         task = tasks.get(request["causation_id"] or "") if request else None
         return task, decisions
 
@@ -170,6 +214,26 @@ class Approvals:
                 f"({approval['decision']} by {approval['decided_by']})",
                 decision=_first_decision(approval),
             )
+
+
+# Events on the way to a decision that `show` lists with the decisions.
+_STEPS = ("ApprovalVoted", "ApprovalEscalated")
+
+
+def _needs_votes(approval: dict[str, Any]) -> bool:
+    policy = approval.get("policy") or {}
+    return int(policy.get("quorum", 1)) > 1 or int(policy.get("reject_quorum", 1)) > 1
+
+
+def _step(event: dict[str, Any]) -> dict[str, Any]:
+    """A vote or an escalation, as `show` lists it beside the decisions."""
+    data = event["data"]
+    return {
+        "event_id": event["event_id"],
+        "type": event["type"],
+        **{k: v for k, v in data.items() if k not in ("run_id", "approval_id")},
+        "at": event["occurred_at"],
+    }
 
 
 def _first_decision(approval: dict[str, Any]) -> dict[str, Any]:

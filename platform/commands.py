@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
 from aob.events.codec import encode
-from aob.events.ids import new_event_id
+from aob.events.ids import derived_event_id, new_event_id
 from aob.events.log.port import Append, Record, TopicPartition
 from aob.events.partitioner import partition_for
 from aob.events.types import (
@@ -35,6 +35,7 @@ from aob.events.types import (
     Payload,
     RunCancelRequested,
     RunSubmitted,
+    SignalReceived,
     TagMoved,
     TagMoveRequested,
     ToolRegistered,
@@ -45,6 +46,7 @@ from aob.events.types import (
 from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
 from aob.platform.replay import NO_EDITS, Edits, fork, run_events
+from aob.projections.coordinator.approvals import MAX_SIGNALS_PER_RUN
 from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import (
@@ -331,6 +333,64 @@ class Commands:
         except OutputError:
             return output  # not in this process's store: show the reference
 
+    async def send_signal(
+        self,
+        run_id: str,
+        name: str,
+        payload: Any,
+        *,
+        key: str | None,
+        actor: str,
+        trace_id: str,
+    ) -> tuple[dict[str, Any], bool]:
+        """Record the signal `name` on a running run (`SignalReceived`); returns it and
+        whether it is new. With `key`, sending it again returns the first one: its event
+        id derives from (run, name, key), so even a racing duplicate is folded once."""
+        run = await self.run(run_id)
+        event_id = None if key is None else derived_event_id(f"{run_id}/signal/{name}", key)
+        sent = await self._signals(run_id)
+        earlier = next((e for e in sent if e["event_id"] == event_id), None)
+        if earlier is not None:
+            return _signal(earlier), False
+        _refuse_finished(run, "signal")
+        if len(sent) >= MAX_SIGNALS_PER_RUN:
+            raise Problem(
+                409,
+                "too-many-signals",
+                "Too many signals",
+                f"run {run_id!r} already has {len(sent)} signals, the most a run keeps",
+            )
+        event = Event(
+            event_id or new_event_id(),
+            run_id,
+            now_ms(),
+            SignalReceived(run_id, name, payload, actor),
+            trace_id,
+            None,
+            actor,
+        )
+        records = await self.engine.log.append([Append(RUNS_TOPIC, run_id, encode(event))])
+        await self.engine.projected.wait_for(records)
+        return _signal(
+            {
+                "event_id": event.event_id,
+                "occurred_at": event.occurred_at,
+                "actor": actor,
+                "data": {"name": name, "payload": payload, "sent_by": actor},
+            }
+        ), True
+
+    async def _signals(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's signals so far (timeline rows), oldest first."""
+        found: list[dict[str, Any]] = []
+        after = None
+        while True:
+            page = await self.read.timeline(run_id, after_offset=after, limit=1000)
+            found += [e for e in page if e["type"] == "SignalReceived"]
+            if len(page) < 1000:
+                return found
+            after = page[-1]["offset"]
+
     async def cancel_run(
         self, run_id: str, reason: str, *, actor: str, trace_id: str
     ) -> dict[str, Any]:
@@ -521,6 +581,18 @@ class Commands:
         return await record_events(
             self.engine, topic, key, payloads, actor=actor, trace_id=trace_id
         )
+
+
+def _signal(row: dict[str, Any]) -> dict[str, Any]:
+    """A signal as the API shows it, from its timeline row."""
+    data = row["data"]
+    return {
+        "event_id": row["event_id"],
+        "name": data["name"],
+        "payload": data["payload"],
+        "sent_by": data["sent_by"],
+        "sent_at": row["occurred_at"],
+    }
 
 
 def _visible(row: dict[str, Any], tenant: str | None) -> bool:

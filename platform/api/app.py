@@ -25,6 +25,7 @@ from aob.platform.api import (
     replay,
     runs,
     runs_feed,
+    signals,
     stream,
     tools,
     workflows,
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
         redoc_url=None,
     )
     if role in ("dev", "api"):
-        for module in (runs, workflows, replay, diff, approvals, patches, tools):
+        for module in (runs, workflows, replay, diff, approvals, patches, tools, signals):
             app.include_router(module.router)
         install_console(app)  # the web console at /, /docs and /redoc, /api/v1/me
     if role in API_ROLES:

@@ -39,7 +39,10 @@ class Decide(BaseModel):
     "/{approval_id}/decide",
     summary="Approve or reject",
     responses={
-        403: {"description": "The caller is not one of the approvers"},
+        403: {
+            "description": "The caller is not one of the approvers, or submitted the run "
+            "and the node does not allow self-approval"
+        },
         404: {"description": "No such approval"},
         409: {
             "description": "Already decided (the first decision is in the body), or the run is over"
@@ -54,9 +57,17 @@ async def decide(
     actor: Actor,
     roles: Roles,
     trace_id: TraceId,
+    principal: PrincipalDep,
 ) -> dict[str, Any]:
+    """A decision, or with a quorum a vote (the answer then shows the votes so far)."""
     return await approvals.decide(
-        approval_id, body.decision, body.comments, actor=actor, roles=roles, trace_id=trace_id
+        approval_id,
+        body.decision,
+        body.comments,
+        actor=actor,
+        roles=roles,
+        trace_id=trace_id,
+        authenticated=principal.via != "none",
     )
 
 

@@ -77,6 +77,9 @@ def test_a_decision_completes_the_node_with_who_when_and_why():
         "decided_at": 9_000,
         "approval_id": "a1",
         "timed_out": False,
+        "won": "approval",
+        "votes": [],
+        "signal": None,
     }
     rejected = node_outcome(APPROVAL, _decided("reject", "system:timeout"))
     assert isinstance(rejected, NodeCompleted)

@@ -33,8 +33,34 @@ def node_outcome(approval: Mapping[str, Any], decided: Event) -> NodeCompleted |
         "decided_at": decided.occurred_at,
         "approval_id": decision.approval_id,
         "timed_out": decision.decided_by == TIMEOUT_DECIDER,
+        "won": _winner(decision),
+        "votes": decision.votes or [],
+        "signal": decision.signal,
     }
     return NodeCompleted(*node, output=output)
+
+
+def _winner(decision: ApprovalDecided) -> str:
+    """Which of the events the node waited for ended it: a signal, the deadline, or a
+    decision (one person's, or a quorum's)."""
+    if decision.signal is not None:
+        return "signal"
+    return "timeout" if decision.decided_by == TIMEOUT_DECIDER else "approval"
+
+
+def self_approval_refusal(
+    policy: Mapping[str, Any] | None, decision: str, actor: str, submitter: str | None
+) -> str | None:
+    """Why `actor` may not approve a run they submitted, or None when they may.
+    Rejecting is always allowed; `allow_self_approval` in the node's config lifts it."""
+    if decision != "approve" or submitter is None or actor != submitter:
+        return None
+    if policy and policy.get("allow_self_approval"):
+        return None
+    return (
+        f"{actor!r} submitted this run and may not approve it "
+        "(the node's config does not set allow_self_approval: true)"
+    )
 
 
 def refusal(approvers: Iterable[str], actor: str, roles: Iterable[str]) -> str | None:
