@@ -197,6 +197,9 @@ def test_agent_patch_is_reviewed_and_its_node_appears(server: DevServer, page: P
     expect(patch).to_contain_text('"path": "/nodes/-"')
     expect(patch).to_contain_text("settled after")
     expect(page.locator("#agent-usage")).to_contain_text("Total tokens")
+    # The run's LLM usage per agent node and in total (no price configured: cost unknown).
+    expect(page.locator("#run-usage-table tr", has_text="plan")).to_contain_text("unknown")
+    expect(page.locator("#run-usage-table")).to_contain_text("Total")
     shot(page, "08-patch-applied")
 
 

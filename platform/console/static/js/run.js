@@ -54,6 +54,9 @@ export async function render(main, runId) {
       h('div', {}, h('h2', {}, 'Graph'), legend(), graphEl, detail),
       h('div', {}, h('h2', {}, 'Timeline'), timeline)),
     liveOutput, patchesEl);
+  // LLM tokens and cost per agent node and for the run, from the usage events (budgets.md).
+  const usageEl = h('section', {class: 'card', id: 'run-usage', 'aria-label': 'LLM usage', hidden: true});
+  main.append(usageEl);
 
   let parentId = null;  // the run this one was forked from (its RunSubmitted's checkpoint)
   api(`${path}/events?limit=1`).then((page) => {
@@ -249,6 +252,7 @@ export async function render(main, runId) {
         info.usage = d;
         info.usages = [...(info.usages || []), d];  // one per attempt
         if (selected === d.node_id) showNode();
+        drawUsage();
         break;
       }
       case 'PatchProposed':
@@ -349,6 +353,16 @@ export async function render(main, runId) {
       h('h4', {}, 'Config'), jsonBlock(defined.config, 'node config'));
   }
 
+  function drawUsage() {
+    const rows = [...nodes].filter(([, info]) => info.usages).map(([id, info]) => [id, ...spentBy(info.usages)]);
+    const all = rows.flatMap(([, , , usages]) => usages);
+    const total = ['Total', ...spentBy(all)];
+    usageEl.hidden = rows.length === 0;
+    fill(usageEl, h('h2', {}, 'LLM usage'), h('table', {class: 'usages', id: 'run-usage-table'},
+      h('tr', {}, ['Node', 'Tokens', 'Cost (USD)'].map((c) => h('th', {}, c))),
+      [...rows, total].map(([id, tokens, cost]) => h('tr', {}, [id, tokens, cost].map((v) => h('td', {}, String(v)))))));
+  }
+
   function usageBlock(usage, usages) {
     return h('div', {class: 'usage', id: 'agent-usage'}, h('h4', {}, 'Token usage'),
       h('dl', {class: 'facts'}, fact('Model', usage.model), fact('LLM calls', usage.llm_calls),
@@ -392,6 +406,15 @@ export async function render(main, runId) {
     clearTimeout(retryTimer);
     if (source) source.close();
   };
+}
+
+// Tokens and cost of usage events: the cost is unknown for models without a price.
+function spentBy(usages) {
+  const tokens = usages.reduce((n, u) => n + (u.total_tokens || 0), 0);
+  const priced = usages.filter((u) => u.cost_nano_usd !== null && u.cost_nano_usd !== undefined);
+  const nano = priced.reduce((n, u) => n + u.cost_nano_usd, 0);
+  const cost = priced.length ? (nano / 1e9).toFixed(nano < 1e7 ? 6 : 2) : 'unknown';
+  return [tokens, priced.length < usages.length && priced.length ? `${cost} + unknown` : cost, usages];
 }
 
 function fact(label, value) {
