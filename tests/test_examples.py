@@ -153,3 +153,55 @@ def test_patch_review_applies_the_agents_patch_once_approved(aob: Cli, server: L
     assert run["status"] == "completed", run.get("error")
     assert run["output"]["escalated"] == "escalated o-7"
     assert "escalation" in json.dumps(run["output"]["answer"])
+
+
+def _quorum_payment(aob: Cli, server: LiveServer) -> tuple[str, str]:
+    run_id = started(
+        aob, "examples/quorum-payment.yaml", "--input", "supplier=Acme", "--input", "amount=25000"
+    )
+    server.wait_status(run_id, ("waiting",))
+    pending = aob("approvals", "list", "--run", run_id, "-o", "json").json()["items"]
+    [approval] = pending
+    return run_id, approval["approval_id"]
+
+
+def test_quorum_payment_needs_two_of_three_votes(aob: Cli, server: LiveServer) -> None:
+    run_id, approval_id = _quorum_payment(aob, server)
+    first = aob("approve", approval_id, "approve", "--reason", "invoice ok", "--actor", "ann")
+    assert first.code == 0, first.err
+    assert "1 of 2 approvals (ann)" in first.out
+    again = aob("approve", approval_id, "approve", "--actor", "ann")
+    assert "your first vote stands" in again.out
+    status = aob("run", "status", run_id)
+    assert "waiting" in status.out
+    assert "1 of 2 approvals (ann)" in status.out
+    outsider = aob("approve", approval_id, "approve", "--actor", "mallory")
+    assert outsider.code != 0
+    assert "may not decide" in outsider.err
+    assert aob("approve", approval_id, "approve", "--actor", "bob").code == 0
+    run = server.wait_finished(run_id)
+    assert run["output"] == {
+        "won": "approval",
+        "decision": "approve",
+        "voters": ["ann", "bob"],
+        "result": "paid 25000 EUR to Acme",
+    }
+    status = aob("run", "status", run_id)
+    assert "approved by system:quorum" in status.out
+    assert "2 of 2 approvals (ann, bob)" in status.out
+
+
+def test_quorum_payment_ends_on_the_suppliers_signal(aob: Cli, server: LiveServer) -> None:
+    run_id, _ = _quorum_payment(aob, server)
+    sent = aob("run", "signal", run_id, "cancelled", "--data", '{"by": "supplier"}', "--key", "1")
+    assert sent.code == 0, sent.err
+    assert aob("run", "signal", run_id, "cancelled", "--data", "{}", "--key", "1").code == 0
+    bad = aob("run", "signal", run_id, "cancelled", "--data", "{nope")
+    assert bad.code == 2
+    assert "--data is not JSON" in bad.err
+    run = server.wait_finished(run_id)
+    assert run["output"]["won"] == "signal"
+    assert run["output"]["result"] == "cancelled by supplier"
+    events = httpx.get(f"{server.url}/api/v1/runs/{run_id}/events").json()["items"]
+    [signal] = [e for e in events if e["type"] == "SignalReceived"]  # the key made it once
+    assert signal["data"]["payload"] == {"by": "supplier"}
