@@ -10,6 +10,7 @@ message naming the setting, and never stall on it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aob.events.log.port import (
     POLL_TIMEOUT,
@@ -84,6 +85,11 @@ class BoundedEventLog:
 
     async def wait_for_append(self, timeout: float) -> None:
         await self.inner.wait_for_append(timeout)
+
+    @property
+    def watch(self) -> Any:
+        """The inner log's `watch` (appends by topic), if it has one: else None."""
+        return getattr(self.inner, "watch", None)
 
     async def join(
         self,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Final
 
 from aob.events.log.port import (
     POLL_TIMEOUT,
@@ -30,6 +31,11 @@ from aob.events.log.port import (
 from aob.events.partitioner import partition_for
 
 log = logging.getLogger(__name__)
+
+_PARTITION_CACHE_MAX: Final = 65536
+
+# `SqliteEventLog.watch`: resolve a future at the next append to one of some topics.
+Watch = Callable[[Iterable[str], "asyncio.Future[None]"], Callable[[], None]]
 
 Appends = Sequence[Append] | Mapping[TopicPartition, Sequence[Append]]
 
@@ -66,6 +72,7 @@ class Consumer:
         self._start_from: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}  # without a group
         self._early_seeks: dict[TopicPartition, int] = {}  # by the first on_assigned
+        self._partitions_of: dict[tuple[str, int], int] = {}  # (key, partitions) -> partition
 
     async def start(self, start_from: Mapping[TopicPartition, int] | None = None) -> None:
         """Join the group (the first assignment's `on_assigned` has run on return)."""
@@ -126,11 +133,29 @@ class Consumer:
         # A wake-up only says that something was appended, maybe to another topic: keep
         # waiting rather than return empty-handed, only for the caller to read again.
         while (remaining := deadline - loop.time()) > 0:
-            await self.log.wait_for_append(remaining)
+            await self._wait_for_append(remaining)
             records = await self._read()
             if records:
                 break
         return records
+
+    async def _wait_for_append(self, timeout: float) -> None:
+        """Until an append that may concern this consumer, or `timeout` s. A log that
+        can tell appends by topic (`watch`: the embedded one) wakes it only for its
+        topics; every other one, for any append."""
+        watch: Watch | None = getattr(self.log, "watch", None)
+        if watch is None:
+            await self.log.wait_for_append(timeout)
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        unwatch = watch(self.topics, waiter)
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            unwatch()
 
     async def _read(self) -> list[Record]:
         # One end-offsets call per topic, then reads only where records wait: on a
@@ -197,7 +222,8 @@ class Consumer:
         out: dict[TopicPartition, list[Append]] = {}
         lost: set[TopicPartition] = set()
         for append in appends:
-            homes = [TopicPartition(t, partition_for(append.key, n)) for t, n in counts.items()]
+            key = append.key
+            homes = [TopicPartition(t, self._partition_of(key, n)) for t, n in counts.items()]
             home = next((tp for tp in homes if tp in owned), None)
             if home is None:
                 lost.update(homes)
@@ -207,6 +233,16 @@ class Consumer:
             names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in lost))
             log.warning("group %s: appends of lost partitions dropped: %s", self.group, names)
         return out
+
+    def _partition_of(self, key: str, partitions: int) -> int:
+        # A run's events come in many batches: hash its id once (a few runs' worth kept).
+        cache = self._partitions_of
+        partition = cache.get((key, partitions))
+        if partition is None:
+            if len(cache) >= _PARTITION_CACHE_MAX:
+                cache.clear()
+            partition = cache[key, partitions] = partition_for(key, partitions)
+        return partition
 
     async def close(self) -> None:
         """Leave the group (`on_revoked` of the owned partitions runs first)."""
@@ -244,3 +280,8 @@ class _Positioning:
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         if self.consumer.listener is not None:
             await self.consumer.listener.on_revoked(partitions)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -58,7 +58,7 @@ class _Log(Protocol):
         self, topic: str, partition: int, offset: int, max_records: int = 500
     ) -> list[Record]: ...
 
-    async def wait_for_append(self, timeout: float) -> None: ...
+    def watch(self, topics: Iterable[str], waiter: asyncio.Future[None]) -> Callable[[], None]: ...
 
     async def fenced_commit(
         self,
@@ -78,10 +78,15 @@ class _Group:
     revoking: set[str] = field(default_factory=set)  # members yet to release
     rebalancing: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Polls waiting for records, woken by any change of the group as well.
+    pollers: set[asyncio.Future[None]] = field(default_factory=set)
 
     def notify(self) -> None:
         self.changed.set()
         self.changed = asyncio.Event()
+        for poller in self.pollers:
+            if not poller.done():
+                poller.set_result(None)
 
 
 class EmbeddedGroups:
@@ -329,13 +334,22 @@ class EmbeddedMember:
             remaining = deadline - loop.time()
             if records or remaining <= 0:
                 return records
-            wake = asyncio.ensure_future(self._state.changed.wait())
-            append = asyncio.ensure_future(self._groups.log.wait_for_append(remaining))
-            try:
-                await asyncio.wait({wake, append}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for future in (wake, append):
-                    future.cancel()
+            await self._wait_for_records(remaining)
+
+    async def _wait_for_records(self, timeout: float) -> None:
+        """Until an append to this member's topics, a change of its group, or `timeout`
+        s: one future, woken only by what concerns this member."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        unwatch = self._groups.log.watch(self.topics, waiter)
+        self._state.pollers.add(waiter)
+        timer = loop.call_later(timeout, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            unwatch()
+            self._state.pollers.discard(waiter)
 
     def _settled(self) -> bool:
         """Whether records may be returned: no rebalance is waiting on this member."""
@@ -414,3 +428,8 @@ class EmbeddedMember:
         finally:
             self._owned = frozenset()
             self._positions = {}
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

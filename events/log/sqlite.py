@@ -14,6 +14,11 @@ Design:
   within one loop tick are queued and written by one transaction, scheduled with
   `loop.call_soon`, so throughput grows with concurrency instead of paying a commit
   per caller.
+* Followers wake per topic: `watch` resolves a future at the next append to one of
+  its topics, so a consumer is not woken by appends to topics it does not read (the
+  group members and the group-less `Consumer` use it; `wait_for_append` still wakes
+  on any append). A followed topic's latest records stay in memory (`_TAIL_BYTES` in
+  all), and reads that far behind the end, most reads, are served without a query.
 * `append_and_commit` writes its records and the group's offsets in that same single
   transaction, which makes consume-process-produce loops exactly-once.
 * Consumer groups (`join`): an in-process group coordinator (`aob.events.log.groups`)
@@ -30,13 +35,15 @@ Design:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
+import itertools
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +69,7 @@ _SCHEMA_VERSION: Final = 1
 _SYNCHRONOUS_MODES: Final = frozenset({"NORMAL", "FULL", "EXTRA"})
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
 _PARTITION_CACHE_MAX: Final = 65536
+_TAIL_BYTES: Final = 8 * 1024 * 1024  # record values kept in memory for followers
 
 # "partition", "offset" and "group" are SQL keywords: always quoted.
 _SCHEMA: Final = """
@@ -146,6 +154,18 @@ class SqliteEventLog:
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
         self._appended = asyncio.Event()
+        # Futures waiting for appends to one of their topics (`watch`): a wake-up per
+        # consumer whose topics were written, not one per consumer per append.
+        self._watchers: dict[str, set[asyncio.Future[None]]] = {}
+        # The records appended last, per partition (dense offsets), read by followers
+        # without a query: most reads are of what was just written. Like the active
+        # segment of a Kafka partition, the tail is never compacted.
+        self._tail: dict[tuple[str, int], collections.deque[Record]] = {}
+        self._tail_order: collections.deque[tuple[str, int]] = collections.deque()
+        self._tail_bytes = 0
+        # Topics ever watched: every record of theirs from then on is in the tail (until
+        # it is pushed out), so a tail's offsets have no gaps.
+        self._followed: set[str] = set()
         self._groups = EmbeddedGroups(self)
 
     # --- lifecycle -------------------------------------------------------------------
@@ -209,6 +229,8 @@ class SqliteEventLog:
         finally:
             os.close(self._lock_fd)
             self._appended.set()  # wake waiters: their next call reports the closed log
+            for watchers in self._watchers.values():
+                _wake_all(watchers)
 
     async def __aenter__(self) -> SqliteEventLog:
         return self
@@ -305,6 +327,10 @@ class SqliteEventLog:
             raise LogError(f"cannot read {topic}[{partition}] from negative offset {offset}")
         if offset >= self._ends[topic][partition] or max_records <= 0:
             return []
+        tail = self._tail.get((topic, partition))
+        if tail and offset >= tail[0].offset:  # a follower right behind the end
+            start = offset - tail[0].offset  # offsets are dense in the tail
+            return list(itertools.islice(tail, start, start + max_records))
         try:
             rows = conn.execute(_READ, (topic, partition, offset, max_records)).fetchall()
         except sqlite3.Error as exc:
@@ -337,6 +363,20 @@ class SqliteEventLog:
                 await appended.wait()
         except TimeoutError:
             pass
+
+    def watch(self, topics: Iterable[str], waiter: asyncio.Future[None]) -> Callable[[], None]:
+        """Resolve `waiter` at the next append to one of `topics` (or when the log
+        closes); returns the function that stops watching."""
+        names = tuple(topics)
+        for topic in names:
+            self._watchers.setdefault(topic, set()).add(waiter)
+        self._followed.update(names)
+
+        def unwatch() -> None:
+            for topic in names:
+                self._watchers.get(topic, set()).discard(waiter)
+
+        return unwatch
 
     # --- internals -----------------------------------------------------------------------
 
@@ -397,6 +437,25 @@ class SqliteEventLog:
             self._flush_handle = loop.call_soon(self._flush)
         return await future
 
+    def _keep_tail(self, records: list[Record]) -> None:
+        """Keep the latest records of followed topics (`_TAIL_BYTES` of them) for their
+        followers, oldest out first."""
+        tails, order = self._tail, self._tail_order
+        followed = self._followed
+        for record in records:
+            if record.topic not in followed:
+                continue  # nobody follows it (the changelog): read back, if ever, by query
+            tp = (record.topic, record.partition)
+            tail = tails.get(tp)
+            if tail is None:
+                tail = tails[tp] = collections.deque()
+            tail.append(record)
+            order.append(tp)
+            self._tail_bytes += len(record.value)
+        while self._tail_bytes > _TAIL_BYTES:
+            oldest = tails[order.popleft()].popleft()
+            self._tail_bytes -= len(oldest.value)
+
     def _flush(self) -> None:
         """Write every queued append and commit in one transaction, then resolve them."""
         if self._flush_handle is not None:
@@ -451,9 +510,12 @@ class SqliteEventLog:
             ends[topic][partition] = end
         for pending in batch:
             pending.future.set_result(pending.records)
+            self._keep_tail(pending.records)
         if inserts:
             self._appended.set()
             self._appended = asyncio.Event()
+            for topic in {topic for topic, _ in advanced}:
+                _wake_all(self._watchers.get(topic, ()))
 
 
 def _lock(path: Path) -> int:
@@ -488,6 +550,12 @@ def _close_quietly(conn: sqlite3.Connection | None, lock_fd: int) -> None:
             conn.close()
     finally:
         os.close(lock_fd)
+
+
+def _wake_all(waiters: Iterable[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
 
 
 def _fail(batch: list[_Pending], error: LogError) -> None:

@@ -30,6 +30,7 @@ state makes the decisions, with the ids, that the live state made.
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -247,6 +248,7 @@ def position_entry(partition: int, partitions: int, through: int) -> Append:
     return Append(CHANGELOG_TOPIC, position_key(partition, partitions), _envelope(through=through))
 
 
+@functools.cache  # every batch writes a marker; the search tries many keys
 def position_key(partition: int, partitions: int) -> str:
     """A key that lands in `partition` (of `partitions`): the first of a fixed sequence,
     so every host picks the same one and compaction keeps only the latest marker."""
