@@ -45,7 +45,8 @@ from aob.events.types import (
 from aob.platform.budgets import budget_guard, model_prices
 from aob.platform.deltas import LiveDeltas
 from aob.platform.settings import SERVICES, Settings, service_problem
-from aob.projections.readmodels.port import AsyncReadModels, ThreadedReadModels
+from aob.projections.readmodels.inplace import InPlaceReadModels
+from aob.projections.readmodels.port import AsyncReadModels
 from aob.projections.readmodels.postgres import PostgresReadModels
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.changelog import create_changelog
@@ -358,7 +359,7 @@ async def open_read_models(settings: Settings) -> AsyncReadModels:
             settings.database_url.get_secret_value(), max_size=settings.database_pool_size
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return await ThreadedReadModels.open(settings.data_dir / "readmodels.db")
+    return await InPlaceReadModels.open(settings.data_dir / "readmodels.db")
 
 
 def _agent_runner(

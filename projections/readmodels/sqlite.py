@@ -16,6 +16,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self
@@ -26,6 +27,7 @@ from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
     LOAD_OFFSETS,
     SAVE_OFFSET,
+    TOUCH_RUN,
     Exec,
     Positioned,
     Row,
@@ -91,8 +93,12 @@ class SqliteReadModels:
             return
         with self._lock, self._transaction("BEGIN IMMEDIATE"):
             todo, advanced = select_new(batch, self._offsets())
+            touched: dict[str, int] = {}
+            execute = partial(self._execute_touch_later, touched)
             for position, event in todo:
-                run_plan(project(event, position), self._execute)
+                run_plan(project(event, position), execute)
+            for run_id, at in touched.items():
+                self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
             for tp, next_offset in advanced.items():
                 self._execute(Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
 
@@ -229,6 +235,15 @@ class SqliteReadModels:
             self._conn.execute("ROLLBACK")
             raise
         self._conn.execute("COMMIT")
+
+    def _execute_touch_later(self, touched: dict[str, int], step: Step) -> Row | None:
+        """`_execute`, except that a run's `updated_at` (the latest event time, which
+        nothing in the batch reads) is set once per batch instead of once per event."""
+        if step.sql is TOUCH_RUN:
+            run_id, at = step.params["run_id"], step.params["at"]
+            touched[run_id] = max(at, touched.get(run_id, at))
+            return None
+        return self._execute(step)
 
     def _execute(self, step: Step) -> Row | None:
         cursor = self._conn.execute(step.sql, step.params)
