@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from aob.events.codec import decode
 from aob.events.log.consumer import Consumer
@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 
 GROUP = "aob-projector"
 PROJECTED_TOPICS = (RUNS_TOPIC, WORKFLOWS_TOPIC)
+# How long the projector lets records gather once some arrived. The read models trail
+# the log by this much more; in exchange the hosts that move runs on go first (in one
+# process they share the event loop), and a run's events are applied in a few
+# transactions instead of one per append (bench/core.py: a run alone made 16).
+LINGER_S: Final = 0.002
 
 
 class OffsetsSource(Protocol):
@@ -66,10 +71,16 @@ class ProjectorHost:
     """
 
     def __init__(
-        self, event_log: EventLog, store: ReadModelStore, *, max_records: int = 1000
+        self,
+        event_log: EventLog,
+        store: ReadModelStore,
+        *,
+        max_records: int = 1000,
+        linger: float = LINGER_S,
     ) -> None:
         self.log = event_log
         self.store = store
+        self.linger = linger
         self.consumer = Consumer(
             event_log, GROUP, PROJECTED_TOPICS, max_records=max_records, listener=self
         )
@@ -105,8 +116,12 @@ class ProjectorHost:
             await self.close()
 
     async def step(self, timeout: float = 0.0) -> int:
-        """Project what is there to read now; returns how many records were read."""
+        """Project what is there to read now (waiting up to `timeout` s for something,
+        then `linger` s for more); returns how many records were read."""
         records = await self.consumer.poll(timeout=timeout)
+        if records and self.linger > 0:
+            await asyncio.sleep(self.linger)
+            records += await self.consumer.poll(timeout=0)
         if records:
             await self._apply(records)
             await self._applied(after(records))
