@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -51,6 +52,10 @@ class Authenticator:
         self.cache_seconds = cache_seconds
         self._monotonic = monotonic
         self._records: OrderedDict[str, tuple[float, TokenRecord]] = OrderedDict()
+        # One store read per token at a time: the requests that find its record stale
+        # together (dozens, under load) wait for the same read.
+        self._reading: dict[str, asyncio.Future[TokenRecord | None]] = {}
+        self._revocations = 0  # revocations through this authenticator so far
 
     async def authenticate(self, credential: str) -> Principal:
         """The principal `credential` proves; raises Unauthenticated."""
@@ -86,15 +91,36 @@ class Authenticator:
         if cached is not None and now - cached[0] < self.cache_seconds:
             self._records.move_to_end(token_id)
             return cached[1]
-        record = await self.tokens.get(token_id)
+        reading = self._reading.get(token_id)
+        if reading is not None:
+            return await asyncio.shield(reading)
+        reading = asyncio.get_running_loop().create_future()
+        self._reading[token_id] = reading
+        revocations = self._revocations
+        try:
+            record = await self.tokens.get(token_id)
+        except BaseException as error:
+            if isinstance(error, asyncio.CancelledError):
+                reading.cancel()
+            else:
+                reading.set_exception(error)
+                reading.exception()  # retrieved: no warning when nobody else waited
+            raise
+        finally:
+            self._reading.pop(token_id, None)
+        reading.set_result(record)
+        if revocations == self._revocations:  # else the record read may predate it
+            self._remember(token_id, now, record)
+        return record
+
+    def _remember(self, token_id: str, read_at: float, record: TokenRecord | None) -> None:
         if record is None:
             self._records.pop(token_id, None)
-            return None
-        self._records[token_id] = (now, record)
+            return
+        self._records[token_id] = (read_at, record)
         self._records.move_to_end(token_id)
         if len(self._records) > CACHED_TOKENS_MAX:
             self._records.popitem(last=False)
-        return record
 
     async def issue(
         self,
@@ -130,6 +156,7 @@ class Authenticator:
     async def revoke(self, token_id: str, tenant: str | None = None) -> TokenRecord | None:
         revoked = await self.tokens.revoke(token_id, self.clock_ms(), tenant)
         if revoked is not None:
+            self._revocations += 1
             self._records.pop(token_id, None)  # refused from the next request on
         return revoked
 

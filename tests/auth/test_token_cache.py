@@ -4,12 +4,21 @@ authenticator at once; secrets and expiry are checked on every request."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from aob.platform.auth import OPERATOR, Authenticator, SqliteTokenStore, Unauthenticated
+from aob.platform.auth import (
+    OPERATOR,
+    Authenticator,
+    SqliteTokenStore,
+    TokenStore,
+    Unauthenticated,
+)
+from aob.platform.auth.tokens import TokenRecord
 
 
 class Ticks:
@@ -72,3 +81,35 @@ async def test_a_cached_record_still_checks_the_secret_and_the_expiry(
     now_ms[0] += 10_000
     with pytest.raises(Unauthenticated, match="expired"):
         await api.authenticate(token)
+
+
+class CountingStore:
+    """The real store, counting reads and holding each until released."""
+
+    def __init__(self, store: SqliteTokenStore) -> None:
+        self.store = store
+        self.reads = 0
+        self.reading = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def get(self, token_id: str) -> TokenRecord | None:
+        self.reads += 1
+        self.reading.set()
+        await self.release.wait()
+        return await self.store.get(token_id)
+
+
+async def test_requests_that_find_a_token_stale_together_share_one_store_read(
+    store: SqliteTokenStore,
+) -> None:
+    token, _ = await Authenticator(store).issue("ann", "acme", [OPERATOR], created_by="root")
+    counting = CountingStore(store)
+    api = Authenticator(cast(TokenStore, counting), cache_seconds=1.0, monotonic=Ticks())
+
+    waiting = [asyncio.create_task(api.authenticate(token)) for _ in range(20)]
+    # The tasks run in creation order: once the first reads, all twenty have asked.
+    await counting.reading.wait()
+    counting.release.set()
+
+    assert {p.name for p in await asyncio.gather(*waiting)} == {"ann"}
+    assert counting.reads == 1
