@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
@@ -104,10 +105,17 @@ async def record_events(
     return await engine.log.append(appends)
 
 
+# Workflow versions kept in memory by an API process (least recently used dropped).
+CACHED_WORKFLOW_VERSIONS: Final = 1024
+
+
 class Commands:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.read = engine.read_models
+        # A version of a workflow never changes once recorded: a submission by tag
+        # reads only the tag (which moves), not the definition again.
+        self._versions: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
 
     # --- workflows and tags --------------------------------------------------------
 
@@ -257,12 +265,29 @@ class Commands:
         given (another tenant's answers as one that does not exist)."""
         tag = await self.read.get_tag(ref) if version is None else None
         if tag is not None and _visible(tag, tenant):
-            workflow = await self.read.get_workflow(tag["workflow_id"], tag["version"])
+            workflow = await self._workflow_version(tag["workflow_id"], tag["version"])
+        elif version is not None:
+            workflow = await self._workflow_version(ref, version)
         else:
-            workflow = await self.read.get_workflow(ref, version)
+            workflow = await self.read.get_workflow(ref)
         if workflow is None or not _visible(workflow, tenant):
             raise not_found("workflow or tag", ref if version is None else f"{ref}@{version}")
         return workflow
+
+    async def _workflow_version(self, workflow_id: str, version: int) -> dict[str, Any] | None:
+        """One recorded version (a copy of the row: callers may add to it)."""
+        key = (workflow_id, version)
+        row = self._versions.get(key)
+        if row is None:
+            row = await self.read.get_workflow(workflow_id, version)
+            if row is None:
+                return None
+            self._versions[key] = row
+            if len(self._versions) > CACHED_WORKFLOW_VERSIONS:
+                self._versions.popitem(last=False)
+        else:
+            self._versions.move_to_end(key)
+        return dict(row)
 
     # --- runs ----------------------------------------------------------------------
 
