@@ -21,7 +21,8 @@ export async function render(main) {
     try {
       const [open, all] = await Promise.all([
         api('/api/v1/approvals?status=pending'), api('/api/v1/approvals?status=any')]);
-      const ids = open.items.map((a) => a.approval_id).join(' ');
+      // Votes and escalation levels count as changes too: the quorum progress redraws.
+      const ids = open.items.map((a) => `${a.approval_id}:${(a.votes || []).length}:${a.level || 0}`).join(' ');
       if (ids !== shownIds) {  // redraw only on change: a comment being typed stays
         shownIds = ids;
         drawPending(open.items);
@@ -46,7 +47,10 @@ export async function render(main) {
       try {
         await api(`/api/v1/approvals/${encodeURIComponent(id)}/decide`, {
           method: 'POST', body: {decision, comments: comment.value}});
-        fill(notice, `${decision === 'approve' ? 'Approved' : 'Rejected'}: the run continues.`);
+        const result = await api(`/api/v1/approvals/${encodeURIComponent(id)}`);
+        fill(notice, result.status === 'pending'
+          ? `Vote recorded: ${progress(result)}.`
+          : `${decision === 'approve' ? 'Approved' : 'Rejected'}: the run continues.`);
         shownIds = '';
         refresh();
       } catch (error) {
@@ -61,6 +65,9 @@ export async function render(main) {
         ' · node ', h('code', {}, approval.node_id), ' · requested ', when(approval.requested_at),
         approval.deadline ? ` · deadline ${when(approval.deadline)} (then ${approval.on_timeout})` : ''),
       h('p', {}, h('strong', {}, 'May decide: '), deciders),
+      quorumOf(approval) > 1 ? h('p', {class: 'quorum'}, h('strong', {}, 'Quorum: '), progress(approval)) : '',
+      approval.level ? h('p', {class: 'escalated'}, `Escalated to level ${approval.level}`) : '',
+      signalsOf(approval).length ? h('p', {}, h('strong', {}, 'Or a signal: '), signalsOf(approval).join(', ')) : '',
       h('h4', {}, 'Payload'), jsonBlock(approval.payload, 'approval payload'),
       can('approve') ? h('div', {class: 'review'},
         h('label', {for: `comment-${id}`}, 'Comment'), comment,
@@ -69,6 +76,18 @@ export async function render(main) {
           h('button', {type: 'button', class: 'danger reject', onclick: () => decide('reject')}, 'Reject')),
         status)
         : h('p', {class: 'muted'}, `${session.me.name} may not decide approvals (roles: ${session.me.roles.join(', ')}).`));
+  }
+
+  function quorumOf(approval) { return (approval.policy && approval.policy.quorum) || 1; }
+  function signalsOf(approval) { return (approval.policy && approval.policy.signals) || []; }
+
+  // "1 of 2 approvals (ann)", with who rejected: the progress of a quorum approval.
+  function progress(approval) {
+    const votes = approval.votes || [];
+    const yes = votes.filter((v) => v.decision === 'approve').map((v) => v.voter);
+    const no = votes.filter((v) => v.decision !== 'approve').map((v) => v.voter);
+    return `${yes.length} of ${quorumOf(approval)} approvals` + (yes.length ? ` (${yes.join(', ')})` : '')
+      + (no.length ? `, rejected by ${no.join(', ')}` : '');
   }
 
   function drawPast(items) {
