@@ -57,6 +57,7 @@ _ENVELOPE_FIELDS: Final = (
     "causation_id",
     "actor",
     "payload",
+    "span_id",
 )
 
 # Compact, order-preserving, UTF-8 JSON text. NaN/Infinity are not JSON: other
@@ -249,6 +250,7 @@ class Codec:
                 # Tuple notation names the union branch: fastavro would otherwise
                 # guess it by trying every record.
                 "payload": (shape.fullname, shape.to_avro(payload)),
+                "span_id": event.span_id,
             }
             schemaless_writer(out, self._schema, record)
         except Exception as exc:  # bad field values surface as assorted fastavro/json errors
@@ -290,6 +292,7 @@ class Codec:
                 trace_id=record["trace_id"],
                 causation_id=record["causation_id"],
                 actor=record["actor"],
+                span_id=record["span_id"],
             )
         except Exception as exc:  # garbage surfaces as EOF, index, unicode, JSON errors...
             raise CodecError(

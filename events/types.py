@@ -579,6 +579,8 @@ class Event:
     trace_id: str = ""
     causation_id: str | None = None
     actor: str = "system"
+    # The OpenTelemetry span that wrote the event (aob.events.tracing), None untraced.
+    span_id: str | None = None
 
     @property
     def type(self) -> str:

@@ -250,7 +250,10 @@ def test_envelope_schema_shape() -> None:
         "causation_id",
         "actor",
         "payload",
+        "span_id",  # added with a null default: older readers and writers still agree
     ]
+    assert fields["span_id"]["type"] == ["null", "string"]
+    assert fields["span_id"]["default"] is None
     assert fields["occurred_at"]["type"] == {"type": "long", "logicalType": "timestamp-millis"}
     assert fields["causation_id"] == {
         "name": "causation_id",
