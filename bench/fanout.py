@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,6 +68,7 @@ def workload(iterations: int) -> dict[str, Any]:
 @dataclass
 class Received:
     events: int = 0
+    writes: int = 0  # chunks that carried events: what the server wrote per subscriber
     first: float = 0.0
     last: float = 0.0
     latencies_ms: list[int] = field(default_factory=list)
@@ -96,6 +99,7 @@ async def subscribe(host: str, port: int, run_id: str, connected: asyncio.Queue[
             *frames, buffer = buffer.split(b"\r\n\r\n")
             now = time.monotonic()
             wall_ms = time.time_ns() // 1_000_000
+            events_before = got.events
             for frame in frames:
                 if frame.startswith(b"id: "):
                     at = frame.index(OCCURRED) + len(OCCURRED)
@@ -106,6 +110,7 @@ async def subscribe(host: str, port: int, run_id: str, connected: asyncio.Queue[
                     got.last = now
                 elif frame.startswith(b"event: end"):
                     return got
+            got.writes += got.events > events_before
     finally:
         writer.close()
 
@@ -119,6 +124,8 @@ class Measurement:
     aggregate_per_s: float
     latency_p50_ms: float
     latency_p99_ms: float
+    events_per_write: float  # median over subscribers: how much each write carried
+    server_cpu_s: float  # the server process's CPU time from the approval to the last `end`
 
 
 async def measure(url: str, subscribers: int, iterations: int) -> Measurement:
@@ -134,12 +141,14 @@ async def measure(url: str, subscribers: int, iterations: int) -> Measurement:
         ]
         for _ in range(subscribers):
             await connected.get()
+        cpu_before = await _server_cpu_s(api)
         started = time.monotonic()
         decided = await api.post(
             f"/api/v1/approvals/{approval_id}/decide", json={"decision": "approve"}
         )
         decided.raise_for_status()
         results = await asyncio.gather(*readers)
+        server_cpu_s = await _server_cpu_s(api) - cpu_before
         timeline = (await api.get(f"/api/v1/runs/{run_id}/events", params={"limit": 10000})).json()[
             "items"
         ]
@@ -159,7 +168,18 @@ async def measure(url: str, subscribers: int, iterations: int) -> Measurement:
         aggregate_per_s=events * subscribers / max(whole, 1e-3),
         latency_p50_ms=float(latencies[len(latencies) // 2]),
         latency_p99_ms=float(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]),
+        events_per_write=statistics.median(r.events / max(r.writes, 1) for r in results),
+        server_cpu_s=server_cpu_s,
     )
+
+
+async def _server_cpu_s(api: httpx.AsyncClient) -> float:
+    """The server's CPU seconds so far (user + system, from its /metrics)."""
+    text = (await api.get("/metrics")).text
+    match = re.search(r"^process_cpu_seconds_total (\S+)$", text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("the server's /metrics has no process_cpu_seconds_total")
+    return float(match.group(1))
 
 
 def _decided_at(timeline: list[dict[str, Any]]) -> int:
@@ -194,17 +214,21 @@ def median_of(runs: list[Measurement]) -> Measurement:
         med("aggregate_per_s"),
         med("latency_p50_ms"),
         med("latency_p99_ms"),
+        med("events_per_write"),
+        med("server_cpu_s"),
     )
 
 
-async def bench(subscriber_counts: list[int], iterations: int, reps: int) -> list[Measurement]:
-    out = []
-    with dev_server() as url:
-        await measure(url, 1, 20)  # warm-up
-        for count in subscriber_counts:
-            runs = [await measure(url, count, iterations) for _ in range(reps)]
-            out.append(median_of(runs))
-    return out
+async def bench(
+    subscriber_counts: list[int], iterations: int, reps: int, url: str | None = None
+) -> list[Measurement]:
+    with contextlib.ExitStack() as stack:
+        base = url or stack.enter_context(dev_server())
+        await measure(base, 1, 20)  # warm-up
+        return [
+            median_of([await measure(base, count, iterations) for _ in range(reps)])
+            for count in subscriber_counts
+        ]
 
 
 def render(results: list[Measurement], iterations: int, reps: int) -> str:
@@ -213,7 +237,8 @@ def render(results: list[Measurement], iterations: int, reps: int) -> str:
         f"fanout: one run, {iterations} loop iterations; median of {reps} repetitions; "
         f"ratios to {base.subscribers} subscriber(s)",
         f"{'subs':>6} {'events':>7} {'produced/s':>11} {'per-sub/s':>10} {'ratio':>6} "
-        f"{'aggregate/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'p99 ratio':>9}",
+        f"{'aggregate/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'p99 ratio':>9} "
+        f"{'ev/write':>8} {'cpu s':>6}",
     ]
     for m in results:
         ratio = m.per_subscriber_per_s / base.per_subscriber_per_s
@@ -221,7 +246,8 @@ def render(results: list[Measurement], iterations: int, reps: int) -> str:
             f"{m.subscribers:>6} {m.events:>7} {m.produced_per_s:>11.0f} "
             f"{m.per_subscriber_per_s:>10.0f} {ratio:>6.2f} "
             f"{m.aggregate_per_s:>12.0f} {m.latency_p50_ms:>7.0f} {m.latency_p99_ms:>7.0f} "
-            f"{m.latency_p99_ms / max(base.latency_p99_ms, 1):>9.2f}"
+            f"{m.latency_p99_ms / max(base.latency_p99_ms, 1):>9.2f} {m.events_per_write:>8.1f} "
+            f"{m.server_cpu_s:>6.2f}"
         )
     return "\n".join(lines)
 
@@ -233,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subscribers", type=int, nargs="+", default=[1, 100, 1000])
     parser.add_argument("--iterations", type=int, help="loop iterations per run (300; quick 100)")
     parser.add_argument("--reps", type=int, help="repetitions per count (3; quick 1)")
+    parser.add_argument(
+        "--url",
+        help="a running dev server (AOB_AUTH=off) instead of starting one: to profile it",
+    )
     args = parser.parse_args(argv)
     iterations, reps = (100, 1) if args.quick else (300, 3)
     iterations = args.iterations or iterations
     reps = args.reps or reps
-    results = asyncio.run(bench(args.subscribers, iterations, reps))
+    results = asyncio.run(bench(args.subscribers, iterations, reps, args.url))
     if args.json:
         print(
             json.dumps(

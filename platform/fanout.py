@@ -43,7 +43,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
@@ -214,6 +214,50 @@ class Heartbeat:
 StreamItem = RunEvent | StreamEnd | StreamBroken | Heartbeat
 
 
+class Batch(list[StreamItem]):
+    """What a stream sends in one write, with its SSE frames joined once.
+
+    A live batch is built once per dispatch and the same object goes to every
+    subscriber of the run that wants all of it: its bytes are joined once, not once
+    per subscriber. Do not change a batch after reading `sse`.
+    """
+
+    __slots__ = ("_sse",)
+
+    def __init__(self, items: Iterable[StreamItem] = ()) -> None:
+        super().__init__(items)
+        self._sse: bytes | None = None
+
+    @property
+    def sse(self) -> bytes:
+        if self._sse is None:
+            self._sse = b"".join(item.sse for item in self)
+        return self._sse
+
+
+class _Live:
+    """One dispatch's new events of one run, shared by all its subscribers: the events
+    (duplicates already dropped), their ids, and what an unfiltered subscriber sends."""
+
+    __slots__ = ("batch", "events", "finished", "first", "ids", "last", "size")
+
+    def __init__(self, run_id: str, events: list[RunEvent], first: int, last: int) -> None:
+        self.events = events
+        self.first = first  # offsets of the run's records in this dispatch, duplicates too
+        self.last = last
+        self.size = len(events)
+        self.ids = frozenset(event.event_id for event in events)
+        self.batch = Batch()
+        self.finished = False
+        for event in events:
+            self.batch.append(event)
+            if event.terminal_status:
+                self.batch.append(StreamEnd(run_id, event.terminal_status, event.offset))
+                self.finished = True
+                self.last = event.offset
+                break
+
+
 @dataclass(frozen=True, slots=True)
 class StreamFilter:
     """Which events a subscriber wants.
@@ -224,6 +268,10 @@ class StreamFilter:
 
     nodes: frozenset[str] = frozenset()
     errors_only: bool = False
+
+    @property
+    def everything(self) -> bool:
+        return not self.nodes and not self.errors_only
 
     def accepts(self, event: RunEvent) -> bool:
         if self.errors_only and not event.is_error:
@@ -304,24 +352,27 @@ _Item = TypeVar("_Item")
 
 class _Queue(Generic[_Item]):
     """A subscriber's bounded queue: `push` from the hub's tail, `take` by its stream.
-    Past `limit` it is marked overflowed (the stream tells its client to resync)."""
+    An item counts as `size` entries (a run's batch: its events); past `limit`
+    entries it is marked overflowed (the stream tells its client to resync)."""
 
-    __slots__ = ("closed", "items", "limit", "overflowed", "wakeup")
+    __slots__ = ("closed", "items", "limit", "overflowed", "queued", "wakeup")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.items: deque[_Item] = deque()
+        self.items: list[_Item] = []
+        self.queued = 0
         self.wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
 
-    def push(self, item: _Item) -> bool:
+    def push(self, item: _Item, size: int = 1) -> bool:
         """Queue `item`; False (and marked overflowed) when the queue is full."""
-        if len(self.items) >= self.limit:
+        if self.queued + size > self.limit:
             self.overflowed = True
             self.wakeup.set()
             return False
         self.items.append(item)
+        self.queued += size
         self.wakeup.set()
         return True
 
@@ -336,12 +387,13 @@ class _Queue(Generic[_Item]):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self.wakeup.wait()
-        batch = list(self.items)
-        self.items.clear()
+        batch = self.items
+        self.items = []
+        self.queued = 0
         return batch
 
 
-class _Subscriber(_Queue[RunEvent]):
+class _Subscriber(_Queue[_Live]):
     __slots__ = ("handoff", "partition", "run_id")
 
     def __init__(self, run_id: str, partition: int, handoff: int, limit: int) -> None:
@@ -375,6 +427,9 @@ class FanoutHub:
         self._partitions = 0
         self._positions: list[int] = []
         self._subs: dict[str, set[_Subscriber]] = {}
+        # Ids of the events dispatched live per subscribed run: a copy the log holds
+        # again (a producer's retry) is dropped once here, not by every subscriber.
+        self._live_ids: dict[str, set[str]] = {}
         self._per_partition: list[int] = []
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -418,7 +473,7 @@ class FanoutHub:
         after: int | None,
         filter: StreamFilter | None = None,
         heartbeat: float | None = None,
-    ) -> AsyncGenerator[list[StreamItem], None]:
+    ) -> AsyncGenerator[Batch, None]:
         """The run's events after offset `after` (-1: from the start; None: from now on),
         in batches: whatever is ready at once goes out in one write.
 
@@ -431,7 +486,7 @@ class FanoutHub:
         try:
             last = sub.handoff - 1 if after is None else after
             backlog, ended = await self._backlog(run_id, sub, last)
-            seen: set[str] = set()
+            seen: set[str] = set()  # ids sent from history: the log may hold them again
             for start in range(0, len(backlog), _HISTORY_BATCH):
                 chunk = backlog[start : start + _HISTORY_BATCH]
                 items, last, finished = self._batch(run_id, chunk, last, wanted, seen)
@@ -440,18 +495,24 @@ class FanoutHub:
                 if finished:
                     return
             if ended is not None:
-                yield [StreamEnd(run_id, ended, last if last >= 0 else None)]
+                yield Batch([StreamEnd(run_id, ended, last if last >= 0 else None)])
                 return
             while True:
-                events = await sub.take(heartbeat)
+                live = await sub.take(heartbeat)
                 broken = sub.overflowed or sub.closed
-                if not events and not broken:
-                    yield [Heartbeat()]
+                if not live and not broken:
+                    yield Batch([Heartbeat()])
                     continue
-                items, last, finished = self._batch(run_id, events, last, wanted, seen)
+                if self._shared(live, last, wanted, seen):
+                    items, last, finished = _joined(live)
+                else:
+                    events = [event for part in live for event in part.events]
+                    items, last, finished = self._batch(run_id, events, last, wanted, seen)
+                    if live and not finished:
+                        last = max(last, live[-1].last)  # past dropped duplicates too
                 if broken and not finished:
                     reason = "overflow" if sub.overflowed else "shutdown"
-                    items.append(StreamBroken(reason, last if last >= 0 else None))
+                    items = Batch([*items, StreamBroken(reason, last if last >= 0 else None)])
                 if items:
                     yield items
                 if finished or broken:
@@ -460,11 +521,19 @@ class FanoutHub:
             self._unsubscribe(sub)
 
     @staticmethod
+    def _shared(live: list[_Live], last: int, wanted: StreamFilter, seen: set[str]) -> bool:
+        """Whether the subscriber sends these batches as they are: it wants every event,
+        has sent none of them (by offset, or by id from its history)."""
+        if not live or not wanted.everything or live[0].first <= last:
+            return False
+        return not seen or all(seen.isdisjoint(part.ids) for part in live)
+
+    @staticmethod
     def _batch(
         run_id: str, events: list[RunEvent], last: int, wanted: StreamFilter, seen: set[str]
-    ) -> tuple[list[StreamItem], int, bool]:
+    ) -> tuple[Batch, int, bool]:
         """What to send of `events`, the new last offset, and whether the run has ended."""
-        items: list[StreamItem] = []
+        items = Batch()
         for event in events:
             if event.offset <= last:
                 continue  # already sent from history
@@ -485,7 +554,10 @@ class FanoutHub:
             raise RuntimeError("the fanout hub is not running")
         partition = partition_for(run_id, self._partitions)
         sub = _Subscriber(run_id, partition, self._positions[partition], self.queue_limit)
-        self._subs.setdefault(run_id, set()).add(sub)
+        if run_id not in self._subs:
+            self._subs[run_id] = set()
+            self._live_ids[run_id] = set()
+        self._subs[run_id].add(sub)
         self._per_partition[partition] += 1
         return sub
 
@@ -496,6 +568,7 @@ class FanoutHub:
         subs.discard(sub)
         if not subs:
             del self._subs[sub.run_id]
+            del self._live_ids[sub.run_id]
         self._per_partition[sub.partition] -= 1
 
     # --- history --------------------------------------------------------------------
@@ -605,23 +678,45 @@ class FanoutHub:
                 self._positions[partition] = max(self._positions[partition], ends[partition])
 
     def _dispatch(self, records: list[Record]) -> None:
+        """Hand each subscribed run its new events: one shared batch per run."""
         watching = self.run_changes.active
+        runs: dict[str, tuple[list[RunEvent], int, int]] = {}
         for record in records:
-            subs = self._subs.get(record.key)
-            if not subs and not watching:
+            subscribed = record.key in self._subs
+            if not subscribed and not watching:
                 continue
             event = _decode(record)
             if event is None:
                 continue
             if watching:
                 self.run_changes.observe(record, event)
-            if not subs:
+            if not subscribed:
                 continue
-            run_event = RunEvent.from_record(record, event)
-            for sub in list(subs):
-                if not sub.push(run_event):
+            events, first, _ = runs.get(record.key) or ([], record.offset, 0)
+            runs[record.key] = (events, first, record.offset)
+            ids = self._live_ids[record.key]
+            if event.event_id not in ids:
+                ids.add(event.event_id)
+                events.append(RunEvent.from_record(record, event))
+        for run_id, (events, first, last) in runs.items():
+            live = _Live(run_id, events, first, last)
+            for sub in list(self._subs[run_id]):
+                if not sub.push(live, live.size):
                     self.dropped += 1
                     self._unsubscribe(sub)
+
+
+def _joined(live: list[_Live]) -> tuple[Batch, int, bool]:
+    """Shared batches as one: the batch itself when there is one (its bytes are joined
+    already), up to the run's end."""
+    if len(live) == 1:
+        return live[0].batch, live[0].last, live[0].finished
+    items = Batch()
+    for part in live:
+        items.extend(part.batch)
+        if part.finished:
+            return items, part.last, True
+    return items, live[-1].last, False
 
 
 def _decode(record: Record) -> Event | None:

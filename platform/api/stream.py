@@ -26,12 +26,12 @@ from aob.platform.auth.principal import Permission
 from aob.platform.commands import Commands
 from aob.platform.deltas import open_live_stream, sse_body
 from aob.platform.fanout import (
+    Batch,
     FanoutHub,
     RunEvent,
     StreamBroken,
     StreamEnd,
     StreamFilter,
-    StreamItem,
 )
 from aob.platform.problems import Problem
 
@@ -148,11 +148,11 @@ async def stream_preflight(run_id: str) -> Response:
     return Response(status_code=204, headers=PREFLIGHT_HEADERS)
 
 
-async def _sse_body(batches: AsyncGenerator[list[StreamItem], None]) -> AsyncIterator[bytes]:
+async def _sse_body(batches: AsyncGenerator[Batch, None]) -> AsyncIterator[bytes]:
     async with contextlib.aclosing(batches):
         yield f"retry: {RETRY_MS}\r\n\r\n".encode()
         async for batch in batches:
-            yield b"".join(item.sse for item in batch)
+            yield batch.sse  # joined once per batch, shared by the run's subscribers
 
 
 @router.websocket("/{run_id}/ws", dependencies=[require(Permission.READ)])
@@ -207,7 +207,7 @@ async def websocket_run(
             await websocket.close(code=pump.result())
 
 
-async def _ws_pump(websocket: WebSocket, batches: AsyncGenerator[list[StreamItem], None]) -> int:
+async def _ws_pump(websocket: WebSocket, batches: AsyncGenerator[Batch, None]) -> int:
     """Send every item, one message each; returns the close code."""
     async with contextlib.aclosing(batches):
         async for batch in batches:
