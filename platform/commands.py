@@ -116,6 +116,10 @@ class Commands:
         # A version of a workflow never changes once recorded: a submission by tag
         # reads only the tag (which moves), not the definition again.
         self._versions: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        # Tag rows as last read, with the in-process projector's positions in the
+        # workflows topic before that read: while those have not moved, the tags read
+        # model has not changed (only that topic's events change it).
+        self._tags: OrderedDict[str, tuple[tuple[tuple[int, int], ...], Any]] = OrderedDict()
 
     # --- workflows and tags --------------------------------------------------------
 
@@ -263,7 +267,7 @@ class Commands:
     ) -> dict[str, Any]:
         """A workflow by tag, or by id (latest or given version); of `tenant` only, when
         given (another tenant's answers as one that does not exist)."""
-        tag = await self.read.get_tag(ref) if version is None else None
+        tag = await self._tag(ref) if version is None else None
         if tag is not None and _visible(tag, tenant):
             workflow = await self._workflow_version(tag["workflow_id"], tag["version"])
         elif version is not None:
@@ -273,6 +277,37 @@ class Commands:
         if workflow is None or not _visible(workflow, tenant):
             raise not_found("workflow or tag", ref if version is None else f"{ref}@{version}")
         return workflow
+
+    async def _tag(self, tag: str) -> dict[str, Any] | None:
+        """The tag's row, as the read models have it now."""
+        position = self._workflows_position()
+        if position is None:  # the read models are fed by another process
+            return await self.read.get_tag(tag)
+        cached = self._tags.get(tag)
+        if cached is not None and cached[0] == position:
+            self._tags.move_to_end(tag)
+            row = cached[1]
+        else:
+            row = await self.read.get_tag(tag)
+            self._tags[tag] = (position, row)
+            self._tags.move_to_end(tag)
+            if len(self._tags) > CACHED_WORKFLOW_VERSIONS:
+                self._tags.popitem(last=False)
+        return None if row is None else dict(row)
+
+    def _workflows_position(self) -> tuple[tuple[int, int], ...] | None:
+        """Where this process's projector is in the workflows topic (None: no projector
+        in this process)."""
+        projector = self.engine.projector
+        if projector is None:
+            return None
+        return tuple(
+            sorted(
+                (tp.partition, at)
+                for tp, at in projector.applied.items()
+                if tp.topic == WORKFLOWS_TOPIC
+            )
+        )
 
     async def _workflow_version(self, workflow_id: str, version: int) -> dict[str, Any] | None:
         """One recorded version (a copy of the row: callers may add to it)."""
