@@ -51,7 +51,7 @@ async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(server: Server)
     # Beta's strongest principal: an admin, with every permission in its own tenant.
     beta = await server.as_("boss", "admin", tenant="beta")
     async with acme, beta:
-        gate = {"approvers": ["ann", "boss"]}
+        gate = {"approvers": ["ann", "boss"], "allow_self_approval": True}  # ann submits
         submitted = await acme.post("/api/v1/runs", json={"definition": review(gate)})
         run_id = submitted.json()["run_id"]
         approval_id = await pending(acme, run_id)

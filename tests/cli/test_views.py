@@ -23,7 +23,11 @@ GATED = {
     "name": "gated",
     "nodes": [
         {"id": "prepare", "type": "noop", "config": {"output": 1}},
-        {"id": "gate", "type": "hitl", "config": {"message": "Ship it?"}},
+        {
+            "id": "gate",
+            "type": "hitl",
+            "config": {"message": "Ship it?", "allow_self_approval": True},
+        },
         {"id": "ship", "type": "noop"},
     ],
     "edges": [{"from": "prepare", "to": "gate"}, {"from": "gate", "to": "ship"}],

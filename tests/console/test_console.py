@@ -24,6 +24,7 @@ def review(name: str = "review") -> dict[str, Any]:
                 "config": {
                     "message": "Publish {{ .inputs.title }}?",
                     "payload": {"title": "{{ .inputs.title }}"},
+                    "allow_self_approval": True,  # the admin submits and decides
                 },
             },
             {"id": "publish", "type": "transform", "config": {"expr": '"published"'}},
