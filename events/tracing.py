@@ -142,6 +142,11 @@ def span(name: str) -> AbstractContextManager[Scope]:
     return _NO_SPAN if spans is None else spans.span(name)
 
 
+def current_trace_id() -> str:
+    """The trace of the work at hand ("" outside any), for an event written now."""
+    return TRACE_ID.get() or ""
+
+
 def current_span_id() -> str | None:
     """The span at hand's id, for the `span_id` of an event written now."""
     spans = _SPANS

@@ -25,6 +25,7 @@ from aob.events.codec import encode
 from aob.events.ids import derived_event_id, new_event_id
 from aob.events.log.port import Append, Record, TopicPartition
 from aob.events.partitioner import partition_for
+from aob.events.tracing import current_span_id
 from aob.events.types import (
     RUNS_TOPIC,
     TOOLS_TOPIC,
@@ -98,8 +99,9 @@ async def record_events(
 ) -> list[Record]:
     """Append `payloads` as events of `key` by `actor`: how every command writes."""
     at = now_ms()
+    span = current_span_id()  # the request's span: what handles the events is its child
     appends = [
-        Append(topic, key, encode(Event(new_event_id(), key, at, p, trace_id, None, actor)))
+        Append(topic, key, encode(Event(new_event_id(), key, at, p, trace_id, None, actor, span)))
         for p in payloads
     ]
     return await engine.log.append(appends)
@@ -428,6 +430,7 @@ class Commands:
             trace_id,
             None,
             actor,
+            current_span_id(),
         )
         records = await self.engine.log.append([Append(RUNS_TOPIC, run_id, encode(event))])
         await self.engine.projected.wait_for(records)
@@ -631,7 +634,9 @@ class Commands:
         self, key: str, payload: Payload, actor: str, trace_id: str
     ) -> tuple[Record, str]:
         """Append a request to aob.workflows; its record and event id."""
-        event = Event(new_event_id(), key, now_ms(), payload, trace_id, None, actor)
+        event = Event(
+            new_event_id(), key, now_ms(), payload, trace_id, None, actor, current_span_id()
+        )
         (record,) = await self.engine.log.append([Append(WORKFLOWS_TOPIC, key, encode(event))])
         return record, event.event_id
 

@@ -176,6 +176,10 @@ class Settings(BaseSettings):
     rate_limit_burst: int | None = Field(default=None, ge=1)
     # Log lines: "json" (one object per line, with trace ids) or "text".
     log_format: Literal["json", "text"] = "json"
+    # OpenTelemetry traces (docs/tracing.md): the OTLP/HTTP collector spans are sent to,
+    # e.g. http://localhost:4318 (traces go to its /v1/traces). Unset: off, unless the
+    # standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set.
+    otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
 
     # Events are bounded: every encoded event is checked against this before it is
     # appended (Kafka's default message limit is about 1 MB). An event over it fails

@@ -23,6 +23,7 @@ from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record
+from aob.events.tracing import handling
 from aob.events.types import (
     EXPRESSIONS_TOPIC,
     RUNS_TOPIC,
@@ -71,13 +72,15 @@ class ExpressionEvaluator:
         if not isinstance(request, ExpressionRequested):
             return []
         try:
-            return [self._verdict(event, await self.evaluate(request))]
+            with handling(event, f"aob.evaluate {request.purpose}") as scope:
+                answer = await self.evaluate(request)
+            return [self._verdict(event, answer, scope.span_id)]
         except Exception as error:  # a bug here must not stop every run's conditions
             log.exception("expression request %s could not be answered", request.request_id)
             return dead_letter(record, GROUP, describe(error), what=event.type)
 
     @staticmethod
-    def _verdict(event: Event, answer: ExpressionEvaluated) -> Append:
+    def _verdict(event: Event, answer: ExpressionEvaluated, span_id: str | None) -> Append:
         verdict = Event(
             event_id=derived_event_id(event.event_id, "evaluated"),
             key=event.key,
@@ -86,6 +89,7 @@ class ExpressionEvaluator:
             trace_id=event.trace_id,
             causation_id=event.event_id,
             actor="evaluator",
+            span_id=span_id,
         )
         return Append(RUNS_TOPIC, verdict.key, encode(verdict))
 

@@ -35,7 +35,7 @@ from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Fenced, LogError, Record, TopicPartition
-from aob.events.tracing import traced
+from aob.events.tracing import handling
 from aob.events.types import (
     RUNS_TOPIC,
     Event,
@@ -290,12 +290,14 @@ class WorkerHost:
         if self.node_type.announce_start:
             await self.log.append(appends)
             appends = []
-        with traced(task_event.trace_id, task.run_id):  # the run's trace in log lines
+        # The run's trace in log lines; and, tracing on, the execution's span.
+        with handling(task_event, f"aob.execute {self.node_type.name}") as scope:
             outcome = await self._outcome(task)
+            scope.outcome(outcome)
         if isinstance(outcome, str):
             return self._set_aside(record, task_event, appends, outcome)
         try:
-            appends.append(self._append(task_event, "outcome", outcome))
+            appends.append(self._append(task_event, "outcome", outcome, scope.span_id))
         except Exception as error:  # e.g. an output too deep or too large to encode
             reason = f"output cannot be recorded ({describe(error)})"
             return self._set_aside(record, task_event, appends, reason)
@@ -354,7 +356,9 @@ class WorkerHost:
             ),
         ]
 
-    def _append(self, task_event: Event, kind: str, payload: Payload) -> Append:
+    def _append(
+        self, task_event: Event, kind: str, payload: Payload, span_id: str | None = None
+    ) -> Append:
         event = Event(
             event_id=derived_event_id(task_event.event_id, kind),
             key=task_event.key,
@@ -363,6 +367,7 @@ class WorkerHost:
             trace_id=task_event.trace_id,
             causation_id=task_event.event_id,
             actor=f"worker:{self.worker_id}",
+            span_id=span_id,
         )
         return Append(RUNS_TOPIC, event.key, encode(event))
 

@@ -38,6 +38,7 @@ from aob.platform.engine import API_ROLES, Engine
 from aob.platform.fanout import FanoutHub
 from aob.platform.problems import Problem
 from aob.platform.settings import Settings
+from aob.platform.tracing import install_tracing
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None, role: str = "dev") -> FastAPI:
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["system"], summary="Metrics")
     _install_error_handlers(app)
     install_security(app, settings, role)  # auth, roles, bounds, rate limits, metrics
+    install_tracing(app, settings, role)  # OpenTelemetry server spans, when tracing is on
     return app
 
 

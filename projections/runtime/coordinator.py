@@ -55,7 +55,7 @@ from aob.events.log.port import (
     TopicPartition,
 )
 from aob.events.partitioner import partition_for
-from aob.events.tracing import traced
+from aob.events.tracing import folded, traced
 from aob.events.types import (
     EXPRESSIONS_TOPIC,
     RUNS_TOPIC,
@@ -399,7 +399,7 @@ class CoordinatorHost:
             self._drop(record.key)
             return dead_letter(record, GROUP, describe(error))
         try:
-            appends = self._appends(self._fold(event))
+            appends = self._appends(folded(event, self._fold))  # a decision span, if on
             problem = self._oversize(appends)
             if problem is None:
                 return appends

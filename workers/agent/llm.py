@@ -28,6 +28,7 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from aob.events.log.deltas import Delta, DeltaSink
+from aob.events.tracing import Scope, instrument, span
 from aob.workers.http.guard import GuardPolicy
 from aob.workers.http.outbound import guarded_addresses, guarded_httpx2_client
 from aob.workers.http.resolver import Resolver, SystemResolver
@@ -104,6 +105,7 @@ class LlmClients:
                 max_keepalive_connections=self.max_keepalive_connections,
             )
             self._http = openai.DefaultAsyncHttpxClient(limits=limits)
+            instrument(self._http)  # its requests traced, tracing on
         return self._http
 
     @property
@@ -115,6 +117,7 @@ class LlmClients:
                 max_connections=self.max_connections,
                 max_keepalive_connections=self.max_keepalive_connections,
             )
+            instrument(self._guarded)
         return self._guarded
 
     async def check(self, endpoint: Endpoint) -> None:
@@ -160,23 +163,30 @@ class LlmClients:
         if tools:
             extra["tools"] = tools
         await self.check(endpoint)
-        # Plain dicts, as the API takes them (not the SDK's TypedDicts).
-        stream = await self.client(endpoint).chat.completions.create(  # type: ignore[call-overload]
-            model=endpoint.model,
-            messages=messages,
-            stream=True,
-            stream_options={"include_usage": True},
-            **extra,
-        )
-        assembly = _Assembly()
-        async with stream:
-            async for chunk in _broken_as_connection_errors(stream, stream.response.request):
-                assembly.add(chunk)
-                if live is not None:
-                    await live.chunk(chunk)
-        if live is not None:
-            await live.call_ended(assembly.usage)
-        return assembly.completion(endpoint.model)
+        # A GenAI client span (OpenTelemetry semantic conventions), tracing on.
+        with span(f"chat {endpoint.model}") as call:
+            call.set("gen_ai.operation.name", "chat")
+            call.set("gen_ai.provider.name", "openai")
+            call.set("gen_ai.request.model", endpoint.model)
+            # Plain dicts, as the API takes them (not the SDK's TypedDicts).
+            stream = await self.client(endpoint).chat.completions.create(  # type: ignore[call-overload]
+                model=endpoint.model,
+                messages=messages,
+                stream=True,
+                stream_options={"include_usage": True},
+                **extra,
+            )
+            assembly = _Assembly()
+            async with stream:
+                async for chunk in _broken_as_connection_errors(stream, stream.response.request):
+                    assembly.add(chunk)
+                    if live is not None:
+                        await live.chunk(chunk)
+            if live is not None:
+                await live.call_ended(assembly.usage)
+            completion = assembly.completion(endpoint.model)
+            _describe_call(call, completion)
+        return completion
 
     async def aclose(self) -> None:
         for http in (self._http, self._guarded):
@@ -184,6 +194,17 @@ class LlmClients:
                 await http.aclose()
         self._http = self._guarded = None
         self._clients.clear()
+
+
+def _describe_call(call: Scope, completion: ChatCompletion) -> None:
+    """The completion's usage and finish reasons on its span (a no-op, tracing off)."""
+    if call.span_id is None:
+        return
+    usage = completion.usage
+    if usage is not None:
+        call.set("gen_ai.usage.input_tokens", usage.prompt_tokens)
+        call.set("gen_ai.usage.output_tokens", usage.completion_tokens)
+    call.set("gen_ai.response.finish_reasons", [str(c.finish_reason) for c in completion.choices])
 
 
 async def _broken_as_connection_errors(

@@ -37,6 +37,7 @@ from aob.events.blobs import BlobStore
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append
+from aob.events.tracing import current_span_id, current_trace_id
 from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
 from aob.projections.usage.budgets import BudgetError as InvalidBudget
 from aob.projections.usage.pricing import price_of
@@ -329,7 +330,8 @@ class AgentRunner:
             price=price.as_json() if price is not None else None,
         )
         event = Event(new_event_id(), task.run_id, time.time_ns() // 1_000_000, payload,
-                      actor=f"agent:{task.node_id}")
+                      current_trace_id(), actor=f"agent:{task.node_id}",
+                      span_id=current_span_id())
         try:
             await self.services.log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
         except Exception:  # usage is a record, not the outcome: never fail the node for it

@@ -20,6 +20,7 @@ from typing import Any
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog
+from aob.events.tracing import current_span_id, current_trace_id
 from aob.events.types import RUNS_TOPIC, ApprovalDecided, ApprovalRequested, Event, NodeScheduled
 from aob.projections.usage.budgets import Breach, Spend
 from aob.projections.usage.pricing import ModelPrice
@@ -112,7 +113,8 @@ class AttemptBudget:
             approvers=[],
             deadline=now_ms() + timeout_ms,
         )
-        event = Event(new_event_id(), task.run_id, now_ms(), request, actor=f"agent:{task.node_id}")
+        event = Event(new_event_id(), task.run_id, now_ms(), request, current_trace_id(),
+                      actor=f"agent:{task.node_id}", span_id=current_span_id())
         await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def decision(event: Event) -> ApprovalDecided | None:

@@ -18,6 +18,7 @@ from typing import Any
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog
+from aob.events.tracing import current_span_id, current_trace_id
 from aob.events.types import (
     RUNS_TOPIC,
     Event,
@@ -282,8 +283,8 @@ class ToolBox:
             task.run_id, patch_id, operations, reason, node_id=task.node_id,
             iteration=task.iteration, attempt=task.attempt,  # only this attempt may patch
         )
-        event = Event(new_event_id(), task.run_id, _now_ms(), proposal,
-                      actor=f"agent:{task.node_id}")
+        event = Event(new_event_id(), task.run_id, _now_ms(), proposal, current_trace_id(),
+                      actor=f"agent:{task.node_id}", span_id=current_span_id())
         (record,) = await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:
@@ -348,7 +349,8 @@ class ToolBox:
                              config, {"inputs": inputs, "nodes": {}, "iteration": 0},
                              tenant=task.tenant)  # and runs for the same tenant
         partition, offset = await run_position(log, task.run_id)
-        event = Event(new_event_id(), task.run_id, _now_ms(), work, actor=f"agent:{task.node_id}")
+        event = Event(new_event_id(), task.run_id, _now_ms(), work, current_trace_id(),
+                      actor=f"agent:{task.node_id}", span_id=current_span_id())
         await log.append([Append(task_topic("agent"), task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:

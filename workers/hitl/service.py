@@ -29,6 +29,7 @@ from aob.events.codec import decode, encode, event_type
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.tracing import handling
 from aob.events.types import (
     RUNS_TOPIC,
     ApprovalDecided,
@@ -116,15 +117,18 @@ class HitlService:
         node = (task.run_id, task.node_id, task.iteration, task.attempt)
         started = NodeStarted(*node, self.worker_id)
         asked: Payload
-        try:
-            asked = await approval_request(task, approval_id_for(task_event.event_id), at)
-        except RenderError as error:
-            asked = NodeFailed(
-                *node, f"cannot render the approval request: {error}", retryable=False
-            )
+        with handling(task_event, "aob.execute hitl") as scope:  # tracing on: a span
+            try:
+                asked = await approval_request(task, approval_id_for(task_event.event_id), at)
+            except RenderError as error:
+                asked = NodeFailed(
+                    *node, f"cannot render the approval request: {error}", retryable=False
+                )
+            scope.outcome(asked)
+        actor, span_id = f"worker:{self.worker_id}", scope.span_id
         return [
-            _append(task_event, "started", started, at, f"worker:{self.worker_id}"),
-            _append(task_event, "request", asked, at, f"worker:{self.worker_id}"),
+            _append(task_event, "started", started, at, actor, span_id),
+            _append(task_event, "request", asked, at, actor, span_id),
         ]
 
     # --- decisions ---------------------------------------------------------------------
@@ -167,8 +171,11 @@ class HitlService:
         if approval["attempt"] is None:
             log.warning("approval %s names no node attempt; left alone", approval["approval_id"])
             return []
-        outcome = node_outcome(approval, decided)
-        return [_append(decided, "outcome", outcome, self.clock(), f"worker:{self.worker_id}")]
+        with handling(decided, "aob.execute hitl decision") as scope:
+            outcome = node_outcome(approval, decided)
+            scope.outcome(outcome)
+        actor = f"worker:{self.worker_id}"
+        return [_append(decided, "outcome", outcome, self.clock(), actor, scope.span_id)]
 
     async def _projected(self, record: Record, stop: asyncio.Event) -> bool:
         """Wait until the read models include `record`; False if asked to stop first."""
@@ -186,7 +193,9 @@ def _set_aside(record: Record, service: str, error: Exception) -> list[Append]:
     return dead_letter(record, service, describe(error), what=what)
 
 
-def _append(cause: Event, kind: str, payload: Payload, at: int, actor: str) -> Append:
+def _append(
+    cause: Event, kind: str, payload: Payload, at: int, actor: str, span_id: str | None = None
+) -> Append:
     event = Event(
         event_id=derived_event_id(cause.event_id, kind),
         key=cause.key,
@@ -195,5 +204,6 @@ def _append(cause: Event, kind: str, payload: Payload, at: int, actor: str) -> A
         trace_id=cause.trace_id,
         causation_id=cause.event_id,
         actor=actor,
+        span_id=span_id,
     )
     return Append(RUNS_TOPIC, event.key, encode(event))

@@ -47,6 +47,7 @@ from typing import Literal
 import httpx
 from prometheus_client import CollectorRegistry
 
+from aob.events.tracing import instrument
 from aob.events.types import Json, NodeScheduled
 from aob.workers.host import NodeError, NodeType
 from aob.workers.http.config import (
@@ -140,6 +141,7 @@ class HttpWorker:
             max_connections=settings.max_connections,
             max_keepalive_connections=settings.max_keepalive_connections,
         )
+        instrument(self.client)  # its requests traced (and traceparent sent), tracing on
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._bindings = SecretBindings(settings.secrets)
