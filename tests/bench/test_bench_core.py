@@ -98,6 +98,27 @@ async def test_end_to_end_benchmark_pairs_aob_with_langgraph():
     assert all(ratio > 0 for ratio in result.ratios.values())
 
 
+async def test_end_to_end_benchmark_pairs_aob_with_dbos():
+    pytest.importorskip("dbos")
+
+    result = await core.bench_e2e(TINY, synchronous="NORMAL", with_langgraph=False, with_dbos=True)
+
+    assert result.engines == ["aob", "dbos"]
+    assert result.ratios == {}
+    assert set(result.dbos_ratios) == {
+        "low_load_workflows_per_s",
+        "low_load_p50",
+        "concurrent_workflows_per_s",
+        "concurrent_p50",
+        "low_load_cpu_per_workflow",
+        "concurrent_cpu_per_workflow",
+    }
+    assert all(ratio > 0 for ratio in result.dbos_ratios.values())
+    assert result.concurrent["dbos"].workflows_per_s > 0
+    table = core.render(core.environment(), None, result)
+    assert "aob / DBOS (per-rep ratios)" in table
+
+
 def test_command_line_prints_json(capsys):
     assert core.main(["--only", "fold", "--json", "--quick", "--fold-runs", "4"]) == 0
 
