@@ -180,6 +180,16 @@ class KafkaDeltaSink:
             self._producer = None
 
 
+async def _until_known(consumer: AIOKafkaConsumer, topic: str, timeout: float = 30.0) -> None:
+    """Wait until the consumer's metadata has the (maybe just created) topic: assigned
+    before, its partitions would not be fetched until the next metadata refresh
+    (minutes)."""
+    async with asyncio.timeout(timeout):
+        while not consumer.partitions_for_topic(topic):
+            await consumer.topics()  # a metadata request: refreshes the cluster view
+            await asyncio.sleep(0.1)
+
+
 class KafkaDeltaFeed:
     """Tails every partition of the delta topic into `store` (positions: offsets)."""
 
@@ -201,6 +211,7 @@ class KafkaDeltaFeed:
         )
         await consumer.start()
         self._consumer = consumer
+        await _until_known(consumer, self.topic)
         assigned = [TopicPartition(self.topic, p) for p in range(partitions)]
         consumer.assign(assigned)
         beginnings = await consumer.beginning_offsets(assigned)
