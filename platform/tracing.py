@@ -41,7 +41,7 @@ from fastapi import FastAPI
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     SimpleSpanProcessor,
@@ -266,7 +266,12 @@ class Tracing:
         resource = Resource.create(
             {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
         )
-        provider = TracerProvider(resource=resource, id_generator=_RunTraceIds())
+        # Always on: a run's spans come from several processes, each following the
+        # parent its event names, so a sampling decision at the API would not reach
+        # them (docs/tracing.md: sample in the collector).
+        provider = TracerProvider(
+            resource=resource, id_generator=_RunTraceIds(), sampler=sampling.ALWAYS_ON
+        )
         provider.add_span_processor(processor)
         return cls(provider)
 

@@ -63,3 +63,12 @@ def test_the_secret_binding_example_is_a_valid_setting() -> None:
 def test_the_llm_endpoints_example_is_a_valid_setting() -> None:
     settings = Settings(llm_endpoints=_example("AOB_LLM_ENDPOINTS"))
     assert settings.llm_endpoints["local"].tenants == ["acme"]
+
+
+def test_the_tracing_page_names_real_settings_with_their_defaults() -> None:
+    tracing = (DOCS / "tracing.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(AOB_[A-Z0-9_]+)`", tracing))
+    assert named == {"AOB_OTLP_ENDPOINT"}
+    for variable in named:
+        cls, name = _field(variable)
+        assert cls.model_fields[name].default is None  # "unset (off)", as the page says
