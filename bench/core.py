@@ -4,6 +4,8 @@
     python -m bench --quick    # smaller sizes, about 15 s
     python -m bench --json     # machine-readable instead of the table
     python -m bench --profile e2e   # cProfile of one concurrent aob measurement
+    python -m bench --profile low_load   # ... of aob's runs one at a time
+    python -m bench --synchronous FULL   # both engines' SQLite fsyncs every commit
 
 (a) Pure fold: a realistic `aob.runs` stream is built in advance by simulating
     runs of a 5-node fan-out/join DAG (workers answer each `NodeScheduled` with
@@ -15,7 +17,8 @@
     of `transform` nodes, submitted by tag. Latency is from `submit_run` to an
     observer reading the durable `RunCompleted` off `aob.runs`. Measured one run
     at a time (low load) and with many concurrent clients (throughput), each
-    paired with LangGraph running the same DAG in this process when installed.
+    paired with LangGraph (+ AsyncSqliteSaver) and DBOS (durable steps on its SQLite
+    system database) running the same DAG in this process when installed.
     With AOB_KAFKA_BOOTSTRAP and AOB_DATABASE_URL set, the same engine runs on
     Kafka + Postgres instead (fresh topics per repetition), e.g.
     AOB_KAFKA_POLL_INTERVAL=0.01 python -m bench --only e2e --no-langgraph
