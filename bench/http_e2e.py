@@ -3,7 +3,8 @@ submitted by tag to the real dev server by this process, a separate load generat
 and observed complete.
 
     python -m bench.http_e2e [--runs 1000] [--concurrency 50] [--reps 2]
-                             [--synchronous NORMAL FULL] [--auth off] [--json]
+                             [--synchronous NORMAL FULL] [--auth off] [--py-spy FILE]
+                             [--json]
 
 The dev server (`python -m aob.platform dev`, the embedded default: SQLite log and
 read models, every worker in the process; token authentication on, rate limits off)
@@ -28,12 +29,13 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from bench.core import percentile
 from bench.dev_server import DevServer, started_dev_server
-from bench.http_submit import cpu_seconds, store_workflow
+from bench.http_submit import cpu_seconds, py_spy, store_workflow
 
 TAG = "bench-http"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -263,7 +265,8 @@ async def measure_mode(args: argparse.Namespace, synchronous: str) -> list[Sampl
             samples = []
             for rep in range(args.reps):
                 _progress(f"{synchronous}: repetition {rep + 1}/{args.reps}")
-                samples.append(await generator.measure(args.runs, args.concurrency))
+                with py_spy(server.pid, args.py_spy if rep == args.reps - 1 else None):
+                    samples.append(await generator.measure(args.runs, args.concurrency))
             return samples
         finally:
             following.cancel()
@@ -335,6 +338,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SQLite synchronous modes to measure (default: NORMAL)",
     )
     parser.add_argument("--auth", choices=["tokens", "off"], default="tokens")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="record the dev server during the last rep (see bench.http_submit)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser.parse_args(argv)
 
