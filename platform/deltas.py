@@ -186,7 +186,9 @@ async def _until_known(consumer: AIOKafkaConsumer, topic: str, timeout: float = 
     (minutes)."""
     async with asyncio.timeout(timeout):
         while not consumer.partitions_for_topic(topic):
-            await consumer.topics()  # a metadata request: refreshes the cluster view
+            # A metadata refresh of the consumer's own view (`topics()` fetches a copy
+            # and leaves the view the fetcher uses as it was).
+            await consumer._client.force_metadata_update()
             await asyncio.sleep(0.1)
 
 
