@@ -176,6 +176,7 @@ class Simulation:
         self._inbox: deque[Event] = deque()
         self._answered: set[str] = set()  # event ids the world has reacted to
         self._counter = 0
+        self.raced: set[str] = set()  # inputs appended before the answer to an earlier one
 
     # --- driving ---------------------------------------------------------------------
 
@@ -192,6 +193,18 @@ class Simulation:
         event = Event(self._new_id(), self.run_id, self.now, payload, actor=actor)
         self.append_event(event)
         return event
+
+    def append_together(self, *entries: tuple[Payload, str]) -> None:
+        """Append (payload, actor) events from outside that all land in the log before
+        the coordinator's answer to the first: a race, e.g. a person's decision between
+        a signal and the decision the coordinator makes of it."""
+        for index, (payload, actor) in enumerate(entries):
+            event = Event(self._new_id(), self.run_id, self.now, payload, actor=actor)
+            if index:
+                self.raced.add(event.event_id)
+            self._inbox.append(event)
+        while self._inbox:
+            self._fold_next(self._inbox.popleft())
 
     def append_event(self, event: Event) -> None:
         """Append `event` as is (a duplicate keeps its id) and fold what follows."""

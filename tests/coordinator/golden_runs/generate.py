@@ -28,6 +28,7 @@ from typing import Any
 from aob.events.types import (
     ApprovalDecided,
     ApprovalRequested,
+    ApprovalVoted,
     ExpressionEvaluated,
     NodeCompleted,
     NodeFailed,
@@ -36,11 +37,13 @@ from aob.events.types import (
     PatchProposed,
     PatchReviewed,
     RunCancelRequested,
+    SignalReceived,
 )
 from aob.projections.coordinator.state import NodeStatus
 from aob.workers.hitl.decision import node_outcome
 from tests.coordinator.golden_runs.history import (
     HERE,
+    RACED,
     GoldenRun,
     event_to_json,
     golden_files,
@@ -365,13 +368,16 @@ def _gate(**config: Any) -> dict[str, Any]:
     return node("gate", "hitl", config={"message": "Ship it?", **config})
 
 
-def _ask(sim: Simulation, *, deadline_in: int | None = None) -> str:
+def _ask(sim: Simulation, *, deadline_in: int | None = None, iteration: int = 0) -> str:
     """What the hitl service does with the gate's task: start it, request the approval."""
-    sim.run_until(lambda s: ("gate", 0, 1) in s.scheduled())
-    sim.append(NodeStarted(sim.run_id, "gate", 0, 1, "hitl"), actor="service:aob-hitl")
-    approval_id = "approval-gate-0-1"
+    sim.run_until(lambda s: ("gate", iteration, 1) in s.scheduled())
+    started = NodeStarted(sim.run_id, "gate", iteration, 1, "hitl")
+    sim.append(started, actor="service:aob-hitl")
+    approval_id = f"approval-gate-{iteration}-1"
     deadline = None if deadline_in is None else sim.now + deadline_in
-    request = ApprovalRequested(sim.run_id, approval_id, "gate", 0, "Ship it?", deadline=deadline)
+    request = ApprovalRequested(
+        sim.run_id, approval_id, "gate", iteration, "Ship it?", deadline=deadline
+    )
     sim.append(request, actor="service:aob-hitl")
     return approval_id
 
@@ -382,7 +388,7 @@ def _decide(sim: Simulation, approval_id: str, decision: str, by: str = "alice")
     sim.append(decided, actor=by)
 
 
-def _conclude(sim: Simulation, approval_id: str) -> None:
+def _conclude(sim: Simulation, approval_id: str, *, iteration: int = 0) -> None:
     """The hitl service completes the gate with the decision that won the approval."""
     won = next(
         e
@@ -393,7 +399,7 @@ def _conclude(sim: Simulation, approval_id: str) -> None:
         "run_id": sim.run_id,
         "approval_id": approval_id,
         "node_id": "gate",
-        "iteration": 0,
+        "iteration": iteration,
         "attempt": 1,
     }
     sim.append(node_outcome(approval, won), actor="service:aob-hitl")
@@ -510,6 +516,105 @@ def _approval_timed_out() -> Simulation:
     )
     sim.start()
     sim.append(ApprovalRequested(sim.run_id, "ap-1", "ask", 0, "ok?"), actor="worker")
+    return sim
+
+
+# --- approvals that organisations need: quorum, escalation, signals ------------------------
+
+
+def _vote(sim: Simulation, approval_id: str, decision: str, voter: str) -> None:
+    sim.now += 10
+    sim.append(ApprovalVoted(sim.run_id, approval_id, decision, voter, f"{voter}: {decision}"))
+
+
+def _signal(sim: Simulation, name: str, payload: Any) -> SignalReceived:
+    return SignalReceived(sim.run_id, name, payload, sent_by="bank")
+
+
+def _shipping(gate: dict[str, Any], *, before: bool = False) -> dict[str, Any]:
+    """gate -> ship, revise on rejection; with `before`, a node `a` runs first."""
+    nodes = [node("a")] if before else []
+    edges = [edge("a", "gate")] if before else []
+    return workflow(
+        *nodes, gate, node("ship"), node("revise"), edges=[*edges, edge("gate", "ship")]
+    )
+
+
+@scenario(
+    "approval-quorum",
+    "two of three must approve: a voter's second vote counts nothing, the quorum decides",
+)
+def _quorum() -> Simulation:
+    gate = _gate(approvers=["ann", "bob", "cy"], quorum=2, rejection_path=["revise"])
+    sim = Simulation(_shipping(gate), script={"gate": HANG})
+    approval = _ask(sim)
+    _vote(sim, approval, "approve", "ann")
+    _vote(sim, approval, "reject", "ann")  # the first vote stands
+    _vote(sim, approval, "approve", "bob")
+    _vote(sim, approval, "reject", "cy")  # decided already: nothing
+    _conclude(sim, approval)
+    return sim
+
+
+@scenario(
+    "approval-escalated",
+    "nobody decides: the deadline re-requests from the next group, whose deadline then decides",
+)
+def _escalated() -> Simulation:
+    escalation = [{"approvers": ["boss"], "roles": ["cfo"], "timeout_ms": 200}]
+    gate = _gate(
+        approvers=["ann"],
+        timeout_ms=300,
+        escalation=escalation,
+        on_timeout="reject",
+        rejection_path=["revise"],
+    )
+    sim = Simulation(_shipping(gate), script={"gate": HANG})
+    approval = _ask(sim, deadline_in=300)
+    sim.run_until(lambda s: bool(s.payloads(ApprovalDecided)))
+    _conclude(sim, approval)
+    return sim
+
+
+@scenario(
+    "approval-signal-lookback",
+    "a signal sent before the gate's wait began ends the wait as soon as it is requested",
+)
+def _signal_lookback() -> Simulation:
+    gate = _gate(signals=["paid"], timeout_ms=1000, rejection_path=["revise"])
+    script = {"a": complete(duration_ms=100), "gate": HANG}
+    sim = Simulation(_shipping(gate, before=True), script=script)
+    sim.start()
+    sim.append(_signal(sim, "paid", {"ref": "early"}), actor="bank")
+    approval = _ask(sim, deadline_in=1000)
+    _conclude(sim, approval)
+    return sim
+
+
+@scenario(
+    "approval-signal-race",
+    "a decision lands between a signal and the coordinator's answer: the person wins, the "
+    "signal counts as used, so the gate's next iteration waits for a new one",
+)
+def _signal_race() -> Simulation:
+    gate = _gate(signals=["paid"])
+    sim = Simulation(
+        workflow(
+            gate,
+            node("check"),
+            edges=[edge("gate", "check"), edge("check", "gate", loop={"max_iterations": 1})],
+        ),
+        script={"gate": HANG},
+    )
+    first = _ask(sim)
+    sim.now += 10
+    decided = ApprovalDecided(sim.run_id, first, "approve", "alice", "looked at it")
+    sim.append_together((_signal(sim, "paid", {"n": 1}), "bank"), (decided, "alice"))
+    _conclude(sim, first)
+    second = _ask(sim, iteration=1)
+    sim.now += 10
+    sim.append(_signal(sim, "paid", {"n": 2}), actor="bank")
+    _conclude(sim, second, iteration=1)
     return sim
 
 
@@ -714,7 +819,10 @@ def record(name: str) -> GoldenRun:
     description, build = SCENARIOS[name]
     sim = build()
     sim.run()
-    events = [event_to_json(event) for event in sim.log]
+    events = [
+        {**event_to_json(event), **({RACED: True} if event.event_id in sim.raced else {})}
+        for event in sim.log
+    ]
     return GoldenRun(name, description, events)
 
 
