@@ -1,6 +1,7 @@
 """A quorum approval in the console (issue 16): two approvers vote from the inbox in
 Chromium; after the first vote the card shows the progress and the run still waits,
-after the second the run completes, live in the run's tab."""
+after the second the run completes, live in the run's tab, whose node detail lists the
+votes. The run view also shows an escalation and the signal that ended a wait."""
 
 from __future__ import annotations
 
@@ -64,3 +65,52 @@ def test_a_quorum_approval_completes_as_two_users_vote(
 
     expect(node(page, "pay")).to_have_attribute("data-state", "completed")
     expect(page.locator("#run-status .badge")).to_have_text("completed")
+
+    # The run view's node detail: each vote (who, how, when, comment) and the decision.
+    node(page, "gate").click()
+    votes = page.locator("#approval-votes")
+    expect(votes.locator('tr[data-voter="ann"]')).to_contain_text("approve")
+    expect(votes.locator('tr[data-voter="ann"]')).to_contain_text("invoice matches")
+    expect(votes.locator('tr[data-voter="bob"]')).to_contain_text("budget ok")
+    expect(votes.locator('tr[data-voter="bob"] td').nth(2)).not_to_have_text("—")  # when
+    expect(page.locator("#approval-decided")).to_have_text("Decided: approve by system:quorum")
+    shot(page, "13-run-quorum-votes")
+
+
+def test_the_run_view_shows_an_escalation_and_the_signal_that_ended_a_wait(
+    server: DevServer, page: Page, shot
+) -> None:
+    gate = {
+        "message": "Ship the order?",
+        "approvers": ["ann"],
+        "timeout_ms": 300,
+        "escalation": [{"approvers": ["boss"]}],  # no deadline of its own: waits on
+        "signals": ["shipped"],
+    }
+    run_id = server.submit(
+        {
+            "name": "signalled",
+            "nodes": [
+                {"id": "gate", "type": "hitl", "config": gate},
+                {"id": "done", "type": "transform", "config": {"expr": '"done"'}},
+            ],
+            "edges": [{"from": "gate", "to": "done"}],
+        }
+    )
+    log_in(page, server)
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    node(page, "gate").click()
+    expect(page.locator("#approval-level")).to_have_text("Escalated to level 1: ann, boss")
+    expect(page.locator("#approval-signal")).to_have_count(0)
+
+    with server.client() as client:
+        sent = client.post(f"/api/v1/runs/{run_id}/signals/shipped", json={"tracking": "T-1"})
+        assert sent.status_code == 202, sent.text
+    ended = page.locator("#approval-signal")
+    expect(ended).to_contain_text("Wait ended by signal shipped sent by")
+    expect(ended).to_contain_text('"tracking": "T-1"')
+    expect(page.locator("#approval-decided")).to_have_text(
+        "Decided: approve by system:signal:shipped"
+    )
+    expect(node(page, "done")).to_have_attribute("data-state", "completed")
+    shot(page, "14-run-signal-ended-wait")

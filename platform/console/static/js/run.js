@@ -12,7 +12,8 @@ const STREAM_EVENTS = ['workflow_started', 'node_scheduled', 'node_started', 'no
   'node_failed', 'node_skipped', 'approval_required', 'approval_decided', 'patch_proposed',
   'patch_applied', 'patch_rejected', 'cancel_requested', 'workflow_completed', 'workflow_failed',
   'workflow_cancelled', 'timer_set', 'timer_fired', 'patch_review_requested', 'patch_reviewed',
-  'agent_usage_recorded', 'expression_requested', 'expression_evaluated', 'record_dead_lettered'];
+  'agent_usage_recorded', 'expression_requested', 'expression_evaluated', 'record_dead_lettered',
+  'approval_voted', 'approval_escalated', 'signal_received'];
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 const RECONNECT_MS = 1000;
 
@@ -228,12 +229,20 @@ export async function render(main, runId) {
       case 'NodeStarted': setNode(d.node_id, 'running', {started_at: at, worker: d.worker}); break;
       case 'ApprovalRequested':
         approvalNodes.set(d.approval_id, d.node_id);
-        setNode(d.node_id, 'waiting', {approval: {message: d.message, approvers: d.approvers}});
+        setNode(d.node_id, 'waiting', {approval: {message: d.message, approvers: d.approvers, votes: [], level: 0}});
         setRunStatus('waiting');
         break;
       case 'ApprovalDecided':
+        // The first decision wins (a later one lost a race): it may be a signal's.
+        noteApproval(d.approval_id, (a) => { a.decided = a.decided || {...d, at}; });
         if (approvalNodes.has(d.approval_id)) setNode(approvalNodes.get(d.approval_id), 'running');
         setRunStatus('running');
+        break;
+      case 'ApprovalVoted':
+        noteApproval(d.approval_id, (a) => a.votes.push({...d, at}));
+        break;
+      case 'ApprovalEscalated':
+        noteApproval(d.approval_id, (a) => Object.assign(a, {level: d.level, approvers: d.approvers}));
         break;
       case 'NodeCompleted':
         setNode(d.node_id, 'completed', {output: d.output, finished_at: at});
@@ -343,7 +352,7 @@ export async function render(main, runId) {
         fact('Duration', info.scheduled_at ? duration(info.started_at || info.scheduled_at, info.finished_at) : '—')),
       info.error ? h('div', {class: 'error'}, h('strong', {}, 'Error: '), info.error) : null,
       info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
-      info.approval ? h('p', {}, h('strong', {}, 'Approval: '), info.approval.message) : null,
+      info.approval ? approvalBlock(info.approval) : null,
       agent && info.usage ? usageBlock(info.usage, info.usages || []) : null,
       agent ? toolCallsBlock(info.calls || [], info.usages || []) : null,
       agent && output && Array.isArray(output.patches) && output.patches.length
@@ -351,6 +360,34 @@ export async function render(main, runId) {
       h('h4', {}, 'Input'), jsonBlock(info.input, 'node input'),
       h('h4', {}, 'Output'), jsonBlock(output, 'node output'),
       h('h4', {}, 'Config'), jsonBlock(defined.config, 'node config'));
+  }
+
+  // Quorum votes, escalation and what ended a hitl node's wait (docs/semantics.md).
+  function noteApproval(approvalId, change) {
+    const id = approvalNodes.get(approvalId);
+    const approval = id === undefined ? null : node(id).approval;
+    if (!approval) return;
+    change(approval);
+    if (selected === id) showNode();
+  }
+
+  function approvalBlock(a) {
+    const decided = a.decided;
+    const signal = decided && decided.signal;
+    return h('div', {class: 'approval-detail', id: 'approval-detail'},
+      h('p', {}, h('strong', {}, 'Approval: '), a.message),
+      a.level ? h('p', {id: 'approval-level'}, `Escalated to level ${a.level}: `, (a.approvers || []).join(', ')) : null,
+      a.votes.length
+        ? h('table', {class: 'votes', id: 'approval-votes'}, h('caption', {}, 'Votes'),
+          h('tr', {}, ['Voter', 'Vote', 'When', 'Comment'].map((c) => h('th', {scope: 'col'}, c))),
+          a.votes.map((v) => h('tr', {dataset: {voter: v.voter}},
+            [v.voter, v.decision, when(v.at), v.comments || ''].map((c) => h('td', {}, c)))))
+        : null,
+      signal
+        ? h('div', {id: 'approval-signal'}, h('p', {}, 'Wait ended by signal ', h('code', {}, signal.name),
+          ` sent by ${signal.sent_by || 'unknown'} at `, when(signal.sent_at)), jsonBlock(signal.payload, 'signal payload'))
+        : null,
+      decided ? h('p', {id: 'approval-decided'}, `Decided: ${decided.decision} by ${decided.decided_by}`) : null);
   }
 
   function drawUsage() {
