@@ -17,8 +17,8 @@ crash of the process; FULL: also of the machine).
 wrk (`apt-get install -y wrk`) drives each server in alternating repetitions after a
 warm-up; the report gives per-repetition submits/s, p50/p99 latency, the ratio
 aob/bare per repetition, and medians. `--py-spy FILE` records the dev server with
-py-spy during aob's last repetition (a flame graph SVG, or speedscope JSON when FILE
-ends in .json).
+py-spy during aob's last repetition: a flame graph SVG, speedscope JSON when FILE ends
+in .json, collapsed stacks (one per line, with a count) when it ends in .txt.
 """
 
 from __future__ import annotations
