@@ -133,7 +133,7 @@ async def measure(url: str, subscribers: int, iterations: int) -> Measurement:
     async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as api:
         submitted = await api.post("/api/v1/runs", json={"definition": workload(iterations)})
         run_id = submitted.json()["run_id"]
-        approval_id = await _pending_approval(api, run_id)
+        approval_id = await pending_approval(api, run_id)
         connected: asyncio.Queue[None] = asyncio.Queue()
         readers = [
             asyncio.create_task(subscribe(host, int(port), run_id, connected))
@@ -192,7 +192,7 @@ def _events_after_decision(timeline: list[dict[str, Any]]) -> int:
     return len(timeline) - index
 
 
-async def _pending_approval(api: httpx.AsyncClient, run_id: str) -> str:
+async def pending_approval(api: httpx.AsyncClient, run_id: str) -> str:
     for _ in range(400):
         items = (await api.get("/api/v1/approvals", params={"run_id": run_id})).json()["items"]
         if items:
