@@ -22,7 +22,7 @@ from tests.cluster_services import conftest as services
 from tests.cluster_services.conftest import Cluster, cluster_env
 from tests.fixtures.postgres import PostgresSchemas
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 CHAIN = {
     "name": "chain",
@@ -106,7 +106,9 @@ def traced_cluster(
     env.update(AOB_OTLP_ENDPOINT=collector.url, OTEL_BSP_SCHEDULE_DELAY="100")
     running = Cluster(tmp_path, env)
     try:
-        running.start("api", "coordinator", "projector", "workers")
+        # The api last: at start-up it waits for the topics the others create.
+        running.start("coordinator", "projector", "workers")
+        running.start("api")
         yield running
     finally:
         running.stop()
