@@ -34,11 +34,22 @@ def answers(url: str) -> bool:
         return False
 
 
+# How long a helper server may take to listen. Waiting is bounded by the process too:
+# one that exits fails at once. On a loaded machine importing it alone takes seconds
+# (a 20 s bound failed `-k quorum`, whose tests need neither helper, about once in 8).
+START_S = 180.0
+
+
 def serve(command: list[str], probe: str) -> Iterator[None]:
     """Run `command` until the test module ends, once `probe` answers 200."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
     try:
-        eventually(lambda: answers(probe), f"{command[2]} listening")
+        eventually(
+            lambda: process.poll() is not None or answers(probe),
+            f"{command[2]} listening",
+            timeout=START_S,
+        )
+        assert process.poll() is None, f"{command[2]} exited with {process.returncode}"
         yield
     finally:
         process.terminate()
