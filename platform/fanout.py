@@ -352,44 +352,64 @@ _Item = TypeVar("_Item")
 class _Queue(Generic[_Item]):
     """A subscriber's bounded queue: `push` from the hub's tail, `take` by its stream.
     An item counts as `size` entries (a run's batch: its events); past `limit`
-    entries it is marked overflowed (the stream tells its client to resync)."""
+    entries it is marked overflowed (the stream tells its client to resync).
 
-    __slots__ = ("closed", "items", "limit", "overflowed", "queued", "wakeup")
+    A waiting `take` parks on a bare future made for that wait (no `asyncio.Event`
+    and no `asyncio.timeout` per subscriber): thousands of idle streams cost less
+    memory, and a wake-up is one `set_result`."""
+
+    __slots__ = ("_waiter", "closed", "items", "limit", "overflowed", "queued")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.items: list[_Item] = []
         self.queued = 0
-        self.wakeup = asyncio.Event()
         self.overflowed = False
         self.closed = False
+        self._waiter: asyncio.Future[None] | None = None
 
     def push(self, item: _Item, size: int = 1) -> bool:
         """Queue `item`; False (and marked overflowed) when the queue is full."""
         if self.queued + size > self.limit:
             self.overflowed = True
-            self.wakeup.set()
+            self.wake()
             return False
         self.items.append(item)
         self.queued += size
-        self.wakeup.set()
+        self.wake()
         return True
 
     def close(self) -> None:
         self.closed = True
-        self.wakeup.set()
+        self.wake()
+
+    def wake(self) -> None:
+        """End a waiting `take` (it returns what is queued)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def take(self, timeout: float | None) -> list[_Item]:
         """What is queued, waiting up to `timeout` s for something (empty if nothing came)."""
         if not self.items and not (self.overflowed or self.closed):
-            self.wakeup.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
-                    await self.wakeup.wait()
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         batch = self.items
         self.items = []
         self.queued = 0
         return batch
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _Subscriber(_Queue[_Live]):
@@ -881,7 +901,7 @@ class RunChangeFeed:
         self.seq = 0
         for sub in list(self._subs):
             sub.overflowed = True
-            sub.wakeup.set()
+            sub.wake()
 
     # --- subscribing ----------------------------------------------------------------
 
