@@ -33,15 +33,17 @@ from aob.events.log.port import TopicPartition
 from aob.events.types import Event
 from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
+    INSERT_TIMELINE,
     LOAD_OFFSETS,
     SAVE_OFFSET,
+    TOUCH_RUN,
     Exec,
+    Plan,
     Positioned,
     Row,
     Step,
     offset_params,
     project,
-    run_plan_async,
     select_new,
 )
 
@@ -114,8 +116,7 @@ class PostgresReadModels:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(LOCK_WRITERS)
             todo, advanced = select_new(batch, await _offsets(conn))
-            for position, event in todo:
-                await run_plan_async(project(event, position), functools.partial(_step, conn))
+            await _apply_plans(conn, [project(event, position) for position, event in todo])
             for tp, next_offset in advanced.items():
                 await _step(conn, Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
 
@@ -312,6 +313,75 @@ async def _step(conn: Connection, step: Step) -> Row | None:
         return None
     row = await conn.fetchrow(sql, *args)
     return None if row is None else dict(row)
+
+
+# The batch's timeline rows in one statement: the plans' first steps (the insert that
+# also deduplicates) are then answered without a round trip each.
+_INSERT_TIMELINE_ROWS = """
+INSERT INTO timeline (topic, "partition", "offset", event_id, key, type, occurred_at,
+                      actor, trace_id, causation_id, data)
+SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::text[], $5::text[],
+                     $6::text[], $7::bigint[], $8::text[], $9::text[], $10::text[],
+                     $11::json[])
+ON CONFLICT DO NOTHING
+RETURNING topic, "partition", "offset"
+"""
+_TIMELINE_COLUMNS = (
+    "topic", "partition", "offset", "event_id", "key", "type", "occurred_at", "actor",
+    "trace_id", "causation_id", "data",
+)  # fmt: skip
+
+# Every touch of a run in the batch, as one statement: `updated_at` only ever moves
+# forward (the latest time wins whatever the order), and nothing reads it mid-batch.
+_TOUCH_RUNS = """
+UPDATE runs SET updated_at = GREATEST(runs.updated_at, touched.at)
+FROM unnest($1::text[], $2::bigint[]) AS touched(run_id, at)
+WHERE runs.run_id = touched.run_id
+"""
+
+
+async def _apply_plans(conn: Connection, plans: list[Plan]) -> None:
+    """Drive the batch's plans in order on `conn`. Each plan's first step is its
+    timeline insert, which doubles as deduplication: all of them go in first, as one
+    statement, and each plan learns from it whether its row went in (an event id seen
+    before, in the table or earlier in the batch, inserts nothing)."""
+    firsts = [next(plan, None) for plan in plans]
+    timeline = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
+    inserted = await _insert_timeline(conn, timeline)
+    touched: dict[str, int] = {}  # run id -> latest time it changed
+    for plan, first in zip(plans, firsts, strict=True):
+        step = first
+        while step is not None:
+            answer: Row | None = None
+            if step.sql is INSERT_TIMELINE:
+                position = (step.params["topic"], step.params["partition"], step.params["offset"])
+                answer = {"event_id": step.params["event_id"]} if position in inserted else None
+            elif step.sql is TOUCH_RUN:
+                run_id, at = step.params["run_id"], step.params["at"]
+                touched[run_id] = max(at, touched.get(run_id, at))
+            else:
+                answer = await _step(conn, step)
+            step = _send(plan, answer)
+    if touched:
+        await conn.execute(_TOUCH_RUNS, list(touched), list(touched.values()))
+
+
+def _send(plan: Plan, answer: Row | None) -> Step | None:
+    try:
+        return plan.send(answer)
+    except StopIteration:
+        return None
+
+
+async def _insert_timeline(
+    conn: Connection, rows: Sequence[Mapping[str, Any]]
+) -> set[tuple[str, int, int]]:
+    """Insert timeline rows at once; the (topic, partition, offset) of those that went in."""
+    if not rows:
+        return set()
+    columns = [[_storable(row[name]) for row in rows] for name in _TIMELINE_COLUMNS]
+    inserted = await conn.fetch(_INSERT_TIMELINE_ROWS, *columns)
+    return {(r["topic"], r["partition"], r["offset"]) for r in inserted}
 
 
 async def _fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
