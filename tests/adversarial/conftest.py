@@ -34,6 +34,7 @@ import pytest
 
 from tests.adversarial.capture import CaptureServer
 from tests.fixtures.postgres import PostgresSchemas
+from tests.support.load import CoreWaits, run_delays
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 ADMIN_TOKEN = re.compile(r"export AOB_TOKEN=(aob_\S+)")
@@ -407,7 +408,7 @@ class HealthProbe:
         server = f"/proc/{self.pid}/task/{self.pid}/schedstat" if self.pid else None
         with httpx.Client(base_url=self.url, timeout=self.timeout) as client:
             while True:  # at least one probe, however short the attack
-                waited = _run_delays(mine, server)
+                waited = run_delays(mine, server)
                 started = self._asking_since = time.monotonic()
                 try:
                     status = client.get("/health").status_code
@@ -420,7 +421,7 @@ class HealthProbe:
                 latency = time.monotonic() - started
                 self.latencies.append(latency)
                 delays = [after - before for before, after in
-                          zip(waited, _run_delays(mine, server), strict=True)]
+                          zip(waited, run_delays(mine, server), strict=True)]
                 self.own_latencies.append(max(0.0, latency - max(delays, default=0.0)))
                 if self._stop.wait(self.every):  # the polling pace, not a wait for an outcome
                     return
@@ -448,20 +449,6 @@ class HealthProbe:
             f" failures: {self.failures[:5]}"
         )
         assert not self.failures, f"/health failed during the attack: {self.failures[:5]}"
-
-
-def _run_delays(*paths: str | None) -> list[float]:
-    """Seconds each thread (a schedstat path) has waited runnable for a core so far."""
-    delays: list[float] = []
-    for path in paths:
-        if path is None:
-            continue
-        try:
-            with open(path, encoding="ascii") as stats:
-                delays.append(int(stats.read().split()[1]) / 1e9)
-        except (OSError, IndexError, ValueError):  # gone (a restart), or no schedstats
-            delays.append(0.0)
-    return delays
 
 
 # --- runs --------------------------------------------------------------------------------
@@ -517,22 +504,6 @@ def run_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
         if len(page) < 10_000:
             return events
         after = page[-1]["offset"]
-
-
-class CoreWaits:
-    """How long this thread and a server's loop thread have waited runnable for a core
-    since it was made (the kernel's run delay): time a shared machine took, which a
-    bound on the server's own latency should not count."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.paths = (f"/proc/self/task/{threading.get_native_id()}/schedstat",
-                      f"/proc/{pid}/task/{pid}/schedstat" if pid else None)
-        self.start = _run_delays(*self.paths)
-
-    def waited(self) -> float:
-        now = _run_delays(*self.paths)
-        return max((after - before for before, after in zip(self.start, now, strict=True)),
-                   default=0.0)
 
 
 def timed_run(client: httpx.Client, definition: dict[str, Any], inputs: Any = None,

@@ -13,6 +13,7 @@ import pytest
 
 from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC
 from tests.auth.conftest import Server, serving
+from tests.support.load import CoreWaits
 
 PROBLEM = "application/problem+json"
 BIG = 2**63
@@ -64,15 +65,16 @@ async def test_validating_a_huge_definition_stops_at_the_count_limit(viewer):
     nodes = [
         {"id": f"n{i}", "type": "transform", "config": {"expr": f".[{i}"}} for i in range(3_000)
     ]
-    started = time.monotonic()
+    # CPU time, not wall time (the server runs in this process): the work done, which a
+    # loaded machine does not inflate. Compiling 16,000 programs took 20 s of it.
+    started = time.process_time()
     response = await viewer.post(
         "/api/v1/workflows/validate", json={"definition": {"name": "big", "nodes": nodes}}
     )
-    took = time.monotonic() - started
+    worked = time.process_time() - started
     problem = problem_of(response, 422)
     assert messages(problem) == ["too many nodes: 3000 > limit 500 (AOB_WORKFLOW_MAX_NODES)"]
-    # Compiling 16,000 took 20 s; what is left is reading the body (on a shared box).
-    assert took < 2.0
+    assert worked < 2.0
 
 
 async def test_a_jq_program_over_its_size_limit_is_not_compiled(viewer):
@@ -117,10 +119,10 @@ async def test_health_answers_while_a_definition_at_the_limits_is_validated(serv
         )
     )
     await asyncio.sleep(0)  # let the validation start
-    started = time.monotonic()
+    waits, started = CoreWaits(None), time.monotonic()  # the loop is this thread
     health = await viewer.get("/health")
     assert health.status_code == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started - waits.waited() < 1.0  # less the machine's load
     assert (await validating).status_code == 200
 
 

@@ -12,17 +12,17 @@ from aob.workers.sandbox.regex import RegexError, compile_regex
 
 @pytest.mark.parametrize("length", [40, 100_000])
 def test_a_catastrophic_pattern_matches_in_linear_time(length):
-    started = time.monotonic()
+    started = time.process_time()  # CPU: the work done, whatever the machine's load
     assert compile_regex(r"(a+)+$").search("a" * length + "b") is None
     assert compile_regex(r"(x+x+)+y").search("x" * length) is None
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 async def test_regex_extract_no_longer_backtracks():
-    started = time.monotonic()
+    started = time.process_time()  # CPU: the work done, whatever the machine's load
     step = {"op": "regex_extract", "pattern": r"(a+)+$"}
     assert await run_pipeline([step], "a" * 50_000 + "b") is None
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
 
 
 @pytest.mark.parametrize(

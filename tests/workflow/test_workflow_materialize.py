@@ -219,9 +219,9 @@ def test_copy_chain_bomb_fails_fast():
     # document would reach 2**60 elements.
     ops = [{"op": "add", "path": "/nodes/2/config/blob", "value": ["x" * 64]}]
     ops += [{"op": "copy", "from": "/nodes/2/config/blob", "path": "/nodes/2/config/blob/-"}] * 60
-    started = time.perf_counter()
+    started = time.process_time()  # CPU: the work done, whatever the machine's load
     outcome = patch(ops, limits=PatchLimits(max_operations=100))
-    elapsed = time.perf_counter() - started
+    elapsed = time.process_time() - started
     problem = only_problem(outcome)
     assert "document size" in problem.message
     assert int(problem.path[1:]) < 20  # stopped as soon as it passed 1 MiB
