@@ -58,7 +58,7 @@ class Backend:
         return run
 
     async def wait(
-        self, run_id: str, statuses: set[str] = TERMINAL, timeout: float = 15.0
+        self, run_id: str, statuses: set[str] = TERMINAL, timeout: float = 60.0
     ) -> dict[str, Any]:
         """The run once its status is one of `statuses`."""
         deadline = asyncio.get_running_loop().time() + timeout

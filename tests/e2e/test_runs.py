@@ -202,7 +202,8 @@ async def test_unknown_node_type_is_skipped_with_a_warning_and_dependents_run(
 
 async def decided_patch(backend: Backend, run_id: str, patch_id: str) -> dict[str, Any]:
     """The patch once the coordinator decided it (the API answers 202 until then)."""
-    for _ in range(750):
+    deadline = asyncio.get_running_loop().time() + 60.0  # a deadline, for a loaded machine
+    while asyncio.get_running_loop().time() < deadline:
         response = await backend.client.get(f"/api/v1/runs/{run_id}/patches/{patch_id}")
         if response.status_code == 200 and response.json()["status"] != "proposed":
             return dict(response.json())
