@@ -6,7 +6,7 @@ run's history from the log shows the undecodable record instead of failing on it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from aob.events.log.port import Record
 from aob.events.types import Event, RunSubmitted
 from aob.platform.__main__ import main
 from aob.platform.audit import fresh_read_models, run_history, verify
+from aob.projections.readmodels.inplace import InPlaceReadModels
 from aob.projections.readmodels.port import ThreadedReadModels
 from aob.projections.runtime.deadletter import UNDECODABLE
 from tests.poison.harness import GARBAGE, NORMAL, RUNS_TOPIC, PoisonAob, engine
@@ -94,13 +95,10 @@ def test_the_audit_commands_pass_over_poison(
     assert any(UNDECODABLE in line for line in lines), lines
 
 
-async def test_verify_sets_aside_an_event_the_store_refuses(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """An event that decodes but that the store cannot apply (both the live store and the
-    fresh one refuse it): set aside live, set aside in the rebuild, nothing differs."""
-    real_apply = ThreadedReadModels.apply
+Apply = Callable[[ThreadedReadModels, Sequence[tuple[Any, Event]]], Awaitable[None]]
 
+
+def _refusing(real_apply: Apply) -> Apply:
     async def refusing(self: ThreadedReadModels, batch: Sequence[tuple[Any, Event]]) -> None:
         for _, event in batch:
             payload = event.payload
@@ -108,7 +106,17 @@ async def test_verify_sets_aside_an_event_the_store_refuses(
                 raise ValueError("this store cannot hold that run")
         await real_apply(self, batch)
 
-    monkeypatch.setattr(ThreadedReadModels, "apply", refusing)
+    return refusing
+
+
+async def test_verify_sets_aside_an_event_the_store_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event that decodes but that the store cannot apply (both the live store and the
+    fresh one refuse it): set aside live, set aside in the rebuild, nothing differs."""
+    # The live engine's store (in place) and the rebuild's (threaded) both refuse it.
+    for store_class in (ThreadedReadModels, InPlaceReadModels):
+        monkeypatch.setattr(store_class, "apply", _refusing(store_class.apply))
     async with engine(tmp_path) as aob:
         refused = await aob.submit(REFUSED, {"x": 1})
         await aob.normal_run_completes()
