@@ -282,8 +282,8 @@ def test_the_coordinator_checks_only_the_configs_it_reads() -> None:
     hitl = validate_definition(one_node({"id": "h", "type": "hitl", "config": {"x": 1}}))
     assert [str(p) for p in hitl] == [
         "/nodes/0/config: 'x' was unexpected: the fields are "
-        "message, payload, approvers, roles, timeout_ms, "
-        "on_timeout, rejection_path"
+        "message, payload, approvers, roles, quorum, reject_quorum, allow_self_approval, "
+        "timeout_ms, on_timeout, escalation, signals, rejection_path"
     ]
 
 
