@@ -1,24 +1,39 @@
 """The cluster benchmark: services as processes on Kafka + PostgreSQL.
 
-    python -m bench.cluster            # a few minutes on 2 cores
-    python -m bench.cluster --quick    # fewer runs and repetitions
+    python -m bench.cluster                 # issue 15's aim: 1 instance of each service
+    python -m bench.cluster --quick         # fewer runs and repetitions
+    python -m bench.cluster --py-spy DIR    # also a py-spy profile of each service
+    python -m bench.cluster --no-fsync      # PostgreSQL without fsync (not durable)
+    python -m bench.cluster --scaling       # 1 vs 2 coordinators+workers, rebalances
     python -m bench.cluster --json
 
-(a) Throughput with 1 and with 2 instances each of the coordinator and the workers
-    (beside 1 api and 1 projector), for two workloads: the 5-node fan-out/join
-    transform DAG of `bench.core`, and an http DAG (a transform, an http call to a
-    local server that answers after 20 ms, a transform). A closed loop of clients
-    submits through the API; a run is done when its terminal event is read off
-    `aob.runs`. Median runs/s over repetitions, and the ratio 2 instances / 1.
-(b) The pause during a rebalance, with 2 instances of each under a steady load: from
-    the moment an instance leaves (SIGTERM: it leaves its groups; kill -9: the broker
-    notices after the session timeout) or joins, to the first completed run submitted
-    after that moment, on each partition of `aob.runs`; the worst partition is
-    reported, beside the same figure with no rebalance at all.
+The aim (default): 1 api, 1 projector, 1 coordinator and 1 workers process
+(`python -m aob.platform <role>`), a single-node KRaft broker (aob.infra.kafka) and a
+PostgreSQL server (aob.infra.postgres), all on this machine. Two figures for the
+5-node fan-out/join transform DAG of `bench.core`:
+
+* throughput: a closed loop of clients submits through the API's HTTP endpoint; a run
+  is done when its terminal event is read off `aob.runs`. Runs/s per repetition and
+  the median, with the CPU each process spent per run;
+* latency at low load: runs one at a time, submit to terminal event read; p50 and p90.
+
+Durability, printed with the figures: Kafka appends with acks=all and idempotence,
+every service write fenced by a Kafka transaction, read_committed readers; the
+broker's log flush is Kafka's default (the OS page cache, no fsync per append: a
+single-node broker survives a process crash, not a power loss). PostgreSQL runs with
+fsync=on and synchronous_commit=on (unless --no-fsync).
+
+--scaling: (a) throughput with 1 and with 2 instances each of the coordinator and
+the workers, for the transform DAG and an http DAG (a transform, an http call to a
+local server that answers after 20 ms, a transform); (b) the pause during a rebalance
+with 2 instances of each under a steady load: from the moment an instance leaves
+(SIGTERM, or kill -9: the broker notices after the session timeout) or joins, to the
+first completed run submitted after it, worst partition of `aob.runs`, beside the
+same figure with no rebalance at all.
 
 Kafka and PostgreSQL are started here (aob.infra) unless AOB_KAFKA_BOOTSTRAP and
-AOB_DATABASE_URL name running ones; each scale gets fresh topics (a topic prefix) and
-a fresh schema. Traffic goes to 127.0.0.1 only.
+AOB_DATABASE_URL name running ones; each service set gets fresh topics (a topic
+prefix) and a fresh schema. Traffic goes to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -81,27 +96,38 @@ def http_dag(base_url: str) -> dict[str, Any]:
 # --- infrastructure ---------------------------------------------------------------------
 
 
+@dataclass
+class Infrastructure:
+    bootstrap: str
+    dsn: str
+    broker_pid: int | None = None  # started here: its CPU is counted
+    postgres_pid: int | None = None
+
+
 @contextlib.contextmanager
-def infrastructure() -> Iterator[tuple[str, str]]:
+def infrastructure(fsync: bool = True) -> Iterator[Infrastructure]:
     """Kafka bootstrap and PostgreSQL DSN: the environment's, or started here."""
     with contextlib.ExitStack() as stack:
-        bootstrap = os.environ.get("AOB_KAFKA_BOOTSTRAP")
-        dsn = os.environ.get("AOB_DATABASE_URL")
-        if not bootstrap:
+        found = Infrastructure(
+            os.environ.get("AOB_KAFKA_BOOTSTRAP", ""), os.environ.get("AOB_DATABASE_URL", "")
+        )
+        if not found.bootstrap:
             from aob.infra.kafka import KafkaBroker
 
             _progress("starting Kafka")
             broker = KafkaBroker.start(die_with_parent=True)
             stack.callback(broker.stop, remove=True)
-            bootstrap = broker.bootstrap
-        if not dsn:
+            found.bootstrap, found.broker_pid = broker.bootstrap, broker.pid
+        if not found.dsn:
             from aob.infra.postgres import PostgresServer
 
             _progress("starting PostgreSQL")
-            server = PostgresServer.start(fsync=False)
+            server = PostgresServer.start(fsync=fsync)
             stack.callback(server.stop)
-            dsn = server.dsn
-        yield bootstrap, dsn
+            found.dsn = server.dsn
+            pid_file = server.data_dir / "postmaster.pid"
+            found.postgres_pid = int(pid_file.read_text().split()[0])
+        yield found
 
 
 class DelayServer:
@@ -193,7 +219,9 @@ class Services:
 
 
 @contextlib.contextmanager
-def services(bootstrap: str, dsn: str, scale: int, http_port: int) -> Iterator[Services]:
+def services(
+    bootstrap: str, dsn: str, scale: int, http_port: int | None = None
+) -> Iterator[Services]:
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     asyncio.run(_execute(dsn, f'CREATE SCHEMA "{schema}"'))
     env = {k: v for k, v in os.environ.items() if not k.startswith("AOB_")}
@@ -208,9 +236,10 @@ def services(bootstrap: str, dsn: str, scale: int, http_port: int) -> Iterator[S
         AOB_RUNS_PARTITIONS=str(RUNS_PARTITIONS),
         AOB_WORKFLOWS_PARTITIONS="1",
         AOB_TASKS_PARTITIONS=str(RUNS_PARTITIONS),
-        AOB_WORKERS='["builtin", "http"]',
-        AOB_HTTP_ALLOW=f"127.0.0.1:{http_port}",
+        AOB_WORKERS='["builtin", "http"]' if http_port else '["builtin"]',
     )
+    if http_port:
+        env["AOB_HTTP_ALLOW"] = f"127.0.0.1:{http_port}"
     with tempfile.TemporaryDirectory(prefix="aob-bench-cluster-") as directory:
         env["AOB_DATA_DIR"] = str(Path(directory) / "data")
         running = Services(env, Path(directory))
@@ -219,7 +248,8 @@ def services(bootstrap: str, dsn: str, scale: int, http_port: int) -> Iterator[S
             names += [
                 f"{role}-{i}" for role in ("coordinator", "workers") for i in range(1, scale + 1)
             ]
-            running.start(*names)
+            running.start(names[0])  # creates the topics: the others then find them
+            running.start(*names[1:])
             yield running
         finally:
             running.stop()
@@ -418,6 +448,244 @@ async def _settled(load: Load, runs: int, after: float = 0.0) -> None:
     raise RuntimeError("the load did not settle within 120 s")
 
 
+# --- the aim: one instance of each service ----------------------------------------------
+
+AIM_RUNS_PER_S = 500.0
+AIM_P50_MS = 30.0
+ROLES = ("api", "projector", "coordinator", "workers")
+
+
+@dataclass
+class AimSizes:
+    runs: int  # per throughput repetition
+    reps: int
+    concurrency: int
+    one_at_a_time: int  # runs of the latency figure
+
+
+AIM_FULL = AimSizes(runs=600, reps=3, concurrency=64, one_at_a_time=60)
+AIM_QUICK = AimSizes(runs=200, reps=2, concurrency=64, one_at_a_time=30)
+
+
+def cpu_seconds(pid: int, with_children: bool = False) -> float:
+    """User + system CPU of a process (and of its direct children: PostgreSQL's
+    backends), from /proc; 0 once it is gone."""
+    pids = [pid]
+    if with_children:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and _stat(int(entry.name))[1:2] == [pid]:
+                pids.append(int(entry.name))
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum(sum(_stat(p)[2:4]) for p in pids) / tick
+
+
+def _stat(pid: int) -> list[int]:
+    """(pid, ppid, utime, stime) of a process; [] once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    fields = text[text.rindex(")") + 2 :].split()
+    return [pid, int(fields[1]), int(fields[11]), int(fields[12])]
+
+
+class CpuMeter:
+    """CPU seconds spent by each service process (and the broker and PostgreSQL when
+    started here) between `start` and `stop`."""
+
+    def __init__(self, running: Services, infra: Infrastructure) -> None:
+        self.pids = {name: (proc.pid, False) for name, proc in running.processes.items()}
+        if infra.broker_pid is not None:
+            self.pids["kafka"] = (infra.broker_pid, False)
+        if infra.postgres_pid is not None:
+            self.pids["postgres"] = (infra.postgres_pid, True)
+        self._before: dict[str, float] = {}
+        self.spent: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._before = {n: cpu_seconds(pid, c) for n, (pid, c) in self.pids.items()}
+
+    def stop(self) -> None:
+        for name, (pid, children) in self.pids.items():
+            self.spent[name] = self.spent.get(name, 0.0) + (
+                cpu_seconds(pid, children) - self._before[name]
+            )
+
+
+class PySpy:
+    """`py-spy record` of each service process while in use (raw collapsed stacks)."""
+
+    def __init__(self, running: Services, directory: Path | None) -> None:
+        self.directory = directory
+        self.running = running
+        self.recorders: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> PySpy:
+        if self.directory is None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        spy = Path(sys.executable).with_name("py-spy")
+        for name, process in self.running.processes.items():
+            self.recorders.append(
+                subprocess.Popen(
+                    [
+                        str(spy),
+                        "record",
+                        "--pid",
+                        str(process.pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "-o",
+                        str(self.directory / f"{name}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for recorder in self.recorders:
+            recorder.send_signal(signal.SIGINT)
+        for recorder in self.recorders:
+            try:
+                recorder.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+
+
+def profile_summary(path: Path, top: int = 12) -> list[str]:
+    """The functions most often on the stack (inclusive) and at its top (self) in a
+    py-spy raw profile, as shares of its samples."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            for f in stack.split(";")
+        ]
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+    if not total:
+        return ["  (no samples)"]
+    lines = [f"  {total} samples; self:"]
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+    lines.append("  inclusive:")
+    for frame, count in sorted(inclusive.items(), key=lambda kv: -kv[1])[: top * 2]:
+        lines.append(f"    {100 * count / total:5.1f}%  {frame}")
+    return lines
+
+
+async def one_at_a_time(running: Services, runs: int) -> list[float]:
+    """Seconds from submit to terminal event read, of `runs` runs one after another."""
+    async with (
+        following(running.env) as completions,
+        httpx.AsyncClient(base_url=running.urls["api-1"], timeout=30) as api,
+    ):
+        load = Load(api, completions, FANOUT_JOIN)
+        for _ in range(5):  # warm up
+            await load.one()
+        latencies = []
+        for _ in range(runs):
+            run_id = await load.one()
+            latencies.append(completions.done[run_id] - load.submitted[run_id])
+        return latencies
+
+
+async def metered_throughput(
+    running: Services, sizes: AimSizes, meter: CpuMeter, spy: Path | None
+) -> list[float]:
+    async with (
+        following(running.env) as completions,
+        httpx.AsyncClient(
+            base_url=running.urls["api-1"],
+            timeout=30,
+            limits=httpx.Limits(max_connections=sizes.concurrency),
+        ) as api,
+    ):
+        load = Load(api, completions, FANOUT_JOIN)
+        await load.closed_loop(sizes.concurrency * 2, sizes.concurrency)  # warm up
+        rates = []
+        with PySpy(running, spy):
+            for _ in range(sizes.reps):
+                meter.start()
+                rates.append(await load.closed_loop(sizes.runs, sizes.concurrency))
+                meter.stop()
+                _progress(f"  {rates[-1]:.1f} runs/s")
+        return rates
+
+
+async def durability(dsn: str) -> dict[str, str]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        settings = {
+            name: str(await connection.fetchval(f"SHOW {name}"))
+            for name in ("fsync", "synchronous_commit", "full_page_writes")
+        }
+    finally:
+        await connection.close()
+    return {
+        "kafka": "acks=all, idempotent producers, a transaction per partition per commit "
+        "(read_committed readers); 1 broker, log flush by the OS (Kafka's default)",
+        "postgres": ", ".join(f"{k}={v}" for k, v in settings.items()),
+    }
+
+
+def aim(sizes: AimSizes, fsync: bool, spy: Path | None) -> dict[str, Any]:
+    with infrastructure(fsync) as infra:
+        _progress("starting 1 api, 1 projector, 1 coordinator, 1 workers")
+        with services(infra.bootstrap, infra.dsn, 1) as running:
+            meter = CpuMeter(running, infra)
+            _progress(f"throughput: {sizes.reps} x {sizes.runs} runs @ {sizes.concurrency}")
+            rates = asyncio.run(metered_throughput(running, sizes, meter, spy))
+            _progress(f"latency: {sizes.one_at_a_time} runs one at a time")
+            latencies = asyncio.run(one_at_a_time(running, sizes.one_at_a_time))
+            return {
+                "throughput": rates,
+                "latency_ms": [1000 * x for x in latencies],
+                "cpu_ms_per_run": {
+                    name: 1000 * spent / (sizes.runs * sizes.reps)
+                    for name, spent in meter.spent.items()
+                },
+                "durability": asyncio.run(durability(infra.dsn)),
+            }
+
+
+def render_aim(results: dict[str, Any], sizes: AimSizes, spy: Path | None) -> str:
+    rates, latencies = results["throughput"], sorted(results["latency_ms"])
+    rate, p50 = statistics.median(rates), statistics.median(latencies)
+    p90 = latencies[int(0.9 * (len(latencies) - 1))]
+    cpu = results["cpu_ms_per_run"]
+    lines = [
+        "Kafka + PostgreSQL, 1 api, 1 projector, 1 coordinator, 1 workers (processes);",
+        "the 5-node fan-out/join transform DAG submitted over HTTP",
+        f"throughput ({sizes.reps} x {sizes.runs} runs, {sizes.concurrency} clients): "
+        f"median {rate:.1f} runs/s, per rep {[round(r, 1) for r in rates]} "
+        f"(aim >= {AIM_RUNS_PER_S:.0f}: {rate / AIM_RUNS_PER_S:.2f}x)",
+        f"one at a time ({len(latencies)} runs): p50 {p50:.1f} ms, p90 {p90:.1f} ms "
+        f"(aim p50 <= {AIM_P50_MS:.0f} ms)",
+        "CPU ms per run: "
+        + ", ".join(f"{name} {ms:.2f}" for name, ms in cpu.items())
+        + f"; total {sum(cpu.values()):.2f}",
+        "durability: Kafka " + results["durability"]["kafka"],
+        "            PostgreSQL " + results["durability"]["postgres"],
+    ]
+    if spy is not None:
+        for path in sorted(spy.glob("*.txt")):
+            lines += [f"py-spy {path.stem}:", *profile_summary(path)]
+    return "\n".join(lines)
+
+
 # --- the whole -----------------------------------------------------------------------------
 
 
@@ -433,9 +701,10 @@ FULL = Sizes(runs=150, reps=3, concurrency=16, settle=3)
 QUICK = Sizes(runs=60, reps=2, concurrency=16, settle=2)
 
 
-def bench(sizes: Sizes) -> dict[str, Any]:
+def scaling(sizes: Sizes, fsync: bool) -> dict[str, Any]:
     results: dict[str, Any] = {"throughput": {}, "pauses": {}}
-    with infrastructure() as (bootstrap, dsn), DelayServer(HTTP_DELAY_S) as remote:
+    with infrastructure(fsync) as infra, DelayServer(HTTP_DELAY_S) as remote:
+        bootstrap, dsn = infra.bootstrap, infra.dsn
         workloads = {
             "transform (5-node DAG)": FANOUT_JOIN,
             f"http ({HTTP_DELAY_S * 1000:.0f} ms server)": http_dag(
@@ -458,7 +727,7 @@ def bench(sizes: Sizes) -> dict[str, Any]:
     return results
 
 
-def render(results: dict[str, Any], sizes: Sizes) -> str:
+def render_scaling(results: dict[str, Any], sizes: Sizes) -> str:
     lines = [
         f"cluster throughput, runs/s (median of {sizes.reps} x {sizes.runs} runs, "
         f"{sizes.concurrency} concurrent clients; 1 api, 1 projector)",
@@ -485,13 +754,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer runs and repetitions")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--scaling", action="store_true", help="1 vs 2 coordinators+workers, and rebalances"
+    )
+    parser.add_argument(
+        "--no-fsync", action="store_true", help="PostgreSQL with fsync off (not durable)"
+    )
+    parser.add_argument(
+        "--py-spy", type=Path, metavar="DIR", help="py-spy profiles of the services here"
+    )
     args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    results = bench(sizes)
-    if args.json:
-        print(json.dumps(results | {"sizes": sizes.__dict__}, indent=2))
+    fsync = not args.no_fsync
+    results: dict[str, Any]
+    if args.scaling:
+        sizes = QUICK if args.quick else FULL
+        results = scaling(sizes, fsync)
+        text = render_scaling(results, sizes)
+        results |= {"sizes": sizes.__dict__}
     else:
-        print(render(results, sizes))
+        aim_sizes = AIM_QUICK if args.quick else AIM_FULL
+        results = aim(aim_sizes, fsync, args.py_spy)
+        text = render_aim(results, aim_sizes, args.py_spy)
+        results |= {"sizes": aim_sizes.__dict__}
+    print(json.dumps(results, indent=2) if args.json else text)
     return 0
 
 
