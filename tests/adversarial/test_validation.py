@@ -24,7 +24,6 @@ from tests.adversarial.conftest import (
     ATTACKER,
     NORMAL,
     VICTIM,
-    CoreWaits,
     HealthProbe,
     LiveServer,
     assert_within_usual,
@@ -32,6 +31,7 @@ from tests.adversarial.conftest import (
     timed_run,
     wait_run,
 )
+from tests.support.load import CoreWaits
 
 pytestmark = pytest.mark.slow
 
@@ -40,15 +40,18 @@ def huge_definition(nodes: int = 16_000) -> dict[str, Any]:
     """About 1 MB: one distinct jq program per node."""
     return {
         "name": "huge",
-        "nodes": [{"id": f"n{i}", "type": "transform", "config": {"expr": f".inputs.x + {i}"}}
-                  for i in range(nodes)],
+        "nodes": [
+            {"id": f"n{i}", "type": "transform", "config": {"expr": f".inputs.x + {i}"}}
+            for i in range(nodes)
+        ],
     }
 
 
 def assert_problem(response: Any, *statuses: int) -> dict[str, Any]:
     assert response.status_code in statuses, (response.status_code, response.text[:500])
-    assert response.headers["content-type"].startswith("application/problem+json"), \
+    assert response.headers["content-type"].startswith("application/problem+json"), (
         response.headers["content-type"]
+    )
     problem: dict[str, Any] = response.json()
     assert problem.get("detail") or problem.get("errors"), problem
     return problem
@@ -58,8 +61,12 @@ def test_a_1mb_definition_is_refused_before_compiling(server: LiveServer) -> Non
     document = huge_definition()
     assert len(json.dumps(document)) > 900_000
     usual = baseline(server)
-    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
-            server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
+    with (
+        server.diagnosed(),
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+        server.client(VICTIM) as victim,
+    ):
         waits, started = CoreWaits(server.pid), time.monotonic()
         response = attacker.post("/api/v1/workflows/validate", json={"definition": document})
         took = time.monotonic() - started - waits.waited()
@@ -74,23 +81,28 @@ def test_a_1mb_definition_is_refused_before_compiling(server: LiveServer) -> Non
         text = json.dumps(verdict)
     else:
         text = json.dumps(assert_problem(response, 400, 413, 422))
-    assert "AOB_WORKFLOW_MAX" in text or "too many" in text.lower() or "limit" in text.lower(), \
+    assert "AOB_WORKFLOW_MAX" in text or "too many" in text.lower() or "limit" in text.lower(), (
         text[:500]
+    )
 
 
 def test_what_answered_5xx_answers_4xx_with_a_problem(server: LiveServer) -> None:
     with server.diagnosed(), server.client(ATTACKER) as client:
         assert_problem(client.get("/api/v1/runs", params={"cursor": "x"}), 400, 422)
-        assert_problem(client.post("/api/v1/runs", json={"workflow_id": "w", "version": 2**63}),
-                       400, 422)
-        run_id = client.post("/api/v1/runs", json={"definition": NORMAL,
-                                                   "inputs": {"x": 1}}).json()["run_id"]
-        assert_problem(client.get(f"/api/v1/runs/{run_id}/events",
-                                  params={"after": str(2**63)}), 400, 422)
+        assert_problem(
+            client.post("/api/v1/runs", json={"workflow_id": "w", "version": 2**63}), 400, 422
+        )
+        run_id = client.post(
+            "/api/v1/runs", json={"definition": NORMAL, "inputs": {"x": 1}}
+        ).json()["run_id"]
+        assert_problem(
+            client.get(f"/api/v1/runs/{run_id}/events", params={"after": str(2**63)}), 400, 422
+        )
         deep = "[" * 100_000 + "]" * 100_000
         for content_type in ("text/plain", "application/octet-stream", "application/json"):
-            response = client.post("/api/v1/runs", content=deep,
-                                   headers={"content-type": content_type})
+            response = client.post(
+                "/api/v1/runs", content=deep, headers={"content-type": content_type}
+            )
             assert_problem(response, 400, 413, 415, 422)
 
 
@@ -111,12 +123,15 @@ def test_the_cli_refuses_a_yaml_alias_bomb(live_server: LiveServer, tmp_path: Pa
     lines += ["name: bomb", "nodes: *a9"]
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\n")
-    env = {**os.environ, "AOB_SERVER": live_server.url,
-           "AOB_TOKEN": live_server.tokens[ATTACKER]}
+    env = {**os.environ, "AOB_SERVER": live_server.url, "AOB_TOKEN": live_server.tokens[ATTACKER]}
     started = time.monotonic()
     done = subprocess.run(
         [str(Path(sys.executable).parent / "aob"), "workflow", "validate", str(bomb)],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
         preexec_fn=_cli_memory_limit,
     )
     took = time.monotonic() - started
@@ -189,9 +204,21 @@ def test_the_definition_limit_is_checked_against_the_event_limit(tmp_path: Path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AOB_")}
     env["AOB_WORKFLOW_MAX_DOCUMENT_BYTES"] = str(1 << 20)
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "aob"), "server", "dev",
-         "--data-dir", str(tmp_path / "data"), "--port", "0"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60, check=False,
+        [
+            str(Path(sys.executable).parent / "aob"),
+            "server",
+            "dev",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
     assert done.returncode == 2, (done.returncode, done.stderr[-1000:])
     room = (DEFAULT_EVENT_LIMIT - DEFINITION_EVENT_HEADROOM) // DEFINITION_COPIES

@@ -123,7 +123,7 @@ async def _approval_of(aob: Aob, run_id: str) -> dict[str, Any]:
     assert run["status"] == "waiting", run
     response = await aob.client.get("/api/v1/approvals", params={"run_id": run_id})
     (approval,) = response.json()["items"]
-    return approval
+    return dict(approval)
 
 
 @pytest.mark.parametrize("decision", ["approve", "reject"])

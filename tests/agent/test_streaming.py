@@ -6,6 +6,7 @@ keeps what it kept before; a hostile stream stays bounded."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import openai
 import pytest
 import websockets
+from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageFunctionToolCall
 
 from aob.workers.agent.llm import Endpoint, LlmClients
 from tests.agent.harness import agent, call
@@ -88,10 +90,7 @@ async def test_the_assembled_completion_is_the_one_a_plain_request_gets(
     got, want = streamed.choices[0], plain.choices[0]
     assert got.message.content == want.message.content == "x"
     assert got.finish_reason == want.finish_reason == "tool_calls"
-    assert [(c.function.name, c.function.arguments) for c in got.message.tool_calls or []] == [
-        (c.function.name, c.function.arguments)
-        for c in want.message.tool_calls or []  # type: ignore[union-attr]
-    ]
+    assert _function_calls(got.message) == _function_calls(want.message)
     assert streamed.usage is not None
     assert plain.usage is not None
     assert streamed.usage.total_tokens > 0
@@ -248,14 +247,16 @@ async def test_a_flood_and_a_huge_output_stay_bounded_and_other_runs_stream_on(
             published.append(1)
             original(delta, position, size)
 
-        store.add = counting_add  # type: ignore[method-assign]
+        store.add = counting_add
         victim = await served.submit(_flow())
         hostile = await served.submit(_flow("huge output", "big"))
         flooder = await served.submit(_flow("flood of tokens", "flood"))
         async with served.client() as client:
             reader = asyncio.create_task(read_sse(client, victim, params={"from": "start"}))
             for run_id in (hostile, flooder):
-                await until(lambda r=run_id: _finished(served, r), f"run {run_id} finished", 60)
+                await until(
+                    functools.partial(_finished, served, run_id), f"run {run_id} finished", 60
+                )
             scripted_llm.release("victim")
             read = await asyncio.wait_for(reader, 30)
         assert read.text() == ANSWER  # the victim's stream went on
@@ -278,3 +279,12 @@ async def test_a_flood_and_a_huge_output_stay_bounded_and_other_runs_stream_on(
 
 async def _finished(served: Served, run_id: str) -> bool:
     return (await served.run(run_id))["status"] in ("completed", "failed")
+
+
+def _function_calls(message: ChatCompletionMessage) -> list[tuple[str, str]]:
+    """A message's function tool calls as (name, arguments)."""
+    return [
+        (call.function.name, call.function.arguments)
+        for call in message.tool_calls or []
+        if isinstance(call, ChatCompletionMessageFunctionToolCall)
+    ]
