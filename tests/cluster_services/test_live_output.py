@@ -111,7 +111,8 @@ def test_deltas_cross_processes_and_resume_on_another_api_process(
         _release(llm, 2)
         first, cursor = _read(api, run_id, stop_after_texts=2)
         assert _text(first) == "one two "
-        assert client.get(f"/api/v1/runs/{run_id}").json()["status"] == "running"
+        held = client.get(f"/api/v1/runs/{run_id}").json()
+        assert held["status"] == "running", (held.get("error"), held["nodes"])
         assert cursor is not None
         assert cursor.split(":")[1] == "k"  # Kafka offsets
         _release(llm)
