@@ -64,10 +64,11 @@ def _release(llm: ScriptedLlmProcess, chunks: int | None = None) -> None:
 
 
 def _read(
-    base_url: str, run_id: str, *, stop_after_texts: int | None = None, cursor: str | None = None
+    base_url: str, run_id: str, *, stop_at_text: str | None = None, cursor: str | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    """The stream's messages (with deltas) until `end` or the given number of text
-    deltas; and the last id."""
+    """The stream's messages (with deltas) until `end` or until their text is
+    `stop_at_text` (pieces that arrive together are merged into one delta, so the text,
+    not the number of deltas); and the last id."""
     messages: list[dict[str, Any]] = []
     last: str | None = None
     params: dict[str, str] = {"deltas": "true", "from": "start"}
@@ -87,9 +88,8 @@ def _read(
             if "data" in fields:
                 messages.append(json.loads(fields["data"]))
                 last = fields.get("id", last)
-                texts = [m for m in messages if m.get("kind") == "text"]
                 if messages[-1].get("event") == "end" or (
-                    stop_after_texts is not None and len(texts) >= stop_after_texts
+                    stop_at_text is not None and _text(messages) == stop_at_text
                 ):
                     return messages, last
             fields = {}
@@ -109,7 +109,7 @@ def test_deltas_cross_processes_and_resume_on_another_api_process(
         assert response.status_code == 202, response.text
         run_id = response.json()["run_id"]
         _release(llm, 2)
-        first, cursor = _read(api, run_id, stop_after_texts=2)
+        first, cursor = _read(api, run_id, stop_at_text="one two ")
         assert _text(first) == "one two "
         held = client.get(f"/api/v1/runs/{run_id}").json()
         assert held["status"] == "running", (held.get("error"), held["nodes"])
