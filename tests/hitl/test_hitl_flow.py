@@ -18,6 +18,7 @@ from aob.platform.problems import Problem
 from aob.projections.runtime.timers import TimerService
 from tests.fanout.live import until
 from tests.hitl.harness import node, review, running_aob
+from tests.support.api import FINISHED
 
 
 async def test_approve_pauses_the_run_then_follows_the_normal_path(aob):
@@ -184,13 +185,19 @@ async def test_two_people_racing_exactly_one_wins(aob):
     assert len(completions) == 1
 
 
-async def fire_deadline(aob, run_id: str, timeout: float = 10.0) -> None:
+async def fire_deadline(
+    aob, run_id: str, timeout: float = 10.0, *, unless_finished: bool = False
+) -> None:
     """Fire the run's approval deadline now, as the timer service does once it falls due
-    (its clock an hour ahead): once the coordinator's timer is in the read models."""
+    (its clock an hour ahead): once the coordinator's timer is in the read models.
+    `unless_finished`: or stop once the run has finished (a person decided first, and
+    the run ended before its timer reached the read models: it has none due now)."""
     timers = TimerService(aob.engine.log, aob.engine.read_models, clock=overdue_clock)
     async with asyncio.timeout(timeout):
         while True:
             if await timers.fire_due():
+                return
+            if unless_finished and (await aob.run(run_id))["status"] in FINISHED:
                 return
             await asyncio.sleep(0.02)
 
@@ -294,7 +301,7 @@ async def test_over_http_a_decision_racing_the_timeout_gets_a_clear_answer(aob):
         [approval] = await aob.pending(run_id)
         response, _ = await asyncio.gather(
             aob.decide(approval["approval_id"], "approve", actor="alice"),
-            fire_deadline(aob, run_id),
+            fire_deadline(aob, run_id, unless_finished=True),
         )
         run = await aob.finished(run_id)
         winner = (await _decisions(aob, run_id))[0]["data"]["decided_by"]
