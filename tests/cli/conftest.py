@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -73,6 +74,7 @@ class Cli:
         return Result(done.returncode, done.stdout, done.stderr)
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
+        """The CLI as a foreground command, which Ctrl-C (SIGINT) interrupts."""
         return subprocess.Popen(
             [*AOB, *args],
             stdout=subprocess.PIPE,
@@ -80,7 +82,16 @@ class Cli:
             text=True,
             cwd=REPO,
             env=self.env,
+            preexec_fn=_interruptible,
         )
+
+
+def _interruptible() -> None:
+    """In the child before exec: SIGINT back to its default. A suite started in the
+    background by a non-interactive shell (`pytest ... &`) ignores SIGINT, children
+    inherit that, and Python then installs no KeyboardInterrupt handler: a test's
+    Ctrl-C would be ignored and the command would never end."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="package")
