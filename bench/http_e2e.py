@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from bench.core import percentile
 from bench.dev_server import DevServer, started_dev_server
-from bench.http_submit import cpu_seconds, py_spy, store_workflow
+from bench.http_submit import _positive, cpu_seconds, py_spy, store_workflow
 
 TAG = "bench-http"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -311,13 +311,6 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             f"{result['failed']}"
         )
     return "\n".join(lines)
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
