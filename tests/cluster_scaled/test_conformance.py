@@ -3,7 +3,7 @@ coordinators, 2 projectors and 2 worker processes, started once for the module.
 
 Each request of the suite's client goes to the next API instance in turn, so a run is
 often submitted through one and read through the other. The suite's own node types
-(`flaky`, `sleep`) run in this process, as on the other backends.
+(`flaky`, `sleep`, `gate`) run in this process, as on the other backends.
 
 The tests run here are those that need no store of their own: the ones that list every
 run or workflow of the store (`test_workflows_are_versioned...`, `test_run_by_workflow_id
@@ -15,6 +15,7 @@ stay with the `embedded` and `cluster` backends, which start fresh per test; sta
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def scaled_services(
         scaled_broker.bootstrap,
         schemas.create(),
         directory,
-        AOB_NODE_TYPES=f'["{TEST_NODE_TYPES[0]}", "{TEST_NODE_TYPES[1]}"]',
+        AOB_NODE_TYPES=json.dumps(TEST_NODE_TYPES),
     )
     cluster = ScaledCluster(directory, env)
     try:

@@ -20,6 +20,7 @@ class ExecutionSink:
 
     def __init__(self) -> None:
         self.executions: Counter[tuple[str, str, int, int]] = Counter()
+        self._gates: dict[tuple[str, str], asyncio.Event] = {}
 
     def record(self, task: NodeScheduled) -> None:
         self.executions[(task.run_id, task.node_id, task.iteration, task.attempt)] += 1
@@ -27,9 +28,18 @@ class ExecutionSink:
     def of_run(self, run_id: str) -> dict[tuple[str, int, int], int]:
         return {k[1:]: n for k, n in self.executions.items() if k[0] == run_id}
 
+    def gate(self, run_id: str, node_id: str) -> asyncio.Event:
+        """What the `gate` node `node_id` of `run_id` waits for: set it to let it end."""
+        return self._gates.setdefault((run_id, node_id), asyncio.Event())
+
+    def open(self, run_id: str, node_id: str) -> None:
+        self.gate(run_id, node_id).set()
+
 
 def conformance_node_types(sink: ExecutionSink) -> list[NodeType]:
-    """`flaky` fails its first `config.fail_attempts` attempts; `sleep` waits `config.ms`."""
+    """`flaky` fails its first `config.fail_attempts` attempts; `sleep` waits `config.ms`;
+    `gate` runs until the test opens it (`sink.open`): a node seen running stays so, on
+    a machine however loaded (a short sleep may end before a slow read model shows it)."""
 
     async def flaky(task: NodeScheduled) -> Any:
         sink.record(task)
@@ -42,7 +52,16 @@ def conformance_node_types(sink: ExecutionSink) -> list[NodeType]:
         await asyncio.sleep(int(task.config.get("ms", 0)) / 1000)
         return {"slept_ms": task.config.get("ms", 0)}
 
-    return [NodeType("flaky", flaky), NodeType("sleep", sleep, concurrency=64)]
+    async def gate(task: NodeScheduled) -> Any:
+        sink.record(task)
+        await sink.gate(task.run_id, task.node_id).wait()
+        return {"opened": True}
+
+    return [
+        NodeType("flaky", flaky),
+        NodeType("sleep", sleep, concurrency=64),
+        NodeType("gate", gate, concurrency=64),
+    ]
 
 
-TEST_NODE_TYPES = ["flaky", "sleep"]
+TEST_NODE_TYPES = ["flaky", "sleep", "gate"]

@@ -175,13 +175,14 @@ async def test_attempt_timeout_fails_the_node(backend: Backend) -> None:
 
 
 async def test_cancel_stops_a_running_run_and_is_refused_after(backend: Backend) -> None:
-    definition = wf([node("s", "sleep", ms=3000), t("after", "1")], [e("s", "after")])
+    definition = wf([node("s", "gate"), t("after", "1")], [e("s", "after")])
     run_id = await backend.submit(definition)
     await backend.wait_node(run_id, "s", "running")
     response = await backend.client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "test"})
     assert response.status_code == 202
     run = await backend.wait(run_id)
     assert run["status"] == "cancelled"
+    backend.sink.open(run_id, "s")  # its outcome comes after the end: the run stays cancelled
     again = await backend.client.post(f"/api/v1/runs/{run_id}/cancel", json={})
     assert again.status_code == 409
     assert again.json()["run_status"] == "cancelled"
@@ -212,7 +213,7 @@ async def decided_patch(backend: Backend, run_id: str, patch_id: str) -> dict[st
 
 
 async def test_patch_adds_a_node_that_then_runs(backend: Backend) -> None:
-    definition = wf([node("s", "sleep", ms=400), t("a", '"a"')], [e("s", "a")])
+    definition = wf([node("s", "gate"), t("a", '"a"')], [e("s", "a")])
     run_id = await backend.submit(definition)
     await backend.wait_node(run_id, "s", "running")
     operations = [
@@ -227,6 +228,7 @@ async def test_patch_adds_a_node_that_then_runs(backend: Backend) -> None:
     if response.status_code == 202:  # not decided yet when the API stopped waiting
         patch = await decided_patch(backend, run_id, patch["patch_id"])
     assert patch["status"] == "applied"
+    backend.sink.open(run_id, "s")
     run = await backend.wait(run_id)
     assert run["status"] == "completed"
     assert nodes_of(run)["extra"]["output"] == "patched in"
@@ -235,15 +237,16 @@ async def test_patch_adds_a_node_that_then_runs(backend: Backend) -> None:
 
 
 async def test_patch_rewriting_a_started_node_is_refused(backend: Backend) -> None:
-    definition = wf([node("s", "sleep", ms=400)])
+    definition = wf([node("s", "gate", label="first")])
     run_id = await backend.submit(definition)
     await backend.wait_node(run_id, "s", "running")
-    operations = [{"op": "replace", "path": "/nodes/0/config/ms", "value": 1}]
+    operations = [{"op": "replace", "path": "/nodes/0/config/label", "value": "second"}]
     response = await backend.client.post(
         f"/api/v1/runs/{run_id}/patch", json={"operations": operations}
     )
     assert response.status_code == 422
     assert response.json()["errors"]
+    backend.sink.open(run_id, "s")
     run = await backend.wait(run_id)
     assert run["status"] == "completed"
     assert run["revision"] == 0
