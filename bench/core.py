@@ -731,7 +731,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="print a cProfile of one measurement instead of benchmarking: the fold, "
         "aob's concurrent runs (e2e) or its runs one at a time (low_load)",
     )
+    parser.add_argument(
+        "--profile-out",
+        metavar="FILE",
+        help="with --profile, also save the raw cProfile stats to FILE (read them with "
+        "pstats, e.g. sorted by cumulative time)",
+    )
     args = parser.parse_args(argv)
+    if args.profile_out and not args.profile:
+        parser.error("--profile-out needs --profile")
     for name in ("reps", "runs", "fold_runs", "concurrency"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -750,7 +758,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
     return Sizes(**{**asdict(sizes), **{k: v for k, v in overrides.items() if v is not None}})
 
 
-def profile(what: str, sizes: Sizes, synchronous: str) -> str:
+def profile(what: str, sizes: Sizes, synchronous: str, out: str | None = None) -> str:
     """cProfile of the fold, or of one aob measurement (concurrent, or one at a time);
     top functions by own time. Only the event loop's thread is profiled: py-spy
     (`py-spy record --threads`) sees the others."""
@@ -776,6 +784,8 @@ def profile(what: str, sizes: Sizes, synchronous: str) -> str:
                     profiler.disable()
 
         asyncio.run(measured())
+    if out:
+        profiler.dump_stats(out)
     report = _StringSink()
     stats = pstats.Stats(profiler, stream=report)  # type: ignore[arg-type]
     stats.sort_stats("tottime").print_stats(30)
@@ -801,7 +811,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for node in FANOUT_JOIN["nodes"]:
             node["config"]["expr"] = f"[{node['config']['expr']}] | first"
     if args.profile:
-        print(profile(args.profile, sizes, args.synchronous))
+        print(profile(args.profile, sizes, args.synchronous, args.profile_out))
         return 0
     env = environment()
     fold_result = None

@@ -8,9 +8,16 @@ worker's work item. A run's timers are fired by the owner of its partition (`own
 and `append_owned` for the `TimerFired` itself).
 
 Run states live per partition in a compacted changelog (`aob.projections.runtime.
-changelog`): each batch appends what it changed of its runs' states, tombstones for
-each run it finished and the partition's position marker, in the same commit as the
-emitted events and the consumer offsets. A partition assigned (`on_assigned`) is
+changelog`): at most every `changelog_interval` seconds, a batch appends what changed
+of its runs' states since the last such write, tombstones for each stored run that
+finished and the partitions' position markers, in the same commit as the emitted
+events and the consumer offsets (a run that starts and ends between two writes is
+never stored). Between writes, a batch that emits nothing commits nothing: its
+events are read and folded again after a crash, and emit nothing again. The states
+and markers in the changelog always agree with each other (a partition's runs and its
+marker are written together), so a restore is exact whatever the interval; it only
+folds more (at most an interval's events) the longer the interval. A state that
+cannot be stored fails its run when it is due to be written. A partition assigned (`on_assigned`) is
 restored from the changelog, then folded from its marker to the committed offset (on
 an atomic log: nothing), so restart and rebalance take time in proportion to the
 active runs, not to history. What the fold emits for events folded again must be what
@@ -85,6 +92,10 @@ GROUP = "aob-coordinator"
 # Changelog records appended between two compactions of the embedded log (at least;
 # twice the live runs when there are more): restore reads at most this many extra.
 COMPACT_EVERY: Final = 10_000
+# Seconds between two changelog writes of a partition's changed states. Writing them
+# after every batch cost a fifth of the coordinator's CPU (a run's core re-encoded per
+# event); a restore folds again at most this long a stretch of events. 0: every batch.
+CHANGELOG_INTERVAL: Final = 0.2
 
 
 class ChangelogMismatch(RuntimeError):
@@ -102,6 +113,7 @@ class CoordinatorHost:
         max_records: int = 500,
         max_event_bytes: int | None = None,
         compact_every: int = COMPACT_EVERY,
+        changelog_interval: float = CHANGELOG_INTERVAL,
         session_timeout: float = SESSION_TIMEOUT,
         poll_timeout: float = POLL_TIMEOUT,
     ) -> None:
@@ -110,6 +122,7 @@ class CoordinatorHost:
         # the log would refuse (None: the log's own bound is the only check).
         self.max_event_bytes = max_event_bytes
         self.compact_every = compact_every
+        self.changelog_interval = changelog_interval
         self.consumer = Consumer(
             event_log,
             GROUP,
@@ -134,8 +147,12 @@ class CoordinatorHost:
         self.diverged: RecoveryDiverged | None = None
         # Positions in aob.runs of events this host appended and has not read back yet.
         self._own: set[tuple[int, int]] = set()
-        # Runs whose state the batch at hand changed (their changelog records are due).
+        # Runs whose state changed since the changelog was last written.
         self._dirty: set[str] = set()
+        # Partitions of aob.runs folded past their changelog marker, and when (loop
+        # time) the changelog was last written.
+        self._unlogged: set[int] = set()
+        self._logged_at = 0.0
         # Changelog records of states a restore folded again, committed with the next
         # batch (the first assignment runs before the consumer may commit).
         self._pending: dict[int, list[Append]] = {}
@@ -155,6 +172,7 @@ class CoordinatorHost:
                 f"{CHANGELOG_TOPIC} has {changelog} partitions and {RUNS_TOPIC} "
                 f"{self.partitions}: they must be equal (run states are kept per partition)"
             )
+        self._logged_at = asyncio.get_running_loop().time()
         await self.consumer.start()
         async with self._lock:
             await self._commit([], self.owned)  # what the first restore folded again
@@ -168,13 +186,20 @@ class CoordinatorHost:
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         async with self._lock:
             lost = frozenset(tp.partition for tp in partitions if tp.topic == RUNS_TOPIC)
-            # Folded batches are committed (under this lock); states folded again at
-            # restore may still wait for a commit.
-            await self._commit([], lost & self._pending.keys())
+            # Folded batches are committed (under this lock); their states may still wait
+            # for the changelog, and states folded again at restore for a commit. The
+            # next owner would fold them again: written here, it restores them instead.
+            due = lost & (self._pending.keys() | self._unlogged)
+            await self._commit(self._changelog_of(lost & self._unlogged), due)
             self.release(lost)
 
     async def close(self) -> None:
-        """Leave the group: the partitions go to the other members at once."""
+        """Write the changelog's due states, then leave the group: the partitions go
+        to the other members at once."""
+        try:
+            await self.write_changelog()
+        except Exception as error:  # the log is gone: a restore folds the rest again
+            log.warning("coordinator closing without writing its changelog: %s", error)
         await self.consumer.close()
 
     def owns(self, run_id: str) -> bool:
@@ -206,7 +231,7 @@ class CoordinatorHost:
             self.release({tp.partition})  # nothing of it is committed: the host stops
             return
         # States rebuilt by folding go to the changelog with the next commit.
-        pending = self._changelog()
+        pending = self._changelog(frozenset({tp.partition}))
         pending.append(position_entry(tp.partition, self.partitions, committed))
         self._pending.setdefault(tp.partition, []).extend(pending)
         log.info(
@@ -234,6 +259,8 @@ class CoordinatorHost:
         for run_id in [r for r in self.stored if self.partition_of(r) in gone]:
             del self.stored[run_id]
         self._own = {p for p in self._own if p[0] not in gone}
+        self._dirty = {r for r in self._dirty if self.partition_of(r) not in gone}
+        self._unlogged -= gone
         for partition in gone:
             self._pending.pop(partition, None)
 
@@ -257,9 +284,11 @@ class CoordinatorHost:
             while not stop.is_set():
                 if self.diverged is not None:
                     raise self.diverged  # a restore found the fold differs from the log
-                records = await self.consumer.poll(timeout=0.5)
+                records = await self.consumer.poll(timeout=self._poll_timeout())
                 if records:
                     await self.step(records)
+                elif self._changelog_due():
+                    await self.write_changelog()
                 if self._unpacked >= max(self.compact_every, 2 * len(self.states)):
                     await compact_changelog(self.log)
                     self._unpacked = 0
@@ -267,16 +296,56 @@ class CoordinatorHost:
             await self.close()
 
     async def step(self, records: list[Record]) -> None:
-        """Fold a batch; append what it emitted, its changelog records and the consumer
-        offsets in one commit. Records of partitions let go since they were read are
-        skipped (their new owner reads them). A partition restored since then (taken
-        back in a rebalance) restarts from its changelog, which the batch follows on
-        from: its records are folded once, and read again later only as seen."""
+        """Fold a batch; append what it emitted, the changelog records if due and the
+        consumer offsets in one commit (none if there is nothing to append: what was
+        folded is folded again after a crash, emitting nothing again). Records of
+        partitions let go since they were read are skipped (their new owner reads
+        them). A partition restored since then (taken back in a rebalance) restarts
+        from its changelog, which the batch follows on from: its records are folded
+        once, and read again later only as seen."""
         async with self._lock:
             records = [r for r in records if r.partition in self.owned]
             appends = self.handle(records)
-            changelog = self._changelog() + self._markers(records)
-            await self._commit(appends + changelog, self.owned)
+            self._unlogged.update(r.partition for r in records if r.topic == RUNS_TOPIC)
+            if self._changelog_due():
+                appends += self._changelog_of(self._unlogged)
+            if appends or self._pending:
+                await self._commit(appends, self.owned)
+
+    async def write_changelog(self) -> None:
+        """Append the changelog records of every state changed since the last write,
+        with the offsets (what `step` does once `changelog_interval` has passed)."""
+        async with self._lock:
+            if self._unlogged or self._pending:
+                await self._commit(self._changelog_of(self._unlogged), self.owned)
+
+    def _changelog_due(self) -> bool:
+        elapsed = asyncio.get_running_loop().time() - self._logged_at
+        return bool(self._unlogged) and elapsed >= self.changelog_interval
+
+    def _poll_timeout(self) -> float:
+        """Until the changelog is due (if anything waits for it), at most 0.5 s."""
+        if not self._unlogged:
+            return 0.5
+        elapsed = asyncio.get_running_loop().time() - self._logged_at
+        return min(0.5, max(0.0, self.changelog_interval - elapsed))
+
+    def _changelog_of(self, partitions: Iterable[int]) -> list[Append]:
+        """The changelog records of `partitions` (folded past their markers): their
+        changed runs' records and their new markers, written together so that a
+        partition's states and marker always agree."""
+        partitions = frozenset(partitions)
+        if not partitions:
+            return []
+        entries = self._changelog(partitions)
+        positions = self.consumer.positions
+        for p in sorted(partitions):
+            through = positions[TopicPartition(RUNS_TOPIC, p)]
+            entries.append(position_entry(p, self.partitions, through))
+        self._unlogged -= partitions
+        if not self._unlogged:
+            self._logged_at = asyncio.get_running_loop().time()
+        return entries
 
     async def append_owned(self, appends: Sequence[Append]) -> list[Record]:
         """Append run events (a timer's `TimerFired`) for the runs this host owns,
@@ -317,17 +386,17 @@ class CoordinatorHost:
         may be ahead of the log, so it lets them all go. The rebalance that fenced it
         assigns it its share again, restored from the changelog."""
         self.fenced += 1
-        self._dirty.clear()
         log.warning("coordinator fenced, letting its partitions go: %s", error)
         self.release(frozenset(partitions))
 
-    def _changelog(self) -> list[Append]:
-        """The changelog records of the runs the batch changed: what changed of a live
-        run's state, tombstones for a stored run that finished (one that started and
-        finished in the batch was never stored). A state that cannot be stored fails
-        its run."""
+    def _changelog(self, partitions: frozenset[int]) -> list[Append]:
+        """The changelog records of the changed runs of `partitions`: what changed of a
+        live run's state, tombstones for a stored run that finished (one that started
+        and finished since the last write was never stored). A state that cannot be
+        stored fails its run."""
         appends: list[Append] = []
-        for run_id in sorted(self._dirty):
+        due = sorted(r for r in self._dirty if self.partition_of(r) in partitions)
+        for run_id in due:
             state = self.states.get(run_id)
             if state is not None:
                 entries = self._state_entries(state)
@@ -338,7 +407,7 @@ class CoordinatorHost:
             record = self.stored.pop(run_id, None)
             if record is not None:
                 appends += tombstones(run_id, record)
-        self._dirty.clear()
+        self._dirty.difference_update(due)
         return appends
 
     def _state_entries(self, state: RunState) -> list[Append] | None:
@@ -367,14 +436,6 @@ class CoordinatorHost:
             actor=f"service:{GROUP}",
         )
         return [Append(RUNS_TOPIC, run_id, encode(failed))]
-
-    def _markers(self, records: Iterable[Record]) -> list[Append]:
-        positions = self.consumer.positions
-        read = sorted({r.partition for r in records if r.topic == RUNS_TOPIC})
-        return [
-            position_entry(p, self.partitions, positions[TopicPartition(RUNS_TOPIC, p)])
-            for p in read
-        ]
 
     def handle(self, records: list[Record]) -> list[Append]:
         """Fold a batch of records; the appends they lead to."""

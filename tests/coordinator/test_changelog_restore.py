@@ -30,6 +30,7 @@ from aob.events.types import (
     Event,
     NodeCompleted,
     NodeScheduled,
+    NodeStarted,
     Payload,
     RunCompleted,
     RunSubmitted,
@@ -41,7 +42,7 @@ from aob.projections.runtime.changelog import (
     compact_changelog,
     create_changelog,
 )
-from aob.projections.runtime.coordinator import CoordinatorHost
+from aob.projections.runtime.coordinator import CHANGELOG_INTERVAL, CoordinatorHost
 from aob.projections.runtime.timers import TimerService
 
 PARTITIONS = 4
@@ -78,12 +79,14 @@ async def opened_log(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 
 
 async def started(
-    event_log: EventLog, instead_of: CoordinatorHost | None = None
+    event_log: EventLog,
+    instead_of: CoordinatorHost | None = None,
+    changelog_interval: float = CHANGELOG_INTERVAL,
 ) -> CoordinatorHost:
     """A coordinator that joins the group (`instead_of` leaves it first: a restart)."""
     if instead_of is not None:
         await instead_of.close()
-    host = CoordinatorHost(event_log)
+    host = CoordinatorHost(event_log, changelog_interval=changelog_interval)
     await host.recover()
     return host
 
@@ -162,7 +165,7 @@ async def finish_runs(event_log: EventLog, host: CoordinatorHost, count: int) ->
 async def test_finished_runs_leave_memory_and_a_restart_reads_no_history(
     event_log: EventLog,
 ) -> None:
-    host = await started(event_log)
+    host = await started(event_log, changelog_interval=0)  # the changelog after every batch
     runs = await finish_runs(event_log, host, 60)
     assert len(host.states) == 0
     ended = Counter(e.key for e in await runs_log(event_log) if isinstance(e.payload, RunCompleted))
@@ -184,7 +187,7 @@ async def test_an_embedded_changelog_compacts_to_the_live_runs(tmp_path: Path) -
         for topic in (RUNS_TOPIC, task_topic("work"), EXPRESSIONS_TOPIC, DEADLETTER_TOPIC):
             await event_log.create_topic(topic, PARTITIONS)
         await create_changelog(event_log, PARTITIONS)
-        host = await started(event_log)
+        host = await started(event_log, changelog_interval=0)  # records to compact
         await finish_runs(event_log, host, 200)
         live = await submit(event_log, 5)
         await drain(host)
@@ -224,6 +227,50 @@ async def test_runs_in_flight_across_restarts_end_exactly_once(event_log: EventL
         (e.key, e.payload.node_id) for e in events if isinstance(e.payload, NodeScheduled)
     )
     assert scheduled == {(r, n): 1 for r in runs for n in ("a", "b")}
+
+
+async def test_a_crash_between_changelog_writes_folds_the_rest_again_exactly_once(
+    tmp_path: Path,
+) -> None:
+    """Between two changelog writes, a killed host's states are only in the log: the
+    next host restores the older states and folds the rest again, and every run still
+    schedules each node once and ends once."""
+    path = tmp_path / "log.db"
+    event_log = await SqliteEventLog.open(path)
+    for topic in (RUNS_TOPIC, task_topic("work"), EXPRESSIONS_TOPIC, DEADLETTER_TOPIC):
+        await event_log.create_topic(topic, PARTITIONS)
+    await create_changelog(event_log, PARTITIONS)
+    host = await started(event_log, changelog_interval=0)
+    written = await submit(event_log, 6)  # in the changelog before the crash
+    await drain(host)
+    host.changelog_interval = 3600.0  # nothing more reaches it
+    runs = await submit(event_log, 6)
+    await drain(host)
+    await complete(event_log, written + runs, "a")
+    await drain(host)
+    # A batch that emits nothing commits nothing: folded again after the crash.
+    for run in written + runs:
+        await append(event_log, run, NodeStarted(run, "b", 0, 1, "w"))
+    await drain(host)
+    size = await changelog_size(event_log)
+    await event_log.close()  # the host dies with it, never closed: kill -9
+
+    async with await SqliteEventLog.open(path) as event_log:
+        assert await changelog_size(event_log) == size
+        again = await started(event_log)
+        assert again.refolded_records > 0
+        assert sorted(again.states) == sorted(written + runs)
+        await drain(again)
+        await complete(event_log, written + runs, "b")
+        await drain(again)
+        assert again.states == {}
+        events = await runs_log(event_log)
+        ended = Counter(e.key for e in events if isinstance(e.payload, RunCompleted))
+        assert ended == dict.fromkeys(written + runs, 1)
+        scheduled = Counter(
+            (e.key, e.payload.node_id) for e in events if isinstance(e.payload, NodeScheduled)
+        )
+        assert scheduled == {(r, n): 1 for r in written + runs for n in ("a", "b")}
 
 
 async def test_late_events_of_a_finished_run_change_nothing_after_a_restart(
