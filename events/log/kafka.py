@@ -104,6 +104,7 @@ from aob.events.log.port import (
     TopicPartition,
     UnknownTopic,
 )
+from aob.events.partitioner import partition_for
 
 __all__ = ["KafkaEventLog"]
 
@@ -128,6 +129,9 @@ _MARKER_WAIT_MS: Final = 20
 _READ_WAIT_MS: Final = 10
 _STOP_WAIT: Final = 5.0  # seconds a dropped producer may take to stop
 _BROKEN_PAUSE: Final = 0.5  # between attempts to replace a broken producer
+# How much earlier than this host's clock a broker may stamp a record (LogAppendTime
+# topics): where the search for a failed transaction's records starts.
+_CLOCK_SKEW_MS: Final = 10_000
 # A transactional producer's next transaction starts while the broker still writes the
 # previous one's commit markers (about 5 ms on one broker): the broker answers
 # CONCURRENT_TRANSACTIONS and the client tries again after a pause. aiokafka waits 20
@@ -725,6 +729,24 @@ class KafkaEventLog:
             if grew:
                 self._wake()
 
+    async def _holds(self, record: Append, since_ms: int) -> bool:
+        """Whether `record` (its key and value) is in its partition, stamped at or after
+        `since_ms` (less the clock skew a broker's LogAppendTime may add). After a
+        failed transaction the log itself tells whether it was committed: what a
+        read at read_committed finds was; records differ in their event ids."""
+        count = await self._partition_count(record.topic)
+        ktp = KafkaPartition(record.topic, partition_for(record.key, count))
+        with _translated(f"cannot find offsets by time in {record.topic}[{ktp.partition}]"):
+            found = await self._reader.offsets_for_times({ktp: since_ms - _CLOCK_SKEW_MS})
+        start = found.get(ktp)
+        offset = None if start is None else start.offset
+        while offset is not None:
+            records = await self.read(record.topic, ktp.partition, offset)
+            if any(r.key == record.key and r.value == record.value for r in records):
+                return True
+            offset = records[-1].offset + 1 if records else None
+        return False
+
     async def _retrying(self, call: Any) -> Any:
         """Retry `call` while Kafka says the failure is passing (a coordinator that is
         still loading after a restart, say), up to the request timeout."""
@@ -886,6 +908,7 @@ class KafkaMember:
         until the request timeout, if it is known not to have been committed."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._log._request_timeout
+        since_ms = time.time_ns() // 1_000_000  # what it appends is stamped no earlier
         unsure: LogError | None = None  # a failure after which the outcome is unknown
         async with self._locks.setdefault(tp, asyncio.Lock()):
             while True:
@@ -893,7 +916,9 @@ class KafkaMember:
                     raise Fenced(self._lost([tp]))
                 try:
                     if unsure is not None:
-                        if await self._committed_after_failure(tp, offset, unsure):
+                        if await self._committed_after_failure(
+                            tp, appends, offset, unsure, since_ms
+                        ):
                             return []  # its records are in the log; where is not known here
                         unsure = None
                     producer = self._producers.get(tp) or await self._replace_producer(tp)
@@ -927,19 +952,20 @@ class KafkaMember:
     ) -> list[Record]:
         timestamp = time.time_ns() // 1_000_000
         what = f"cannot commit for {tp.topic}[{tp.partition}]"
+        futures: list[asyncio.Future[Any]] = []
         with _translated(what):
             try:  # a broken producer may also never answer
                 async with asyncio.timeout(self._log._request_timeout):
                     async with producer.transaction():
-                        futures = [
-                            await producer.send(
-                                a.topic,
-                                a.value or None,  # b"": a tombstone (null)
-                                key=a.key.encode("utf-8"),
-                                timestamp_ms=timestamp,
+                        for a in appends:
+                            futures.append(
+                                await producer.send(
+                                    a.topic,
+                                    a.value or None,  # b"": a tombstone (null)
+                                    key=a.key.encode("utf-8"),
+                                    timestamp_ms=timestamp,
+                                )
                             )
-                            for a in appends
-                        ]
                         if offset is not None:
                             await producer.send_offsets_to_transaction(
                                 {KafkaPartition(tp.topic, tp.partition): offset}, self.group
@@ -949,6 +975,11 @@ class KafkaMember:
                 raise LogError(f"{what}: no answer within the request timeout") from error
             except IllegalOperation as error:  # its transaction was ended under it: fenced
                 raise LogError(f"{what}: {error}") from ProducerFenced(str(error))
+            finally:
+                # A failed transaction's sends fail with it and say nothing more: their
+                # errors are its error (else asyncio logs each as never retrieved).
+                for future in futures:
+                    future.add_done_callback(_retrieved)
         return [
             Record(
                 a.topic,
@@ -962,25 +993,35 @@ class KafkaMember:
         ]
 
     async def _committed_after_failure(
-        self, tp: TopicPartition, offset: int | None, error: LogError
+        self,
+        tp: TopicPartition,
+        appends: Sequence[Append],
+        offset: int | None,
+        error: LogError,
+        since_ms: int,
     ) -> bool:
         """Whether the failed transaction was committed after all. A new producer's
         init ends what the broken one left open (committed if the broker had taken the
         commit, else aborted); the group's offset then tells which, when the
-        transaction moved it. When it did not, trying again could append its records
-        twice: the failure is raised. (Without an offset: appends that may be
-        repeated, e.g. a timer's firing, which the fold takes once.)"""
+        transaction moved it. When it did not (a worker's flush while an earlier task
+        of the partition still runs, or appends without an offset), the log tells:
+        whether its first record is there. Trying again blindly could append its
+        records twice; giving up would stop a service at every broker restart."""
         await self._replace_producer(tp)
-        if offset is None:
-            return False
         before = self._committed.get(tp)
-        if offset == before:
-            raise error
-        ktp = KafkaPartition(tp.topic, tp.partition)
-        with _translated(f"cannot read the committed offset of {tp.topic}[{tp.partition}]"):
-            committed = await self._consumer.committed(ktp)
-        if committed == offset:
-            self._committed[tp] = offset
+        if offset is not None and offset != before:
+            ktp = KafkaPartition(tp.topic, tp.partition)
+            with _translated(f"cannot read the committed offset of {tp.topic}[{tp.partition}]"):
+                committed = await self._consumer.committed(ktp)
+            if committed == offset:
+                self._committed[tp] = offset
+                return True
+            return False
+        if not appends:
+            return False  # the offset it commits again is the one already committed
+        if await self._log._holds(appends[0], since_ms):
+            if offset is not None:
+                self._committed[tp] = offset
             return True
         return False
 
@@ -1167,6 +1208,11 @@ def _cover(consumer: AIOKafkaConsumer, commits: Mapping[KafkaPartition, int]) ->
     for tp in assignment:
         consumer.seek(tp, 0)
     consumer.pause(*assignment)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def _stop(client: Any) -> None:
