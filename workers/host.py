@@ -283,6 +283,15 @@ class WorkerHost:
         task = task_event.payload
         if not isinstance(task, NodeScheduled) or self._seen_before(task_event.event_id):
             return _Done(record, [])
+        try:
+            return await self._run_task(record, task_event, task)
+        except asyncio.CancelledError:
+            # Abandoned (its partition went in a rebalance, or the host stops): not
+            # executed as far as this host knows, so a redelivery here runs it again.
+            self._recent.pop(task_event.event_id, None)
+            raise
+
+    async def _run_task(self, record: Record, task_event: Event, task: NodeScheduled) -> _Done:
         started = NodeStarted(
             task.run_id, task.node_id, task.iteration, task.attempt, self.worker_id
         )

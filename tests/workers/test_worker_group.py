@@ -125,3 +125,49 @@ async def test_two_worker_hosts_run_each_task_once(event_log: EventLog) -> None:
     assert max(outcomes.values()) == 1
     assert hosts.by_host["a"]
     assert hosts.by_host["b"]
+
+
+async def test_a_task_abandoned_in_a_rebalance_runs_again_when_it_comes_back(
+    event_log: EventLog,
+) -> None:
+    """A task cancelled mid-execution (its partition went in a rebalance past the settle
+    timeout) is not remembered as executed: when the partition comes back to the same
+    host, as eager rebalancing often does, the task runs. A task that did run is still
+    taken once (its record delivered again is skipped)."""
+    calls: list[str] = []
+    first_started = asyncio.Event()
+
+    async def handler(scheduled: NodeScheduled) -> str:
+        calls.append(scheduled.run_id)
+        if len(calls) == 1:
+            first_started.set()
+            await asyncio.Event().wait()  # until abandoned
+        return "ran"
+
+    host = WorkerHost(event_log, NodeType(KIND, handler, announce_start=False))
+    await event_log.append([task("run-abandoned")])
+    record = await _only_task_record(event_log)
+
+    abandoned = asyncio.create_task(host._execute(record))
+    await first_started.wait()
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+
+    again = await host._execute(record)  # the partition came back: delivered again
+    assert calls == ["run-abandoned", "run-abandoned"]
+    assert [decode(a.value).type for a in again.appends] == ["NodeStarted", "NodeCompleted"]
+
+    duplicate = await host._execute(record)
+    assert duplicate.appends == []
+    assert len(calls) == 2
+
+
+async def _only_task_record(event_log: EventLog) -> Record:
+    records = [
+        record
+        for partition in range(PARTITIONS)
+        for record in await event_log.read(task_topic(KIND), partition, 0)
+    ]
+    assert len(records) == 1
+    return records[0]
