@@ -44,7 +44,8 @@ Design:
   A transaction failing otherwise may have broken its producer (aiokafka's sender
   ends when it loses the transaction coordinator, as in a broker restart): the
   producer is replaced and the transaction tried again, once the group's offset
-  shows that the failed one was not committed.
+  shows that the failed one was not committed (or, when it did not move the offset,
+  once a read_committed search from its timestamp does not find its first record).
 * `append_and_commit` appends, then commits: at-least-once, as the port allows. A
   crash between the two replays the input, which the idempotent folds absorb.
   Every topic, partition and offset is checked before anything is sent, so a call
