@@ -11,12 +11,12 @@ The file is disposable: it holds nothing the log does not, so a rebuild is
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from functools import partial
 from importlib import resources
 from types import TracebackType
 from typing import Any, Self
@@ -25,16 +25,18 @@ from aob.events.log.port import TopicPartition
 from aob.events.types import Event
 from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
+    INSERT_TIMELINE,
     LOAD_OFFSETS,
     SAVE_OFFSET,
     TOUCH_RUN,
     Exec,
+    Params,
+    Plan,
     Positioned,
     Row,
     Step,
     offset_params,
     project,
-    run_plan,
     select_new,
 )
 
@@ -93,12 +95,7 @@ class SqliteReadModels:
             return
         with self._lock, self._transaction("BEGIN IMMEDIATE"):
             todo, advanced = select_new(batch, self._offsets())
-            touched: dict[str, int] = {}
-            execute = partial(self._execute_touch_later, touched)
-            for position, event in todo:
-                run_plan(project(event, position), execute)
-            for run_id, at in touched.items():
-                self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
+            self._apply_plans([project(event, position) for position, event in todo])
             for tp, next_offset in advanced.items():
                 self._execute(Exec(SAVE_OFFSET, offset_params(tp, next_offset)))
 
@@ -236,14 +233,48 @@ class SqliteReadModels:
             raise
         self._conn.execute("COMMIT")
 
-    def _execute_touch_later(self, touched: dict[str, int], step: Step) -> Row | None:
-        """`_execute`, except that a run's `updated_at` (the latest event time, which
-        nothing in the batch reads) is set once per batch instead of once per event."""
-        if step.sql is TOUCH_RUN:
-            run_id, at = step.params["run_id"], step.params["at"]
-            touched[run_id] = max(at, touched.get(run_id, at))
-            return None
-        return self._execute(step)
+    def _apply_plans(self, plans: list[Plan]) -> None:
+        """Drive the batch's plans in order. Each plan's first step is its timeline
+        insert, which doubles as deduplication: all of them go in first, in a few
+        multi-row statements (one each cost more than the rest of a plan), and each plan
+        learns from them whether its row went in (an event id seen before, in the table
+        or earlier in the batch, inserts nothing). Nothing a plan does reads a timeline
+        row of a later event. A run's `updated_at` (the latest event time, which nothing
+        in the batch reads) is set once per batch instead of once per event."""
+        firsts = [next(plan, None) for plan in plans]
+        rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
+        inserted = self._insert_timeline(rows)
+        touched: dict[str, int] = {}
+        for plan, first in zip(plans, firsts, strict=True):
+            step = first
+            while step is not None:
+                answer: Row | None = None
+                if step.sql is INSERT_TIMELINE:
+                    params = step.params
+                    position = (params["topic"], params["partition"], params["offset"])
+                    answer = {"event_id": params["event_id"]} if position in inserted else None
+                elif step.sql is TOUCH_RUN:
+                    run_id, at = step.params["run_id"], step.params["at"]
+                    touched[run_id] = max(at, touched.get(run_id, at))
+                else:
+                    answer = self._execute(step)
+                step = _send(plan, answer)
+        for run_id, at in touched.items():
+            self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
+
+    def _insert_timeline(self, rows: Sequence[Params]) -> set[tuple[str, int, int]]:
+        """Insert timeline rows in batch order; the (topic, partition, offset) of those
+        that went in. Chunks of power-of-two sizes keep the statements few and cached."""
+        inserted: set[tuple[str, int, int]] = set()
+        start = 0
+        while start < len(rows):
+            size = min(_TIMELINE_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
+            chunk = rows[start : start + size]
+            values = [row[name] for row in chunk for name in _TIMELINE_COLUMNS]
+            cursor = self._conn.execute(_insert_timeline_rows(size), values)
+            inserted.update((topic, partition, offset) for topic, partition, offset in cursor)
+            start += size
+        return inserted
 
     def _execute(self, step: Step) -> Row | None:
         cursor = self._conn.execute(step.sql, step.params)
@@ -270,6 +301,32 @@ class SqliteReadModels:
     def _locked_all(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         with self._lock:
             return self._all(sql, params)
+
+
+_TIMELINE_COLUMNS = (
+    "topic", "partition", "offset", "event_id", "key", "type", "occurred_at", "actor",
+    "trace_id", "causation_id", "data",
+)  # fmt: skip
+_TIMELINE_CHUNK = 128  # rows per statement at most: 1,408 parameters (SQLite allows 32,766)
+
+
+@functools.cache
+def _insert_timeline_rows(rows: int) -> str:
+    """`INSERT_TIMELINE` for `rows` rows at once, answering with the positions inserted
+    (ON CONFLICT DO NOTHING applies row by row, in order, as separate inserts would)."""
+    row = "(" + ", ".join("?" * len(_TIMELINE_COLUMNS)) + ")"
+    columns = ", ".join(f'"{name}"' for name in _TIMELINE_COLUMNS)
+    return (
+        f"INSERT INTO timeline ({columns}) VALUES {', '.join([row] * rows)} "
+        'ON CONFLICT DO NOTHING RETURNING topic, "partition", "offset"'
+    )
+
+
+def _send(plan: Plan, answer: Row | None) -> Step | None:
+    try:
+        return plan.send(answer)
+    except StopIteration:
+        return None
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
