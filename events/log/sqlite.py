@@ -329,8 +329,7 @@ class SqliteEventLog:
             return []
         tail = self._tail.get((topic, partition))
         if tail and offset >= tail[0].offset:  # a follower right behind the end
-            start = offset - tail[0].offset  # offsets are dense in the tail
-            return list(itertools.islice(tail, start, start + max_records))
+            return _tail_read(tail, offset, max_records)
         try:
             rows = conn.execute(_READ, (topic, partition, offset, max_records)).fetchall()
         except sqlite3.Error as exc:
@@ -516,6 +515,16 @@ class SqliteEventLog:
             self._appended = asyncio.Event()
             for topic in {topic for topic, _ in advanced}:
                 _wake_all(self._watchers.get(topic, ()))
+
+
+def _tail_read(tail: collections.deque[Record], offset: int, max_records: int) -> list[Record]:
+    """Up to `max_records` of `tail` from `offset` on (offsets are dense in a tail).
+    Walked from the end: followers read close to it, and a deque is a linked list, so
+    skipping the records before `offset` from the start took most of a read."""
+    behind = tail[-1].offset + 1 - offset  # records from `offset` to the end
+    records = list(itertools.islice(reversed(tail), max(0, behind - max_records), behind))
+    records.reverse()
+    return records
 
 
 def _lock(path: Path) -> int:
