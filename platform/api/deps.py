@@ -23,12 +23,21 @@ async def get_engine(request: Request) -> Engine:
 
 
 async def get_commands(request: Request) -> Commands:
+    return commands_of(request)
+
+
+def commands_of(request: Request) -> Commands:
     commands: Commands = request.app.state.commands
     return commands
 
 
 async def get_trace_id(request: Request) -> str:
     """The caller's trace id (W3C traceparent or X-Trace-Id), else a new one."""
+    return request_trace_id(request)
+
+
+def request_trace_id(request: Request) -> str:
+    """`get_trace_id` for a route that resolves it itself (see `submit_run`)."""
     given = request.scope.get("state", {}).get("trace_id")  # HttpObservation's choice
     if isinstance(given, str):
         return given

@@ -10,9 +10,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field
 
 from aob.platform.api.bounds import INT64_MAX
-from aob.platform.api.deps import Actor, CommandsDep, EngineDep, PrincipalDep, TraceId
+from aob.platform.api.deps import (
+    Actor,
+    CommandsDep,
+    EngineDep,
+    PrincipalDep,
+    TraceId,
+    commands_of,
+    request_trace_id,
+)
 from aob.platform.audit import run_history
-from aob.platform.auth.http import require
+from aob.platform.auth.http import principal_of, require
 from aob.platform.auth.principal import Permission
 from aob.platform.commands import Commands
 from aob.platform.problems import Problem, not_found
@@ -50,21 +58,20 @@ class PatchRun(BaseModel):
 @router.post(
     "", status_code=202, summary="Submit a run", dependencies=[require(Permission.OPERATE)]
 )
-async def submit_run(
-    body: SubmitRun,
-    commands: CommandsDep,
-    actor: Actor,
-    trace_id: TraceId,
-    principal: PrincipalDep,
-) -> JSONResponse:
-    accepted = await commands.submit_run(
+async def submit_run(body: SubmitRun, request: Request) -> JSONResponse:
+    # The hot path: what the `CommandsDep`, `Actor`, `TraceId` and `PrincipalDep`
+    # dependencies give, read here from the request instead (FastAPI resolving four
+    # dependencies cost about a fifth of a submit's HTTP handling; none has parameters,
+    # so the OpenAPI document is the same).
+    principal = principal_of(request)
+    accepted = await commands_of(request).submit_run(
         definition=body.definition,
         tag=body.tag,
         workflow_id=body.workflow_id,
         version=body.version,
         inputs=body.inputs,
-        actor=actor,
-        trace_id=trace_id,
+        actor=principal.name,
+        trace_id=request_trace_id(request),
         tenant=principal.tenant,
     )
     location = f"/api/v1/runs/{accepted['run_id']}"

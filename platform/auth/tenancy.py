@@ -42,18 +42,18 @@ class TenantGuard:
         principal = scope.get("state", {}).get("principal")
         if scope["type"] in ("http", "websocket") and isinstance(principal, Principal):
             path = scope.get("path", "")
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            refusal = await self._refusal(path, query, principal.tenant)
+            refusal = await self._refusal(path, scope, principal.tenant)
             if refusal is not None:
                 await _not_found(scope, send, path, *refusal)
                 return
         await self.app(scope, receive, send)
 
-    async def _refusal(
-        self, path: str, query: dict[str, list[str]], tenant: str
-    ) -> tuple[str, str] | None:
+    async def _refusal(self, path: str, scope: Scope, tenant: str) -> tuple[str, str] | None:
         """(what, id) when the request names a run or approval of another tenant."""
-        if path == "/api/v1/approvals" and query.get("run_id"):  # one run's approvals
+        if path == "/api/v1/approvals":  # one run's approvals, with ?run_id=
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if not query.get("run_id"):
+                return None
             run_id = query["run_id"][0]
             return ("run", run_id) if await self.run_tenant(run_id) not in (None, tenant) else None
         if match := _RUN.match(path):
