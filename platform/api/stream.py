@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, WebSocket
@@ -21,6 +22,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from aob.platform.api.bounds import INT64_MAX
 from aob.platform.api.deps import CommandsDep
+from aob.platform.api.event_stream import EventStreamResponse, watch_shutdown
 from aob.platform.auth.http import require
 from aob.platform.auth.principal import Permission
 from aob.platform.commands import Commands
@@ -106,7 +108,7 @@ def _filter(node: list[str] | None, only: str | None) -> StreamFilter:
 @router.get(
     "/{run_id}/stream",
     summary="A run's events as Server-Sent Events",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
     dependencies=[require(Permission.READ)],
 )
@@ -122,7 +124,7 @@ async def stream_run(
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     deltas: Deltas = False,
     cursor: CursorParam = None,
-) -> EventSourceResponse:
+) -> Response:
     if deltas:  # the run's events and its agents' live output: aob.platform.deltas
         await commands.run(run_id)
         live = await open_live_stream(
@@ -137,22 +139,19 @@ async def stream_run(
         return EventSourceResponse(sse_body(live, RETRY_MS), ping=0, headers=CORS_HEADERS)
     after = _resume_point(start, last_event_id, last_event_id_header)
     await commands.run(run_id)  # 404 for an unknown run, before the stream starts
-    items = get_hub(request).stream(
-        run_id, after=after, filter=_filter(node, filter), heartbeat=heartbeat
+    hub = get_hub(request)
+    watch_shutdown(hub)
+    wanted = _filter(node, filter)
+    return EventStreamResponse(
+        partial(hub.stream, run_id, after=after, filter=wanted, heartbeat=heartbeat),
+        retry_ms=RETRY_MS,
+        headers=CORS_HEADERS,
     )
-    return EventSourceResponse(_sse_body(items), ping=0, headers=CORS_HEADERS)
 
 
 @router.options("/{run_id}/stream", include_in_schema=False)
 async def stream_preflight(run_id: str) -> Response:
     return Response(status_code=204, headers=PREFLIGHT_HEADERS)
-
-
-async def _sse_body(batches: AsyncGenerator[Batch, None]) -> AsyncIterator[bytes]:
-    async with contextlib.aclosing(batches):
-        yield f"retry: {RETRY_MS}\r\n\r\n".encode()
-        async for batch in batches:
-            yield batch.sse  # joined once per batch, shared by the run's subscribers
 
 
 @router.websocket("/{run_id}/ws", dependencies=[require(Permission.READ)])

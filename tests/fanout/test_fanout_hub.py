@@ -4,6 +4,7 @@ subscribers, read models lagging the log, duplicates in the log."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -26,6 +27,7 @@ from aob.events.types import (
 from aob.platform.commands import Commands
 from aob.platform.engine import Engine
 from aob.platform.fanout import (
+    Batch,
     FanoutHub,
     RunEvent,
     StreamBroken,
@@ -203,3 +205,87 @@ def test_wire_names() -> None:
     assert sse_name("RunFailed") == "workflow_failed"
     assert sse_name("PatchApplied") == "patch_applied"
     assert sse_name("SomethingNew") == "something_new"
+
+
+class Client:
+    """A stream's client as `EventStreamResponse` drives it: the bytes it got, in order.
+    While `gate` is set, every write waits for it (a client that stopped reading: its
+    socket buffer is full)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.gate: asyncio.Future[None] | None = None
+        self.by_stream = False  # a write of what the stream yielded (else: the dispatch's)
+        self.direct_writes = 0
+
+    async def write(self, data: bytes) -> None:
+        self.direct_writes += not self.by_stream
+        if self.gate is not None:
+            await self.gate
+        self.data += data
+
+    async def serve(self, batches: AsyncIterator[Batch], *, stall: bool = False) -> None:
+        """Write what the stream yields; with `stall`, stop reading after the first."""
+        async for batch in batches:
+            self.by_stream = True
+            await self.write(batch.sse)
+            self.by_stream = False
+            if stall and self.gate is None:
+                self.gate = asyncio.get_running_loop().create_future()
+
+    def frames(self) -> list[tuple[int | None, str, dict[str, Any]]]:
+        """(id, event, data) of each frame the client got."""
+        out = []
+        for frame in bytes(self.data).split(b"\r\n\r\n"):
+            fields = dict(
+                line.split(": ", 1) for line in frame.decode().split("\r\n") if ": " in line
+            )
+            if "data" in fields:
+                ident = int(fields["id"]) if "id" in fields else None
+                out.append((ident, fields.get("event", ""), json.loads(fields["data"])))
+        return out
+
+    def ids(self) -> list[int]:
+        return [ident for ident, _, _ in self.frames() if ident is not None]
+
+
+async def test_the_dispatch_writes_to_clients_and_a_stalled_one_holds_up_no_other(
+    engine: Engine,
+) -> None:
+    hub = FanoutHub(engine.log, engine.read_models, queue_limit=12)
+    await hub.start()
+    try:
+        accepted = await Commands(engine).submit_run(
+            definition=SLOW,
+            tag=None,
+            workflow_id=None,
+            version=None,
+            inputs={},
+            actor="test",
+            trace_id="t",
+        )
+        run_id = accepted["run_id"]
+        fast, stalled = Client(), Client()
+        stalled_task = asyncio.create_task(
+            stalled.serve(hub.stream(run_id, after=-1, direct=stalled.write), stall=True)
+        )
+        # The stalled client's socket stays full until the other has had the whole run.
+        await asyncio.wait_for(fast.serve(hub.stream(run_id, after=-1, direct=fast.write)), 60)
+        assert not stalled_task.done()
+        assert stalled.gate is not None
+        stalled.gate.set_result(None)
+        await stalled_task
+        everything = offsets(await collect(hub.stream(run_id, after=-1)))
+    finally:
+        await hub.stop()
+
+    # Every event once, in order, then the end; live ones written by the dispatch.
+    assert fast.ids() == everything
+    assert fast.frames()[-1][1] == "end"
+    assert fast.direct_writes > 0
+    # The stalled one was dropped: a prefix of the events, then `reconnect`.
+    assert hub.dropped == 1
+    got = stalled.ids()
+    assert got == everything[: len(got)]
+    _, event, notice = stalled.frames()[-1]
+    assert (event, notice["reason"], notice["last_event_id"]) == ("reconnect", "overflow", got[-1])
