@@ -152,6 +152,9 @@ class CoordinatorHost:
         # Partitions of aob.runs folded past their changelog marker, and when (loop
         # time) the changelog was last written.
         self._unlogged: set[int] = set()
+        # Partitions of aob.runs read (or restored) past their committed offset: a commit
+        # carries only these (on Kafka each is a transaction of its own).
+        self._uncommitted: set[int] = set()
         self._logged_at = 0.0
         # Changelog records of states a restore folded again, committed with the next
         # batch (the first assignment runs before the consumer may commit).
@@ -189,7 +192,7 @@ class CoordinatorHost:
             # Folded batches are committed (under this lock); their states may still wait
             # for the changelog, and states folded again at restore for a commit. The
             # next owner would fold them again: written here, it restores them instead.
-            due = lost & (self._pending.keys() | self._unlogged)
+            due = lost & (self._pending.keys() | self._unlogged | self._uncommitted)
             await self._commit(self._changelog_of(lost & self._unlogged), due)
             self.release(lost)
 
@@ -226,6 +229,8 @@ class CoordinatorHost:
             # appended but its commit was lost (a log without atomic commits): that
             # batch is folded already, reading it again would fold it twice.
             self.consumer.seek(tp, start)
+            if start > committed:
+                self._uncommitted.add(tp.partition)
             return
         if not await self._refold(tp, start, committed):
             self.release({tp.partition})  # nothing of it is committed: the host stops
@@ -261,6 +266,7 @@ class CoordinatorHost:
         self._own = {p for p in self._own if p[0] not in gone}
         self._dirty = {r for r in self._dirty if self.partition_of(r) not in gone}
         self._unlogged -= gone
+        self._uncommitted -= gone
         for partition in gone:
             self._pending.pop(partition, None)
 
@@ -306,18 +312,21 @@ class CoordinatorHost:
         async with self._lock:
             records = [r for r in records if r.partition in self.owned]
             appends = self.handle(records)
-            self._unlogged.update(r.partition for r in records if r.topic == RUNS_TOPIC)
+            read = {r.partition for r in records if r.topic == RUNS_TOPIC}
+            self._unlogged |= read
+            self._uncommitted |= read
             if self._changelog_due():
                 appends += self._changelog_of(self._unlogged)
             if appends or self._pending:
-                await self._commit(appends, self.owned)
+                await self._commit(appends, self._uncommitted | self._pending.keys())
 
     async def write_changelog(self) -> None:
         """Append the changelog records of every state changed since the last write,
         with the offsets (what `step` does once `changelog_interval` has passed)."""
         async with self._lock:
-            if self._unlogged or self._pending:
-                await self._commit(self._changelog_of(self._unlogged), self.owned)
+            due = self._uncommitted | self._pending.keys()
+            if due:
+                await self._commit(self._changelog_of(self._unlogged), due)
 
     def _changelog_due(self) -> bool:
         elapsed = asyncio.get_running_loop().time() - self._logged_at
@@ -366,7 +375,8 @@ class CoordinatorHost:
 
     async def _commit(self, appends: list[Append], partitions: Iterable[int]) -> None:
         """Commit `appends` (with what restores left pending) and the positions of
-        `partitions`. Fenced: those partitions are let go, nothing of it is written."""
+        `partitions`. Fenced: those partitions, and those of the appends, are let go;
+        nothing of it is written."""
         partitions = frozenset(partitions)
         pending = [a for p in sorted(partitions) for a in self._pending.pop(p, [])]
         appends = pending + appends
@@ -376,8 +386,11 @@ class CoordinatorHost:
         try:
             written = await self.consumer.commit(appends, partitions=owned)
         except Fenced as error:
-            self._fenced(error, partitions)
+            # Every partition it wrote for: the records of those it only logged count
+            # as written in `stored`, and must be read back from the changelog.
+            self._fenced(error, partitions | {self.partition_of(a.key) for a in appends})
             return
+        self._uncommitted -= partitions
         self._unpacked += sum(1 for a in appends if a.topic == CHANGELOG_TOPIC)
         self._own.update((r.partition, r.offset) for r in written if r.topic == RUNS_TOPIC)
 

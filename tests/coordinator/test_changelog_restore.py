@@ -273,6 +273,35 @@ async def test_a_crash_between_changelog_writes_folds_the_rest_again_exactly_onc
         assert scheduled == {(r, n): 1 for r in written + runs for n in ("a", "b")}
 
 
+async def test_a_batch_commits_the_offsets_of_the_partitions_it_read_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Kafka each partition of a commit is a transaction of its own: a batch of one
+    run's events commits its partition, not every partition the host owns."""
+    committed: list[set[int]] = []
+    fenced_commit = SqliteEventLog.fenced_commit
+
+    async def recorded(
+        self: SqliteEventLog, records: Any, group: str, offsets: Any, owner: Any
+    ) -> Any:
+        committed.append({tp.partition for tp in offsets})
+        return await fenced_commit(self, records, group, offsets, owner)
+
+    monkeypatch.setattr(SqliteEventLog, "fenced_commit", recorded)
+    async with await SqliteEventLog.open(tmp_path / "log.db") as event_log:
+        for topic in (RUNS_TOPIC, task_topic("work"), EXPRESSIONS_TOPIC, DEADLETTER_TOPIC):
+            await event_log.create_topic(topic, PARTITIONS)
+        await create_changelog(event_log, PARTITIONS)
+        host = await started(event_log, changelog_interval=0)
+        assert committed == [set(range(PARTITIONS))]  # joining: every partition once
+        (run,) = await submit(event_log, 1)
+        await drain(host)
+        await complete(event_log, [run], "a")
+        await drain(host)
+        assert len(committed) > 1
+        assert all(c == {partition_for(run, PARTITIONS)} for c in committed[1:])
+
+
 async def test_late_events_of_a_finished_run_change_nothing_after_a_restart(
     event_log: EventLog,
 ) -> None:
