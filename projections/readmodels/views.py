@@ -113,9 +113,14 @@ def stored_output(output: Any, ref: str | None) -> Any:
     return output if ref is None else {BLOB_REF: ref}
 
 
+# What `json.dumps(value, separators=(",", ":"), ensure_ascii=False)` builds on every
+# call, built once: a third of the cost of encoding a small event's payload.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """JSON text as stored: compact, key order kept (so rebuilds are byte-identical)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(value)
 
 
 def loads(text: str | None) -> Any:
