@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
@@ -233,3 +234,28 @@ async def test_terminal_events_are_named_as_the_seed_names_them(
     } <= set(names)
     assert set(names) & TERMINAL == {"workflow_failed"}
     assert all(f.data["event"] == f.event for f in stream.events)
+
+
+async def test_a_server_that_stops_ends_its_streams_with_a_reconnect_notice(
+    own_server: LiveServer,
+) -> None:
+    run_id = own_server.submit(HELD)
+    process = own_server.process
+    assert process is not None
+    exit_code: list[int] = []
+
+    def stop() -> None:
+        process.send_signal(signal.SIGTERM)
+        exit_code.append(process.wait(timeout=30))  # an open stream must not hold it up
+
+    async def stop_once(stream: sse.Stream) -> None:
+        if not exit_code and stream.comments.count("heartbeat") >= 1:
+            await asyncio.to_thread(stop)
+
+    async with httpx.AsyncClient(base_url=own_server.url, timeout=30.0, trust_env=False) as c:
+        stream = await sse.read(c, run_id, params={"heartbeat": 0.05}, on_read=stop_once)
+
+    assert len(exit_code) == 1  # it stopped by itself (uvicorn re-raises SIGTERM: -15)
+    assert stream.closed_by_server
+    last = stream.frames[-1]
+    assert (last.event, last.data["reason"]) == ("reconnect", "shutdown")
