@@ -324,7 +324,7 @@ class CoordinatorHost:
         """Append the changelog records of every state changed since the last write,
         with the offsets (what `step` does once `changelog_interval` has passed)."""
         async with self._lock:
-            due = self._uncommitted | self._pending.keys()
+            due = self._uncommitted | self._pending.keys() | self._unlogged
             if due:
                 await self._commit(self._changelog_of(self._unlogged), due)
 

@@ -7,6 +7,7 @@ across restarts to exactly one ending.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections import Counter
@@ -300,6 +301,52 @@ async def test_a_batch_commits_the_offsets_of_the_partitions_it_read_only(
         await drain(host)
         assert len(committed) > 1
         assert all(c == {partition_for(run, PARTITIONS)} for c in committed[1:])
+
+
+async def changelog_reaches(event_log: SqliteEventLog, size: int) -> None:
+    """Until the changelog holds `size` records (woken by each append to it)."""
+    while True:
+        appended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        unwatch = event_log.watch([CHANGELOG_TOPIC], appended)
+        try:
+            if await changelog_size(event_log) >= size:
+                return
+            await appended
+        finally:
+            unwatch()
+
+
+async def test_an_idle_host_writes_its_changelog_once_the_interval_has_passed(
+    tmp_path: Path,
+) -> None:
+    """Nothing more to read: the states folded since the last write still reach the
+    changelog after `changelog_interval`, and the host then waits, not spins."""
+    async with await SqliteEventLog.open(tmp_path / "log.db") as event_log:
+        for topic in (RUNS_TOPIC, task_topic("work"), EXPRESSIONS_TOPIC, DEADLETTER_TOPIC):
+            await event_log.create_topic(topic, PARTITIONS)
+        await create_changelog(event_log, PARTITIONS)
+        host = CoordinatorHost(event_log, changelog_interval=0.05)
+        await host.recover()
+        stop = asyncio.Event()
+        running = asyncio.create_task(host.run(stop))
+        try:
+            runs = await submit(event_log, 3)
+            async with asyncio.timeout(10):
+                await changelog_reaches(event_log, 2 * len(runs))  # cores, submissions
+            polls = 0
+            poll = host.consumer.poll
+
+            async def counted(timeout: float = 1.0) -> list[Any]:
+                nonlocal polls
+                polls += 1
+                return await poll(timeout)
+
+            host.consumer.poll = counted  # type: ignore[method-assign]
+            await asyncio.sleep(0.3)
+            assert polls <= 2  # idle: one poll of 0.5 s, not a poll per loop turn
+        finally:
+            stop.set()
+            await running
 
 
 async def test_late_events_of_a_finished_run_change_nothing_after_a_restart(
