@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -125,16 +126,20 @@ def _finished(api: httpx.Client, run_id: str) -> dict[str, Any]:
     raise AssertionError(f"run {run_id} did not finish")
 
 
-def _spans_until(collector: Collector, trace_id: str, names: set[str]) -> list[tuple[str, Any]]:
-    """The trace's spans once every name in `names` has arrived (export is batched)."""
+def _spans_until(
+    collector: Collector, trace_id: str, names: dict[str, int]
+) -> list[tuple[str, Any]]:
+    """The trace's spans once `names` (name: how many) have arrived: export is batched
+    per process, so two spans of one name may come in different batches."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         spans = collector.of_trace(trace_id)
-        if names <= {span.name for _, span in spans}:
+        arrived = Counter(span.name for _, span in spans)
+        if all(arrived[name] >= count for name, count in names.items()):
             return spans
         time.sleep(0.05)
-    arrived = [span.name for _, span in collector.of_trace(trace_id)]
-    raise AssertionError(f"spans of {trace_id}: {arrived}")
+    names_seen = [span.name for _, span in collector.of_trace(trace_id)]
+    raise AssertionError(f"spans of {trace_id}: {names_seen}")
 
 
 def test_spans_of_separate_services_join_the_runs_trace(
@@ -149,7 +154,7 @@ def test_spans_of_separate_services_join_the_runs_trace(
     spans = _spans_until(
         collector,
         trace_id,
-        {"POST /api/v1/runs", "aob.decide RunSubmitted", "aob.execute transform"},
+        {"POST /api/v1/runs": 1, "aob.decide RunSubmitted": 1, "aob.execute transform": 2},
     )
     by_id = {span.span_id.hex(): (service, span) for service, span in spans}
     services = {service for service, _ in spans}
