@@ -103,11 +103,21 @@ def test_a_scaled_cluster_loses_nothing_and_repeats_nothing_through_kills_and_a_
 
     # The counting server: each http attempt's key, sent once by the processes that lived
     # on; only a killed worker's attempt was sent again, and with the same key.
-    keys = {idempotency_key(task) for task in runs_log.scheduled("http")}
+    scheduled = {idempotency_key(task): task for task in runs_log.scheduled("http")}
     senders: dict[str, list[int | None]] = defaultdict(list)
     for request in requests:
         senders[request.key].append(request.pid)
-    assert set(senders) == keys
+    assert set(senders) <= set(scheduled)
+    # An attempt the server never saw was not lost: a worker took it (NodeStarted) and it
+    # did not complete: a retried attempt's 1 s timeout can pass in the worker before its
+    # request arrives, on a loaded machine (the worker's own deadline; seen under a hog).
+    unsent = {key: task for key, task in scheduled.items() if key not in senders}
+    lost = {
+        key: sorted(runs_log.attempt_events(task))
+        for key, task in unsent.items()
+        if runs_log.attempt_events(task) != {"NodeStarted"}
+    }
+    assert lost == {}
     repeated = {
         key: pids
         for key, pids in senders.items()

@@ -23,6 +23,7 @@ from aob.events.types import (
     Event,
     NodeCompleted,
     NodeScheduled,
+    NodeStarted,
     RunSubmitted,
     TimerFired,
 )
@@ -287,6 +288,17 @@ class RunsLog:
             ) == (node_id, 0, 1):
                 return True
         return False
+
+    def attempt_events(self, task: NodeScheduled) -> set[str]:
+        """The types of the events that name `task`'s attempt (started, completed...)."""
+        attempt = (task.run_id, task.node_id, task.iteration, task.attempt)
+        return {
+            type(e.payload).__name__
+            for e in self.events
+            if isinstance(e.payload, (NodeStarted, NodeCompleted))
+            and (e.payload.run_id, e.payload.node_id, e.payload.iteration, e.payload.attempt)
+            == attempt
+        }
 
     def scheduled(self, node_type: str) -> list[NodeScheduled]:
         return [
