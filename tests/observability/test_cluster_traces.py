@@ -129,13 +129,15 @@ def _finished(api: httpx.Client, run_id: str) -> dict[str, Any]:
 def _spans_until(
     collector: Collector, trace_id: str, names: dict[str, int]
 ) -> list[tuple[str, Any]]:
-    """The trace's spans once `names` (name: how many) have arrived: export is batched
-    per process, so two spans of one name may come in different batches."""
+    """The trace's spans once `names` (name: how many) and every span's parent have
+    arrived: export is batched per process, so spans come in several batches."""
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         spans = collector.of_trace(trace_id)
         arrived = Counter(span.name for _, span in spans)
-        if all(arrived[name] >= count for name, count in names.items()):
+        ids = {span.span_id for _, span in spans}
+        parents_in = all(not s.parent_span_id or s.parent_span_id in ids for _, s in spans)
+        if parents_in and all(arrived[name] >= count for name, count in names.items()):
             return spans
         time.sleep(0.05)
     names_seen = [span.name for _, span in collector.of_trace(trace_id)]
