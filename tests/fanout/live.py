@@ -197,3 +197,19 @@ class LiveServer:
         with self.client() as client:
             paths = client.get("/openapi.json").json()["paths"]
         return method.lower() in paths.get(path, {})
+
+
+async def submitted(engine: Any, definition: dict[str, Any]) -> str:
+    """The id of a run of `definition` submitted straight through `engine`'s commands."""
+    from aob.platform.commands import Commands
+
+    accepted = await Commands(engine).submit_run(
+        definition=definition,
+        tag=None,
+        workflow_id=None,
+        version=None,
+        inputs={},
+        actor="test",
+        trace_id="t",
+    )
+    return str(accepted["run_id"])

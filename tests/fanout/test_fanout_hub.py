@@ -38,7 +38,7 @@ from aob.platform.fanout import (
 )
 from aob.platform.settings import Settings
 from aob.projections.readmodels.sqlite import SqliteReadModels
-from tests.fanout.live import SLOW, until
+from tests.fanout.live import SLOW, submitted, until
 
 
 async def collect(batches: AsyncIterator[list[StreamItem]]) -> list[StreamItem]:
@@ -61,16 +61,7 @@ async def test_a_slow_subscriber_is_dropped_and_catches_up_on_reconnect(engine: 
     hub = FanoutHub(engine.log, engine.read_models, queue_limit=12)
     await hub.start()
     try:
-        accepted = await Commands(engine).submit_run(
-            definition=SLOW,
-            tag=None,
-            workflow_id=None,
-            version=None,
-            inputs={},
-            actor="test",
-            trace_id="t",
-        )
-        run_id = accepted["run_id"]
+        run_id = await submitted(engine, SLOW)
         slow = hub.stream(run_id, after=-1)
         first = await anext(slow)  # subscribed, the history read; then it stops reading
         everything = await collect(hub.stream(run_id, after=-1))
@@ -255,16 +246,7 @@ async def test_the_dispatch_writes_to_clients_and_a_stalled_one_holds_up_no_othe
     hub = FanoutHub(engine.log, engine.read_models, queue_limit=12)
     await hub.start()
     try:
-        accepted = await Commands(engine).submit_run(
-            definition=SLOW,
-            tag=None,
-            workflow_id=None,
-            version=None,
-            inputs={},
-            actor="test",
-            trace_id="t",
-        )
-        run_id = accepted["run_id"]
+        run_id = await submitted(engine, SLOW)
         fast, stalled = Client(), Client()
         stalled_task = asyncio.create_task(
             stalled.serve(hub.stream(run_id, after=-1, direct=stalled.write), stall=True)
