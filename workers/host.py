@@ -1,9 +1,13 @@
 """Runs node tasks from an `aob.tasks.<type>` topic and reports their outcome.
 
 A worker is at-least-once: it commits its task offsets only after the outcome is
-appended to `aob.runs`, in the same fenced step (`Consumer.commit`). Outcome ids are
-derived from the task's event id, so a re-executed task's duplicate outcome is
-dropped by the coordinator.
+appended to `aob.runs`, in the same fenced step (`Consumer.commit`). Tasks finish out
+of order, so the offset stops at the first task still executing; the commit names the
+tasks finished past it (`done_ahead`), which the partition's next owner skips: a crash
+or a rebalance re-executes only tasks whose outcome is not in the log. Outcome ids are
+derived from the task's event id, so an outcome appended twice anyway (by the
+one-task-at-a-time fallback below, whose appends precede its commit) is dropped by
+the coordinator.
 
 Workers of one node type share its task topic as one consumer group: each task is
 executed by the worker owning its partition. When a partition is revoked, its tasks
@@ -27,13 +31,14 @@ import dataclasses
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
+from aob.events.log.done_ahead import DoneAhead, gaps
 from aob.events.log.port import Append, EventLog, Fenced, LogError, Record, TopicPartition
 from aob.events.tracing import handling
 from aob.events.types import (
@@ -91,6 +96,21 @@ class _Done:
     record: Record
     appends: list[Append]
     task_event: Event | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """What a commit says of each partition: see `WorkerHost._progress`."""
+
+    offsets: dict[TopicPartition, int]
+    done: dict[TopicPartition, DoneAhead]
+
+    def of(self, partitions: Iterable[TopicPartition]) -> _Progress:
+        keep = set(partitions)
+        return _Progress(
+            {tp: o for tp, o in self.offsets.items() if tp in keep},
+            {tp: d for tp, d in self.done.items() if tp in keep},
+        )
 
 
 def _now_ms() -> int:
@@ -158,9 +178,9 @@ class WorkerHost:
             await asyncio.gather(*unfinished, return_exceptions=True)
         ready = [done for done in self._ready if done.record.position in partitions]
         self._ready = [done for done in self._ready if done.record.position not in partitions]
-        committable = {tp: o for tp, o in self._committable().items() if tp in partitions}
+        progress = self._progress().of(partitions)
         try:
-            await self._flush(ready, committable)
+            await self._flush(ready, progress)
         except Fenced as error:  # lost already: the new owner re-executes them
             log.warning("worker %s fenced: %s", self.worker_id, error)
         for tp in partitions:
@@ -225,9 +245,9 @@ class WorkerHost:
             if self._broken is not None:
                 raise self._broken
             batch, self._ready = self._ready, []
-            await self._flush(batch, self._committable())
+            await self._flush(batch, self._progress())
 
-    async def _flush(self, batch: list[_Done], committable: dict[TopicPartition, int]) -> None:
+    async def _flush(self, batch: list[_Done], progress: _Progress) -> None:
         """Append `batch` and commit; if the log refuses the batch, append it task by
         task, failing the nodes whose outcome it refuses (e.g. too large). Raises when
         the log refuses even that: it is down, and the host must stop."""
@@ -235,7 +255,7 @@ class WorkerHost:
         for done in batch:
             appends.setdefault(done.record.position, []).extend(done.appends)
         try:
-            await self.consumer.commit(appends, offsets=committable)
+            await self._commit(appends, progress)
             return
         except Fenced as error:
             # Some partitions were lost: their outcomes go with them (the new owner
@@ -243,11 +263,11 @@ class WorkerHost:
             owned = self.consumer.assignment
             log.warning("worker %s fenced (%s): keeps %s", self.worker_id, error, _names(owned))
             batch = [done for done in batch if done.record.position in owned]
-            committable = {tp: o for tp, o in committable.items() if tp in owned}
+            progress = progress.of(owned)
             appends = {tp: a for tp, a in appends.items() if tp in owned}
-            if committable:
+            if progress.offsets:
                 with contextlib.suppress(Fenced):  # lost meanwhile as well
-                    await self.consumer.commit(appends, offsets=committable)
+                    await self._commit(appends, progress)
             return
         except Exception as error:
             if not any(appends.values()):
@@ -255,7 +275,12 @@ class WorkerHost:
             log.warning("appending %d outcomes failed (%s): one task at a time", len(batch), error)
         for done in batch:
             await self._append_or_fail(done)
-        await self.consumer.commit(offsets=committable)
+        await self._commit({}, progress)
+
+    async def _commit(
+        self, appends: dict[TopicPartition, list[Append]], progress: _Progress
+    ) -> None:
+        await self.consumer.commit(appends, offsets=progress.offsets, done=progress.done)
 
     async def _append_or_fail(self, done: _Done) -> None:
         try:
@@ -267,12 +292,17 @@ class WorkerHost:
             log.error("node outcome of task at %s not recorded: %s", _at(done.record), reason)
             await self.log.append(self._unrecordable(done.record, done.task_event, reason))
 
-    def _committable(self) -> dict[TopicPartition, int]:
+    def _progress(self) -> _Progress:
+        """Per partition, the offset to commit (the lowest task still executing, or
+        everything read) and the tasks finished past it: none is executed again by the
+        partition's next owner."""
         positions = self.consumer.positions
-        for tp, offsets in self._in_flight.items():
-            if offsets:
-                positions[tp] = min(offsets)
-        return positions
+        offsets, done = dict(positions), {}
+        for tp, unfinished in self._in_flight.items():
+            if unfinished and tp in positions:
+                offsets[tp] = min(unfinished)
+                done[tp] = gaps(unfinished, positions[tp])
+        return _Progress(offsets, done)
 
     async def _execute(self, record: Record) -> _Done:
         try:

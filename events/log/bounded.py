@@ -134,11 +134,12 @@ class _BoundedMember:
         self,
         appends: Mapping[TopicPartition, Sequence[Append]],
         offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         problem = oversize([a for records in appends.values() for a in records], self.max_bytes)
         if problem is not None:
             raise EventTooLarge(problem)
-        return await self.inner.commit(appends, offsets)
+        return await self.inner.commit(appends, offsets, done)
 
     async def leave(self) -> None:
         await self.inner.leave()

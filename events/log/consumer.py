@@ -177,11 +177,13 @@ class Consumer:
         *,
         partitions: Iterable[TopicPartition] | None = None,
         offsets: Mapping[TopicPartition, int] | None = None,
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         """Append `appends` and commit the positions of the owned partitions (or only
         of `partitions`; or `offsets`, for a host that must not commit past work still
-        in flight), atomically per partition. Raises `Fenced`, appending nothing for
-        it, when a partition was lost.
+        in flight, with the records it finished past them as `done`: see
+        `GroupMember.commit`), atomically per partition. Raises `Fenced`, appending
+        nothing for it, when a partition was lost.
 
         Appends belong to the input partition they were made from: pass a mapping to
         say so. A plain sequence is split by key, as hosts key what they append by the
@@ -201,7 +203,7 @@ class Consumer:
             by_partition = {tp: list(records) for tp, records in appends.items() if records}
         else:
             by_partition = await self._split(appends)
-        return await self._member.commit(by_partition, positions)
+        return await self._member.commit(by_partition, positions, done)
 
     async def commit_unless_fenced(self, appends: Appends = ()) -> list[Record]:
         """`commit`, for a host with nothing to undo when fenced: its batch is dropped

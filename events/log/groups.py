@@ -31,6 +31,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aob.events.log.done_ahead import DoneAhead, from_position, without_done
+from aob.events.log.done_ahead import decode as decode_done
+from aob.events.log.done_ahead import encode as encode_done
 from aob.events.log.port import (
     Append,
     Fenced,
@@ -52,6 +55,8 @@ class _Log(Protocol):
 
     async def committed(self, group: str, topic: str) -> dict[int, int]: ...
 
+    async def committed_done(self, group: str, topic: str) -> dict[int, str]: ...
+
     async def end_offsets(self, topic: str) -> dict[int, int]: ...
 
     async def read(
@@ -66,6 +71,7 @@ class _Log(Protocol):
         group: str,
         offsets: Mapping[TopicPartition, int],
         owner: Callable[[], bool],
+        done: Mapping[TopicPartition, str] | None = None,
     ) -> list[Record]: ...
 
 
@@ -214,6 +220,8 @@ class EmbeddedMember:
         self.expelled = False
         self._owned: frozenset[TopicPartition] = frozenset()  # announced by on_assigned
         self._positions: dict[TopicPartition, int] = {}
+        # Records the last owner finished past the committed offset, not read yet.
+        self._done: dict[TopicPartition, DoneAhead] = {}
         self._generation = 0  # the group's generation this member has taken up
         self._heartbeat = time.monotonic()
         self._polling = 0
@@ -264,14 +272,17 @@ class EmbeddedMember:
         self,
         appends: Mapping[TopicPartition, Sequence[Append]],
         offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         self._check_open()
         partitions = set(appends) | set(offsets)
         if not self._owns(partitions):
             raise Fenced(self._lost(partitions))
         records = [append for tp in appends for append in appends[tp]]
+        done = done or {}
+        metadata = {tp: encode_done([*done.get(tp, ()), *self._done.get(tp, ())]) for tp in offsets}
         return await self._groups.log.fenced_commit(
-            records, self._state.name, offsets, lambda: self._owns(partitions)
+            records, self._state.name, offsets, lambda: self._owns(partitions), metadata
         )
 
     async def leave(self) -> None:
@@ -367,6 +378,9 @@ class EmbeddedMember:
             batch = await event_log.read(tp.topic, tp.partition, offset, max_records - len(records))
             if batch and tp in self._owned:  # a callback may have run meanwhile
                 self._positions[tp] = batch[-1].offset + 1
+                if done := self._done.get(tp):
+                    batch = without_done(batch, done)
+                    self._done[tp] = from_position(done, self._positions[tp])
                 records.extend(batch)
         return records
 
@@ -410,11 +424,11 @@ class EmbeddedMember:
         state = self._state
         generation = state.generation
         gained = frozenset(tp for tp, owner in state.owners.items() if owner == self.member_id)
-        committed = {
-            topic: await self._groups.log.committed(state.name, topic)
-            for topic in {tp.topic for tp in gained}
-        }
+        topics = {tp.topic for tp in gained}
+        committed = {topic: await self._groups.log.committed(state.name, topic) for topic in topics}
+        done = {topic: await self._groups.log.committed_done(state.name, topic) for topic in topics}
         self._positions = {tp: committed[tp.topic].get(tp.partition, 0) for tp in gained}
+        self._done = {tp: decode_done(done[tp.topic].get(tp.partition)) for tp in gained}
         self._owned = gained
         await self._listener.on_assigned(gained)
         self._generation = generation
@@ -428,6 +442,7 @@ class EmbeddedMember:
         finally:
             self._owned = frozenset()
             self._positions = {}
+            self._done = {}
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -30,7 +30,8 @@ Design:
   its `transactional.id` derived from (group, topic, partition) (Kafka's KIP-98
   pattern; aiokafka 0.14 cannot send the consumer's generation with the offsets, as
   KIP-447 would). A member's commit for a partition is one transaction: its appends
-  and its offset (`send_offsets_to_transaction`). A new owner starts that partition's
+  and its offset (`send_offsets_to_transaction`), the offset's metadata naming the
+  records finished past it (`done_ahead`). A new owner starts that partition's
   producer before it reads the committed offset: `init_transactions` bumps the
   producer epoch, aborts the old owner's open transaction and fences its producer,
   whose later commits fail (`Fenced`). Every reader of this log (the group members,
@@ -94,6 +95,9 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
+from aob.events.log.done_ahead import DoneAhead, from_position, without_done
+from aob.events.log.done_ahead import decode as decode_done
+from aob.events.log.done_ahead import encode as encode_done
 from aob.events.log.port import (
     POLL_TIMEOUT,
     SESSION_TIMEOUT,
@@ -401,6 +405,19 @@ class KafkaEventLog:
             if tp.topic == topic and meta.offset >= 0:  # -1: nothing committed
                 offsets[tp.partition] = meta.offset
         return offsets
+
+    async def _committed_offsets(
+        self, group: str, partitions: list[KafkaPartition]
+    ) -> dict[KafkaPartition, Any]:
+        """The group's committed offsets of `partitions`, with their metadata (which the
+        consumer's own `committed` drops)."""
+        if not partitions:
+            return {}
+        with _translated(f"cannot read the offsets of group {group!r}"):
+            stored: dict[KafkaPartition, Any] = await self._retrying(
+                lambda: self._admin.list_consumer_group_offsets(group, partitions=partitions)
+            )
+        return stored
 
     async def wait_for_append(self, timeout: float) -> None:
         self._check_open()
@@ -787,6 +804,9 @@ class KafkaMember:
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
         # Per owned partition, the offset its last transaction committed.
         self._committed: dict[TopicPartition, int] = {}
+        # Per owned partition, records its last owner finished past the committed
+        # offset (from the offset's metadata), not read yet: `poll` skips them.
+        self._done: dict[TopicPartition, DoneAhead] = {}
         # Owned, but a commit found its producer fenced: lost until the rebalance.
         self._fenced: set[TopicPartition] = set()
         self._locks: dict[TopicPartition, asyncio.Lock] = {}
@@ -844,7 +864,11 @@ class KafkaMember:
             if tp not in self._owned or tp in self._settling or not messages:
                 continue
             self._positions[tp] = messages[-1].offset + 1
-            records += [_record(ktp, message) for message in messages]
+            read = [_record(ktp, message) for message in messages]
+            if done := self._done.get(tp):
+                read = without_done(read, done)
+                self._done[tp] = from_position(done, self._positions[tp])
+            records += read
         if not records:
             await self._step_over_markers()
         return records
@@ -868,6 +892,7 @@ class KafkaMember:
         self,
         appends: Mapping[TopicPartition, Sequence[Append]],
         offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         partitions = set(appends) | set(offsets)
         lost = {tp for tp in partitions if tp not in self._owned or tp in self._fenced}
@@ -877,8 +902,12 @@ class KafkaMember:
         for offset in offsets.values():
             if offset < 0:
                 raise LogError(f"cannot commit negative offset {offset}")
+        done = done or {}
         results = await asyncio.gather(
-            *(self._transact(tp, appends.get(tp, ()), offsets.get(tp)) for tp in partitions),
+            *(
+                self._transact(tp, appends.get(tp, ()), offsets.get(tp), self._metadata(tp, done))
+                for tp in partitions
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -898,8 +927,14 @@ class KafkaMember:
 
     # --- internals ---------------------------------------------------------------------
 
+    def _metadata(self, tp: TopicPartition, done: Mapping[TopicPartition, Sequence[range]]) -> str:
+        """The offset's metadata: the records finished past it, with those the last
+        owner finished that this member has not read yet."""
+        inherited = self._done.get(tp, ())
+        return encode_done([*done.get(tp, ()), *inherited])
+
     async def _transact(
-        self, tp: TopicPartition, appends: Sequence[Append], offset: int | None
+        self, tp: TopicPartition, appends: Sequence[Append], offset: int | None, metadata: str = ""
     ) -> list[Record]:
         """One transaction: the partition's appends and its offset, or neither.
 
@@ -923,7 +958,7 @@ class KafkaMember:
                             return []  # its records are in the log; where is not known here
                         unsure = None
                     producer = self._producers.get(tp) or await self._replace_producer(tp)
-                    records = await self._transaction(producer, tp, appends, offset)
+                    records = await self._transaction(producer, tp, appends, offset, metadata)
                 except Fenced:
                     raise
                 except LogError as error:
@@ -950,6 +985,7 @@ class KafkaMember:
         tp: TopicPartition,
         appends: Sequence[Append],
         offset: int | None,
+        metadata: str,
     ) -> list[Record]:
         timestamp = time.time_ns() // 1_000_000
         what = f"cannot commit for {tp.topic}[{tp.partition}]"
@@ -969,7 +1005,8 @@ class KafkaMember:
                             )
                         if offset is not None:
                             await producer.send_offsets_to_transaction(
-                                {KafkaPartition(tp.topic, tp.partition): offset}, self.group
+                                {KafkaPartition(tp.topic, tp.partition): (offset, metadata)},
+                                self.group,
                             )
                         metas = await asyncio.gather(*futures)
             except TimeoutError as error:
@@ -1094,13 +1131,17 @@ class KafkaMember:
         new = [tp for tp in gained if tp not in self._producers]
         producers = await asyncio.gather(*(self._start_producer(tp) for tp in new))
         self._producers.update(zip(new, producers, strict=True))
+        stored = await self._log._committed_offsets(
+            self.group, [KafkaPartition(tp.topic, tp.partition) for tp in gained]
+        )
         for tp in gained:
             ktp = KafkaPartition(tp.topic, tp.partition)
-            committed = await self._consumer.committed(ktp)
-            offset = 0 if committed is None else committed
+            committed = stored.get(ktp)
+            offset = 0 if committed is None or committed.offset < 0 else committed.offset
             self._consumer.seek(ktp, offset)
             self._positions[tp] = offset
             self._committed[tp] = offset
+            self._done[tp] = decode_done(committed.metadata if committed is not None else None)
         self._owned = gained
         self._fenced -= gained
 
@@ -1135,6 +1176,7 @@ class KafkaMember:
             for tp in lost:
                 self._positions.pop(tp, None)
                 self._committed.pop(tp, None)
+                self._done.pop(tp, None)
                 await self._drop_producer(tp)
 
     async def _drop_producer(self, tp: TopicPartition) -> None:

@@ -112,11 +112,18 @@ class GroupMember(Protocol):
         self,
         appends: Mapping[TopicPartition, Sequence[Append]],
         offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         """Append each owned partition's `appends` and commit its offset, atomically per
         partition. Raises `Fenced` if the member lost one of these partitions: nothing
         is appended or committed for a lost partition (nor for any, if it knew so
-        before writing)."""
+        before writing).
+
+        `done`: per partition, ranges of records past its offset already finished (a
+        host finishing records out of order); the partition's next owner does not get
+        them from `poll`, and its commits carry on what it has not read yet
+        (`aob.events.log.done_ahead`). An adapter may keep only the earliest: a record
+        not skipped is delivered again, like any past the offset."""
 
     async def leave(self) -> None:
         """Leave the group (`on_revoked` of everything owned runs first). Idempotent."""

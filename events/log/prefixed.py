@@ -165,6 +165,7 @@ class _PrefixedMember:
         self,
         appends: Mapping[TopicPartition, Sequence[Append]],
         offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, Sequence[range]] | None = None,
     ) -> list[Record]:
         log = self.log
         committed = await self.inner.commit(
@@ -173,6 +174,10 @@ class _PrefixedMember:
                 for tp, records in appends.items()
             },
             log._offsets(offsets),
+            {
+                TopicPartition(log.prefix + tp.topic, tp.partition): spans
+                for tp, spans in (done or {}).items()
+            },
         )
         return [log._record(r) for r in committed]
 

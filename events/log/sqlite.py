@@ -65,7 +65,7 @@ from aob.events.partitioner import partition_for
 
 __all__ = ["SqliteEventLog"]
 
-_SCHEMA_VERSION: Final = 1
+_SCHEMA_VERSION: Final = 2
 _SYNCHRONOUS_MODES: Final = frozenset({"NORMAL", "FULL", "EXTRA"})
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
 _PARTITION_CACHE_MAX: Final = 65536
@@ -91,17 +91,22 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     topic TEXT NOT NULL,
     "partition" INTEGER NOT NULL,
     "offset" INTEGER NOT NULL,
+    done TEXT NOT NULL DEFAULT '',
     PRIMARY KEY ("group", topic, "partition")
 ) WITHOUT ROWID;
 """
+# Schema 2: a commit names the records finished past its offset (`done_ahead`).
+_MIGRATE_1_TO_2: Final = "ALTER TABLE group_offsets ADD COLUMN done TEXT NOT NULL DEFAULT ''"
 
 _INSERT_RECORD: Final = (
     'INSERT INTO records (topic, "partition", "offset", key, value, timestamp) '
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_OFFSET: Final = (
-    'INSERT INTO group_offsets ("group", topic, "partition", "offset") VALUES (?, ?, ?, ?) '
-    'ON CONFLICT ("group", topic, "partition") DO UPDATE SET "offset" = excluded."offset"'
+    'INSERT INTO group_offsets ("group", topic, "partition", "offset", done) '
+    "VALUES (?, ?, ?, ?, ?) "
+    'ON CONFLICT ("group", topic, "partition") '
+    'DO UPDATE SET "offset" = excluded."offset", done = excluded.done'
 )
 _READ: Final = (
     'SELECT "offset", key, value, timestamp FROM records '
@@ -110,8 +115,8 @@ _READ: Final = (
 
 # (topic, partition, key, value) of an accepted, not yet written record.
 _Row = tuple[str, int, str, bytes]
-# (group, topic, partition, offset) of an accepted, not yet written commit.
-_Commit = tuple[str, str, int, int]
+# (group, topic, partition, offset, done) of an accepted, not yet written commit.
+_Commit = tuple[str, str, int, int, str]
 
 
 @dataclass(slots=True)
@@ -199,6 +204,8 @@ class SqliteEventLog:
                 raise LogError(
                     f"{db_path} has schema version {version}; this aob knows {_SCHEMA_VERSION}"
                 )
+            if version == 1:
+                conn.execute(_MIGRATE_1_TO_2)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
@@ -296,11 +303,13 @@ class SqliteEventLog:
         group: str,
         offsets: Mapping[TopicPartition, int],
         owner: Callable[[], bool],
+        done: Mapping[TopicPartition, str] | None = None,
     ) -> list[Record]:
         """`append_and_commit` for a group member: `owner()` is checked in the flush,
-        right before the transaction; when it says False the caller gets `Fenced`."""
+        right before the transaction; when it says False the caller gets `Fenced`.
+        `done` is each offset's `done_ahead` text."""
         rows = self._rows(records)
-        return await self._submit(rows, self._commits(group, offsets), owner)
+        return await self._submit(rows, self._commits(group, offsets, done or {}), owner)
 
     async def join(
         self,
@@ -353,6 +362,19 @@ class SqliteEventLog:
             raise LogError(f"cannot read offsets of group {group!r}: {exc}") from exc
         offsets.update(rows)
         return offsets
+
+    async def committed_done(self, group: str, topic: str) -> dict[int, str]:
+        """Per partition with a commit, the `done_ahead` text stored with its offset."""
+        conn = self._open_conn()
+        self._partitions(topic)
+        try:
+            rows = conn.execute(
+                'SELECT "partition", done FROM group_offsets WHERE "group" = ? AND topic = ?',
+                (group, topic),
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise LogError(f"cannot read offsets of group {group!r}: {exc}") from exc
+        return dict(rows)
 
     async def wait_for_append(self, timeout: float) -> None:
         self._open_conn()
@@ -412,13 +434,18 @@ class SqliteEventLog:
             rows.append((topic, partition, key, record.value))
         return rows
 
-    def _commits(self, group: str, offsets: Mapping[TopicPartition, int]) -> list[_Commit]:
+    def _commits(
+        self,
+        group: str,
+        offsets: Mapping[TopicPartition, int],
+        done: Mapping[TopicPartition, str] | None = None,
+    ) -> list[_Commit]:
         commits: list[_Commit] = []
         for tp, offset in offsets.items():
             self._check_partition(tp.topic, tp.partition)
             if offset < 0:
                 raise LogError(f"cannot commit negative offset {offset} for {tp}")
-            commits.append((group, tp.topic, tp.partition, offset))
+            commits.append((group, tp.topic, tp.partition, offset, (done or {}).get(tp, "")))
         return commits
 
     async def _submit(

@@ -229,6 +229,44 @@ async def test_a_consumer_without_a_group_follows_everything(
         assert sorted(await _drain(reader, 9), key=_place) == sorted(appended, key=_place)
 
 
+async def test_the_next_owner_skips_what_a_member_finished_past_its_offset(
+    event_log: EventLog, unique: Unique
+) -> None:
+    """A host finishing records out of order commits up to its first unfinished one and
+    names those finished past it: no later owner of the partition gets those again,
+    also after an owner that committed without reading them."""
+    topic, group = unique("t"), unique("g")
+    await event_log.create_topic(topic, 1)
+    tp = TopicPartition(topic, 0)
+    records = await event_log.append([Append(topic, "k", b"%d" % i) for i in range(10)])
+    at = [r.offset for r in records]
+    first = member(event_log, group, [topic])
+    await first.start()
+    try:
+        assert await _drain(first, 10) == records
+        # 2, 5 and 6 still running; 3, 4 and 7 to 9 finished.
+        done = [range(at[3], at[4] + 1), range(at[7], at[9] + 1)]
+        await first.commit(offsets={tp: at[2]}, done={tp: done})
+    finally:
+        await first.close()
+
+    unfinished = [records[2], records[5], records[6]]
+    second = member(event_log, group, [topic])
+    await second.start()
+    try:
+        await second.commit(offsets={tp: at[2]})  # before reading anything
+    finally:
+        await second.close()
+
+    third = member(event_log, group, [topic])
+    await third.start()
+    try:
+        later = await event_log.append([Append(topic, "k", b"later")])
+        assert await _drain(third, 4) == unfinished + later
+    finally:
+        await third.close()
+
+
 async def _drain(consumer: Consumer, count: int) -> list[Record]:
     records: list[Record] = []
     async with asyncio.timeout(SETTLE):

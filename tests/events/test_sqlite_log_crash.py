@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -239,3 +240,34 @@ async def test_a_failed_transaction_leaves_no_trace(tmp_path: Path) -> None:
         [record] = await log.append([Append("out", "k", b"kept")])
         assert record.offset == 0
         assert await log.read("out", record.partition, 0) == [record]
+
+
+async def test_a_log_of_schema_1_opens_with_its_offsets(tmp_path: Path) -> None:
+    """Schema 2 added the records a commit names as finished past its offset; a file
+    written by schema 1 keeps its offsets, and its commits name nothing finished."""
+    path = tmp_path / "events.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL)
+            WITHOUT ROWID;
+        CREATE TABLE records (topic TEXT NOT NULL, "partition" INTEGER NOT NULL,
+            "offset" INTEGER NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+            timestamp INTEGER NOT NULL, PRIMARY KEY (topic, "partition", "offset"));
+        CREATE TABLE group_offsets ("group" TEXT NOT NULL, topic TEXT NOT NULL,
+            "partition" INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+            PRIMARY KEY ("group", topic, "partition")) WITHOUT ROWID;
+        INSERT INTO topics VALUES ('t', 1);
+        INSERT INTO group_offsets VALUES ('g', 't', 0, 7);
+        PRAGMA user_version = 1;
+        """
+    )
+    conn.close()
+    log = await SqliteEventLog.open(path)
+    try:
+        assert await log.committed("g", "t") == {0: 7}
+        assert await log.committed_done("g", "t") == {0: ""}
+        await log.fenced_commit([], "g", {TopicPartition("t", 0): 9}, lambda: True, {})
+        assert await log.committed("g", "t") == {0: 9}
+    finally:
+        await log.close()

@@ -86,9 +86,10 @@ class RefusingLog:
                 self,
                 appends: Mapping[TopicPartition, Sequence[Append]],
                 offsets: Mapping[TopicPartition, int],
+                done: Mapping[TopicPartition, Sequence[range]] | None = None,
             ) -> list[Record]:
                 refusing._check([a for records in appends.values() for a in records])
-                return await member.commit(appends, offsets)
+                return await member.commit(appends, offsets, done)
 
             def __getattr__(self, name: str) -> Any:
                 return getattr(member, name)

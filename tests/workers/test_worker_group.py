@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -32,10 +32,11 @@ async def event_log(tmp_path: Path) -> AsyncIterator[EventLog]:
         await log.close()
 
 
-def task(run_id: str) -> Append:
+def task(run_id: str, key: str | None = None) -> Append:
+    """A task of `run_id`, keyed (so partitioned) by the run unless `key` says."""
     payload = NodeScheduled(run_id, "n", KIND, 0, 1, {}, {})
-    event = Event(new_event_id(), run_id, 0, payload)
-    return Append(task_topic(KIND), run_id, encode(event))
+    event = Event(new_event_id(), key or run_id, 0, payload)
+    return Append(task_topic(KIND), key or run_id, encode(event))
 
 
 class Hosts:
@@ -161,6 +162,47 @@ async def test_a_task_abandoned_in_a_rebalance_runs_again_when_it_comes_back(
     duplicate = await host._execute(record)
     assert duplicate.appends == []
     assert len(calls) == 2
+
+
+async def test_tasks_finished_past_a_running_one_are_not_run_again_by_the_next_owner(
+    event_log: EventLog,
+) -> None:
+    """One partition: a slow task, then quick ones that finish while it runs. The host
+    stops with the slow one unfinished, so its committed offset stays there; the next
+    host runs the slow task, and not the quick ones whose outcomes are in the log."""
+    calls: list[tuple[str, str]] = []
+    slow_started = asyncio.Event()
+
+    def handler_of(name: str) -> Callable[[NodeScheduled], Awaitable[str]]:
+        async def handler(scheduled: NodeScheduled) -> str:
+            calls.append((name, scheduled.run_id))
+            if scheduled.run_id == "slow" and name == "first":
+                slow_started.set()
+                await asyncio.Event().wait()  # until the host stops
+            return name
+
+        return handler
+
+    runs = ["slow", "quick-1", "quick-2", "quick-3"]
+    await event_log.append([task(run, key="one-partition") for run in runs])
+
+    async def run_host(name: str, finished: Callable[[Counter[str]], bool]) -> None:
+        host = WorkerHost(event_log, NodeType(KIND, handler_of(name), announce_start=False))
+        await host.start()
+        stop = asyncio.Event()
+        running = asyncio.create_task(host.run(stop))
+        try:
+            async with asyncio.timeout(30):
+                while not finished(await completed(event_log)):
+                    await event_log.wait_for_append(0.5)
+        finally:
+            stop.set()
+            await running
+
+    await run_host("first", lambda done: slow_started.is_set() and len(done) == 3)
+    await run_host("second", lambda done: "slow" in done)
+    assert sorted(calls) == sorted([("first", run) for run in runs] + [("second", "slow")])
+    assert await completed(event_log) == Counter(runs)
 
 
 async def _only_task_record(event_log: EventLog) -> Record:
