@@ -175,3 +175,38 @@ def test_time_filter_is_applied_by_the_server(server: DevServer, page: Page) -> 
         iso = client.get("/api/v1/runs", params={"until": "2000-01-01T00:00:00Z"})
         assert iso.status_code == 200
         assert iso.json()["items"] == []
+
+
+def test_a_read_model_behind_the_stream_does_not_undo_the_run_status(
+    server: DevServer, page: Page
+) -> None:
+    """The page fetches the run again when a patch is applied; a read model that lags
+    (here: every fetch says "running") must not undo the end the stream told."""
+    definition = {
+        "name": "lagging",
+        "edges": [],
+        "nodes": [{"id": "plan", "type": "agent", "config": {"prompt": "plan the follow-up"}}],
+        "output": "{plan: .nodes.plan.answer, notify: .nodes.notify}",
+    }
+    run_id = server.submit(definition)
+    assert _until_finished(server, run_id) == "completed"
+    fetched: list[str] = []
+
+    def lagging(route: Route) -> None:
+        response = route.fetch()
+        run = response.json()
+        run["status"] = "running"
+        fetched.append(route.request.url)
+        route.fulfill(response=response, json=run)
+
+    page.route(re.compile(rf"/api/v1/runs/{run_id}$"), lagging)
+    _log_in_at(page, server.base_url, server.admin_token)
+    page.goto(f"{server.base_url}/#/runs/{run_id}")
+    expect(page.locator('#timeline li[data-type="RunCompleted"]')).to_have_count(1)
+    deadline = time.monotonic() + 30
+    while len(fetched) < 2:  # the page's own fetch, then the one PatchApplied made
+        assert time.monotonic() < deadline, fetched
+        page.wait_for_timeout(50)  # lets Playwright run the route handler meanwhile
+    page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 0))")
+    expect(page.locator("#run-status .badge")).to_have_text("completed")
+    expect(node(page, "notify")).to_have_attribute("data-state", "completed")

@@ -59,6 +59,7 @@ export async function render(main, runId) {
   const usageEl = h('section', {class: 'card', id: 'run-usage', 'aria-label': 'LLM usage', hidden: true});
   main.append(usageEl);
 
+  let streamStatus = null;  // the run's status as the stream last told it
   let parentId = null;  // the run this one was forked from (its RunSubmitted's checkpoint)
   api(`${path}/events?limit=1`).then((page) => {
     const checkpoint = page.items.length ? page.items[0].data.checkpoint : null;
@@ -99,7 +100,11 @@ export async function render(main, runId) {
 
   async function refreshRun() {
     try {
-      run = await api(path);
+      const fetched = await api(path);
+      // The read model may lag the stream, which has every event in order: a status
+      // the stream told (the run ended, say) stands over an older one fetched.
+      if (streamStatus) fetched.status = streamStatus;
+      run = fetched;
       drawRun();
       refreshPatches();
     } catch (error) {
@@ -312,6 +317,7 @@ export async function render(main, runId) {
   }
 
   function setRunStatus(status) {
+    streamStatus = status;
     if (run.status === status) return;
     run.status = status;
     fill(statusEl, badge(status));
