@@ -154,6 +154,9 @@ class WorkerHost:
         self._in_flight: dict[TopicPartition, set[int]] = {}
         self._ready: list[_Done] = []
         self._wake_flusher = asyncio.Event()
+        # One flush at a time: a commit saying tasks are done (its offset past them, or
+        # naming them) must not land while their outcomes, in another, may still fail.
+        self._flushing = asyncio.Lock()
         self._tasks: dict[asyncio.Task[None], Record] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()  # LRU of executed task ids
         self._broken: BaseException | None = None  # the log failed under a task: stop
@@ -176,13 +179,15 @@ class WorkerHost:
             for task in unfinished:
                 task.cancel()  # abandoned: uncommitted, so the new owner runs it again
             await asyncio.gather(*unfinished, return_exceptions=True)
-        ready = [done for done in self._ready if done.record.position in partitions]
-        self._ready = [done for done in self._ready if done.record.position not in partitions]
-        progress = self._progress().of(partitions)
-        try:
-            await self._flush(ready, progress)
-        except Fenced as error:  # lost already: the new owner re-executes them
-            log.warning("worker %s fenced: %s", self.worker_id, error)
+        # After a flush under way: its outcomes are what this commit says is done.
+        async with self._flushing:
+            ready = [done for done in self._ready if done.record.position in partitions]
+            self._ready = [done for done in self._ready if done.record.position not in partitions]
+            progress = self._progress().of(partitions)
+            try:
+                await self._flush(ready, progress)
+            except Fenced as error:  # lost already: the new owner re-executes them
+                log.warning("worker %s fenced: %s", self.worker_id, error)
         for tp in partitions:
             self._in_flight.pop(tp, None)
         log.info("worker %s gave up %s", self.worker_id, _names(partitions))
@@ -244,8 +249,9 @@ class WorkerHost:
             self._wake_flusher.clear()
             if self._broken is not None:
                 raise self._broken
-            batch, self._ready = self._ready, []
-            await self._flush(batch, self._progress())
+            async with self._flushing:
+                batch, self._ready = self._ready, []
+                await self._flush(batch, self._progress())
 
     async def _flush(self, batch: list[_Done], progress: _Progress) -> None:
         """Append `batch` and commit; if the log refuses the batch, append it task by

@@ -259,6 +259,14 @@ class RunsLog:
         counts = Counter(e.event_id for e in self.events)
         return {event_id: n for event_id, n in counts.items() if n > 1}
 
+    def copies(self, event_id: str) -> list[str]:
+        """Each copy of an event: who appended it when, and what it says (for messages)."""
+        return [
+            f"{e.actor} at {e.occurred_at}: {e.payload!r:.300}"
+            for e in self.events
+            if e.event_id == event_id
+        ]
+
     def type_of(self, event_id: str) -> str:
         return next(type(e.payload).__name__ for e in self.events if e.event_id == event_id)
 

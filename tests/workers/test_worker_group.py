@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aob.events.codec import decode, encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, EventLog, Record
+from aob.events.log.port import Append, EventLog, Record, TopicPartition
 from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, Event, NodeCompleted, NodeScheduled, task_topic
 from aob.workers.host import NodeType, WorkerHost
@@ -203,6 +204,70 @@ async def test_tasks_finished_past_a_running_one_are_not_run_again_by_the_next_o
     await run_host("second", lambda done: "slow" in done)
     assert sorted(calls) == sorted([("first", run) for run in runs] + [("second", "slow")])
     assert await completed(event_log) == Counter(runs)
+
+
+class HeldCommits:
+    """An event log whose members hold each commit with appends until `release`, and
+    note the order in which commits reach the log."""
+
+    def __init__(self, inner: EventLog) -> None:
+        self.inner = inner
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+        self.landed: list[str] = []
+
+    async def join(self, *args: Any, **kwargs: Any) -> Any:
+        member = await self.inner.join(*args, **kwargs)
+        log = self
+
+        class Held:
+            async def commit(
+                self,
+                appends: Mapping[TopicPartition, Sequence[Append]],
+                offsets: Mapping[TopicPartition, int],
+                done: Mapping[TopicPartition, Sequence[range]] | None = None,
+            ) -> list[Record]:
+                kind = "outcomes" if any(appends.values()) else "offsets"
+                if kind == "outcomes":
+                    log.held.set()
+                    await log.release.wait()
+                committed = await member.commit(appends, offsets, done)
+                log.landed.append(kind)
+                return committed
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(member, name)
+
+        return Held()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_revocation_commits_after_the_flush_under_way(event_log: EventLog) -> None:
+    """What a revocation commits says which tasks are done: it waits for the flush that
+    carries their outcomes, which could still fail (and then they are not done)."""
+    held = HeldCommits(event_log)
+
+    async def handler(scheduled: NodeScheduled) -> str:
+        return "ran"
+
+    host = WorkerHost(held, NodeType(KIND, handler, announce_start=False))  # type: ignore[arg-type]
+    await host.start()
+    stop = asyncio.Event()
+    running = asyncio.create_task(host.run(stop))
+    try:
+        await event_log.append([task("run-1")])
+        async with asyncio.timeout(30):
+            await held.held.wait()  # its outcome is being committed
+        revoking = asyncio.create_task(host.on_revoked(host.consumer.assignment))
+        held.release.set()
+        await revoking
+        assert held.landed[:2] == ["outcomes", "offsets"]
+    finally:
+        held.release.set()
+        stop.set()
+        await running
 
 
 async def _only_task_record(event_log: EventLog) -> Record:
