@@ -39,7 +39,15 @@ from aob.events.codec import decode, encode
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.done_ahead import DoneAhead, gaps
-from aob.events.log.port import Append, EventLog, Fenced, LogError, Record, TopicPartition
+from aob.events.log.port import (
+    Append,
+    CommitUnknown,
+    EventLog,
+    Fenced,
+    LogError,
+    Record,
+    TopicPartition,
+)
 from aob.events.tracing import handling
 from aob.events.types import (
     RUNS_TOPIC,
@@ -275,6 +283,8 @@ class WorkerHost:
                 with contextlib.suppress(Fenced):  # lost meanwhile as well
                     await self._commit(appends, progress)
             return
+        except CommitUnknown:
+            raise  # its outcomes may be in the log: appending them again could repeat them
         except Exception as error:
             if not any(appends.values()):
                 raise  # only the commit failed: nothing to blame but the log

@@ -47,6 +47,8 @@ Design:
   producer is replaced and the transaction tried again, once the group's offset
   shows that the failed one was not committed (or, when it did not move the offset,
   once a read_committed search from its timestamp does not find its first record).
+  Not told within the request timeout, the commit raises `CommitUnknown`: its host
+  stops rather than write again what may be written already.
 * `append_and_commit` appends, then commits: at-least-once, as the port allows. A
   crash between the two replays the input, which the idempotent folds absorb.
   Every topic, partition and offset is checked before anything is sent, so a call
@@ -102,6 +104,7 @@ from aob.events.log.port import (
     POLL_TIMEOUT,
     SESSION_TIMEOUT,
     Append,
+    CommitUnknown,
     Fenced,
     LogError,
     RebalanceListener,
@@ -969,7 +972,9 @@ class KafkaMember:
                         self._fenced.add(tp)
                         self._rejoin()
                         raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
-                    if error is unsure or loop.time() > deadline:
+                    if unsure is not None and loop.time() > deadline:
+                        raise CommitUnknown(f"{unsure}; then {error}") from error
+                    if loop.time() > deadline:
                         raise
                     log.warning("commit for %s failed, trying a new producer: %s", tp, error)
                     unsure = unsure or error

@@ -39,6 +39,13 @@ class Fenced(LogError):
     """This member no longer owns a partition it tried to commit or append for."""
 
 
+class CommitUnknown(LogError):
+    """A member's commit failed, and whether it was written cannot be told now (Kafka:
+    the broker went away mid-transaction and did not come back in time). Writing it
+    again could write it twice: its host should stop, and the partition's next owner
+    finds out (its producer's init settles the transaction)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicPartition:
     topic: str

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from aob.events.log.port import Append, EventLog, LogError, Record, TopicPartition
+from aob.events.codec import decode
+from aob.events.log.port import (
+    Append,
+    CommitUnknown,
+    EventLog,
+    LogError,
+    Record,
+    TopicPartition,
+)
 from aob.events.types import NodeScheduled, task_topic
 from aob.workers.host import NodeType, WorkerHost
 from tests.poison.harness import PoisonAob, engine
@@ -54,6 +62,9 @@ class RefusingLog:
         self.inner = inner
         self.max_bytes = max_bytes
         self.down = False
+        # Commits with appends fail with their outcome unknown (a broker gone mid-commit).
+        self.unsure = False
+        self.appended: list[Append] = []  # what came through `append`
 
     def _check(self, records: Sequence[Append]) -> None:
         if self.down:
@@ -64,6 +75,7 @@ class RefusingLog:
 
     async def append(self, records: Sequence[Append]) -> list[Record]:
         self._check(records)
+        self.appended += records
         return await self.inner.append(records)
 
     async def append_and_commit(
@@ -89,6 +101,8 @@ class RefusingLog:
                 done: Mapping[TopicPartition, Sequence[range]] | None = None,
             ) -> list[Record]:
                 refusing._check([a for records in appends.values() for a in records])
+                if refusing.unsure and any(appends.values()):
+                    raise CommitUnknown("the broker went away mid-commit")
                 return await member.commit(appends, offsets, done)
 
             def __getattr__(self, name: str) -> Any:
@@ -182,5 +196,24 @@ async def test_a_log_outage_stops_the_worker_host_instead_of_wedging_it(tmp_path
         finally:
             stop.set()
             await again
+
+    await with_worker(tmp_path, test)
+
+
+async def test_a_commit_of_unknown_outcome_stops_the_host_without_appending_again(
+    tmp_path: Path,
+) -> None:
+    """Outcomes whose commit may have been written are not appended one by one (as a
+    refused batch is): that could record them twice. The host stops instead."""
+
+    async def test(
+        aob: PoisonAob, host: WorkerHost, log: RefusingLog, running: asyncio.Task[None]
+    ) -> None:
+        log.unsure = True
+        await aob.submit(flow("first"))
+        with pytest.raises(CommitUnknown):
+            await asyncio.wait_for(running, 10)
+        announced = [decode(a.value).type for a in log.appended]
+        assert announced == ["NodeStarted"]  # before it ran; never its outcome
 
     await with_worker(tmp_path, test)
