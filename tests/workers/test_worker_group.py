@@ -252,7 +252,7 @@ async def test_a_revocation_commits_after_the_flush_under_way(event_log: EventLo
     async def handler(scheduled: NodeScheduled) -> str:
         return "ran"
 
-    host = WorkerHost(held, NodeType(KIND, handler, announce_start=False))  # type: ignore[arg-type]
+    host = WorkerHost(held, NodeType(KIND, handler, announce_start=False))
     await host.start()
     stop = asyncio.Event()
     running = asyncio.create_task(host.run(stop))
