@@ -944,9 +944,10 @@ class KafkaMember:
         A transaction that fails otherwise than fenced may have broken its producer
         (aiokafka's sender ends for good when it loses the transaction coordinator, as
         in a broker restart): the producer is replaced, and the transaction tried again
-        until the request timeout, if it is known not to have been committed."""
+        for up to the request timeout after that first failure (a hung attempt may have
+        spent one already), if it is known not to have been committed."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._log._request_timeout
+        deadline: float | None = None  # of the retries, from the first failure on
         since_ms = time.time_ns() // 1_000_000  # what it appends is stamped no earlier
         unsure: LogError | None = None  # a failure after which the outcome is unknown
         async with self._locks.setdefault(tp, asyncio.Lock()):
@@ -972,10 +973,10 @@ class KafkaMember:
                         self._fenced.add(tp)
                         self._rejoin()
                         raise Fenced(f"{self._lost([tp])}: {error.__cause__}") from error
-                    if unsure is not None and loop.time() > deadline:
-                        raise CommitUnknown(f"{unsure}; then {error}") from error
-                    if loop.time() > deadline:
-                        raise
+                    if deadline is None:
+                        deadline = loop.time() + self._log._request_timeout
+                    elif loop.time() > deadline:  # the last attempt may have landed
+                        raise CommitUnknown(f"{unsure or error}; then {error}") from error
                     log.warning("commit for %s failed, trying a new producer: %s", tp, error)
                     unsure = unsure or error
                     await asyncio.sleep(_BROKEN_PAUSE)
@@ -992,30 +993,54 @@ class KafkaMember:
         offset: int | None,
         metadata: str,
     ) -> list[Record]:
-        timestamp = time.time_ns() // 1_000_000
+        """`_transaction_steps`, given up after the request timeout: a broker that does
+        not answer (gone, or paused) holds the steps, and also the abort a cancellation
+        starts, so they are left to end with their producer, which the retry replaces."""
         what = f"cannot commit for {tp.topic}[{tp.partition}]"
+        attempt = asyncio.ensure_future(
+            self._transaction_steps(producer, tp, appends, offset, metadata, what)
+        )
+        try:
+            finished, _ = await asyncio.wait({attempt}, timeout=self._log._request_timeout)
+        except BaseException:
+            attempt.cancel()
+            attempt.add_done_callback(_retrieved)
+            raise
+        if not finished:
+            attempt.cancel()
+            attempt.add_done_callback(_retrieved)
+            raise LogError(f"{what}: no answer within the request timeout")
+        return attempt.result()
+
+    async def _transaction_steps(
+        self,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        appends: Sequence[Append],
+        offset: int | None,
+        metadata: str,
+        what: str,
+    ) -> list[Record]:
+        timestamp = time.time_ns() // 1_000_000
         futures: list[asyncio.Future[Any]] = []
         with _translated(what):
-            try:  # a broken producer may also never answer
-                async with asyncio.timeout(self._log._request_timeout):
-                    async with producer.transaction():
-                        for a in appends:
-                            futures.append(
-                                await producer.send(
-                                    a.topic,
-                                    a.value or None,  # b"": a tombstone (null)
-                                    key=a.key.encode("utf-8"),
-                                    timestamp_ms=timestamp,
-                                )
+            try:
+                async with producer.transaction():
+                    for a in appends:
+                        futures.append(
+                            await producer.send(
+                                a.topic,
+                                a.value or None,  # b"": a tombstone (null)
+                                key=a.key.encode("utf-8"),
+                                timestamp_ms=timestamp,
                             )
-                        if offset is not None:
-                            await producer.send_offsets_to_transaction(
-                                {KafkaPartition(tp.topic, tp.partition): (offset, metadata)},
-                                self.group,
-                            )
-                        metas = await asyncio.gather(*futures)
-            except TimeoutError as error:
-                raise LogError(f"{what}: no answer within the request timeout") from error
+                        )
+                    if offset is not None:
+                        await producer.send_offsets_to_transaction(
+                            {KafkaPartition(tp.topic, tp.partition): (offset, metadata)},
+                            self.group,
+                        )
+                    metas = await asyncio.gather(*futures)
             except IllegalOperation as error:  # its transaction was ended under it: fenced
                 raise LogError(f"{what}: {error}") from ProducerFenced(str(error))
             finally:
