@@ -44,9 +44,8 @@ Design:
   a transaction past its timeout) rejoins, so that a rebalance settles the owner.
   A transaction failing otherwise may have broken its producer (aiokafka's sender
   ends when it loses the transaction coordinator, as in a broker restart): the
-  producer is replaced and the transaction tried again, once the group's offset
-  shows that the failed one was not committed (or, when it did not move the offset,
-  once a read_committed search from its timestamp does not find its first record).
+  producer is replaced and the transaction tried again, once a read_committed search
+  from its timestamp does not find its first record (the failed one was aborted).
   Not told within the request timeout, the commit raises `CommitUnknown`: its host
   stops rather than write again what may be written already.
 * `append_and_commit` appends, then commits: at-least-once, as the port allows. A
@@ -805,8 +804,6 @@ class KafkaMember:
         self._settling: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
         self._producers: dict[TopicPartition, AIOKafkaProducer] = {}
-        # Per owned partition, the offset its last transaction committed.
-        self._committed: dict[TopicPartition, int] = {}
         # Per owned partition, records its last owner finished past the committed
         # offset (from the offset's metadata), not read yet: `poll` skips them.
         self._done: dict[TopicPartition, DoneAhead] = {}
@@ -981,8 +978,6 @@ class KafkaMember:
                     unsure = unsure or error
                     await asyncio.sleep(_BROKEN_PAUSE)
                     continue
-                if offset is not None:
-                    self._committed[tp] = offset
                 return records
 
     async def _transaction(
@@ -1070,28 +1065,17 @@ class KafkaMember:
     ) -> bool:
         """Whether the failed transaction was committed after all. A new producer's
         init ends what the broken one left open (committed if the broker had taken the
-        commit, else aborted); the group's offset then tells which, when the
-        transaction moved it. When it did not (a worker's flush while an earlier task
-        of the partition still runs, or appends without an offset), the log tells:
-        whether its first record is there. Trying again blindly could append its
-        records twice; giving up would stop a service at every broker restart."""
+        commit, else aborted); then the log tells which: whether its first record is
+        there, read at read_committed (records differ in their event ids). Not the
+        group's offset: the coordinator applies a transaction's offsets a moment after
+        it ends, so a fetch may still show the one before. A commit of offsets alone is
+        tried again: committing the same offsets twice changes nothing. Trying appends
+        again blindly could write them twice; giving up would stop a service at every
+        broker restart."""
         await self._replace_producer(tp)
-        before = self._committed.get(tp)
-        if offset is not None and offset != before:
-            ktp = KafkaPartition(tp.topic, tp.partition)
-            with _translated(f"cannot read the committed offset of {tp.topic}[{tp.partition}]"):
-                committed = await self._consumer.committed(ktp)
-            if committed == offset:
-                self._committed[tp] = offset
-                return True
-            return False
         if not appends:
-            return False  # the offset it commits again is the one already committed
-        if await self._log._holds(appends[0], since_ms):
-            if offset is not None:
-                self._committed[tp] = offset
-            return True
-        return False
+            return False
+        return await self._log._holds(appends[0], since_ms)
 
     async def _replace_producer(self, tp: TopicPartition) -> AIOKafkaProducer:
         await self._drop_producer(tp)
@@ -1170,7 +1154,6 @@ class KafkaMember:
             offset = 0 if committed is None or committed.offset < 0 else committed.offset
             self._consumer.seek(ktp, offset)
             self._positions[tp] = offset
-            self._committed[tp] = offset
             self._done[tp] = decode_done(committed.metadata if committed is not None else None)
         self._owned = gained
         self._fenced -= gained
@@ -1205,7 +1188,6 @@ class KafkaMember:
             self._fenced -= lost
             for tp in lost:
                 self._positions.pop(tp, None)
-                self._committed.pop(tp, None)
                 self._done.pop(tp, None)
                 await self._drop_producer(tp)
 

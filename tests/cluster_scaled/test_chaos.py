@@ -99,7 +99,10 @@ def test_a_scaled_cluster_loses_nothing_and_repeats_nothing_through_kills_and_a_
         for event_id in duplicates
         if runs_log.type_of(event_id) != "NodeStarted"
     }
-    assert repeated_outcomes == {}, f"killed: {cluster.killed}"
+    assert not repeated_outcomes, "\n".join(
+        [f"killed: {cluster.killed}"]
+        + [f"{event_id}: {copies}" for event_id, copies in repeated_outcomes.items()]
+    )
     assert all(copies == 2 for copies in duplicates.values()), duplicates
     submitted = runs_log.submitted()
     assert {r.run_id for r in load.runs} <= submitted

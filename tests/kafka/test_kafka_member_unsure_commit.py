@@ -1,8 +1,9 @@
 """After a transaction failed with its outcome unknown (its producer broke mid-commit,
 as in a broker restart), a group member asks whether it was committed before trying
-it again. When the transaction moved the group's offset, the offset tells; when it
-did not (a worker's commit holds the offset while an earlier task of the partition
-still runs, or appends alone), the log tells: whether its first record is there.
+it again. The log tells: whether its first record is there, read at read_committed.
+Not the group's offset, which the broker applies a moment after the transaction ends
+(a fetch right after it may show the offset before: the chaos test's hitl decision
+was appended twice so). Offsets alone are committed again: that repeats nothing.
 
 The restart itself is in test_kafka_member_broker_restart.py; it cannot choose which
 transaction the restart breaks, so the decision is pinned here, against a real broker.
