@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
 from aob.events.log.groups import EmbeddedGroups, EmbeddedMember
 from aob.events.log.port import (
@@ -351,25 +351,20 @@ class SqliteEventLog:
         return dict(enumerate(self._ends[topic]))
 
     async def committed(self, group: str, topic: str) -> dict[int, int]:
-        conn = self._open_conn()
-        offsets = dict.fromkeys(range(self._partitions(topic)), 0)
-        try:
-            rows = conn.execute(
-                'SELECT "partition", "offset" FROM group_offsets WHERE "group" = ? AND topic = ?',
-                (group, topic),
-            ).fetchall()
-        except sqlite3.Error as exc:
-            raise LogError(f"cannot read offsets of group {group!r}: {exc}") from exc
-        offsets.update(rows)
-        return offsets
+        stored = self._group_offsets(group, topic, '"offset"')
+        return dict.fromkeys(range(self._partitions(topic)), 0) | stored
 
     async def committed_done(self, group: str, topic: str) -> dict[int, str]:
         """Per partition with a commit, the `done_ahead` text stored with its offset."""
+        return self._group_offsets(group, topic, "done")
+
+    def _group_offsets(self, group: str, topic: str, column: str) -> dict[int, Any]:
+        """Per partition `group` committed for in `topic`, `column` of its commit."""
         conn = self._open_conn()
         self._partitions(topic)
         try:
             rows = conn.execute(
-                'SELECT "partition", done FROM group_offsets WHERE "group" = ? AND topic = ?',
+                f'SELECT "partition", {column} FROM group_offsets WHERE "group" = ? AND topic = ?',
                 (group, topic),
             ).fetchall()
         except sqlite3.Error as exc:
