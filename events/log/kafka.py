@@ -627,24 +627,28 @@ class KafkaEventLog:
     # --- internals: reads --------------------------------------------------------------
 
     async def _fetch(self, tp: KafkaPartition, offset: int, max_records: int) -> list[Record]:
+        """Records of `tp` from `offset` on; empty only at its end. A stretch of only
+        transaction markers and aborted records (a failed commit leaves one) is stepped
+        over, and reading goes on after it: a caller reading to the end (`_holds`) must
+        not take that stretch for the end while records follow it."""
         reader = self._reader
-        # Read committed: what lies below the last stable offset is decided.
-        stable = reader.last_stable_offset(tp) if tp in self._read_assignment else None
-        known = max(self._known_ends.get(tp, 0), stable or 0)
-        if offset >= known:
-            known = (await reader.end_offsets([tp]))[tp]
-            self._learn_end(tp, known)
+        while True:
+            # Read committed: what lies below the last stable offset is decided.
+            stable = reader.last_stable_offset(tp) if tp in self._read_assignment else None
+            known = max(self._known_ends.get(tp, 0), stable or 0)
             if offset >= known:
-                self._watch({tp: known})
-                return []
-        if self._skipped.get(tp) == (offset, known):
-            return []  # only transaction markers or aborted records there, as last time
-        self._position_reader(tp, offset)
-        messages = await self._fetch_records(tp, offset, known, max_records)
-        if not messages:
-            return []
-        self._read_positions[tp] = messages[-1].offset + 1
-        return [_record(tp, message) for message in messages]
+                known = (await reader.end_offsets([tp]))[tp]
+                self._learn_end(tp, known)
+                if offset >= known:
+                    self._watch({tp: known})
+                    return []
+            if self._skipped.get(tp) != (offset, known):  # else: nothing there, as last time
+                self._position_reader(tp, offset)
+                messages = await self._fetch_records(tp, offset, known, max_records)
+                if messages:
+                    self._read_positions[tp] = messages[-1].offset + 1
+                    return [_record(tp, message) for message in messages]
+            offset = known  # nothing committed below it: read on from there
 
     async def _fetch_records(
         self, tp: KafkaPartition, offset: int, end: int, max_records: int

@@ -192,3 +192,34 @@ async def test_a_closed_log_refuses_work(kafka_bootstrap: str) -> None:
         await log.append([Append(topic, "k", b"v")])
     with pytest.raises(LogError, match="closed"):
         await log.read(topic, 0, 0)
+
+
+async def test_a_read_steps_over_an_aborted_transaction_to_the_records_after_it(
+    kafka_bootstrap: str,
+) -> None:
+    """A stretch of aborted records and their marker is not the end: a read from its
+    start returns what another client committed after it, also when this log last saw
+    the partition end right after that stretch. (A failed commit is judged by reading on
+    to its records: taking the stretch for the end would write the commit twice.)"""
+    topic = unique("aborted")
+    log = await KafkaEventLog.open(kafka_bootstrap)
+    other = await KafkaEventLog.open(kafka_bootstrap)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=unique("txn"), enable_idempotence=True
+    )
+    try:
+        await log.create_topic(topic, 1)
+        [first] = await log.append([Append(topic, "k", b"first")])
+        await producer.start()
+        await producer.begin_transaction()
+        await producer.send_and_wait(topic, b"aborted", key=b"k", partition=0)
+        await producer.abort_transaction()
+        after = first.offset + 1
+        assert await log.read(topic, 0, after) == []  # only the aborted stretch: the end
+        [later] = await other.append([Append(topic, "k", b"later")])
+        assert [r.value for r in await log.read(topic, 0, after)] == [b"later"]
+        assert later.offset > after
+    finally:
+        await producer.stop()
+        await other.close()
+        await log.close()
