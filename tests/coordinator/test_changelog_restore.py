@@ -283,10 +283,10 @@ async def test_a_batch_commits_the_offsets_of_the_partitions_it_read_only(
     fenced_commit = SqliteEventLog.fenced_commit
 
     async def recorded(
-        self: SqliteEventLog, records: Any, group: str, offsets: Any, owner: Any
+        self: SqliteEventLog, records: Any, group: str, offsets: Any, owner: Any, done: Any = None
     ) -> Any:
         committed.append({tp.partition for tp in offsets})
-        return await fenced_commit(self, records, group, offsets, owner)
+        return await fenced_commit(self, records, group, offsets, owner, done)
 
     monkeypatch.setattr(SqliteEventLog, "fenced_commit", recorded)
     async with await SqliteEventLog.open(tmp_path / "log.db") as event_log:
