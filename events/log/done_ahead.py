@@ -88,3 +88,17 @@ def without_done(records: Sequence[Record], done: DoneAhead) -> list[Record]:
     if not done:
         return list(records)
     return [r for r in records if not any(r.offset in span for span in done)]
+
+
+def read_past(
+    records: Sequence[Record], done: DoneAhead, position: int
+) -> tuple[list[Record], DoneAhead]:
+    """A member's read of one partition up to `position`: the records `done` does not
+    name, and what of `done` lies ahead still."""
+    return without_done(records, done), from_position(done, position)
+
+
+def carried(given: Iterable[range], inherited: DoneAhead) -> str:
+    """A commit's text: the ranges its host finished, and those a member inherited from
+    the partition's last owner and has not read yet."""
+    return encode([*given, *inherited])

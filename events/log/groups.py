@@ -31,9 +31,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aob.events.log.done_ahead import DoneAhead, from_position, without_done
+from aob.events.log.done_ahead import DoneAhead, carried, read_past
 from aob.events.log.done_ahead import decode as decode_done
-from aob.events.log.done_ahead import encode as encode_done
 from aob.events.log.port import (
     Append,
     Fenced,
@@ -280,7 +279,7 @@ class EmbeddedMember:
             raise Fenced(self._lost(partitions))
         records = [append for tp in appends for append in appends[tp]]
         done = done or {}
-        metadata = {tp: encode_done([*done.get(tp, ()), *self._done.get(tp, ())]) for tp in offsets}
+        metadata = {tp: carried(done.get(tp, ()), self._done.get(tp, ())) for tp in offsets}
         return await self._groups.log.fenced_commit(
             records, self._state.name, offsets, lambda: self._owns(partitions), metadata
         )
@@ -379,8 +378,7 @@ class EmbeddedMember:
             if batch and tp in self._owned:  # a callback may have run meanwhile
                 self._positions[tp] = batch[-1].offset + 1
                 if done := self._done.get(tp):
-                    batch = without_done(batch, done)
-                    self._done[tp] = from_position(done, self._positions[tp])
+                    batch, self._done[tp] = read_past(batch, done, self._positions[tp])
                 records.extend(batch)
         return records
 

@@ -96,9 +96,8 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
 )
 
-from aob.events.log.done_ahead import DoneAhead, from_position, without_done
+from aob.events.log.done_ahead import DoneAhead, carried, read_past
 from aob.events.log.done_ahead import decode as decode_done
-from aob.events.log.done_ahead import encode as encode_done
 from aob.events.log.port import (
     POLL_TIMEOUT,
     SESSION_TIMEOUT,
@@ -870,8 +869,7 @@ class KafkaMember:
             self._positions[tp] = messages[-1].offset + 1
             read = [_record(ktp, message) for message in messages]
             if done := self._done.get(tp):
-                read = without_done(read, done)
-                self._done[tp] = from_position(done, self._positions[tp])
+                read, self._done[tp] = read_past(read, done, self._positions[tp])
             records += read
         if not records:
             await self._step_over_markers()
@@ -934,8 +932,7 @@ class KafkaMember:
     def _metadata(self, tp: TopicPartition, done: Mapping[TopicPartition, Sequence[range]]) -> str:
         """The offset's metadata: the records finished past it, with those the last
         owner finished that this member has not read yet."""
-        inherited = self._done.get(tp, ())
-        return encode_done([*done.get(tp, ()), *inherited])
+        return carried(done.get(tp, ()), self._done.get(tp, ()))
 
     async def _transact(
         self, tp: TopicPartition, appends: Sequence[Append], offset: int | None, metadata: str = ""

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from aob.platform.api.event_stream import EventStreamResponse
-from aob.platform.commands import Commands
 from aob.platform.engine import Engine
 from aob.platform.fanout import FanoutHub
 from aob.platform.settings import Settings
-from tests.fanout.live import HELD, until
+from tests.fanout.live import HELD, submitted, until
 
 
 @pytest.fixture
@@ -26,16 +25,7 @@ async def hub(tmp_path: Path) -> AsyncIterator[tuple[FanoutHub, str]]:
     await engine.start()
     hub = FanoutHub(engine.log, engine.read_models)
     await hub.start()
-    accepted = await Commands(engine).submit_run(
-        definition=HELD,
-        tag=None,
-        workflow_id=None,
-        version=None,
-        inputs={},
-        actor="test",
-        trace_id="t",
-    )
-    yield hub, accepted["run_id"]
+    yield hub, await submitted(engine, HELD)
     await hub.stop()
     await engine.stop()
 

@@ -24,7 +24,6 @@ from aob.events.types import (
     RunCompleted,
     RunSubmitted,
 )
-from aob.platform.commands import Commands
 from aob.platform.engine import Engine
 from aob.platform.fanout import (
     Batch,
@@ -148,18 +147,8 @@ JOIN_EVERY = 8
 async def test_live_events_follow_history_without_gap_while_appends_race(engine: Engine) -> None:
     hub = FanoutHub(engine.log, engine.read_models)
     await hub.start()
-    commands = Commands(engine)
     try:
-        accepted = await commands.submit_run(
-            definition=SLOW,
-            tag=None,
-            workflow_id=None,
-            version=None,
-            inputs={},
-            actor="test",
-            trace_id="t",
-        )
-        run_id = accepted["run_id"]
+        run_id = await submitted(engine, SLOW)
         # Subscribers join at staggered points of the run's history, while it is written.
         streams = []
         for k in range(6):
