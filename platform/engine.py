@@ -70,7 +70,8 @@ from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
 from aob.workers.outputs import OutputStore
-from aob.workers.sandbox import close_shared_sandbox
+from aob.workers.inline import InlineWork
+from aob.workers.sandbox import SandboxSettings, close_shared_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Engine:
             engine.decider = WorkflowDecider(event_log)
         if role in ("dev", "coordinator"):
             engine.coordinator = CoordinatorHost(
-                event_log, max_event_bytes=settings.max_event_bytes
+                event_log, max_event_bytes=settings.max_event_bytes, inline=_inline_work(settings)
             )
             coordinator = engine.coordinator
             engine.timers = TimerService(
@@ -360,6 +361,14 @@ async def open_read_models(settings: Settings) -> AsyncReadModels:
         )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return await InPlaceReadModels.open(settings.data_dir / "readmodels.db")
+
+
+def _inline_work(settings: Settings) -> InlineWork | None:
+    """What the coordinator decides in process (simple transforms and expressions),
+    unless `inline_simple_work` is off."""
+    if not settings.inline_simple_work:
+        return None
+    return InlineWork(SandboxSettings(), settings.output_inline_bytes)
 
 
 def _agent_runner(

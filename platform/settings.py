@@ -188,6 +188,11 @@ class Settings(BaseSettings):
     # Node and run outputs whose JSON is larger than this go to the content-addressed
     # blob store; events carry the reference, so no output is copied into later events.
     output_inline_bytes: int = Field(default=16 * 1024, ge=0, le=256 * 1024)
+    # The coordinator decides simple work in process, in the batch that asks for it:
+    # transform and noop nodes, edge and loop conditions and run outputs whose jq is on
+    # the sandbox's fast path. The same events are recorded (no task reaches a worker);
+    # off, every task goes through its topic and worker.
+    inline_simple_work: bool = True
 
     @property
     def definition_room(self) -> int:

@@ -43,9 +43,10 @@ state is dropped (the fold may have changed it halfway), and every other run goe
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
 from aob.events.codec import decode, encode
@@ -62,7 +63,7 @@ from aob.events.log.port import (
     TopicPartition,
 )
 from aob.events.partitioner import partition_for
-from aob.events.tracing import folded, traced
+from aob.events.tracing import folded, handling, installed_spans, traced
 from aob.events.types import (
     EXPRESSIONS_TOPIC,
     RUNS_TOPIC,
@@ -96,6 +97,13 @@ COMPACT_EVERY: Final = 10_000
 # after every batch cost a fifth of the coordinator's CPU (a run's core re-encoded per
 # event); a restore folds again at most this long a stretch of events. 0: every batch.
 CHANGELOG_INTERVAL: Final = 0.2
+# Events one record's fold may have decided in process (`inline`), at most: a long
+# loop of simple transforms goes on through the task topic, batch by batch.
+MAX_INLINE_ANSWERS: Final = 256
+
+# Answers an emitted event with what its worker would append (see aob.workers.inline),
+# or None when it must go to its worker.
+Inline = Callable[[Event], "list[Event] | None"]
 
 
 class ChangelogMismatch(RuntimeError):
@@ -116,8 +124,10 @@ class CoordinatorHost:
         changelog_interval: float = CHANGELOG_INTERVAL,
         session_timeout: float = SESSION_TIMEOUT,
         poll_timeout: float = POLL_TIMEOUT,
+        inline: Inline | None = None,
     ) -> None:
         self.log = event_log
+        self.inline = inline
         # Emitted events over this fail their run here, rather than stall the batch
         # the log would refuse (None: the log's own bound is the only check).
         self.max_event_bytes = max_event_bytes
@@ -473,7 +483,7 @@ class CoordinatorHost:
             self._drop(record.key)
             return dead_letter(record, GROUP, describe(error))
         try:
-            appends = self._appends(folded(event, self._fold))  # a decision span, if on
+            appends = self._appends(*self._decide(event))
             problem = self._oversize(appends)
             if problem is None:
                 return appends
@@ -491,13 +501,53 @@ class CoordinatorHost:
     def _oversize(self, appends: list[Append]) -> str | None:
         return None if self.max_event_bytes is None else oversize(appends, self.max_event_bytes)
 
+    def _decide(self, event: Event) -> tuple[list[Event], set[str]]:
+        """What folding `event` emits (in a decision span, if tracing is on) and, with
+        inline work, the answers to what of it can be decided in process, each folded
+        at once, round by round (what an answer's fold emits is the next round). Also
+        the ids of the events so answered: their tasks go to no topic."""
+        emitted = folded(event, self._fold)
+        if self.inline is None:
+            return emitted, set()
+        decided: set[str] = set()
+        asked, budget = emitted, MAX_INLINE_ANSWERS
+        while asked and budget > 0:
+            emitted_now: list[Event] = []
+            for question in asked:
+                answers = self._inline(question) if budget > 0 else None
+                if answers is None:
+                    continue
+                budget -= 1
+                decided.add(question.event_id)
+                emitted += answers
+                for answer in answers:
+                    emitted_now += folded(answer, self._fold)
+            emitted += emitted_now
+            asked = emitted_now
+        return emitted, decided
+
+    def _inline(self, question: Event) -> list[Event] | None:
+        assert self.inline is not None
+        if installed_spans() is None:
+            return self.inline(question)
+        payload = question.payload
+        what = payload.node_type if isinstance(payload, NodeScheduled) else "expression"
+        with handling(question, f"aob.execute {what} (inline)") as scope:
+            answers = self.inline(question)
+        if answers is None or scope.span_id is None:
+            return answers
+        return [dataclasses.replace(a, span_id=scope.span_id) for a in answers]
+
     @staticmethod
-    def _appends(emitted: list[Event]) -> list[Append]:
-        """`emitted` encoded (all or none: an encoding error raises before any is kept)."""
+    def _appends(emitted: list[Event], decided: set[str]) -> list[Append]:
+        """`emitted` encoded (all or none: an encoding error raises before any is kept);
+        the tasks and requests of those not `decided` in process also to their topics."""
         appends: list[Append] = []
         for event in emitted:
             data = encode(event)
             appends.append(Append(RUNS_TOPIC, event.key, data))
+            if event.event_id in decided:
+                continue
             if isinstance(event.payload, NodeScheduled):
                 appends.append(Append(task_topic(event.payload.node_type), event.key, data))
             elif isinstance(event.payload, ExpressionRequested):
