@@ -41,6 +41,7 @@ from aob.projections.readmodels.views import dumps, loads
 from aob.projections.runtime.coordinator import GROUP as COORDINATOR
 from aob.projections.runtime.deadletter import UNDECODABLE, dead_letter_id, describe
 from aob.projections.runtime.divergence import Divergence, audit_partition
+from aob.projections.runtime.inline import Inline
 from aob.projections.runtime.projector import GROUP as PROJECTOR
 from aob.projections.runtime.projector import PROJECTED_TOPICS
 
@@ -192,7 +193,10 @@ class Verification:
 
 
 async def verify(
-    event_log: EventLog, live: AsyncReadModels, fresh: AsyncReadModels
+    event_log: EventLog,
+    live: AsyncReadModels,
+    fresh: AsyncReadModels,
+    inline: Inline | None = None,
 ) -> Verification:
     """Rebuild `fresh` (an empty store) from the log up to `live`'s positions and compare.
 
@@ -209,14 +213,15 @@ async def verify(
         tables={table: len(rows) for table, rows in live_dump.items()},
         differences=compare(live_dump, rebuilt_dump),
         set_aside=await with_dead_letters(event_log, rebuilt.set_aside),
-        diverged=await fold_divergences(event_log),
+        diverged=await fold_divergences(event_log, inline),
     )
 
 
-async def fold_divergences(event_log: EventLog) -> list[Divergence]:
+async def fold_divergences(event_log: EventLog, inline: Inline | None = None) -> list[Divergence]:
     """Each partition of aob.runs folded again from offset 0 up to the coordinator's
-    committed offset, as its host folds it; where what the fold emits first differs
-    from what the log recorded (none: the fold still makes the recorded decisions)."""
+    committed offset, as its host folds it (`inline`: the work it decides in process);
+    where what the fold emits first differs from what the log recorded (none: the fold
+    still makes the recorded decisions)."""
     try:
         committed = await event_log.committed(COORDINATOR, RUNS_TOPIC)
         partitions = await event_log.partitions(RUNS_TOPIC)
@@ -227,7 +232,7 @@ async def fold_divergences(event_log: EventLog) -> list[Divergence]:
         tp = TopicPartition(RUNS_TOPIC, partition)
         end = committed.get(partition, 0)
         divergence = await audit_partition(
-            event_log, tp, end, set_aside_by=f"service:{COORDINATOR}"
+            event_log, tp, end, set_aside_by=f"service:{COORDINATOR}", inline=inline
         )
         if divergence is not None:
             found.append(divergence)

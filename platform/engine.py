@@ -166,7 +166,7 @@ class Engine:
             engine.decider = WorkflowDecider(event_log)
         if role in ("dev", "coordinator"):
             engine.coordinator = CoordinatorHost(
-                event_log, max_event_bytes=settings.max_event_bytes, inline=_inline_work(settings)
+                event_log, max_event_bytes=settings.max_event_bytes, inline=inline_work(settings)
             )
             coordinator = engine.coordinator
             engine.timers = TimerService(
@@ -363,7 +363,7 @@ async def open_read_models(settings: Settings) -> AsyncReadModels:
     return await InPlaceReadModels.open(settings.data_dir / "readmodels.db")
 
 
-def _inline_work(settings: Settings) -> InlineWork | None:
+def inline_work(settings: Settings) -> InlineWork | None:
     """What the coordinator decides in process (simple transforms and expressions),
     unless `inline_simple_work` is off."""
     if not settings.inline_simple_work:

@@ -27,7 +27,14 @@ from aob.platform.api.app import create_app
 from aob.platform.audit import fresh_read_models, run_history, verify
 from aob.platform.auth.security import admin_token_help, local_admin_token
 from aob.platform.demo import DemoRun
-from aob.platform.engine import ConfigError, Engine, check_role, open_log, open_read_models
+from aob.platform.engine import (
+    ConfigError,
+    Engine,
+    check_role,
+    inline_work,
+    open_log,
+    open_read_models,
+)
 from aob.platform.settings import Settings
 
 EXIT_HOST_DIED = 70  # EX_SOFTWARE, as the faust coordinator exits when a step fails
@@ -401,7 +408,7 @@ async def _verify(settings: Settings, event_log: EventLog, *, keep: bool) -> int
         raise StartupFailed(startup_problem(error, settings, "audit")) from None
     try:
         async with fresh_read_models(settings, keep=keep) as (fresh, where):
-            outcome = await verify(event_log, live, fresh)
+            outcome = await verify(event_log, live, fresh, inline_work(settings))
             if keep:
                 print(f"rebuilt read models kept in {where}")
     finally:

@@ -46,7 +46,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final
 
 from aob.events.codec import decode, encode
@@ -85,6 +85,7 @@ from aob.projections.runtime.changelog import (
     tombstones,
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
+from aob.projections.runtime.inline import Inline, decide
 from aob.projections.runtime.divergence import RecoveryDiverged, Refolded, refold_checked
 
 log = logging.getLogger(__name__)
@@ -97,13 +98,6 @@ COMPACT_EVERY: Final = 10_000
 # after every batch cost a fifth of the coordinator's CPU (a run's core re-encoded per
 # event); a restore folds again at most this long a stretch of events. 0: every batch.
 CHANGELOG_INTERVAL: Final = 0.2
-# Events one record's fold may have decided in process (`inline`), at most: a long
-# loop of simple transforms goes on through the task topic, batch by batch.
-MAX_INLINE_ANSWERS: Final = 256
-
-# Answers an emitted event with what its worker would append (see aob.workers.inline),
-# or None when it must go to its worker.
-Inline = Callable[[Event], "list[Event] | None"]
 
 
 class ChangelogMismatch(RuntimeError):
@@ -502,29 +496,10 @@ class CoordinatorHost:
         return None if self.max_event_bytes is None else oversize(appends, self.max_event_bytes)
 
     def _decide(self, event: Event) -> tuple[list[Event], set[str]]:
-        """What folding `event` emits (in a decision span, if tracing is on) and, with
-        inline work, the answers to what of it can be decided in process, each folded
-        at once, round by round (what an answer's fold emits is the next round). Also
-        the ids of the events so answered: their tasks go to no topic."""
-        emitted = folded(event, self._fold)
-        if self.inline is None:
-            return emitted, set()
-        decided: set[str] = set()
-        asked, budget = emitted, MAX_INLINE_ANSWERS
-        while asked and budget > 0:
-            emitted_now: list[Event] = []
-            for question in asked:
-                answers = self._inline(question) if budget > 0 else None
-                if answers is None:
-                    continue
-                budget -= 1
-                decided.add(question.event_id)
-                emitted += answers
-                for answer in answers:
-                    emitted_now += folded(answer, self._fold)
-            emitted += emitted_now
-            asked = emitted_now
-        return emitted, decided
+        """Fold `event` (a decision span each, if tracing is on) with the work this host
+        decides in process (`runtime.inline`)."""
+        inline = None if self.inline is None else self._inline
+        return decide(event, lambda e: folded(e, self._fold), inline)
 
     def _inline(self, question: Event) -> list[Event] | None:
         assert self.inline is not None
@@ -562,7 +537,8 @@ class CoordinatorHost:
             event = decode(record.value)
             before = self.states.get(event.key)
             fresh = before is None or event.event_id not in before.seen
-            return Refolded(event, self._fold(event), fresh)
+            emitted, _ = self._decide(event)  # as it was first decided: answers included
+            return Refolded(event, emitted, fresh)
         except Exception as error:
             log.warning("restore: skipped poison at %s: %s", _at(record), describe(error))
             self._drop(record.key)

@@ -33,6 +33,7 @@ from aob.events.log.port import EventLog, Record, TopicPartition
 from aob.events.types import Event, RunFailed
 from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import RunState
+from aob.projections.runtime.inline import Inline, decide
 
 FOLD_ACTOR = "coordinator"  # the actor of every event the fold emits
 READ_BATCH = 1000
@@ -215,6 +216,8 @@ class FoldAudit:
     the fold emits with what the log recorded."""
 
     set_aside_by: str
+    # The work the host decides in process (`runtime.inline`): decided again here.
+    inline: Inline | None = None
     states: dict[str, RunState] = field(default_factory=dict)
 
     def refold(self, record: Record) -> Refolded | None:
@@ -225,21 +228,31 @@ class FoldAudit:
         before = self.states.get(event.key)
         fresh = before is None or event.event_id not in before.seen
         try:
-            state, emitted = fold(before, event)
+            emitted, _ = decide(event, self._fold, self.inline)
         except Exception:
             self.states.pop(event.key, None)
             return None
+        return Refolded(event, emitted, fresh)
+
+    def _fold(self, event: Event) -> list[Event]:
+        state, emitted = fold(self.states.get(event.key), event)
         if state is None or state.is_finished:
             self.states.pop(event.key, None)
         else:
             self.states[event.key] = state
-        return Refolded(event, emitted, fresh)
+        return emitted
 
 
 async def audit_partition(
-    event_log: EventLog, tp: TopicPartition, end: int, *, set_aside_by: str
+    event_log: EventLog,
+    tp: TopicPartition,
+    end: int,
+    *,
+    set_aside_by: str,
+    inline: Inline | None = None,
 ) -> Divergence | None:
     """The first divergence between the fold and the log in `tp`, folding it from 0
-    to `end` (the coordinator's committed offset: what it has processed)."""
-    audit = FoldAudit(set_aside_by)
+    to `end` (the coordinator's committed offset: what it has processed) with the
+    work its host decides in process."""
+    audit = FoldAudit(set_aside_by, inline)
     return await refold_checked(event_log, tp, 0, end, audit.refold, set_aside_by=set_aside_by)
