@@ -113,7 +113,10 @@ class InlineWork:
             raise _NotInline
         try:
             return evaluate_simple(
-                compiled, value, max_bytes=self.sandbox.output_bytes, max_depth=self.sandbox.max_depth
+                compiled,
+                value,
+                max_bytes=self.sandbox.output_bytes,
+                max_depth=self.sandbox.max_depth,
             )
         except Fallback:
             raise _NotInline from None

@@ -62,9 +62,9 @@ def test_a_simple_transform_is_answered_as_its_worker_would() -> None:
 async def test_the_output_is_the_workers_output() -> None:
     for config in (
         {"expr": ".inputs.x + .nodes.a"},
-        {"expr": '{name: .inputs.name, twice: (.nodes.a * 2)}'},
+        {"expr": "{name: .inputs.name, twice: (.nodes.a * 2)}"},
         {"expr": ".inputs | keys", "all": True},
-        {"expr": "if .nodes.a > 3 then \"big\" else null end"},
+        {"expr": 'if .nodes.a > 3 then "big" else null end'},
     ):
         scheduled = task(config=config)
         answers = WORK(event(scheduled))
@@ -88,7 +88,7 @@ def test_a_noop_outputs_its_config() -> None:
         task(config={"expr": 7}),  # an invalid config: the worker fails it, saying why
         task(config={"expr": "." + "a" * 20_000}),  # over the sandbox's program bound
         task(config={"expr": ".nodes.big"}, output_refs={"big": "sha256:ab"}),  # a blob
-        task(config={"expr": '.inputs.name * 200'}),  # jq repeats strings; not the fast path
+        task(config={"expr": ".inputs.name * 200"}),  # jq repeats strings; not the fast path
         task("http"),
         task("agent"),
     ],
