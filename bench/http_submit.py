@@ -8,9 +8,10 @@ bare FastAPI app parsing the same body, both driven by wrk with the same setting
 Both servers run as separate processes on this machine: `python -m aob.platform dev`
 (what `aob server dev` runs; token authentication on and its admin token sent, rate
 limits off) and `python -m bench.bare_fastapi`. By default the dev server runs no
-workers (`AOB_WORKERS=[]`): submissions are recorded, the coordinator and projector
-fold them, no node executes; `--execute` runs the nodes too (the 5-node transform DAG
-of `bench.core`). Each submit's answer (202) means its `RunSubmitted` is durable in
+workers and decides nothing in process (`AOB_WORKERS=[]`,
+`AOB_INLINE_SIMPLE_WORK=false`): submissions are recorded, the coordinator and
+projector fold them, no node executes; `--execute` runs the nodes too (the 5-node
+transform DAG of `bench.core`, whose steps the coordinator decides itself). Each submit's answer (202) means its `RunSubmitted` is durable in
 the SQLite log under the synchronous mode named (NORMAL, the default: survives a
 crash of the process; FULL: also of the machine).
 
@@ -231,8 +232,8 @@ def py_spy(pid: int, output: Path | None) -> Iterator[None]:
 
 def measure_mode(args: argparse.Namespace, synchronous: str) -> ModeResult:
     env = {"AOB_LOG_SYNCHRONOUS": synchronous}
-    if not args.execute:
-        env["AOB_WORKERS"] = "[]"
+    if not args.execute:  # nothing executes: no worker, and no simple step in process
+        env.update(AOB_WORKERS="[]", AOB_INLINE_SIMPLE_WORK="false")
     result = ModeResult(synchronous)
     with (
         started_dev_server(env, auth=args.auth == "tokens") as server,
@@ -264,7 +265,7 @@ def _wrk(target: tuple[str, int, Path], seconds: int, args: argparse.Namespace) 
 
 
 def render(results: Sequence[ModeResult], args: argparse.Namespace) -> str:
-    execution = "nodes executing" if args.execute else "node execution off (AOB_WORKERS=[])"
+    execution = "nodes executing" if args.execute else "node execution off (no workers, no inline work)"
     lines = [
         f"POST /api/v1/runs by tag: wrk -t{args.threads} -c{args.connections} "
         f"-d{args.duration}s, {args.reps} alternating repetitions; auth {args.auth}, "

@@ -22,12 +22,14 @@ folds the recorded answer and never evaluates again, so replay stays determinist
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from aob.events.ids import derived_event_id
+from aob.events.tracing import handling, installed_spans
 from aob.events.types import (
     Event,
     ExpressionEvaluated,
@@ -44,6 +46,7 @@ from aob.workers.sandbox.settings import SandboxSettings
 # The worker id its NodeStarted names, and so the actor of its outcomes (`worker:inline`).
 INLINE_WORKER = "inline"
 EVALUATOR_ACTOR = "evaluator"  # as the expression evaluator's verdicts
+INLINE_TYPES = frozenset({"transform", "noop"})
 
 _dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
@@ -62,22 +65,39 @@ class InlineWork:
 
     def __call__(self, event: Event) -> list[Event] | None:
         payload = event.payload
-        try:
-            if isinstance(payload, NodeScheduled):
-                return self._node(event, payload)
-            if isinstance(payload, ExpressionRequested):
-                return [self._answer(event, "evaluated", EVALUATOR_ACTOR, self._verdict(payload))]
-        except _NotInline:
-            return None
+        if isinstance(payload, NodeScheduled) and payload.node_type in INLINE_TYPES:
+            # The worker's span name: a trace reads the same whoever executed the node.
+            return self._traced(event, f"aob.execute {payload.node_type}", self._node)
+        if isinstance(payload, ExpressionRequested):
+            return self._traced(event, f"aob.evaluate {payload.purpose}", self._evaluated)
         return None
 
-    def _node(self, event: Event, task: NodeScheduled) -> list[Event] | None:
+    def _traced(
+        self, event: Event, name: str, answer: Callable[[Event], list[Event]]
+    ) -> list[Event] | None:
+        """`answer(event)` (None if it cannot be decided here) and, tracing on, a span
+        for it, which the last answer (the outcome) names as the worker's does. The span
+        opens once the answer is known (an attempt left to the worker makes none); the
+        fast path takes microseconds, which is all the span leaves out."""
+        try:
+            answers = answer(event)
+        except _NotInline:
+            return None
+        if installed_spans() is None:
+            return answers
+        with handling(event, name) as scope:
+            pass
+        if scope.span_id is not None:
+            answers[-1] = dataclasses.replace(answers[-1], span_id=scope.span_id)
+        return answers
+
+    def _node(self, event: Event) -> list[Event]:
+        task = event.payload
+        assert isinstance(task, NodeScheduled)
         if task.node_type == "transform":
             output = self._transform(task)
-        elif task.node_type == "noop":
+        else:  # noop
             output = task.config.get("output") if isinstance(task.config, dict) else None
-        else:
-            return None
         self._check_inline_size(output)
         node = (task.run_id, task.node_id, task.iteration, task.attempt)
         actor = f"worker:{INLINE_WORKER}"
@@ -85,6 +105,11 @@ class InlineWork:
             self._answer(event, "started", actor, NodeStarted(*node, INLINE_WORKER)),
             self._answer(event, "outcome", actor, NodeCompleted(*node, output)),
         ]
+
+    def _evaluated(self, event: Event) -> list[Event]:
+        request = event.payload
+        assert isinstance(request, ExpressionRequested)
+        return [self._answer(event, "evaluated", EVALUATOR_ACTOR, self._verdict(request))]
 
     def _transform(self, task: NodeScheduled) -> Json:
         config = task.config if isinstance(task.config, dict) else {}

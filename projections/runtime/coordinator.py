@@ -43,7 +43,6 @@ state is dropped (the fold may have changed it halfway), and every other run goe
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -63,7 +62,7 @@ from aob.events.log.port import (
     TopicPartition,
 )
 from aob.events.partitioner import partition_for
-from aob.events.tracing import folded, handling, installed_spans, traced
+from aob.events.tracing import folded, traced
 from aob.events.types import (
     EXPRESSIONS_TOPIC,
     RUNS_TOPIC,
@@ -498,20 +497,7 @@ class CoordinatorHost:
     def _decide(self, event: Event) -> tuple[list[Event], set[str]]:
         """Fold `event` (a decision span each, if tracing is on) with the work this host
         decides in process (`runtime.inline`)."""
-        inline = None if self.inline is None else self._inline
-        return decide(event, lambda e: folded(e, self._fold), inline)
-
-    def _inline(self, question: Event) -> list[Event] | None:
-        assert self.inline is not None
-        if installed_spans() is None:
-            return self.inline(question)
-        payload = question.payload
-        what = payload.node_type if isinstance(payload, NodeScheduled) else "expression"
-        with handling(question, f"aob.execute {what} (inline)") as scope:
-            answers = self.inline(question)
-        if answers is None or scope.span_id is None:
-            return answers
-        return [dataclasses.replace(a, span_id=scope.span_id) for a in answers]
+        return decide(event, lambda e: folded(e, self._fold), self.inline)
 
     @staticmethod
     def _appends(emitted: list[Event], decided: set[str]) -> list[Append]:

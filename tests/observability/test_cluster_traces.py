@@ -29,7 +29,8 @@ CHAIN = {
     "name": "chain",
     "nodes": [
         {"id": "a", "type": "transform", "config": {"expr": ".inputs.x + 1"}},
-        {"id": "b", "type": "transform", "config": {"expr": ".nodes.a * 2"}},
+        # Off the jq fast path (`first`): a worker executes it; `a` the coordinator.
+        {"id": "b", "type": "transform", "config": {"expr": "[.nodes.a * 2] | first"}},
     ],
     "edges": [{"from": "a", "to": "b"}],
     "output": ".nodes.b",
@@ -169,9 +170,9 @@ def test_spans_of_separate_services_join_the_runs_trace(
     (decided,) = [s for svc, s in spans if s.name == "aob.decide RunSubmitted"]
     assert decided.parent_span_id == request.span_id  # coordinator <- api
     assert parent_service(decided) == "aob-api"
-    executions = [s for svc, s in spans if s.name == "aob.execute transform"]
-    assert len(executions) == 2
-    for execution in executions:  # workers <- coordinator
+    executions = [(svc, s) for svc, s in spans if s.name == "aob.execute transform"]
+    assert sorted(svc for svc, _ in executions) == ["aob-coordinator", "aob-workers"]
+    for _, execution in executions:  # workers <- coordinator, and inline in it
         assert parent_service(execution) == "aob-coordinator"
     # Each span's parent is in the trace (arrived from whichever process wrote it).
     assert all(not s.parent_span_id or s.parent_span_id.hex() in by_id for _, s in spans)

@@ -27,13 +27,19 @@ RUNS = 150
 
 
 def chain_definition() -> dict[str, Any]:
+    """A chain whose odd nodes only the jq sandbox takes (`first` is off its fast path):
+    the kill finds steps both in the builtin worker and decided by the coordinator."""
     nodes = [{"id": "n0", "type": "transform", "config": {"expr": ".inputs.start"}}]
     nodes += [
-        {"id": f"n{i}", "type": "transform", "config": {"expr": f".nodes.n{i - 1} + 1"}}
+        {"id": f"n{i}", "type": "transform", "config": {"expr": step(f".nodes.n{i - 1} + 1", i)}}
         for i in range(1, CHAIN)
     ]
     edges = [{"from": f"n{i - 1}", "to": f"n{i}"} for i in range(1, CHAIN)]
     return {"name": "chain", "nodes": nodes, "edges": edges, "output": f".nodes.n{CHAIN - 1}"}
+
+
+def step(program: str, i: int) -> str:
+    return f"[{program}] | first" if i % 2 else program
 
 
 class DevServer:
@@ -125,6 +131,8 @@ async def test_runs_survive_sigkill_with_nothing_lost_or_done_twice(tmp_path: Pa
         )
         assert set(per_instance.values()) == {1}, f"{kind.__name__} happened twice"
     assert len([e for e in events if isinstance(e.payload, NodeCompleted)]) == RUNS * CHAIN
+    by_whom = Counter(e.actor for e in events if isinstance(e.payload, NodeCompleted))
+    assert by_whom == {"worker:builtin": RUNS * (CHAIN // 2), "worker:inline": RUNS * (CHAIN // 2)}
 
 
 async def wait_finished(client: httpx.AsyncClient, run_id: str) -> dict[str, Any]:
