@@ -35,6 +35,12 @@ it lets go of the partitions the commit was for and carries on; the next assignm
 tells it what it owns. A finished run leaves memory and, once compacted, the
 changelog; its later events find no state and change nothing.
 
+Simple work (a transform or noop whose jq is on the sandbox's fast path, a simple
+condition or run output) is decided here, in the batch that asks for it: the fold goes
+through `runtime.inline.decide` with the `inline` answers (`aob.workers.inline`), whose
+events are appended with the rest and whose tasks reach no topic. Restores fold through
+it too, so they apply each answer where it was asked and compare it with the log.
+
 A record it cannot decode, or whose fold or emitted events fail (a bug, an event too
 deep to encode), is set aside (`deadletter`): its run fails with the reason, its
 state is dropped (the fold may have changed it halfway), and every other run goes on.

@@ -26,7 +26,7 @@ from aob.events.types import Event
 Inline = Callable[[Event], "list[Event] | None"]
 # Events one record's fold may answer in process, at most: a long loop of simple steps
 # goes on through its worker, a batch at a time, instead of growing one commit.
-MAX_INLINE_ANSWERS: Final = 256
+MAX_INLINE_ANSWERS: Final = 64
 
 
 def decide(

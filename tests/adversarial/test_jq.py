@@ -64,8 +64,10 @@ def run_output(program: str) -> dict[str, Any]:
 
 
 def one_node(node_type: str, config: dict[str, Any]) -> dict[str, Any]:
-    return {"name": f"jq-{node_type}", "nodes": [{"id": "bad", "type": node_type,
-                                                  "config": config}]}
+    return {
+        "name": f"jq-{node_type}",
+        "nodes": [{"id": "bad", "type": node_type, "config": config}],
+    }
 
 
 @pytest.mark.parametrize(
@@ -75,12 +77,16 @@ def one_node(node_type: str, config: dict[str, Any]) -> dict[str, Any]:
         pytest.param(transform(LONG), id="transform-range-1e10"),
         pytest.param(edge_when(f"{LONG} > 0"), id="edge-when"),
         pytest.param(run_output(LONG), id="run-output"),
-        pytest.param(one_node("http", {"url": f"http://127.0.0.1:9/x?q={{{{ {LONG} }}}}"}),
-                     id="http-url-template"),
-        pytest.param(one_node("hitl", {"message": f"approve {{{{ {LONG} }}}}?"}),
-                     id="hitl-message-template"),
-        pytest.param(one_node("agent", {"prompt": f"rank {{{{ {LONG} }}}}"}),
-                     id="agent-prompt-template"),
+        pytest.param(
+            one_node("http", {"url": f"http://127.0.0.1:9/x?q={{{{ {LONG} }}}}"}),
+            id="http-url-template",
+        ),
+        pytest.param(
+            one_node("hitl", {"message": f"approve {{{{ {LONG} }}}}?"}), id="hitl-message-template"
+        ),
+        pytest.param(
+            one_node("agent", {"prompt": f"rank {{{{ {LONG} }}}}"}), id="agent-prompt-template"
+        ),
     ],
 )
 def test_a_cpu_bound_program_fails_on_its_budget_and_nobody_else_notices(
@@ -88,6 +94,30 @@ def test_a_cpu_bound_program_fails_on_its_budget_and_nobody_else_notices(
 ) -> None:
     outcome = attack(server, definition)
     assert "AOB_JQ_CPU_MS" in failure_text(outcome.bad) or "CPU" in failure_text(outcome.bad)
+
+
+def test_a_long_loop_of_simple_steps_over_a_large_input_does_not_hold_the_coordinator(
+    server: LiveServer,
+) -> None:
+    """The coordinator decides simple steps itself (docs/isolation.md): 301 passes of a
+    step that sorts the keys of a 2,000-key input are decided at most 64 per record
+    folded, the rest going through the builtin worker; the run completes and nobody
+    else notices."""
+    definition = {
+        "name": "simple-loop",
+        "nodes": [
+            {
+                "id": "tick",
+                "type": "transform",
+                "config": {"expr": "(.inputs.big | keys | length) + (.nodes.tick // 0)"},
+            }
+        ],
+        "edges": [{"from": "tick", "to": "tick", "loop": {"max_iterations": 300}}],
+        "output": ".nodes.tick",
+    }
+    big = {f"key-{i:05d}": i for i in range(2000)}
+    outcome = attack(server, definition, {"big": big}, expect="completed", bad_timeout=120)
+    assert outcome.bad["output"] == 301 * len(big)
 
 
 def test_a_program_growing_gigabytes_fails_on_the_memory_budget(server: LiveServer) -> None:
@@ -115,17 +145,38 @@ def test_a_patch_cannot_add_an_unbounded_condition(server: LiveServer) -> None:
         "edges": [],
     }
     usual = baseline(server)
-    with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    with (
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+        server.client(VICTIM) as victim,
+    ):
         run_id = submit(attacker, definition)
-        wait_run(attacker, run_id, 30, until=lambda run: run["status"] == "waiting"
-                 or run["status"] in ("completed", "failed", "cancelled"))
-        patched = attacker.post(f"/api/v1/runs/{run_id}/patch", json={"operations": [
-            {"op": "add", "path": "/nodes/-",
-             "value": {"id": "z", "type": "transform", "config": {"expr": "3"}}},
-            {"op": "add", "path": "/edges/-",
-             "value": {"from": "a", "to": "z", "when": f"{LONG} > 0"}},
-        ], "reason": "attack"})
+        wait_run(
+            attacker,
+            run_id,
+            30,
+            until=lambda run: (
+                run["status"] == "waiting" or run["status"] in ("completed", "failed", "cancelled")
+            ),
+        )
+        patched = attacker.post(
+            f"/api/v1/runs/{run_id}/patch",
+            json={
+                "operations": [
+                    {
+                        "op": "add",
+                        "path": "/nodes/-",
+                        "value": {"id": "z", "type": "transform", "config": {"expr": "3"}},
+                    },
+                    {
+                        "op": "add",
+                        "path": "/edges/-",
+                        "value": {"from": "a", "to": "z", "when": f"{LONG} > 0"},
+                    },
+                ],
+                "reason": "attack",
+            },
+        )
         victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1})
         if patched.status_code in (200, 202):
             bad = wait_run(attacker, run_id, 30)

@@ -32,6 +32,7 @@ from aob.events.types import (
 )
 from aob.projections.runtime.changelog import create_changelog
 from aob.projections.runtime.coordinator import CoordinatorHost
+from aob.projections.runtime.inline import MAX_INLINE_ANSWERS
 from aob.workers.inline import InlineWork
 from aob.workers.sandbox import SandboxSettings
 from tests.coordinator.test_changelog_restore import drain, runs_log
@@ -198,3 +199,27 @@ class Counting:
     def __call__(self, event: Event) -> list[Event] | None:
         self.asked.append(event)
         return INLINE(event)
+
+
+async def test_one_record_decides_at_most_its_share_and_the_rest_goes_to_the_worker(
+    tmp_path: Path,
+) -> None:
+    loop = {
+        "name": "loop",
+        "nodes": [
+            {"id": "tick", "type": "transform", "config": {"expr": "(.nodes.tick // 0) + 1"}}
+        ],
+        "edges": [{"from": "tick", "to": "tick", "loop": {"max_iterations": 200}}],
+        "output": ".nodes.tick",
+    }
+    async with await opened(tmp_path / "log.db") as event_log:
+        host = await coordinator(event_log, inline=INLINE)
+        (run,) = await submit(event_log, loop, 1)
+        await host.step(await host.consumer.poll(timeout=5.0))
+        events = await runs_log(event_log)
+        decided = [e for e in events if isinstance(e.payload, NodeCompleted)]
+        assert len(decided) == MAX_INLINE_ANSWERS
+        assert [e.payload.iteration for e in decided] == list(range(MAX_INLINE_ANSWERS))
+        # The next pass is the builtin worker's: its task is on the topic, once.
+        assert await topic_size(event_log, task_topic("transform")) == 1
+        assert set(host.states) == {run}
