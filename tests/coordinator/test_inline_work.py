@@ -217,9 +217,8 @@ async def test_one_record_decides_at_most_its_share_and_the_rest_goes_to_the_wor
         (run,) = await submit(event_log, loop, 1)
         await host.step(await host.consumer.poll(timeout=5.0))
         events = await runs_log(event_log)
-        decided = [e for e in events if isinstance(e.payload, NodeCompleted)]
-        assert len(decided) == MAX_INLINE_ANSWERS
-        assert [e.payload.iteration for e in decided] == list(range(MAX_INLINE_ANSWERS))
+        decided = [e.payload for e in events if isinstance(e.payload, NodeCompleted)]
+        assert [d.iteration for d in decided] == list(range(MAX_INLINE_ANSWERS))
         # The next pass is the builtin worker's: its task is on the topic, once.
         assert await topic_size(event_log, task_topic("transform")) == 1
         assert set(host.states) == {run}
