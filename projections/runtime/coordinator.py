@@ -91,7 +91,13 @@ from aob.projections.runtime.changelog import (
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.runtime.inline import Inline, decide
-from aob.projections.runtime.divergence import RecoveryDiverged, Refolded, refold_checked
+from aob.projections.runtime.divergence import (
+    RecoveryDiverged,
+    Refolded,
+    fresh_cause,
+    refold_checked,
+    seen_before,
+)
 
 log = logging.getLogger(__name__)
 
@@ -527,10 +533,9 @@ class CoordinatorHost:
         self.refolded_records += 1
         try:
             event = decode(record.value)
-            before = self.states.get(event.key)
-            fresh = before is None or event.event_id not in before.seen
+            known = seen_before(self.states.get(event.key), event)
             emitted, _ = self._decide(event)  # as it was first decided: answers included
-            return Refolded(event, emitted, fresh)
+            return Refolded(event, emitted, fresh_cause(known, emitted))
         except Exception as error:
             log.warning("restore: skipped poison at %s: %s", _at(record), describe(error))
             self._drop(record.key)

@@ -209,6 +209,23 @@ def _compare(check: EmissionCheck, record: Record, tp: TopicPartition) -> None:
     check.recorded(event, _where(tp, record.offset))
 
 
+def fresh_cause(known: bool | None, emitted: list[Event]) -> bool:
+    """Whether what the log recorded in reaction to an event can be checked against
+    what its fold `emitted`, by whether the run's state had seen it before the fold
+    (`known`; None: there was no state). An event of a run the fold does not know (it
+    ended, or ended before the stretch folded again) changes nothing, unless it starts
+    the run: the records of answers decided in process for a run that ended are such
+    events, and their recorded reactions were checked with their cause."""
+    if known is None:
+        return bool(emitted)
+    return not known
+
+
+def seen_before(state: RunState | None, event: Event) -> bool | None:
+    """Whether `state` has seen `event` (None: no state); ask before folding it."""
+    return None if state is None else event.event_id in state.seen
+
+
 @dataclass
 class FoldAudit:
     """Folds one partition of aob.runs from offset 0 as the coordinator host does
@@ -225,14 +242,13 @@ class FoldAudit:
             event = decode(record.value)
         except Exception:
             return None
-        before = self.states.get(event.key)
-        fresh = before is None or event.event_id not in before.seen
+        known = seen_before(self.states.get(event.key), event)
         try:
             emitted, _ = decide(event, self._fold, self.inline)
         except Exception:
             self.states.pop(event.key, None)
             return None
-        return Refolded(event, emitted, fresh)
+        return Refolded(event, emitted, fresh_cause(known, emitted))
 
     def _fold(self, event: Event) -> list[Event]:
         state, emitted = fold(self.states.get(event.key), event)

@@ -16,7 +16,7 @@ from typing import Any
 
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, EventLog
+from aob.events.log.port import Append, EventLog, TopicPartition
 from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import (
     DEADLETTER_TOPIC,
@@ -32,6 +32,7 @@ from aob.events.types import (
 )
 from aob.projections.runtime.changelog import create_changelog
 from aob.projections.runtime.coordinator import CoordinatorHost
+from aob.projections.runtime.divergence import audit_partition
 from aob.projections.runtime.inline import MAX_INLINE_ANSWERS
 from aob.workers.inline import InlineWork
 from aob.workers.sandbox import SandboxSettings
@@ -222,3 +223,39 @@ async def test_one_record_decides_at_most_its_share_and_the_rest_goes_to_the_wor
         # The next pass is the builtin worker's: its task is on the topic, once.
         assert await topic_size(event_log, task_topic("transform")) == 1
         assert set(host.states) == {run}
+
+
+async def test_answers_of_runs_that_ended_are_not_folded_again_as_fresh_causes(
+    tmp_path: Path,
+) -> None:
+    """A run decided whole in one batch never reaches the changelog; its marker is
+    written past the submission but before the answers, and a later batch commits past
+    those. A restore (and the audit) folding them again meets answers of a run it does
+    not know: no cause whose recorded reactions it could check."""
+    path = tmp_path / "log.db"
+    event_log = await opened(path)
+    host = await coordinator(event_log, inline=INLINE, changelog_interval=0)
+    ended = await submit(event_log, FANOUT_JOIN, 8)
+    records = await host.consumer.poll(timeout=5.0)
+    assert len(records) == len(ended)
+    await host.step(records)  # the marker lands right after the submissions
+    host.changelog_interval = 3600.0  # and moves no more
+    later = await submit(event_log, MIXED, 8)  # their batch commits past the answers
+    await drain(host)
+    committed = await event_log.committed("aob-coordinator", RUNS_TOPIC)
+    await event_log.close()  # killed
+
+    async with await opened(path) as event_log:
+        again = await coordinator(event_log, inline=INLINE, changelog_interval=3600.0)
+        assert again.diverged is None
+        assert again.refolded_records > 16 * len(ended)  # the answers among them
+        assert set(again.states) == set(later)
+        for partition in range(PARTITIONS):
+            tp = TopicPartition(RUNS_TOPIC, partition)
+            audit = audit_partition(
+                event_log, tp, committed.get(partition, 0), set_aside_by="service:x", inline=INLINE
+            )
+            assert await audit is None
+        events = await runs_log(event_log)
+        assert len({e.event_id for e in events}) == len(events)  # nothing appended twice
+        assert {e.key for e in events if isinstance(e.payload, RunCompleted)} == set(ended)
