@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
-from aob.events.codec import encode
+from aob.events.codec import decode, encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append
+from aob.events.log.port import Append, TopicPartition
 from aob.events.log.sqlite import SqliteEventLog
-from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event
+from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event, NodeCompleted
 from aob.platform.approvals import Approvals
 from aob.platform.problems import Problem
 from aob.projections.runtime.timers import TimerService
+from aob.workers.hitl.service import DECISIONS_GROUP
 from tests.fanout.live import until
 from tests.hitl.harness import node, review, running_aob
 from tests.support.api import FINISHED
@@ -377,3 +378,36 @@ async def test_a_decision_made_while_the_service_was_down_is_carried_out_on_rest
             "bob",
             "offline",
         )
+
+
+async def test_a_decision_read_again_is_not_answered_twice(tmp_path):
+    """A new owner of a decisions partition may read the group's offsets before its
+    predecessor's last commit shows (Kafka applies a transaction's offsets a moment
+    after it ends): the decision is read again, its outcome is in the log already, and
+    nothing is appended twice."""
+    data = tmp_path / "data"
+    async with running_aob(data) as aob:
+        run_id = await aob.submit(review())
+        [approval] = await aob.pending(run_id)
+        assert (await aob.decide(approval["approval_id"], "approve")).status_code == 200
+        assert (await aob.finished(run_id))["status"] == "completed"
+    async with await SqliteEventLog.open(data / "log.db") as event_log:
+        partitions = range(await event_log.partitions(RUNS_TOPIC))
+        rewound = {TopicPartition(RUNS_TOPIC, p): 0 for p in partitions}
+        await event_log.commit(DECISIONS_GROUP, rewound)
+
+    async with running_aob(data) as aob:
+        event_log = aob.engine.log
+        ends = await event_log.end_offsets(RUNS_TOPIC)
+
+        async def read_again() -> bool:
+            return await event_log.committed(DECISIONS_GROUP, RUNS_TOPIC) == ends
+
+        await until(read_again, "the decisions read again to the log's end")
+        records = [r for p in partitions for r in await event_log.read(RUNS_TOPIC, p, 0, 10_000)]
+        assert await event_log.end_offsets(RUNS_TOPIC) == ends  # nothing appended
+    outcomes = [decode(r.value) for r in records]
+    gate = [
+        e for e in outcomes if isinstance(e.payload, NodeCompleted) and e.payload.node_id == "gate"
+    ]
+    assert len(gate) == 1

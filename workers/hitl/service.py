@@ -12,7 +12,9 @@ Two loops over the log and the read models, each safe to stop at any point:
 - decisions: consumes `aob.runs`; for each `ApprovalDecided` that won its approval
   (the first in log order, as the read model records) appends the node's outcome,
   `NodeCompleted` (routing on approve/reject) or `NodeFailed` (a timeout meaning
-  fail). Its id derives from the decision's, so a replay is dropped downstream.
+  fail). Its id derives from the decision's, so a replay is dropped downstream; and a
+  decision read again whose outcome the log already holds (its position's commit was
+  read stale by a new owner) is not answered twice.
 
 Offsets are committed with the appends (atomically on the embedded log).
 """
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 REQUESTS_GROUP = "aob-worker-hitl"
 DECISIONS_GROUP = "aob-hitl-decisions"
 COMMIT_INTERVAL = 1.0  # seconds between commits of positions that led to no outcome
+OUTCOME_CHECK_S = 10.0  # longest wait for the read models before writing an outcome
 
 
 class ApprovalStore(Protocol):
@@ -58,6 +61,10 @@ class ApprovalStore(Protocol):
     async def get_approval(self, approval_id: str) -> dict[str, Any] | None: ...
 
     async def offsets(self) -> dict[TopicPartition, int]: ...
+
+    async def timeline(
+        self, key: str, after_offset: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]: ...
 
 
 def now_ms() -> int:
@@ -171,11 +178,42 @@ class HitlService:
         if approval["attempt"] is None:
             log.warning("approval %s names no node attempt; left alone", approval["approval_id"])
             return []
+        recorded = await self._outcome_recorded(record, decided, stop)
+        if recorded is None:
+            return None
+        if recorded:
+            return []  # handled before: its position was committed late, or read stale
         with handling(decided, "aob.execute hitl decision") as scope:
             outcome = node_outcome(approval, decided)
             scope.outcome(outcome)
         actor = f"worker:{self.worker_id}"
         return [_append(decided, "outcome", outcome, self.clock(), actor, scope.span_id)]
+
+    async def _outcome_recorded(
+        self, record: Record, decided: Event, stop: asyncio.Event
+    ) -> bool | None:
+        """Whether the log holds the outcome of `decided` already (None: asked to stop
+        first). A decision read again after a crash or a rebalance (a group's offsets
+        read by a new owner may trail its last transaction) was handled before if its
+        outcome lies after it: the read models are waited for up to the partition's end
+        as of now (bounded: past `OUTCOME_CHECK_S`, the outcome is written, and the fold
+        drops a copy by its id), then asked for its id among the run's later events."""
+        end = (await self.log.end_offsets(RUNS_TOPIC)).get(record.partition, 0)
+        deadline = time.monotonic() + OUTCOME_CHECK_S
+        while (await self.store.offsets()).get(record.position, 0) < end:
+            if stop.is_set():
+                return None
+            if time.monotonic() > deadline:
+                log.warning(
+                    "read models behind %s: outcome of %s not checked",
+                    record.position,
+                    decided.event_id,
+                )
+                return False
+            await asyncio.sleep(0.01)
+        outcome_id = derived_event_id(decided.event_id, "outcome")
+        later = await self.store.timeline(decided.key, after_offset=record.offset)
+        return any(row["event_id"] == outcome_id for row in later)
 
     async def _projected(self, record: Record, stop: asyncio.Event) -> bool:
         """Wait until the read models include `record`; False if asked to stop first."""
