@@ -11,9 +11,10 @@ limits off) and `python -m bench.bare_fastapi`. By default the dev server runs n
 workers and decides nothing in process (`AOB_WORKERS=[]`,
 `AOB_INLINE_SIMPLE_WORK=false`): submissions are recorded, the coordinator and
 projector fold them, no node executes; `--execute` runs the nodes too (the 5-node
-transform DAG of `bench.core`, whose steps the coordinator decides itself). Each submit's answer (202) means its `RunSubmitted` is durable in
-the SQLite log under the synchronous mode named (NORMAL, the default: survives a
-crash of the process; FULL: also of the machine).
+transform DAG of `bench.core`, whose steps the coordinator decides itself). Each
+submit's answer (202) means its `RunSubmitted` is durable in the SQLite log under the
+synchronous mode named (NORMAL, the default: survives a crash of the process; FULL:
+also of the machine).
 
 wrk (`apt-get install -y wrk`) drives each server in alternating repetitions after a
 warm-up; the report gives per-repetition submits/s, p50/p99 latency, the ratio
@@ -265,7 +266,9 @@ def _wrk(target: tuple[str, int, Path], seconds: int, args: argparse.Namespace) 
 
 
 def render(results: Sequence[ModeResult], args: argparse.Namespace) -> str:
-    execution = "nodes executing" if args.execute else "node execution off (no workers, no inline work)"
+    execution = (
+        "nodes executing" if args.execute else "node execution off (no workers, no inline work)"
+    )
     lines = [
         f"POST /api/v1/runs by tag: wrk -t{args.threads} -c{args.connections} "
         f"-d{args.duration}s, {args.reps} alternating repetitions; auth {args.auth}, "

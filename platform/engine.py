@@ -69,8 +69,8 @@ from aob.workers.evaluator import ExpressionEvaluator
 from aob.workers.hitl import HitlService
 from aob.workers.host import WorkerHost
 from aob.workers.http import HttpWorker, HttpWorkerSettings
-from aob.workers.outputs import OutputStore
 from aob.workers.inline import InlineWork
+from aob.workers.outputs import OutputStore
 from aob.workers.sandbox import SandboxSettings, close_shared_sandbox
 
 log = logging.getLogger(__name__)

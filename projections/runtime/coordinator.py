@@ -90,7 +90,6 @@ from aob.projections.runtime.changelog import (
     tombstones,
 )
 from aob.projections.runtime.deadletter import dead_letter, describe
-from aob.projections.runtime.inline import Inline, decide
 from aob.projections.runtime.divergence import (
     RecoveryDiverged,
     Refolded,
@@ -98,6 +97,7 @@ from aob.projections.runtime.divergence import (
     refold_checked,
     seen_before,
 )
+from aob.projections.runtime.inline import Inline, decide
 
 log = logging.getLogger(__name__)
 

@@ -397,15 +397,15 @@ async def test_a_decision_read_again_is_not_answered_twice(tmp_path):
         await event_log.commit(DECISIONS_GROUP, rewound)
 
     async with running_aob(data) as aob:
-        event_log = aob.engine.log
-        ends = await event_log.end_offsets(RUNS_TOPIC)
+        live = aob.engine.log
+        ends = await live.end_offsets(RUNS_TOPIC)
 
         async def read_again() -> bool:
-            return await event_log.committed(DECISIONS_GROUP, RUNS_TOPIC) == ends
+            return await live.committed(DECISIONS_GROUP, RUNS_TOPIC) == ends
 
         await until(read_again, "the decisions read again to the log's end")
-        records = [r for p in partitions for r in await event_log.read(RUNS_TOPIC, p, 0, 10_000)]
-        assert await event_log.end_offsets(RUNS_TOPIC) == ends  # nothing appended
+        records = [r for p in partitions for r in await live.read(RUNS_TOPIC, p, 0, 10_000)]
+        assert await live.end_offsets(RUNS_TOPIC) == ends  # nothing appended
     outcomes = [decode(r.value) for r in records]
     gate = [
         e for e in outcomes if isinstance(e.payload, NodeCompleted) and e.payload.node_id == "gate"
