@@ -12,11 +12,11 @@ from aob.events.codec import decode, encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append, TopicPartition
 from aob.events.log.sqlite import SqliteEventLog
-from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event, NodeCompleted
+from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event, NodeCompleted, task_topic
 from aob.platform.approvals import Approvals
 from aob.platform.problems import Problem
 from aob.projections.runtime.timers import TimerService
-from aob.workers.hitl.service import DECISIONS_GROUP
+from aob.workers.hitl.service import DECISIONS_GROUP, REQUESTS_GROUP
 from tests.fanout.live import until
 from tests.hitl.harness import node, review, running_aob
 from tests.support.api import FINISHED
@@ -411,3 +411,27 @@ async def test_a_decision_read_again_is_not_answered_twice(tmp_path):
         e for e in outcomes if isinstance(e.payload, NodeCompleted) and e.payload.node_id == "gate"
     ]
     assert len(gate) == 1
+
+
+async def test_a_task_read_again_is_not_asked_twice(tmp_path):
+    """The same for the requests: a task read again whose request the log holds."""
+    data = tmp_path / "data"
+    async with running_aob(data) as aob:
+        run_id = await aob.submit(review())
+        await aob.pending(run_id)
+    tasks = task_topic("hitl")
+    async with await SqliteEventLog.open(data / "log.db") as event_log:
+        rewound = {TopicPartition(tasks, p): 0 for p in range(await event_log.partitions(tasks))}
+        await event_log.commit(REQUESTS_GROUP, rewound)
+        runs_end = await event_log.end_offsets(RUNS_TOPIC)
+
+    async with running_aob(data) as aob:
+        live = aob.engine.log
+        tasks_end = await live.end_offsets(tasks)
+
+        async def read_again() -> bool:
+            return await live.committed(REQUESTS_GROUP, tasks) == tasks_end
+
+        await until(read_again, "the tasks read again to the topic's end")
+        assert await live.end_offsets(RUNS_TOPIC) == runs_end  # nothing appended
+        assert len(await aob.pending(run_id)) == 1

@@ -4,7 +4,8 @@ Two loops over the log and the read models, each safe to stop at any point:
 
 - requests: consumes `aob.tasks.hitl`; per task appends `NodeStarted` and
   `ApprovalRequested`. The node stays running: it holds the run's token until a
-  decision ends it. Ids derive from the task's, so a redelivered task changes nothing.
+  decision ends it. Ids derive from the task's, so a redelivered task changes nothing,
+  and one whose request the log already holds is not asked again.
 - (deadlines are not watched here: `ApprovalRequested.deadline`, chosen on this
   service's clock, makes the coordinator set a timer, fired like every timer by the
   timer service; the coordinator then decides the approval as `ApprovalDecided` by
@@ -31,6 +32,7 @@ from aob.events.codec import decode, encode, event_type
 from aob.events.ids import derived_event_id
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Record, TopicPartition
+from aob.events.partitioner import partition_for
 from aob.events.tracing import handling
 from aob.events.types import (
     RUNS_TOPIC,
@@ -120,6 +122,10 @@ class HitlService:
         task = task_event.payload
         if not isinstance(task, NodeScheduled):
             return []
+        if await self._recorded(
+            task.run_id, derived_event_id(task_event.event_id, "request"), None
+        ):
+            return []  # asked before: its position was committed late, or read stale
         at = self.clock()
         node = (task.run_id, task.node_id, task.iteration, task.attempt)
         started = NodeStarted(*node, self.worker_id)
@@ -192,28 +198,34 @@ class HitlService:
     async def _outcome_recorded(
         self, record: Record, decided: Event, stop: asyncio.Event
     ) -> bool | None:
-        """Whether the log holds the outcome of `decided` already (None: asked to stop
-        first). A decision read again after a crash or a rebalance (a group's offsets
-        read by a new owner may trail its last transaction) was handled before if its
-        outcome lies after it: the read models are waited for up to the partition's end
-        as of now (bounded: past `OUTCOME_CHECK_S`, the outcome is written, and the fold
-        drops a copy by its id), then asked for its id among the run's later events."""
-        end = (await self.log.end_offsets(RUNS_TOPIC)).get(record.partition, 0)
+        """Whether the log holds the outcome of `decided` after it already (None: asked
+        to stop first): see `_recorded`."""
+        outcome_id = derived_event_id(decided.event_id, "outcome")
+        return await self._recorded(decided.key, outcome_id, record.offset, stop)
+
+    async def _recorded(
+        self, run_id: str, event_id: str, after: int | None, stop: asyncio.Event | None = None
+    ) -> bool | None:
+        """Whether the log holds `event_id` among `run_id`'s events (after offset
+        `after`), which this service derives from what it reads: a record read again
+        after a crash or a rebalance (a group's offsets read by a new owner may trail
+        its predecessor's last transaction) was handled before if so. The read models
+        are waited for up to the run's partition's end as of now (bounded: past
+        `OUTCOME_CHECK_S` the event is written, and the fold drops a copy by its id);
+        None if `stop` is set first."""
+        partition = partition_for(run_id, await self.log.partitions(RUNS_TOPIC))
+        position = TopicPartition(RUNS_TOPIC, partition)
+        end = (await self.log.end_offsets(RUNS_TOPIC)).get(partition, 0)
         deadline = time.monotonic() + OUTCOME_CHECK_S
-        while (await self.store.offsets()).get(record.position, 0) < end:
-            if stop.is_set():
+        while (await self.store.offsets()).get(position, 0) < end:
+            if stop is not None and stop.is_set():
                 return None
             if time.monotonic() > deadline:
-                log.warning(
-                    "read models behind %s: outcome of %s not checked",
-                    record.position,
-                    decided.event_id,
-                )
+                log.warning("read models behind %s: %s not checked", position, event_id)
                 return False
             await asyncio.sleep(0.01)
-        outcome_id = derived_event_id(decided.event_id, "outcome")
-        later = await self.store.timeline(decided.key, after_offset=record.offset)
-        return any(row["event_id"] == outcome_id for row in later)
+        later = await self.store.timeline(run_id, after_offset=after)
+        return any(row["event_id"] == event_id for row in later)
 
     async def _projected(self, record: Record, stop: asyncio.Event) -> bool:
         """Wait until the read models include `record`; False if asked to stop first."""
