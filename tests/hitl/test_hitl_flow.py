@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from aob.events.codec import decode, encode
 from aob.events.ids import new_event_id
-from aob.events.log.port import Append, TopicPartition
+from aob.events.log.port import Append, EventLog, TopicPartition
 from aob.events.log.sqlite import SqliteEventLog
 from aob.events.types import RUNS_TOPIC, ApprovalDecided, Event, NodeCompleted, task_topic
 from aob.platform.approvals import Approvals
@@ -391,21 +392,12 @@ async def test_a_decision_read_again_is_not_answered_twice(tmp_path):
         [approval] = await aob.pending(run_id)
         assert (await aob.decide(approval["approval_id"], "approve")).status_code == 200
         assert (await aob.finished(run_id))["status"] == "completed"
-    async with await SqliteEventLog.open(data / "log.db") as event_log:
-        partitions = range(await event_log.partitions(RUNS_TOPIC))
-        rewound = {TopicPartition(RUNS_TOPIC, p): 0 for p in partitions}
-        await event_log.commit(DECISIONS_GROUP, rewound)
+    runs_end = await rewind(data, DECISIONS_GROUP, RUNS_TOPIC)
 
     async with running_aob(data) as aob:
         live = aob.engine.log
-        ends = await live.end_offsets(RUNS_TOPIC)
-
-        async def read_again() -> bool:
-            return await live.committed(DECISIONS_GROUP, RUNS_TOPIC) == ends
-
-        await until(read_again, "the decisions read again to the log's end")
-        records = [r for p in partitions for r in await live.read(RUNS_TOPIC, p, 0, 10_000)]
-        assert await live.end_offsets(RUNS_TOPIC) == ends  # nothing appended
+        assert await read_again(live, DECISIONS_GROUP, RUNS_TOPIC) == runs_end  # none appended
+        records = [r for p in runs_end for r in await live.read(RUNS_TOPIC, p, 0, 10_000)]
     outcomes = [decode(r.value) for r in records]
     gate = [
         e for e in outcomes if isinstance(e.payload, NodeCompleted) and e.payload.node_id == "gate"
@@ -419,19 +411,29 @@ async def test_a_task_read_again_is_not_asked_twice(tmp_path):
     async with running_aob(data) as aob:
         run_id = await aob.submit(review())
         await aob.pending(run_id)
-    tasks = task_topic("hitl")
-    async with await SqliteEventLog.open(data / "log.db") as event_log:
-        rewound = {TopicPartition(tasks, p): 0 for p in range(await event_log.partitions(tasks))}
-        await event_log.commit(REQUESTS_GROUP, rewound)
-        runs_end = await event_log.end_offsets(RUNS_TOPIC)
+    runs_end = await rewind(data, REQUESTS_GROUP, task_topic("hitl"))
 
     async with running_aob(data) as aob:
         live = aob.engine.log
-        tasks_end = await live.end_offsets(tasks)
-
-        async def read_again() -> bool:
-            return await live.committed(REQUESTS_GROUP, tasks) == tasks_end
-
-        await until(read_again, "the tasks read again to the topic's end")
-        assert await live.end_offsets(RUNS_TOPIC) == runs_end  # nothing appended
+        assert await read_again(live, REQUESTS_GROUP, task_topic("hitl")) == runs_end  # none
         assert len(await aob.pending(run_id)) == 1
+
+
+async def rewind(data: Path, group: str, topic: str) -> dict[int, int]:
+    """`group`'s offsets of `topic` set back to 0 (the server stopped): as a new owner
+    reading stale offsets would. Returns aob.runs's end offsets."""
+    async with await SqliteEventLog.open(data / "log.db") as event_log:
+        partitions = range(await event_log.partitions(topic))
+        await event_log.commit(group, {TopicPartition(topic, p): 0 for p in partitions})
+        return await event_log.end_offsets(RUNS_TOPIC)
+
+
+async def read_again(live: EventLog, group: str, topic: str) -> dict[int, int]:
+    """Once `group` has read `topic` again to its end; returns aob.runs's end offsets."""
+    ends = await live.end_offsets(topic)
+
+    async def caught_up() -> bool:
+        return await live.committed(group, topic) == ends
+
+    await until(caught_up, f"{group} reading {topic} again to its end")
+    return await live.end_offsets(RUNS_TOPIC)
