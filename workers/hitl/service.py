@@ -95,8 +95,11 @@ class HitlService:
         self.clock = clock
         self.requests = Consumer(event_log, REQUESTS_GROUP, [task_topic(HITL_TYPE)])
         self.decisions = Consumer(event_log, DECISIONS_GROUP, [RUNS_TOPIC])
+        self._runs_partitions = 1  # read at start
 
     async def start(self) -> None:
+        # Fixed once created (run states are kept per partition): read once, not per task.
+        self._runs_partitions = await self.log.partitions(RUNS_TOPIC)
         await self.requests.start()
         await self.decisions.start()
 
@@ -213,7 +216,7 @@ class HitlService:
         are waited for up to the run's partition's end as of now (bounded: past
         `OUTCOME_CHECK_S` the event is written, and the fold drops a copy by its id);
         None if `stop` is set first."""
-        partition = partition_for(run_id, await self.log.partitions(RUNS_TOPIC))
+        partition = partition_for(run_id, self._runs_partitions)
         position = TopicPartition(RUNS_TOPIC, partition)
         end = (await self.log.end_offsets(RUNS_TOPIC)).get(partition, 0)
         deadline = time.monotonic() + OUTCOME_CHECK_S
