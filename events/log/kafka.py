@@ -15,7 +15,9 @@ Design:
   the background while nobody reads it.
 * Offsets are committed to Kafka's `__consumer_offsets` by a consumer carrying the
   group's id that never joins the group (manual assignment, generation -1): Kafka's
-  "simple consumer group". They are read back with the admin client's OffsetFetch.
+  "simple consumer group". They are read back stable (`kafka_offsets`: OffsetFetch
+  v7 with KIP-447's `require_stable`), never from before a transaction that commits
+  them is applied.
 * Consumer groups (`join`) are Kafka's: each member is an aiokafka consumer that
   `subscribe`s with a rebalance listener (RoundRobin assignor, Kafka's classic eager
   protocol: aiokafka has no cooperative rebalancing). Revocation is awaited before
@@ -98,6 +100,7 @@ from aiokafka.errors import (
 
 from aob.events.log.done_ahead import DoneAhead, carried, read_past
 from aob.events.log.done_ahead import decode as decode_done
+from aob.events.log.kafka_offsets import fetch_stable_offsets
 from aob.events.log.port import (
     POLL_TIMEOUT,
     SESSION_TIMEOUT,
@@ -398,10 +401,7 @@ class KafkaEventLog:
         count = await self._partition_count(topic)
         tps = [KafkaPartition(topic, p) for p in range(count)]
         offsets = dict.fromkeys(range(count), 0)
-        with _translated(f"cannot read the offsets of group {group!r}"):
-            stored = await self._retrying(
-                lambda: self._admin.list_consumer_group_offsets(group, partitions=tps)
-            )
+        stored = await self._committed_offsets(group, tps)
         for tp, meta in stored.items():
             if tp.topic == topic and meta.offset >= 0:  # -1: nothing committed
                 offsets[tp.partition] = meta.offset
@@ -411,12 +411,13 @@ class KafkaEventLog:
         self, group: str, partitions: list[KafkaPartition]
     ) -> dict[KafkaPartition, Any]:
         """The group's committed offsets of `partitions`, with their metadata (which the
-        consumer's own `committed` drops)."""
+        consumer's own `committed` drops); stable: a transaction's offsets pending in
+        the group coordinator are waited for, not read around (`kafka_offsets`)."""
         if not partitions:
             return {}
         with _translated(f"cannot read the offsets of group {group!r}"):
             stored: dict[KafkaPartition, Any] = await self._retrying(
-                lambda: self._admin.list_consumer_group_offsets(group, partitions=partitions)
+                lambda: fetch_stable_offsets(self._admin, group, partitions)
             )
         return stored
 
