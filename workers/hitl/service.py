@@ -211,8 +211,9 @@ class HitlService:
     ) -> bool | None:
         """Whether the log holds `event_id` among `run_id`'s events (after offset
         `after`), which this service derives from what it reads: a record read again
-        after a crash or a rebalance (a group's offsets read by a new owner may trail
-        its predecessor's last transaction) was handled before if so. The read models
+        after a crash or a rebalance was handled before if so (the offsets a new owner
+        reads are stable on Kafka, `kafka_offsets`; this guards the log ports that make
+        no such promise, and whatever else hands a record over twice). The read models
         are waited for up to the run's partition's end as of now (bounded: past
         `OUTCOME_CHECK_S` the event is written, and the fold drops a copy by its id);
         None if `stop` is set first."""
