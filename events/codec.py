@@ -17,6 +17,7 @@ registered as a known writer schema at import. Then regenerate the golden vector
 
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
 import json
@@ -331,16 +332,38 @@ def register_writer_schema(schema: Mapping[str, Any]) -> bytes:
 
 
 def encode(event: Event) -> bytes:
-    """`event` as Avro single-object bytes (marker, fingerprint, binary Envelope)."""
-    return _DEFAULT.encode(event)
+    """`event` as Avro single-object bytes (marker, fingerprint, binary Envelope).
+
+    The bytes decode to `event` itself in this process while they are recent: the
+    projector and the workers read what the coordinator just wrote without decoding it."""
+    data = _DEFAULT.encode(event)
+    _remember(data, event)
+    return data
+
+
+def as_logged(event: Event) -> Event:
+    """`event` as a reader of the log gets it after a restart: through the codec, never
+    from the cache (JSON values come back with lists for tuples, string keys)."""
+    return _DEFAULT.decode(_DEFAULT.encode(event))
 
 
 # In one process several consumers (coordinator, projector, workers) read the same
-# record: decode it once. Events are immutable and nobody mutates a payload's values
-# (patches and contexts are built on copies), so sharing the decoded event is safe.
-_DECODED: dict[bytes, Event] = {}
+# record: decode it once, or not at all when this process wrote it. Events are
+# immutable and nobody mutates a payload's values (patches and contexts are built on
+# copies), so sharing the event is safe. What the codec's round trip would change of
+# an event written here (tuples to lists, keys to strings in JSON values) no reader
+# tells apart: each serialises both the same, and the fold never builds tuples.
+# Oldest out first; an OrderedDict drops its first entry in O(1), a dict does not.
+_DECODED: collections.OrderedDict[bytes, Event] = collections.OrderedDict()
 _DECODED_MAX = 4096
 _CACHEABLE_BYTES = 16 * 1024
+
+
+def _remember(data: bytes, event: Event) -> None:
+    if len(data) <= _CACHEABLE_BYTES:
+        if len(_DECODED) >= _DECODED_MAX:
+            _DECODED.popitem(last=False)
+        _DECODED[data] = event
 
 
 def decode(data: bytes) -> Event:
@@ -349,10 +372,7 @@ def decode(data: bytes) -> Event:
     event = _DECODED.get(key)
     if event is None:
         event = _DEFAULT.decode(key)
-        if len(key) <= _CACHEABLE_BYTES:
-            if len(_DECODED) >= _DECODED_MAX:
-                _DECODED.pop(next(iter(_DECODED)), None)  # the oldest entry
-            _DECODED[key] = event
+        _remember(key, event)
     return event
 
 

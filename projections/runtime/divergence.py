@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
-from aob.events.codec import decode, encode
+from aob.events.codec import as_logged, decode
 from aob.events.log.port import EventLog, Record, TopicPartition
 from aob.events.types import Event, RunFailed
 from aob.projections.coordinator.fold import fold
@@ -139,7 +139,7 @@ class EmissionCheck:
 def _difference(emitted: Event, recorded: Event) -> str | None:
     """How the payload the fold emits differs from the recorded one (None: equal),
     compared as the log holds them (through the codec: lists, not tuples)."""
-    now, was = decode(encode(emitted)).payload, recorded.payload
+    now, was = as_logged(emitted).payload, recorded.payload
     if now == was:
         return None
     if type(now) is not type(was):

@@ -21,6 +21,7 @@ from aob.events.codec import (
     SCHEMA_FINGERPRINT,
     Codec,
     CodecError,
+    as_logged,
     decode,
     encode,
     envelope_schema,
@@ -158,14 +159,15 @@ def test_round_trip(event: Event) -> None:
     data = encode(event)
     assert data[:2] == b"\xc3\x01"
     assert data[2:10] == SCHEMA_FINGERPRINT
-    decoded = decode(data)
+    decoded = as_logged(event)  # through the codec: `decode(data)` is `event` itself
+    assert decode(data) is event
     assert decoded == event
     assert type(decoded.payload) is type(event.payload)
     assert type(decoded.occurred_at) is int  # not a datetime: logical type is not applied
 
 
 def test_defaults_survive_the_round_trip() -> None:
-    decoded = decode(encode(Event("e", "k", 5, t.ApprovalRequested("r", "a", "n", 0, "m"))))
+    decoded = as_logged(Event("e", "k", 5, t.ApprovalRequested("r", "a", "n", 0, "m")))
     assert decoded.trace_id == ""
     assert decoded.causation_id is None
     assert decoded.actor == "system"
@@ -524,3 +526,25 @@ def test_equal_bytes_decode_once_to_one_shared_event() -> None:
     first = decode(bytes(data))
     assert decode(bytes(bytearray(data))) is first  # equal bytes, another object
     assert first == Event("e-shared", "run-1", 1, RunCancelled("run-1", "why"))
+
+
+def test_an_event_encoded_here_decodes_to_itself_until_the_cache_forgets_it() -> None:
+    from aob.events.types import RunCompleted
+
+    written = Event("e-seeded", "run-2", 1, RunCompleted("run-2", {"pair": (1, 2)}))
+    data = encode(written)
+    assert decode(data) is written  # the projector reads what the coordinator wrote
+    for n in range(codec._DECODED_MAX):  # other events push it out, oldest first
+        encode(Event(f"e-{n}", "run-3", 1, RunCompleted("run-3", n)))
+    read_later = decode(data)
+    assert read_later is not written
+    assert read_later.payload == RunCompleted("run-2", {"pair": [1, 2]})  # the codec's
+    assert as_logged(written) == read_later
+
+
+def test_the_decode_cache_is_bounded() -> None:
+    from aob.events.types import RunCompleted
+
+    for n in range(codec._DECODED_MAX + 10):
+        decode(encode(Event(f"bound-{n}", "run-4", 1, RunCompleted("run-4", n))))
+    assert len(codec._DECODED) == codec._DECODED_MAX
