@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeAlias
 
 import jsonpatch
 import jsonpointer
+import orjson
 
 from aob.events.log.port import TopicPartition
 from aob.events.types import (
@@ -113,14 +114,22 @@ def stored_output(output: Any, ref: str | None) -> Any:
     return output if ref is None else {BLOB_REF: ref}
 
 
-# What `json.dumps(value, separators=(",", ":"), ensure_ascii=False)` builds on every
-# call, built once: a third of the cost of encoding a small event's payload.
+# The standard library's compact JSON, built once, for what orjson refuses.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS  # keys as json.dumps writes them ("1", "null")
 
 
 def dumps(value: Any) -> str:
-    """JSON text as stored: compact, key order kept (so rebuilds are byte-identical)."""
-    return _ENCODER.encode(value)
+    """JSON text as stored: compact, key order kept (so rebuilds are byte-identical).
+
+    orjson writes what `json.dumps(value, separators=(",", ":"), ensure_ascii=False)`
+    does (a float's exponent aside: 1e-7, not 1e-07) at a tenth of the cost, which was
+    a tenth of the projector's. Integers past 64 bits and lone surrogates, which it
+    refuses, take the standard library's way."""
+    try:
+        return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
+    except TypeError:
+        return _ENCODER.encode(value)
 
 
 def loads(text: str | None) -> Any:
