@@ -6,6 +6,7 @@
     python -m bench --profile e2e   # cProfile of one concurrent aob measurement
     python -m bench --profile low_load   # ... of aob's runs one at a time
     python -m bench --synchronous FULL   # both engines' SQLite fsyncs every commit
+    python -m bench --default-gc   # CPython's GC settings instead of the server's
 
 (a) Pure fold: a realistic `aob.runs` stream is built in advance by simulating
     runs of a 5-node fan-out/join DAG (workers answer each `NodeScheduled` with
@@ -68,6 +69,7 @@ from aob.events.types import (
 )
 from aob.platform.commands import Commands
 from aob.platform.engine import Engine
+from aob.platform.serve import tune_garbage_collection
 from aob.platform.settings import Settings
 from aob.projections.coordinator.fold import fold
 from aob.projections.coordinator.state import RunState, RunStatus
@@ -595,6 +597,8 @@ def render(env: dict[str, Any], fold_result: FoldResult | None, e2e: E2EResult |
         f"aob core benchmark: python {env['python']}, {env['cpus']} CPUs, "
         f"load average {env['load_average_1m']} at start; medians over repetitions",
     ]
+    if "gc" in env:
+        out.append(f"garbage collector: {env['gc']}, the same for every engine")
     if fold_result is not None:
         out += ["", _render_fold(fold_result)]
     if e2e is not None:
@@ -720,6 +724,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SQLite synchronous level for both engines (default NORMAL, aob's)",
     )
     parser.add_argument(
+        "--default-gc",
+        action="store_true",
+        help="keep CPython's garbage collector settings; by default the process tunes "
+        "them as `aob server` does (start-up frozen, young passes every 10,000 "
+        "allocations), for every engine measured",
+    )
+    parser.add_argument(
         "--sandboxed",
         action="store_true",
         help="write each node's expression so that only the jq sandbox evaluates it "
@@ -810,10 +821,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sandboxed:
         for node in FANOUT_JOIN["nodes"]:
             node["config"]["expr"] = f"[{node['config']['expr']}] | first"
+    if not args.default_gc:
+        tune_garbage_collection()
     if args.profile:
         print(profile(args.profile, sizes, args.synchronous, args.profile_out))
         return 0
     env = environment()
+    env["gc"] = "CPython's default" if args.default_gc else "tuned as `aob server` does"
     fold_result = None
     e2e = None
     if args.only in (None, "fold"):

@@ -119,7 +119,7 @@ async def _listening(
                     raise StartupFailed(startup_problem(failure.error, settings, role))
                 return None, serving  # uvicorn has logged why
             await asyncio.sleep(0.02)
-    _tune_garbage_collection()
+    tune_garbage_collection()
     engine = _engine(server)
     if engine is not None:
         watch = asyncio.create_task(_exit_when_a_host_dies(server, engine))
@@ -133,7 +133,7 @@ async def _listening(
 GC_YOUNG_THRESHOLD: Final = 10_000
 
 
-def _tune_garbage_collection() -> None:
+def tune_garbage_collection() -> None:
     """Keep what start-up built (modules, classes, schemas, the engine: ~170k objects
     that live as long as the process) out of the garbage collector's full passes, and
     run its young passes less often (issue 15). Each full pass walked start-up's
