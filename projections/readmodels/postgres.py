@@ -232,12 +232,13 @@ class PostgresReadModels:
         return await self._one(q.RUN_BUDGET, {"run_id": run_id})
 
     async def dump(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every table's rows in primary-key order: two stores fed the same events
-        must dump equal, however the events were batched."""
+        """Every table's rows in primary-key order (`queries.dump_row`): two stores fed
+        the same events must dump equal, however the events were batched."""
         async with self._snapshot() as conn:
             return {
                 table: [
-                    tuple(row) for row in await conn.fetch(f"SELECT * FROM {table} ORDER BY {keys}")
+                    q.dump_row(dict(row.items()))
+                    for row in await conn.fetch(f"SELECT * FROM {table} ORDER BY {keys}")
                 ]
                 for table, keys in q.TABLE_KEYS.items()
             }

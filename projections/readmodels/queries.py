@@ -128,6 +128,16 @@ ORDER BY fire_at, timer_id LIMIT :limit
 """
 
 
+def dump_row(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A row as `dump` gives it: its values in column order, JSON text parsed, so that
+    two stores compare by what their JSON says, not by how it was written (a float's
+    text differs between JSON libraries and versions: 1e-05 or 0.00001)."""
+    return tuple(
+        loads(value) if column in JSON_COLUMNS and isinstance(value, str) else value
+        for column, value in row.items()
+    )
+
+
 def decode_row(row: Mapping[str, Any]) -> dict[str, Any]:
     """A JSON-ready dict: JSON text parsed, 0/1 flags as booleans."""
     out: dict[str, Any] = {}

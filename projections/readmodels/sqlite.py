@@ -208,12 +208,12 @@ class SqliteReadModels:
         return self._locked_one(q.RUN_BUDGET, {"run_id": run_id})
 
     def dump(self) -> dict[str, list[tuple[Any, ...]]]:
-        """Every table's rows in primary-key order: two stores fed the same events
-        must dump equal, however the events were batched."""
+        """Every table's rows in primary-key order (`queries.dump_row`): two stores fed
+        the same events must dump equal, however the events were batched."""
         with self._lock, self._transaction("BEGIN"):
             return {
                 table: [
-                    tuple(row)
+                    q.dump_row(dict(row))
                     for row in self._conn.execute(f"SELECT * FROM {table} ORDER BY {keys}")
                 ]
                 for table, keys in q.TABLE_KEYS.items()

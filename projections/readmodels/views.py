@@ -123,9 +123,10 @@ def dumps(value: Any) -> str:
     """JSON text as stored: compact, key order kept (so rebuilds are byte-identical).
 
     orjson writes what `json.dumps(value, separators=(",", ":"), ensure_ascii=False)`
-    does (a float's exponent aside: 1e-7, not 1e-07) at a tenth of the cost, which was
-    a tenth of the projector's. Integers past 64 bits and lone surrogates, which it
-    refuses, take the standard library's way."""
+    does, floats aside (0.00001 where json.dumps writes 1e-05: the same value), at a
+    tenth of the cost, which was a tenth of the projector's. Integers past 64 bits and
+    lone surrogates, which it refuses, take the standard library's way. Stores are
+    compared by the JSON's values (`queries.dump_row`), not its text."""
     try:
         return orjson.dumps(value, option=_ORJSON_OPTIONS).decode()
     except TypeError:
