@@ -8,8 +8,8 @@ reads offsets with OffsetFetch v3, which answers meanwhile with the offset from
 before the transaction: a member taking over a partition right after its
 predecessor's last commit then processes that commit's input again (the scaled chaos
 test saw it beside a CPU hog). OffsetFetch v7 with `require_stable` makes the broker
-answer UNSTABLE_OFFSET_COMMIT instead while such a commit is pending; the caller
-retries (the error is retriable) until it is applied.
+answer UNSTABLE_OFFSET_COMMIT for that partition instead while such a commit is
+pending; the caller asks again for those partitions until it is applied.
 
 aiokafka has no struct for v7, so it is declared here with aiokafka's own protocol
 types and sent through the admin client's connection to the group's coordinator.
@@ -113,11 +113,11 @@ class StableOffsetFetch(Request[OffsetFetchRequest_v7]):  # type: ignore[misc]
 
 async def fetch_stable_offsets(
     admin: AIOKafkaAdminClient, group: str, partitions: Sequence[KafkaPartition]
-) -> dict[KafkaPartition, OffsetAndMetadata]:
+) -> tuple[dict[KafkaPartition, OffsetAndMetadata], set[KafkaPartition]]:
     """One stable read of `group`'s committed offsets of `partitions` (offset -1:
-    nothing committed). Raises `UnstableOffsetCommit` while a transaction's commit
-    of one of them is pending, and the coordinator's errors as aiokafka's (a moved
-    or loading coordinator's are retriable)."""
+    nothing committed), and the partitions it could not answer yet: a transaction's
+    offsets for them are pending (ask again for those). The coordinator's errors raise
+    as aiokafka's (a moved or loading coordinator's are retriable)."""
     by_topic: defaultdict[str, list[int]] = defaultdict(list)
     for tp in partitions:
         by_topic[tp.topic].append(tp.partition)
@@ -128,11 +128,16 @@ async def fetch_stable_offsets(
     )
     _raise_for(response.error_code, group)
     found: dict[KafkaPartition, OffsetAndMetadata] = {}
+    pending: set[KafkaPartition] = set()
     for topic, answers, _tags in response.topics:
         for partition, offset, _epoch, metadata, error_code, _ in answers:
+            tp = KafkaPartition(topic, partition)
+            if error_code == UNSTABLE_OFFSET_COMMIT:
+                pending.add(tp)
+                continue
             _raise_for(error_code, group)
-            found[KafkaPartition(topic, partition)] = OffsetAndMetadata(offset, metadata or "")
-    return found
+            found[tp] = OffsetAndMetadata(offset, metadata or "")
+    return found, pending
 
 
 def _raise_for(error_code: int, group: str) -> None:
