@@ -71,9 +71,10 @@ def test_twenty_chained_60kb_outputs_stay_small_and_grow_linearly(
             # What the run wrote: its events, and the outputs the blob store keeps (the
             # data dir's; on the cluster they are in PostgreSQL, not counted here): the
             # outputs once, plus small bookkeeping.
-            total = events + _blob_bytes(server) - blobs_before
+            blobs = _blob_bytes(server) - blobs_before
+            total = events + blobs
             assert total < 2 * length * OUTPUT_BYTES, f"{total} bytes written for {length}"
-            growth[length] = (events, server.data_bytes() - before)
+            growth[length] = (events, server.data_bytes() - before, blobs)
     # No output is copied, and a task carries only the outputs its programs read (here
     # none): twice the nodes, about twice the events' bytes.
     log10, log20 = growth[10][0], growth[20][0]
@@ -81,9 +82,15 @@ def test_twenty_chained_60kb_outputs_stay_small_and_grow_linearly(
         f"the run's events grew {log20 / log10:.2f}x ({log10} -> {log20} bytes) for 2x the "
         f"nodes; largest of the 20-node run: {sizes[:3]}"
     )
-    if server.backend == "embedded":  # the whole data dir: log, read models, blobs
-        disk10, disk20 = growth[10][1], growth[20][1]
-        assert disk20 < 2.3 * max(disk10, 1), f"data dir grew {disk10} then {disk20} bytes"
+    if server.backend == "embedded":
+        # The blob store keeps each output once: twice the nodes, twice its bytes. The
+        # SQLite files grow in jumps (a write-ahead log's file keeps its largest size,
+        # and a checkpoint moves up to 4 MB into the database at once; beside a CPU hog
+        # the 20-node run's directory once grew 2.42x the 10-node run's), so the whole
+        # directory is bounded, not compared: the events' bytes above grow linearly.
+        blobs10, blobs20 = growth[10][2], growth[20][2]
+        assert blobs20 < 2.3 * max(blobs10, 1), f"blobs grew {blobs10} then {blobs20} bytes"
+        disk20 = growth[20][1]
         assert disk20 < 20 * 20 * OUTPUT_BYTES, f"data dir grew by {disk20} bytes"
 
 
