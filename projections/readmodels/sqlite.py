@@ -15,7 +15,7 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from types import TracebackType
@@ -25,11 +25,15 @@ from aob.events.log.port import TopicPartition
 from aob.events.types import Event
 from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
+    COMPLETE_NODE,
     INSERT_TIMELINE,
     LOAD_OFFSETS,
     SAVE_OFFSET,
+    SCHEDULE_NODE,
+    START_NODE,
     TOUCH_RUN,
     Exec,
+    Fetch,
     Params,
     Plan,
     Positioned,
@@ -245,6 +249,7 @@ class SqliteReadModels:
         rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
         inserted = self._insert_timeline(rows)
         touched: dict[str, int] = {}
+        nodes = NodeAttempts(self._execute)
         for plan, first in zip(plans, firsts, strict=True):
             step = first
             while step is not None:
@@ -256,9 +261,10 @@ class SqliteReadModels:
                 elif step.sql is TOUCH_RUN:
                     run_id, at = step.params["run_id"], step.params["at"]
                     touched[run_id] = max(at, touched.get(run_id, at))
-                else:
+                elif not nodes.take(step):
                     answer = self._execute(step)
                 step = _send(plan, answer)
+        nodes.flush()
         for run_id, at in touched.items():
             self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
 
@@ -320,6 +326,113 @@ def _insert_timeline_rows(rows: int) -> str:
         f"INSERT INTO timeline ({columns}) VALUES {', '.join([row] * rows)} "
         'ON CONFLICT DO NOTHING RETURNING topic, "partition", "offset"'
     )
+
+
+# A node attempt scheduled, started and completed in one batch, as one statement: the
+# schedule's upsert with the row the two updates would leave. RETURNING says whether
+# the upsert took (no row: a later attempt holds the row, and the updates then run as
+# they are, against it).
+SCHEDULE_NODE_AS_OF = """
+INSERT INTO node_runs (run_id, node_id, iteration, type, status, attempt, worker, output,
+                       scheduled_at, started_at, finished_at)
+VALUES (:run_id, :node_id, :iteration, :type, :status, :attempt, :worker, :output,
+        :at, :started_at, :finished_at)
+ON CONFLICT (run_id, node_id, iteration) DO UPDATE SET type = excluded.type,
+    status = excluded.status, attempt = excluded.attempt, worker = excluded.worker,
+    output = excluded.output, error = NULL, skip_reason = NULL, warning = FALSE,
+    scheduled_at = excluded.scheduled_at, started_at = excluded.started_at,
+    finished_at = excluded.finished_at
+WHERE node_runs.attempt < excluded.attempt
+RETURNING attempt
+"""
+
+
+class NodeAttempts:
+    """Coalesces, within one batch, a node attempt's `SCHEDULE_NODE`, `START_NODE` and
+    `COMPLETE_NODE` into one statement (a run of the 5-node DAG made 15 of them: two
+    thirds of the projector's statements). Exact: a buffered attempt is written before
+    any other statement that names node_runs runs, so every statement that could see
+    or change its row still finds it as the three statements in order would have left
+    it; an update merges only into an attempt it would have matched (same attempt, a
+    status its WHERE accepts), anything else writes the attempt first."""
+
+    def __init__(self, execute: Callable[[Step], Row | None]) -> None:
+        self._execute = execute
+        self._pending: dict[tuple[str, str, int], _Attempt] = {}
+
+    def take(self, step: Step) -> bool:
+        """Whether `step` is held here (to be written by `flush`); else the caller runs
+        it, after this has written what it must come after."""
+        sql, params = step.sql, step.params
+        if sql is SCHEDULE_NODE:
+            key = _node_key_of(params)
+            self._write(self._pending.pop(key, None))
+            self._pending[key] = _Attempt(step)
+            return True
+        if sql is START_NODE or sql is COMPLETE_NODE:
+            attempt = self._pending.get(_node_key_of(params))
+            if attempt is not None and attempt.merge(step):
+                return True
+        if "node_runs" in sql:
+            self.flush()
+        return False
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for attempt in pending.values():
+            self._write(attempt)
+
+    def _write(self, attempt: _Attempt | None) -> None:
+        if attempt is None:
+            return
+        if not attempt.merged:
+            self._execute(attempt.schedule)
+            return
+        if self._execute(Fetch(SCHEDULE_NODE_AS_OF, attempt.row())) is None:
+            for update in attempt.merged:  # the row is a later attempt's: as they were
+                self._execute(update)
+
+
+class _Attempt:
+    __slots__ = ("finished_at", "merged", "output", "schedule", "started_at", "status", "worker")
+
+    def __init__(self, schedule: Step) -> None:
+        self.schedule = schedule
+        self.merged: list[Step] = []
+        self.status = "scheduled"
+        self.worker: str | None = None
+        self.output: str | None = None
+        self.started_at: int | None = None
+        self.finished_at: int | None = None
+
+    def merge(self, update: Step) -> bool:
+        """Apply `update` here if it would match the row the schedule left."""
+        params = update.params
+        if params["attempt"] != self.schedule.params["attempt"]:
+            return False
+        if update.sql is START_NODE:
+            if self.status == "scheduled":
+                self.status, self.worker = "running", params["worker"]
+                self.started_at = params["at"]
+        elif self.status in ("scheduled", "running", "waiting"):
+            self.status, self.output = "completed", params["output"]
+            self.finished_at = params["at"]
+        self.merged.append(update)
+        return True
+
+    def row(self) -> Params:
+        return {
+            **self.schedule.params,
+            "status": self.status,
+            "worker": self.worker,
+            "output": self.output,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def _node_key_of(params: Params) -> tuple[str, str, int]:
+    return params["run_id"], params["node_id"], params["iteration"]
 
 
 def _send(plan: Plan, answer: Row | None) -> Step | None:
