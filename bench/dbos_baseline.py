@@ -40,6 +40,13 @@ def version() -> str | None:
         return None
 
 
+def preload() -> None:
+    """Import DBOS now (if installed): see `langgraph_baseline.preload`."""
+    if version() is not None:
+        importlib.import_module("sqlalchemy")
+        importlib.import_module("dbos")
+
+
 def _workflow(dbos: Any) -> Callable[[int], Awaitable[int]]:
     """The DAG as a DBOS workflow; decorated once per process (DBOS's registry)."""
     if "dag" in _DAG:

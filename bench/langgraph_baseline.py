@@ -43,6 +43,15 @@ def version() -> str | None:
         return None
 
 
+def preload() -> None:
+    """Import LangGraph now (if installed), so that the garbage collector's tuning
+    freezes its modules as it freezes aob's: imported mid-benchmark, they would stay in
+    the collector's generations and slow every engine's full passes after them."""
+    if version() is not None:
+        importlib.import_module("langgraph.graph")
+        importlib.import_module("langgraph.checkpoint.sqlite.aio")
+
+
 def _build_graph(state_graph: Any, start: Any, end: Any) -> Any:
     graph = state_graph(DagState)
     graph.add_node("a", lambda s: {"a": s["x"] + 1})
