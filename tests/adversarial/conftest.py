@@ -392,6 +392,7 @@ class HealthProbe:
         self.own_latencies: list[float] = []  # less the run delays (see above)
         self.failures: list[str] = []
         self._asking_since: float | None = None
+        self._asked = threading.Event()  # set once a first probe has its answer
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="health-probe", daemon=True)
 
@@ -423,6 +424,7 @@ class HealthProbe:
                 delays = [after - before for before, after in
                           zip(waited, run_delays(mine, server), strict=True)]
                 self.own_latencies.append(max(0.0, latency - max(delays, default=0.0)))
+                self._asked.set()
                 if self._stop.wait(self.every):  # the polling pace, not a wait for an outcome
                     return
 
@@ -441,6 +443,9 @@ class HealthProbe:
         return max(self.latencies, default=0.0)
 
     def check(self, bound: float = HEALTH_BOUND_S) -> None:
+        # A quick attack can end before the probe's first answer (its thread starts, then
+        # connects): that one answer still has to come, within the probe's own timeout.
+        self._asked.wait(self.timeout + 2)
         assert self.latencies, "the health probe never got to ask"
         own = max(self.own_latencies, default=0.0)
         assert own < bound, (

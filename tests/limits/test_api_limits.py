@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from aob.events.partitioner import partition_for
 from aob.events.types import RUNS_TOPIC, TOOLS_TOPIC, WORKFLOWS_TOPIC
 from tests.auth.conftest import Server, serving
 from tests.support.load import CoreWaits
@@ -38,10 +39,34 @@ async def viewer(server: Server) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def recorded(server: Server) -> int:
+async def recorded(server: Server, leaving_out: str | None = None) -> int:
+    """Records in the log's topics (but `leaving_out`)."""
     log = server.engine.log
-    topics = (RUNS_TOPIC, WORKFLOWS_TOPIC, TOOLS_TOPIC)
+    topics = [t for t in (RUNS_TOPIC, WORKFLOWS_TOPIC, TOOLS_TOPIC) if t != leaving_out]
     return sum([sum((await log.end_offsets(t)).values()) for t in topics])
+
+
+async def run_records(server: Server, run_id: str) -> int:
+    """The records of one run in aob.runs (its partition, read whole)."""
+    log = server.engine.log
+    ends = await log.end_offsets(RUNS_TOPIC)
+    partition = partition_for(run_id, len(ends))
+    count, offset = 0, 0
+    while offset < ends[partition]:
+        records = await log.read(RUNS_TOPIC, partition, offset)
+        count += sum(1 for record in records if record.key == run_id)
+        offset = records[-1].offset + 1
+    return count
+
+
+async def waiting(admin: httpx.AsyncClient, run_id: str) -> None:
+    """Until the run waits for its approval (its request recorded and projected)."""
+    async with asyncio.timeout(30):
+        while True:
+            response = await admin.get(f"/api/v1/runs/{run_id}")
+            if response.status_code == 200 and response.json()["status"] == "waiting":
+                return
+            await asyncio.sleep(0.01)
 
 
 def problem_of(response: httpx.Response, status: int) -> dict[str, Any]:
@@ -270,19 +295,18 @@ async def test_a_patch_that_raises_the_tier_is_charged_to_the_higher_tier(server
     run's such patch is refused with 429 and Retry-After, and nothing is recorded."""
     first = (await admin.post("/api/v1/runs", json={"definition": waiting_run()})).json()["run_id"]
     second = (await admin.post("/api/v1/runs", json={"definition": waiting_run()})).json()["run_id"]
-    for run_id in (first, second):  # both are seen running before they are patched
-        for _ in range(500):
-            if (await admin.get(f"/api/v1/runs/{run_id}")).status_code == 200:
-                break
-            await asyncio.sleep(0.01)
+    for run_id in (first, second):  # both wait for their approval before they are patched
+        await waiting(admin, run_id)
     charged = await admin.post(f"/api/v1/runs/{first}/patch", json=PATCH_IN_AN_AGENT)
     assert charged.status_code in (200, 202), charged.text
-    before = await recorded(server)
+    # The first run goes on (its new agent node runs, and records events) meanwhile:
+    # what must not grow is the second run's events and the other topics.
+    before = (await run_records(server, second), await recorded(server, RUNS_TOPIC))
     refused = await admin.post(f"/api/v1/runs/{second}/patch", json=PATCH_IN_AN_AGENT)
     problem = problem_of(refused, 429)
     assert problem["tier"] == "standard"
     assert int(refused.headers["retry-after"]) >= 1
-    assert await recorded(server) == before
+    assert (await run_records(server, second), await recorded(server, RUNS_TOPIC)) == before
     patches = (await admin.get(f"/api/v1/runs/{second}/patches")).json()["items"]
     assert patches == []
     plain = {"operations": [{"op": "add", "path": "/description", "value": "still simple"}]}
