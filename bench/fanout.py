@@ -1,12 +1,23 @@
 """Fanout: events/s and delivery latency to 1, 100 and 1,000 SSE subscribers of one run.
 
     python -m bench.fanout [--quick] [--json] [--subscribers 1 100 1000] [--timed-every K]
+                           [--pace-ms MS]
 
 A dev server runs in a subprocess. Per measurement, one run waits on a human
 approval while N subscribers connect to its stream (`from=now`, raw sockets: the
 client side stays cheap); then the approval is given and the run goes through a
 loop of K `transform` iterations (~3 events each) and completes. Every subscriber
 reads until the stream's `end`.
+
+Two workloads are measured, each on its own dev server:
+- the burst: the loop's ticks follow each other as fast as the engine decides them
+  (5,000-9,000 events/s here). At 1,000 subscribers that is more bytes a second than
+  the machine moves over loopback TCP beside the clients, so its latency is the time
+  the backlog takes to drain: a throughput figure;
+- the paced run (`--pace-ms`, 10; 0 skips it): each tick is followed by an `http`
+  node's GET of a local server that answers after MS ms (allowed through the SSRF
+  guard with `AOB_HTTP_ALLOW`), as a run waiting on outside services does: its
+  latency is the delivery latency below saturation.
 
 Reported per N (median over repetitions):
 - produced events/s: the run's events over their span of `occurred_at` (what the
@@ -43,39 +54,66 @@ from bench.dev_server import dev_server
 # message's own, not its payload's): a literal-prefixed pattern, found at C speed.
 EVENT_TIMES = re.compile(rb'"event_id":"[^"]*","occurred_at":(\d+)')
 END = b"event: end\r\n"  # a frame's first line
+PACE_ANSWER = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+CHUNK_BOUNDARY = b"\r\n\r\n\r\n"  # a frame's blank line, the chunk's end, the next size line
 
 
-def workload(iterations: int) -> dict[str, Any]:
-    return {
-        "name": "bench-fanout-stream",
-        "nodes": [
-            {"id": "gate", "type": "hitl", "config": {"message": "go?"}},
-            {"id": "start", "type": "noop", "config": {"output": iterations}},
-            {
-                "id": "tick",
-                "type": "transform",
-                "config": {"expr": "(.nodes.tick // .nodes.start) - 1"},
-            },
-            {"id": "done", "type": "noop"},
-        ],
-        "edges": [
-            {"from": "gate", "to": "start"},
-            {"from": "start", "to": "tick"},
-            {
-                "from": "tick",
-                "to": "tick",
-                "when": ".nodes.tick > 0",
-                "loop": {"max_iterations": 1000},
-            },
-            {"from": "tick", "to": "done"},
-        ],
-    }
+def workload(iterations: int, pace_url: str | None = None) -> dict[str, Any]:
+    """A human gate, then a loop of `iterations` ticks; with `pace_url`, each tick is
+    followed by an `http` GET of it (an outside call that takes its time)."""
+    loop_back = "pause" if pace_url else "tick"
+    nodes: list[dict[str, Any]] = [
+        {"id": "gate", "type": "hitl", "config": {"message": "go?"}},
+        {"id": "start", "type": "noop", "config": {"output": iterations}},
+        {
+            "id": "tick",
+            "type": "transform",
+            "config": {"expr": "(.nodes.tick // .nodes.start) - 1"},
+        },
+        {"id": "done", "type": "noop"},
+    ]
+    edges: list[dict[str, Any]] = [
+        {"from": "gate", "to": "start"},
+        {"from": "start", "to": "tick"},
+        {
+            "from": loop_back,
+            "to": "tick",
+            "when": ".nodes.tick > 0",
+            "loop": {"max_iterations": 1000},
+        },
+        {"from": loop_back, "to": "done"},
+    ]
+    if pace_url:
+        nodes.append({"id": "pause", "type": "http", "config": {"url": pace_url}})
+        edges.append({"from": "tick", "to": "pause"})
+    return {"name": "bench-fanout-stream", "nodes": nodes, "edges": edges}
+
+
+async def pace_server(delay_ms: int) -> asyncio.Server:
+    """A local HTTP/1.1 keep-alive server answering every GET after `delay_ms`: what
+    paces the loop's ticks (the outside service a real run would wait on)."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await asyncio.sleep(delay_ms / 1000)
+                writer.write(PACE_ANSWER)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the dev server closed its connection
+        except asyncio.CancelledError:
+            pass  # the benchmark's loop ended: a handler that raised would be logged
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(answer, "127.0.0.1", 0)
 
 
 @dataclass
 class Received:
     events: int = 0
-    writes: int = 0  # chunks that carried events: what the server wrote per subscriber
+    writes: int = 0  # chunks that carried events (timed subscribers): the server's writes
     first: float = 0.0
     last: float = 0.0
     latencies_ms: list[int] = field(default_factory=list)
@@ -101,7 +139,17 @@ async def subscribe(
 
 
 class _SseClient(asyncio.Protocol):
-    """Reads one stream; `done` gets what it received once the stream's `end` came."""
+    """Reads one stream; `done` gets what it received once the stream's `end` came.
+
+    It scans the bytes as they arrive, once, without undoing the chunked encoding:
+    the server writes whole frames per chunk, a frame's lines are whole lines of the
+    byte stream (a chunk's size line is a line of its own), and a JSON `data:` line
+    holds no raw newline. So complete lines (up to the last newline received) can be
+    searched as they are: an event is a line starting `id: `, the end a line
+    `event: end`, a write a chunk boundary (a frame's blank line, the chunk's CRLF,
+    the next size line: the only place three CRLFs follow each other). The last 4
+    bytes of what was scanned go before the next scan, so that a pattern cut by a
+    read is found once."""
 
     def __init__(
         self,
@@ -113,9 +161,10 @@ class _SseClient(asyncio.Protocol):
         self.request = request
         self.done = done
         self.on_live = on_live
-        self.raw = bytearray()  # received, not yet split into chunks
-        self.frames = b""  # chunk bodies, not yet split into frames
-        self.head = False
+        self.head = bytearray()  # the response head, until its blank line came
+        self.body_started = False
+        self.carry = b""  # received after the last newline: an incomplete line
+        self.tail = b""  # the last bytes scanned (patterns cut by a read)
         self.announced = False
         self.got = Received()
         self.timed = timed  # reads each event's `occurred_at` (else only counts events)
@@ -130,51 +179,41 @@ class _SseClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done.done():
             return
-        self.raw += data
-        if not self.head:
-            end = self.raw.find(b"\r\n\r\n")
+        if not self.body_started:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
             if end < 0:
                 return
-            if not self.raw.startswith(b"HTTP/1.1 200"):
-                self.done.set_exception(RuntimeError(self.raw[:end].decode(errors="replace")))
+            if not self.head.startswith(b"HTTP/1.1 200"):
+                self.done.set_exception(RuntimeError(self.head[:end].decode(errors="replace")))
                 return
-            self.head = True
-            del self.raw[: end + 4]
-        now = time.monotonic()
-        wall_ms = time.time_ns() // 1_000_000
-        while not self.done.done():
-            line_end = self.raw.find(b"\r\n")
-            if line_end < 0:
-                return
-            size = int(self.raw[:line_end], 16)
-            start = line_end + 2
-            if len(self.raw) < start + size + 2:
-                return
-            chunk = bytes(self.raw[start : start + size])
-            del self.raw[: start + size + 2]
-            if size == 0:
-                self.done.set_result(self.got)
-                return
-            self._chunk(chunk, now, wall_ms)
+            self.body_started = True
+            data = bytes(self.head[end + 4 :])
+        received = self.carry + data if self.carry else data
+        cut = received.rfind(b"\n") + 1
+        lines, self.carry = received[:cut], received[cut:]
+        if lines:
+            self._scan(self.tail + lines)
+            self.tail = lines[-4:]
 
-    def _chunk(self, chunk: bytes, now: float, wall_ms: int) -> None:
+    def _scan(self, lines: bytes) -> None:
         if not self.announced:  # the first chunk (retry:) means the subscription is live
             self.announced = True
             self.on_live()
-        complete, _, self.frames = (self.frames + chunk).rpartition(b"\r\n\r\n")
         got = self.got
-        if self.timed:
-            times = EVENT_TIMES.findall(complete)  # one pass in C: the client stays cheap
-            got.latencies_ms += [wall_ms - int(occurred) for occurred in times]
+        if self.timed:  # each pass over the bytes is one in C: the client stays cheap
+            times = EVENT_TIMES.findall(lines)
+            got.latencies_ms += [time.time_ns() // 1_000_000 - int(t) for t in times]
             events = len(times)
+            got.writes += lines.count(CHUNK_BOUNDARY) if events else 0
         else:
-            events = complete.count(b"\r\n\r\nid: ") + complete.startswith(b"id: ")
+            events = lines.count(b"\nid: ")
         if events:
+            now = time.monotonic()
             got.events += events
             got.first = got.first or now
             got.last = now
-            got.writes += 1
-        if complete.startswith(END) or b"\r\n\r\n" + END in complete:
+        if b"\n" + END in lines:
             self.done.set_result(got)
 
 
@@ -192,10 +231,17 @@ class Measurement:
     client_cpu_s: float  # this process's (the subscribers'), over the same span
 
 
-async def measure(url: str, subscribers: int, iterations: int, timed_every: int = 1) -> Measurement:
+async def measure(
+    url: str,
+    subscribers: int,
+    iterations: int,
+    timed_every: int = 1,
+    pace_url: str | None = None,
+) -> Measurement:
     host, port = url.removeprefix("http://").split(":")
     async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as api:
-        submitted = await api.post("/api/v1/runs", json={"definition": workload(iterations)})
+        definition = workload(iterations, pace_url)
+        submitted = await api.post("/api/v1/runs", json={"definition": definition})
         run_id = submitted.json()["run_id"]
         approval_id = await pending_approval(api, run_id)
         connected: asyncio.Queue[None] = asyncio.Queue()
@@ -236,7 +282,10 @@ async def measure(url: str, subscribers: int, iterations: int, timed_every: int 
         aggregate_per_s=events * subscribers / max(whole, 1e-3),
         latency_p50_ms=float(latencies[len(latencies) // 2]),
         latency_p99_ms=float(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]),
-        events_per_write=statistics.median(r.events / max(r.writes, 1) for r in results),
+        # (timed subscribers count the writes; subscriber 0 is always one)
+        events_per_write=statistics.median(
+            r.events / max(r.writes, 1) for r in results if r.latencies_ms
+        ),
         server_cpu_s=server_cpu_s,
         client_cpu_s=client_cpu_s,
     )
@@ -295,21 +344,38 @@ async def bench(
     reps: int,
     url: str | None = None,
     timed_every: int = 10,
+    pace_ms: int = 0,
 ) -> list[Measurement]:
-    with contextlib.ExitStack() as stack:
-        base = url or stack.enter_context(dev_server())
-        await measure(base, 1, 20)  # warm-up
+    """Measurements per subscriber count; with `pace_ms`, of the paced workload (a
+    local pace server, allowed through the dev server's SSRF guard, answers each
+    tick's GET after `pace_ms`)."""
+    async with contextlib.AsyncExitStack() as stack:
+        pace_url = None
+        env = {}
+        if pace_ms:
+            server = await stack.enter_async_context(await pace_server(pace_ms))
+            port = server.sockets[0].getsockname()[1]
+            pace_url = f"http://127.0.0.1:{port}/pace"
+            env["AOB_HTTP_ALLOW"] = f"127.0.0.1:{port}"
+        base = url or stack.enter_context(dev_server(env))
+        await measure(base, 1, 20, pace_url=pace_url)  # warm-up
         return [
-            median_of([await measure(base, count, iterations, timed_every) for _ in range(reps)])
+            median_of(
+                [
+                    await measure(base, count, iterations, timed_every, pace_url)
+                    for _ in range(reps)
+                ]
+            )
             for count in subscriber_counts
         ]
 
 
-def render(results: list[Measurement], iterations: int, reps: int) -> str:
+def render(results: list[Measurement], iterations: int, reps: int, pace_ms: int = 0) -> str:
     base = next((m for m in results if m.subscribers == 1), results[0])
+    paced = f", each tick paced by a {pace_ms} ms outside call" if pace_ms else " (a burst)"
     lines = [
-        f"fanout: one run, {iterations} loop iterations; median of {reps} repetitions; "
-        f"ratios to {base.subscribers} subscriber(s)",
+        f"fanout: one run, {iterations} loop iterations{paced}; median of {reps} "
+        f"repetitions; ratios to {base.subscribers} subscriber(s)",
         f"{'subs':>6} {'events':>7} {'produced/s':>11} {'per-sub/s':>10} {'ratio':>6} "
         f"{'aggregate/s':>12} {'p50 ms':>7} {'p99 ms':>7} {'p99 ratio':>9} "
         f"{'ev/write':>8} {'cpu s':>6} {'client s':>8}",
@@ -341,25 +407,43 @@ def main(argv: list[str] | None = None) -> int:
         help="every K-th subscriber times each event (all count them): 10; 1 times all",
     )
     parser.add_argument(
+        "--pace-ms",
+        type=int,
+        default=10,
+        metavar="MS",
+        help="also measure the paced run, each tick waiting on an outside call of MS ms "
+        "(10; 0: only the burst)",
+    )
+    parser.add_argument(
         "--url",
-        help="a running dev server (AOB_AUTH=off) instead of starting one: to profile it",
+        help="a running dev server (AOB_AUTH=off) instead of starting one: to profile it "
+        "(the burst only)",
     )
     args = parser.parse_args(argv)
     iterations, reps = (100, 1) if args.quick else (300, 3)
     iterations = args.iterations or iterations
     reps = args.reps or reps
-    results = asyncio.run(
-        bench(args.subscribers, iterations, reps, args.url, max(args.timed_every, 1))
-    )
-    if args.json:
-        print(
-            json.dumps(
-                {"iterations": iterations, "reps": reps, "results": [asdict(m) for m in results]},
-                indent=2,
-            )
+    timed_every = max(args.timed_every, 1)
+    burst = asyncio.run(bench(args.subscribers, iterations, reps, args.url, timed_every))
+    paced: list[Measurement] = []
+    if args.pace_ms > 0 and not args.url:
+        paced = asyncio.run(
+            bench(args.subscribers, iterations, reps, None, timed_every, args.pace_ms)
         )
+    if args.json:
+        report = {
+            "iterations": iterations,
+            "reps": reps,
+            "results": [asdict(m) for m in burst],
+            "pace_ms": args.pace_ms,
+            "paced": [asdict(m) for m in paced],
+        }
+        print(json.dumps(report, indent=2))
     else:
-        print(render(results, iterations, reps))
+        print(render(burst, iterations, reps))
+        if paced:
+            print()
+            print(render(paced, iterations, reps, args.pace_ms))
     return 0
 
 
