@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
 from aob.events.codec import encode
-from aob.events.ids import derived_event_id, new_event_id
+from aob.events.ids import derived_event_id, new_event_id, new_run_id
 from aob.events.log.port import Append, Record, TopicPartition
 from aob.events.partitioner import partition_for
 from aob.events.tracing import current_span_id
@@ -78,10 +78,6 @@ Decided = TypeVar("Decided", WorkflowCreated, TagMoved)
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def new_run_id() -> str:
-    return "run_" + uuid.uuid4().hex[:20]
 
 
 def new_patch_id() -> str:

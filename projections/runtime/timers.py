@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aob.events.codec import encode
+from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog, Record
 from aob.events.tracing import traced
 from aob.events.types import RUNS_TOPIC, Event, TimerFired
@@ -86,7 +86,7 @@ class TimerService:
             # retry's NodeScheduled) stays in the run's trace too.
             with traced(traces[run_id], run_id):
                 event = Event(
-                    event_id=str(uuid.uuid4()),
+                    event_id=new_event_id(),
                     key=run_id,
                     occurred_at=now,
                     payload=TimerFired(run_id, timer["timer_id"]),
