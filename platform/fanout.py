@@ -307,7 +307,7 @@ class HistorySource(Protocol):
 
     async def offsets(self) -> dict[TopicPartition, int]: ...
 
-    async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 class BlockingHistorySource(Protocol):
@@ -319,7 +319,7 @@ class BlockingHistorySource(Protocol):
 
     def offsets(self) -> dict[TopicPartition, int]: ...
 
-    def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    def run_summary(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 class _Awaited:
@@ -336,8 +336,8 @@ class _Awaited:
     async def offsets(self) -> dict[TopicPartition, int]:
         return self.store.offsets()
 
-    async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        return self.store.get_run(run_id)
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        return self.store.run_summary(run_id)
 
 
 def _async_history(history: HistorySource | BlockingHistorySource) -> HistorySource:
@@ -663,7 +663,7 @@ class FanoutHub:
     ) -> tuple[list[RunEvent], str | None]:
         """Events in (after, handoff) in offset order, and the run's status if it ended
         at or before `after` (then no further outcome event will come)."""
-        run = await self.history.get_run(run_id)  # before the timeline: see `ended` below
+        run = await self.history.run_summary(run_id)  # before the timeline: see `ended` below
         status = run["status"] if run else None
         tp = TopicPartition(self.topic, sub.partition)
         projected = (await self.history.offsets()).get(tp, 0)
@@ -1128,7 +1128,7 @@ class RunChangeFeed:
         epoch = self.epoch
         await self._until_projected(batch)
         for run_id in dict.fromkeys(run_id for _, _, run_id in batch):
-            row = await self.history.get_run(run_id)
+            row = await self.history.run_summary(run_id)  # its row, without nodes
             if row is None or epoch != self.epoch:
                 continue
             change = RunChange(self.epoch, self.seq + 1, row)

@@ -36,6 +36,9 @@ class InPlaceReadModels(ThreadedReadModels):
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         return self.store.get_run(run_id)
 
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        return self.store.run_summary(run_id)
+
     async def get_workflow(
         self, workflow_id: str, version: int | None = None
     ) -> dict[str, Any] | None:

@@ -32,6 +32,8 @@ class AsyncReadModels(Protocol):
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
 
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None: ...
+
     async def list_runs(
         self,
         status: str | None = None,
@@ -110,6 +112,9 @@ class ThreadedReadModels:
 
     async def get_run(self, run_id: str) -> dict[str, Any] | None:
         return await asyncio.to_thread(self.store.get_run, run_id)
+
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.store.run_summary, run_id)
 
     async def list_runs(
         self,

@@ -145,6 +145,10 @@ class PostgresReadModels:
                 run["nodes"] = await _all(conn, q.RUN_NODES, {"run_id": run_id})
         return run
 
+    async def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row as `list_runs` gives it (no definition, no nodes), or None."""
+        return await self._one(q.GET_RUN_SUMMARY, {"run_id": run_id})
+
     async def list_runs(
         self,
         status: str | None = None,

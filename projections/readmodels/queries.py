@@ -52,6 +52,8 @@ RUN_SUMMARY = (
     "revision, submitted_at, submitted_by, updated_at, finished_at, trace_id, tenant"
 )
 GET_RUN = f"SELECT {RUN_SUMMARY}, definition FROM runs WHERE run_id = :run_id"
+# A run's row as lists show it: no definition, no node runs.
+GET_RUN_SUMMARY = f"SELECT {RUN_SUMMARY} FROM runs WHERE run_id = :run_id"
 
 # Skipped nodes that never ran have no scheduled_at; they sort by when they were skipped.
 RUN_NODES = """

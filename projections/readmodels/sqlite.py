@@ -127,6 +127,10 @@ class SqliteReadModels:
                 run["nodes"] = self._all(q.RUN_NODES, {"run_id": run_id})
         return run
 
+    def run_summary(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row as `list_runs` gives it (no definition, no nodes), or None."""
+        return self._locked_one(q.GET_RUN_SUMMARY, {"run_id": run_id})
+
     def list_runs(
         self,
         status: str | None = None,

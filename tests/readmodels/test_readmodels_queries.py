@@ -63,6 +63,16 @@ def test_failed_and_unknown_runs(full):
     assert full.get_run("nope") is None
 
 
+def test_a_run_summary_is_the_run_as_lists_show_it(full):
+    summary = full.run_summary("r1")
+    page, _ = full.list_runs(workflow_id="review")
+    assert summary == next(row for row in page if row["run_id"] == "r1")
+    run = full.get_run("r1")
+    assert summary == {k: v for k, v in run.items() if k not in ("definition", "nodes")}
+    assert full.run_summary("r3")["status"] == "failed"
+    assert full.run_summary("nope") is None
+
+
 def test_list_runs_filters_newest_first(full):
     items, cursor = full.list_runs()
     assert [r["run_id"] for r in items] == ["r4", "r3", "r2", "r1"]
