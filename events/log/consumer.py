@@ -223,14 +223,18 @@ class Consumer:
         owned = self.assignment
         out: dict[TopicPartition, list[Append]] = {}
         lost: set[TopicPartition] = set()
+        home_of: dict[str, TopicPartition | None] = {}  # a run's appends share its key
         for append in appends:
             key = append.key
-            homes = [TopicPartition(t, self._partition_of(key, n)) for t, n in counts.items()]
-            home = next((tp for tp in homes if tp in owned), None)
-            if home is None:
-                lost.update(homes)
-                continue
-            out.setdefault(home, []).append(append)
+            if key in home_of:
+                home = home_of[key]
+            else:
+                homes = [TopicPartition(t, self._partition_of(key, n)) for t, n in counts.items()]
+                home = home_of[key] = next((tp for tp in homes if tp in owned), None)
+                if home is None:
+                    lost.update(homes)
+            if home is not None:
+                out.setdefault(home, []).append(append)
         if lost:
             names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in lost))
             log.warning("group %s: appends of lost partitions dropped: %s", self.group, names)

@@ -12,6 +12,7 @@ import pytest
 
 from aob.events.log.consumer import Consumer
 from aob.events.log.port import Append, EventLog, Fenced, Record, TopicPartition
+from aob.events.partitioner import partition_for
 
 Unique = Callable[[str], str]
 
@@ -193,6 +194,38 @@ async def test_a_revoked_member_commits_before_the_new_owner_reads(
         with pytest.raises(Fenced):
             await first.commit({lost: [Append(sink, "zombie", b"stale")]}, partitions=[lost])
         assert len(await _stored(event_log, sink)) == 4
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_appends_go_with_their_keys_partition_in_order_or_are_dropped_when_lost(
+    event_log: EventLog, unique: Unique
+) -> None:
+    """A plain sequence of appends is split by key: each goes in the transaction of the
+    partition its key has among the topics read, in the order given; an append whose
+    partition another member owns is dropped (that member does its input's work)."""
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    await event_log.create_topic(topic, 4)
+    await event_log.create_topic(sink, 1)
+    first, second = member(event_log, group, [topic]), member(event_log, group, [topic])
+    await first.start()
+    await second.start()
+    try:
+        await polling([first, second], lambda: shared([first, second], partitions(topic, 4)))
+        home = min(first.assignment, key=lambda tp: tp.partition).partition
+        homed = (k for k in (f"k{i}" for i in itertools.count()) if partition_for(k, 4) == home)
+        x, y = next(homed), next(homed)  # two keys of one partition the first member owns
+        foreign = next(
+            k
+            for k in (f"f{i}" for i in itertools.count())
+            if TopicPartition(topic, partition_for(k, 4)) in second.assignment
+        )
+        order = [(x, b"1"), (foreign, b"2"), (y, b"3"), (x, b"4"), (foreign, b"5")]
+        await first.commit([Append(sink, key, value) for key, value in order])
+
+        written = await event_log.read(sink, 0, 0)
+        assert [(r.key, r.value) for r in written] == [(x, b"1"), (y, b"3"), (x, b"4")]
     finally:
         await first.close()
         await second.close()
