@@ -157,16 +157,19 @@ def select_new(
     An event below its partition's next offset was applied before (or repeats
     within the batch): skipping it is what makes re-applying a batch a no-op.
     """
-    next_offsets = dict(stored)
+    # Keyed by plain tuples meanwhile: a TopicPartition per event cost more than the rest.
+    next_offsets = {(tp.topic, tp.partition): offset for tp, offset in stored.items()}
     todo: list[tuple[Positioned, Event]] = []
-    advanced: dict[TopicPartition, int] = {}
+    advanced: dict[tuple[str, int], int] = {}
     for position, event in batch:
-        tp = TopicPartition(position.topic, position.partition)
+        tp = (position.topic, position.partition)
         if position.offset < next_offsets.get(tp, 0):
             continue
         todo.append((position, event))
         next_offsets[tp] = advanced[tp] = position.offset + 1
-    return todo, advanced
+    return todo, {
+        TopicPartition(topic, partition): end for (topic, partition), end in advanced.items()
+    }
 
 
 def offset_params(tp: TopicPartition, next_offset: int) -> Params:

@@ -53,11 +53,12 @@ def reached(positions: Mapping[TopicPartition, int], wanted: Mapping[TopicPartit
 
 def after(records: Iterable[Record]) -> dict[TopicPartition, int]:
     """The positions just past `records`: what a store must reach to include them."""
-    offsets: dict[TopicPartition, int] = {}
+    # Keyed by plain tuples meanwhile: a TopicPartition per record cost more than the rest.
+    offsets: dict[tuple[str, int], int] = {}
     for record in records:
-        tp = record.position
+        tp = (record.topic, record.partition)
         offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
-    return offsets
+    return {TopicPartition(topic, partition): end for (topic, partition), end in offsets.items()}
 
 
 class ProjectorHost:
