@@ -50,6 +50,7 @@ from aob.workers.hitl.decision import node_outcome
 from aob.workers.hitl.request import RenderError, approval_request
 
 log = logging.getLogger(__name__)
+_DECIDED = ApprovalDecided.__name__.encode()  # the type as an envelope stores it (UTF-8)
 
 REQUESTS_GROUP = "aob-worker-hitl"
 DECISIONS_GROUP = "aob-hitl-decisions"
@@ -174,8 +175,11 @@ class HitlService:
 
     async def _resolve(self, record: Record, stop: asyncio.Event) -> list[Append] | None:
         """The node outcome if this record is the decision that won; None if stopped."""
-        if event_type(record.value) != "ApprovalDecided":
-            return []  # most run events: skip their decoding
+        # Most run events: skip their decoding. The type is an Avro string of the
+        # envelope: bytes without the name cannot be one (a search in C, cheaper than
+        # reading the envelope's varints for every record of every run).
+        if _DECIDED not in record.value or event_type(record.value) != "ApprovalDecided":
+            return []
         decided = decode(record.value)
         if not isinstance(decided.payload, ApprovalDecided):
             return []
