@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench import positive_int
 from bench.core import percentile
 from bench.dev_server import DevServer, started_dev_server
-from bench.http_submit import _positive, cpu_seconds, py_spy, store_workflow
+from bench.http_submit import cpu_seconds, py_spy, store_workflow
 
 TAG = "bench-http"
 FINISHED = frozenset({"completed", "failed", "cancelled"})
@@ -319,9 +320,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--runs", type=_positive, default=1000, help="runs per repetition")
-    parser.add_argument("--concurrency", type=_positive, default=50, help="clients")
-    parser.add_argument("--reps", type=_positive, default=2)
+    parser.add_argument("--runs", type=positive_int, default=1000, help="runs per repetition")
+    parser.add_argument("--concurrency", type=positive_int, default=50, help="clients")
+    parser.add_argument("--reps", type=positive_int, default=2)
     parser.add_argument("--warmup", type=int, default=100, help="runs before measuring")
     parser.add_argument(
         "--synchronous",

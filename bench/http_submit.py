@@ -42,6 +42,7 @@ from typing import Any
 
 import httpx
 
+from bench import positive_int
 from bench.core import FANOUT_JOIN
 from bench.dev_server import DevServer, started_dev_server
 
@@ -298,24 +299,19 @@ def render(results: Sequence[ModeResult], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.http_submit",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--duration", type=_positive, default=10, help="seconds per wrk run")
-    parser.add_argument("--warmup", type=_positive, default=3, help="seconds of warm-up per server")
-    parser.add_argument("--reps", type=_positive, default=3, help="alternating repetitions")
-    parser.add_argument("--connections", type=_positive, default=32)
-    parser.add_argument("--threads", type=_positive, default=2, help="wrk threads")
+    parser.add_argument("--duration", type=positive_int, default=10, help="seconds per wrk run")
+    parser.add_argument(
+        "--warmup", type=positive_int, default=3, help="seconds of warm-up per server"
+    )
+    parser.add_argument("--reps", type=positive_int, default=3, help="alternating repetitions")
+    parser.add_argument("--connections", type=positive_int, default=32)
+    parser.add_argument("--threads", type=positive_int, default=2, help="wrk threads")
     parser.add_argument(
         "--synchronous",
         nargs="+",

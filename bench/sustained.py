@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aob.platform.serve import tune_garbage_collection
+from bench import positive_int
 from bench.core import closed_loop, open_aob
 
 PROC_IO = Path("/proc/self/io")
@@ -133,18 +134,11 @@ def _times(ratio: float | None) -> str:
     return "n/a" if ratio is None else f"{ratio:.2f}x"
 
 
-def _at_least_one(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--windows", type=_at_least_one, default=10)
-    parser.add_argument("--window-runs", type=_at_least_one, default=500)
-    parser.add_argument("--concurrency", type=_at_least_one, default=100)
+    parser.add_argument("--windows", type=positive_int, default=10)
+    parser.add_argument("--window-runs", type=positive_int, default=500)
+    parser.add_argument("--concurrency", type=positive_int, default=100)
     parser.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     return parser.parse_args(argv)
