@@ -11,8 +11,8 @@ of a hash. Ids made together sort together, so the indexes that hold them (the r
 models' primary keys, their event-id and run-id indexes) grow at their right edge.
 Random ids sent each insert to a random page of each index: once an index outgrew the
 cache, every commit wrote (and checkpointed) a page per id, and the embedded engine's
-writes grew from 118 to 460 KB per run over its first 5,000 runs, its throughput
-falling by a third (`python -m bench.core`; the note of that change has the figures).
+writes grew from 116 to 384 KB per run over its first 5,000 runs, its throughput
+falling by a third (`python -m bench.sustained` measures it).
 
 Ids from before (36-character UUIDs with dashes) are never time-ordered, and derive as
 they always did: a decision re-made after an upgrade gets the id it had.
@@ -31,7 +31,7 @@ _TIME_DIGITS = 12  # hex digits of the millisecond time that begins a time-order
 _RANDOM_BITS_V7 = 74  # UUIDv7's random bits (its other 6 are version and variant)
 
 
-def now_prefix() -> str:
+def _now_prefix() -> str:
     """The current time as the 12 hex digits that begin a time-ordered id."""
     return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}"
 
@@ -41,12 +41,13 @@ def new_event_id() -> str:
     random = secrets.randbits(_RANDOM_BITS_V7)
     low_62 = random & ((1 << 62) - 1)
     value = (0x7 << 76) | ((random >> 62) << 64) | (0b10 << 62) | low_62
-    return now_prefix() + f"{value:020x}"
+    return _now_prefix() + f"{value:020x}"
 
 
 def new_run_id() -> str:
-    """`run_`, the time, and 64 random bits (two runs of one millisecond never meet)."""
-    return "run_" + now_prefix() + secrets.token_hex(8)
+    """`run_`, the time, and 64 random bits (runs of one millisecond do not collide in
+    practice)."""
+    return "run_" + _now_prefix() + secrets.token_hex(8)
 
 
 def derived_event_id(cause_id: str, index: int | str) -> str:
