@@ -28,6 +28,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, cast
 
+import orjson
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.schema import fingerprint, load_schema, parse_schema, to_parsing_canonical_form
 
@@ -63,9 +64,35 @@ _ENVELOPE_FIELDS: Final = (
 
 # Compact, order-preserving, UTF-8 JSON text. NaN/Infinity are not JSON: other
 # languages' readers would choke on them, so refuse them at the writer.
-_dump_json: Final = json.JSONEncoder(
+_STRICT_JSON: Final = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False
 ).encode
+# Whatever is not a plain JSON value (a dataclass, a datetime, a subclass of str or
+# dict) orjson hands back as a TypeError, so the standard library judges it as before.
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+
+
+def _dump_json(value: Any) -> str:
+    """`_STRICT_JSON(value)` at a fraction of the cost (it was a third of an encode).
+
+    orjson writes NaN and infinities as null where the standard library refuses them:
+    text holding "null" anywhere is written again by the standard library, which then
+    refuses or agrees. Integers past 64 bits, non-string keys and lone surrogates,
+    which orjson refuses, take that way too. Floats may be spelt differently (1e16 for
+    1e+16): the same values; nothing compares the text of events, only their values."""
+    try:
+        text = orjson.dumps(value, option=_ORJSON_OPTIONS)
+    except TypeError:
+        return _STRICT_JSON(value)
+    if b"null" in text:
+        return _STRICT_JSON(value)
+    return text.decode()
+
+
 _load_json: Final = json.JSONDecoder().decode
 
 
@@ -406,4 +433,3 @@ def _read_long(data: bytes, position: int) -> tuple[int, int]:
         if not byte & 0x80:
             return (result >> 1) ^ -(result & 1), position
         shift += 7
-

@@ -184,10 +184,28 @@ def test_json_fields_are_compact_utf8_text_in_key_order() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "logged"),
+    [
+        ({"n": 2**70, "s": "null"}, {"n": 2**70, "s": "null"}),  # past 64 bits: json's way
+        ({1: "one", None: 2}, {"1": "one", "null": 2}),  # keys written as json.dumps does
+        ([1e16, 1e-7, -0.0, "\u2028é"], [1e16, 1e-7, -0.0, "\u2028é"]),
+    ],
+)
+def test_json_values_come_back_as_the_standard_library_would_give_them(
+    value: Any, logged: Any
+) -> None:
+    data = encode(_ev(t.RunCompleted("r", value)))
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert Codec(envelope_schema()).decode(data).payload.output == json.loads(text) == logged
+
+
+@pytest.mark.parametrize(
     "payload",
     [
         t.RunCompleted("r", {1, 2}),  # not JSON
         t.RunCompleted("r", float("nan")),  # not JSON either, though Python would write it
+        t.RunCompleted("r", {"a": [1.5, float("-inf")], "b": None}),  # deep, beside a null
+        t.RunCompleted("r", {"a": [float("inf")]}),  # orjson would write null
         t.NodeStarted("r", "n", "zero", 1, "w"),  # type: ignore[arg-type]  # str, not long
         t.NodeStarted("r", "n", 2**63, 1, "w"),  # does not fit a long
         t.TimerFired(None, "tm"),  # type: ignore[arg-type]
