@@ -53,7 +53,9 @@ from aob.projections.readmodels.views import BLOB_REF
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import (
     SETTING_NAMES,
+    Checked,
     Limits,
+    canonical_digest,
     check_definition,
     unknown_type_problems,
 )
@@ -105,6 +107,9 @@ async def record_events(
 
 # Workflow versions kept in memory by an API process (least recently used dropped).
 CACHED_WORKFLOW_VERSIONS: Final = 1024
+# Definition checks kept likewise: clients submit one inline definition run after run,
+# and checking it costs more than the rest of a submission.
+CACHED_DEFINITION_CHECKS: Final = 256
 
 
 class Commands:
@@ -118,25 +123,38 @@ class Commands:
         # workflows topic before that read: while those have not moved, the tags read
         # model has not changed (only that topic's events change it).
         self._tags: OrderedDict[str, tuple[tuple[tuple[int, int], ...], Any]] = OrderedDict()
+        # By the definition's digest and all else a check depends on.
+        self._checks: OrderedDict[tuple[Any, ...], Checked] = OrderedDict()
 
     # --- workflows and tags --------------------------------------------------------
 
     def validate(self, definition: Any) -> list[dict[str, str]]:
         """Refuses an invalid definition (422 listing every problem); returns its
         warnings (nodes of unknown types, unless AOB_UNKNOWN_NODE_TYPES=error)."""
-        settings = self.engine.settings  # AOB_WORKFLOW_MAX_*: see Limits
-        limits = Limits(**{name: getattr(settings, f"workflow_{name}") for name in SETTING_NAMES})
-        checked = check_definition(
-            definition,
-            limits,
-            known_types=self.engine.known_types,
-            unknown_types=settings.unknown_node_types,
-        )
+        checked = self._checked(definition)
         if checked.problems:
             raise invalid_workflow(
                 [{"path": p.path, "message": p.message} for p in checked.problems]
             )
         return [{"path": p.path, "message": p.message} for p in checked.warnings]
+
+    def _checked(self, definition: Any) -> Checked:
+        """`check_definition` under this API's settings, kept by the definition's digest."""
+        settings = self.engine.settings  # AOB_WORKFLOW_MAX_*: see Limits
+        limits = Limits(**{name: getattr(settings, f"workflow_{name}") for name in SETTING_NAMES})
+        known, unknown = frozenset(self.engine.known_types), settings.unknown_node_types
+        digest = canonical_digest(definition)
+        key = (digest, limits, known, unknown)
+        checked = self._checks.get(key) if digest is not None else None
+        if checked is not None:
+            self._checks.move_to_end(key)
+            return checked
+        checked = check_definition(definition, limits, known_types=known, unknown_types=unknown)
+        if digest is not None:
+            self._checks[key] = checked
+            if len(self._checks) > CACHED_DEFINITION_CHECKS:
+                self._checks.popitem(last=False)
+        return checked
 
     def _unknown_types(self, definition: Any) -> list[dict[str, str]]:
         """A stored definition's warnings: its nodes of types no worker runs now."""

@@ -6,7 +6,7 @@ import copy
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import astuple, replace
+from dataclasses import replace
 from typing import Any
 
 from aob.events.types import Json
@@ -16,6 +16,7 @@ from .definition import (
     HITL_TYPE,
     InvalidDefinition,
     Limits,
+    canonical_digest,
     placeholders,
     template_strings,
     validate_definition,
@@ -27,7 +28,7 @@ from .simple_jq import Reads, node_reads
 __all__ = ["InvalidDefinition", "compile_workflow", "decision_is"]
 
 
-_COMPILED: OrderedDict[str, WorkflowIR] = OrderedDict()
+_COMPILED: OrderedDict[tuple[bytes, Limits], WorkflowIR] = OrderedDict()
 _COMPILED_MAX = 512
 
 
@@ -36,13 +37,13 @@ def compile_workflow(doc: Json, limits: Limits = DEFAULT_LIMITS) -> WorkflowIR:
 
     The IR copies what it takes from `doc`, so later changes to `doc` (say, a patch
     applied in place) cannot leak into a running workflow. IRs are immutable and
-    memoised by the document's canonical JSON: every run of a workflow re-validates
+    memoised by a digest of the document's canonical JSON: every run of a workflow re-validates
     the same definition otherwise, and schema validation dominates the fold's cost.
     """
-    try:
-        key = json.dumps([doc, astuple(limits)], sort_keys=True, separators=(",", ":"))
-    except (TypeError, ValueError, RecursionError):
+    digest = canonical_digest(doc)
+    if digest is None:
         return _compile(doc, limits)  # not JSON: validation reports it
+    key = (digest, limits)
     ir = _COMPILED.get(key)
     if ir is None:
         ir = _COMPILED[key] = _compile(doc, limits)

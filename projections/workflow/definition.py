@@ -8,6 +8,7 @@ is given, because definitions come from users and from agents' patches.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import jsonschema
+import orjson
 import yaml
 
 from aob.events.types import Json
@@ -259,6 +261,26 @@ def _plain_json(value: Json, path: str, budget: list[int]) -> Json:
 # --- validation ----------------------------------------------------------------------
 
 DEFAULT_LIMITS = Limits()
+
+
+def canonical_digest(doc: Json) -> bytes | None:
+    """A digest of `doc`'s JSON with keys sorted: equal documents share it, so work on
+    a document (validating, compiling) can be kept by it. None when `doc` is not JSON.
+
+    orjson writes it (a sixth of the standard library's cost, a run's definition is
+    compiled at every fold); text holding null, where orjson also writes NaN, and what
+    orjson refuses (integers past 64 bits) are written by the standard library, which
+    spells NaN apart from null."""
+    try:
+        text = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = b"null"
+    if b"null" in text:
+        try:
+            text = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+        except (TypeError, ValueError, RecursionError):
+            return None
+    return hashlib.blake2b(text, digest_size=32).digest()
 
 
 def document_size(doc: Json) -> int:

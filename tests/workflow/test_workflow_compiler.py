@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from aob.projections.workflow.compiler import InvalidDefinition, compile_workflow
+from aob.projections.workflow.definition import Limits, canonical_digest
 from aob.projections.workflow.ir import EdgeSpec, NodeSpec, RetryPolicy
 
 
@@ -47,10 +48,16 @@ def test_what_each_node_edge_and_output_reads_of_the_run():
         [
             {"id": "a", "type": "transform", "config": {"expr": ".inputs.x"}},
             {"id": "b", "type": "transform", "config": {"expr": ".nodes.a * 2"}},
-            {"id": "h", "type": "hitl",
-             "config": {"message": "ok {{ .nodes.b }}?", "payload": {"x": "{{ .nodes.a }}"}}},
-            {"id": "w", "type": "http",
-             "config": {"url": "https://example.com/{{ .nodes.b | tostring }}"}},
+            {
+                "id": "h",
+                "type": "hitl",
+                "config": {"message": "ok {{ .nodes.b }}?", "payload": {"x": "{{ .nodes.a }}"}},
+            },
+            {
+                "id": "w",
+                "type": "http",
+                "config": {"url": "https://example.com/{{ .nodes.b | tostring }}"},
+            },
             {"id": "n", "type": "noop"},
             agent("g"),
             {"id": "c", "type": "custom"},
@@ -62,8 +69,13 @@ def test_what_each_node_edge_and_output_reads_of_the_run():
     ir = compile_workflow(doc)
     reads = {node_id: spec.reads for node_id, spec in ir.nodes.items()}
     assert reads == {
-        "a": frozenset(), "b": {"a"}, "h": {"a", "b"}, "n": frozenset(),
-        "g": None, "c": None, "t": None,
+        "a": frozenset(),
+        "b": {"a"},
+        "h": {"a", "b"},
+        "n": frozenset(),
+        "g": None,
+        "c": None,
+        "t": None,
         "w": None,  # `| tostring` is not simple: any output
     }
     assert ir.outgoing["a"][0].reads == frozenset({"a"})
@@ -168,3 +180,47 @@ def test_compiling_does_not_change_the_document():
     snapshot = copy.deepcopy(doc)
     compile_workflow(doc)
     assert doc == snapshot
+
+
+# --- memoised by the document's canonical JSON ------------------------------------------
+
+
+def test_equal_documents_share_one_compiled_ir_and_a_change_compiles_anew():
+    doc = workflow([agent("a", config={"x": 1, "y": [1, None]})])
+    reordered = {key: doc[key] for key in reversed(list(doc))}
+    assert compile_workflow(doc) is compile_workflow(reordered)
+    changed = copy.deepcopy(doc)
+    changed["nodes"][0]["config"]["x"] = 2
+    assert compile_workflow(changed).nodes["a"].config == {"x": 2, "y": [1, None]}
+
+
+def test_a_document_is_held_to_the_limits_it_is_compiled_under_not_those_of_a_twin():
+    doc = workflow([agent("a"), agent("b")])
+    compile_workflow(doc)
+    with pytest.raises(InvalidDefinition, match="AOB_WORKFLOW_MAX_NODES"):
+        compile_workflow(doc, Limits(max_nodes=1))
+
+
+def test_a_nan_is_never_served_the_ir_of_its_null_twin():
+    # orjson writes NaN as null: a digest taken from its text alone would be shared.
+    compile_workflow(workflow([agent("a", config={"x": None})]))
+    with pytest.raises(InvalidDefinition):
+        compile_workflow(workflow([agent("a", config={"x": float("nan")})]))
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        ({"a": 1, "b": [None, 2]}, {"b": [None, 2], "a": 1}, True),
+        ({"a": None}, {"a": float("nan")}, False),
+        ({"a": 2**70}, {"a": 2**70}, True),  # past 64 bits: the standard library's way
+        ({"a": 2**70}, {"a": 2**70 + 1}, False),
+        ({"é": "ü"}, {"é": "u"}, False),
+    ],
+)
+def test_canonical_digest_tells_documents_apart_by_value_not_key_order(one, other, same):
+    assert (canonical_digest(one) == canonical_digest(other)) is same
+
+
+def test_canonical_digest_is_none_for_what_is_not_json():
+    assert canonical_digest({"a": {1, 2}}) is None
