@@ -40,6 +40,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "decode",
+    "dump_json",
     "encode",
     "envelope_schema",
     "register_writer_schema",
@@ -76,8 +77,11 @@ _ORJSON_OPTIONS: Final = (
 )
 
 
-def _dump_json(value: Any) -> str:
-    """`_STRICT_JSON(value)` at a fraction of the cost (it was a third of an encode).
+def dump_json(value: Any) -> str:
+    """Compact, order-preserving UTF-8 JSON text of `value`, as events carry it; raises
+    ValueError for NaN and infinities, TypeError for what is not JSON.
+
+    `_STRICT_JSON(value)` at a fraction of the cost (it was a third of an encode).
 
     orjson writes NaN and infinities as null where the standard library refuses them:
     text holding "null" anywhere is written again by the standard library, which then
@@ -167,7 +171,7 @@ class _Shape:
     def to_avro(self, payload: Any) -> dict[str, Any]:
         record = dict(zip(self.fields, self.values(payload), strict=True))
         for name in self.json_fields:
-            record[name] = _dump_json(record[name])
+            record[name] = dump_json(record[name])
         return record
 
     def from_avro(self, record: dict[str, Any]) -> Any:

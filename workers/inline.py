@@ -23,11 +23,11 @@ folds the recorded answer and never evaluates again, so replay stays determinist
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from aob.events.codec import dump_json
 from aob.events.ids import derived_event_id
 from aob.events.tracing import handling, installed_spans
 from aob.events.types import (
@@ -47,8 +47,6 @@ from aob.workers.sandbox.settings import SandboxSettings
 INLINE_WORKER = "inline"
 EVALUATOR_ACTOR = "evaluator"  # as the expression evaluator's verdicts
 INLINE_TYPES = frozenset({"transform", "noop"})
-
-_dump = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
 class _NotInline(Exception):
@@ -148,7 +146,7 @@ class InlineWork:
 
     def _check_inline_size(self, value: Json) -> None:
         try:
-            size = len(_dump(value).encode())
+            size = len(dump_json(value).encode())
         except (TypeError, ValueError, RecursionError):
             raise _NotInline from None
         if size > self.inline_max_bytes:

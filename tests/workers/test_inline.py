@@ -89,6 +89,7 @@ def test_a_noop_outputs_its_config() -> None:
         task(config={"expr": "." + "a" * 20_000}),  # over the sandbox's program bound
         task(config={"expr": ".nodes.big"}, output_refs={"big": "sha256:ab"}),  # a blob
         task(config={"expr": ".inputs.name * 200"}),  # jq repeats strings; not the fast path
+        task(config={"expr": ".inputs.v"}, input={"inputs": {"v": [float("nan")]}}),  # not JSON
         task("http"),
         task("agent"),
     ],
