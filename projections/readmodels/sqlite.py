@@ -253,7 +253,7 @@ class SqliteReadModels:
         rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
         inserted = self._insert_timeline(rows)
         touched: dict[str, int] = {}
-        nodes = NodeAttempts(self._execute)
+        nodes = NodeAttempts(self._execute, self._rows)
         for plan, first in zip(plans, firsts, strict=True):
             step = first
             while step is not None:
@@ -285,6 +285,9 @@ class SqliteReadModels:
             inserted.update((topic, partition, offset) for topic, partition, offset in cursor)
             start += size
         return inserted
+
+    def _rows(self, sql: str, values: Sequence[Any]) -> list[Any]:
+        return self._conn.execute(sql, values).fetchall()
 
     def _execute(self, step: Step) -> Row | None:
         cursor = self._conn.execute(step.sql, step.params)
@@ -360,8 +363,13 @@ class NodeAttempts:
     it; an update merges only into an attempt it would have matched (same attempt, a
     status its WHERE accepts), anything else writes the attempt first."""
 
-    def __init__(self, execute: Callable[[Step], Row | None]) -> None:
+    def __init__(
+        self,
+        execute: Callable[[Step], Row | None],
+        rows: Callable[[str, Sequence[Any]], list[Any]],
+    ) -> None:
         self._execute = execute
+        self._rows = rows  # runs a statement with positional values; its rows
         self._pending: dict[tuple[str, str, int], _Attempt] = {}
 
     def take(self, step: Step) -> bool:
@@ -382,9 +390,23 @@ class NodeAttempts:
         return False
 
     def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        for attempt in pending.values():
-            self._write(attempt)
+        """Write every held attempt, in a few multi-row statements (one each cost about
+        what the rest of a node's projection does). An attempt's statement that did not
+        take (a later attempt holds the row) leaves the row to its updates, as they
+        were; a schedule alone has nothing more to do."""
+        attempts = list(self._pending.values())
+        self._pending = {}
+        start = 0
+        while start < len(attempts):
+            size = min(_NODE_CHUNK, 1 << ((len(attempts) - start).bit_length() - 1))
+            chunk = attempts[start : start + size]
+            values = [row[name] for a in chunk for row in (a.row(),) for name in _NODE_PARAMS]
+            took = {tuple(key) for key in self._rows(_schedule_nodes_as_of(size), values)}
+            for attempt in chunk:
+                if attempt.merged and _node_key_of(attempt.schedule.params) not in took:
+                    for update in attempt.merged:
+                        self._execute(update)
+            start += size
 
     def _write(self, attempt: _Attempt | None) -> None:
         if attempt is None:
@@ -395,6 +417,25 @@ class NodeAttempts:
         if self._execute(Fetch(SCHEDULE_NODE_AS_OF, attempt.row())) is None:
             for update in attempt.merged:  # the row is a later attempt's: as they were
                 self._execute(update)
+
+
+_NODE_PARAMS = (
+    "run_id", "node_id", "iteration", "type", "status", "attempt", "worker", "output", "at",
+    "started_at", "finished_at",
+)  # fmt: skip
+_NODE_CHUNK = 64  # attempts per statement at most: 704 parameters
+
+
+@functools.cache
+def _schedule_nodes_as_of(rows: int) -> str:
+    """`SCHEDULE_NODE_AS_OF` for `rows` attempts at once, answering with the keys of
+    those that took (the upsert applies row by row, as separate statements would)."""
+    head, _, rest = SCHEDULE_NODE_AS_OF.partition("VALUES")
+    conflict = rest[rest.index("ON CONFLICT") :].replace(
+        "RETURNING attempt", "RETURNING run_id, node_id, iteration"
+    )
+    row = "(" + ", ".join("?" * len(_NODE_PARAMS)) + ")"
+    return f"{head}VALUES {', '.join([row] * rows)}\n{conflict}"
 
 
 class _Attempt:
