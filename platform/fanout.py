@@ -84,6 +84,11 @@ FINISHED_RUN: Final = frozenset(TERMINAL_STATUS.values())
 _HISTORY_BATCH: Final = 200  # history events per write
 _MIN_PAUSE_S: Final = 0.001  # after a dispatch: lets a burst of appends gather
 _MAX_YIELD_S: Final = 0.5  # cap of the pause that matches the subscribers' time
+# How often partitions nobody listens to are moved to their end: a subscriber's
+# history then reaches back at most this far less (the tail reads the rest), and a
+# hub nobody listens to asks a Kafka log for its ends once a second, not at every
+# append (it did once per run, a tenth of the broker's requests).
+_IDLE_SKIP_S: Final = 1.0
 _ERROR_TYPES: Final = frozenset({"NodeFailed", "RunFailed", "PatchRejected"})
 _CAMEL: Final = re.compile(r"(?<!^)(?=[A-Z])")
 
@@ -550,6 +555,8 @@ class FanoutHub:
         before it asks for more, as an `async for` does.
         """
         wanted = filter or StreamFilter()
+        if self._task is not None:
+            await self._catch_up_idle(partition_for(run_id, self._partitions))
         sub = self._subscribe(run_id)
         try:
             last = sub.handoff - 1 if after is None else after
@@ -709,6 +716,7 @@ class FanoutHub:
 
     async def _tail(self) -> None:
         loop = asyncio.get_running_loop()
+        skipped = loop.time()  # start() read the ends
         while not self._stopping.is_set():
             try:
                 started = loop.time()
@@ -716,7 +724,9 @@ class FanoutHub:
                     await self._pause_after_dispatch(loop.time() - started)
                 else:
                     await self.source.wait_for_append(0.5)
-                    await self._skip_idle()
+                    if loop.time() - skipped >= _IDLE_SKIP_S:
+                        await self._skip_idle()
+                        skipped = loop.time()
             except asyncio.CancelledError:
                 raise
             except Exception:  # keep serving; a broken log shows in /health
@@ -742,7 +752,7 @@ class FanoutHub:
         """Read and dispatch the next records of partitions that have subscribers."""
         found = False
         for partition in range(self._partitions):
-            if not self._per_partition[partition] and not self.run_changes.active:
+            if self._idle(partition):
                 continue
             records = await self.source.read(
                 self.topic, partition, self._positions[partition], self.read_batch
@@ -758,8 +768,19 @@ class FanoutHub:
         """Move partitions nobody listens to to their end, so they are never read."""
         ends = await self.source.end_offsets(self.topic)
         for partition in range(self._partitions):
-            if not self._per_partition[partition] and not self.run_changes.active:
+            if self._idle(partition):
                 self._positions[partition] = max(self._positions[partition], ends[partition])
+
+    async def _catch_up_idle(self, partition: int) -> None:
+        """Move `partition` to its end if nobody listens to it, right before a stream
+        subscribes: its handoff is then now, however long ago the last skip was."""
+        if self._idle(partition):
+            end = (await self.source.end_offsets(self.topic)).get(partition, 0)
+            if self._idle(partition):  # still: nobody subscribed during the await
+                self._positions[partition] = max(self._positions[partition], end)
+
+    def _idle(self, partition: int) -> bool:
+        return not self._per_partition[partition] and not self.run_changes.active
 
     def _dispatch(self, records: list[Record]) -> None:
         """Hand each subscribed run its new events: one shared batch per run."""

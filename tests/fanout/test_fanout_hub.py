@@ -26,6 +26,7 @@ from aob.events.types import (
 )
 from aob.platform.engine import Engine
 from aob.platform.fanout import (
+    _IDLE_SKIP_S,
     Batch,
     FanoutHub,
     RunEvent,
@@ -260,3 +261,57 @@ async def test_the_dispatch_writes_to_clients_and_a_stalled_one_holds_up_no_othe
     assert got == everything[: len(got)]
     _, event, notice = stalled.frames()[-1]
     assert (event, notice["reason"], notice["last_event_id"]) == ("reconnect", "overflow", got[-1])
+
+
+class CountingLog:
+    """The embedded log, counting `end_offsets` (a request to the broker on Kafka)."""
+
+    def __init__(self, inner: SqliteEventLog) -> None:
+        self.inner = inner
+        self.end_offset_calls = 0
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        self.end_offset_calls += 1
+        return await self.inner.end_offsets(topic)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+async def test_a_hub_nobody_listens_to_asks_for_the_ends_by_time_not_at_every_append(
+    tmp_path: Path,
+) -> None:
+    log = await SqliteEventLog.open(tmp_path / "log.db")
+    await log.create_topic(RUNS_TOPIC, 2)
+    read_models = SqliteReadModels.open(tmp_path / "rm.db")
+    counting = CountingLog(log)
+    hub = FanoutHub(counting, read_models)
+    loop = asyncio.get_running_loop()
+    await hub.start()
+    try:
+        began = loop.time()
+        definition = {"name": "w", "nodes": [{"id": "a", "type": "noop"}]}
+        for n in range(200):  # each append wakes the tail
+            run_id = f"run_{n}"
+            event = _event(run_id, f"e{n}", RunSubmitted(run_id, definition, {}, ["noop"]))
+            await log.append([Append(RUNS_TOPIC, run_id, encode(event))])
+            await asyncio.sleep(0)
+        # A subscriber of a run appended while nobody listened still gets all of it.
+        mine = "run_mine"
+        events = [
+            _event(mine, "m1", RunSubmitted(mine, definition, {}, ["noop"])),
+            _event(mine, "m2", RunCompleted(mine, {"a": 1})),
+        ]
+        await log.append([Append(RUNS_TOPIC, mine, encode(e)) for e in events])
+        items = await collect(hub.stream(mine, after=-1))
+        elapsed = loop.time() - began
+    finally:
+        await hub.stop()
+        read_models.close()
+        await log.close()
+    assert [i.name for i in items if isinstance(i, RunEvent)] == [
+        "workflow_started",
+        "workflow_completed",
+    ]
+    # start() and the stream's subscription once each, else at most once a second.
+    assert counting.end_offset_calls <= 3 + elapsed / _IDLE_SKIP_S
