@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.source import parse_source
+
 ROOT = Path(__file__).parents[1]
 FOLDERS = ("events", "projections", "workers", "platform", "cli", "infra")
 # Lower layers first: a module may import its own layer and the ones before it.
@@ -56,7 +58,7 @@ def modules() -> Iterator[tuple[str, Path]]:
 def imports_of(module: str, path: Path) -> set[str]:
     found: set[str] = set()
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -16,6 +16,7 @@ from aob.platform.replay import Logged, fork, logged
 from aob.platform.settings import Settings
 from tests.coordinator.simulate import Simulation, fail
 from tests.support.api import Aob, running
+from tests.support.source import parse_source
 
 PLATFORM = Path(__file__).parents[2] / "platform"
 # The application layer: the only modules that append to the log for a command.
@@ -39,7 +40,7 @@ LOOP: dict[str, Any] = {
 def _appends_to_the_log(path: Path) -> list[int]:
     """Lines of `path` that call `.append(...)` on a log (`log.append`, `_append`)."""
     lines = []
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path)):
         if not isinstance(node, ast.Call):
             continue
         func = node.func
@@ -66,7 +67,7 @@ def test_routers_import_nothing_that_writes_events() -> None:
     """Routers build no events: they neither encode events nor make event ids (they
     may decode what they show)."""
     for path in sorted((PLATFORM / "api").glob("*.py")):
-        tree = ast.parse(path.read_text())
+        tree = parse_source(path)
         imported = {
             alias.name
             for node in ast.walk(tree)
