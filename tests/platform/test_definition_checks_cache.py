@@ -58,32 +58,34 @@ async def test_one_definition_in_any_key_order_is_checked_once_and_warned_alike(
     assert len(checks) == 2
 
 
+THREE_NODES = {"name": "w", "nodes": [{"id": n, "type": "noop"} for n in "abc"]}
+
+
+@pytest.mark.parametrize(
+    ("refused", "message", "checks_made"),
+    [
+        (THREE_NODES, "AOB_WORKFLOW_MAX_NODES", 1),  # this process's limit, kept
+        (definition({1, 2}), "not JSON", 2),  # no digest to keep it by: checked again
+    ],
+)
 async def test_a_refused_definition_is_refused_again_with_the_same_problems(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: dict[str, Any],
+    message: str,
+    checks_made: int,
 ) -> None:
     checks = counting_checks(monkeypatch)
     api = Commands(engine)
-    three = {"name": "w", "nodes": [{"id": n, "type": "noop"} for n in "abc"]}
     errors = []
     for _ in range(2):
-        with pytest.raises(Problem) as refused:
-            api.validate(three)
-        assert refused.value.status == 422
-        errors.append(refused.value.extra["errors"])
+        with pytest.raises(Problem) as refusal:
+            api.validate(refused)
+        assert refusal.value.status == 422
+        errors.append(refusal.value.extra["errors"])
     assert errors[0] == errors[1]
-    assert "AOB_WORKFLOW_MAX_NODES" in errors[0][0]["message"]  # this process's limit
-    assert len(checks) == 1
-
-
-async def test_definitions_that_are_not_json_are_checked_every_time(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    checks = counting_checks(monkeypatch)
-    api = Commands(engine)
-    for _ in range(2):
-        with pytest.raises(Problem):
-            api.validate(definition({1, 2}))
-    assert len(checks) == 2
+    assert message in errors[0][0]["message"]
+    assert len(checks) == checks_made
 
 
 async def test_the_kept_checks_are_bounded(engine: Engine) -> None:
