@@ -35,9 +35,14 @@ from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
     INSERT_TIMELINE,
     LOAD_OFFSETS,
+    NODE_ATTEMPT_PARAMS,
+    NODE_ATTEMPT_UPSERT,
     SAVE_OFFSET,
+    SCHEDULE_NODES_AS_OF,
     TOUCH_RUN,
     Exec,
+    NodeAttempt,
+    NodeAttempts,
     Plan,
     Positioned,
     Row,
@@ -354,6 +359,7 @@ async def _apply_plans(conn: Connection, plans: list[Plan]) -> None:
     timeline = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
     inserted = await _insert_timeline(conn, timeline)
     touched: dict[str, int] = {}  # run id -> latest time it changed
+    nodes = NodeAttempts()
     for plan, first in zip(plans, firsts, strict=True):
         step = first
         while step is not None:
@@ -365,10 +371,36 @@ async def _apply_plans(conn: Connection, plans: list[Plan]) -> None:
                 run_id, at = step.params["run_id"], step.params["at"]
                 touched[run_id] = max(at, touched.get(run_id, at))
             else:
-                answer = await _step(conn, step)
+                held, before = nodes.take(step)
+                await _write_attempts(conn, before)
+                if not held:
+                    answer = await _step(conn, step)
             step = _send(plan, answer)
+    await _write_attempts(conn, nodes.drain())
     if touched:
         await conn.execute(_TOUCH_RUNS, list(touched), list(touched.values()))
+
+
+# A batch's node attempts in one statement (see `NodeAttempts`).
+_SCHEDULE_NODES_AS_OF = f"""{SCHEDULE_NODES_AS_OF}
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::int[],
+                     $7::text[], $8::json[], $9::bigint[], $10::bigint[], $11::bigint[])
+{NODE_ATTEMPT_UPSERT}"""
+
+
+async def _write_attempts(conn: Connection, attempts: Sequence[NodeAttempt]) -> None:
+    """Node attempts in one upsert; those that did not take get their updates alone."""
+    if not attempts:
+        return
+    rows = [attempt.row() for attempt in attempts]
+    columns = [[_storable(row[name]) for row in rows] for name in NODE_ATTEMPT_PARAMS]
+    took = {
+        (r["run_id"], r["node_id"], r["iteration"])
+        for r in await conn.fetch(_SCHEDULE_NODES_AS_OF, *columns)
+    }
+    for attempt in attempts:
+        for update in attempt.missed(took):
+            await _step(conn, update)
 
 
 def _send(plan: Plan, answer: Row | None) -> Step | None:

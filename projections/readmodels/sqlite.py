@@ -15,7 +15,7 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from types import TracebackType
@@ -25,15 +25,16 @@ from aob.events.log.port import TopicPartition
 from aob.events.types import Event
 from aob.projections.readmodels import queries as q
 from aob.projections.readmodels.views import (
-    COMPLETE_NODE,
     INSERT_TIMELINE,
     LOAD_OFFSETS,
+    NODE_ATTEMPT_PARAMS,
+    NODE_ATTEMPT_UPSERT,
     SAVE_OFFSET,
-    SCHEDULE_NODE,
-    START_NODE,
+    SCHEDULE_NODES_AS_OF,
     TOUCH_RUN,
     Exec,
-    Fetch,
+    NodeAttempt,
+    NodeAttempts,
     Params,
     Plan,
     Positioned,
@@ -253,7 +254,7 @@ class SqliteReadModels:
         rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
         inserted = self._insert_timeline(rows)
         touched: dict[str, int] = {}
-        nodes = NodeAttempts(self._execute, self._rows)
+        nodes = NodeAttempts()
         for plan, first in zip(plans, firsts, strict=True):
             step = first
             while step is not None:
@@ -265,10 +266,13 @@ class SqliteReadModels:
                 elif step.sql is TOUCH_RUN:
                     run_id, at = step.params["run_id"], step.params["at"]
                     touched[run_id] = max(at, touched.get(run_id, at))
-                elif not nodes.take(step):
-                    answer = self._execute(step)
+                else:
+                    held, before = nodes.take(step)
+                    self._write_attempts(before)
+                    if not held:
+                        answer = self._execute(step)
                 step = _send(plan, answer)
-        nodes.flush()
+        self._write_attempts(nodes.drain())
         for run_id, at in touched.items():
             self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
 
@@ -286,8 +290,20 @@ class SqliteReadModels:
             start += size
         return inserted
 
-    def _rows(self, sql: str, values: Sequence[Any]) -> list[Any]:
-        return self._conn.execute(sql, values).fetchall()
+    def _write_attempts(self, attempts: Sequence[NodeAttempt]) -> None:
+        """Node attempts in multi-row upserts (chunks of powers of two, so that few
+        statements are prepared); those that did not take get their updates alone."""
+        start = 0
+        while start < len(attempts):
+            size = min(_NODE_CHUNK, 1 << ((len(attempts) - start).bit_length() - 1))
+            chunk = attempts[start : start + size]
+            rows = [attempt.row() for attempt in chunk]
+            values = [row[name] for row in rows for name in NODE_ATTEMPT_PARAMS]
+            took = {tuple(key) for key in self._conn.execute(_schedule_nodes_as_of(size), values)}
+            for attempt in chunk:
+                for update in attempt.missed(took):
+                    self._execute(update)
+            start += size
 
     def _execute(self, step: Step) -> Row | None:
         cursor = self._conn.execute(step.sql, step.params)
@@ -335,149 +351,14 @@ def _insert_timeline_rows(rows: int) -> str:
     )
 
 
-# A node attempt scheduled, started and completed in one batch, as one statement: the
-# schedule's upsert with the row the two updates would leave. RETURNING says whether
-# the upsert took (no row: a later attempt holds the row, and the updates then run as
-# they are, against it).
-SCHEDULE_NODE_AS_OF = """
-INSERT INTO node_runs (run_id, node_id, iteration, type, status, attempt, worker, output,
-                       scheduled_at, started_at, finished_at)
-VALUES (:run_id, :node_id, :iteration, :type, :status, :attempt, :worker, :output,
-        :at, :started_at, :finished_at)
-ON CONFLICT (run_id, node_id, iteration) DO UPDATE SET type = excluded.type,
-    status = excluded.status, attempt = excluded.attempt, worker = excluded.worker,
-    output = excluded.output, error = NULL, skip_reason = NULL, warning = FALSE,
-    scheduled_at = excluded.scheduled_at, started_at = excluded.started_at,
-    finished_at = excluded.finished_at
-WHERE node_runs.attempt < excluded.attempt
-RETURNING attempt
-"""
-
-
-class NodeAttempts:
-    """Coalesces, within one batch, a node attempt's `SCHEDULE_NODE`, `START_NODE` and
-    `COMPLETE_NODE` into one statement (a run of the 5-node DAG made 15 of them: two
-    thirds of the projector's statements). Exact: a buffered attempt is written before
-    any other statement that names node_runs runs, so every statement that could see
-    or change its row still finds it as the three statements in order would have left
-    it; an update merges only into an attempt it would have matched (same attempt, a
-    status its WHERE accepts), anything else writes the attempt first."""
-
-    def __init__(
-        self,
-        execute: Callable[[Step], Row | None],
-        rows: Callable[[str, Sequence[Any]], list[Any]],
-    ) -> None:
-        self._execute = execute
-        self._rows = rows  # runs a statement with positional values; its rows
-        self._pending: dict[tuple[str, str, int], _Attempt] = {}
-
-    def take(self, step: Step) -> bool:
-        """Whether `step` is held here (to be written by `flush`); else the caller runs
-        it, after this has written what it must come after."""
-        sql, params = step.sql, step.params
-        if sql is SCHEDULE_NODE:
-            key = _node_key_of(params)
-            self._write(self._pending.pop(key, None))
-            self._pending[key] = _Attempt(step)
-            return True
-        if sql is START_NODE or sql is COMPLETE_NODE:
-            attempt = self._pending.get(_node_key_of(params))
-            if attempt is not None and attempt.merge(step):
-                return True
-        if "node_runs" in sql:
-            self.flush()
-        return False
-
-    def flush(self) -> None:
-        """Write every held attempt, in a few multi-row statements (one each cost about
-        what the rest of a node's projection does). An attempt's statement that did not
-        take (a later attempt holds the row) leaves the row to its updates, as they
-        were; a schedule alone has nothing more to do."""
-        attempts = list(self._pending.values())
-        self._pending = {}
-        start = 0
-        while start < len(attempts):
-            size = min(_NODE_CHUNK, 1 << ((len(attempts) - start).bit_length() - 1))
-            chunk = attempts[start : start + size]
-            values = [row[name] for a in chunk for row in (a.row(),) for name in _NODE_PARAMS]
-            took = {tuple(key) for key in self._rows(_schedule_nodes_as_of(size), values)}
-            for attempt in chunk:
-                if attempt.merged and _node_key_of(attempt.schedule.params) not in took:
-                    for update in attempt.merged:
-                        self._execute(update)
-            start += size
-
-    def _write(self, attempt: _Attempt | None) -> None:
-        if attempt is None:
-            return
-        if not attempt.merged:
-            self._execute(attempt.schedule)
-            return
-        if self._execute(Fetch(SCHEDULE_NODE_AS_OF, attempt.row())) is None:
-            for update in attempt.merged:  # the row is a later attempt's: as they were
-                self._execute(update)
-
-
-_NODE_PARAMS = (
-    "run_id", "node_id", "iteration", "type", "status", "attempt", "worker", "output", "at",
-    "started_at", "finished_at",
-)  # fmt: skip
-_NODE_CHUNK = 64  # attempts per statement at most: 704 parameters
-
-
 @functools.cache
 def _schedule_nodes_as_of(rows: int) -> str:
-    """`SCHEDULE_NODE_AS_OF` for `rows` attempts at once, answering with the keys of
-    those that took (the upsert applies row by row, as separate statements would)."""
-    head, _, rest = SCHEDULE_NODE_AS_OF.partition("VALUES")
-    conflict = rest[rest.index("ON CONFLICT") :].replace(
-        "RETURNING attempt", "RETURNING run_id, node_id, iteration"
-    )
-    row = "(" + ", ".join("?" * len(_NODE_PARAMS)) + ")"
-    return f"{head}VALUES {', '.join([row] * rows)}\n{conflict}"
+    """`SCHEDULE_NODES_AS_OF` for `rows` attempts, as one statement of `rows` rows."""
+    row = "(" + ", ".join("?" * len(NODE_ATTEMPT_PARAMS)) + ")"
+    return f"{SCHEDULE_NODES_AS_OF} VALUES {', '.join([row] * rows)}\n{NODE_ATTEMPT_UPSERT}"
 
 
-class _Attempt:
-    __slots__ = ("finished_at", "merged", "output", "schedule", "started_at", "status", "worker")
-
-    def __init__(self, schedule: Step) -> None:
-        self.schedule = schedule
-        self.merged: list[Step] = []
-        self.status = "scheduled"
-        self.worker: str | None = None
-        self.output: str | None = None
-        self.started_at: int | None = None
-        self.finished_at: int | None = None
-
-    def merge(self, update: Step) -> bool:
-        """Apply `update` here if it would match the row the schedule left."""
-        params = update.params
-        if params["attempt"] != self.schedule.params["attempt"]:
-            return False
-        if update.sql is START_NODE:
-            if self.status == "scheduled":
-                self.status, self.worker = "running", params["worker"]
-                self.started_at = params["at"]
-        elif self.status in ("scheduled", "running", "waiting"):
-            self.status, self.output = "completed", params["output"]
-            self.finished_at = params["at"]
-        self.merged.append(update)
-        return True
-
-    def row(self) -> Params:
-        return {
-            **self.schedule.params,
-            "status": self.status,
-            "worker": self.worker,
-            "output": self.output,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
-
-
-def _node_key_of(params: Params) -> tuple[str, str, int]:
-    return params["run_id"], params["node_id"], params["iteration"]
+_NODE_CHUNK = 64  # attempts per statement at most: 704 parameters
 
 
 def _send(plan: Plan, answer: Row | None) -> Step | None:
