@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from aob.events.log.port import TopicPartition
 from aob.events.types import Event
@@ -248,8 +248,9 @@ class SqliteReadModels:
         multi-row statements (one each cost more than the rest of a plan), and each plan
         learns from them whether its row went in (an event id seen before, in the table
         or earlier in the batch, inserts nothing). Nothing a plan does reads a timeline
-        row of a later event. A run's `updated_at` (the latest event time, which nothing
-        in the batch reads) is set once per batch instead of once per event."""
+        row of a later event. Runs' `updated_at` (their latest event time, which nothing
+        in the batch reads) is set once per batch, for all of them in a statement or a
+        few, instead of once per event."""
         firsts = [next(plan, None) for plan in plans]
         rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
         inserted = self._insert_timeline(rows)
@@ -273,37 +274,31 @@ class SqliteReadModels:
                         answer = self._execute(step)
                 step = _send(plan, answer)
         self._write_attempts(nodes.drain())
-        for run_id, at in touched.items():
-            self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
+        for chunk in _chunks(list(touched.items()), _TOUCH_CHUNK):
+            values = [value for touch in chunk for value in touch]
+            self._conn.execute(_touch_runs(len(chunk)), values)
 
     def _insert_timeline(self, rows: Sequence[Params]) -> set[tuple[str, int, int]]:
         """Insert timeline rows in batch order; the (topic, partition, offset) of those
-        that went in. Chunks of power-of-two sizes keep the statements few and cached."""
+        that went in."""
         inserted: set[tuple[str, int, int]] = set()
-        start = 0
-        while start < len(rows):
-            size = min(_TIMELINE_CHUNK, 1 << ((len(rows) - start).bit_length() - 1))
-            chunk = rows[start : start + size]
+        for chunk in _chunks(rows, _TIMELINE_CHUNK):
             values = [row[name] for row in chunk for name in _TIMELINE_COLUMNS]
-            cursor = self._conn.execute(_insert_timeline_rows(size), values)
+            cursor = self._conn.execute(_insert_timeline_rows(len(chunk)), values)
             inserted.update((topic, partition, offset) for topic, partition, offset in cursor)
-            start += size
         return inserted
 
     def _write_attempts(self, attempts: Sequence[NodeAttempt]) -> None:
-        """Node attempts in multi-row upserts (chunks of powers of two, so that few
-        statements are prepared); those that did not take get their updates alone."""
-        start = 0
-        while start < len(attempts):
-            size = min(_NODE_CHUNK, 1 << ((len(attempts) - start).bit_length() - 1))
-            chunk = attempts[start : start + size]
+        """Node attempts in multi-row upserts; those that did not take get their
+        updates alone."""
+        for chunk in _chunks(attempts, _NODE_CHUNK):
             rows = [attempt.row() for attempt in chunk]
             values = [row[name] for row in rows for name in NODE_ATTEMPT_PARAMS]
-            took = {tuple(key) for key in self._conn.execute(_schedule_nodes_as_of(size), values)}
+            statement = _schedule_nodes_as_of(len(chunk))
+            took = {tuple(key) for key in self._conn.execute(statement, values)}
             for attempt in chunk:
                 for update in attempt.missed(took):
                     self._execute(update)
-            start += size
 
     def _execute(self, step: Step) -> Row | None:
         cursor = self._conn.execute(step.sql, step.params)
@@ -330,6 +325,19 @@ class SqliteReadModels:
     def _locked_all(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         with self._lock:
             return self._all(sql, params)
+
+
+T = TypeVar("T")
+
+
+def _chunks(items: Sequence[T], limit: int) -> Iterator[Sequence[T]]:
+    """`items` in order, in chunks of powers of two up to `limit`: a multi-row statement
+    is prepared once per size, so the sizes are kept few (SQLite's statement cache)."""
+    start = 0
+    while start < len(items):
+        size = min(limit, 1 << ((len(items) - start).bit_length() - 1))
+        yield items[start : start + size]
+        start += size
 
 
 _TIMELINE_COLUMNS = (
@@ -359,6 +367,18 @@ def _schedule_nodes_as_of(rows: int) -> str:
 
 
 _NODE_CHUNK = 64  # attempts per statement at most: 704 parameters
+_TOUCH_CHUNK = 256  # runs per statement at most: 512 parameters
+
+
+@functools.cache
+def _touch_runs(rows: int) -> str:
+    """`TOUCH_RUN` for `rows` runs (id, time) at once."""
+    values = ", ".join(["(?, ?)"] * rows)
+    return (
+        f"WITH touched (run_id, at) AS (VALUES {values}) "
+        "UPDATE runs SET updated_at = CASE WHEN updated_at > touched.at THEN updated_at "
+        "ELSE touched.at END FROM touched WHERE runs.run_id = touched.run_id"
+    )
 
 
 def _send(plan: Plan, answer: Row | None) -> Step | None:

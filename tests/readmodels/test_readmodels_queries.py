@@ -6,9 +6,17 @@ import json
 
 import pytest
 
-from aob.events.types import RUNS_TOPIC, Event, RunCompleted, RunSubmitted
+from aob.events.types import (
+    RUNS_TOPIC,
+    Event,
+    NodeScheduled,
+    NodeStarted,
+    RunCompleted,
+    RunSubmitted,
+)
 from aob.projections.readmodels import Position
 from aob.projections.readmodels.queries import encode_cursor
+from tests.readmodels.conftest import Script
 
 
 @pytest.fixture
@@ -224,3 +232,20 @@ def test_due_timers_are_earliest_first_and_limited(store, script):
     assert [t["timer_id"] for t in due] == ["r1/fetch/0/1/timeout", "r1/summarize/0/1/timeout"]
     assert store.due_timers(10**12, limit=1) == due[:1]
     assert store.due_timers(15_009) == []
+
+
+def test_each_run_of_a_batch_is_touched_with_its_own_latest_event_time(store):
+    """Runs' updated_at is written for the whole batch at once: each gets the latest
+    time of its own events, and an older event applied later moves it back for none."""
+    s = Script()
+    dag = {"name": "w", "nodes": [{"id": "a", "type": "noop"}]}
+    for n, run_id in enumerate(["t1", "t2", "t3"]):
+        s.add(run_id, 1_000 + n, RunSubmitted(run_id, dag, {}, ["noop"]))
+    s.add("t1", 5_000, NodeScheduled("t1", "a", "noop", 0, 1, {}, {}, 1))
+    s.add("t2", 3_000, NodeScheduled("t2", "a", "noop", 0, 1, {}, {}, 1))
+    s.add("t1", 4_000, NodeStarted("t1", "a", 0, 1, "w"))  # older than t1's latest
+    s.mark("first")
+    s.add("t2", 2_000, NodeStarted("t2", "a", 0, 1, "w"))  # older, in a later batch
+    store.apply(s.until("first"))
+    store.apply(s.items[len(s.until("first")) :])
+    assert [store.get_run(r)["updated_at"] for r in ("t1", "t2", "t3")] == [5_000, 3_000, 1_002]
