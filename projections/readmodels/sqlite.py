@@ -248,9 +248,9 @@ class SqliteReadModels:
         multi-row statements (one each cost more than the rest of a plan), and each plan
         learns from them whether its row went in (an event id seen before, in the table
         or earlier in the batch, inserts nothing). Nothing a plan does reads a timeline
-        row of a later event. Runs' `updated_at` (their latest event time, which nothing
-        in the batch reads) is set once per batch, for all of them in a statement or a
-        few, instead of once per event."""
+        row of a later event. A run's `updated_at` (the latest event time, which nothing
+        in the batch reads) is set once per batch instead of once per event (one
+        statement for all the batch's runs measured no cheaper)."""
         firsts = [next(plan, None) for plan in plans]
         rows = [step.params for step in firsts if step is not None and step.sql is INSERT_TIMELINE]
         inserted = self._insert_timeline(rows)
@@ -274,9 +274,8 @@ class SqliteReadModels:
                         answer = self._execute(step)
                 step = _send(plan, answer)
         self._write_attempts(nodes.drain())
-        for chunk in _chunks(list(touched.items()), _TOUCH_CHUNK):
-            values = [value for touch in chunk for value in touch]
-            self._conn.execute(_touch_runs(len(chunk)), values)
+        for run_id, at in touched.items():
+            self._execute(Exec(TOUCH_RUN, {"run_id": run_id, "at": at}))
 
     def _insert_timeline(self, rows: Sequence[Params]) -> set[tuple[str, int, int]]:
         """Insert timeline rows in batch order; the (topic, partition, offset) of those
@@ -367,18 +366,6 @@ def _schedule_nodes_as_of(rows: int) -> str:
 
 
 _NODE_CHUNK = 64  # attempts per statement at most: 704 parameters
-_TOUCH_CHUNK = 256  # runs per statement at most: 512 parameters
-
-
-@functools.cache
-def _touch_runs(rows: int) -> str:
-    """`TOUCH_RUN` for `rows` runs (id, time) at once."""
-    values = ", ".join(["(?, ?)"] * rows)
-    return (
-        f"WITH touched (run_id, at) AS (VALUES {values}) "
-        "UPDATE runs SET updated_at = CASE WHEN updated_at > touched.at THEN updated_at "
-        "ELSE touched.at END FROM touched WHERE runs.run_id = touched.run_id"
-    )
 
 
 def _send(plan: Plan, answer: Row | None) -> Step | None:
