@@ -81,7 +81,8 @@ def dump_json(value: Any) -> str:
     """Compact, order-preserving UTF-8 JSON text of `value`, as events carry it; raises
     ValueError for NaN and infinities, TypeError for what is not JSON.
 
-    `_STRICT_JSON(value)` at a fraction of the cost (it was a third of an encode).
+    `_STRICT_JSON(value)` at a fraction of the cost (a small node output: 2.8 -> 0.5 us,
+    of an encode's ~9 us).
 
     orjson writes NaN and infinities as null where the standard library refuses them:
     text holding "null" anywhere is written again by the standard library, which then
