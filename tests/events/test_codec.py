@@ -196,7 +196,9 @@ def test_json_values_come_back_as_the_standard_library_would_give_them(
 ) -> None:
     data = encode(_ev(t.RunCompleted("r", value)))
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    assert Codec(envelope_schema()).decode(data).payload.output == json.loads(text) == logged
+    payload = Codec(envelope_schema()).decode(data).payload
+    assert isinstance(payload, t.RunCompleted)
+    assert payload.output == json.loads(text) == logged
 
 
 @pytest.mark.parametrize(
