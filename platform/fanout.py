@@ -499,9 +499,6 @@ class FanoutHub:
         self.dropped = 0  # subscribers dropped for reading too slowly
         # Every run's row as it changes, for lists of runs (GET /api/v1/streams/runs).
         self.run_changes = RunChangeFeed(self.history, topic=topic)
-        # Set when a stream or a runs-feed subscriber arrives (the idle tail waits on it).
-        self._listener = asyncio.Event()
-        self.run_changes.on_listen = self._listener.set
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -649,7 +646,6 @@ class FanoutHub:
             raise RuntimeError("the fanout hub is not running")
         partition = partition_for(run_id, self._partitions)
         sub = _Subscriber(run_id, partition, self._positions[partition], self.queue_limit)
-        self._listener.set()
         if run_id not in self._subs:
             self._subs[run_id] = set()
             self._live_ids[run_id] = set()
@@ -727,7 +723,7 @@ class FanoutHub:
                 if await self._read_subscribed():
                     await self._pause_after_dispatch(loop.time() - started)
                 else:
-                    await self._wait_for_news()
+                    await self.source.wait_for_append(0.5)
                     if loop.time() - skipped >= _IDLE_SKIP_S:
                         await self._skip_idle()
                         skipped = loop.time()
@@ -736,18 +732,6 @@ class FanoutHub:
             except Exception:  # keep serving; a broken log shows in /health
                 log.exception("fanout tail failed; retrying")
                 await asyncio.sleep(1.0)
-
-    async def _wait_for_news(self) -> None:
-        """New records, when someone listens; else a listener, for at most
-        `_IDLE_SKIP_S`: a hub nobody listens to does not wait for appends, so a Kafka
-        log's watcher need not fetch every append for it."""
-        if any(self._per_partition) or self.run_changes.active:
-            await self.source.wait_for_append(0.5)
-            return
-        self._listener.clear()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_IDLE_SKIP_S):
-                await self._listener.wait()
 
     async def _pause_after_dispatch(self, dispatching: float) -> None:
         """Leave the event loop to the rest of the process for as long as the round
@@ -1046,8 +1030,6 @@ class RunChangeFeed:
         self._last_rows: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._last_rows_limit = ring
         self.dropped = 0
-        # Called when a subscriber arrives: the hub's idle tail waits for it.
-        self.on_listen: Callable[[], None] = lambda: None
 
     @property
     def active(self) -> bool:
@@ -1097,7 +1079,6 @@ class RunChangeFeed:
         each change of a run of `tenant` (None: every tenant's) as it is projected."""
         sub = _FeedSubscriber(tenant, self.queue_limit)
         self._subs.add(sub)
-        self.on_listen()
         try:
             # Registered and read from the ring in one step: nothing slips between.
             resumed = self._resume(after)

@@ -62,10 +62,7 @@ Design:
   with a long-poll fetch the broker answers as soon as records arrive. It fetches at
   most one batch per partition and then skips to the high watermark, so it costs
   little; `poll_interval` bounds how long the broker holds its fetch, hence how long
-  a newly watched partition waits to be armed. It reads only while some task waits
-  in `wait_for_append`: between waits, what arrives stays in its buffer (one batch
-  per partition, then aiokafka fetches that partition no more), and the next waiter
-  is woken by it.
+  a newly watched partition waits to be armed.
 * aiokafka's exceptions stay in this module: they leave it as `LogError` (or
   `UnknownTopic`), with the cause chained.
 
@@ -203,10 +200,6 @@ class KafkaEventLog:
         self._members: weakref.WeakSet[KafkaMember] = weakref.WeakSet()  # closed with the log
         self._committer_lock = asyncio.Lock()
         self._appended = asyncio.Event()
-        # Tasks in `wait_for_append`, and set while there is one: the watcher fetches
-        # only then (nobody else needs to hear of other processes' appends at once).
-        self._waiting = 0
-        self._has_waiter = asyncio.Event()
         # Wake-ups so far, and per task the count when it began reading since its last
         # wait: a wake-up in between (the watcher runs while a caller awaits its reads)
         # must not be lost, so such a wait returns at once.
@@ -454,16 +447,9 @@ class KafkaEventLog:
         began = self._read_since.pop(task, None) if task is not None else None
         if began is not None and began < self._wakes:
             return  # something was appended while this caller was reading
-        self._waiting += 1
-        self._has_waiter.set()
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, timeout)):
-                    await self._appended.wait()
-        finally:
-            self._waiting -= 1
-            if not self._waiting:
-                self._has_waiter.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._appended.wait()
 
     async def join(
         self,
@@ -767,11 +753,6 @@ class KafkaEventLog:
         process's own appends have woken them already)."""
         watcher = self._watcher
         while True:
-            if not self._waiting:
-                # Nobody to wake: what arrives meanwhile waits in the consumer's buffer
-                # (one batch per partition, then it stops fetching it), and is seen
-                # past the known end when a waiter comes.
-                await self._has_waiter.wait()
             try:
                 batches = await watcher.getmany(timeout_ms=1000)
             except KafkaError:

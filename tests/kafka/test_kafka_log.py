@@ -223,26 +223,3 @@ async def test_a_read_steps_over_an_aborted_transaction_to_the_records_after_it(
         await producer.stop()
         await other.close()
         await log.close()
-
-
-async def test_appends_made_while_nobody_waited_wake_the_next_waiter(kafka_bootstrap: str) -> None:
-    """The watcher reads only while a task waits: what other clients appended in
-    between, to any watched partition, wakes the next waiter at once."""
-    topic = unique("idle-watcher")
-    async with (
-        await KafkaEventLog.open(kafka_bootstrap) as writer,
-        await KafkaEventLog.open(kafka_bootstrap) as reader,
-    ):
-        await writer.create_topic(topic, 3)
-        assert await reader.end_offsets(topic) == {0: 0, 1: 0, 2: 0}  # watched
-        async with asyncio.timeout(10):
-            await reader.wait_for_append(timeout=0.1)  # a waiter came and went
-        for round_ in range(3):
-            appended = await writer.append([Append(topic, f"k{i}", b"v") for i in range(6)])
-            async with asyncio.timeout(10):  # woken, not left to its 60 s
-                await reader.wait_for_append(timeout=60)
-            ends = await reader.end_offsets(topic)
-            assert sum(ends.values()) == 6 * (round_ + 1)
-            assert {(r.partition, r.offset) for r in appended} <= {
-                (p, o) for p, end in ends.items() for o in range(end)
-            }
