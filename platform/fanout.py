@@ -46,7 +46,7 @@ import logging
 import re
 import secrets
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Collection, Coroutine, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar, cast
 
@@ -300,7 +300,9 @@ class TailSource(Protocol):
 
     async def end_offsets(self, topic: str) -> dict[int, int]: ...
 
-    async def wait_for_append(self, timeout: float) -> None: ...
+    async def wait_for_append(
+        self, timeout: float, topics: Collection[str] | None = None
+    ) -> None: ...
 
 
 class HistorySource(Protocol):
@@ -723,7 +725,7 @@ class FanoutHub:
                 if await self._read_subscribed():
                     await self._pause_after_dispatch(loop.time() - started)
                 else:
-                    await self.source.wait_for_append(0.5)
+                    await self.source.wait_for_append(0.5, (self.topic,))
                     if loop.time() - skipped >= _IDLE_SKIP_S:
                         await self._skip_idle()
                         skipped = loop.time()

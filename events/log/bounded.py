@@ -9,7 +9,7 @@ message naming the setting, and never stall on it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from aob.events.log.port import (
@@ -83,8 +83,8 @@ class BoundedEventLog:
     async def commit(self, group: str, offsets: Mapping[TopicPartition, int]) -> None:
         await self.inner.commit(group, offsets)
 
-    async def wait_for_append(self, timeout: float) -> None:
-        await self.inner.wait_for_append(timeout)
+    async def wait_for_append(self, timeout: float, topics: Collection[str] | None = None) -> None:
+        await self.inner.wait_for_append(timeout, topics)
 
     @property
     def watch(self) -> Any:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Final
 
 from aob.events.log.port import (
@@ -33,9 +33,6 @@ from aob.events.partitioner import partition_for
 log = logging.getLogger(__name__)
 
 _PARTITION_CACHE_MAX: Final = 65536
-
-# `SqliteEventLog.watch`: resolve a future at the next append to one of some topics.
-Watch = Callable[[Iterable[str], "asyncio.Future[None]"], Callable[[], None]]
 
 Appends = Sequence[Append] | Mapping[TopicPartition, Sequence[Append]]
 
@@ -140,22 +137,9 @@ class Consumer:
         return records
 
     async def _wait_for_append(self, timeout: float) -> None:
-        """Until an append that may concern this consumer, or `timeout` s. A log that
-        can tell appends by topic (`watch`: the embedded one) wakes it only for its
-        topics; every other one, for any append."""
-        watch: Watch | None = getattr(self.log, "watch", None)
-        if watch is None:
-            await self.log.wait_for_append(timeout)
-            return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        unwatch = watch(self.topics, waiter)
-        timer = loop.call_later(timeout, _resolve, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            unwatch()
+        """Until an append that may concern this consumer (one to its topics, where the
+        log tells appends by topic), or `timeout` s."""
+        await self.log.wait_for_append(timeout, self.topics)
 
     async def _read(self) -> list[Record]:
         # One end-offsets call per topic, then reads only where records wait: on a
@@ -286,8 +270,3 @@ class _Positioning:
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         if self.consumer.listener is not None:
             await self.consumer.listener.on_revoked(partitions)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)

@@ -56,9 +56,10 @@ Design:
   the log cannot take appends nothing; a broker failure midway can still leave part
   of a batch appended (Kafka has no atomic multi-partition write without
   transactions, which this adapter does not use).
-* `wait_for_append` wakes at once on this process's appends. Other processes'
-  appends are noticed by a watcher: a second group-less consumer that follows every
-  partition whose end this log was asked for (`end_offsets`, or a read at the end),
+* `wait_for_append` wakes at once on this process's appends (a wait for some topics,
+  on appends to those only). Other processes' appends are noticed by a watcher: a
+  second group-less consumer that follows every partition whose end this log was
+  asked for (`end_offsets`, or a read at the end),
   with a long-poll fetch the broker answers as soon as records arrive. It fetches at
   most one batch per partition and then skips to the high watermark, so it costs
   little; `poll_interval` bounds how long the broker holds its fetch, hence how long
@@ -79,7 +80,7 @@ import re
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final
 
@@ -204,6 +205,11 @@ class KafkaEventLog:
         # wait: a wake-up in between (the watcher runs while a caller awaits its reads)
         # must not be lost, so such a wait returns at once.
         self._wakes = 0
+        # Per topic, the wake-up that last concerned it (`_wakes` then), and that of the
+        # last wake-up of every topic; and the waiters on some topics.
+        self._last_wake: dict[str, int] = {}
+        self._last_wake_all = 0
+        self._topic_waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._read_since: weakref.WeakKeyDictionary[asyncio.Task[Any], int] = (
             weakref.WeakKeyDictionary()
         )
@@ -283,7 +289,7 @@ class KafkaEventLog:
         if self._closed:
             return
         self._closed = True
-        self._appended.set()  # wake waiters: their next call reports the closed log
+        self._wake()  # wake waiters: their next call reports the closed log
         for member in list(self._members):
             await member._stop()
         if self._watch_task is not None:
@@ -441,15 +447,38 @@ class KafkaEventLog:
             found.update(more)
         return found
 
-    async def wait_for_append(self, timeout: float) -> None:
+    async def wait_for_append(self, timeout: float, topics: Collection[str] | None = None) -> None:
         self._check_open()
         task = asyncio.current_task()
         began = self._read_since.pop(task, None) if task is not None else None
-        if began is not None and began < self._wakes:
+        if began is not None and self._woken_since(began, topics):
             return  # something was appended while this caller was reading
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max(0.0, timeout)):
-                await self._appended.wait()
+        if topics is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await self._appended.wait()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for topic in topics:
+            self._topic_waiters.setdefault(topic, set()).add(waiter)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await waiter
+        finally:
+            for topic in topics:
+                waiters = self._topic_waiters.get(topic)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._topic_waiters[topic]
+
+    def _woken_since(self, began: int, topics: Collection[str] | None) -> bool:
+        if topics is None:
+            return began < self._wakes
+        return began < self._last_wake_all or any(
+            began < self._last_wake.get(topic, 0) for topic in topics
+        )
 
     async def join(
         self,
@@ -590,7 +619,7 @@ class KafkaEventLog:
             raise error
         for r, meta in zip(records, metas, strict=True):
             self._learn_end(KafkaPartition(r.topic, meta.partition), meta.offset + 1)
-        self._wake()
+        self._wake({r.topic for r in records})
         return [
             Record(
                 r.topic,
@@ -730,10 +759,23 @@ class KafkaEventLog:
         if task is not None:
             self._read_since.setdefault(task, self._wakes)
 
-    def _wake(self) -> None:
+    def _wake(self, topics: Iterable[str] | None = None) -> None:
+        """Wake the waiters on any append, and those on `topics` (None: on every topic)."""
         self._wakes += 1
         self._appended.set()
         self._appended = asyncio.Event()
+        if topics is None:
+            self._last_wake_all = self._wakes
+            woken = list(self._topic_waiters.values())
+        else:
+            topics = set(topics)
+            for topic in topics:
+                self._last_wake[topic] = self._wakes
+            woken = [self._topic_waiters[t] for t in topics if t in self._topic_waiters]
+        for waiters in woken:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     def _watch(self, ends: Mapping[KafkaPartition, int]) -> None:
         """Have the watcher follow these partitions from their known ends."""
@@ -761,17 +803,18 @@ class KafkaEventLog:
                     watcher.seek(tp, self._known_ends.get(tp, 0))
                 await asyncio.sleep(_RETRY_PAUSE)
                 continue
-            grew = False
+            grew: set[str] = set()
             for tp, messages in batches.items():
                 # The last stable offset, not the high watermark: records of a
                 # transaction still open are not readable yet, and skipping past them
                 # would leave their commit (a marker, no record) unnoticed here.
                 end = max(watcher.last_stable_offset(tp) or 0, messages[-1].offset + 1)
-                grew |= end > self._known_ends.get(tp, 0)
+                if end > self._known_ends.get(tp, 0):
+                    grew.add(tp.topic)
                 self._learn_end(tp, end)
                 watcher.seek(tp, end)  # skip what is already known to exist
             if grew:
-                self._wake()
+                self._wake(grew)
 
     async def _holds(self, record: Append, since_ms: int) -> bool:
         """Whether `record` (its key and value) is in its partition, stamped at or after
@@ -936,7 +979,7 @@ class KafkaMember:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise next((e for e in errors if isinstance(e, Fenced)), errors[0])
-        self._log._wake()
+        self._log._wake(a.topic for records in appends.values() for a in records)
         return [record for result in results if isinstance(result, list) for record in result]
 
     async def leave(self) -> None:

@@ -22,7 +22,7 @@ Every adapter passes the same conformance suite (`tests/conformance/test_log_por
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -174,8 +174,10 @@ class EventLog(Protocol):
         appended first and the offsets committed after (at-least-once).
         """
 
-    async def wait_for_append(self, timeout: float) -> None:
-        """Return when new records may have been appended, or after `timeout` s."""
+    async def wait_for_append(self, timeout: float, topics: Collection[str] | None = None) -> None:
+        """Return when new records may have been appended (to one of `topics`; None:
+        to any topic), or after `timeout` s. It may return earlier: callers read
+        again and wait again."""
 
     async def join(
         self,

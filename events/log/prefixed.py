@@ -9,7 +9,7 @@ never sees the prefix. Tests use it to give each test fresh topics on a shared b
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 from aob.events.log.port import (
@@ -91,8 +91,9 @@ class PrefixedEventLog:
         )
         return [self._record(r) for r in appended]
 
-    async def wait_for_append(self, timeout: float) -> None:
-        await self.inner.wait_for_append(timeout)
+    async def wait_for_append(self, timeout: float, topics: Collection[str] | None = None) -> None:
+        inner = None if topics is None else [self._topic(t) for t in topics]
+        await self.inner.wait_for_append(timeout, inner)
 
     async def join(
         self,

@@ -43,7 +43,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -371,14 +371,21 @@ class SqliteEventLog:
             raise LogError(f"cannot read offsets of group {group!r}: {exc}") from exc
         return dict(rows)
 
-    async def wait_for_append(self, timeout: float) -> None:
+    async def wait_for_append(self, timeout: float, topics: Collection[str] | None = None) -> None:
         self._open_conn()
-        appended = self._appended
+        if topics is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._appended.wait()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        unwatch = self.watch(topics, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await appended.wait()
-        except TimeoutError:
-            pass
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await waiter
+        finally:
+            unwatch()
 
     def watch(self, topics: Iterable[str], waiter: asyncio.Future[None]) -> Callable[[], None]:
         """Resolve `waiter` at the next append to one of `topics` (or when the log

@@ -310,6 +310,28 @@ async def test_wait_for_append_wakes_on_append(event_log: EventLog, unique: Uniq
     assert time.monotonic() - started < 5
 
 
+async def test_a_wait_for_some_topics_wakes_on_their_appends_not_on_others(
+    event_log: EventLog, unique: Unique
+) -> None:
+    mine, other = unique("mine"), unique("other")
+    await event_log.create_topic(mine, 2)
+    await event_log.create_topic(other, 1)
+    # An append to another topic does not end the wait: it runs to its timeout.
+    started = time.monotonic()
+    waiter = asyncio.create_task(event_log.wait_for_append(timeout=0.5, topics=[mine]))
+    await event_log.append([Append(other, "k", b"v")])
+    await asyncio.wait_for(waiter, timeout=10)
+    assert time.monotonic() - started >= 0.45
+    # One to the topic waited for does, at once.
+    waiter = asyncio.create_task(event_log.wait_for_append(timeout=30, topics=[other, mine]))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    started = time.monotonic()
+    await event_log.append([Append(mine, "k", b"v")])
+    await asyncio.wait_for(waiter, timeout=10)
+    assert time.monotonic() - started < 5
+
+
 async def test_wait_for_append_times_out(event_log: EventLog) -> None:
     started = time.monotonic()
     await event_log.wait_for_append(timeout=0.2)

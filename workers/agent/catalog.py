@@ -190,7 +190,7 @@ class ToolCatalog:
             while not stop.is_set():
                 if await self.catch_up(log):
                     continue
-                appended = asyncio.ensure_future(log.wait_for_append(interval))
+                appended = asyncio.ensure_future(log.wait_for_append(interval, (TOOLS_TOPIC,)))
                 await asyncio.wait({stopping, appended}, return_when=asyncio.FIRST_COMPLETED)
                 appended.cancel()
         finally:
