@@ -298,16 +298,21 @@ async def test_append_and_commit_is_all_or_nothing(event_log: EventLog, unique: 
 # --- notification --------------------------------------------------------------------------
 
 
-async def test_wait_for_append_wakes_on_append(event_log: EventLog, unique: Unique) -> None:
-    topic = unique("t")
-    await event_log.create_topic(topic, 1)
-    waiter = asyncio.create_task(event_log.wait_for_append(timeout=30))
+async def _woken_at_once(event_log: EventLog, topic: str, topics: list[str] | None) -> None:
+    """A wait for appends (to `topics`) is ended at once by an append to `topic`."""
+    waiter = asyncio.create_task(event_log.wait_for_append(timeout=30, topics=topics))
     await asyncio.sleep(0.05)
     assert not waiter.done()
     started = time.monotonic()
     await event_log.append([Append(topic, "k", b"v")])
     await asyncio.wait_for(waiter, timeout=10)
     assert time.monotonic() - started < 5
+
+
+async def test_wait_for_append_wakes_on_append(event_log: EventLog, unique: Unique) -> None:
+    topic = unique("t")
+    await event_log.create_topic(topic, 1)
+    await _woken_at_once(event_log, topic, None)
 
 
 async def test_a_wait_for_some_topics_wakes_on_their_appends_not_on_others(
@@ -323,13 +328,7 @@ async def test_a_wait_for_some_topics_wakes_on_their_appends_not_on_others(
     await asyncio.wait_for(waiter, timeout=10)
     assert time.monotonic() - started >= 0.45
     # One to the topic waited for does, at once.
-    waiter = asyncio.create_task(event_log.wait_for_append(timeout=30, topics=[other, mine]))
-    await asyncio.sleep(0.05)
-    assert not waiter.done()
-    started = time.monotonic()
-    await event_log.append([Append(mine, "k", b"v")])
-    await asyncio.wait_for(waiter, timeout=10)
-    assert time.monotonic() - started < 5
+    await _woken_at_once(event_log, mine, [other, mine])
 
 
 async def test_wait_for_append_times_out(event_log: EventLog) -> None:
