@@ -201,6 +201,14 @@ class Services:
             time.sleep(0.05)
         raise RuntimeError(f"{name} did not start in 90 s")
 
+    def report(self, lines: int = 40) -> None:
+        """Each service's state and the end of its log, on stderr."""
+        for name, process in self.processes.items():
+            state = "running" if process.poll() is None else f"exited {process.returncode}"
+            log = (self.directory / f"{name}.log").read_text(errors="replace").splitlines()
+            print(f"--- {name} ({state}), last {lines} log lines:", file=sys.stderr)
+            print("\n".join(log[-lines:]), file=sys.stderr)
+
     def leave(self, name: str, how: signal.Signals) -> None:
         self.processes[name].send_signal(how)
         self.processes[name].wait(timeout=30)
@@ -251,6 +259,9 @@ def services(
             running.start(names[0])  # creates the topics: the others then find them
             running.start(*names[1:])
             yield running
+        except BaseException:
+            running.report()  # the services' side of a failed measurement
+            raise
         finally:
             running.stop()
             asyncio.run(_execute(dsn, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
