@@ -318,6 +318,14 @@ class Completions:
         return await asyncio.wait_for(future, timeout)
 
 
+def api_client(url: str, connections: int = 100) -> httpx.AsyncClient:
+    """A client of the API. Idle connections are dropped after 2 s, before the server's
+    keep-alive timeout (uvicorn's 5 s, httpx's default too) could close one just as a
+    request goes out on it: the submission then failed with a ReadError."""
+    limits = httpx.Limits(max_connections=connections, keepalive_expiry=2.0)
+    return httpx.AsyncClient(base_url=url, timeout=30, limits=limits)
+
+
 @dataclass
 class Load:
     """A closed loop of `concurrency` clients submitting `definition` through the API."""
@@ -384,7 +392,7 @@ async def throughput(
 ) -> list[float]:
     async with (
         following(running.env) as completions,
-        httpx.AsyncClient(base_url=running.urls["api-1"], timeout=30) as api,
+        api_client(running.urls["api-1"]) as api,
     ):
         load = Load(api, completions, definition)
         await load.closed_loop(concurrency * 2, concurrency)  # warm up
@@ -420,7 +428,7 @@ async def rebalance_pauses(running: Services, concurrency: int, settle: int) -> 
     pauses: dict[str, float] = {}
     async with (
         following(running.env) as completions,
-        httpx.AsyncClient(base_url=running.urls["api-1"], timeout=30) as api,
+        api_client(running.urls["api-1"]) as api,
     ):
         load = Load(api, completions, FANOUT_JOIN)
         stop = asyncio.Event()
@@ -601,7 +609,7 @@ async def one_at_a_time(running: Services, runs: int) -> list[float]:
     """Seconds from submit to terminal event read, of `runs` runs one after another."""
     async with (
         following(running.env) as completions,
-        httpx.AsyncClient(base_url=running.urls["api-1"], timeout=30) as api,
+        api_client(running.urls["api-1"]) as api,
     ):
         load = Load(api, completions, FANOUT_JOIN)
         for _ in range(5):  # warm up
@@ -618,11 +626,7 @@ async def metered_throughput(
 ) -> list[float]:
     async with (
         following(running.env) as completions,
-        httpx.AsyncClient(
-            base_url=running.urls["api-1"],
-            timeout=30,
-            limits=httpx.Limits(max_connections=sizes.concurrency),
-        ) as api,
+        api_client(running.urls["api-1"], sizes.concurrency) as api,
     ):
         load = Load(api, completions, FANOUT_JOIN)
         await load.closed_loop(sizes.concurrency * 2, sizes.concurrency)  # warm up
