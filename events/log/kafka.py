@@ -60,10 +60,10 @@ Design:
   on appends to those only). Other processes' appends are noticed by a watcher: a
   second group-less consumer that follows every partition whose end this log was
   asked for (`end_offsets`, or a read at the end), with a long-poll fetch the broker
-  answers as soon as records arrive. It fetches at
-  most one batch per partition and then skips to the high watermark, so it costs
-  little; `poll_interval` bounds how long the broker holds its fetch, hence how long
-  a newly watched partition waits to be armed.
+  answers as soon as records arrive. It fetches at most one batch per partition and
+  then skips to the high watermark, so it costs little; `poll_interval` bounds how
+  long the broker holds its fetch, hence how long a newly watched partition waits to
+  be armed.
 * aiokafka's exceptions stay in this module: they leave it as `LogError` (or
   `UnknownTopic`), with the cause chained.
 
