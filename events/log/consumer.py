@@ -70,6 +70,12 @@ class Consumer:
         self._positions: dict[TopicPartition, int] = {}  # without a group
         self._early_seeks: dict[TopicPartition, int] = {}  # by the first on_assigned
         self._partitions_of: dict[tuple[str, int], int] = {}  # (key, partitions) -> partition
+        # Rebalances seen (counted as each one's on_revoked ends), the one each
+        # partition was last revoked in, and the count when the last poll began: a
+        # partition revoked since then was lost while its batch was being worked on.
+        self._rebalances = 0
+        self._revoked_in: dict[TopicPartition, int] = {}
+        self._polled_in = 0
 
     async def start(self, start_from: Mapping[TopicPartition, int] | None = None) -> None:
         """Join the group (the first assignment's `on_assigned` has run on return)."""
@@ -121,6 +127,7 @@ class Consumer:
     async def poll(self, timeout: float = 1.0) -> list[Record]:
         """The next records of owned partitions; waits up to `timeout` s when there are none."""
         if self._member is not None:
+            self._polled_in = self._rebalances
             return await self._member.poll(timeout, self.max_records)
         records = await self._read()
         if records or timeout <= 0:
@@ -192,19 +199,40 @@ class Consumer:
     async def commit_unless_fenced(self, appends: Appends = ()) -> list[Record]:
         """`commit`, for a host with nothing to undo when fenced: its batch is dropped
         (the partitions' new owner reads those inputs again and does their work) and it
-        goes on with what it still owns, rather than die."""
+        goes on with what it still owns, rather than die.
+
+        For a host that works on the records of its last poll (without a listener): what
+        it made of a partition revoked since that poll began is dropped too, even if the
+        partition came back in the same rebalance or a later one. Its position went back
+        to the committed offset, so those records are read again, and another member
+        may have worked on them meanwhile: committing the first batch's work would do
+        it twice (a task's approval asked twice, in the chaos test)."""
+        if self._member is None:
+            raise LogError("a consumer without a group commits nothing")
+        stale = {tp for tp, n in self._revoked_in.items() if n > self._polled_in}
+        owned = self._member.assignment - stale
+        if stale:
+            names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in stale))
+            log.warning("group %s: work of partitions revoked since dropped: %s", self.group, names)
+        if isinstance(appends, Mapping):
+            appends = {tp: records for tp, records in appends.items() if tp not in stale}
+        else:
+            appends = await self._split(appends, owned)
         try:
-            return await self.commit(appends)
+            return await self.commit(appends, partitions=owned)
         except Fenced as fenced:
             log.warning("group %s: %s; the new owner does this batch's work", self.group, fenced)
             return []
 
-    async def _split(self, appends: Sequence[Append]) -> dict[TopicPartition, list[Append]]:
-        """Attribute each append to the owned partition of its key; drop a lost one's."""
+    async def _split(
+        self, appends: Sequence[Append], owned: frozenset[TopicPartition] | None = None
+    ) -> dict[TopicPartition, list[Append]]:
+        """Attribute each append to the owned partition of its key (of `owned`, if
+        given); drop a lost one's."""
         if not appends:
             return {}
         counts = {topic: await self.log.partitions(topic) for topic in self.topics}
-        owned = self.assignment
+        owned = self.assignment if owned is None else owned
         out: dict[TopicPartition, list[Append]] = {}
         lost: set[TopicPartition] = set()
         home_of: dict[str, TopicPartition | None] = {}  # a run's appends share its key
@@ -268,5 +296,9 @@ class _Positioning:
             await consumer.listener.on_assigned(partitions)
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
-        if self.consumer.listener is not None:
-            await self.consumer.listener.on_revoked(partitions)
+        consumer = self.consumer
+        if consumer.listener is not None:
+            await consumer.listener.on_revoked(partitions)
+        consumer._rebalances += 1
+        for tp in partitions:
+            consumer._revoked_in[tp] = consumer._rebalances

@@ -199,6 +199,44 @@ async def test_a_revoked_member_commits_before_the_new_owner_reads(
         await second.close()
 
 
+async def test_work_on_a_batch_whose_partition_was_lost_and_regained_is_not_committed(
+    event_log: EventLog, unique: Unique
+) -> None:
+    """A host works on its last poll's records (no listener) while its partition is
+    revoked and dealt back to it (a member joins, then leaves). What it made of them is
+    dropped: its position went back to the committed offset, so the records come again
+    (and another member may have worked on them meanwhile), and committing the first
+    batch's work would do it twice."""
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    await event_log.create_topic(topic, 1)
+    await event_log.create_topic(sink, 1)
+    every = partitions(topic, 1)
+    [task] = await event_log.append([Append(topic, "k", b"task")])
+    listener = Recorder()
+    busy = member(event_log, group, [topic], listener)
+    other = member(event_log, group, [topic])
+    await busy.start()
+    try:
+        assert await _drain(busy, 1) == [task]
+        # The busy member polls no more until it commits; the group moves on without it.
+        await other.start()
+        await polling([other], lambda: bool(listener.revoked) and _dealt([busy, other], every))
+        await other.close()
+        # Dealt again (on_assigned runs in every rebalance, with nothing or with all).
+        await _until(lambda: len(listener.assigned) >= 3 and busy.assignment == every)
+
+        assert await busy.commit_unless_fenced([Append(sink, "k", b"work")]) == []
+        assert await _stored(event_log, sink) == []
+        assert await event_log.committed(group, topic) == {0: 0}
+        # Read again from the committed offset; this time the work is committed.
+        assert await _drain(busy, 1) == [task]
+        assert len(await busy.commit_unless_fenced([Append(sink, "k", b"work")])) == 1
+        assert await event_log.committed(group, topic) == {0: 1}
+    finally:
+        await busy.close()
+        await other.close()
+
+
 async def test_appends_go_with_their_keys_partition_in_order_or_are_dropped_when_lost(
     event_log: EventLog, unique: Unique
 ) -> None:
@@ -298,6 +336,17 @@ async def test_the_next_owner_skips_what_a_member_finished_past_its_offset(
         assert await _drain(third, 4) == unfinished + later
     finally:
         await third.close()
+
+
+def _dealt(consumers: list[Consumer], every: frozenset[TopicPartition]) -> bool:
+    return frozenset().union(*(c.assignment for c in consumers)) == every
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Wait for what members do in the background (their rebalances), polling none."""
+    async with asyncio.timeout(SETTLE):
+        while not condition():  # noqa: ASYNC110 - an adapter's background task, no event
+            await asyncio.sleep(0.01)
 
 
 async def _drain(consumer: Consumer, count: int) -> list[Record]:
