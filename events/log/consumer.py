@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
 
 from aob.events.log.port import (
     POLL_TIMEOUT,
@@ -31,8 +30,6 @@ from aob.events.log.port import (
 from aob.events.partitioner import partition_for
 
 log = logging.getLogger(__name__)
-
-_PARTITION_CACHE_MAX: Final = 65536
 
 Appends = Sequence[Append] | Mapping[TopicPartition, Sequence[Append]]
 
@@ -69,7 +66,6 @@ class Consumer:
         self._start_from: dict[TopicPartition, int] = {}
         self._positions: dict[TopicPartition, int] = {}  # without a group
         self._early_seeks: dict[TopicPartition, int] = {}  # by the first on_assigned
-        self._partitions_of: dict[tuple[str, int], int] = {}  # (key, partitions) -> partition
         # Rebalances seen (counted as each one's on_revoked ends), the one each
         # partition was last revoked in, and the count when the last poll began: a
         # partition revoked since then was lost while its batch was being worked on.
@@ -241,7 +237,7 @@ class Consumer:
             if key in home_of:
                 home = home_of[key]
             else:
-                homes = [TopicPartition(t, self._partition_of(key, n)) for t, n in counts.items()]
+                homes = [TopicPartition(t, partition_for(key, n)) for t, n in counts.items()]
                 home = home_of[key] = next((tp for tp in homes if tp in owned), None)
                 if home is None:
                     lost.update(homes)
@@ -251,16 +247,6 @@ class Consumer:
             names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in lost))
             log.warning("group %s: appends of lost partitions dropped: %s", self.group, names)
         return out
-
-    def _partition_of(self, key: str, partitions: int) -> int:
-        # A run's events come in many batches: hash its id once (a few runs' worth kept).
-        cache = self._partitions_of
-        partition = cache.get((key, partitions))
-        if partition is None:
-            if len(cache) >= _PARTITION_CACHE_MAX:
-                cache.clear()
-            partition = cache[key, partitions] = partition_for(key, partitions)
-        return partition
 
     async def close(self) -> None:
         """Leave the group (`on_revoked` of the owned partitions runs first)."""

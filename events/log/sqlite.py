@@ -68,7 +68,6 @@ __all__ = ["SqliteEventLog"]
 _SCHEMA_VERSION: Final = 2
 _SYNCHRONOUS_MODES: Final = frozenset({"NORMAL", "FULL", "EXTRA"})
 _TOPIC_NAME: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's rule
-_PARTITION_CACHE_MAX: Final = 65536
 _TAIL_BYTES: Final = 8 * 1024 * 1024  # record values kept in memory for followers
 
 # "partition", "offset" and "group" are SQL keywords: always quoted.
@@ -155,7 +154,6 @@ class SqliteEventLog:
         self._synchronous = synchronous
         self._topics = topics
         self._ends = end_offsets
-        self._partition_cache: dict[tuple[str, int], int] = {}
         self._pending: list[_Pending] = []
         self._flush_handle: asyncio.Handle | None = None
         self._appended = asyncio.Event()
@@ -420,7 +418,6 @@ class SqliteEventLog:
             raise LogError(f"topic {topic!r} has no partition {partition} (it has {partitions})")
 
     def _rows(self, records: Sequence[Append]) -> list[_Row]:
-        cache = self._partition_cache
         topics = self._topics
         rows: list[_Row] = []
         for record in records:
@@ -428,12 +425,7 @@ class SqliteEventLog:
             partitions = topics.get(topic)
             if partitions is None:
                 raise UnknownTopic(topic)
-            partition = cache.get((key, partitions))
-            if partition is None:
-                if len(cache) >= _PARTITION_CACHE_MAX:
-                    cache.clear()
-                partition = cache[key, partitions] = partition_for(key, partitions)
-            rows.append((topic, partition, key, record.value))
+            rows.append((topic, partition_for(key, partitions), key, record.value))
         return rows
 
     def _commits(

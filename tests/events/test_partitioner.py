@@ -82,3 +82,15 @@ def test_partition_is_in_range_and_stable(key: str, partitions: int) -> None:
 def test_partitions_must_be_positive(partitions: int) -> None:
     with pytest.raises(ValueError, match="positive"):
         partition_for("k", partitions)
+
+
+def test_placements_are_remembered_within_a_bound() -> None:
+    """Keys come from outside: the cache of placements must not grow without bound."""
+    maxsize = partition_for.cache_info().maxsize
+    assert maxsize is not None
+    for i in range(maxsize + 100):
+        partition_for(f"run_{i}", 12)
+    assert partition_for.cache_info().currsize <= maxsize
+    hits = partition_for.cache_info().hits
+    partition_for(f"run_{maxsize + 99}", 12)
+    assert partition_for.cache_info().hits == hits + 1
