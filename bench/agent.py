@@ -72,9 +72,17 @@ def scripted_endpoint(rounds: int) -> Iterator[str]:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
         process = subprocess.Popen(
-            [sys.executable, "-m", "aob.workers.agent.demo_llm", "--port", str(port),
-             "--script", str(path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "aob.workers.agent.demo_llm",
+                "--port",
+                str(port),
+                "--script",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             _wait_listening(port)
@@ -95,13 +103,20 @@ def _wait_listening(port: int, timeout: float = 20.0) -> None:
 
 
 def task(n: int) -> NodeScheduled:
-    return NodeScheduled(f"run-{n}", "agent", "agent", 0, 1,
-                         {"prompt": "bench agent", "tools": ["execute_pipeline"]},
-                         {"inputs": {}, "nodes": {}, "iteration": 0})
+    return NodeScheduled(
+        f"run-{n}",
+        "agent",
+        "agent",
+        0,
+        1,
+        {"prompt": "bench agent", "tools": ["execute_pipeline"]},
+        {"inputs": {}, "nodes": {}, "iteration": 0},
+    )
 
 
-async def measure_runner(base_url: str, nodes: int, concurrency: int,
-                         log_dir: Path) -> dict[str, float]:
+async def measure_runner(
+    base_url: str, nodes: int, concurrency: int, log_dir: Path
+) -> dict[str, float]:
     log = await SqliteEventLog.open(log_dir / f"log-{time.monotonic_ns()}.db")
     await log.create_topic(RUNS_TOPIC, 8)
     await log.create_topic(TOOLS_TOPIC, 1)
@@ -132,8 +147,13 @@ class RecordingClients(LlmClients):
         super().__init__()
         self.calls: list[list[dict[str, Any]]] = []
 
-    async def complete(self, endpoint: Endpoint, messages: list[dict[str, Any]],
-                       tools: list[dict[str, Any]], **options: Any) -> Any:
+    async def complete(
+        self,
+        endpoint: Endpoint,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        **options: Any,
+    ) -> Any:
         self.calls.append(list(messages))
         return await super().complete(endpoint, messages, tools, **options)
 
@@ -153,8 +173,9 @@ async def record_conversation(base_url: str, log_dir: Path) -> list[list[dict[st
     return clients.calls
 
 
-async def measure_sdk(base_url: str, nodes: int,
-                      conversation: list[list[dict[str, Any]]]) -> dict[str, float]:
+async def measure_sdk(
+    base_url: str, nodes: int, conversation: list[list[dict[str, Any]]]
+) -> dict[str, float]:
     """The runner's very requests, replayed with the bare SDK and nothing else."""
     clients = LlmClients()
     endpoint = Endpoint(base_url, "bench", "", max_retries=0)
@@ -172,9 +193,17 @@ async def measure_sdk(base_url: str, nodes: int,
 
 
 async def run_benchmark(nodes: int, rounds: int, repetitions: int) -> dict[str, Any]:
-    rows: dict[str, list[float]] = {k: [] for k in (
-        "runner_decisions_per_s", "runner_overhead_ms", "sdk_call_ms", "runner_decision_ms",
-        "ratio_decision_vs_sdk_call", "concurrent_decisions_per_s")}
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "runner_decisions_per_s",
+            "runner_overhead_ms",
+            "sdk_call_ms",
+            "runner_decision_ms",
+            "ratio_decision_vs_sdk_call",
+            "concurrent_decisions_per_s",
+        )
+    }
     with scripted_endpoint(rounds) as base_url, tempfile.TemporaryDirectory() as tmp:
         conversation = await record_conversation(base_url, Path(tmp))
         for _ in range(repetitions):
@@ -189,10 +218,11 @@ async def run_benchmark(nodes: int, rounds: int, repetitions: int) -> dict[str, 
             rows["sdk_call_ms"].append(sdk_call * 1000)
             rows["runner_decision_ms"].append(decision * 1000)
             rows["ratio_decision_vs_sdk_call"].append(decision / sdk_call)
-            rows["concurrent_decisions_per_s"].append(concurrent["decisions"]
-                                                      / concurrent["wall"])
+            rows["concurrent_decisions_per_s"].append(concurrent["decisions"] / concurrent["wall"])
     return {
-        "nodes": nodes, "rounds_per_node": rounds, "repetitions": repetitions,
+        "nodes": nodes,
+        "rounds_per_node": rounds,
+        "repetitions": repetitions,
         "cpus": os.cpu_count(),
         **{name: round(statistics.median(values), 3) for name, values in rows.items()},
     }
@@ -208,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"agent runner, {nodes} nodes x {result['rounds_per_node']} tool rounds + answer, "
-          f"median of {repetitions} (cpus: {result['cpus']})")
+    print(
+        f"agent runner, {nodes} nodes x {result['rounds_per_node']} tool rounds + answer, "
+        f"median of {repetitions} (cpus: {result['cpus']})"
+    )
     lines = [
         ("runner decisions/s, LLM latency excluded", f"{result['runner_decisions_per_s']:.1f}"),
         ("runner overhead per decision (ms)", f"{result['runner_overhead_ms']:.3f}"),

@@ -361,10 +361,7 @@ async def bench(
         await measure(base, 1, 20, pace_url=pace_url)  # warm-up
         return [
             median_of(
-                [
-                    await measure(base, count, iterations, timed_every, pace_url)
-                    for _ in range(reps)
-                ]
+                [await measure(base, count, iterations, timed_every, pace_url) for _ in range(reps)]
             )
             for count in subscriber_counts
         ]

@@ -67,14 +67,20 @@ async def measure(n: int, concurrency: int) -> dict[str, Any]:
         rounds = [await _sandboxed(pool, n) for _ in range(ROUNDS)]
         remote = statistics.median(wall for wall, _ in rounds)
         parent_cpu = statistics.median(cpu for _, cpu in rounds)
-        rate = statistics.median([await _throughput(pool, n, concurrency)
-                                  for _ in range(ROUNDS)])
+        rate = statistics.median([await _throughput(pool, n, concurrency) for _ in range(ROUNDS)])
     finally:
         await pool.close()
-    return {"evaluations_per_round": n, "rounds": ROUNDS, "in_process_us": local * 1e6,
-            "sandbox_us": remote * 1e6, "sandbox_parent_cpu_us": parent_cpu * 1e6,
-            "ratio": remote / local, "concurrency": concurrency,
-            "sandbox_evaluations_per_s": rate, "workers": pool.settings.workers}
+    return {
+        "evaluations_per_round": n,
+        "rounds": ROUNDS,
+        "in_process_us": local * 1e6,
+        "sandbox_us": remote * 1e6,
+        "sandbox_parent_cpu_us": parent_cpu * 1e6,
+        "ratio": remote / local,
+        "concurrency": concurrency,
+        "sandbox_evaluations_per_s": rate,
+        "workers": pool.settings.workers,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sandbox (JqSandbox.first):       {result['sandbox_us']:8.1f} us/evaluation")
     print(f"  of which the parent's CPU:     {result['sandbox_parent_cpu_us']:8.1f} us/evaluation")
     print(f"ratio sandbox / in-process:      {result['ratio']:8.2f}x")
-    print(f"sandbox throughput, {result['concurrency']} in flight over {result['workers']}"
-          f" children: {result['sandbox_evaluations_per_s']:,.0f} evaluations/s")
+    print(
+        f"sandbox throughput, {result['concurrency']} in flight over {result['workers']}"
+        f" children: {result['sandbox_evaluations_per_s']:,.0f} evaluations/s"
+    )
     return 0
 
 

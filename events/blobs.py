@@ -95,9 +95,7 @@ class PostgresBlobStore:
     """Blobs in one PostgreSQL table, shared by every process of a cluster (a worker
     stores an output, the evaluator, other workers and the API read it back)."""
 
-    _CREATE = (
-        "CREATE TABLE IF NOT EXISTS aob_blobs (ref text PRIMARY KEY, data bytea NOT NULL)"
-    )
+    _CREATE = "CREATE TABLE IF NOT EXISTS aob_blobs (ref text PRIMARY KEY, data bytea NOT NULL)"
 
     def __init__(self, pool: Any) -> None:
         self._pool = pool

@@ -57,7 +57,6 @@ class TagMoved:
     tenant: str | None = None
 
 
-
 # Requests the single writer of a workflow id or tag decides (aob.projections.runtime
 # .decider): the API appends one, the owner of its aob.workflows partition appends the
 # decision, whose envelope names the request as its `causation_id`.

@@ -255,8 +255,9 @@ class Engine:
         why = self._why(task)
         if why is not None:
             error = None if task.cancelled() else task.exception()
-            log.critical("host %s died: %s; the service stops", task.get_name(), why,
-                         exc_info=error)
+            log.critical(
+                "host %s died: %s; the service stops", task.get_name(), why, exc_info=error
+            )
             self.died.set()
 
     def _why(self, task: asyncio.Task[None]) -> str | None:
@@ -419,7 +420,12 @@ def _agent_runner(
     http_settings = HttpWorkerSettings()
     http = HttpWorker(http_settings.model_copy(update={"secrets": {}}))
     services = AgentServices(
-        event_log, defaults, tools, GuardedFetch(http), definition, run_tenants=run_tenant,
+        event_log,
+        defaults,
+        tools,
+        GuardedFetch(http),
+        definition,
+        run_tenants=run_tenant,
         budgets=budget_guard(settings, read_models),
     )
     return AgentRunner(

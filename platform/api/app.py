@@ -160,7 +160,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_overflow(request: Request, error: OverflowError) -> JSONResponse:
         # A number of the request past what the stores hold (a bound the routes missed).
         problem = Problem(
-            422, "number-out-of-range", "Number out of range",
+            422,
+            "number-out-of-range",
+            "Number out of range",
             "a number in the request is too large (integers are at most 2^63 - 1)",
         )
         return _problem_response(problem, request)
@@ -170,7 +172,9 @@ def _install_error_handlers(app: FastAPI) -> None:
         # Bounds refuses deep bodies up front; this is what slips past, e.g. a deep value
         # built by a patch.
         problem = Problem(
-            422, "input-out-of-bounds", "Request out of bounds",
+            422,
+            "input-out-of-bounds",
+            "Request out of bounds",
             "the request nests too deeply to be handled",
         )
         return _problem_response(problem, request)

@@ -29,8 +29,13 @@ def run_usage(rows: Iterable[Mapping[str, Any]], budget: Any = None) -> dict[str
 
 
 def _empty() -> dict[str, Any]:
-    return {**dict.fromkeys(_COUNTS, 0), "attempts": 0, "models": [], "cost_nano_usd": None,
-            "unpriced_tokens": 0}
+    return {
+        **dict.fromkeys(_COUNTS, 0),
+        "attempts": 0,
+        "models": [],
+        "cost_nano_usd": None,
+        "unpriced_tokens": 0,
+    }
 
 
 def _add(target: dict[str, Any], row: Mapping[str, Any]) -> None:

@@ -59,10 +59,13 @@ class CaptureServer:
 
     def converse(self, match: str, *turns: dict[str, Any]) -> None:
         """Agent prompts containing `match` get these turns (see demo_llm's format)."""
-        conversations = [*self.llm.script.get("conversations", []),
-                         {"match": match, "turns": list(turns)}]
-        self.llm.script = load_script_dict({"conversations": conversations,
-                                            "default": {"content": "no script"}})
+        conversations = [
+            *self.llm.script.get("conversations", []),
+            {"match": match, "turns": list(turns)},
+        ]
+        self.llm.script = load_script_dict(
+            {"conversations": conversations, "default": {"content": "no script"}}
+        )
 
     def respond(self, path: str, answer: Answer) -> None:
         self.answers[path] = answer
@@ -79,8 +82,9 @@ class CaptureServer:
             message = await receive()
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        path = scope["path"] + (f"?{scope['query_string'].decode()}" if scope["query_string"]
-                                else "")
+        path = scope["path"] + (
+            f"?{scope['query_string'].decode()}" if scope["query_string"] else ""
+        )
         received = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         self.requests.append(Captured(scope["method"], path, received, body))
         if scope["path"].startswith("/v1/"):
@@ -98,8 +102,9 @@ class CaptureServer:
     @contextlib.contextmanager
     def serving(cls) -> Iterator[CaptureServer]:
         capture = cls()
-        config = uvicorn.Config(capture, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off", access_log=False)
+        config = uvicorn.Config(
+            capture, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        )
         server = uvicorn.Server(config)
         thread = threading.Thread(target=server.run, name="capture-server", daemon=True)
         thread.start()

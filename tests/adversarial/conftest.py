@@ -98,8 +98,15 @@ class LiveServer:
         stderr = self.logs_dir / f"stderr.{self.starts}.log"
         with stdout.open("wb") as out, stderr.open("wb") as err:
             self.process = subprocess.Popen(
-                [str(Path(sys.executable).parent / "aob"), "server", "dev",
-                 "--data-dir", str(self.data_dir), "--port", "0"],
+                [
+                    str(Path(sys.executable).parent / "aob"),
+                    "server",
+                    "dev",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "--port",
+                    "0",
+                ],
                 cwd=self.data_dir.parent,  # no .env of a developer's checkout
                 env=self.env,
                 stdout=out,
@@ -208,9 +215,22 @@ class LiveServer:
         on the server's own token store."""
         commands = {
             tenant: subprocess.Popen(
-                [sys.executable, "-m", "aob.platform.auth", "--data-dir", str(self.data_dir),
-                 "create", f"{tenant}-op", "--role", "operator", "--role", "viewer",
-                 "--tenant", tenant, "--json"],
+                [
+                    sys.executable,
+                    "-m",
+                    "aob.platform.auth",
+                    "--data-dir",
+                    str(self.data_dir),
+                    "create",
+                    f"{tenant}-op",
+                    "--role",
+                    "operator",
+                    "--role",
+                    "viewer",
+                    "--tenant",
+                    tenant,
+                    "--json",
+                ],
                 cwd=self.data_dir.parent,
                 env=self.env,
                 stdout=subprocess.PIPE,
@@ -421,8 +441,10 @@ class HealthProbe:
                 self._asking_since = None
                 latency = time.monotonic() - started
                 self.latencies.append(latency)
-                delays = [after - before for before, after in
-                          zip(waited, run_delays(mine, server), strict=True)]
+                delays = [
+                    after - before
+                    for before, after in zip(waited, run_delays(mine, server), strict=True)
+                ]
                 self.own_latencies.append(max(0.0, latency - max(delays, default=0.0)))
                 self._asked.set()
                 if self._stop.wait(self.every):  # the polling pace, not a wait for an outcome
@@ -460,9 +482,7 @@ class HealthProbe:
 
 
 def submit(client: httpx.Client, definition: dict[str, Any], inputs: Any = None) -> str:
-    response = client.post(
-        "/api/v1/runs", json={"definition": definition, "inputs": inputs or {}}
-    )
+    response = client.post("/api/v1/runs", json={"definition": definition, "inputs": inputs or {}})
     assert response.status_code == 202, response.text
     run_id: str = response.json()["run_id"]
     return run_id
@@ -511,9 +531,13 @@ def run_events(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
         after = page[-1]["offset"]
 
 
-def timed_run(client: httpx.Client, definition: dict[str, Any], inputs: Any = None,
-              timeout: float = 30.0, probe: HealthProbe | None = None,
-              ) -> tuple[float, dict[str, Any]]:
+def timed_run(
+    client: httpx.Client,
+    definition: dict[str, Any],
+    inputs: Any = None,
+    timeout: float = 30.0,
+    probe: HealthProbe | None = None,
+) -> tuple[float, dict[str, Any]]:
     """Seconds from submission to the end of the run, and the run.
 
     Less the time the server's event-loop thread, or this test's thread, waited
@@ -599,8 +623,11 @@ def _attack(
 ) -> Outcome:
     usual = baseline(server)
     bound = allowed(usual)
-    with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    with (
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+        server.client(VICTIM) as victim,
+    ):
         bad_id = submit(attacker, bad, inputs)
         victim_s, victim_run = timed_run(victim, NORMAL, {"x": 1}, max(bound, 10.0), probe)
         bad_run = wait_run(attacker, bad_id, bad_timeout, probe=probe)
@@ -653,8 +680,11 @@ def _survives_restart(
         bad_id = submit(attacker, bad, inputs)
         _wait_in_flight(attacker, bad_id, started or _scheduled)
     server.restart()
-    with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    with (
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+        server.client(VICTIM) as victim,
+    ):
         # The first victim run after a restart also waits for the hosts to catch up.
         _, victim_run = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
         bad_run = wait_run(attacker, bad_id, 30, probe=probe)

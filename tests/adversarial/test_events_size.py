@@ -34,13 +34,20 @@ OUTPUT_BYTES = 60_000
 def chain(length: int, tag: str) -> dict[str, Any]:
     """`length` chained transforms, each with its own 60 KB output."""
     nodes = [
-        {"id": f"n{i}", "type": "transform",
-         "config": {"expr": f'"{tag}-{i}-" + ("x" * {OUTPUT_BYTES})'}}
+        {
+            "id": f"n{i}",
+            "type": "transform",
+            "config": {"expr": f'"{tag}-{i}-" + ("x" * {OUTPUT_BYTES})'},
+        }
         for i in range(length)
     ]
     edges = [{"from": f"n{i - 1}", "to": f"n{i}"} for i in range(1, length)]
-    return {"name": f"chain-{length}", "nodes": nodes, "edges": edges,
-            "output": f".nodes.n{length - 1} | length"}
+    return {
+        "name": f"chain-{length}",
+        "nodes": nodes,
+        "edges": edges,
+        "output": f".nodes.n{length - 1} | length",
+    }
 
 
 def _event_sizes(events: list[dict[str, Any]]) -> list[tuple[int, str]]:
@@ -101,24 +108,41 @@ def test_an_http_response_over_kafkas_limit_does_not_wedge_the_worker(
     completes, or the node fails naming the limit; either way the next runs go on."""
     body = json.dumps({"data": "y" * 2_000_000}).encode()
     capture.respond("/big", Answer(body=body))
-    definition = {"name": "big-http", "nodes": [
-        {"id": "get", "type": "http", "config": {"url": f"{capture.url}/big"}}],
-        "output": ".nodes.get.body.data | length"}
-    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
-            server.client(ATTACKER) as attacker:
+    definition = {
+        "name": "big-http",
+        "nodes": [{"id": "get", "type": "http", "config": {"url": f"{capture.url}/big"}}],
+        "output": ".nodes.get.body.data | length",
+    }
+    with (
+        server.diagnosed(),
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+    ):
         run = wait_run(attacker, submit(attacker, definition), 60, probe=probe)
         if run["status"] == "completed":
             assert run["output"] == 2_000_000, run["output"]
         else:
-            assert names_a_budget(failure_text(run), "AOB_MAX_EVENT_BYTES",
-                                  "AOB_HTTP_MAX_RESPONSE_BYTES"), failure_text(run)
+            assert names_a_budget(
+                failure_text(run), "AOB_MAX_EVENT_BYTES", "AOB_HTTP_MAX_RESPONSE_BYTES"
+            ), failure_text(run)
         sizes = _event_sizes(run_events(attacker, run["run_id"]))
         assert sizes[0][0] < MAX_EVENT_BYTES, f"largest events: {sizes[:3]}"
         # The worker host is not wedged: another http run and a normal run complete.
         capture.respond("/small", Answer(body=b'{"ok": 1}'))
-        after = wait_run(attacker, submit(attacker, {"name": "small-http", "nodes": [
-            {"id": "get", "type": "http", "config": {"url": f"{capture.url}/small"}}]}),
-            30, probe=probe)
+        after = wait_run(
+            attacker,
+            submit(
+                attacker,
+                {
+                    "name": "small-http",
+                    "nodes": [
+                        {"id": "get", "type": "http", "config": {"url": f"{capture.url}/small"}}
+                    ],
+                },
+            ),
+            30,
+            probe=probe,
+        )
         normal = wait_run(attacker, submit(attacker, NORMAL, {"x": 1}), 30, probe=probe)
     probe.check()
     assert after["status"] == "completed", failure_text(after)

@@ -43,10 +43,8 @@ def limited_server(
 
 def held(pending: int) -> dict[str, Any]:
     """A run held open by an approval, with `pending` transforms waiting behind it."""
-    nodes: list[dict[str, Any]] = [
-        {"id": "wait", "type": "hitl", "config": {"message": "hold"}}]
-    nodes += [{"id": f"p{i}", "type": "transform", "config": {"expr": "1"}}
-              for i in range(pending)]
+    nodes: list[dict[str, Any]] = [{"id": "wait", "type": "hitl", "config": {"message": "hold"}}]
+    nodes += [{"id": f"p{i}", "type": "transform", "config": {"expr": "1"}} for i in range(pending)]
     edges = [{"from": "wait", "to": f"p{i}"} for i in range(pending)]
     return {"name": "held", "nodes": nodes, "edges": edges}
 
@@ -66,11 +64,19 @@ def test_retyping_pending_nodes_counts_against_the_agent_cap(limited_server: Liv
         wait_run(attacker, run_id, 30, until=lambda run: run["status"] != "running")
         accepted = 0
         for i in range(15):  # one patch per node, as an agent would, one at a time
-            response = attacker.post(f"/api/v1/runs/{run_id}/patch", json={"operations": [
-                {"op": "replace", "path": f"/nodes/{i + 1}/type", "value": "agent"},
-                {"op": "replace", "path": f"/nodes/{i + 1}/config",
-                 "value": {"prompt": "think"}},
-            ]})
+            response = attacker.post(
+                f"/api/v1/runs/{run_id}/patch",
+                json={
+                    "operations": [
+                        {"op": "replace", "path": f"/nodes/{i + 1}/type", "value": "agent"},
+                        {
+                            "op": "replace",
+                            "path": f"/nodes/{i + 1}/config",
+                            "value": {"prompt": "think"},
+                        },
+                    ]
+                },
+            )
             if response.status_code in (200, 202):
                 accepted += 1
             else:
@@ -85,17 +91,26 @@ def test_retyping_pending_nodes_counts_against_the_agent_cap(limited_server: Liv
 def test_a_patch_adding_agents_is_charged_to_the_heavy_tier(limited_server: LiveServer) -> None:
     """The tenant spends its one heavy run of the minute by patching a simple run up to
     three agents; a heavy submission right after is then refused (or the patch was)."""
-    heavy = {"name": "heavy", "nodes": [
-        {"id": "wait", "type": "hitl", "config": {"message": "hold"}},
-        *(agent_node(f"agent{i}") for i in range(3))],
-        "edges": [{"from": "wait", "to": f"agent{i}"} for i in range(3)]}
+    heavy = {
+        "name": "heavy",
+        "nodes": [
+            {"id": "wait", "type": "hitl", "config": {"message": "hold"}},
+            *(agent_node(f"agent{i}") for i in range(3)),
+        ],
+        "edges": [{"from": "wait", "to": f"agent{i}"} for i in range(3)],
+    }
     with limited_server.diagnosed(), limited_server.client(ATTACKER) as attacker:
         run_id = submit(attacker, held(0))
         wait_run(attacker, run_id, 30, until=lambda run: run["status"] != "running")
-        patched = attacker.post(f"/api/v1/runs/{run_id}/patch", json={"operations": [
-            {"op": "add", "path": "/nodes/-", "value": agent_node(f"agent{i}")}
-            for i in range(3)
-        ]})
+        patched = attacker.post(
+            f"/api/v1/runs/{run_id}/patch",
+            json={
+                "operations": [
+                    {"op": "add", "path": "/nodes/-", "value": agent_node(f"agent{i}")}
+                    for i in range(3)
+                ]
+            },
+        )
         direct = attacker.post("/api/v1/runs", json={"definition": heavy})
         for response in (patched, direct):
             if response.status_code == 202 and "run_id" in response.json():

@@ -118,8 +118,11 @@ def test_kill_9_after_a_deep_output_and_restart(server: LiveServer) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [pytest.param(UNKNOWN_FINGERPRINT, id="unknown-fingerprint"),
-              pytest.param(NOT_AVRO, id="not-avro")]
+    "value",
+    [
+        pytest.param(UNKNOWN_FINGERPRINT, id="unknown-fingerprint"),
+        pytest.param(NOT_AVRO, id="not-avro"),
+    ],
 )
 def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
     server: LiveServer, value: bytes
@@ -133,8 +136,7 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
         run_id = submit(attacker, HOLD)
         wait_run(attacker, run_id, 30, until=waiting)
     inject(server, RUNS_TOPIC, run_id, value)
-    with server.diagnosed(), server.client(ATTACKER) as attacker, \
-            server.client(VICTIM) as victim:
+    with server.diagnosed(), server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
         with HealthProbe(server.url, server.pid) as probe:
             _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)  # after catching up
             failed = wait_run(attacker, run_id, 30, probe=probe)
@@ -143,8 +145,10 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
         assert (first["status"], victim_run["status"]) == ("completed", "completed")
         assert_within_usual(server, victim_s, usual, "the victim's run")
         assert failed["status"] == "failed", failed
-        assert "undecodable" in failure_text(failed).lower() or "dead letter" in \
-            failure_text(failed).lower(), failure_text(failed)
+        assert (
+            "undecodable" in failure_text(failed).lower()
+            or "dead letter" in failure_text(failed).lower()
+        ), failure_text(failed)
         letters = [letter for letter in dead_letters(server) if letter.get("run_id") == run_id]
         assert letters, dead_letters(server)
         assert all(letter["reason"] for letter in letters), letters
@@ -154,8 +158,11 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
             server.kill9()  # audited while stopped; the restart below starts it
         assert_audit_passes_over_poison(audit_verify(server))
     server.restart()
-    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
-            server.client(VICTIM) as victim:
+    with (
+        server.diagnosed(),
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(VICTIM) as victim,
+    ):
         _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
         steady_s, steady = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
         probe.check()
@@ -165,8 +172,7 @@ def test_an_undecodable_record_on_the_runs_topic_is_set_aside(
 
 
 def positions(letters: list[dict[str, Any]]) -> set[str]:
-    return {f"/{letter['source']['partition']}@{letter['source']['offset']}"
-            for letter in letters}
+    return {f"/{letter['source']['partition']}@{letter['source']['offset']}" for letter in letters}
 
 
 def assert_not_handled_again(server: LiveServer, letters: list[dict[str, Any]]) -> None:
@@ -174,8 +180,11 @@ def assert_not_handled_again(server: LiveServer, letters: list[dict[str, Any]]) 
     them sets it aside again. (Dead-letter ids are deterministic, so the listing would
     hide a repeat: the process's own log says what it set aside.)"""
     latest = (server.logs_dir / f"stderr.{server.starts}.log").read_text(errors="replace")
-    again = [line[:300] for line in latest.splitlines() if "set aside" in line
-             and any(where in line for where in positions(letters))]
+    again = [
+        line[:300]
+        for line in latest.splitlines()
+        if "set aside" in line and any(where in line for where in positions(letters))
+    ]
     assert not again, f"the poison was handled again after the restart: {again}"
 
 
@@ -194,8 +203,11 @@ def test_garbage_on_a_task_topic_does_not_stop_its_worker(server: LiveServer) ->
         probe.check()
         assert run["status"] == "waiting", run
         assert _approvals(victim, held), "the victim's approval was never requested"
-        letters = [letter for letter in dead_letters(server)
-                   if letter.get("source", {}).get("topic", "").endswith("aob.tasks.hitl")]
+        letters = [
+            letter
+            for letter in dead_letters(server)
+            if letter.get("source", {}).get("topic", "").endswith("aob.tasks.hitl")
+        ]
         assert letters, dead_letters(server)
 
     server.restart()
@@ -226,14 +238,26 @@ def test_a_deep_output_leaves_no_unfoldable_record_behind(server: LiveServer) ->
         assert health.status_code == 200, health.text
 
 
-
 def audit_verify(server: LiveServer) -> subprocess.CompletedProcess[str]:
     """`aob server audit verify` on the server's stores (an embedded server must be
     stopped first: its log has one owner)."""
-    command = [str(Path(sys.executable).parent / "aob"), "server", "audit", "verify",
-               "--data-dir", str(server.data_dir)]
-    return subprocess.run(command, env=server.env, cwd=server.data_dir.parent,
-                          capture_output=True, text=True, timeout=120, check=False)
+    command = [
+        str(Path(sys.executable).parent / "aob"),
+        "server",
+        "audit",
+        "verify",
+        "--data-dir",
+        str(server.data_dir),
+    ]
+    return subprocess.run(
+        command,
+        env=server.env,
+        cwd=server.data_dir.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def assert_audit_passes_over_poison(done: subprocess.CompletedProcess[str]) -> None:

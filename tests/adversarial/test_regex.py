@@ -31,8 +31,13 @@ def agent_running_regex(capture: CaptureServer, pattern: str, text: str) -> dict
     )
     return {
         "name": "regex-agent",
-        "nodes": [{"id": "agent", "type": "agent",
-                   "config": {"prompt": f"{marker}: extract", "tools": ["execute_pipeline"]}}],
+        "nodes": [
+            {
+                "id": "agent",
+                "type": "agent",
+                "config": {"prompt": f"{marker}: extract", "tools": ["execute_pipeline"]},
+            }
+        ],
         "output": ".nodes.agent",
     }
 
@@ -78,8 +83,13 @@ def test_regex_extract_refuses_what_needs_backtracking_clearly(
 def jq_test(pattern: str) -> dict[str, Any]:
     return {
         "name": "regex-jq",
-        "nodes": [{"id": "bad", "type": "transform",
-                   "config": {"expr": f".inputs.s | test({json.dumps(pattern)})"}}],
+        "nodes": [
+            {
+                "id": "bad",
+                "type": "transform",
+                "config": {"expr": f".inputs.s | test({json.dumps(pattern)})"},
+            }
+        ],
         "output": ".nodes.bad",
     }
 

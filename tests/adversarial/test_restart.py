@@ -40,15 +40,15 @@ pytestmark = pytest.mark.slow
 ATTACKS: dict[str, tuple[dict[str, Any], Any, tuple[str, ...]]] = {
     "output size": (transform("[range(1e7)]", "restart-output"), None, JQ_SETTINGS),
     "regex": (jq_test(EVIL), {"s": TEXT}, REGEX_LIMITS),
-    "prompt template": (
-        one_node("agent", {"prompt": f"rank {{{{ {LONG} }}}}"}), None, JQ_SETTINGS),
+    "prompt template": (one_node("agent", {"prompt": f"rank {{{{ {LONG} }}}}"}), None, JQ_SETTINGS),
 }
 
 
 def log_history(client: httpx.Client, run_id: str) -> list[dict[str, Any]]:
     """Every record of the run in the log, duplicates too (not the read models)."""
-    response = client.get(f"/api/v1/runs/{run_id}/events",
-                          params={"source": "log", "limit": 10_000})
+    response = client.get(
+        f"/api/v1/runs/{run_id}/events", params={"source": "log", "limit": 10_000}
+    )
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
@@ -58,41 +58,50 @@ def test_failed_attacks_do_not_hang_a_restarted_server(server: LiveServer) -> No
     with server.diagnosed():
         usual = baseline(server)
         with server.client(ATTACKER) as attacker:
-            ids = {what: submit(attacker, definition, inputs)
-                   for what, (definition, inputs, _) in ATTACKS.items()}
+            ids = {
+                what: submit(attacker, definition, inputs)
+                for what, (definition, inputs, _) in ATTACKS.items()
+            }
             failed = {what: wait_run(attacker, run_id, 30) for what, run_id in ids.items()}
             for what, run in failed.items():
                 assert run["status"] == "failed", (what, run["status"], failure_text(run))
                 assert names_a_budget(failure_text(run), *ATTACKS[what][2]), (
-                    what, failure_text(run))
+                    what,
+                    failure_text(run),
+                )
             before = {what: log_history(attacker, run_id) for what, run_id in ids.items()}
 
         server.restart()
-        with HealthProbe(server.url, server.pid) as probe, server.client(ATTACKER) as attacker, \
-                server.client(VICTIM) as victim:
+        with (
+            HealthProbe(server.url, server.pid) as probe,
+            server.client(ATTACKER) as attacker,
+            server.client(VICTIM) as victim,
+        ):
             # The first run after a restart also waits for the hosts to catch up.
             _, first = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
             steady_s, steady = timed_run(victim, NORMAL, {"x": 1}, 30, probe)
-            after = {what: attacker.get(f"/api/v1/runs/{run_id}").json()
-                     for what, run_id in ids.items()}
+            after = {
+                what: attacker.get(f"/api/v1/runs/{run_id}").json() for what, run_id in ids.items()
+            }
             history = {what: log_history(attacker, run_id) for what, run_id in ids.items()}
         probe.check()
     assert (first["status"], steady["status"]) == ("completed", "completed")
     assert_within_usual(server, steady_s, usual, "after the restart the victim's run")
     for what in ATTACKS:
-        assert (after[what]["status"], after[what]["error"]) == (
-            "failed", failed[what]["error"]), what
+        assert (after[what]["status"], after[what]["error"]) == ("failed", failed[what]["error"]), (
+            what
+        )
         assert history[what] == before[what], f"{what}: {_changed(before[what], history[what])}"
 
 
 def _changed(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
     """What the restarted server changed in a failed run's log."""
-    added = [(e["offset"], e["type"]) for e in after[len(before):]]
+    added = [(e["offset"], e["type"]) for e in after[len(before) :]]
     if added:
         return f"the restarted server appended to the failed run's log: {added}"
     changed = [i for i, (old, new) in enumerate(zip(before, after, strict=False)) if old != new]
     if changed:
         first = changed[0]
         return f"the failed run's log changed at record {first}: {before[first]} -> {after[first]}"
-    lost = [(e["offset"], e["type"]) for e in before[len(after):]]
+    lost = [(e["offset"], e["type"]) for e in before[len(after) :]]
     return f"records of the failed run's log are gone after the restart: {lost}"

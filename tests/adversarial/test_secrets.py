@@ -39,8 +39,7 @@ pytestmark = pytest.mark.slow
 
 
 def _secret(prefix: str) -> str:
-    return prefix + "".join(secrets.choice(string.ascii_letters + string.digits)
-                            for _ in range(40))
+    return prefix + "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(40))
 
 
 VICTIM_API_KEY = _secret("vk")  # bound to the victim tenant, header X-Api-Key
@@ -84,17 +83,34 @@ def secrets_server(
     settings = {
         "AOB_LLM_BASE_URL": capture.llm_url,
         "AOB_LLM_API_KEY": LLM_KEY,
-        "AOB_LLM_ENDPOINTS": json.dumps({"local": {
-            "base_url": f"{capture.url}/local/v1", "api_key": LOCAL_LLM_KEY,
-            "tenants": [VICTIM]}}),
+        "AOB_LLM_ENDPOINTS": json.dumps(
+            {
+                "local": {
+                    "base_url": f"{capture.url}/local/v1",
+                    "api_key": LOCAL_LLM_KEY,
+                    "tenants": [VICTIM],
+                }
+            }
+        ),
         "AOB_HTTP_ALLOW": "127.0.0.1,localhost",
         "AOB_HTTP_PORTS": port,
-        "AOB_HTTP_SECRETS": json.dumps({
-            "victim_api": {"value": VICTIM_API_KEY, "header": "X-Api-Key",
-                           "hosts": [bound_host], "tenants": [VICTIM]},
-            "shared": {"value": SHARED_TOKEN, "header": "Authorization",
-                       "format": "Bearer {value}", "hosts": [bound_host], "tenants": ["*"]},
-        }),
+        "AOB_HTTP_SECRETS": json.dumps(
+            {
+                "victim_api": {
+                    "value": VICTIM_API_KEY,
+                    "header": "X-Api-Key",
+                    "hosts": [bound_host],
+                    "tenants": [VICTIM],
+                },
+                "shared": {
+                    "value": SHARED_TOKEN,
+                    "header": "Authorization",
+                    "format": "Bearer {value}",
+                    "hosts": [bound_host],
+                    "tenants": ["*"],
+                },
+            }
+        ),
     }
     with server_for(request.param, request, data_dir, **settings) as server:
         yield server
@@ -113,13 +129,16 @@ def attacks(capture: CaptureServer) -> dict[str, dict[str, Any]]:
     other = f"http://localhost:{port}"  # the same listener, not the bound host
     return {
         "every secret as base64 into the error": http(
-            {"url": f"{capture.url}/a", "expect_status": ["{{ .secrets | tojson | @base64 }}"]}),
+            {"url": f"{capture.url}/a", "expect_status": ["{{ .secrets | tojson | @base64 }}"]}
+        ),
         "one secret in a query string": http(
-            {"url": f"{capture.url}/b?k={{{{ .secrets.shared | @base64 }}}}"}),
+            {"url": f"{capture.url}/b?k={{{{ .secrets.shared | @base64 }}}}"}
+        ),
         "another tenant's secret": http({"url": f"{capture.url}/c", "secrets": ["victim_api"]}),
         "a secret toward an unbound host": http({"url": f"{other}/d", "secrets": ["shared"]}),
         "a secret across a redirect": http(
-            {"url": f"{capture.url}/redirect", "secrets": ["shared"]}),
+            {"url": f"{capture.url}/redirect", "secrets": ["shared"]}
+        ),
         "secrets in an agent prompt": agent({"prompt": "{{ .secrets | tojson }}"}),
         "a free LLM base_url": agent({"prompt": "hello", "base_url": f"{other}/evil/v1"}),
         "another tenant's LLM endpoint": agent({"prompt": "hello", "endpoint": "local"}),
@@ -131,22 +150,29 @@ def test_no_secret_leaks_whatever_the_attacker_writes(
 ) -> None:
     server = secrets_server
     port = capture.url.rsplit(":", 1)[1]
-    capture.respond("/redirect", Answer(status=302, headers=(
-        ("location", f"http://localhost:{port}/stolen"),)))
+    capture.respond(
+        "/redirect", Answer(status=302, headers=(("location", f"http://localhost:{port}/stolen"),))
+    )
     runs: dict[str, dict[str, Any]] = {}
-    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
-            server.client(ATTACKER) as attacker, server.client(VICTIM) as victim:
-        ids = {what: submit(attacker, definition)
-               for what, definition in attacks(capture).items()}
-        legit = submit(victim, http({"url": f"{capture.url}/legit", "secrets": ["victim_api"]},
-                                    "legit"))
+    with (
+        server.diagnosed(),
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+        server.client(VICTIM) as victim,
+    ):
+        ids = {what: submit(attacker, definition) for what, definition in attacks(capture).items()}
+        legit = submit(
+            victim, http({"url": f"{capture.url}/legit", "secrets": ["victim_api"]}, "legit")
+        )
         legit_llm = submit(victim, agent({"prompt": "summarise"}))
         for what, run_id in ids.items():
             runs[what] = wait_run(attacker, run_id, 30, probe=probe)
         runs["legit"] = wait_run(victim, legit, 30, probe=probe)
         runs["legit llm"] = wait_run(victim, legit_llm, 30, probe=probe)
-        timelines = {what: run_events(attacker if what in ids else victim, run["run_id"])
-                     for what, run in runs.items()}
+        timelines = {
+            what: run_events(attacker if what in ids else victim, run["run_id"])
+            for what, run in runs.items()
+        }
     probe.check()
 
     # The victim's legitimate uses worked, with the secret in its bound header.
@@ -157,30 +183,38 @@ def test_no_secret_leaks_whatever_the_attacker_writes(
     # The ways that only work by reading a secret as data, or by borrowing a secret or an
     # endpoint one's tenant may not use, fail, each with a reason. (An agent prompt's
     # context has no secrets at all: `.secrets` is null there, which the scan covers.)
-    for what in ("every secret as base64 into the error", "one secret in a query string",
-                 "another tenant's secret", "a free LLM base_url", "another tenant's LLM endpoint"):
+    for what in (
+        "every secret as base64 into the error",
+        "one secret in a query string",
+        "another tenant's secret",
+        "a free LLM base_url",
+        "another tenant's LLM endpoint",
+    ):
         assert runs[what]["status"] == "failed", (what, runs[what]["status"])
         assert failure_text(runs[what]).strip(), what
     assert not capture.seen("/evil"), "the free base_url was contacted"
 
-    haystacks = {f"events of {what}": json.dumps(events)
-                 for what, events in timelines.items()}
+    haystacks = {f"events of {what}": json.dumps(events) for what, events in timelines.items()}
     haystacks |= {f"run {what}": json.dumps(run) for what, run in runs.items()}
     haystacks["server logs"] = server.logs()
-    bound = {VICTIM_API_KEY: "x-api-key", SHARED_TOKEN: "authorization",
-             LLM_KEY: "authorization", LOCAL_LLM_KEY: "authorization"}
+    bound = {
+        VICTIM_API_KEY: "x-api-key",
+        SHARED_TOKEN: "authorization",
+        LLM_KEY: "authorization",
+        LOCAL_LLM_KEY: "authorization",
+    }
     for secret in (VICTIM_API_KEY, SHARED_TOKEN, LLM_KEY, LOCAL_LLM_KEY):
         texts = dict(haystacks)
         for n, request in enumerate(capture.requests):
             allowed_here = _bound_destination(secret, request.path, request.headers, port)
             header = bound[secret] if allowed_here else None
             texts[f"request {n} {request.method} {request.path}"] = request.text(
-                without_header=header)
+                without_header=header
+            )
         _assert_absent(secret, texts)
 
 
-def _bound_destination(secret: str, path: str, headers: list[tuple[str, str]],
-                       port: str) -> bool:
+def _bound_destination(secret: str, path: str, headers: list[tuple[str, str]], port: str) -> bool:
     """Whether a request went where `secret` is bound (its header may carry it there)."""
     host = {k.lower(): v for k, v in headers}.get("host", "")
     if host != f"127.0.0.1:{port}":
@@ -203,14 +237,17 @@ def test_a_literal_authorization_header_is_not_shown_in_clear(
 ) -> None:
     """An operator wrote a token into a definition: refused, or kept out of what the
     API shows (the run, its events)."""
-    definition = http({"url": f"{capture.url}/literal",
-                       "headers": {"Authorization": f"Bearer {LITERAL}"}}, "literal")
+    definition = http(
+        {"url": f"{capture.url}/literal", "headers": {"Authorization": f"Bearer {LITERAL}"}},
+        "literal",
+    )
     with secrets_server.client(ATTACKER) as attacker:
         response = attacker.post("/api/v1/runs", json={"definition": definition})
         if response.status_code == 202:
             run_id = response.json()["run_id"]
             shown = json.dumps(wait_run(attacker, run_id, 30)) + json.dumps(
-                run_events(attacker, run_id))
+                run_events(attacker, run_id)
+            )
         else:
             assert response.status_code in (400, 422), response.text
             shown = response.text
@@ -223,14 +260,30 @@ def test_tool_schemas_never_reach_the_network(
     """A registered tool's parameters `$ref` a slow URL: validating an agent's call to it
     contacts nobody and stalls nobody."""
     capture.respond("/schema.json", Answer(body=b'{"type": "object"}', delay_s=10))
-    tool = {"name": "remote-ref", "steps": [{"op": "top_k", "k": 1}],
-            "parameters": {"$ref": f"{capture.url}/schema.json"}}
+    tool = {
+        "name": "remote-ref",
+        "steps": [{"op": "top_k", "k": 1}],
+        "parameters": {"$ref": f"{capture.url}/schema.json"},
+    }
     marker = f"tool-{secrets.token_hex(4)}"
-    capture.converse(marker, {"tool_calls": [{"name": "execute_pipeline", "arguments": {
-        "tool": "remote-ref", "input": [{"a": 1}]}}]}, {"content": "done"})
+    capture.converse(
+        marker,
+        {
+            "tool_calls": [
+                {
+                    "name": "execute_pipeline",
+                    "arguments": {"tool": "remote-ref", "input": [{"a": 1}]},
+                }
+            ]
+        },
+        {"content": "done"},
+    )
     server = secrets_server
-    with server.diagnosed(), HealthProbe(server.url, server.pid) as probe, \
-            server.client(ATTACKER) as attacker:
+    with (
+        server.diagnosed(),
+        HealthProbe(server.url, server.pid) as probe,
+        server.client(ATTACKER) as attacker,
+    ):
         registered = attacker.post("/api/v1/tools", json=tool)
         assert registered.status_code in (201, 422), registered.text
         run_id = submit(attacker, agent({"prompt": f"{marker}: use the tool"}))

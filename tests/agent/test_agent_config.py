@@ -8,11 +8,13 @@ from aob.workers.agent.config import AgentDefaults, ConfigError, NamedEndpoint, 
 from aob.workers.agent.llm import Endpoint, LlmClients
 
 DEFAULTS = AgentDefaults(
-    base_url="http://llm.internal/v1", model="small", api_key="k0", max_rounds=10,
+    base_url="http://llm.internal/v1",
+    model="small",
+    api_key="k0",
+    max_rounds=10,
     max_tokens=1000,
     endpoints={
-        "team-a": NamedEndpoint("https://a.example/v1", "ka", ("big", "huge"),
-                                frozenset({"acme"})),
+        "team-a": NamedEndpoint("https://a.example/v1", "ka", ("big", "huge"), frozenset({"acme"})),
         "shared": NamedEndpoint("https://shared.example/v1/", "ks", (), frozenset({"*"})),
     },
 )
@@ -23,16 +25,26 @@ def test_nodes_inherit_the_default_endpoint_and_may_override_limits():
     assert inherited.endpoint == Endpoint("http://llm.internal/v1", "small", "k0", 3, 60.0)
     assert not inherited.endpoint.guarded
     assert (inherited.max_rounds, inherited.max_tokens) == (10, 1000)
-    own = agent_config({"prompt": "p", "model": "big", "max_rounds": 2, "max_tokens": 50,
-                        "max_wall_ms": 5, "max_retries": 0}, DEFAULTS)
+    own = agent_config(
+        {
+            "prompt": "p",
+            "model": "big",
+            "max_rounds": 2,
+            "max_tokens": 50,
+            "max_wall_ms": 5,
+            "max_retries": 0,
+        },
+        DEFAULTS,
+    )
     assert own.endpoint == Endpoint("http://llm.internal/v1", "big", "k0", 0, 60.0)
     assert (own.max_rounds, own.max_tokens, own.max_wall_ms) == (2, 50, 5)
 
 
 def test_a_named_endpoint_brings_its_own_key_and_models_and_is_guarded():
     named = agent_config({"prompt": "p", "endpoint": "team-a"}, DEFAULTS, "acme")
-    assert named.endpoint == Endpoint("https://a.example/v1", "big", "ka", 3, 60.0,
-                                      guarded=True, name="team-a")
+    assert named.endpoint == Endpoint(
+        "https://a.example/v1", "big", "ka", 3, 60.0, guarded=True, name="team-a"
+    )
     huge = agent_config({"prompt": "p", "endpoint": "team-a", "model": "huge"}, DEFAULTS, "acme")
     assert huge.endpoint.model == "huge"
     shared = agent_config({"prompt": "p", "endpoint": "shared"}, DEFAULTS, "anyone")
@@ -49,16 +61,28 @@ def test_a_base_url_is_accepted_only_as_a_configured_endpoints_own():
 @pytest.mark.parametrize(
     ("config", "tenant", "message"),
     [
-        ({"base_url": "http://[::1]:9/v1"}, "default",
-         "config.base_url: only LLM endpoints the operator configured may be used"),
-        ({"base_url": "https://a.example/v1"}, "other",
-         "config.base_url: only LLM endpoints the operator configured may be used"),
-        ({"endpoint": "team-a"}, "other",
-         "config.endpoint: no LLM endpoint named 'team-a' for tenant 'other';"
-         " configured for it: default, shared"),
+        (
+            {"base_url": "http://[::1]:9/v1"},
+            "default",
+            "config.base_url: only LLM endpoints the operator configured may be used",
+        ),
+        (
+            {"base_url": "https://a.example/v1"},
+            "other",
+            "config.base_url: only LLM endpoints the operator configured may be used",
+        ),
+        (
+            {"endpoint": "team-a"},
+            "other",
+            "config.endpoint: no LLM endpoint named 'team-a' for tenant 'other';"
+            " configured for it: default, shared",
+        ),
         ({"endpoint": "nope"}, "acme", "no LLM endpoint named 'nope'"),
-        ({"endpoint": "team-a", "model": "small"}, "acme",
-         "config.model: endpoint 'team-a' serves only big, huge, not 'small'"),
+        (
+            {"endpoint": "team-a", "model": "small"},
+            "acme",
+            "config.model: endpoint 'team-a' serves only big, huge, not 'small'",
+        ),
         ({"endpoint": "shared", "base_url": "https://a.example/v1"}, "acme", "not both"),
         ({"credentials": "team-a"}, "acme", "config.credentials: LLM keys belong to endpoints"),
     ],

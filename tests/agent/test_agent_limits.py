@@ -11,14 +11,22 @@ PIPELINE = call("execute_pipeline", steps=[{"op": "jq_transform", "expr": "1 + 1
 
 
 def single(prompt: str = "do the work", **config: Any) -> dict[str, Any]:
-    return {"name": "bounded", "nodes": [agent("work", prompt, **config)],
-            "output": ".nodes.work.answer"}
+    return {
+        "name": "bounded",
+        "nodes": [agent("work", prompt, **config)],
+        "output": ".nodes.work.answer",
+    }
 
 
 async def test_a_429_is_retried_by_the_sdk(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "do the work", "turns": [
-        {"content": "done", "errors": [{"status": 429, "retry_after_ms": 20}]},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "do the work",
+            "turns": [
+                {"content": "done", "errors": [{"status": 429, "retry_after_ms": 20}]},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(single()))
     assert run["status"] == "completed", run
     assert run["output"] == "done"
@@ -26,9 +34,7 @@ async def test_a_429_is_retried_by_the_sdk(aob: Aob, scripted_llm: LlmServer):
     assert node(run, "work")["attempt"] == 1  # retried inside the attempt, by the SDK
 
 
-async def test_5xx_after_every_retry_fails_the_attempt_retryably(
-    aob: Aob, scripted_llm: LlmServer
-):
+async def test_5xx_after_every_retry_fails_the_attempt_retryably(aob: Aob, scripted_llm: LlmServer):
     errors = [{"status": 503, "message": "overloaded"}] * 3
     scripted_llm.serve({"match": "do the work", "turns": [{"content": "late", "errors": errors}]})
     definition = single()
@@ -46,8 +52,12 @@ async def test_5xx_after_every_retry_fails_the_attempt_retryably(
 
 
 async def test_a_4xx_fails_the_node_without_retries(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "do the work", "turns": [
-        {"content": "never", "errors": [{"status": 400, "message": "bad model"}]}]})
+    scripted_llm.serve(
+        {
+            "match": "do the work",
+            "turns": [{"content": "never", "errors": [{"status": 400, "message": "bad model"}]}],
+        }
+    )
     definition = single()
     definition["nodes"][0]["retry"] = {"max_attempts": 3, "initial_backoff_ms": 1}
     run = await aob.finished(await aob.submit(definition))
@@ -70,26 +80,33 @@ async def test_round_limit_fails_the_node(aob: Aob, scripted_llm: LlmServer):
 
 async def test_token_budget_fails_the_node(aob: Aob, scripted_llm: LlmServer):
     usage = {"prompt_tokens": 400, "completion_tokens": 100}
-    scripted_llm.serve({"match": "do the work", "turns": [
-        {"tool_calls": [PIPELINE], "usage": usage}]})
+    scripted_llm.serve(
+        {"match": "do the work", "turns": [{"tool_calls": [PIPELINE], "usage": usage}]}
+    )
     run = await aob.finished(await aob.submit(single(max_tokens=1200)))
     assert run["status"] == "failed"
     assert "exceeded its token budget of 1200 tokens (1500 used in 3 LLM calls" in run["error"]
 
 
 async def test_wall_time_fails_the_node(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "do the work", "turns": [
-        {"tool_calls": [PIPELINE], "delay_ms": 150}]})
+    scripted_llm.serve(
+        {"match": "do the work", "turns": [{"tool_calls": [PIPELINE], "delay_ms": 150}]}
+    )
     run = await aob.finished(await aob.submit(single(max_wall_ms=400)))
     assert run["status"] == "failed"
     assert "exceeded its wall time of 400 ms" in run["error"]
 
 
 async def test_json_output_is_asked_again_until_it_parses(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "do the work", "turns": [
-        {"content": "here you go: {oops"},
-        {"content": '{"total": 2}'},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "do the work",
+            "turns": [
+                {"content": "here you go: {oops"},
+                {"content": '{"total": 2}'},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(single(output="json")))
     assert run["status"] == "completed", run
     assert run["output"] == {"total": 2}
@@ -110,8 +127,9 @@ async def test_bad_config_is_refused_at_submission(aob: Aob, scripted_llm: LlmSe
 
 async def test_prompt_templates_see_the_run(aob: Aob, scripted_llm: LlmServer):
     scripted_llm.serve({"match": "summarise ticket T-42", "turns": [{"content": "ok"}]})
-    run = await aob.finished(await aob.submit(
-        single(prompt="summarise ticket {{ .inputs.ticket }}"), {"ticket": "T-42"}))
+    run = await aob.finished(
+        await aob.submit(single(prompt="summarise ticket {{ .inputs.ticket }}"), {"ticket": "T-42"})
+    )
     assert run["status"] == "completed", run
     assert run["output"] == "ok"
 

@@ -20,8 +20,11 @@ ORDERS = [
 
 
 def one_agent(prompt: str = "find the big orders", **config: Any) -> dict[str, Any]:
-    return {"name": "agentic", "nodes": [agent("triage", prompt, **config)],
-            "output": ".nodes.triage.answer"}
+    return {
+        "name": "agentic",
+        "nodes": [agent("triage", prompt, **config)],
+        "output": ".nodes.triage.answer",
+    }
 
 
 async def test_agent_runs_a_pipeline_and_answers(aob: Aob, scripted_llm: LlmServer):
@@ -30,10 +33,15 @@ async def test_agent_runs_a_pipeline_and_answers(aob: Aob, scripted_llm: LlmServ
         {"op": "table_sort", "by": "amount", "descending": True},
         {"op": "table_select", "fields": ["id"]},
     ]
-    scripted_llm.serve({"match": "big orders", "turns": [
-        {"tool_calls": [call("execute_pipeline", steps=steps, input=ORDERS)]},
-        {"content": "o3 and o1"},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "big orders",
+            "turns": [
+                {"tool_calls": [call("execute_pipeline", steps=steps, input=ORDERS)]},
+                {"content": "o3 and o1"},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(one_agent(), {"orders": ORDERS}))
     assert run["status"] == "completed", run
     assert run["output"] == "o3 and o1"
@@ -43,8 +51,12 @@ async def test_agent_runs_a_pipeline_and_answers(aob: Aob, scripted_llm: LlmServ
     assert first["messages"][0] == second["messages"][0]
     assert first["tools"] == second["tools"]
     assert [t["function"]["name"] for t in first["tools"]] == [
-        "execute_pipeline", "patch_workflow", "search_tools", "openapi_action",
-        "delegate_to_agent"]
+        "execute_pipeline",
+        "patch_workflow",
+        "search_tools",
+        "openapi_action",
+        "delegate_to_agent",
+    ]
     assert '"o2"' in first["messages"][1]["content"]  # the node sees its inputs
     output = node(run, "triage")["output"]
     assert output["rounds"] == 1
@@ -58,43 +70,81 @@ async def test_agent_runs_a_pipeline_and_answers(aob: Aob, scripted_llm: LlmServ
 
 
 async def test_failing_pipeline_step_is_named_to_the_model(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "big orders", "turns": [
-        {"tool_calls": [call("execute_pipeline", input=ORDERS, steps=[
-            {"op": "table_sort", "by": "amount"},
-            {"op": "top_k", "k": "two"},
-        ])]},
-        {"tool_calls": [call("execute_pipeline", input=ORDERS, steps=[
-            {"op": "table_sort", "by": "amount"}, {"op": "top_k", "k": 1}])]},
-        {"content": "done"},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "big orders",
+            "turns": [
+                {
+                    "tool_calls": [
+                        call(
+                            "execute_pipeline",
+                            input=ORDERS,
+                            steps=[
+                                {"op": "table_sort", "by": "amount"},
+                                {"op": "top_k", "k": "two"},
+                            ],
+                        )
+                    ]
+                },
+                {
+                    "tool_calls": [
+                        call(
+                            "execute_pipeline",
+                            input=ORDERS,
+                            steps=[{"op": "table_sort", "by": "amount"}, {"op": "top_k", "k": 1}],
+                        )
+                    ]
+                },
+                {"content": "done"},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(one_agent(), {"orders": ORDERS}))
     assert run["status"] == "completed", run
     failed, fixed = scripted_llm.tool_results()
-    assert failed == {"error": "step 1 (top_k): parameter 'k' must be an integer, got a string",
-                      "failed_step": 1}
+    assert failed == {
+        "error": "step 1 (top_k): parameter 'k' must be an integer, got a string",
+        "failed_step": 1,
+    }
     assert fixed == {"result": [ORDERS[1]]}
 
 
 # --- the patch lane ------------------------------------------------------------------
 
 ADD_NOTIFY = [
-    {"op": "add", "path": "/nodes/-",
-     "value": {"id": "notify", "type": "transform",
-               "config": {"expr": '"notified: " + .nodes.plan.answer'}}},
+    {
+        "op": "add",
+        "path": "/nodes/-",
+        "value": {
+            "id": "notify",
+            "type": "transform",
+            "config": {"expr": '"notified: " + .nodes.plan.answer'},
+        },
+    },
     {"op": "add", "path": "/edges/-", "value": {"from": "plan", "to": "notify"}},
 ]
 
 
 def planner(**extra: Any) -> dict[str, Any]:
-    return {"name": "planner", "nodes": [agent("plan", "plan the follow-up")], "edges": [],
-            "output": ".nodes.notify", **extra}
+    return {
+        "name": "planner",
+        "nodes": [agent("plan", "plan the follow-up")],
+        "edges": [],
+        "output": ".nodes.notify",
+        **extra,
+    }
 
 
 async def test_valid_patch_is_applied_and_its_nodes_run(aob: Aob, scripted_llm: LlmServer):
-    scripted_llm.serve({"match": "plan the follow-up", "turns": [
-        {"tool_calls": [call("patch_workflow", operations=ADD_NOTIFY, reason="tell them")]},
-        {"content": "ops"},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "plan the follow-up",
+            "turns": [
+                {"tool_calls": [call("patch_workflow", operations=ADD_NOTIFY, reason="tell them")]},
+                {"content": "ops"},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(planner()))
     assert run["status"] == "completed", run
     assert run["output"] == "notified: ops", (run, scripted_llm.tool_results())
@@ -106,7 +156,8 @@ async def test_valid_patch_is_applied_and_its_nodes_run(aob: Aob, scripted_llm: 
     assert proposed["node_id"] == "plan"
     assert proposed["reason"] == "tell them"
     assert node(run, "plan")["output"]["patches"] == [
-        {"patch_id": result["patch_id"], "status": "applied"}]
+        {"patch_id": result["patch_id"], "status": "applied"}
+    ]
     assert [n["id"] for n in run["definition"]["nodes"]] == ["plan", "notify"]
 
 
@@ -116,11 +167,16 @@ async def test_invalid_patch_is_corrected_on_retry(aob: Aob, scripted_llm: LlmSe
         {"operation": "add", "path": "nodes/-", "value": ADD_NOTIFY[0]["value"]},
         {"op": "add", "path": "/edges/-", "value": {"from": "planner", "to": "notify"}},
     ]
-    scripted_llm.serve({"match": "plan the follow-up", "turns": [
-        {"tool_calls": [call("patch_workflow", operations=wrong)]},
-        {"tool_calls": [call("patch_workflow", operations=ADD_NOTIFY)]},
-        {"content": "fixed"},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "plan the follow-up",
+            "turns": [
+                {"tool_calls": [call("patch_workflow", operations=wrong)]},
+                {"tool_calls": [call("patch_workflow", operations=ADD_NOTIFY)]},
+                {"content": "fixed"},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(planner()))
     assert run["status"] == "completed", run
     assert run["output"] == "notified: fixed"
@@ -141,12 +197,18 @@ async def test_patch_refused_by_the_coordinator_goes_back_to_the_model(
 ):
     # Six agent nodes: the coordinator's spawn limit (5 per run) refuses it; the
     # runner's own pre-check leaves that rule to the coordinator, which knows the count.
-    agents = [{"op": "add", "path": "/nodes/-", "value": agent(f"helper{i}", "help")}
-              for i in range(6)]
-    scripted_llm.serve({"match": "plan the follow-up", "turns": [
-        {"tool_calls": [call("patch_workflow", operations=agents)]},
-        {"content": "gave up"},
-    ]})
+    agents = [
+        {"op": "add", "path": "/nodes/-", "value": agent(f"helper{i}", "help")} for i in range(6)
+    ]
+    scripted_llm.serve(
+        {
+            "match": "plan the follow-up",
+            "turns": [
+                {"tool_calls": [call("patch_workflow", operations=agents)]},
+                {"content": "gave up"},
+            ],
+        }
+    )
     definition = {"name": "planner", "nodes": [agent("plan", "plan the follow-up")]}
     run = await aob.finished(await aob.submit(definition))
     assert run["status"] == "completed", run
@@ -159,9 +221,14 @@ async def test_patch_refused_by_the_coordinator_goes_back_to_the_model(
 
 async def test_too_many_invalid_patches_fail_the_node(aob: Aob, scripted_llm: LlmServer):
     bad = [{"op": "remove", "path": "/nodes/0"}]  # the running agent itself: frozen
-    scripted_llm.serve({"match": "plan the follow-up", "turns": [
-        {"tool_calls": [call("patch_workflow", operations=bad)]},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "plan the follow-up",
+            "turns": [
+                {"tool_calls": [call("patch_workflow", operations=bad)]},
+            ],
+        }
+    )
     run = await aob.finished(await aob.submit(planner()))
     assert run["status"] == "failed"
     assert "3 invalid patches (limit 3)" in run["error"]

@@ -23,8 +23,9 @@ NOW = 1_800_000_000_000  # a fixed clock: the period is the month holding it
 @pytest.fixture
 async def store(postgres_schemas: PostgresSchemas) -> AsyncIterator[PostgresReadModels]:
     models = await PostgresReadModels.open(postgres_schemas.create())
-    submitted = RunSubmitted("r1", {"nodes": [], "budget": {"max_tokens": 500}}, {}, [],
-                             tenant="acme")
+    submitted = RunSubmitted(
+        "r1", {"nodes": [], "budget": {"max_tokens": 500}}, {}, [], tenant="acme"
+    )
     await models.apply([(Position(RUNS_TOPIC, 0, 0), Event("s1", "r1", NOW, submitted))])
     yield models
     await models.close()
@@ -70,7 +71,8 @@ async def test_two_workers_see_each_others_spend_once_projected(store: PostgresR
 async def test_a_cost_budget_refuses_an_unpriced_model(store: PostgresReadModels):
     budgets = Budgets(run=Budget(max_cost_usd=1.0), tenant=None)
     worker = guard(store)
-    found = await worker.check(worker.ledger.open("r1", "acme"), budgets, None, "cheap-x",
-                               at_limit=True)
+    found = await worker.check(
+        worker.ledger.open("r1", "acme"), budgets, None, "cheap-x", at_limit=True
+    )
     assert found is not None
     assert "model 'cheap-x' has no price" in found.message

@@ -26,8 +26,10 @@ PIPELINE = call("execute_pipeline", steps=[{"op": "jq_transform", "expr": "1"}])
 def turn(tokens: int, **reply: Any) -> dict[str, Any]:
     """A scripted answer that used `tokens` (prompt and completion)."""
     prompt = tokens - 20
-    return {**(reply or {"content": "done"}),
-            "usage": {"prompt_tokens": prompt, "completion_tokens": 20, "cached_tokens": 0}}
+    return {
+        **(reply or {"content": "done"}),
+        "usage": {"prompt_tokens": prompt, "completion_tokens": 20, "cached_tokens": 0},
+    }
 
 
 def agent(node_id: str, prompt: str, **config: Any) -> dict[str, Any]:
@@ -47,8 +49,9 @@ def workflow(*nodes: dict[str, Any], budget: dict[str, Any] | None = None) -> di
 
 @pytest.fixture
 async def aob(tmp_path: Path, scripted_llm: LlmServer) -> AsyncIterator[Aob]:
-    async with running_aob(tmp_path / "data", scripted_llm.base_url, llm_model="scripted",
-                           model_prices=PRICES) as instance:
+    async with running_aob(
+        tmp_path / "data", scripted_llm.base_url, llm_model="scripted", model_prices=PRICES
+    ) as instance:
         yield instance
 
 
@@ -79,9 +82,7 @@ async def test_usage_is_priced_per_node_and_in_total(aob: Aob, scripted_llm: Llm
     assert priced["tenant"] == "default"
 
 
-async def test_a_run_past_its_cost_budget_stops_with_the_figures(
-    aob: Aob, scripted_llm: LlmServer
-):
+async def test_a_run_past_its_cost_budget_stops_with_the_figures(aob: Aob, scripted_llm: LlmServer):
     scripted_llm.serve({"match": "spend", "turns": [turn(320, tool_calls=[PIPELINE])]})
     definition = workflow(agent("a", "spend"), budget={"max_cost_usd": 0.5})
     definition["nodes"][0]["retry"] = {"max_attempts": 3, "initial_backoff_ms": 1}
@@ -96,10 +97,10 @@ async def test_a_run_past_its_cost_budget_stops_with_the_figures(
 async def test_a_used_up_run_budget_refuses_the_next_nodes_first_call(
     aob: Aob, scripted_llm: LlmServer
 ):
-    scripted_llm.serve({"match": "first", "turns": [turn(500)]},
-                       {"match": "second", "turns": [turn(100)]})
-    definition = workflow(agent("a", "first"), agent("b", "second"),
-                          budget={"max_tokens": 500})
+    scripted_llm.serve(
+        {"match": "first", "turns": [turn(500)]}, {"match": "second", "turns": [turn(100)]}
+    )
+    definition = workflow(agent("a", "first"), agent("b", "second"), budget={"max_tokens": 500})
     run = await aob.finished(await aob.submit(definition))
     assert run["status"] == "failed"
     assert node(run, "a")["status"] == "completed"
@@ -108,8 +109,10 @@ async def test_a_used_up_run_budget_refuses_the_next_nodes_first_call(
 
 
 async def test_patches_cannot_lift_the_run_budget(aob: Aob, scripted_llm: LlmServer):
-    lift = call("patch_workflow", operations=[
-        {"op": "replace", "path": "/budget", "value": {"max_tokens": 1_000_000}}])
+    lift = call(
+        "patch_workflow",
+        operations=[{"op": "replace", "path": "/budget", "value": {"max_tokens": 1_000_000}}],
+    )
     scripted_llm.serve({"match": "lift", "turns": [turn(300, tool_calls=[lift]), turn(300)]})
     patcher = plain_agent("a", "lift", tools=["patch_workflow"])
     run = await aob.finished(await aob.submit(workflow(patcher, budget={"max_tokens": 500})))
@@ -130,17 +133,28 @@ async def _approval_of(aob: Aob, run_id: str) -> dict[str, Any]:
 async def test_an_approval_branch_asks_whether_to_continue(
     aob: Aob, scripted_llm: LlmServer, decision: str
 ):
-    scripted_llm.serve({"match": "spend", "turns": [
-        turn(300, tool_calls=[PIPELINE]), turn(300, tool_calls=[PIPELINE]), turn(300)]})
-    definition = workflow(agent("a", "spend", on_budget_exceeded="approval"),
-                          budget={"max_tokens": 500})
+    scripted_llm.serve(
+        {
+            "match": "spend",
+            "turns": [
+                turn(300, tool_calls=[PIPELINE]),
+                turn(300, tool_calls=[PIPELINE]),
+                turn(300),
+            ],
+        }
+    )
+    definition = workflow(
+        agent("a", "spend", on_budget_exceeded="approval"), budget={"max_tokens": 500}
+    )
     run_id = await aob.submit(definition)
     approval = await _approval_of(aob, run_id)
     assert approval["message"].startswith("budget exceeded, continue? run budget max_tokens")
     assert approval["payload"]["spent"] == "600"
     assert len(scripted_llm.requests) == 2  # nothing more while a person decides
-    response = await aob.client.post(f"/api/v1/approvals/{approval['approval_id']}/decide",
-                                     json={"decision": decision, "comments": "ok"})
+    response = await aob.client.post(
+        f"/api/v1/approvals/{approval['approval_id']}/decide",
+        json={"decision": decision, "comments": "ok"},
+    )
     assert response.status_code == 200, response.text
     run = await aob.finished(run_id)
     if decision == "approve":  # lifted for this node: it runs to its answer
@@ -148,8 +162,10 @@ async def test_an_approval_branch_asks_whether_to_continue(
         assert run["usage"]["total"]["total_tokens"] == 900
     else:
         assert run["status"] == "failed"
-        assert "run budget max_tokens 500 exceeded: spent 600; continuing was refused" in (
-            run["error"])
+        assert (
+            "run budget max_tokens 500 exceeded: spent 600; continuing was refused"
+            in (run["error"])
+        )
         assert len(scripted_llm.requests) == 2
 
 
@@ -159,10 +175,15 @@ async def test_an_approval_branch_asks_whether_to_continue(
 @pytest.fixture
 async def server(tmp_path: Path, scripted_llm: LlmServer) -> AsyncIterator[Server]:
     budgets = {"acme": {"max_tokens": 500}}
-    async with serving(tmp_path / "data", workers=["builtin", "agent"],
-                       llm_base_url=scripted_llm.base_url, llm_max_retries=0,
-                       llm_model="scripted", model_prices=PRICES,
-                       tenant_budgets=budgets) as running:
+    async with serving(
+        tmp_path / "data",
+        workers=["builtin", "agent"],
+        llm_base_url=scripted_llm.base_url,
+        llm_max_retries=0,
+        llm_model="scripted",
+        model_prices=PRICES,
+        tenant_budgets=budgets,
+    ) as running:
         yield running
 
 

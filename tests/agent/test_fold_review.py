@@ -77,20 +77,26 @@ def test_rejected_review_rejects_the_patch_and_lets_the_run_complete():
     assert sim.payloads(PatchRejected) == [
         PatchRejected(sim.run_id, "p1", ["rejected in review by carol: not needed"])
     ]
-    assert sim.terminal() == RunCompleted(sim.run_id, {"b": {"node": "b", "iteration": 0,
-                                                             "attempt": 1}})
+    assert sim.terminal() == RunCompleted(
+        sim.run_id, {"b": {"node": "b", "iteration": 0, "attempt": 1}}
+    )
     assert "x" not in sim.current.nodes
 
 
 def test_approved_patch_that_no_longer_applies_is_rejected():
     sim = started()
-    ops = [{"op": "add", "path": "/nodes/-", "value": node("x")},
-           {"op": "add", "path": "/edges/-", "value": {"from": "x", "to": "c"}},
-           {"op": "add", "path": "/nodes/-", "value": node("c")}]
+    ops = [
+        {"op": "add", "path": "/nodes/-", "value": node("x")},
+        {"op": "add", "path": "/edges/-", "value": {"from": "x", "to": "c"}},
+        {"op": "add", "path": "/nodes/-", "value": node("c")},
+    ]
     sim.append(PatchProposed(sim.run_id, "p1", ops, node_id="b"))
     # Meanwhile a person adds a node c directly: the agent's patch now duplicates it.
-    sim.append(PatchProposed(sim.run_id, "p2", [
-        {"op": "add", "path": "/nodes/-", "value": node("c", "work")}]))
+    sim.append(
+        PatchProposed(
+            sim.run_id, "p2", [{"op": "add", "path": "/nodes/-", "value": node("c", "work")}]
+        )
+    )
     assert [p.patch_id for p in sim.payloads(PatchApplied)] == ["p2"]
     sim.append(PatchReviewed(sim.run_id, "p1", "approve", "carol"))
     (rejected,) = sim.payloads(PatchRejected)
@@ -100,8 +106,7 @@ def test_approved_patch_that_no_longer_applies_is_rejected():
 
 def test_invalid_agent_patch_is_rejected_at_once_even_under_review():
     sim = started()
-    sim.append(PatchProposed(sim.run_id, "p1", [{"op": "remove", "path": "/nodes/0"}],
-                             node_id="b"))
+    sim.append(PatchProposed(sim.run_id, "p1", [{"op": "remove", "path": "/nodes/0"}], node_id="b"))
     assert sim.payloads(PatchReviewRequested) == []
     (rejected,) = sim.payloads(PatchRejected)
     assert any("frozen node" in reason for reason in rejected.reasons)
@@ -129,7 +134,10 @@ def test_reviews_of_unknown_or_decided_patches_change_nothing():
 
 def test_a_patch_cannot_lift_the_review_policy():
     sim = started()
-    sim.append(PatchProposed(sim.run_id, "p0", [
-        {"op": "replace", "path": "/patch_policy", "value": "auto"}]))  # a person may edit it
+    sim.append(
+        PatchProposed(
+            sim.run_id, "p0", [{"op": "replace", "path": "/patch_policy", "value": "auto"}]
+        )
+    )  # a person may edit it
     sim.append(PatchProposed(sim.run_id, "p1", ADD_X, node_id="b"))
     assert sim.payloads(PatchReviewRequested) == [PatchReviewRequested(sim.run_id, "p1")]

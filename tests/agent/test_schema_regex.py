@@ -102,14 +102,27 @@ def test_unevaluated_properties_beside_pattern_properties_is_refused() -> None:
 def test_openapi_arguments_are_checked_on_re2() -> None:
     document = {
         "openapi": "3.0.0",
-        "paths": {"/x": {"post": {
-            "operationId": "send",
-            "parameters": [{"name": "q", "in": "query", "schema": {"pattern": EVIL}}],
-            "requestBody": {"content": {"application/json": {"schema": {
-                "$ref": "#/components/schemas/Body"}}}},
-        }}},
-        "components": {"schemas": {"Body": {"type": "object", "properties": {
-            "code": {"type": "string", "pattern": EVIL}}}}},
+        "paths": {
+            "/x": {
+                "post": {
+                    "operationId": "send",
+                    "parameters": [{"name": "q", "in": "query", "schema": {"pattern": EVIL}}],
+                    "requestBody": {
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Body"}}
+                        }
+                    },
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "Body": {
+                    "type": "object",
+                    "properties": {"code": {"type": "string", "pattern": EVIL}},
+                }
+            }
+        },
     }
     spec = {"document": document, "base_url": "http://api.test"}
     with pytest.raises(ArgumentError) as refused:
@@ -122,9 +135,14 @@ def test_openapi_arguments_are_checked_on_re2() -> None:
 
 
 async def test_registration_refuses_an_unusable_pattern_with_a_4xx(aob: Aob) -> None:
-    tool = {"name": "coded", "steps": [{"op": "top_k", "k": 1}],
-            "parameters": {"type": "object", "properties": {
-                "code": {"type": "string", "pattern": r"^(\d)\1$"}}}}
+    tool = {
+        "name": "coded",
+        "steps": [{"op": "top_k", "k": 1}],
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "pattern": r"^(\d)\1$"}},
+        },
+    }
     refused = await aob.client.post("/api/v1/tools", json=tool)
     assert refused.status_code == 422, refused.text
     assert refused.headers["content-type"].startswith("application/problem+json")
@@ -133,11 +151,21 @@ async def test_registration_refuses_an_unusable_pattern_with_a_4xx(aob: Aob) -> 
     assert "RE2" in detail, detail
     assert "backreferences" in detail, detail
 
-    document = {"openapi": "3.0.0", "servers": [{"url": "http://api.test"}], "paths": {
-        "/x": {"get": {"operationId": "get", "parameters": [
-            {"name": "q", "in": "query", "schema": {"pattern": "(?=a)"}}]}}}}
+    document = {
+        "openapi": "3.0.0",
+        "servers": [{"url": "http://api.test"}],
+        "paths": {
+            "/x": {
+                "get": {
+                    "operationId": "get",
+                    "parameters": [{"name": "q", "in": "query", "schema": {"pattern": "(?=a)"}}],
+                }
+            }
+        },
+    }
     refused = await aob.client.post(
-        "/api/v1/tools/openapi", json={"name": "api", "document": document})
+        "/api/v1/tools/openapi", json={"name": "api", "document": document}
+    )
     assert refused.status_code == 422, refused.text
     assert "spec.document/paths/~1x/get/parameters/0/schema/pattern" in refused.json()["detail"]
 

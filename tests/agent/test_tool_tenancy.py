@@ -19,15 +19,22 @@ from tests.fixtures.llm import LlmServer
 
 PRE_TENANT = Path(__file__).with_name("pre_tenant_tools.json")
 
-TOOL = {"name": "top-one", "description": "The best item by score",
-        "steps": [{"op": "top_k", "k": 1, "by": "score"}]}
+TOOL = {
+    "name": "top-one",
+    "description": "The best item by score",
+    "steps": [{"op": "top_k", "k": 1, "by": "score"}],
+}
 ITEMS = [{"name": "a", "score": 1}, {"name": "b", "score": 3}]
 
 
 @pytest.fixture
 async def server(tmp_path: Path, scripted_llm: LlmServer) -> AsyncIterator[Server]:
-    async with serving(tmp_path / "data", workers=["builtin", "agent"],
-                       llm_base_url=scripted_llm.base_url, llm_max_retries=0) as running:
+    async with serving(
+        tmp_path / "data",
+        workers=["builtin", "agent"],
+        llm_base_url=scripted_llm.base_url,
+        llm_max_retries=0,
+    ) as running:
         yield running
 
 
@@ -68,8 +75,7 @@ async def test_another_tenants_tools_are_invisible_in_the_api(server: Server) ->
     assert (await acme.get("/api/v1/tools/top-one")).status_code == 200
     assert [t["name"] for t in (await acme.get("/api/v1/tools")).json()["items"]] == ["top-one"]
     assert (await globex.get("/api/v1/tools")).json()["items"] == []
-    assert (await globex.get("/api/v1/tools/search", params={"q": "best"})).json() == {
-        "items": []}
+    assert (await globex.get("/api/v1/tools/search", params={"q": "best"})).json() == {"items": []}
     assert (await globex.get("/api/v1/tools/top-one")).status_code == 404
     # globex may register the same name: its own tool, acme's stays as it was.
     mine = {**TOOL, "description": "globex's own"}
@@ -88,11 +94,16 @@ async def test_an_agent_uses_only_its_runs_tenants_tools(
     acme = await server.as_("ann", "operator", tenant="acme")
     globex = await server.as_("gus", "operator", tenant="globex")
     assert (await acme.post("/api/v1/tools", json=TOOL)).status_code == 201
-    scripted_llm.serve({"match": "best item", "turns": [
-        {"tool_calls": [call("search_tools", query="best item score")]},
-        {"tool_calls": [call("execute_pipeline", tool="top-one", input=ITEMS)]},
-        {"content": "done"},
-    ]})
+    scripted_llm.serve(
+        {
+            "match": "best item",
+            "turns": [
+                {"tool_calls": [call("search_tools", query="best item score")]},
+                {"tool_calls": [call("execute_pipeline", tool="top-one", input=ITEMS)]},
+                {"content": "done"},
+            ],
+        }
+    )
     for client, want_found in ((globex, False), (acme, True)):
         body = {"definition": _workflow("best item"), "inputs": {}}
         response = await client.post("/api/v1/runs", json=body)

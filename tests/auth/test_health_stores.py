@@ -34,4 +34,3 @@ async def test_health_reports_a_token_store_that_is_down(tmp_path: Path) -> None
         down = await client.get("/health")
         assert down.status_code == 503
         assert down.json()["dependencies"]["token_store"].startswith("error: ")
-

@@ -38,8 +38,12 @@ async def aob(live: LiveServer, home: Path, *args: str) -> Result:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AOB_")}
     env.update({"HOME": str(home), "AOB_SERVER": live.url, "NO_COLOR": "1"})
     process = await asyncio.create_subprocess_exec(
-        *AOB, *args, cwd=REPO, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        *AOB,
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
     assert b"Traceback" not in err, err.decode()

@@ -34,10 +34,26 @@ def server(tmp_path: Path) -> Iterator[DevServer]:
 def tenant_token(server: DevServer, tenant: str) -> str:
     """An operator token of `tenant`, made with the operators' command."""
     made = subprocess.run(
-        [sys.executable, "-m", "aob.platform.auth", "--data-dir", str(server.data_dir),
-         "create", f"{tenant}-op", "--role", "operator", "--role", "viewer",
-         "--tenant", tenant, "--json"],
-        capture_output=True, text=True, timeout=60, check=True,
+        [
+            sys.executable,
+            "-m",
+            "aob.platform.auth",
+            "--data-dir",
+            str(server.data_dir),
+            "create",
+            f"{tenant}-op",
+            "--role",
+            "operator",
+            "--role",
+            "viewer",
+            "--tenant",
+            tenant,
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     return str(json.loads(made.stdout)["token"])
 

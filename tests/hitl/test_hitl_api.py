@@ -117,6 +117,8 @@ async def test_hitl_definition_problems_are_422_with_paths(aob):
     response = await aob.client.post("/api/v1/runs", json={"definition": definition})
     assert response.status_code == 422
     assert response.json()["errors"] == [
-        {"path": "/nodes/1/config/rejection_path/0",
-         "message": "rejection_path entry 'nowhere': no such node"}
+        {
+            "path": "/nodes/1/config/rejection_path/0",
+            "message": "rejection_path entry 'nowhere': no such node",
+        }
     ]

@@ -29,8 +29,9 @@ class Log:
         self.store = store
         self.offset = 0
 
-    def add(self, event_id: str, payload: Payload, *, at: int = 1_000,
-            cause: str | None = None) -> Event:
+    def add(
+        self, event_id: str, payload: Payload, *, at: int = 1_000, cause: str | None = None
+    ) -> Event:
         event = Event(event_id, "r1", at, payload, causation_id=cause)
         self.store.apply([(Position(RUNS_TOPIC, 0, self.offset), event)])
         self.offset += 1
@@ -98,4 +99,7 @@ def test_a_request_without_its_task_in_the_log_still_lands(log):
     log.add("asked", _request(deadline=None))
     approval = log.store.get_approval("a1")
     assert (approval["status"], approval["attempt"], approval["on_timeout"]) == (
-        "pending", None, None)
+        "pending",
+        None,
+        None,
+    )

@@ -11,8 +11,15 @@ from aob.workers.sandbox import JqSandbox, SandboxSettings
 
 
 def settings(**overrides: int) -> SandboxSettings:
-    values = {"cpu_ms": 250, "memory_mb": 256, "output_bytes": 1024 * 1024, "max_depth": 512,
-              "workers": 2, "max_program_bytes": 16 * 1024, "max_queue": 10_000}
+    values = {
+        "cpu_ms": 250,
+        "memory_mb": 256,
+        "output_bytes": 1024 * 1024,
+        "max_depth": 512,
+        "workers": 2,
+        "max_program_bytes": 16 * 1024,
+        "max_queue": 10_000,
+    }
     return SandboxSettings(**(values | overrides))
 
 

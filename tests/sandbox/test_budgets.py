@@ -29,7 +29,7 @@ DEADLINE_S = 120.0
         ("[range(1e7)]", "cpu", "AOB_JQ_CPU_MS"),  # 250 ms of CPU run out before the output
         ('"x" * 1e9', "memory", "AOB_JQ_MEMORY_MB"),
         ('"x" * 2000000', "output", "AOB_JQ_OUTPUT_BYTES"),
-        ("[range(20000) | \"0123456789abcdef\" * 4]", "output", "AOB_JQ_OUTPUT_BYTES"),
+        ('[range(20000) | "0123456789abcdef" * 4]', "output", "AOB_JQ_OUTPUT_BYTES"),
         ("reduce range(5000) as $i (null; [.])", "output", "AOB_JQ_MAX_DEPTH"),
     ],
 )

@@ -29,8 +29,11 @@ async def test_a_transform_runs_in_the_sandbox():
 
 @pytest.mark.parametrize(
     ("expr", "setting"),
-    [("def f: f; f", "AOB_JQ_CPU_MS"), ('"x" * 1e9', "AOB_JQ_MEMORY_MB"),
-     ('"x" * 2000000', "AOB_JQ_OUTPUT_BYTES")],
+    [
+        ("def f: f; f", "AOB_JQ_CPU_MS"),
+        ('"x" * 1e9', "AOB_JQ_MEMORY_MB"),
+        ('"x" * 2000000', "AOB_JQ_OUTPUT_BYTES"),
+    ],
 )
 async def test_a_transform_over_budget_fails_for_good_naming_the_budget(expr, setting):
     with pytest.raises(NodeError, match=rf"jq: jq .* budget exceeded .*{setting}") as caught:

@@ -20,8 +20,11 @@ from aob.workers.sandbox import (
 from aob.workers.sandbox.child import Programs
 
 CONTEXT = {
-    "inputs": {"orders": [{"id": "a", "amount": "12.5"}, {"id": "b", "amount": "3"}],
-               "name": "Zoë", "n": None},
+    "inputs": {
+        "orders": [{"id": "a", "amount": "12.5"}, {"id": "b", "amount": "3"}],
+        "name": "Zoë",
+        "n": None,
+    },
     "nodes": {"fetch": {"status": 200, "body": {"items": [1, 2, 3], "ok": True}}},
     "iteration": 2,
 }
@@ -34,7 +37,7 @@ PROGRAMS = [
     ".iteration > 1 and .nodes.fetch.status == 200",
     '.inputs.n // "default"',
     "[paths] | length",
-    '.inputs.orders | group_by(.amount) | map(length)',
+    ".inputs.orders | group_by(.amount) | map(length)",
     "empty",
     '.inputs.name + " ünï"',
     '"\u00e9" | explode',
@@ -49,8 +52,7 @@ async def test_results_equal_in_process_jq(sandbox: JqSandbox, program):
 
 
 @pytest.mark.parametrize(
-    "program", ['error("boom")', ".inputs.name.x", "now", "1 +", "input", "\"a\" - 1",
-                "1) | (2"]
+    "program", ['error("boom")', ".inputs.name.x", "now", "1 +", "input", '"a" - 1', "1) | (2"]
 )
 async def test_errors_equal_in_process_jq(sandbox: JqSandbox, program):
     with pytest.raises(ExpressionError) as expected:
@@ -83,8 +85,12 @@ async def test_the_event_loop_stays_responsive_while_programs_run_away(sandbox: 
         return "finished"
 
     ticking = asyncio.ensure_future(ticker())
-    attacks = asyncio.gather(attack("def f: f; f"), attack("last(range(1e10))"),
-                             attack('"x" * 1e9'), attack("[range(1e9)] | length"))
+    attacks = asyncio.gather(
+        attack("def f: f; f"),
+        attack("last(range(1e10))"),
+        attack('"x" * 1e9'),
+        attack("[range(1e9)] | length"),
+    )
     ordinary = [await sandbox.first(".inputs.orders | length", CONTEXT) for _ in range(20)]
     budgets = await attacks
     done.set()

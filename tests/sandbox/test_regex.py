@@ -27,8 +27,12 @@ async def test_regex_extract_no_longer_backtracks():
 
 @pytest.mark.parametrize(
     ("pattern", "why"),
-    [(r"(a)\1", "invalid escape sequence"), (r"a(?=b)", "invalid perl operator"),
-     (r"(?<=a)b", "invalid perl operator"), ("(", "missing )")],
+    [
+        (r"(a)\1", "invalid escape sequence"),
+        (r"a(?=b)", "invalid perl operator"),
+        (r"(?<=a)b", "invalid perl operator"),
+        ("(", "missing )"),
+    ],
 )
 def test_an_unsupported_pattern_says_why(pattern, why):
     with pytest.raises(RegexError, match="backreferences and lookaround are not supported") as e:

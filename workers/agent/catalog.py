@@ -101,7 +101,7 @@ class Operation:
 def operations(document: dict[str, Any]) -> Iterator[Operation]:
     """Every operation of `document` that has an operationId."""
     paths = document.get("paths")
-    for path, item in (paths.items() if isinstance(paths, dict) else ()):
+    for path, item in paths.items() if isinstance(paths, dict) else ():
         if not isinstance(item, dict):
             continue
         for method in HTTP_METHODS:
@@ -117,7 +117,8 @@ def _merge_parameters(shared: Any, own: Any) -> list[Any]:
     own_list = own if isinstance(own, list) else []
     keys = {(p.get("name"), p.get("in")) for p in own_list if isinstance(p, dict)}
     inherited = [
-        p for p in (shared if isinstance(shared, list) else [])
+        p
+        for p in (shared if isinstance(shared, list) else [])
         if isinstance(p, dict) and (p.get("name"), p.get("in")) not in keys
     ]
     return inherited + own_list
@@ -158,11 +159,13 @@ class ToolCatalog:
     def of_tenant(self, tenant: str | None) -> list[ToolRegistered]:
         """`tenant`'s tools (None: the default tenant's), by name."""
         tenant = tenant or DEFAULT_TENANT
-        return sorted((t for (owner, _), t in self.tools.items() if owner == tenant),
-                      key=lambda t: t.name)
+        return sorted(
+            (t for (owner, _), t in self.tools.items() if owner == tenant), key=lambda t: t.name
+        )
 
-    def get(self, name: str, kind: str | None = None, *,
-            tenant: str | None) -> ToolRegistered | None:
+    def get(
+        self, name: str, kind: str | None = None, *, tenant: str | None
+    ) -> ToolRegistered | None:
         """`tenant`'s tool `name` (None: the default tenant's); another tenant's is None."""
         tool = self.tools.get((tenant or DEFAULT_TENANT, name))
         if tool is None or (kind is not None and tool.kind != kind):
@@ -264,5 +267,5 @@ def _entries(tool: ToolRegistered) -> Iterator[dict[str, Any]]:
             ],
             "has_body": "requestBody" in operation.spec,
             "use": f'openapi_action with {{"api": "{tool.name}", '
-                   f'"operation_id": "{operation.operation_id}", "arguments": {{...}}}}',
+            f'"operation_id": "{operation.operation_id}", "arguments": {{...}}}}',
         }

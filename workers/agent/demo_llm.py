@@ -62,8 +62,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    503: "server_error",
+}
 
 
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
@@ -155,11 +160,13 @@ class ScriptedLlm:
 
     @property
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/v1/chat/completions", self._completions, methods=["POST"]),
-            Route("/v1/models", self._models, methods=["GET"]),
-            Route("/v1/_gates/{name}", self._release, methods=["POST", "GET"]),
-        ])
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._completions, methods=["POST"]),
+                Route("/v1/models", self._models, methods=["GET"]),
+                Route("/v1/_gates/{name}", self._release, methods=["POST", "GET"]),
+            ]
+        )
 
     def release(self, gate: str, chunks: int | None = None) -> None:
         """Let `chunks` more pieces of `gate`'s streams through (None: all to come)."""
@@ -177,8 +184,12 @@ class ScriptedLlm:
         return JSONResponse({"gate": name, "sent": self.sent.get(name, 0)})
 
     async def _models(self, request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": "scripted", "object": "model", "created": 0, "owned_by": "aob"}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": "scripted", "object": "model", "created": 0, "owned_by": "aob"}],
+            }
+        )
 
     async def _completions(self, request: Request) -> Response:
         try:
@@ -196,8 +207,11 @@ class ScriptedLlm:
         if served < len(errors):
             self._errors_served[(index, number)] = served + 1
             spec = errors[served]
-            return _error(int(spec.get("status", 500)), spec.get("message", "scripted error"),
-                          retry_after_ms=spec.get("retry_after_ms", 10))
+            return _error(
+                int(spec.get("status", 500)),
+                spec.get("message", "scripted error"),
+                retry_after_ms=spec.get("retry_after_ms", 10),
+            )
         if turn.get("delay_ms"):
             await asyncio.sleep(turn["delay_ms"] / 1000)
         completion = self._completion(body, turn)
@@ -226,12 +240,18 @@ class ScriptedLlm:
         yield b"data: [DONE]\n\n"
 
     def _conversation(self, messages: list[Any]) -> tuple[int, list[dict[str, Any]]]:
-        text = "\n".join(
-            str(m.get("content") or "") for m in messages
-            if isinstance(m, dict) and m.get("role") in ("user", "tool")
-        ) + "\n" + "\n".join(  # the node context: the second system message on
-            str(m.get("content") or "") for m in messages[1:]
-            if isinstance(m, dict) and m.get("role") == "system"
+        text = (
+            "\n".join(
+                str(m.get("content") or "")
+                for m in messages
+                if isinstance(m, dict) and m.get("role") in ("user", "tool")
+            )
+            + "\n"
+            + "\n".join(  # the node context: the second system message on
+                str(m.get("content") or "")
+                for m in messages[1:]
+                if isinstance(m, dict) and m.get("role") == "system"
+            )
         )
         for index, conversation in enumerate(self.script.get("conversations", [])):
             if str(conversation.get("match", "")) in text:
@@ -244,8 +264,10 @@ class ScriptedLlm:
             {
                 "id": f"call_{self._ids}_{n}",
                 "type": "function",
-                "function": {"name": call["name"],
-                             "arguments": json.dumps(call.get("arguments", {}))},
+                "function": {
+                    "name": call["name"],
+                    "arguments": json.dumps(call.get("arguments", {})),
+                },
             }
             for n, call in enumerate(turn.get("tool_calls") or [])
         ]
@@ -258,13 +280,15 @@ class ScriptedLlm:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model", "scripted"),
-            "choices": [{"index": 0, "message": message,
-                         "finish_reason": "tool_calls" if calls else "stop"}],
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else "stop"}
+            ],
             "usage": self._usage(body, turn, message),
         }
 
-    def _usage(self, body: dict[str, Any], turn: dict[str, Any],
-               message: dict[str, Any]) -> dict[str, Any]:
+    def _usage(
+        self, body: dict[str, Any], turn: dict[str, Any], message: dict[str, Any]
+    ) -> dict[str, Any]:
         messages = body["messages"]
         prefix = json.dumps([messages[:1], body.get("tools")], sort_keys=True)
         digest = hashlib.sha256(prefix.encode()).hexdigest()
@@ -309,14 +333,17 @@ def _chunks(
         yield chunk({"content": piece}), True
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call["function"]
-        start = {"index": index, "id": call["id"], "type": "function",
-                 "function": {"name": function["name"], "arguments": ""}}
+        start = {
+            "index": index,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": function["name"], "arguments": ""},
+        }
         yield chunk({"tool_calls": [start]}), False
         arguments = function["arguments"]
         for at in range(0, len(arguments), _ARGUMENT_PIECE):
             piece = arguments[at : at + _ARGUMENT_PIECE]
-            yield chunk({"tool_calls": [{"index": index,
-                                         "function": {"arguments": piece}}]}), True
+            yield chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}), True
     yield chunk({}, choice["finish_reason"]), False
     if include_usage:
         yield {**chunk({}), "choices": [], "usage": completion["usage"]}, False
@@ -338,16 +365,19 @@ def _error(status: int, message: str, *, retry_after_ms: int | None = None) -> R
     headers = {}
     if retry_after_ms is not None:  # what providers send with 429s (and some 5xx)
         headers["retry-after-ms"] = str(retry_after_ms)
-    return JSONResponse({"error": {"message": message, "type": kind, "code": kind}},
-                        status_code=status, headers=headers)
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": kind}},
+        status_code=status,
+        headers=headers,
+    )
 
 
 @contextlib.asynccontextmanager
-async def serving(llm: ScriptedLlm, host: str = "127.0.0.1",
-                  port: int = 0) -> AsyncIterator[str]:
+async def serving(llm: ScriptedLlm, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
     """Serve `llm` on this event loop; yields the base URL ("http://host:port/v1")."""
-    config = uvicorn.Config(llm.app, host=host, port=port, log_level="warning",
-                            lifespan="off", access_log=False)
+    config = uvicorn.Config(
+        llm.app, host=host, port=port, log_level="warning", lifespan="off", access_log=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -374,8 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ScriptError) as error:
         print(f"demo_llm: {error}")
         return 2
-    print(f"scripted LLM on http://{args.host}:{args.port}/v1  "
-          f"(set AOB_LLM_BASE_URL to that)", flush=True)
+    print(
+        f"scripted LLM on http://{args.host}:{args.port}/v1  (set AOB_LLM_BASE_URL to that)",
+        flush=True,
+    )
     uvicorn.run(ScriptedLlm(script).app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -62,9 +62,7 @@ class _Run:
 Primitive = Callable[[Mapping[str, Json], Json, _Run], Awaitable[Json]]
 
 
-async def run_pipeline(
-    steps: Json, input: Json = None, *, fetch: Fetch | None = None
-) -> Json:
+async def run_pipeline(steps: Json, input: Json = None, *, fetch: Fetch | None = None) -> Json:
     """Run `steps` over `input`; the last step's result. Raises PipelineError."""
     if not isinstance(steps, list) or not steps:
         raise PipelineError(0, "pipeline", "steps must be a non-empty array of step objects")
@@ -110,8 +108,14 @@ def _types(kind: type | tuple[type, ...]) -> tuple[type, ...]:
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", bool: "a boolean", list: "an array",
-             dict: "an object", float: "a number"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+        float: "a number",
+    }
     return " or ".join(names.get(k, k.__name__) for k in _types(kind))
 
 
@@ -176,8 +180,7 @@ async def table_sort(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
     """{by: field or [fields], descending?: false}; rows missing a field sort last."""
     rows, fields = _table(data), _fields(step)
     descending = _param(step, "descending", bool, False)
-    return sorted(rows, key=lambda row: [_sort_key(row.get(f)) for f in fields],
-                  reverse=descending)
+    return sorted(rows, key=lambda row: [_sort_key(row.get(f)) for f in fields], reverse=descending)
 
 
 _COMPARISONS: dict[str, Callable[[Json, Json], bool]] = {
@@ -236,8 +239,9 @@ async def top_k(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
     if not isinstance(data, list):
         raise StepError(f"input must be an array, got {_json_type(data)}")
     if "by" in step:
-        data = await table_sort({"by": step["by"], "descending": step.get("descending", True)},
-                                data, run)
+        data = await table_sort(
+            {"by": step["by"], "descending": step.get("descending", True)}, data, run
+        )
     return data[:k]
 
 
@@ -256,8 +260,10 @@ async def groupby(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
         key_values = {f: row.get(f) for f in fields}
         groups.setdefault(repr(list(key_values.values())), (key_values, []))[1].append(row)
     return [
-        {**key_values, **{name: _aggregate(name, spec, members)
-                          for name, spec in aggregations.items()}}
+        {
+            **key_values,
+            **{name: _aggregate(name, spec, members) for name, spec in aggregations.items()},
+        }
         for key_values, members in groups.values()
     ]
 
@@ -299,7 +305,7 @@ async def join(step: Mapping[str, Json], data: Json, run: _Run) -> Json:
         name = _param(step, "with", str)
         if name not in run.saved:
             known = ", ".join(sorted(run.saved)) or "none"
-            raise StepError(f"no saved result {name!r} (saved so far: {known}; save with \"as\")")
+            raise StepError(f'no saved result {name!r} (saved so far: {known}; save with "as")')
         right = _table(run.saved[name])
     else:
         right = _table(_param(step, "rows", list))

@@ -87,8 +87,9 @@ _OPERATION = {
 }
 
 
-def _function(name: str, description: str, properties: dict[str, Any],
-              required: list[str]) -> dict[str, Any]:
+def _function(
+    name: str, description: str, properties: dict[str, Any], required: list[str]
+) -> dict[str, Any]:
     return {
         "type": "function",
         "function": {
@@ -110,8 +111,10 @@ TOOLS: list[dict[str, Any]] = [
         {
             "steps": {"type": "array", "items": _STEP},
             "tool": {"type": "string", "description": "a registered composite tool's name"},
-            "input": {"description": "the first step's input (any JSON); default: what "
-                      "the node receives, {inputs, nodes}"},
+            "input": {
+                "description": "the first step's input (any JSON); default: what "
+                "the node receives, {inputs, nodes}"
+            },
         },
         [],
     ),
@@ -171,8 +174,9 @@ def node_context(
     ]
     if definition is not None:
         parts.append("The workflow definition as it is now: " + _compact(definition))
-    parts.append("What your node receives (run inputs and finished nodes' outputs): "
-                 + _compact(inputs))
+    parts.append(
+        "What your node receives (run inputs and finished nodes' outputs): " + _compact(inputs)
+    )
     if instructions:
         parts.append("Instructions: " + instructions)
     return "\n".join(parts)

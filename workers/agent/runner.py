@@ -76,12 +76,14 @@ class _Conversation:
     def record_call(self, name: str, arguments: str, result: str, elapsed_s: float) -> None:
         self.tool_calls += 1
         if len(self.calls) < _RECORDED_CALLS:
-            self.calls.append({
-                "name": name[:_RECORDED_TEXT],
-                "arguments": _cut(arguments),
-                "result": _cut(result),
-                "elapsed_ms": round(elapsed_s * 1000, 3),
-            })
+            self.calls.append(
+                {
+                    "name": name[:_RECORDED_TEXT],
+                    "arguments": _cut(arguments),
+                    "result": _cut(result),
+                    "elapsed_ms": round(elapsed_s * 1000, 3),
+                }
+            )
 
 
 def _cut(text: str) -> str:
@@ -146,13 +148,15 @@ class AgentRunner:
         except (Blocked, GuardRefused) as error:
             raise _blocked(error, config) from None
         except ResolveError as error:
-            raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
-                            retryable=True) from None
+            raise NodeError(
+                f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}", retryable=True
+            ) from None
         except openai.APIConnectionError as error:
             if isinstance(error.__cause__, GuardRefused):  # the transport's own check
                 raise _blocked(error.__cause__, config) from None
-            raise NodeError(f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}",
-                            retryable=True) from None
+            raise NodeError(
+                f"cannot reach the LLM endpoint {config.endpoint.base_url}: {error}", retryable=True
+            ) from None
         finally:
             recorded = await self._record_usage(task, config, conversation, outcome)
             if conversation.budget is not None:
@@ -188,15 +192,20 @@ class AgentRunner:
             ) from None
         return _with_texts(config, _text(prompt), _text(instructions))
 
-    async def _converse(self, conversation: _Conversation, config: AgentConfig,
-                        tools: ToolBox) -> Json:
+    async def _converse(
+        self, conversation: _Conversation, config: AgentConfig, tools: ToolBox
+    ) -> Json:
         task = tools.task
         definition = None
         if "patch_workflow" in tools.available:
             definition = await tools.current_definition()
         conversation.messages[1]["content"] = node_context(
-            run_id=task.run_id, node_id=task.node_id, available=tools.available,
-            inputs=task.input, definition=definition, instructions=config.instructions,
+            run_id=task.run_id,
+            node_id=task.node_id,
+            available=tools.available,
+            inputs=task.input,
+            definition=definition,
+            instructions=config.instructions,
         )
         while True:
             message = await self._decide(conversation, config, tools)
@@ -228,8 +237,9 @@ class AgentRunner:
                     {"role": "tool", "tool_call_id": call.id, "content": result}
                 )
 
-    async def _decide(self, conversation: _Conversation, config: AgentConfig,
-                      tools: ToolBox) -> Any:
+    async def _decide(
+        self, conversation: _Conversation, config: AgentConfig, tools: ToolBox
+    ) -> Any:
         """One LLM call: the model's next message. Enforces the token budget, and the
         run's and tenant's budgets before and after the call."""
         await self._enforce_budgets(conversation, tools, before_call=True)
@@ -271,19 +281,26 @@ class AgentRunner:
         except LookupError as error:
             raise NodeError(f"agent node: {error}", retryable=True) from None
         except InvalidBudget as error:
-            raise NodeError(f"agent node: the run's {error}", retryable=False,
-                            not_retried="the run's budget is invalid") from None
+            raise NodeError(
+                f"agent node: the run's {error}",
+                retryable=False,
+                not_retried="the run's budget is invalid",
+            ) from None
         if not budgets.any:
             return None
         run_policy = budgets.run.on_exceeded if budgets.run is not None else "fail"
         return AttemptBudget(
-            guard, budgets, guard.ledger.open(task.run_id, tenant),
+            guard,
+            budgets,
+            guard.ledger.open(task.run_id, tenant),
             price_of(self.services.defaults.prices, config.endpoint.model),
-            config.endpoint.model, config.on_budget_exceeded or run_policy,
+            config.endpoint.model,
+            config.on_budget_exceeded or run_policy,
         )
 
-    async def _enforce_budgets(self, conversation: _Conversation, tools: ToolBox, *,
-                               before_call: bool) -> None:
+    async def _enforce_budgets(
+        self, conversation: _Conversation, tools: ToolBox, *, before_call: bool
+    ) -> None:
         if conversation.budget is None:
             return
 
@@ -314,29 +331,45 @@ class AgentRunner:
             )
         conversation.rounds += 1
 
-    async def _record_usage(self, task: NodeScheduled, config: AgentConfig,
-                            conversation: _Conversation, outcome: str) -> str | None:
+    async def _record_usage(
+        self, task: NodeScheduled, config: AgentConfig, conversation: _Conversation, outcome: str
+    ) -> str | None:
         """Appends the attempt's AgentUsageRecorded with its cost at today's prices
         (recorded, so history stays right when prices change); returns its event id,
         None when it could not be appended."""
         usage = conversation.usage
         price = price_of(self.services.defaults.prices, config.endpoint.model)
         payload = AgentUsageRecorded(
-            task.run_id, task.node_id, task.iteration, task.attempt, config.endpoint.model,
-            usage.llm_calls, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens,
-            cached_tokens=usage.cached_tokens, tool_calls=conversation.tool_calls,
-            outcome=outcome, calls=conversation.calls, tenant=task.tenant or DEFAULT_TENANT,
+            task.run_id,
+            task.node_id,
+            task.iteration,
+            task.attempt,
+            config.endpoint.model,
+            usage.llm_calls,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+            cached_tokens=usage.cached_tokens,
+            tool_calls=conversation.tool_calls,
+            outcome=outcome,
+            calls=conversation.calls,
+            tenant=task.tenant or DEFAULT_TENANT,
             cost_nano_usd=cost_nano(usage, price),
             price=price.as_json() if price is not None else None,
         )
-        event = Event(new_event_id(), task.run_id, time.time_ns() // 1_000_000, payload,
-                      current_trace_id(), actor=f"agent:{task.node_id}",
-                      span_id=current_span_id())
+        event = Event(
+            new_event_id(),
+            task.run_id,
+            time.time_ns() // 1_000_000,
+            payload,
+            current_trace_id(),
+            actor=f"agent:{task.node_id}",
+            span_id=current_span_id(),
+        )
         try:
             await self.services.log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
         except Exception:  # usage is a record, not the outcome: never fail the node for it
-            log.exception("cannot record the usage of node %s of run %s",
-                          task.node_id, task.run_id)
+            log.exception("cannot record the usage of node %s of run %s", task.node_id, task.run_id)
             return None
         return event.event_id
 
@@ -380,10 +413,16 @@ def _assistant_message(content: str | None, calls: list[Any]) -> dict[str, Any]:
 
 def _with_texts(config: AgentConfig, prompt: str, instructions: str) -> AgentConfig:
     return AgentConfig(
-        prompt=prompt, instructions=instructions, endpoint=config.endpoint,
-        max_rounds=config.max_rounds, max_tokens=config.max_tokens,
-        max_wall_ms=config.max_wall_ms, tools=config.tools, output=config.output,
-        delegation_depth=config.delegation_depth, on_budget_exceeded=config.on_budget_exceeded,
+        prompt=prompt,
+        instructions=instructions,
+        endpoint=config.endpoint,
+        max_rounds=config.max_rounds,
+        max_tokens=config.max_tokens,
+        max_wall_ms=config.max_wall_ms,
+        tools=config.tools,
+        output=config.output,
+        delegation_depth=config.delegation_depth,
+        on_budget_exceeded=config.on_budget_exceeded,
     )
 
 
@@ -401,8 +440,7 @@ def _answer(content: str | None, output: str) -> tuple[Json, str | None]:
     try:
         return json.loads(text), None
     except json.JSONDecodeError as error:
-        return None, (f"Your final answer must be valid JSON ({error}). "
-                      "Reply with the JSON only.")
+        return None, (f"Your final answer must be valid JSON ({error}). Reply with the JSON only.")
 
 
 def _blocked(error: Blocked | GuardRefused, config: AgentConfig) -> NodeError:

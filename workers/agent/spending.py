@@ -113,8 +113,15 @@ class AttemptBudget:
             approvers=[],
             deadline=now_ms() + timeout_ms,
         )
-        event = Event(new_event_id(), task.run_id, now_ms(), request, current_trace_id(),
-                      actor=f"agent:{task.node_id}", span_id=current_span_id())
+        event = Event(
+            new_event_id(),
+            task.run_id,
+            now_ms(),
+            request,
+            current_trace_id(),
+            actor=f"agent:{task.node_id}",
+            span_id=current_span_id(),
+        )
         await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def decision(event: Event) -> ApprovalDecided | None:

@@ -88,7 +88,8 @@ class GuardedFetch:
         origin = self.origin
         run_id, node_id, iteration, attempt = (
             (origin.run_id, origin.node_id, origin.iteration, origin.attempt)
-            if origin is not None else ("agent", "", 0, 1)
+            if origin is not None
+            else ("agent", "", 0, 1)
         )
         node = f"{node_id}/request/{self.calls}"  # the key's (run, node, ...) parts
         task = NodeScheduled(run_id, node, "http", iteration, attempt, config, context)
@@ -188,7 +189,8 @@ class ToolBox:
             name, tenant = args["tool"], await self.tenant()
             tool = (
                 self.services.catalog.get(name, "pipeline", tenant=tenant)
-                if isinstance(name, str) and tenant is not None else None
+                if isinstance(name, str) and tenant is not None
+                else None
             )
             if tool is None:
                 return {"error": f"no composite tool {name!r}; find one with search_tools"}
@@ -221,7 +223,8 @@ class ToolBox:
         tenant = await self.tenant()
         tool = (
             self.services.catalog.get(api, "openapi", tenant=tenant)
-            if isinstance(api, str) and tenant is not None else None
+            if isinstance(api, str) and tenant is not None
+            else None
         )
         if tool is None:
             return {"error": f"no OpenAPI document {api!r}; find operations with search_tools"}
@@ -253,8 +256,13 @@ class ToolBox:
             problems = [str(p) for p in outcome.get("problems") or []]
             return self._refused(problems, operations, definition)
         if outcome.get("status") == "applied" and definition is not None:
-            local = apply_patch(definition, operations, frozen_nodes=frozenset(),
-                                base_node_ids=frozenset(), agents_added_so_far=0)
+            local = apply_patch(
+                definition,
+                operations,
+                frozen_nodes=frozenset(),
+                base_node_ids=frozenset(),
+                agents_added_so_far=0,
+            )
             self._definition = local.definition
         return outcome
 
@@ -272,19 +280,36 @@ class ToolBox:
             return []
         finished = self.task.input.get("nodes", {}) if isinstance(self.task.input, dict) else {}
         frozen = frozenset([*finished, self.task.node_id])
-        outcome = apply_patch(definition, operations, frozen_nodes=frozen,
-                              base_node_ids=frozenset(), agents_added_so_far=0,)
+        outcome = apply_patch(
+            definition,
+            operations,
+            frozen_nodes=frozen,
+            base_node_ids=frozenset(),
+            agents_added_so_far=0,
+        )
         return [str(p) for p in outcome.problems if "agent spawn limit" not in p.message]
 
     async def _propose(self, operations: list[Any], reason: str) -> dict[str, Json]:
         task, log = self.task, self.services.log
         patch_id = "patch_" + uuid.uuid4().hex[:16]
         proposal = PatchProposed(
-            task.run_id, patch_id, operations, reason, node_id=task.node_id,
-            iteration=task.iteration, attempt=task.attempt,  # only this attempt may patch
+            task.run_id,
+            patch_id,
+            operations,
+            reason,
+            node_id=task.node_id,
+            iteration=task.iteration,
+            attempt=task.attempt,  # only this attempt may patch
         )
-        event = Event(new_event_id(), task.run_id, _now_ms(), proposal, current_trace_id(),
-                      actor=f"agent:{task.node_id}", span_id=current_span_id())
+        event = Event(
+            new_event_id(),
+            task.run_id,
+            _now_ms(),
+            proposal,
+            current_trace_id(),
+            actor=f"agent:{task.node_id}",
+            span_id=current_span_id(),
+        )
         (record,) = await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:
@@ -292,26 +317,38 @@ class ToolBox:
             if getattr(payload, "patch_id", None) != patch_id:
                 return None
             if isinstance(payload, PatchApplied):
-                return {"status": "applied", "patch_id": patch_id, "revision": payload.revision,
-                        "added_nodes": list(payload.added_nodes)}
+                return {
+                    "status": "applied",
+                    "patch_id": patch_id,
+                    "revision": payload.revision,
+                    "added_nodes": list(payload.added_nodes),
+                }
             if isinstance(payload, PatchRejected):
-                return {"status": "rejected", "patch_id": patch_id,
-                        "problems": list(payload.reasons)}
+                return {
+                    "status": "rejected",
+                    "patch_id": patch_id,
+                    "problems": list(payload.reasons),
+                }
             if isinstance(payload, PatchReviewRequested):
-                return {"status": "awaiting_review", "patch_id": patch_id,
-                        "note": "a person must approve this patch; it applies once approved"}
+                return {
+                    "status": "awaiting_review",
+                    "patch_id": patch_id,
+                    "note": "a person must approve this patch; it applies once approved",
+                }
             return None
 
         try:
-            result = await wait_for_run_event(log, task.run_id, record.partition,
-                                              record.offset + 1, outcome, self._remaining())
+            result = await wait_for_run_event(
+                log, task.run_id, record.partition, record.offset + 1, outcome, self._remaining()
+            )
         except RunFinished as finished:
             result = {"status": "not_applied", "patch_id": patch_id, "note": str(finished)}
         self.patches.append({"patch_id": patch_id, "status": result["status"]})
         return result
 
-    def _refused(self, problems: list[str], operations: Any,
-                 definition: dict[str, Any] | None) -> dict[str, Json]:
+    def _refused(
+        self, problems: list[str], operations: Any, definition: dict[str, Any] | None
+    ) -> dict[str, Json]:
         self.patch_failures += 1
         limit = self.services.defaults.max_patch_attempts
         if self.patch_failures >= limit:
@@ -345,12 +382,26 @@ class ToolBox:
             "max_wall_ms": max(1, int(self._remaining() * 1000)),
         }
         inputs = {"task": text, "context": args.get("context")}
-        work = NodeScheduled(task.run_id, delegate_id, "agent", task.iteration, task.attempt,
-                             config, {"inputs": inputs, "nodes": {}, "iteration": 0},
-                             tenant=task.tenant)  # and runs for the same tenant
+        work = NodeScheduled(
+            task.run_id,
+            delegate_id,
+            "agent",
+            task.iteration,
+            task.attempt,
+            config,
+            {"inputs": inputs, "nodes": {}, "iteration": 0},
+            tenant=task.tenant,
+        )  # and runs for the same tenant
         partition, offset = await run_position(log, task.run_id)
-        event = Event(new_event_id(), task.run_id, _now_ms(), work, current_trace_id(),
-                      actor=f"agent:{task.node_id}", span_id=current_span_id())
+        event = Event(
+            new_event_id(),
+            task.run_id,
+            _now_ms(),
+            work,
+            current_trace_id(),
+            actor=f"agent:{task.node_id}",
+            span_id=current_span_id(),
+        )
         await log.append([Append(task_topic("agent"), task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:
@@ -365,8 +416,9 @@ class ToolBox:
             return {"status": "completed", "answer": answer}
 
         try:
-            return await wait_for_run_event(log, task.run_id, partition, offset, outcome,
-                                            self._remaining())
+            return await wait_for_run_event(
+                log, task.run_id, partition, offset, outcome, self._remaining()
+            )
         except RunFinished as finished:
             return {"status": "failed", "error": str(finished)}
 
@@ -390,8 +442,9 @@ def _result(result: dict[str, Json], limit: int = 16_000) -> str:
 # --- corrected examples -------------------------------------------------------------
 
 
-def corrected_example(operations: Any, definition: dict[str, Any] | None,
-                      node_id: str) -> list[dict[str, Json]]:
+def corrected_example(
+    operations: Any, definition: dict[str, Any] | None, node_id: str
+) -> list[dict[str, Json]]:
     """The model's operations with the usual mistakes fixed, or a template of the
     usual patch (a node after this one) when nothing of them can be kept."""
     ids = {n.get("id") for n in (definition or {}).get("nodes", []) if isinstance(n, dict)}
@@ -405,8 +458,15 @@ def corrected_example(operations: Any, definition: dict[str, Any] | None,
         return fixed
     new_id = _unused(f"{node_id}-next", ids)
     return [
-        {"op": "add", "path": "/nodes/-",
-         "value": {"id": new_id, "type": "transform", "config": {"expr": f'.nodes["{node_id}"]'}}},
+        {
+            "op": "add",
+            "path": "/nodes/-",
+            "value": {
+                "id": new_id,
+                "type": "transform",
+                "config": {"expr": f'.nodes["{node_id}"]'},
+            },
+        },
         {"op": "add", "path": "/edges/-", "value": {"from": node_id, "to": new_id}},
     ]
 

@@ -170,28 +170,43 @@ class HttpWorker:
             raise self._failed("busy", f"http node: {error}", redactor, retryable=True) from None
         except BudgetError as error:
             raise self._failed(
-                "budget", f"http node: {error}", redactor, retryable=False,
+                "budget",
+                f"http node: {error}",
+                redactor,
+                retryable=False,
                 not_retried="a template over its jq budget is over it again",
             ) from None
         except ConfigError as error:
             raise self._failed(
-                "invalid_config", f"http node config: {error}", redactor, retryable=False,
+                "invalid_config",
+                f"http node config: {error}",
+                redactor,
+                retryable=False,
                 not_retried="the node's config is invalid",
             ) from None
         except Blocked as error:
             self.metrics.blocked.labels(error.layer.value, error.rule).inc()
             raise self._failed(
-                "blocked", str(error), redactor, retryable=False,
+                "blocked",
+                str(error),
+                redactor,
+                retryable=False,
                 not_retried="the SSRF guard refuses this address every time",
             ) from None
         except SecretRefused as error:
             raise self._failed(
-                "secret_refused", str(error), redactor, retryable=False,
+                "secret_refused",
+                str(error),
+                redactor,
+                retryable=False,
                 not_retried="the secret's binding does not allow this use",
             ) from None
         except _Failure as error:
             raise self._failed(
-                "failed", str(error), redactor, retryable=error.retry != "never",
+                "failed",
+                str(error),
+                redactor,
+                retryable=error.retry != "never",
                 not_retried=error.why,
             ) from None
         except Exception as error:  # a bug: still no secret in the message or the log

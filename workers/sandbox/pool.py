@@ -55,8 +55,10 @@ def budget_error(kind: str, settings: SandboxSettings) -> JqBudgetExceeded:
         message = f"jq memory budget exceeded ({settings.memory_mb} MB, AOB_JQ_MEMORY_MB)"
         return JqBudgetExceeded("memory", message)
     if kind == "depth":
-        message = (f"jq output budget exceeded (nested deeper than {settings.max_depth} levels,"
-                   " AOB_JQ_MAX_DEPTH)")
+        message = (
+            f"jq output budget exceeded (nested deeper than {settings.max_depth} levels,"
+            " AOB_JQ_MAX_DEPTH)"
+        )
         return JqBudgetExceeded("output", message)
     message = f"jq output budget exceeded ({settings.output_bytes} bytes, AOB_JQ_OUTPUT_BYTES)"
     return JqBudgetExceeded("output", message)
@@ -233,11 +235,19 @@ def input_text(value: Json) -> str:
 
 
 def _spawn(settings: SandboxSettings) -> subprocess.Popen[bytes]:
-    config = json.dumps({"cpu_ms": settings.cpu_ms, "memory_mb": settings.memory_mb,
-                         "output_bytes": settings.output_bytes, "max_depth": settings.max_depth})
+    config = json.dumps(
+        {
+            "cpu_ms": settings.cpu_ms,
+            "memory_mb": settings.memory_mb,
+            "output_bytes": settings.output_bytes,
+            "max_depth": settings.max_depth,
+        }
+    )
     return subprocess.Popen(
         [sys.executable, "-m", "aob.workers.sandbox.child", config],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        bufsize=0,
     )
 
 
@@ -296,8 +306,11 @@ class JqSandbox:
         if simple is not None:
             settings = self.settings
             with contextlib.suppress(Fallback):
-                return [evaluate_simple(simple, value, max_bytes=settings.output_bytes,
-                                        max_depth=settings.max_depth)]
+                return [
+                    evaluate_simple(
+                        simple, value, max_bytes=settings.output_bytes, max_depth=settings.max_depth
+                    )
+                ]
         request = self._request(program, value, every, max_outputs)
         self._bind()
         child = await self._acquire()
