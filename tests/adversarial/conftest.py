@@ -35,6 +35,7 @@ import pytest
 from tests.adversarial.capture import CaptureServer
 from tests.fixtures.postgres import PostgresSchemas
 from tests.support.load import CoreWaits, run_delays
+from tests.support.tokens import operator_token_command
 
 LISTENING = re.compile(r"listening on (http://\S+)")
 ADMIN_TOKEN = re.compile(r"export AOB_TOKEN=(aob_\S+)")
@@ -215,22 +216,7 @@ class LiveServer:
         on the server's own token store."""
         commands = {
             tenant: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "aob.platform.auth",
-                    "--data-dir",
-                    str(self.data_dir),
-                    "create",
-                    f"{tenant}-op",
-                    "--role",
-                    "operator",
-                    "--role",
-                    "viewer",
-                    "--tenant",
-                    tenant,
-                    "--json",
-                ],
+                operator_token_command(self.data_dir, tenant),
                 cwd=self.data_dir.parent,
                 env=self.env,
                 stdout=subprocess.PIPE,

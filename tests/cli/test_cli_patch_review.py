@@ -8,9 +8,6 @@ aob patch approve patch_abc123 --reason "Safe"
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.cli.conftest import Cli
+from tests.console.live import start_scripted_llm
 from tests.fanout.live import LiveServer
 
 ADD_NOTIFY = [
@@ -58,44 +56,13 @@ def conversation(prompt: str) -> dict[str, Any]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def llm_url(tmp_path: Path) -> Iterator[str]:
     """The scripted OpenAI-compatible endpoint, in a process of its own."""
-    script = tmp_path / "script.json"
-    script.write_text(
-        json.dumps({"conversations": [conversation("plan A"), conversation("plan B")]})
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "aob.workers.agent.demo_llm",
-            "--port",
-            str(port),
-            "--script",
-            str(script),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    process.terminate()
-    process.wait(timeout=10)
+    script = {"conversations": [conversation("plan A"), conversation("plan B")]}
+    llm = start_scripted_llm(script, tmp_path / "script.json")
+    yield llm.base_url
+    llm.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import queue
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from tests.console.live import DevServer, start_dev_server
+from tests.support.tokens import operator_token_command
 
 NOOP = {"name": "feed-tenancy", "nodes": [{"id": "a", "type": "noop"}]}
 FINISHED = {"completed", "failed", "cancelled"}
@@ -34,22 +34,7 @@ def server(tmp_path: Path) -> Iterator[DevServer]:
 def tenant_token(server: DevServer, tenant: str) -> str:
     """An operator token of `tenant`, made with the operators' command."""
     made = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "aob.platform.auth",
-            "--data-dir",
-            str(server.data_dir),
-            "create",
-            f"{tenant}-op",
-            "--role",
-            "operator",
-            "--role",
-            "viewer",
-            "--tenant",
-            tenant,
-            "--json",
-        ],
+        operator_token_command(server.data_dir, tenant),
         capture_output=True,
         text=True,
         timeout=60,
