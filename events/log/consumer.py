@@ -199,10 +199,11 @@ class Consumer:
 
         For a host that works on the records of its last poll (without a listener): what
         it made of a partition revoked since that poll began is dropped too, even if the
-        partition came back in the same rebalance or a later one. Its position went back
-        to the committed offset, so those records are read again, and another member
-        may have worked on them meanwhile: committing the first batch's work would do
-        it twice (a task's approval asked twice, in the chaos test)."""
+        partition came back in the same rebalance or a later one. Such records are read
+        again from the committed offset (another member may have worked on them
+        meanwhile: committing the first batch's work would do it twice, as a task's
+        approval was asked twice in the chaos test), also those the poll returned after
+        the partition came back."""
         if self._member is None:
             raise LogError("a consumer without a group commits nothing")
         stale = {tp for tp, n in self._revoked_in.items() if n > self._polled_in}
@@ -210,6 +211,7 @@ class Consumer:
         if stale:
             names = ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in stale))
             log.warning("group %s: work of partitions revoked since dropped: %s", self.group, names)
+            await self._rewind(stale)
         if isinstance(appends, Mapping):
             appends = {tp: records for tp, records in appends.items() if tp not in stale}
         else:
@@ -219,6 +221,15 @@ class Consumer:
         except Fenced as fenced:
             log.warning("group %s: %s; the new owner does this batch's work", self.group, fenced)
             return []
+
+    async def _rewind(self, partitions: Iterable[TopicPartition]) -> None:
+        """Read the owned ones of `partitions` again from their committed offsets."""
+        owned = [tp for tp in partitions if tp in self.assignment]
+        for topic in sorted({tp.topic for tp in owned}):
+            committed = await self.log.committed(self.group or "", topic)
+            for tp in owned:
+                if tp.topic == topic and tp in self.assignment:  # not lost meanwhile
+                    self.seek(tp, committed.get(tp.partition, 0))
 
     async def _split(
         self, appends: Sequence[Append], owned: frozenset[TopicPartition] | None = None

@@ -237,6 +237,44 @@ async def test_work_on_a_batch_whose_partition_was_lost_and_regained_is_not_comm
         await other.close()
 
 
+async def test_a_poll_that_spans_a_rebalance_is_read_again_when_its_work_is_dropped(
+    event_log: EventLog, unique: Unique
+) -> None:
+    """A poll waiting while a member joins returns the records of the partition the
+    busy member got back, read again from its committed offset. The partition was
+    revoked since that poll began, so the work made of them is dropped; they must then
+    come again, or nobody would ever do it."""
+    topic, sink, group = unique("t"), unique("sink"), unique("g")
+    await event_log.create_topic(topic, 2)
+    await event_log.create_topic(sink, 1)
+    keys = [
+        next(k for k in (f"k{i}" for i in itertools.count()) if partition_for(k, 2) == p)
+        for p in (0, 1)
+    ]
+    tasks = await event_log.append([Append(topic, key, b"task") for key in keys])
+    listener = Recorder()
+    busy = member(event_log, group, [topic], listener)
+    other = member(event_log, group, [topic])
+    await busy.start()
+    try:
+        assert sorted(await _drain(busy, 2), key=_place) == sorted(tasks, key=_place)
+        during = asyncio.create_task(busy.poll(timeout=SETTLE))
+        await other.start()  # each member gets one partition, with one task in it
+        await polling(
+            [other], lambda: bool(listener.revoked) and shared([busy, other], partitions(topic, 2))
+        )
+        [again] = await during
+        assert again.position in busy.assignment
+
+        assert await busy.commit_unless_fenced([Append(sink, again.key, b"work")]) == []
+        assert await _drain(busy, 1) == [again]
+        assert len(await busy.commit_unless_fenced([Append(sink, again.key, b"work")])) == 1
+        assert [r.key for r in await _stored(event_log, sink)] == [again.key]
+    finally:
+        await busy.close()
+        await other.close()
+
+
 async def test_appends_go_with_their_keys_partition_in_order_or_are_dropped_when_lost(
     event_log: EventLog, unique: Unique
 ) -> None:
