@@ -35,15 +35,14 @@ import openai
 
 from aob.events.blobs import BlobStore
 from aob.events.codec import encode
-from aob.events.ids import new_event_id
 from aob.events.log.port import Append
-from aob.events.tracing import current_span_id, current_trace_id
-from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Event, Json, NodeScheduled
+from aob.events.types import RUNS_TOPIC, AgentUsageRecorded, Json, NodeScheduled
 from aob.projections.usage.budgets import BudgetError as InvalidBudget
 from aob.projections.usage.pricing import price_of
 from aob.workers.agent.config import DEFAULT_TENANT, AgentConfig, ConfigError, agent_config
 from aob.workers.agent.llm import LiveOutput, LivePublisher, LlmClients, Usage
 from aob.workers.agent.prompt import SYSTEM_PROMPT, TOOLS, node_context
+from aob.workers.agent.run_events import agent_event
 from aob.workers.agent.spending import AttemptBudget, cost_nano
 from aob.workers.agent.tools import AgentFailure, AgentServices, ToolBox
 from aob.workers.host import NodeError, NodeType
@@ -357,15 +356,7 @@ class AgentRunner:
             cost_nano_usd=cost_nano(usage, price),
             price=price.as_json() if price is not None else None,
         )
-        event = Event(
-            new_event_id(),
-            task.run_id,
-            time.time_ns() // 1_000_000,
-            payload,
-            current_trace_id(),
-            actor=f"agent:{task.node_id}",
-            span_id=current_span_id(),
-        )
+        event = agent_event(task, payload)
         try:
             await self.services.log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
         except Exception:  # usage is a record, not the outcome: never fail the node for it

@@ -20,12 +20,12 @@ from typing import Any
 from aob.events.codec import encode
 from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog
-from aob.events.tracing import current_span_id, current_trace_id
 from aob.events.types import RUNS_TOPIC, ApprovalDecided, ApprovalRequested, Event, NodeScheduled
 from aob.projections.usage.budgets import Breach, Spend
 from aob.projections.usage.pricing import ModelPrice
 from aob.workers.agent.budget_guard import BudgetGuard, Budgets, Tab, now_ms
 from aob.workers.agent.llm import Usage
+from aob.workers.agent.run_events import agent_event
 from aob.workers.agent.tools import AgentFailure
 from aob.workers.agent.watch import RunFinished, run_position, wait_for_run_event
 
@@ -113,15 +113,7 @@ class AttemptBudget:
             approvers=[],
             deadline=now_ms() + timeout_ms,
         )
-        event = Event(
-            new_event_id(),
-            task.run_id,
-            now_ms(),
-            request,
-            current_trace_id(),
-            actor=f"agent:{task.node_id}",
-            span_id=current_span_id(),
-        )
+        event = agent_event(task, request)
         await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def decision(event: Event) -> ApprovalDecided | None:

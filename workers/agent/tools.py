@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aob.events.codec import encode
-from aob.events.ids import new_event_id
 from aob.events.log.port import Append, EventLog
-from aob.events.tracing import current_span_id, current_trace_id
 from aob.events.types import (
     RUNS_TOPIC,
     Event,
@@ -39,6 +36,7 @@ from aob.workers.agent.catalog import ToolCatalog
 from aob.workers.agent.config import AgentConfig, AgentDefaults
 from aob.workers.agent.openapi import ArgumentError, build_request
 from aob.workers.agent.pipeline import Fetch, PipelineError, StepError, run_pipeline
+from aob.workers.agent.run_events import agent_event
 from aob.workers.agent.schemas import problems as schema_problems
 from aob.workers.agent.watch import RunFinished, run_position, wait_for_run_event
 from aob.workers.host import NodeError
@@ -55,10 +53,6 @@ class AgentFailure(NodeError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, retryable=False)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class GuardedFetch:
@@ -301,15 +295,7 @@ class ToolBox:
             iteration=task.iteration,
             attempt=task.attempt,  # only this attempt may patch
         )
-        event = Event(
-            new_event_id(),
-            task.run_id,
-            _now_ms(),
-            proposal,
-            current_trace_id(),
-            actor=f"agent:{task.node_id}",
-            span_id=current_span_id(),
-        )
+        event = agent_event(task, proposal)
         (record,) = await log.append([Append(RUNS_TOPIC, task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:
@@ -393,15 +379,7 @@ class ToolBox:
             tenant=task.tenant,
         )  # and runs for the same tenant
         partition, offset = await run_position(log, task.run_id)
-        event = Event(
-            new_event_id(),
-            task.run_id,
-            _now_ms(),
-            work,
-            current_trace_id(),
-            actor=f"agent:{task.node_id}",
-            span_id=current_span_id(),
-        )
+        event = agent_event(task, work)
         await log.append([Append(task_topic("agent"), task.run_id, encode(event))])
 
         def outcome(event: Event) -> dict[str, Json] | None:
