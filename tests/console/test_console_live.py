@@ -210,3 +210,25 @@ def test_a_read_model_behind_the_stream_does_not_undo_the_run_status(
     page.evaluate("() => new Promise((resolve) => setTimeout(resolve, 0))")
     expect(page.locator("#run-status .badge")).to_have_text("completed")
     expect(node(page, "notify")).to_have_attribute("data-state", "completed")
+
+
+def test_an_unfinished_runs_duration_moves_on_without_events(server: DevServer, page: Page) -> None:
+    """A run waiting for an approval gets no events, yet its Duration grows: in the runs
+    list and in the waiting node's detail; a finished run's stays put."""
+    waiting = server.submit(review("ticking"), {"title": "t"})
+    finished = server.submit(chain())
+    _log_in_at(page, server.base_url, server.admin_token)
+    expect(page.locator(f'tr[data-run-id="{waiting}"] .badge')).to_have_text("waiting")
+    expect(page.locator(f'tr[data-run-id="{finished}"] .badge')).to_have_text("completed")
+    cell = page.locator(f'tr[data-run-id="{waiting}"] td').nth(5)
+    done_cell = page.locator(f'tr[data-run-id="{finished}"] td').nth(5)
+    first, done_first = cell.inner_text(), done_cell.inner_text()
+    expect(cell).not_to_have_text(first, timeout=10_000)
+    assert done_cell.inner_text() == done_first
+
+    page.goto(f"{server.base_url}/#/runs/{waiting}")
+    expect(node(page, "gate")).to_have_attribute("data-state", "waiting")
+    node(page, "gate").click()
+    shown = page.locator('#node-detail dd[data-fact="Duration"]')
+    expect(shown).not_to_have_text("—")
+    expect(shown).not_to_have_text(shown.inner_text(), timeout=10_000)

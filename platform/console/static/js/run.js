@@ -16,6 +16,8 @@ const STREAM_EVENTS = ['workflow_started', 'node_scheduled', 'node_started', 'no
   'approval_voted', 'approval_escalated', 'signal_received'];
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 const RECONNECT_MS = 1000;
+const TICK_MS = 1000;  // how often an unfinished node's Duration moves on
+const NODE_DONE = new Set(['completed', 'failed', 'skipped']);
 
 export async function render(main, runId) {
   const path = `/api/v1/runs/${encodeURIComponent(runId)}`;
@@ -355,7 +357,7 @@ export async function render(main, runId) {
         fact('Scheduled', when(info.scheduled_at)),
         fact('Started', when(info.started_at)),
         fact('Finished', when(info.finished_at)),
-        fact('Duration', info.scheduled_at ? duration(info.started_at || info.scheduled_at, info.finished_at) : '—')),
+        fact('Duration', nodeDuration(info))),
       info.error ? h('div', {class: 'error'}, h('strong', {}, 'Error: '), info.error) : null,
       info.skip_reason ? h('p', {}, h('strong', {}, 'Skipped: '), info.skip_reason) : null,
       info.approval ? approvalBlock(info.approval) : null,
@@ -444,11 +446,24 @@ export async function render(main, runId) {
         : null);
   }
 
+  // A node still at work has no event to redraw it: its Duration moves on by itself.
+  const ticker = setInterval(() => {
+    const info = selected !== null && nodes.get(selected);
+    if (document.hidden || !info || NODE_DONE.has(info.status) || FINISHED.has(run.status)) return;
+    const cell = detail.querySelector('dd[data-fact="Duration"]');
+    if (cell) cell.textContent = nodeDuration(info);
+  }, TICK_MS);
+
   return () => {
     stopped = true;
+    clearInterval(ticker);
     clearTimeout(retryTimer);
     if (source) source.close();
   };
+}
+
+function nodeDuration(info) {
+  return info.scheduled_at ? duration(info.started_at || info.scheduled_at, info.finished_at) : '—';
 }
 
 // Tokens and cost of usage events: the cost is unknown for models without a price.
@@ -461,7 +476,7 @@ function spentBy(usages) {
 }
 
 function fact(label, value) {
-  return [h('dt', {}, label), h('dd', {}, String(value))];
+  return [h('dt', {}, label), h('dd', {dataset: {fact: label}}, String(value))];
 }
 
 function legend() {

@@ -6,6 +6,8 @@ import {h, clear, fill, badge, when, duration, problemBlock} from './dom.js';
 const PAGE_SIZE = 50;
 const RELOAD_DEBOUNCE_MS = 250;  // a burst of new runs reloads the first page once
 const RECONNECT_MS = 1000;
+const TICK_MS = 1000;  // how often an unfinished run's Duration moves on
+const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 const STATUSES = ['running', 'waiting', 'completed', 'failed', 'cancelled'];
 const SINCE = [['', 'any time'], ['3600000', 'last hour'], ['86400000', 'last 24 hours'],
   ['604800000', 'last 7 days']];
@@ -200,10 +202,22 @@ export async function render(main) {
     return shown.length < PAGE_SIZE || !oldest || row.submitted_at >= oldest.submitted_at;
   }
 
+  // An unfinished run's duration grows without any event: its cell moves on by itself.
+  const ticker = setInterval(() => {
+    if (document.hidden || !shown.some((r) => !FINISHED.has(r.status))) return;
+    shown.forEach((run, i) => {
+      const row = body.rows[i];
+      if (row && !FINISHED.has(run.status)) {
+        row.cells[5].textContent = duration(run.submitted_at, run.finished_at);
+      }
+    });
+  }, TICK_MS);
+
   follow();
   await refresh();  // at once, not after the feed's handshake; `ready` loads it again
   return () => {
     stopped = true;
+    clearInterval(ticker);
     clearTimeout(retryTimer);
     clearTimeout(reloadTimer);
     if (source) source.close();
