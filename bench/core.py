@@ -22,7 +22,7 @@
     system database) running the same DAG in this process when installed.
     With AOB_KAFKA_BOOTSTRAP and AOB_DATABASE_URL set, the same engine runs on
     Kafka + Postgres instead (fresh topics per repetition), e.g.
-    AOB_KAFKA_POLL_INTERVAL=0.01 python -m bench --only e2e --no-langgraph
+    python -m bench --only e2e --no-langgraph
 
 Every figure is the median over repetitions; ratios are taken per repetition
 against the baseline measured right beside it, then their median is reported.
