@@ -40,6 +40,19 @@ def test_nodes_inherit_the_default_endpoint_and_may_override_limits():
     assert (own.max_rounds, own.max_tokens, own.max_wall_ms) == (2, 50, 5)
 
 
+@pytest.mark.parametrize(
+    ("field", "ceiling"), [("max_rounds", 10), ("max_tokens", 1000), ("max_wall_ms", 300_000)]
+)
+def test_a_node_may_lower_the_deployments_limits_but_not_raise_them(field, ceiling):
+    assert getattr(agent_config({"prompt": "p", field: ceiling}, DEFAULTS), field) == ceiling
+    with pytest.raises(ConfigError) as raised:
+        agent_config({"prompt": "p", field: ceiling + 1}, DEFAULTS)
+    assert str(raised.value) == (
+        f"config.{field}: {ceiling + 1} is over this deployment's AOB_LLM_{field.upper()}"
+        f" ({ceiling}); a node may only lower it"
+    )
+
+
 def test_a_named_endpoint_brings_its_own_key_and_models_and_is_guarded():
     named = agent_config({"prompt": "p", "endpoint": "team-a"}, DEFAULTS, "acme")
     assert named.endpoint == Endpoint(

@@ -144,3 +144,18 @@ async def test_large_answers_go_to_the_blob_store(aob: Aob, scripted_llm: LlmSer
     assert answer["$blob"].startswith("sha256:")
     stored = await aob.engine.agent.blobs.get(answer["$blob"])  # type: ignore[union-attr]
     assert stored == f'"{big}"'.encode()
+
+
+async def test_a_node_cannot_raise_the_deployments_token_ceiling(aob: Aob, scripted_llm: LlmServer):
+    """A tenant's `max_tokens: 1e9` would lift the operator's bound (AOB_LLM_MAX_TOKENS):
+    the node fails naming the setting, before any LLM call; another run goes on."""
+    scripted_llm.serve({"match": "do the work", "turns": [{"content": "done"}]})
+    greedy = await aob.finished(await aob.submit(single(max_tokens=1_000_000_000)))
+    assert greedy["status"] == "failed"
+    assert (
+        "config.max_tokens: 1000000000 is over this deployment's AOB_LLM_MAX_TOKENS"
+        in (greedy["error"])
+    )
+    assert scripted_llm.requests == []
+    modest = await aob.finished(await aob.submit(single(max_tokens=50_000)))
+    assert modest["status"] == "completed", modest["error"]

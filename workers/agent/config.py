@@ -14,6 +14,8 @@ Node config fields (only `prompt` is required):
     max_rounds      tool-call rounds before the node fails
     max_tokens      token budget (prompt + completion, all calls) before the node fails
     max_wall_ms     wall time before the node fails
+                    (these three may lower the deployment's AOB_LLM_* limits, not
+                    raise them: a higher value is a config error)
     max_retries     SDK retries of one call (429, 5xx, connection errors)
     tools           the tools this node may use (default: all five)
     output          "text" (default) or "json": the final answer must parse as JSON
@@ -145,14 +147,27 @@ def agent_config(
         prompt=node.prompt,
         instructions=node.instructions,
         endpoint=endpoint,
-        max_rounds=defaults.max_rounds if node.max_rounds is None else node.max_rounds,
-        max_tokens=node.max_tokens or defaults.max_tokens,
-        max_wall_ms=node.max_wall_ms or defaults.max_wall_ms,
+        max_rounds=_at_most(node.max_rounds, defaults.max_rounds, "max_rounds"),
+        max_tokens=_at_most(node.max_tokens, defaults.max_tokens, "max_tokens"),
+        max_wall_ms=_at_most(node.max_wall_ms, defaults.max_wall_ms, "max_wall_ms"),
         tools=tuple(node.tools) if node.tools is not None else TOOL_NAMES,
         output=node.output,
         delegation_depth=node.delegation_depth,
         on_budget_exceeded=node.on_budget_exceeded,
     )
+
+
+def _at_most(asked: int | None, ceiling: int, name: str) -> int:
+    """A node's own limit, which may lower the deployment's (`AOB_LLM_<NAME>`), never
+    raise it: the operator's bound holds whatever a tenant writes."""
+    if asked is None:
+        return ceiling
+    if asked > ceiling:
+        raise ConfigError(
+            f"config.{name}: {asked} is over this deployment's AOB_LLM_{name.upper()}"
+            f" ({ceiling}); a node may only lower it"
+        )
+    return asked
 
 
 def _endpoint(node: _NodeConfig, defaults: AgentDefaults, tenant: str) -> Endpoint:
