@@ -369,7 +369,7 @@ class AobRunner:
 @asynccontextmanager
 async def open_aob(data_dir: Path, *, synchronous: str) -> AsyncIterator[AobRunner]:
     """An embedded engine on `data_dir` with the DAG stored under TAG, and its observer."""
-    settings = Settings(data_dir=data_dir, log_synchronous=synchronous)
+    settings = Settings(data_dir=data_dir, log_synchronous=synchronous)  # type: ignore[arg-type]
     if settings.kafka_bootstrap:  # cluster stores from the environment: fresh topics per rep
         settings = settings.model_copy(update={"topic_prefix": f"bench-{uuid.uuid4().hex[:8]}."})
     engine = await Engine.open(settings)

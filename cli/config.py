@@ -46,8 +46,9 @@ def resolve(
         "token": token or os.environ.get("AOB_TOKEN") or None,
         "actor": actor or os.environ.get("AOB_ACTOR") or None,
     }
-    if any(v is None for v in values.values()) or config:
-        from_file = load_config(config_path(config), required=bool(config))
+    named = config or os.environ.get("AOB_CONFIG") or None  # a file named must exist
+    if any(v is None for v in values.values()) or named:
+        from_file = load_config(config_path(config), required=bool(named))
         for key in KEYS:
             values[key] = values[key] or from_file.get(key)
     return Connection(

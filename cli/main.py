@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _internal_error(error: Exception, as_json: bool) -> int:
-    if os.environ.get("AOB_DEBUG"):
+    if (os.environ.get("AOB_DEBUG") or "0").lower() not in ("0", "false", "no", "off"):
         raise error
     message = f"internal error: {type(error).__name__}: {error} (set AOB_DEBUG=1 for the traceback)"
     return _report(CliError(message, EXIT_INTERNAL), as_json)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 import pydantic
+from pydantic_settings import SettingsError
 
 from aob.platform.demo import DemoRun
 from aob.platform.settings import Settings, service_problem
+from aob.workers.http.settings import HttpWorkerSettings
+from aob.workers.sandbox.settings import SandboxSettings
 
 # Each service's port when neither --port nor AOB_PORT says otherwise, so that a whole
 # cluster can run on one machine without configuration.
@@ -112,15 +116,37 @@ def _audit_parser(sub: Any) -> None:
         parser.add_argument("--data-dir", type=Path, help="embedded log (AOB_DATA_DIR, .aob)")
 
 
+def _setting_problems(error: pydantic.ValidationError | SettingsError, prefix: str) -> list[str]:
+    """One line per bad setting, naming its variable."""
+    if isinstance(error, pydantic.ValidationError):
+        problems = []
+        for invalid in error.errors():
+            where = f"{prefix}{str(invalid['loc'][0]).upper()}: " if invalid["loc"] else ""
+            problems.append(where + invalid["msg"].removeprefix("Value error, "))
+        return problems
+    # pydantic-settings names the field in prose: 'error parsing value for field
+    # "workers" from source "EnvSettingsSource"' (a list or object that is not JSON).
+    found = re.search(r'field "([a-z0-9_]+)"', str(error))
+    if found is None:
+        return [str(error)]
+    variable = f"{prefix}{found.group(1).upper()}"
+    return [f"{variable}: not valid JSON (lists and objects take JSON; docs/reference/settings.md)"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    prefix = "AOB_"
     try:
         settings = _settings(args)
-    except pydantic.ValidationError as error:  # one line per setting, no traceback
-        for invalid in error.errors():
-            where = f"AOB_{str(invalid['loc'][0]).upper()}: " if invalid["loc"] else ""
-            message = invalid["msg"].removeprefix("Value error, ")
-            print(f"aob server: invalid setting: {where}{message}", file=sys.stderr)
+        # The workers' settings are read when a service builds them; checked here too,
+        # so that a bad value stops every service alike, as one line naming it.
+        prefix = "AOB_HTTP_"
+        HttpWorkerSettings()
+        prefix = "AOB_JQ_"
+        SandboxSettings()
+    except (pydantic.ValidationError, SettingsError) as error:  # no traceback
+        for line in _setting_problems(error, prefix):
+            print(f"aob server: invalid setting: {line}", file=sys.stderr)
         return 2
     level = getattr(args, "log_level", "warning")
     if settings.log_format == "json":  # one JSON object per line, with trace ids

@@ -51,8 +51,8 @@ from aob.projections.workflow.materialize import json_equal
 from aob.projections.workflow.simple_jq import node_reads
 
 HISTORY_PAGE = 10_000
-# Bounds on a fork's edits (the request body is bounded too, by AOB_API_MAX_BODY_BYTES'
-# kin in aob.platform.api.bounds): operations per JSON Patch, and the size of the
+# Bounds on a fork's edits (the request body is bounded too, by AOB_MAX_REQUEST_BYTES
+# in aob.platform.api.bounds): operations per JSON Patch, and the size of the
 # edited inputs or definition as compact JSON (a chain of `copy` operations doubles a
 # document each step: the size is checked after every operation).
 MAX_EDIT_OPERATIONS: Final = 1000

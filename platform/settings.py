@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final, Literal
+from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SERVICES: Final = ("dev", "api", "coordinator", "projector", "workers", "fanout")
@@ -74,12 +82,14 @@ class Settings(BaseSettings):
     # workflow with a warning and skips the node at run time (its dependents still run);
     # "error" refuses the workflow at validation and submission.
     unknown_node_types: Literal["skip", "error"] = "skip"
-    runs_partitions: int = 8
-    workflows_partitions: int = 4
-    tasks_partitions: int = 4
-    # "NORMAL" survives a crash of the process, "FULL" also a power loss.
-    log_synchronous: str = "NORMAL"
-    max_request_bytes: int = 2 * 1024 * 1024
+    runs_partitions: int = Field(default=8, ge=1)
+    workflows_partitions: int = Field(default=4, ge=1)
+    tasks_partitions: int = Field(default=4, ge=1)
+    # "NORMAL" survives a crash of the process, "FULL" also a power loss (any case).
+    log_synchronous: Annotated[
+        Literal["NORMAL", "FULL", "EXTRA"], BeforeValidator(lambda v: str(v).upper())
+    ] = "NORMAL"
+    max_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
     # Limits on a workflow definition, checked by the API before anything in it is
     # compiled; they may only be lowered: the coordinator validates with the defaults.
     workflow_max_nodes: int = Field(default=500, ge=1, le=500)

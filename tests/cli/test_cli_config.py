@@ -126,6 +126,9 @@ def test_config_file_mistakes_are_one_line(aob: Cli) -> None:
         2,
         "aob: config file /nonexistent/aob.toml does not exist\n",
     )
+    # Named by AOB_CONFIG, as by --config: a missing file is a mistake, not "no file".
+    named = aob("run", "list", env={"AOB_CONFIG": "/nonexistent/env.toml", "AOB_SERVER": ""})
+    assert (named.code, named.err) == (2, "aob: config file /nonexistent/env.toml does not exist\n")
 
     (aob.home / ".config" / "aob" / "config.toml").unlink()
     bad_url = aob("run", "list", "--server", "localhost:8080")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import REPO, Cli
+from tests.cli.conftest import AOB, REPO, Cli
 from tests.fanout.live import FAILING, HELD, QUICK, LiveServer
 
 HTML_PAGE = (
@@ -137,6 +138,24 @@ def test_every_documented_exit_code_is_what_happens(
     server.cancel(held["run_id"])
 
     assert set(documented_codes(aob)) == set(provoked)
+
+
+def test_aob_debug_shows_the_traceback_of_a_bug_and_0_or_false_does_not(
+    aob: Cli, lookalike: str
+) -> None:
+    for off in ("", "0", "false"):
+        quiet = aob("run", "list", env={"AOB_SERVER": lookalike, "AOB_DEBUG": off})
+        assert quiet.code == 70
+        assert quiet.err.startswith("aob: internal error: ")  # the helper checks: no traceback
+    loud = subprocess.run(  # `aob` itself refuses a traceback: asked for, here it is
+        [*AOB, "run", "list"],
+        env={**aob.env, "AOB_SERVER": lookalike, "AOB_DEBUG": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "Traceback (most recent call last)" in loud.stderr
 
 
 def test_json_errors_go_to_stdout_with_the_same_exit_code(

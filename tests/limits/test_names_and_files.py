@@ -46,7 +46,7 @@ BOMB = "\n".join(
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "AOB_URL": "http://127.0.0.1:9"}
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd), "AOB_SERVER": "http://127.0.0.1:9"}
     return subprocess.run(
         [*AOB, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
     )

@@ -113,6 +113,28 @@ def test_invalid_setting(tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("AOB_WORKERS", "http", "not valid JSON"),  # a list setting given a bare word
+        ("AOB_LLM_ENDPOINTS", "{bad", "not valid JSON"),
+        ("AOB_HTTP_SECRETS", "nope", "not valid JSON"),  # the http worker's settings
+        ("AOB_JQ_CPU_MS", "abc", "valid integer"),  # the jq sandbox's
+        ("AOB_RUNS_PARTITIONS", "0", "greater than or equal to 1"),
+        ("AOB_LOG_SYNCHRONOUS", "fast", "'NORMAL', 'FULL' or 'EXTRA'"),
+        ("AOB_MAX_REQUEST_BYTES", "-1", "greater than or equal to 1024"),
+    ],
+)
+def test_a_bad_setting_of_any_settings_class_is_one_line_naming_it(
+    tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    done = server("dev", "--data-dir", str(tmp_path), env={variable: value})
+    line = one_line(done)
+    assert line.startswith(f"aob server: invalid setting: {variable}: "), line
+    assert says in line
+    assert done.returncode == 2
+
+
 def test_audit_with_postgres_unreachable(tmp_path: Path, closed_port: int) -> None:
     (tmp_path / "log.db").touch()  # an embedded log to audit (empty)
     env = {"AOB_DATABASE_URL": f"postgresql://aob:s3cret@127.0.0.1:{closed_port}/aob"}
