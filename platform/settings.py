@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     llm_endpoints: dict[str, LlmEndpoint] = {}
     llm_max_retries: int = Field(default=3, ge=0, le=10)  # SDK retries on 429, 5xx, ...
     llm_timeout_ms: int = Field(default=60_000, ge=1)
-    llm_max_connections: int = Field(default=100, ge=1)  # the one shared pool
+    llm_max_connections: int = Field(default=100, ge=1)  # per pool (default endpoint; guarded)
     llm_max_rounds: int = Field(default=10, ge=0)  # tool-call rounds per node
     llm_max_tokens: int = Field(default=100_000, ge=1)  # token budget per node
     llm_max_wall_ms: int = Field(default=300_000, ge=1)
@@ -224,6 +224,15 @@ class Settings(BaseSettings):
             "recorded whole in an event, and twice in its run's coordinator state; lower it "
             "or raise AOB_MAX_EVENT_BYTES"
         )
+
+    @model_validator(mode="after")
+    def _one_source_of_jwt_keys(self) -> Settings:
+        if self.auth_jwt_jwks_url and self.auth_jwt_key is not None:
+            raise ValueError(
+                "AOB_AUTH_JWT_JWKS_URL and AOB_AUTH_JWT_KEY are both set: tokens are checked"
+                " against one source of keys; unset one"
+            )
+        return self
 
 
 def service_problem(settings: Settings, service: str) -> str | None:

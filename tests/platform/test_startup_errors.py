@@ -135,6 +135,16 @@ def test_a_bad_setting_of_any_settings_class_is_one_line_naming_it(
     assert done.returncode == 2
 
 
+def test_two_sources_of_jwt_keys_are_refused(tmp_path: Path) -> None:
+    env = {"AOB_AUTH_JWT_JWKS_URL": "https://idp.example/jwks", "AOB_AUTH_JWT_KEY": "pem"}
+    done = server("dev", "--data-dir", str(tmp_path), env=env)
+    assert one_line(done) == (
+        "aob server: invalid setting: AOB_AUTH_JWT_JWKS_URL and AOB_AUTH_JWT_KEY are both"
+        " set: tokens are checked against one source of keys; unset one"
+    )
+    assert done.returncode == 2
+
+
 def test_audit_with_postgres_unreachable(tmp_path: Path, closed_port: int) -> None:
     (tmp_path / "log.db").touch()  # an embedded log to audit (empty)
     env = {"AOB_DATABASE_URL": f"postgresql://aob:s3cret@127.0.0.1:{closed_port}/aob"}
