@@ -15,7 +15,9 @@ Node and edge counts of definitions are the workflow validator's (422 invalid-wo
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+import math
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,6 +25,7 @@ from typing import Any, Final
 # a request may carry (versions, offsets, event ids) is bounded by it, or the store
 # fails with an overflow (a 500) instead of the caller getting a 4xx.
 INT64_MAX: Final = 2**63 - 1
+API_PREFIX: Final = "/api/"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,6 +41,7 @@ class Bounds:
     max_string: int = 256 * 1024
     max_key: int = 256
     max_items: int = 100_000
+    max_values: int = 200_000  # in all: bounds the walk (and the handler's work)
     max_identifier: int = 200
     max_query: int = 8192
 
@@ -74,53 +78,112 @@ def check_url(path: str, query: bytes, bounds: Bounds) -> None:
 
 
 def check_json(document: Any, bounds: Bounds) -> None:
-    """Raise OutOfBounds for the first value outside `bounds` (iteratively: a document
-    may nest deeper than Python's recursion limit)."""
-    for pointer, value, depth in _walk(document):
-        problem = None
-        if depth > bounds.max_depth:
-            problem = f"nested deeper than {bounds.max_depth} levels"
-        elif isinstance(value, str) and len(value) > bounds.max_string:
-            problem = f"a string of {len(value)} characters (limit {bounds.max_string})"
-        elif isinstance(value, dict | list) and len(value) > bounds.max_items:
-            problem = f"{len(value)} items (limit {bounds.max_items})"
-        elif isinstance(value, dict):
-            long = next((k for k in value if len(k) > bounds.max_key), None)
-            if long is not None:
-                problem = f"a key of {len(long)} characters (limit {bounds.max_key})"
-        if problem is not None:
-            raise OutOfBounds(
-                422,
-                "input-out-of-bounds",
-                "Request out of bounds",
-                f"the JSON body at {pointer or '/'} has {problem}",
-                pointer=pointer or "/",
-            )
+    """Raise OutOfBounds for the first value outside `bounds`: too deep, too long, too
+    many items (in one container, or in all), a key too long, a float JSON cannot hold
+    (NaN, infinities: Python's parser takes them) or a string that is not Unicode text
+    (a lone UTF-16 surrogate, which JSON's escapes allow and no store can write).
+
+    Iterative (a document may nest deeper than Python's recursion limit) and lean: a
+    2 MB body of tiny nested lists is ~600,000 values, and this runs on the event loop;
+    places are parent links, made into a JSON pointer only for the value refused."""
+    found = _first_out_of_bounds(document, bounds)
+    if found is not None:
+        place, problem = found
+        pointer = _pointer(place)
+        raise OutOfBounds(
+            422,
+            "input-out-of-bounds",
+            "Request out of bounds",
+            f"the JSON body at {pointer} has {problem}",
+            pointer=pointer,
+        )
+
+
+# Where a value is: None for the document itself, else (its container's place, its key
+# or index).
+_Place = tuple[Any, str | int] | None
+
+
+def _first_out_of_bounds(document: Any, bounds: Bounds) -> tuple[_Place, str] | None:
+    problem = _scalar_problem(document, bounds)
+    if problem is not None:
+        return None, problem
+    if not isinstance(document, dict | list):
+        return None
+    stack: list[tuple[Any, int, _Place]] = [(document, 0, None)]
+    values = 0
+    while stack:
+        container, depth, place = stack.pop()
+        size = len(container)
+        if size > bounds.max_items:
+            return place, f"{size} items (limit {bounds.max_items})"
+        values += size
+        if values > bounds.max_values:
+            return place, f"more than {bounds.max_values} values in all (the limit)"
+        if size and depth >= bounds.max_depth:
+            first = next(iter(container)) if isinstance(container, dict) else 0
+            return (place, first), f"nested deeper than {bounds.max_depth} levels"
+        if isinstance(container, dict):
+            for key in container:
+                if len(key) > bounds.max_key:
+                    return place, f"a key of {len(key)} characters (limit {bounds.max_key})"
+                if not key.isascii() and _lone_surrogate(key):
+                    return place, "a key that is not Unicode text (a lone UTF-16 surrogate)"
+            children: Any = container.items()
+        else:
+            children = enumerate(container)
+        for key, item in children:
+            if isinstance(item, dict | list):
+                stack.append((item, depth + 1, (place, key)))
+            else:
+                problem = _scalar_problem(item, bounds)
+                if problem is not None:
+                    return (place, key), problem
+    return None
+
+
+def _scalar_problem(value: Any, bounds: Bounds) -> str | None:
+    if isinstance(value, str):
+        if len(value) > bounds.max_string:
+            return f"a string of {len(value)} characters (limit {bounds.max_string})"
+        if not value.isascii() and _lone_surrogate(value):
+            return "a string that is not Unicode text (a lone UTF-16 surrogate)"
+    elif isinstance(value, float) and not math.isfinite(value):
+        return "a number JSON cannot hold (NaN, Infinity, or too large for a double)"
+    return None
+
+
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _pointer(place: _Place) -> str:
+    parts: list[str] = []
+    while place is not None:
+        place, key = place
+        parts.append(str(key).replace("~", "~0").replace("/", "~1")[:64])
+    return "/" + "/".join(reversed(parts)) if parts else "/"
 
 
 def within_by_size(body: bytes, bounds: Bounds) -> bool:
     """Whether the JSON text `body` is within `bounds` by its size alone, so that its
     document need not be walked (most requests: a walk is a third of the checks' time).
     A decoded string, key or container is never longer than its text, and a value is
-    nested in at most as many containers as the text has opening brackets."""
-    return len(body) <= min(bounds.max_string, bounds.max_key, bounds.max_items) and (
-        body.count(b"{") + body.count(b"[") <= bounds.max_depth
+    nested in at most as many containers as the text has opening brackets. Text that
+    may hold what no size shows (NaN, infinities, a three-digit exponent, a \\u escape
+    that may be a lone surrogate) is walked."""
+    return (
+        len(body) <= min(bounds.max_string, bounds.max_key, bounds.max_items)
+        and body.count(b"{") + body.count(b"[") <= bounds.max_depth
+        and _UNSURE.search(body) is None
     )
 
 
-def _walk(document: Any) -> Iterator[tuple[str, Any, int]]:
-    stack: list[tuple[str, Any, int]] = [("", document, 0)]
-    while stack:
-        pointer, value, depth = stack.pop()
-        yield pointer, value, depth
-        if depth > 10_000:
-            continue  # already reported by the depth check
-        if isinstance(value, dict):
-            for key, item in value.items():
-                escaped = str(key).replace("~", "~0").replace("/", "~1")[:64]
-                stack.append((f"{pointer}/{escaped}", item, depth + 1))
-        elif isinstance(value, list):
-            stack.extend((f"{pointer}/{i}", item, depth + 1) for i, item in enumerate(value))
+_UNSURE: Final = re.compile(rb"NaN|Infinity|\\u|[0-9][eE][+-]?[0-9]{3}")
 
 
 class BoundsMiddleware:
@@ -165,7 +228,9 @@ class BoundsMiddleware:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        if body:
+        # Only the API's routes take bodies: one sent to /health, the console or the docs
+        # (open to anyone) is answered by its route without being parsed.
+        if body and scope.get("path", "").startswith(API_PREFIX):
             try:
                 document = json.loads(body)
             except RecursionError:

@@ -40,6 +40,18 @@ OUT_OF_BOUNDS: list[tuple[str, Any, int, str]] = [
     ("string", definition_with(text="x" * (256 * 1024 + 1)), 422, "a string of"),
     ("key", definition_with(**{"k" * 257: 1}), 422, "a key of"),
     ("items", definition_with(list=[0] * 100_001), 422, "100001 items"),
+    (
+        "values in all",
+        definition_with(**{f"l{i}": [0] * 50_000 for i in range(5)}),
+        422,
+        "values in all",
+    ),
+    # What Python's parser takes and no store writes: each was a 500.
+    ("nan", b'{"inputs": {"x": NaN}}', 422, "a number JSON cannot hold"),
+    ("infinity", b'{"inputs": [-Infinity]}', 422, "a number JSON cannot hold"),
+    ("1e400", b'{"inputs": {"x": 1e400}}', 422, "a number JSON cannot hold"),
+    ("lone surrogate", b'{"inputs": {"x": "a\\ud800"}}', 422, "lone UTF-16 surrogate"),
+    ("lone surrogate key", b'{"inputs": {"\\udc00": 1}}', 422, "lone UTF-16 surrogate"),
 ]
 
 
@@ -122,6 +134,24 @@ async def test_node_and_edge_counts_are_bounded(server: Server, admin: Any) -> N
     assert any("too many edges" in e["message"] for e in too_many_edges.json()["errors"])
 
 
+async def test_a_body_sent_where_no_route_takes_one_is_not_parsed(
+    server: Server, admin: Any
+) -> None:
+    """/health, the docs and the console are open to anyone: a body sent there (a 2 MB
+    maze of nested lists took the event loop ~1 s to walk) is not parsed at all. Its
+    route answers; were it walked, the nesting would be refused with 422."""
+    maze = b'{"x": ' + b"[" * 65 + b"]" * 65 + b"}"
+    for path in ("/health", "/openapi.json", "/"):
+        response = await admin.post(
+            path, content=maze, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 405, (path, response.text)
+    refused = await admin.post(
+        "/api/v1/runs", content=maze, headers={"content-type": "application/json"}
+    )
+    assert refused.status_code == 422
+
+
 def test_bounds_name_the_first_offending_pointer() -> None:
     bounds = Bounds(max_depth=3, max_string=4, max_items=2, max_key=3)
     check_json({"a": [1, 2], "b": {"c": "abcd"}}, bounds)  # at every limit: fine
@@ -130,8 +160,18 @@ def test_bounds_name_the_first_offending_pointer() -> None:
         ({"a": ["x", "abcde"]}, "/a/1", "string of 5"),
         ({"a/b": [1, 2, 3]}, "/a~1b", "3 items"),
         ({"long": 1}, "/", "key of 4"),
+        ({"a": [1.5, float("nan")]}, "/a/1", "a number JSON cannot hold"),
+        ({"a": {"b": "ok\udfff"}}, "/a/b", "lone UTF-16 surrogate"),
+        ({"a": {"\ud800": 1}}, "/a", "lone UTF-16 surrogate"),
     ]
     for document, pointer, says in cases:
         with pytest.raises(Exception, match=says) as raised:
             check_json(document, bounds)
         assert raised.value.extra["pointer"] == pointer  # type: ignore[attr-defined]
+
+
+def test_the_values_of_a_body_are_bounded_in_all() -> None:
+    bounds = Bounds(max_items=10, max_values=25)
+    check_json({"a": [0] * 10, "b": [0] * 10, "c": [0] * 2}, bounds)  # 3 + 22 values
+    with pytest.raises(Exception, match="more than 25 values in all"):
+        check_json({"a": [0] * 10, "b": [0] * 10, "c": [0] * 3}, bounds)
