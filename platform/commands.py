@@ -49,7 +49,7 @@ from aob.platform.engine import Engine
 from aob.platform.problems import Problem, invalid_workflow, not_found
 from aob.platform.replay import NO_EDITS, Edits, fork, run_events
 from aob.projections.coordinator.approvals import MAX_SIGNALS_PER_RUN
-from aob.projections.readmodels.views import BLOB_REF
+from aob.projections.readmodels.views import BLOB_REF, ESCAPED
 from aob.projections.runtime.decider import NoDecision, tag_request_id, wait_for_decision
 from aob.projections.workflow.definition import (
     SETTING_NAMES,
@@ -400,8 +400,12 @@ class Commands:
 
     async def _fetched(self, output: Any) -> Any:
         """An output as the user wrote it: fetched from the blob store when the read
-        model holds only its reference."""
-        ref = output.get(BLOB_REF) if isinstance(output, dict) and len(output) == 1 else None
+        model holds only its reference, unwrapped when it holds it escaped (views)."""
+        if not (isinstance(output, dict) and len(output) == 1):
+            return output
+        if ESCAPED in output:
+            return output[ESCAPED]
+        ref = output.get(BLOB_REF)
         if not isinstance(ref, str):
             return output
         try:

@@ -105,13 +105,22 @@ class Position:
 
 
 # An output the blob store holds is stored as {BLOB_REF: reference}: the API fetches
-# the value when it shows the run (aob.platform.commands).
+# the value when it shows the run (aob.platform.commands). Outputs are tenants' data:
+# one shaped like a marker (a jq program can build {"$aob.blob": "sha256:..."} naming
+# another tenant's blob) is stored wrapped as {ESCAPED: output}, and so is one shaped
+# like that wrapper, so that only markers this projection wrote are ever fetched.
 BLOB_REF = "$aob.blob"
+ESCAPED = "$aob.escaped"
+_MARKER_KEYS = frozenset({BLOB_REF, ESCAPED})
 
 
 def stored_output(output: Any, ref: str | None) -> Any:
     """What a read model keeps of an output: the value, or a marker naming its blob."""
-    return output if ref is None else {BLOB_REF: ref}
+    if ref is not None:
+        return {BLOB_REF: ref}
+    if isinstance(output, dict) and len(output) == 1 and next(iter(output)) in _MARKER_KEYS:
+        return {ESCAPED: output}
+    return output
 
 
 # The standard library's compact JSON, built once, for what orjson refuses.

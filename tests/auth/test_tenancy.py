@@ -174,3 +174,47 @@ async def test_a_tenant_cannot_see_run_or_take_another_tenants_workflows(
         run = await acme.post("/api/v1/runs", json={"tag": "greet"})
         assert run.status_code == 202
         assert (await finished(acme, run.json()["run_id"]))["tenant"] == "acme"
+
+
+async def test_an_output_shaped_like_a_blob_marker_names_no_blob(server: Server) -> None:
+    """Large outputs are kept in the blob store (shared, by content hash) and stored in
+    the read models as {"$aob.blob": ref}, which the API fetches. A tenant whose jq builds
+    that shape with another tenant's ref would read that tenant's output (an API audit
+    did): a marker the projection did not write is shown as the value it is."""
+    secret = "s" * (20 * 1024)  # over AOB_OUTPUT_INLINE_BYTES: into the blob store
+    async with (
+        await server.as_("ann", "operator", tenant="acme") as victim,
+        await server.as_("eve", "operator", tenant="evil") as attacker,
+    ):
+        big = {
+            "name": "big",
+            "nodes": [{"id": "a", "type": "transform", "config": {"expr": ".inputs.s"}}],
+            "output": ".nodes.a",
+        }
+        submitted = await victim.post(
+            "/api/v1/runs", json={"definition": big, "inputs": {"s": secret}}
+        )
+        done = await finished(victim, submitted.json()["run_id"])
+        assert done["output"] == secret  # the victim's own blob is fetched
+        refs = [
+            e["data"]["output_ref"]
+            for e in (await victim.get(f"/api/v1/runs/{done['run_id']}/events")).json()["items"]
+            if e["type"] == "NodeCompleted"
+        ]
+        (ref,) = refs
+        assert ref.startswith("sha256:")
+
+        forged = {"$aob.blob": ref}
+        echo = {
+            "name": "echo",
+            "nodes": [{"id": "a", "type": "transform", "config": {"expr": ".inputs.m"}}],
+            "output": ".nodes.a",
+        }
+        for marker in (forged, {"$aob.escaped": forged}):  # and the wrapper's own shape
+            sent = await attacker.post(
+                "/api/v1/runs", json={"definition": echo, "inputs": {"m": marker}}
+            )
+            run = await finished(attacker, sent.json()["run_id"])
+            assert run["status"] == "completed", run
+            assert run["output"] == marker
+            assert [n["output"] for n in run["nodes"]] == [marker]
