@@ -19,7 +19,11 @@ def validate(ctx: Context) -> int:
     runs); invalid: the server's 422 becomes one line per problem and exit 2."""
     definition = load_definition(ctx.args.file)
     result = ctx.api.post("/api/v1/workflows/validate", {"definition": definition})
-    data = result if isinstance(result, dict) else {"valid": True}
+    if not isinstance(result, dict) or result.get("valid") is not True:
+        # Whatever answered is not aob's validation (`[]`, `{}`, an empty 204): never
+        # "valid". main() names the address unless aob itself answered this (a bug).
+        raise ValueError(f"not a validation answer: {result!r:.80}")
+    data = result
     if not ctx.json:  # with --output json the warnings are in the document
         print_warnings(data.get("warnings"), ctx.args.file)
     ctx.emit(data, f"{ctx.args.file}: {ctx.style.status('valid')}")

@@ -258,3 +258,22 @@ def test_every_aob_command_in_the_readme_parses_and_aob_is_where_it_says() -> No
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert ".venv/bin/aob server dev" in readme.split("\n\n", 3)[2]
     assert "`. .venv/bin/activate`" in readme
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [(200, "application/json", "[]"), (200, "application/json", "{}"), (204, "text/plain", "")],
+)
+def test_validate_against_a_server_that_is_not_aob_is_never_valid(
+    aob: Cli, write_json: Any, reply: tuple[int, str, str]
+) -> None:
+    path = str(write_json("quick.json", QUICK))
+    for site in serve(reply):
+        result = aob("workflow", "validate", path, env={"AOB_SERVER": site})
+        assert result.code == 4, (result.out, result.err)
+        assert result.err.startswith(f"aob: {site} is not an aob server (HTTP {reply[0]}")
+        assert len(result.err.splitlines()) == 1
+        assert "valid" not in result.out
+        as_json = aob("workflow", "validate", path, "-o", "json", env={"AOB_SERVER": site})
+        assert as_json.code == 4
+        assert as_json.json()["error"]["type"].endswith("not-aob-server")
