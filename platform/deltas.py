@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -58,6 +59,9 @@ _KAFKA_EPOCH: Final = "k"  # positions are Kafka offsets: the same in every proc
 # so a restarted API process can resume recent streams without reading the whole topic.
 _BACKFILL_PER_PARTITION: Final = 5000
 _MAX_REPLICATION: Final = 3
+# A cursor's numbers: -1 or ASCII digits, at most 19 of them below 9e18 (a store holds up to
+# 2**63 - 1: a larger one overflowed SQLite mid-stream, after the 200 was sent).
+_CURSOR_NUMBER: Final = re.compile(r"-1|0|[1-9][0-9]{0,17}|[1-8][0-9]{18}")
 
 
 def delta_bounds(settings: Settings) -> DeltaBounds:
@@ -280,13 +284,12 @@ class Cursor:
     def parse(cls, text: str) -> Cursor:
         """`OFFSET:EPOCH:POSITION`, or a plain event id (no delta seen)."""
         parts = text.strip().split(":")
-        try:
+        numbers = parts[::2]  # OFFSET and POSITION: ASCII digits within the stores' int64
+        if len(parts) in (1, 3) and all(_CURSOR_NUMBER.fullmatch(n) for n in numbers):
+            offset = max(int(parts[0]), -1)
             if len(parts) == 1:
-                return cls(max(int(parts[0]), -1))
-            if len(parts) == 3:
-                return cls(max(int(parts[0]), -1), parts[1] or None, max(int(parts[2]), -1))
-        except ValueError:
-            pass
+                return cls(offset)
+            return cls(offset, parts[1] or None, max(int(parts[2]), -1))
         raise BadCursor(
             f"Last-Event-ID must be an event id or a cursor OFFSET:EPOCH:POSITION, got {text!r}"
         )

@@ -1121,7 +1121,7 @@ class RunChangeFeed:
         if not after:
             return None
         epoch, _, number = after.partition(":")
-        if epoch != self.epoch or not number.isdigit():
+        if epoch != self.epoch or not (number.isascii() and number.isdigit()):
             return None
         seq = int(number)
         oldest = self._ring[0].seq if self._ring else self.seq + 1

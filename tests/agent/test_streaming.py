@@ -206,14 +206,23 @@ async def test_a_websocket_subscriber_gets_the_deltas_too(
     assert all("cursor" in m for m in messages if m["event"] not in ("end", "heartbeat"))
 
 
-async def test_a_bad_cursor_is_a_400(served: Served, scripted_llm: LlmServer) -> None:
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "1:x",
+        # Past what a store holds: overflowed SQLite after the 200 was sent (an audit).
+        "9223372036854775808",
+        "99999999999999999999:e:0",
+        "1:e:\u00b2",  # a superscript two: str.isdigit() says yes, int() says no
+    ],
+)
+async def test_a_bad_cursor_is_a_400(served: Served, scripted_llm: LlmServer, cursor: str) -> None:
     scripted_llm.serve(_gated(gate="bad"))
     run_id = await served.submit(_flow())
     async with served.client() as client:
         response = await client.get(
             f"/api/v1/runs/{run_id}/stream",
-            params={"deltas": "true"},
-            headers={"Last-Event-ID": "1:x"},
+            params={"deltas": "true", "cursor": cursor},
         )
     scripted_llm.release("bad")
     assert response.status_code == 400

@@ -315,3 +315,14 @@ async def test_a_hub_nobody_listens_to_asks_for_the_ends_by_time_not_at_every_ap
     ]
     # start() and the stream's subscription once each, else at most once a second.
     assert counting.end_offset_calls <= 3 + elapsed / _IDLE_SKIP_S
+
+
+async def test_the_runs_feed_resumes_only_from_an_id_it_numbered() -> None:
+    """`epoch:seq` with seq in ASCII digits: '²' passed str.isdigit() and int() then
+    raised mid-stream (an API audit); any id the feed cannot answer for is no resume."""
+    from aob.platform.fanout import RunChangeFeed
+
+    feed = RunChangeFeed(history=None)  # type: ignore[arg-type]  # never read here
+    assert feed._resume(f"{feed.epoch}:0") == 0
+    for foreign in (f"{feed.epoch}:\u00b2", f"{feed.epoch}:-1", f"{feed.epoch}:", "x:0", ""):
+        assert feed._resume(foreign) is None, foreign
