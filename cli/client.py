@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aob
-from aob.cli.config import Connection
+from aob.cli.config import Connection, server_problem
 from aob.cli.errors import EXIT_API, EXIT_UNREACHABLE, EXIT_USAGE, CliError, error_json
 from aob.cli.render import summary
 
@@ -92,12 +92,11 @@ class SseEvent:
 class Api:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        problem = server_problem(connection.server)
+        if problem:
+            raise CliError(problem, EXIT_USAGE)
         parts = urlsplit(connection.server)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise CliError(
-                f"server address {connection.server!r} must look like http://host:port",
-                EXIT_USAGE,
-            )
+        assert parts.hostname is not None  # server_problem saw to it
         self.base = connection.server
         self._scheme = parts.scheme
         self._host = parts.hostname

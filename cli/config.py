@@ -24,6 +24,23 @@ class Connection(NamedTuple):
     timeout: float
 
 
+def server_problem(url: str) -> str | None:
+    """Why `url` cannot be an aob server's address (None when it can): an http(s) URL
+    with a host and, if any, a port from 1 to 65535."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as error:
+        return f"server address {url!r} is not a URL ({error}); it must look like http://host:port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"server address {url!r} must look like http://host:port"
+    if port == 0:
+        return f"server address {url!r}: the port must be from 1 to 65535"
+    return None
+
+
 def config_path(explicit: str | None) -> Path:
     if explicit:
         return Path(explicit).expanduser()
@@ -51,8 +68,12 @@ def resolve(
         from_file = load_config(config_path(config), required=bool(named))
         for key in KEYS:
             values[key] = values[key] or from_file.get(key)
+    address = (values["server"] or DEFAULT_SERVER).rstrip("/")
+    problem = server_problem(address)  # from AOB_SERVER or the file: --server is checked
+    if problem:
+        raise CliError(problem, EXIT_USAGE)
     return Connection(
-        server=(values["server"] or DEFAULT_SERVER).rstrip("/"),
+        server=address,
         token=values["token"],
         actor=values["actor"],
         timeout=timeout,

@@ -193,6 +193,7 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     group = parser.add_argument_group("connection and output")
     group.add_argument(
         "--server",
+        type=_server_url,
         default=default(None),
         metavar="URL",
         help="API address (AOB_SERVER; default http://127.0.0.1:8080)",
@@ -224,11 +225,48 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     group.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=default(30.0),
         metavar="SECONDS",
         help="HTTP request timeout (default 30)",
     )
+
+
+def _server_url(value: str) -> str:
+    """--server: an http(s) URL with a host and a port from 1 to 65535."""
+    import argparse
+
+    from aob.cli.config import server_problem
+
+    problem = server_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _seconds(value: str) -> float:
+    """--timeout: a finite number of seconds above 0 (0 would make sockets
+    non-blocking, a negative one is refused by the socket library)."""
+    import argparse
+    import math
+
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the timeout must be a number above 0")
+    return seconds
+
+
+def _identifier(value: str) -> str:
+    """An id or name given on the command line: not empty (an empty path segment
+    names no run, workflow or approval: the server would answer a redirect)."""
+    import argparse
+
+    if not value.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return value
 
 
 class _Tree:
@@ -295,14 +333,14 @@ def _run_commands(run: _Tree) -> None:
         help="follow the run live until it ends (exit 1 if it fails)",
     )
     status = run.command("status", "runs:status", "a run's status and its nodes")
-    status.add_argument("run_id", metavar="RUN")
+    status.add_argument("run_id", type=_identifier, metavar="RUN")
     listing = run.command("list", "runs:list_runs", "recent runs, newest first")
     listing.add_argument("--status", choices=RUN_STATUSES)
     listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow")
     listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
     listing.add_argument("--cursor", help="continue a listing (from --output json's next_cursor)")
     cancel = run.command("cancel", "runs:cancel", "cancel a run")
-    cancel.add_argument("run_id", metavar="RUN")
+    cancel.add_argument("run_id", type=_identifier, metavar="RUN")
     cancel.add_argument("--reason", default="", help="why, recorded on the run")
     signal = run.command(
         "signal",
@@ -310,8 +348,8 @@ def _run_commands(run: _Tree) -> None:
         "send a named signal to a run: it ends a hitl node waiting for it (config.signals), "
         "now or once the node starts",
     )
-    signal.add_argument("run_id", metavar="RUN")
-    signal.add_argument("name", metavar="NAME", help="the signal's name")
+    signal.add_argument("run_id", type=_identifier, metavar="RUN")
+    signal.add_argument("name", type=_identifier, metavar="NAME", help="the signal's name")
     signal.add_argument("--data", metavar="JSON", help="the signal's payload, JSON (default null)")
     signal.add_argument(
         "--key", help="idempotency key: sending the same key again records nothing new"
@@ -327,7 +365,7 @@ def _fork_commands(run: _Tree) -> None:
         "patched definition (completed nodes the edits affect run again, the others keep "
         "their outputs)",
     )
-    fork.add_argument("run_id", metavar="RUN")
+    fork.add_argument("run_id", type=_identifier, metavar="RUN")
     fork.add_argument(
         "--from-event", type=int, metavar="N", help="the event id to fork after (default: start)"
     )
@@ -358,15 +396,15 @@ def _fork_commands(run: _Tree) -> None:
         epilog="exit 0 whether or not the runs differ (with --output json, `identical` says); "
         "3 when the server refuses, e.g. a run of another tenant (404)",
     )
-    compare.add_argument("run_a", metavar="A")
-    compare.add_argument("run_b", metavar="B")
+    compare.add_argument("run_a", type=_identifier, metavar="A")
+    compare.add_argument("run_b", type=_identifier, metavar="B")
 
 
 def _logs_commands(logs: _Tree) -> None:
     stream = logs.command(
         "stream", "runs:logs", "a run's events from its start, live until it ends (SSE)"
     )
-    stream.add_argument("run_id", metavar="RUN")
+    stream.add_argument("run_id", type=_identifier, metavar="RUN")
     stream.add_argument(
         "--node",
         action="append",
@@ -383,7 +421,9 @@ def _logs_commands(logs: _Tree) -> None:
 
 def _approve_command(root: _Tree) -> None:
     approve = root.command("approve", "approvals:decide", "approve or reject a HITL request")
-    approve.add_argument("approval_id", metavar="ID", help="the approval (see `aob run status`)")
+    approve.add_argument(
+        "approval_id", type=_identifier, metavar="ID", help="the approval (see `aob run status`)"
+    )
     approve.add_argument("decision", choices=["approve", "reject"])
     approve.add_argument("--reason", default="", help="comments recorded with the decision")
 
@@ -394,7 +434,7 @@ def _approvals_commands(approvals: _Tree) -> None:
         "approvals:list_approvals",
         "approvals awaiting a decision (your tenant's), with the command that decides each",
     )
-    listing.add_argument("--run", metavar="RUN", help="only this run's")
+    listing.add_argument("--run", type=_identifier, metavar="RUN", help="only this run's")
     listing.add_argument(
         "--status",
         choices=["pending", "approved", "rejected", "cancelled", "any"],
@@ -405,15 +445,17 @@ def _approvals_commands(approvals: _Tree) -> None:
 
 def _patch_commands(patch: _Tree) -> None:
     listing = patch.command("list", "patches:list_patches", "a run's patches")
-    listing.add_argument("run_id", metavar="RUN")
+    listing.add_argument("run_id", type=_identifier, metavar="RUN")
     for name, handler, help_text in [
         ("show", "patches:show", "a patch, with the diff it makes to the workflow"),
         ("approve", "patches:approve", "approve a patch awaiting review"),
         ("reject", "patches:reject", "reject a patch awaiting review"),
     ]:
         command = patch.command(name, handler, help_text)
-        command.add_argument("patch_id", metavar="PATCH")
-        command.add_argument("--run", metavar="RUN", help="the patch's run (found if omitted)")
+        command.add_argument("patch_id", type=_identifier, metavar="PATCH")
+        command.add_argument(
+            "--run", type=_identifier, metavar="RUN", help="the patch's run (found if omitted)"
+        )
         if name != "show":
             command.add_argument("--reason", default="", help="why, recorded with the decision")
 
@@ -424,7 +466,7 @@ def _replay_command(root: _Tree) -> None:
         "runs:replay",
         "start a new run from a point in a run's history (completed nodes keep their outputs)",
     )
-    replay.add_argument("run_id", metavar="RUN")
+    replay.add_argument("run_id", type=_identifier, metavar="RUN")
     replay.add_argument(
         "--from-event",
         type=int,
@@ -445,7 +487,7 @@ def _workflow_commands(workflow: _Tree) -> None:
     validate.add_argument("file", metavar="FILE")
     workflow.command("list", "workflows:list_workflows", "stored workflows")
     show = workflow.command("show", "workflows:show", "a stored workflow, by tag or id")
-    show.add_argument("ref", metavar="TAG_OR_ID")
+    show.add_argument("ref", type=_identifier, metavar="TAG_OR_ID")
     show.add_argument("--version", type=int, help="this version of the workflow id")
     create = workflow.command("create", "workflows:create", "store a workflow file as a version")
     create.add_argument("file", metavar="FILE")
@@ -464,7 +506,9 @@ def _admin_commands(admin: _Tree) -> None:
         "deadletters:replay",
         "append a dead letter's original record to its topic again (after a fix)",
     )
-    replay.add_argument("letter_id", metavar="ID", help="as `aob admin deadletters list` shows")
+    replay.add_argument(
+        "letter_id", type=_identifier, metavar="ID", help="as `aob admin deadletters list` shows"
+    )
 
 
 if __name__ == "__main__":

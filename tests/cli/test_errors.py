@@ -277,3 +277,42 @@ def test_validate_against_a_server_that_is_not_aob_is_never_valid(
         as_json = aob("workflow", "validate", path, "-o", "json", env={"AOB_SERVER": site})
         assert as_json.code == 4
         assert as_json.json()["error"]["type"].endswith("not-aob-server")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--server", "http://[::1", "run", "list"], "is not a URL"),
+        (["--server", "http://127.0.0.1:99999", "run", "list"], "is not a URL"),
+        (["--server", "http://127.0.0.1:0", "run", "list"], "port must be from 1 to 65535"),
+        (["--server", "ftp://127.0.0.1:21", "run", "list"], "must look like http://host:port"),
+        (["--timeout", "-1", "run", "list"], "timeout must be a number above 0"),
+        (["--timeout", "0", "run", "list"], "timeout must be a number above 0"),
+        (["run", "list", "--timeout", "nan"], "timeout must be a number above 0"),
+        (["run", "list", "--timeout", "inf"], "timeout must be a number above 0"),
+        (["run", "list", "--timeout", "soon"], "is not a number of seconds"),
+        (["run", "status", ""], "RUN: must not be empty"),
+        (["workflow", "show", ""], "TAG_OR_ID: must not be empty"),
+        (["approve", " ", "approve"], "ID: must not be empty"),
+    ],
+)
+def test_a_bad_address_timeout_or_empty_id_is_invalid_input_not_a_bug(
+    aob: Cli, args: list[str], said: str
+) -> None:
+    for output in ("text", "json"):
+        result = aob(*args, "-o", output)
+        assert result.code == 2, (args, result.err)
+        errors = [line for line in result.err.splitlines() if line.startswith("aob: ")]
+        assert len(errors) == 1, result.err
+        assert said in errors[0], result.err
+        assert "internal error" not in result.err
+        if output == "json":
+            assert result.json()["error"]["type"].endswith("invalid-input")
+
+
+def test_a_bad_address_from_the_environment_is_invalid_input(aob: Cli) -> None:
+    for address in ("http://[::1", "http://127.0.0.1:99999", "127.0.0.1:8080"):
+        result = aob("run", "list", env={"AOB_SERVER": address})
+        assert result.code == 2, result.err
+        assert result.err.startswith(f"aob: server address {address!r}"), result.err
+        assert len(result.err.splitlines()) == 1
