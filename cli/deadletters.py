@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import segment
 from aob.cli.errors import EXIT_OK
-from aob.cli.render import table, when
+from aob.cli.render import more_hint, table, when
 
 if TYPE_CHECKING:
     from aob.cli.main import Context
@@ -16,7 +16,8 @@ PATH = "/api/v1/admin/deadletters"
 
 def list_letters(ctx: Context) -> int:
     args = ctx.args
-    page = ctx.api.get(PATH, {"limit": args.limit, "cursor": args.cursor})
+    limit = args.limit if args.limit is not None else 50
+    page = ctx.api.get(PATH, {"limit": limit, "cursor": args.cursor})
     if not ctx.json:  # the bytes are for scripts and replays, not for a terminal
         page = {**page, "items": [_without_bytes(item) for item in page["items"]]}
     ctx.emit(page, lambda: format_page(ctx, page))
@@ -50,7 +51,10 @@ def format_page(ctx: Context, page: dict[str, Any]) -> str:
     ]
     out = table(ctx.style, ["ID", "AT", "SERVICE", "RECORD", "RUN", "REASON"], rows)
     if page.get("next_cursor"):
-        out += f"\nmore: aob admin deadletters list --cursor {page['next_cursor']}"
+        command = "aob admin deadletters list"
+        out += "\n" + more_hint(
+            ctx.args, command, [("--limit", ctx.args.limit)], page["next_cursor"]
+        )
     return out
 
 

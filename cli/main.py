@@ -337,7 +337,7 @@ def _run_commands(run: _Tree) -> None:
     listing = run.command("list", "runs:list_runs", "recent runs, newest first")
     listing.add_argument("--status", choices=RUN_STATUSES)
     listing.add_argument("--workflow", metavar="ID", help="only runs of this workflow")
-    listing.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    listing.add_argument("--limit", type=int, help="at most this many (default 20)")
     listing.add_argument("--cursor", help="continue a listing (from --output json's next_cursor)")
     cancel = run.command("cancel", "runs:cancel", "cancel a run")
     cancel.add_argument("run_id", type=_identifier, metavar="RUN")
@@ -499,7 +499,7 @@ def _admin_commands(admin: _Tree) -> None:
         "deadletters", "records the services set aside (undecodable, or failing to process)"
     )
     listing = letters.command("list", "deadletters:list_letters", "dead letters, oldest first")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--limit", type=int, help="at most this many (default 50)")
     listing.add_argument("--cursor", help="continue a listing (from its next_cursor)")
     replay = letters.command(
         "replay",

@@ -85,6 +85,23 @@ def table(
     return "\n".join(lines)
 
 
+def more_hint(args: Any, command: str, options: Sequence[tuple[str, Any]], cursor: str) -> str:
+    """`more: aob ... --cursor X`: the command that shows the next page, with every
+    option of this one that was given (None: not given), after the connection flags
+    given (the next page is on the same server; never --token, a secret)."""
+    import shlex
+
+    given = [
+        ("--server", getattr(args, "server", None)),
+        ("--config", getattr(args, "config", None)),
+    ]
+    words = [command]
+    for flag, value in [*given, *options]:
+        if value is not None:
+            words += [flag, shlex.quote(str(value))]
+    return f"more: {' '.join(words)} --cursor {shlex.quote(cursor)}"
+
+
 def clock(ms: int | None) -> str:
     """Local wall-clock time of an epoch-ms instant, to the millisecond."""
     if ms is None:

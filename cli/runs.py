@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import ApiError, segment
 from aob.cli.errors import EXIT_OK
-from aob.cli.render import Style, duration, short, summary, table, when
+from aob.cli.render import Style, duration, more_hint, short, summary, table, when
 
 if TYPE_CHECKING:
     from aob.cli.main import Context
@@ -218,12 +218,13 @@ def _cost(entry: dict[str, Any]) -> str:
 def list_runs(ctx: Context) -> int:
     args = ctx.args
     query = {
-        "limit": args.limit,
+        "limit": args.limit if args.limit is not None else 20,
         "status": args.status,
         "workflow_id": args.workflow,
         "cursor": args.cursor,
     }
     page = ctx.api.get("/api/v1/runs", query)
+    options = [("--status", args.status), ("--workflow", args.workflow), ("--limit", args.limit)]
 
     def text() -> str:
         if not page["items"]:
@@ -240,7 +241,7 @@ def list_runs(ctx: Context) -> int:
         ]
         out = table(ctx.style, ["RUN", "STATUS", "WORKFLOW", "SUBMITTED", "TOOK"], rows, 1)
         if page.get("next_cursor"):
-            out += f"\nmore: aob run list --cursor {page['next_cursor']}"
+            out += "\n" + more_hint(args, "aob run list", options, page["next_cursor"])
         return out
 
     ctx.emit(page, text)

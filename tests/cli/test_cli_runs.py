@@ -228,3 +228,32 @@ def test_server_commands_hand_over_to_the_server(aob: Cli) -> None:
     assert result.code == 0
     assert "--data-dir" in result.out
     assert result.out.startswith("usage: aob server dev")
+
+
+def test_the_more_hint_repeats_every_option_given(aob: Cli, server: LiveServer) -> None:
+    import shlex
+
+    for _ in range(2):
+        server.wait_finished(server.submit(FAILING))
+    result = aob("run", "list", "--status", "failed", "--limit", "1")
+    assert result.code == 0, result.err
+    hint = result.out.splitlines()[-1]
+    assert hint.startswith("more: aob run list --status failed --limit 1 --cursor "), hint
+    following = aob(*shlex.split(hint.removeprefix("more: aob ")))
+    assert following.code == 0, following.err
+    rows = [line for line in following.out.splitlines() if line.startswith("run_")]
+    assert len(rows) == 1, following.out
+    assert " failed " in rows[0]
+    first = result.out.splitlines()[1].split()[0]
+    assert first not in following.out  # the next page, not the first again
+
+
+def test_the_dead_letters_more_hint_keeps_the_limit(aob: Cli) -> None:
+    from tests.cli.test_errors import serve
+
+    page = {"items": [{"id": "dl_1", "service": "engine", "reason": "x"}], "next_cursor": "c 2"}
+    for site in serve((200, "application/json", json.dumps(page))):
+        result = aob("admin", "deadletters", "list", "--limit", "1", "--server", site)
+        assert result.code == 0, result.err
+        hint = result.out.splitlines()[-1]
+        assert hint == f"more: aob admin deadletters list --server {site} --limit 1 --cursor 'c 2'"
