@@ -31,8 +31,10 @@ DEFAULT_PORTS = {
 SERVICES = {
     "api": "the HTTP API (runs, workflows, approvals, patches, tools) and its streams",
     "coordinator": "the coordinator fold over aob.runs, and the timer service "
-    "(one per cluster: it reads every partition itself)",
-    "projector": "feeds the read models from the log (one per cluster)",
+    "(the consumer group aob-coordinator: run as many as needed, each takes a share "
+    "of the partitions)",
+    "projector": "feeds the read models from the log (the consumer group aob-projector: "
+    "run as many as needed, each takes a share of the partitions)",
     "workers": "built-in, http, hitl and agent workers (AOB_WORKERS picks among them)",
     "fanout": "the run streams only (SSE and WebSocket)",
 }
@@ -64,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--inputs",
         type=Path,
         metavar="JSON",
-        help="JSON inputs for --run (default: FILE.inputs.json)",
+        help="a file of JSON inputs for --run (default: the --run file's name up to its "
+        "first dot, plus .inputs.json, when it exists)",
     )
     dev.add_argument(
         "--exit", action="store_true", help="with --run: stop the server when the run ends"
