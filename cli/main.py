@@ -259,6 +259,19 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _version(value: str) -> int:
+    """A workflow version: versions are numbered from 1."""
+    import argparse
+
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a version number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: versions are numbered from 1")
+    return number
+
+
 def _identifier(value: str) -> str:
     """An id or name given on the command line: not empty (an empty path segment
     names no run, workflow or approval: the server would answer a redirect)."""
@@ -488,7 +501,7 @@ def _workflow_commands(workflow: _Tree) -> None:
     workflow.command("list", "workflows:list_workflows", "stored workflows")
     show = workflow.command("show", "workflows:show", "a stored workflow, by tag or id")
     show.add_argument("ref", type=_identifier, metavar="TAG_OR_ID")
-    show.add_argument("--version", type=int, help="this version of the workflow id")
+    show.add_argument("--version", type=_version, help="this version of the workflow id")
     create = workflow.command("create", "workflows:create", "store a workflow file as a version")
     create.add_argument("file", metavar="FILE")
     create.add_argument("--tag", help="tag to point at it (default: the workflow's name)")

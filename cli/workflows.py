@@ -67,7 +67,7 @@ def list_workflows(ctx: Context) -> int:
 
 
 def show(ctx: Context) -> int:
-    query = {"version": ctx.args.version} if ctx.args.version else None
+    query = {"version": ctx.args.version} if ctx.args.version is not None else None
     workflow = ctx.api.get(f"/api/v1/workflows/{segment(ctx.args.ref)}", query)
 
     def text() -> str:

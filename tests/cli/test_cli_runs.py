@@ -257,3 +257,17 @@ def test_the_dead_letters_more_hint_keeps_the_limit(aob: Cli) -> None:
         assert result.code == 0, result.err
         hint = result.out.splitlines()[-1]
         assert hint == f"more: aob admin deadletters list --server {site} --limit 1 --cursor 'c 2'"
+
+
+def test_workflow_show_refuses_a_version_below_1(aob: Cli) -> None:
+    created = aob("workflow", "create", "examples/countdown.yaml", "-o", "json").json()
+    for version in ("0", "-1"):
+        result = aob("workflow", "show", created["workflow_id"], "--version", version)
+        assert result.code == 2, (result.out, result.err)
+        assert result.out == ""  # not the tag's version
+        assert result.err.splitlines()[-1].startswith(
+            f"aob: argument --version: {version}: versions are numbered from 1"
+        )
+    shown = aob("workflow", "show", "countdown", "--version", str(created["version"]))
+    assert shown.code == 0
+    assert f"version {created['version']}" in shown.out
