@@ -17,6 +17,7 @@ from typing import Any, Final
 from urllib.parse import parse_qs
 
 from aob.platform.auth.principal import DEFAULT_TENANT, Principal
+from aob.platform.problems import not_found
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -44,7 +45,7 @@ class TenantGuard:
             path = scope.get("path", "")
             refusal = await self._refusal(path, scope, principal.tenant)
             if refusal is not None:
-                await _not_found(scope, send, path, *refusal)
+                await _not_found(scope, receive, send, path, *refusal)
                 return
         await self.app(scope, receive, send)
 
@@ -52,10 +53,12 @@ class TenantGuard:
         """(what, id) when the request names a run or approval of another tenant."""
         if path == "/api/v1/approvals":  # one run's approvals, with ?run_id=
             query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            if not query.get("run_id"):
-                return None
-            run_id = query["run_id"][0]
-            return ("run", run_id) if await self.run_tenant(run_id) not in (None, tenant) else None
+            # Every run_id given: the route reads the last, a check of the first only
+            # told whether another tenant's run exists (200 [] against 404).
+            for run_id in query.get("run_id", []):
+                if await self.run_tenant(run_id) not in (None, tenant):
+                    return ("run", run_id)
+            return None
         if match := _RUN.match(path):
             owner = await self.run_tenant(match[1])
             return ("run", match[1]) if owner not in (None, tenant) else None
@@ -95,20 +98,21 @@ class TenantGuard:
         return None if approval is None else await self.run_tenant(approval["run_id"])
 
 
-async def _not_found(scope: Scope, send: Send, path: str, what: str, ident: str) -> None:
-    """The very answer the API gives for an id that does not exist."""
+async def _not_found(
+    scope: Scope, receive: Receive, send: Send, path: str, what: str, ident: str
+) -> None:
+    """The very answer the API gives for an id that does not exist: over a WebSocket,
+    accepted, an `error` message, then close 4404, as the stream route does (refused
+    at the handshake, another tenant's run told itself apart from an unknown one)."""
+    problem = not_found(what, ident)
     if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 4404, "reason": f"no {what}"})
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+        error = json.dumps({"event": "error", **problem.body()}, separators=(",", ":"))
+        await send({"type": "websocket.send", "text": error})
+        await send({"type": "websocket.close", "code": 4404, "reason": ""})
         return
-    body = json.dumps(
-        {
-            "type": "https://aob.dev/problems/not-found",
-            "title": f"{what.capitalize()} not found",
-            "status": 404,
-            "detail": f"no {what} {ident!r}",
-            "instance": path,
-        }
-    ).encode()
+    body = json.dumps(problem.body(path)).encode()
     headers = [
         (b"content-type", b"application/problem+json"),
         (b"content-length", str(len(body)).encode()),

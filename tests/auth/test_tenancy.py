@@ -64,7 +64,14 @@ async def test_a_tenant_cannot_see_or_touch_another_tenants_runs(server: Server)
             assert problem["type"] == unknown.json()["type"]
             assert problem["title"] in ("Run not found", "Approval not found")
             assert "acme" not in response.text
-        assert await handshake_as(server, beta, f"/api/v1/runs/{run_id}/ws") == 4404
+        # Over a WebSocket too, another tenant's run is answered as an unknown one: the
+        # same messages, the same close (refusing the handshake told them apart).
+        foreign = await handshake_as(server, beta, f"/api/v1/runs/{run_id}/ws")
+        missing = await handshake_as(server, beta, "/api/v1/runs/run_doesnotexist/ws")
+        assert foreign[-1] == {"type": "websocket.close", "code": 4404}
+        assert [str(m).replace(run_id, "ID") for m in foreign] == [
+            str(m).replace("run_doesnotexist", "ID") for m in missing
+        ]
 
         assert (await beta.get("/api/v1/runs")).json()["items"] == []
         listed = await beta.get("/api/v1/approvals", params={"status": "any"})
@@ -100,6 +107,8 @@ def cross_tenant_requests(run_id: str, approval_id: str) -> list[tuple[str, str,
         ("POST", f"{run}/patches/p1/approve", {}),
         ("POST", f"{run}/replay", {}),
         ("GET", f"/api/v1/approvals?run_id={run_id}", None),
+        # The route reads the last run_id: a guard of the first only was an oracle.
+        ("GET", f"/api/v1/approvals?run_id=run_doesnotexist&run_id={run_id}", None),
         ("GET", f"/api/v1/approvals/{approval_id}", None),
         ("POST", f"/api/v1/approvals/{approval_id}/decide", {"decision": "reject"}),
     ]
@@ -116,12 +125,17 @@ async def pending(client: httpx.AsyncClient, run_id: str) -> str:
     raise AssertionError("no approval")
 
 
-async def handshake_as(server: Server, client: httpx.AsyncClient, path: str) -> int:
-    """The close code of a WebSocket handshake made with `client`'s credential."""
+async def handshake_as(
+    server: Server, client: httpx.AsyncClient, path: str
+) -> list[dict[str, Any]]:
+    """What the app sends to a WebSocket handshake made with `client`'s credential
+    (close messages as type and code only)."""
     token = client.headers["authorization"].removeprefix("Bearer ")
     sent = await handshake(server, path, f"access_token={token}")
-    assert sent[0]["type"] == "websocket.close"
-    return int(sent[0]["code"])
+    return [
+        {"type": m["type"], "code": m.get("code")} if m["type"] == "websocket.close" else m
+        for m in sent
+    ]
 
 
 async def test_runs_of_callers_without_a_tenant_are_the_default_tenants(
