@@ -163,7 +163,7 @@ class Api:
                 conn.request("GET", self._target(path, query), headers=headers)
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException) as error:
-                raise self._unreachable(error) from None
+                raise self._unreachable(error, read_timeout) from None
             if response.status >= 400:
                 self._decode(response, response.read())
             if _content_type(response) != "text/event-stream":
@@ -171,7 +171,7 @@ class Api:
             try:
                 yield from parse_sse(response)
             except (OSError, http.client.HTTPException) as error:
-                raise self._unreachable(error) from None
+                raise self._unreachable(error, read_timeout) from None
         finally:
             conn.close()
 
@@ -203,9 +203,11 @@ class Api:
             return http.client.HTTPSConnection(self._host, self._port, timeout=timeout)
         return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
 
-    def _unreachable(self, error: BaseException) -> Unreachable:
+    def _unreachable(self, error: BaseException, timeout: float | None = None) -> Unreachable:
+        """`timeout`: the wait that ran out, if not --timeout (a stream's own)."""
         if isinstance(error, socket.timeout | TimeoutError):
-            reason = f"no answer within {self.connection.timeout:g} s"
+            waited = self.connection.timeout if timeout is None else timeout
+            reason = f"no answer within {waited:g} s"
         elif isinstance(error, ConnectionRefusedError):
             reason = "connection refused (is `aob server dev` running?)"
         else:

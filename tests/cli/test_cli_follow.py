@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import signal
 import time
@@ -72,3 +73,25 @@ def test_logs_stream_survives_a_server_restart(own_server: LiveServer, tmp_path:
     }
     attempts = [m["data"]["attempt"] for m in events if m["event"] == "node_scheduled"]
     assert attempts == list(range(1, 31))
+
+
+def test_logs_stream_from_a_silent_server_says_how_long_it_waited(tmp_path: Path) -> None:
+    """The stream waits for heartbeats, not --timeout: the message says the real wait."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections are queued, never accepted, never answered
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        aob = Cli(home, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        began = time.monotonic()
+        result = aob("logs", "stream", "run_x", "--timeout", "2")
+        took = time.monotonic() - began
+    finally:
+        silent.close()
+    assert result.code == 4, result.err
+    said = re.search(r"no answer within (\d+(?:\.\d+)?) s", result.err)
+    assert said, result.err
+    assert abs(float(said.group(1)) - took) < 4, (result.err, took)
