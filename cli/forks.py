@@ -38,7 +38,16 @@ def fork_body(args: Any) -> dict[str, Any]:
     if args.input:  # KEY=VALUE pairs change those keys only: a merge patch
         body["inputs_patch"] = parse_inputs(args.input, None)
     if args.inputs_patch:
-        body["inputs_patch"] = load_file(args.inputs_patch)
+        patch = load_file(args.inputs_patch)
+        # A merge patch that is not an object would replace the inputs with itself:
+        # inputs must be an object, as --inputs-file says of its file.
+        if not isinstance(patch, dict | list):
+            raise CliError(
+                f"{args.inputs_patch}: inputs must be an object: an inputs patch is a JSON "
+                "merge patch (an object) or a JSON Patch (an array)",
+                EXIT_USAGE,
+            )
+        body["inputs_patch"] = patch
     if args.definition_patch:
         operations = load_file(args.definition_patch)
         if not isinstance(operations, list):

@@ -83,3 +83,20 @@ def test_diff_of_an_unknown_run(aob: Cli, server: LiveServer) -> None:
     as_json = aob("run", "diff", "run_nope", parent, "-o", "json")
     assert as_json.code == 3
     assert as_json.json()["error"]["exit_code"] == 3
+
+
+def test_fork_refuses_an_inputs_patch_that_is_not_an_object_or_array(
+    aob: Cli, server: LiveServer, tmp_path: Path
+) -> None:
+    parent = server.submit(FORKABLE, {"x": 1})
+    server.wait_finished(parent)
+    for content in ("hello\n", "42\n", "null\n"):
+        patch = tmp_path / "scalar.yaml"
+        patch.write_text(content, encoding="utf-8")
+        forked = aob("run", "fork", parent, "--inputs-patch", str(patch), "-o", "json")
+        assert forked.code == 2, (content, forked.out, forked.err)
+        assert forked.err == f"aob: {patch}: inputs must be an object: " + (
+            "an inputs patch is a JSON merge patch (an object) or a JSON Patch (an array)\n"
+        )
+        assert "run_id" not in forked.out  # no run was started
+        assert forked.json()["error"]["exit_code"] == 2
