@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".aob")
     host: str = "127.0.0.1"
     # Unset, each service listens on its own default port (see `aob server --help`).
-    port: int = 8080
+    port: int = Field(default=8080, ge=0, le=65535)
 
     # Cluster mode: a Kafka cluster ("host:port,...") instead of the embedded log, and
     # PostgreSQL (postgresql://...) instead of the SQLite read models.

@@ -123,6 +123,9 @@ def test_invalid_setting(tmp_path: Path) -> None:
         ("AOB_RUNS_PARTITIONS", "0", "greater than or equal to 1"),
         ("AOB_LOG_SYNCHRONOUS", "fast", "'NORMAL', 'FULL' or 'EXTRA'"),
         ("AOB_MAX_REQUEST_BYTES", "-1", "greater than or equal to 1024"),
+        ("AOB_PORT", "70000", "less than or equal to 65535"),  # it listened on 4464
+        ("AOB_HTTP_PORTS", "x", "bad port or port range 'x'"),  # was exit 1, unnamed
+        ("AOB_HTTP_ALLOW", "10.0.0.0/99", "IPv4 or IPv6 network"),
     ],
 )
 def test_a_bad_setting_of_any_settings_class_is_one_line_naming_it(

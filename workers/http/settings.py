@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aob.workers.http.guard import DEFAULT_DENY_PATHS, GuardPolicy
@@ -90,6 +90,17 @@ class HttpWorkerSettings(BaseSettings):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _the_guard_can_be_built(self) -> HttpWorkerSettings:
+        """A bad port, network, host or path is refused when the settings are read,
+        naming its variable (not when a worker first builds its guard)."""
+        for name in ("ports", "allow", "deny_hosts", "deny_paths"):
+            try:
+                GuardPolicy.build(**{name: getattr(self, name)})
+            except ValueError as error:
+                raise ValueError(f"AOB_HTTP_{name.upper()}: {error}") from None
+        return self
 
     def guard_policy(self) -> GuardPolicy:
         """The guard's policy; raises ValueError on a bad entry."""
