@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,24 @@ class DemoRun:
                 "/api/v1/runs", json={"definition": self.definition, "inputs": self.inputs}
             )
             if response.status_code != 202:
-                print(f"run refused: {response.text}", flush=True)
+                print(f"aob server: {self.path}: {_refusal(response)}", file=sys.stderr, flush=True)
                 return "refused"
             run_id = response.json()["run_id"]
             print(f"\nrun {run_id} of {self.path} submitted", flush=True)
             return await _follow(client, run_id)
+
+
+def _refusal(response: httpx.Response) -> str:
+    """One line for a refused submission: the problem's detail and its first errors."""
+    try:
+        problem = response.json()
+        detail = str(problem.get("detail") or problem.get("title"))
+        errors = [f"{e.get('path') or '/'}: {e.get('message')}" for e in problem.get("errors", [])]
+    except (ValueError, AttributeError):
+        return f"refused with HTTP {response.status_code}"
+    shown = "; ".join(errors[:3]) + ("; ..." if len(errors) > 3 else "")
+    text = f"refused ({response.status_code}): {detail}" + (f": {shown}" if shown else "")
+    return " ".join(line.strip() for line in text.splitlines())  # one line
 
 
 async def _follow(client: httpx.AsyncClient, run_id: str) -> str:

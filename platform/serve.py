@@ -71,6 +71,8 @@ async def serve_dev(
     await serving
     if _died(server):
         return EXIT_HOST_DIED
+    if status == "refused":
+        return 2  # the workflow or its inputs are invalid input, not a failed run
     return 0 if status == "completed" else 1
 
 

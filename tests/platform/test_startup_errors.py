@@ -156,3 +156,20 @@ def test_audit_with_postgres_unreachable(tmp_path: Path, closed_port: int) -> No
     assert line.startswith(f"aob: cannot use PostgreSQL at 127.0.0.1:{closed_port}/aob: ")
     assert line.endswith("; check AOB_DATABASE_URL")
     assert done.returncode == 2
+
+
+def test_a_run_file_the_server_refuses_is_one_line_exit_2(tmp_path: Path) -> None:
+    """`--run` with an invalid workflow printed the raw problem JSON on stdout, exit 1
+    (the code of a failed run); the jq parser's own message spans lines."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        'name: bad\nnodes:\n  - {id: a, type: transform, config: {expr: "1 +"}}\n',
+        encoding="utf-8",
+    )
+    done = server(
+        "dev", "--data-dir", str(tmp_path / "data"), "--port", "0", "--run", str(bad), "--exit"
+    )
+    line = one_line(done)
+    assert line.startswith(f"aob server: {bad}: refused (422): the workflow definition has 1 ")
+    assert "/nodes/0/config/expr: invalid jq expression" in line
+    assert done.returncode == 2
