@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,30 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 # JSON values a YAML file may stand for once its aliases are expanded: aliases are
 # shared when loaded, but sending the document expands every one ("billion laughs").
 MAX_EXPANDED_VALUES = 1_000_000
+
+
+@contextmanager
+def sending(*names: str | None) -> Iterator[None]:
+    """A request carrying these files: the server's 413 (its limit is
+    AOB_MAX_REQUEST_BYTES, 2 MiB by default, where this CLI reads files up to 16 MiB)
+    names them and is invalid input, exit 2. Not checked before sending: the server's
+    limit is its operator's to raise."""
+    from aob.cli.client import ApiError
+
+    try:
+        yield
+    except ApiError as error:
+        files = ", ".join(name for name in names if name)
+        if error.status != 413 or not files:
+            raise
+        detail = error.problem.get("detail") or f"HTTP {error.status}"
+        message = (
+            f"{files}: too large for the server: {detail} "
+            "(its limit, AOB_MAX_REQUEST_BYTES; 2 MiB unless its operator changed it)"
+        )
+        too_large = ApiError(message, error.status, {**error.problem, "detail": message})
+        too_large.code = EXIT_USAGE
+        raise too_large from None
 
 
 def load_file(name: str) -> Any:

@@ -17,7 +17,11 @@ def fork(ctx: Context) -> int:
     from aob.cli.runs import _accepted
 
     args = ctx.args
-    accepted = ctx.api.post(f"/api/v1/runs/{segment(args.run_id)}/replay", fork_body(args))
+    from aob.cli.files import sending
+
+    body = fork_body(args)
+    with sending(args.inputs_file, args.inputs_patch, args.definition_patch):
+        accepted = ctx.api.post(f"/api/v1/runs/{segment(args.run_id)}/replay", body)
     if ctx.json or args.follow:
         return _accepted(ctx, accepted, follow_it=args.follow)
     print(fork_line(accepted))

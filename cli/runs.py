@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def start(ctx: Context) -> int:
-    from aob.cli.files import load_definition, parse_inputs
+    from aob.cli.files import load_definition, parse_inputs, sending
 
     args = ctx.args
     body: dict[str, Any] = {"inputs": parse_inputs(args.input, args.inputs_file)}
@@ -22,7 +22,8 @@ def start(ctx: Context) -> int:
         body["tag"] = args.workflow
     else:
         body["definition"] = load_definition(args.workflow)
-    accepted = ctx.api.post("/api/v1/runs", body)
+    with sending(None if args.tag else args.workflow, args.inputs_file):
+        accepted = ctx.api.post("/api/v1/runs", body)
     if not ctx.json:  # e.g. a node type no worker runs; with -o json they are in `accepted`
         from aob.cli.workflows import print_warnings
 

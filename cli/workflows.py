@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from aob.cli.client import segment
 from aob.cli.errors import EXIT_OK
-from aob.cli.files import load_definition
+from aob.cli.files import load_definition, sending
 from aob.cli.render import table, when
 
 if TYPE_CHECKING:
@@ -18,7 +18,8 @@ def validate(ctx: Context) -> int:
     """Valid: exit 0, with one line on stderr per warning (e.g. a node type no worker
     runs); invalid: the server's 422 becomes one line per problem and exit 2."""
     definition = load_definition(ctx.args.file)
-    result = ctx.api.post("/api/v1/workflows/validate", {"definition": definition})
+    with sending(ctx.args.file):
+        result = ctx.api.post("/api/v1/workflows/validate", {"definition": definition})
     if not isinstance(result, dict) or result.get("valid") is not True:
         # Whatever answered is not aob's validation (`[]`, `{}`, an empty 204): never
         # "valid". main() names the address unless aob itself answered this (a bug).
@@ -88,7 +89,8 @@ def create(ctx: Context) -> int:
     body: dict[str, Any] = {"definition": load_definition(ctx.args.file)}
     if ctx.args.tag is not None:
         body["tag"] = ctx.args.tag
-    created = ctx.api.post("/api/v1/workflows", body)
+    with sending(ctx.args.file):
+        created = ctx.api.post("/api/v1/workflows", body)
     tag = f" (tag {created['tag']})" if created.get("tag") else ""
     ctx.emit(created, f"{created['workflow_id']} version {created['version']}{tag}")
     return EXIT_OK

@@ -316,3 +316,22 @@ def test_a_bad_address_from_the_environment_is_invalid_input(aob: Cli) -> None:
         assert result.code == 2, result.err
         assert result.err.startswith(f"aob: server address {address!r}"), result.err
         assert len(result.err.splitlines()) == 1
+
+
+def test_a_file_over_the_servers_request_limit_is_named_as_invalid_input(
+    aob: Cli, write_json: Any
+) -> None:
+    """The CLI reads files up to 16 MiB; the API takes 2 MiB by default: its 413 names
+    the file, exit 2."""
+    big = {**QUICK, "description": "x" * (3 * 1024 * 1024)}
+    path = write_json("big.json", big)
+    for args in (["workflow", "validate", str(path)], ["run", "start", str(path)]):
+        result = aob(*args)
+        assert result.code == 2, (args, result.err)
+        assert result.err == (
+            f"aob: {path}: too large for the server: the request body exceeds 2097152 bytes "
+            "(its limit, AOB_MAX_REQUEST_BYTES; 2 MiB unless its operator changed it)\n"
+        )
+        error = aob(*args, "-o", "json").json()["error"]
+        assert (error["exit_code"], error["status"]) == (2, 413)
+        assert error["detail"] == result.err.removeprefix("aob: ").rstrip("\n")
