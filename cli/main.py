@@ -202,7 +202,10 @@ def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "--token", default=default(None), help="bearer token sent to the server (AOB_TOKEN)"
     )
     group.add_argument(
-        "--actor", default=default(None), help="who is acting, recorded on events (AOB_ACTOR)"
+        "--actor",
+        default=default(None),
+        help="who is acting, recorded on events (AOB_ACTOR); only a server with "
+        "AOB_AUTH=off reads it: under AOB_AUTH=tokens (the default) the token decides",
     )
     group.add_argument(
         "--config",

@@ -189,3 +189,15 @@ def test_with_authentication_on_the_token_is_the_way_in(tmp_path: Path) -> None:
         assert bad.code == 3
     finally:
         live.stop()
+
+
+def test_the_actor_help_says_the_token_decides_under_the_default_auth(aob: Cli) -> None:
+    """Under AOB_AUTH=tokens the server ignores X-Aob-Actor: the help must not promise
+    that --actor is recorded."""
+    for args in (["--help"], ["run", "list", "--help"]):
+        text = " ".join(aob(*args).out.split())
+        said = text[text.index("--actor ACTOR who") :]
+        assert said.startswith(
+            "--actor ACTOR who is acting, recorded on events (AOB_ACTOR); only a server with "
+            "AOB_AUTH=off reads it: under AOB_AUTH=tokens (the default) the token decides"
+        ), said[:200]
