@@ -274,6 +274,18 @@ async def test_tool_registration_refuses_what_agents_could_not_use(aob: Aob):
         "/api/v1/tools", json={"name": "no spaces", "steps": [{"op": "top_k", "k": 1}]}
     )
     assert named.status_code == 422
+    # What a run would refuse is refused when registered (20,000 steps were taken).
+    for steps, says in [
+        ([{"op": "top_k", "k": 1}] * 51, "spec.steps: step 0 (pipeline): 51 steps > limit 50"),
+        (
+            [{"op": "top_k", "k": 1}, {"op": "frobnicate"}],
+            "spec.steps: step 1 (frobnicate): unknown op",
+        ),
+        ([], "spec.steps: step 0 (pipeline): steps must be a non-empty array"),
+    ]:
+        refused = await aob.client.post("/api/v1/tools", json={"name": "many", "steps": steps})
+        assert refused.status_code == 422
+        assert refused.json()["detail"].startswith(says), refused.json()
     assert (await aob.client.get("/api/v1/tools/nope")).status_code == 404
 
 

@@ -27,6 +27,7 @@ from aob.events.types import TOOLS_TOPIC, Json, ToolRegistered
 from aob.projections.readmodels.views import DEFAULT_TENANT
 from aob.projections.runtime.deadletter import dead_letter, describe
 from aob.projections.workflow.definition import credential_header_problem
+from aob.workers.agent.pipeline import PipelineError, check_steps
 from aob.workers.agent.schemas import SchemaRefused, check_document, check_schema
 
 CATALOG_SERVICE = "aob-tool-catalog"  # names the catalog's dead letters and its group
@@ -50,9 +51,10 @@ def check_registration(name: str, kind: str, spec: Json) -> None:
     if not isinstance(spec, dict):
         raise InvalidTool("spec must be an object")
     if kind == "pipeline":
-        steps = spec.get("steps")
-        if not isinstance(steps, list) or not steps or not all(isinstance(s, dict) for s in steps):
-            raise InvalidTool("spec.steps must be a non-empty array of step objects")
+        try:  # what a run would refuse: too many steps, unknown ops (20,000 were taken)
+            steps = check_steps(spec.get("steps"))
+        except PipelineError as error:
+            raise InvalidTool(f"spec.steps: {error}") from None
         _check_step_headers(steps)
         parameters = spec.get("parameters")
         if parameters is not None:

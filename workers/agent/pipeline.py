@@ -62,21 +62,30 @@ class _Run:
 Primitive = Callable[[Mapping[str, Json], Json, _Run], Awaitable[Json]]
 
 
-async def run_pipeline(steps: Json, input: Json = None, *, fetch: Fetch | None = None) -> Json:
-    """Run `steps` over `input`; the last step's result. Raises PipelineError."""
+def check_steps(steps: Json) -> list[dict[str, Json]]:
+    """`steps` if they can be run: a non-empty array of at most MAX_STEPS objects, each
+    with a known "op" (what a composite tool is checked for when registered; each op's
+    parameters are checked when it runs). Raises PipelineError."""
     if not isinstance(steps, list) or not steps:
         raise PipelineError(0, "pipeline", "steps must be a non-empty array of step objects")
     if len(steps) > MAX_STEPS:
         raise PipelineError(0, "pipeline", f"{len(steps)} steps > limit {MAX_STEPS}")
-    run = _Run(fetch, {})
-    data = input
     for index, step in enumerate(steps):
         op = step.get("op") if isinstance(step, dict) else None
         if not isinstance(step, dict) or not isinstance(op, str):
             raise PipelineError(index, "?", 'a step must be an object with a string "op"')
-        primitive = PRIMITIVES.get(op)
-        if primitive is None:
+        if op not in PRIMITIVES:
             raise PipelineError(index, op, f"unknown op; use one of {', '.join(PRIMITIVES)}")
+    return steps
+
+
+async def run_pipeline(steps: Json, input: Json = None, *, fetch: Fetch | None = None) -> Json:
+    """Run `steps` over `input`; the last step's result. Raises PipelineError."""
+    run = _Run(fetch, {})
+    data = input
+    for index, step in enumerate(check_steps(steps)):
+        op = str(step["op"])
+        primitive = PRIMITIVES[op]
         try:
             data = await primitive(step, data, run)
         except (StepError, ExpressionError) as error:
