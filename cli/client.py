@@ -166,6 +166,8 @@ class Api:
                 raise self._unreachable(error, read_timeout) from None
             if response.status >= 400:
                 self._decode(response, response.read())
+            # What to name if the events turn out not to be aob's (main() checks).
+            self.last_answer = (response.status, _content_type(response))
             if _content_type(response) != "text/event-stream":
                 raise NotAobServer(self.base, response.status, _content_type(response))
             try:

@@ -335,3 +335,15 @@ def test_a_file_over_the_servers_request_limit_is_named_as_invalid_input(
         error = aob(*args, "-o", "json").json()["error"]
         assert (error["exit_code"], error["status"]) == (2, 413)
         assert error["detail"] == result.err.removeprefix("aob: ").rstrip("\n")
+
+
+def test_logs_stream_from_a_server_that_is_not_aob_sending_events(aob: Cli) -> None:
+    """Server-Sent Events, but not aob's: the address is named, exit 4, not a bug."""
+    for body in ("id: 1\ndata: not json\n\n", "id: 1\ndata: [1]\n\n", "event: end\ndata: {\n\n"):
+        for site in serve((200, "text/event-stream", body)):
+            result = aob("logs", "stream", "run_x", env={"AOB_SERVER": site})
+            assert result.code == 4, (body, result.err)
+            assert result.err.startswith(f"aob: {site} is not an aob server (HTTP 200, "), (
+                result.err
+            )
+            assert len(result.err.splitlines()) == 1
