@@ -35,7 +35,7 @@ def readme_lines() -> list[str]:
         line.strip()
         for block in re.findall(r"```sh\n(.*?)```", README, re.S)
         for line in block.splitlines()
-        if line.strip()
+        if line.strip() and not line.lstrip().startswith("#")  # comments are for people
     ]
 
 
@@ -48,6 +48,7 @@ class Walk:
     server: LiveServer | None = None
     cli: Cli | None = None
     ids: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # what the README exports
     failed: str = ""  # a failed run, for `aob run list --status failed`
     background: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -113,8 +114,6 @@ def dev_server(walk: Walk, line: str) -> None:
     # What the following lines act on: a run to cancel, an approval, a patch under review.
     walk.failed = server.submit(FAILING)
     walk.ids["CANCEL_ME"] = server.submit(GATE)
-    walk.ids["WAITING"] = server.submit(GATE)
-    server.wait_status(walk.ids["WAITING"], ("waiting",))
     server.wait_finished(walk.failed)
 
 
@@ -143,6 +142,25 @@ def logs_stream(walk: Walk, line: str) -> None:
     _ok(walk.shell(line), ": completed")
 
 
+def run_start_gate(walk: Walk, line: str) -> None:
+    result = walk.shell(line)
+    _ok(result)
+    found = re.search(r"run_\w+", result.out)
+    assert found is not None, result.out
+    walk.ids["WAITING"] = found.group(0)
+    assert walk.server is not None
+    walk.server.wait_status(walk.ids["WAITING"], ("waiting",))
+
+
+def approver_token(walk: Walk, line: str) -> None:
+    # Its own shell here: the token it exports is handed to the lines after it.
+    name, _, command = line.removeprefix("export ").partition("=$(")
+    result = walk.shell(command.removesuffix(")"), env={"AOB_DATA_DIR": str(walk.data_dir)})
+    _ok(result)
+    walk.env[name] = result.out.strip()
+    assert walk.env[name].startswith("aob_"), result.out
+
+
 def approvals_list(walk: Walk, line: str) -> None:
     assert walk.server is not None
     with walk.server.client() as client:
@@ -153,7 +171,9 @@ def approvals_list(walk: Walk, line: str) -> None:
 
 
 def approve(walk: Walk, line: str) -> None:
-    _ok(walk.shell(line), "approved")
+    # The suite's servers run with AOB_AUTH=off (tests/conftest.py), where the actor the
+    # CLI names stands in for the token's principal: alice, as $ALICE would make her.
+    _ok(walk.shell(line, env={**walk.env, "AOB_ACTOR": "alice"}), "approved")
     assert walk.server is not None
     assert walk.server.wait_finished(walk.ids["WAITING"])["status"] == "completed"
 
@@ -220,7 +240,9 @@ STEPS: list[tuple[str, Callable[[Walk, str], None]]] = [
     (r"aob run list --status failed$", run_list),
     (r"aob run cancel RUN_ID$", run_cancel),
     (r"aob logs stream RUN_ID", logs_stream),
+    (r"aob run start examples/approval-gate\.yaml", run_start_gate),
     (r"aob approvals list\b", approvals_list),
+    (r"export ALICE=\$\(python -m aob\.platform\.auth create alice", approver_token),
     (r"aob approve APPROVAL_ID approve", approve),
     (
         r"aob patch list RUN_ID && aob patch show PATCH_ID && aob patch approve PATCH_ID",
@@ -229,7 +251,11 @@ STEPS: list[tuple[str, Callable[[Walk, str], None]]] = [
     (r"aob replay RUN_ID --from-event 12$", replay),
     (r"aob workflow validate examples/countdown\.yaml && aob workflow list$", validate_and_list),
     (r"export AOB_(KAFKA_BOOTSTRAP|DATABASE_URL)=", cluster),
-    (r"aob server (api|coordinator|projector|workers|fanout) &", cluster),
+    (
+        r"aob server (api|coordinator|projector|workers|fanout) &"
+        r"|export AOB_TOKEN=\$\(\.venv/bin/python -m aob\.platform\.auth create ",
+        cluster,
+    ),
     (r"aob server audit (verify|history RUN_ID)\b", audit),
     (r"\.venv/bin/(pytest|ruff|python -m bench\.)", not_walked),
 ]

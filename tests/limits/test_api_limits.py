@@ -223,7 +223,7 @@ async def test_a_tool_schema_referring_outside_itself_is_refused_and_never_fetch
         before = await recorded(server)
         body = {
             "name": "lookup",
-            "steps": [{"op": "jq", "expr": "."}],
+            "steps": [{"op": "jq_transform", "expr": "."}],
             "parameters": {
                 "type": "object",
                 "properties": {"x": {"$ref": f"http://127.0.0.1:{port}/s.json"}},

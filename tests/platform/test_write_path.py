@@ -182,7 +182,7 @@ async def test_commands_record_who_did_what(aob: Aob) -> None:
     """Tool registrations and cancels go through the one writer: actor and trace kept."""
     response = await aob.client.post(
         "/api/v1/tools",
-        json={"name": "twice", "steps": [{"jq": ". * 2"}]},
+        json={"name": "twice", "steps": [{"op": "jq_transform", "expr": ". * 2"}]},
         headers={"X-Aob-Actor": "tooler", "X-Trace-Id": "trace-tool"},
     )
     assert response.status_code == 201, response.text
