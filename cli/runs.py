@@ -110,6 +110,28 @@ def approval_detail(approval: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def decided_detail(approval: dict[str, Any]) -> str:
+    """A decided approval: its votes when a quorum counted them, and why. Not the
+    pending view's "0 of 1 approvals; or signal ..." (one person decides without a
+    vote; nothing is awaited any more)."""
+    from aob.cli.approvals import progress
+
+    parts = [progress(approval)] if approval.get("votes") else []
+    if approval.get("comments"):
+        parts.append(f"why: {summary(str(approval['comments']), 80)}")
+    return "; ".join(parts)
+
+
+def _decided_line(style: Style, approval: dict[str, Any]) -> str:
+    by = f" by {approval['decided_by']}" if approval.get("decided_by") else ""
+    detail = decided_detail(approval)
+    return (
+        f"\napproval {approval.get('approval_id')} (node {approval.get('node_id')}) "
+        f"{style.status(str(approval.get('status')))}{by} at {when(approval.get('decided_at'))}"
+        + (f": {detail}" if detail else "")
+    )
+
+
 def _review_command(run_id: str, patch_id: str) -> str:
     return f'aob patch approve|reject {patch_id} --run {run_id} --reason "..."'
 
@@ -152,12 +174,7 @@ def format_run(style: Style, run: dict[str, Any]) -> str:
             f"  {approval_detail(approval)}\n"
             f"  {approval['decide_command']}"
         )
-    for approval in run.get("approvals", []):
-        lines.append(
-            f"\napproval {approval.get('approval_id')} (node {approval.get('node_id')}) "
-            f"{style.status(str(approval.get('status')))} by {approval.get('decided_by')} "
-            f"at {when(approval.get('decided_at'))}: {approval_detail(approval)}"
-        )
+    lines += [_decided_line(style, approval) for approval in run.get("approvals", [])]
     for patch in run.get("pending_patch_reviews", []):
         by = f" (from agent node {patch['node_id']})" if patch.get("node_id") else ""
         reason = f": {summary(str(patch['reason']))}" if patch.get("reason") else ""

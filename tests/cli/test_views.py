@@ -139,3 +139,38 @@ def test_a_patch_awaiting_review_says_how_to_decide_it_and_events_read_as_words(
     assert re.search(r"agent used \S+: \d+ LLM calls?, \d+ tokens", logs.out)
     for raw in ("agent_usage_recorded", "patch_reviewed", "patch_review_requested"):
         assert raw not in logs.out
+
+
+def test_a_decided_approval_reads_as_decided() -> None:
+    """`aob run status` showed a decided approval as pending ones read: "approved by
+    alice ...: 0 of 1 approvals", "cancelled by None", a quorum's "; or signal paid"."""
+    from aob.cli.render import Style
+    from aob.cli.runs import format_run
+
+    def status_with(approval: dict[str, Any]) -> str:
+        run = {"run_id": "run_x", "status": "completed", "approvals": [approval]}
+        base = {"approval_id": "a1", "node_id": "gate", "decided_at": None}
+        return format_run(Style(False), {**run, "approvals": [{**base, **approval}]})
+
+    single = status_with({"status": "approved", "decided_by": "alice", "votes": []})
+    assert "approval a1 (node gate) approved by alice at" in single
+    assert "approvals" not in single.split("approval a1", 1)[1]
+    cancelled = status_with({"status": "cancelled", "decided_by": None})
+    assert "cancelled at" in cancelled
+    assert "None" not in cancelled
+    votes = [
+        {"voter": "ann", "decision": "approve"},
+        {"voter": "bob", "decision": "approve"},
+    ]
+    quorum = status_with(
+        {
+            "status": "approved",
+            "decided_by": "system:quorum",
+            "votes": votes,
+            "policy": {"quorum": 2, "signals": ["paid"]},
+            "comments": "ann: ok",
+        }
+    )
+    assert "approved by system:quorum" in quorum
+    assert "2 of 2 approvals (ann, bob); why: ann: ok" in quorum
+    assert "or signal" not in quorum
