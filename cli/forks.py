@@ -14,11 +14,10 @@ if TYPE_CHECKING:
 
 
 def fork(ctx: Context) -> int:
+    from aob.cli.files import sending
     from aob.cli.runs import _accepted
 
     args = ctx.args
-    from aob.cli.files import sending
-
     body = fork_body(args)
     with sending(args.inputs_file, args.inputs_patch, args.definition_patch):
         accepted = ctx.api.post(f"/api/v1/runs/{segment(args.run_id)}/replay", body)
